@@ -1,0 +1,535 @@
+package fsm
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Meta is what the log entry, rather than the command body, contributes to applying it.
+type Meta struct {
+	Index uint64    // Raft log index
+	At    time.Time // the leader's clock when it proposed the command
+}
+
+// Apply returns the state after cmd, and the result. It is a pure function: the same state,
+// command and meta always give the same answer, and s is never modified. A rejected command
+// returns s itself and a Result with Err set.
+func (s *State) Apply(cmd Command, m Meta) (*State, Result) {
+	n := s.clone()
+	n.Index = m.Index
+	res := n.apply(cmd, m)
+	res.Index = m.Index
+	if res.Err != nil {
+		return s, res
+	}
+	n.trimDirectives()
+	return n, res
+}
+
+func (s *State) apply(cmd Command, m Meta) Result {
+	switch c := cmd.(type) {
+	case LeaderEstablished:
+		return s.leaderEstablished(c, m)
+	case RegisterMember:
+		return s.registerMember(c, m)
+	case RemoveMember:
+		return s.removeMember(c, m)
+	case SetTags:
+		mem, ok := s.Members[c.Name]
+		if !ok {
+			return fail(CodeNotFound, "member %q is not registered", c.Name)
+		}
+		mem.Tags = c.Tags
+		s.Members[c.Name] = mem
+		return Result{}
+	case ReportStatus:
+		return s.reportStatus(c, m)
+	case RenewLease:
+		return s.renewLease(c, m)
+	case IssueDirective:
+		return s.issueDirective(c, m)
+	case AckDirective:
+		return s.ackDirective(c, m)
+	case ExpireDirective:
+		i := s.directiveIndex(c.ID)
+		if i < 0 {
+			return fail(CodeNotFound, "directive %d not found", c.ID)
+		}
+		if s.Directives[i].Finished() {
+			return fail(CodeConflict, "directive %d is already %s", c.ID, s.Directives[i].Status)
+		}
+		s.finishDirective(i, DirectiveExpired, c.Message, m)
+		return Result{}
+	case StartOperation:
+		return s.startOperation(c, m)
+	case UpdateOperation:
+		return s.updateOperation(c, m)
+	case FinishOperation:
+		return s.finishOperation(c, m)
+	case SetPrimary:
+		return s.setPrimary(c, m)
+	case SetWritePause:
+		if c.Active {
+			if s.Operation == nil || s.Operation.ID != c.OperationID {
+				return fail(CodeConflict, "operation %d is not in progress", c.OperationID)
+			}
+			s.WritePause = &WritePause{OperationID: c.OperationID, Reason: c.Reason, Since: m.At, SinceIndex: m.Index}
+			return Result{}
+		}
+		if s.WritePause != nil && (c.OperationID == 0 || s.WritePause.OperationID == c.OperationID) {
+			s.WritePause = nil
+		}
+		return Result{}
+	case RequestSwitchover:
+		return s.requestSwitchover(c, m)
+	case RequestFailover:
+		return s.requestFailover(c, m)
+	case SetPause:
+		s.Paused = c.Paused
+		return Result{}
+	case SetSyncStandbys:
+		nodes := slices.Clone(c.Nodes)
+		slices.Sort(nodes)
+		nodes = slices.Compact(nodes)
+		for _, n := range nodes {
+			if _, ok := s.Members[n]; !ok {
+				return fail(CodeNotFound, "member %q is not registered", n)
+			}
+		}
+		s.SyncStandbys = nodes
+		return Result{}
+	}
+	return fail(CodeInvalid, "unhandled command %T", cmd)
+}
+
+func fail(code ErrorCode, format string, args ...any) Result {
+	return Result{Err: newErr(code, fmt.Sprintf(format, args...))}
+}
+
+func (s *State) leaderEstablished(c LeaderEstablished, m Meta) Result {
+	s.Epoch++
+	s.EpochIndex = m.Index
+	s.EpochLeader = c.Leader
+	for i := range s.Directives {
+		if d := s.Directives[i]; !d.Finished() && d.Epoch < s.Epoch {
+			s.finishDirective(i, DirectiveSuperseded, fmt.Sprintf("superseded: epoch %d began", s.Epoch), m)
+		}
+	}
+	return Result{ID: s.Epoch}
+}
+
+func (s *State) registerMember(c RegisterMember, m Meta) Result {
+	if c.Name == "" || c.RaftAddress == "" {
+		return fail(CodeInvalid, "a member needs a name and a raft address")
+	}
+	mem, ok := s.Members[c.Name]
+	if !ok {
+		mem = Member{Name: c.Name, RegisteredAt: m.At, Status: NodeStatus{State: StateInitializing}}
+		s.Departed = slices.DeleteFunc(s.Departed, func(d Member) bool { return d.Name == c.Name })
+	}
+	mem.RaftAddress = c.RaftAddress
+	mem.APIAddress = c.APIAddress
+	mem.ProxyRWAddress = c.ProxyRWAddress
+	mem.ProxyROAddress = c.ProxyROAddress
+	mem.PGHost = c.PGHost
+	mem.PGPort = c.PGPort
+	mem.Tags = c.Tags
+	s.Members[c.Name] = mem
+	return Result{}
+}
+
+func (s *State) removeMember(c RemoveMember, m Meta) Result {
+	mem, ok := s.Members[c.Name]
+	if !ok {
+		return fail(CodeNotFound, "member %q is not registered", c.Name)
+	}
+	if s.Primary == c.Name {
+		return fail(CodePrecondition, "member %q is the primary: switch over first", c.Name)
+	}
+	if op := s.Operation; op != nil && (op.Candidate == c.Name || op.OldPrimary == c.Name) {
+		return fail(CodeConflict, "member %q takes part in operation %d", c.Name, op.ID)
+	}
+	delete(s.Members, c.Name)
+	s.Departed = append(s.Departed, mem)
+	if len(s.Departed) > maxDeparted {
+		s.Departed = s.Departed[len(s.Departed)-maxDeparted:]
+	}
+	s.SyncStandbys = slices.DeleteFunc(s.SyncStandbys, func(n string) bool { return n == c.Name })
+	for i, d := range s.Directives {
+		if d.Target == c.Name && !d.Finished() {
+			s.finishDirective(i, DirectiveExpired, "member removed", m)
+		}
+	}
+	return Result{}
+}
+
+func validRole(r Role) bool {
+	return r == RoleUnknown || r == RolePrimary || r == RoleReplica
+}
+
+func validState(st NodeState) bool {
+	switch st {
+	case StateInitializing, StateRunningPrimary, StateRunningReplica, StatePromoting,
+		StateDemoting, StateFenced, StateStopped:
+		return true
+	}
+	return false
+}
+
+func (s *State) reportStatus(c ReportStatus, m Meta) Result {
+	mem, ok := s.Members[c.Node]
+	if !ok {
+		return fail(CodeNotFound, "member %q is not registered", c.Node)
+	}
+	if !validRole(c.Status.Role) || !validState(c.Status.State) {
+		return fail(CodeInvalid, "invalid role %q or state %q", c.Status.Role, c.Status.State)
+	}
+	st := c.Status
+	st.ReportedAt = m.At
+	st.ReportIndex = m.Index
+	st.LagBytes = 0
+	if p, ok := s.Members[s.Primary]; ok && s.Primary != c.Node && st.Role == RoleReplica {
+		st.LagBytes = p.Status.FlushLSN.Sub(st.ReplayedLSN)
+	}
+	mem.Status = st
+	s.Members[c.Node] = mem
+	return Result{}
+}
+
+func (s *State) renewLease(c RenewLease, m Meta) Result {
+	mem, ok := s.Members[c.Node]
+	if !ok {
+		return fail(CodeNotFound, "member %q is not registered", c.Node)
+	}
+	l := &mem.Lease
+	l.RenewedAt = m.At
+	l.RenewedIndex = m.Index
+	l.Routing = c.Routing
+	l.Granted = s.Primary
+	if s.Primary != "" {
+		l.GrantPrimary = s.Primary
+		l.GrantAt = m.At
+		l.GrantIndex = m.Index
+	}
+	s.Members[c.Node] = mem
+	return Result{Primary: s.Primary}
+}
+
+func (s *State) directiveIndex(id uint64) int {
+	for i, d := range s.Directives {
+		if d.ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+func (s *State) issueDirective(c IssueDirective, m Meta) Result {
+	if _, ok := s.Members[c.Target]; !ok {
+		return fail(CodeNotFound, "directive target %q is not registered", c.Target)
+	}
+	switch c.Type {
+	case DirectiveFence, DirectivePromote, DirectiveCheckpoint:
+	case DirectiveDemote:
+		if _, ok := s.Members[c.Params.Upstream]; !ok || c.Params.Upstream == c.Target {
+			return fail(CodeInvalid, "DEMOTE of %q needs another member as upstream, got %q", c.Target, c.Params.Upstream)
+		}
+	default:
+		return fail(CodeInvalid, "unknown directive type %q", c.Type)
+	}
+	if id := c.Params.OperationID; id != 0 && (s.Operation == nil || s.Operation.ID != id) {
+		return fail(CodeConflict, "operation %d is not in progress", id)
+	}
+	for _, d := range s.Directives {
+		if !d.Finished() && d.Target == c.Target && d.Type == c.Type && d.Params.OperationID == c.Params.OperationID {
+			return fail(CodeConflict, "%s directive %d for %q is already pending", d.Type, d.ID, d.Target)
+		}
+	}
+	d := Directive{
+		ID: s.NextDirectiveID, Type: c.Type, Target: c.Target, Params: c.Params,
+		Epoch: s.Epoch, IssuedAt: m.At, IssuedIndex: m.Index, Status: DirectivePending,
+	}
+	s.NextDirectiveID++
+	s.Directives = append(s.Directives, d)
+	return Result{ID: d.ID}
+}
+
+func (s *State) ackDirective(c AckDirective, m Meta) Result {
+	i := s.directiveIndex(c.ID)
+	if i < 0 {
+		return fail(CodeNotFound, "directive %d not found", c.ID)
+	}
+	d := s.Directives[i]
+	if d.Target != c.Node {
+		return fail(CodeInvalid, "directive %d is addressed to %q, not %q", c.ID, d.Target, c.Node)
+	}
+	if d.Finished() {
+		return fail(CodeConflict, "directive %d is already %s", c.ID, d.Status)
+	}
+	if d.Epoch < s.Epoch {
+		return fail(CodeStaleEpoch, "directive %d is from epoch %d, current epoch is %d", c.ID, d.Epoch, s.Epoch)
+	}
+	status := DirectiveFailed
+	if c.Success {
+		status = DirectiveDone
+	}
+	s.Directives[i].Result = c.Result
+	s.finishDirective(i, status, c.Message, m)
+	if c.Success && (d.Type == DirectiveFence || d.Type == DirectiveDemote) {
+		if mem, ok := s.Members[d.Target]; ok {
+			mem.Lease.ReleaseIndex = m.Index
+			s.Members[d.Target] = mem
+		}
+	}
+	return Result{}
+}
+
+func (s *State) finishDirective(i int, st DirectiveStatus, msg string, m Meta) {
+	d := &s.Directives[i]
+	d.Status = st
+	d.Message = msg
+	d.FinishedAt = m.At
+	d.FinishedIndex = m.Index
+}
+
+// trimDirectives keeps every pending directive and the newest maxFinishedDirectives finished
+// ones, in ID order.
+func (s *State) trimDirectives() {
+	finished := 0
+	for _, d := range s.Directives {
+		if d.Finished() {
+			finished++
+		}
+	}
+	drop := finished - maxFinishedDirectives
+	if drop <= 0 {
+		return
+	}
+	s.Directives = slices.DeleteFunc(s.Directives, func(d Directive) bool {
+		if drop > 0 && d.Finished() {
+			drop--
+			return true
+		}
+		return false
+	})
+}
+
+func (s *State) newOperation(kind OperationKind, reason string, m Meta) *Operation {
+	op := &Operation{
+		ID: s.NextOperationID, Kind: kind, Reason: reason,
+		StartedAt: m.At, StartedIndex: m.Index, PhaseAt: m.At, PhaseIndex: m.Index,
+	}
+	s.NextOperationID++
+	s.Operation = op
+	return op
+}
+
+func (s *State) depose(m Meta) {
+	if s.Primary == "" {
+		return
+	}
+	s.Primary = ""
+	s.PrimarySince = m.At
+	s.PrimaryIndex = m.Index
+}
+
+func (s *State) startOperation(c StartOperation, m Meta) Result {
+	if s.Operation != nil {
+		return fail(CodeConflict, "operation %d (%s) is in progress", s.Operation.ID, s.Operation.Kind)
+	}
+	if c.Kind != OpFailover {
+		return fail(CodeInvalid, "only a failover can be started directly, not %q", c.Kind)
+	}
+	if c.OldPrimary != s.Primary {
+		return fail(CodeConflict, "old primary %q is not the primary (%q)", c.OldPrimary, s.Primary)
+	}
+	op := s.newOperation(OpFailover, c.Reason, m)
+	op.Phase = PhaseElecting
+	op.OldPrimary = c.OldPrimary
+	s.depose(m)
+	return Result{ID: op.ID}
+}
+
+func (s *State) updateOperation(c UpdateOperation, m Meta) Result {
+	op := s.Operation
+	if op == nil || op.ID != c.ID {
+		return fail(CodeConflict, "operation %d is not in progress", c.ID)
+	}
+	if c.Phase != "" && c.Phase != op.Phase {
+		if c.Phase == PhaseDone || c.Phase == PhaseFailed {
+			return fail(CodeInvalid, "use FinishOperation to end operation %d", c.ID)
+		}
+		op.Phase = c.Phase
+		op.PhaseAt = m.At
+		op.PhaseIndex = m.Index
+	}
+	if c.Candidate != nil {
+		op.Candidate = *c.Candidate
+	}
+	if c.FinalLSN != nil {
+		op.FinalLSN = *c.FinalLSN
+	}
+	if c.MayLoseBytes != nil {
+		op.MayLoseBytes = *c.MayLoseBytes
+	}
+	if c.Exclude != "" && !slices.Contains(op.Excluded, c.Exclude) {
+		op.Excluded = append(op.Excluded, c.Exclude)
+	}
+	if c.Message != nil {
+		op.Message = *c.Message
+	}
+	return Result{}
+}
+
+func (s *State) finishOperation(c FinishOperation, m Meta) Result {
+	op := s.Operation
+	if op == nil || op.ID != c.ID {
+		return fail(CodeConflict, "operation %d is not in progress", c.ID)
+	}
+	if c.Success {
+		op.Phase = PhaseDone
+		op.NewPrimary = s.Primary
+	} else {
+		op.Phase = PhaseFailed
+	}
+	op.PhaseAt, op.PhaseIndex = m.At, m.Index
+	op.Message = c.Message
+	op.FinishedAt = m.At
+	s.Operations = append(s.Operations, *op)
+	if len(s.Operations) > maxFinishedOperations {
+		s.Operations = s.Operations[len(s.Operations)-maxFinishedOperations:]
+	}
+	s.Operation = nil
+	if s.WritePause != nil && s.WritePause.OperationID == c.ID {
+		s.WritePause = nil
+	}
+	return Result{}
+}
+
+func (s *State) setPrimary(c SetPrimary, m Meta) Result {
+	if id := c.OperationID; id != 0 && (s.Operation == nil || s.Operation.ID != id) {
+		return fail(CodeConflict, "operation %d is not in progress", id)
+	}
+	if c.Node == "" {
+		s.depose(m)
+		return Result{}
+	}
+	if _, ok := s.Members[c.Node]; !ok {
+		return fail(CodeNotFound, "member %q is not registered", c.Node)
+	}
+	if s.Primary == c.Node {
+		return Result{}
+	}
+	if s.Primary != "" {
+		return fail(CodeConflict, "%q is the primary: depose it first", s.Primary)
+	}
+	h := HistoryEntry{At: m.At, Index: m.Index, NewPrimary: c.Node, Timeline: c.Timeline, LSN: c.LSN, Reason: c.Reason}
+	if op := s.Operation; op != nil {
+		h.OldPrimary, h.Kind, h.OperationID = op.OldPrimary, op.Kind, op.ID
+	}
+	s.History = append(s.History, h)
+	if len(s.History) > maxHistory {
+		s.History = s.History[len(s.History)-maxHistory:]
+	}
+	s.Primary = c.Node
+	s.PrimarySince = m.At
+	s.PrimaryIndex = m.Index
+	return Result{}
+}
+
+// healthyReplica reports why mem cannot be a switchover or failover target, or "".
+func healthyReplica(mem Member) string {
+	switch {
+	case !mem.Tags.Promotable():
+		return "its tags forbid promotion (nofailover or failover_priority 0)"
+	case mem.Status.Role != RoleReplica || !mem.Status.Healthy:
+		return fmt.Sprintf("it is not a healthy replica (role %q, state %s)", mem.Status.Role, mem.Status.State)
+	}
+	return ""
+}
+
+func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
+	if s.Primary == "" {
+		return fail(CodePrecondition, "the cluster has no primary")
+	}
+	if c.Leader != s.Primary {
+		return fail(CodePrecondition, "leader name does not match: the primary is %q", s.Primary)
+	}
+	if s.Operation != nil {
+		return fail(CodeConflict, "operation %d (%s) is in progress", s.Operation.ID, s.Operation.Kind)
+	}
+	if c.Candidate == c.Leader {
+		return fail(CodeInvalid, "candidate %q is already the primary", c.Candidate)
+	}
+	if c.Candidate != "" {
+		mem, ok := s.Members[c.Candidate]
+		if !ok {
+			return fail(CodePrecondition, "candidate %q does not exist", c.Candidate)
+		}
+		if why := healthyReplica(mem); why != "" {
+			return fail(CodePrecondition, "candidate %q cannot be promoted: %s", c.Candidate, why)
+		}
+	} else {
+		if s.Paused {
+			return fail(CodeInvalid, "switchover in pause mode needs a candidate")
+		}
+		good := false
+		for _, mem := range s.Members {
+			if mem.Name != c.Leader && healthyReplica(mem) == "" {
+				good = true
+			}
+		}
+		if !good {
+			return fail(CodePrecondition, "no good candidates")
+		}
+	}
+	op := s.newOperation(OpSwitchover, "switchover requested", m)
+	op.Phase = PhaseCheckpoint
+	op.OldPrimary = c.Leader
+	op.Candidate = c.Candidate
+	op.Requested = true
+	return Result{ID: op.ID}
+}
+
+func (s *State) requestFailover(c RequestFailover, m Meta) Result {
+	if c.Candidate == "" {
+		return fail(CodeInvalid, "failover needs a candidate")
+	}
+	mem, ok := s.Members[c.Candidate]
+	if !ok {
+		return fail(CodePrecondition, "candidate %q does not exist", c.Candidate)
+	}
+	if !mem.Tags.Promotable() {
+		return fail(CodePrecondition, "candidate %q cannot be promoted: its tags forbid promotion", c.Candidate)
+	}
+	if s.Primary == c.Candidate {
+		return fail(CodeInvalid, "candidate %q is already the primary", c.Candidate)
+	}
+	if op := s.Operation; op != nil {
+		// A failover still looking for a candidate adopts the operator's choice.
+		if op.Kind == OpFailover && op.Phase == PhaseElecting {
+			op.Candidate, op.Force, op.Requested = c.Candidate, c.Force, true
+			op.Message = fmt.Sprintf("operator chose %q", c.Candidate)
+			return Result{ID: op.ID}
+		}
+		return fail(CodeConflict, "operation %d (%s) is in progress", op.ID, op.Kind)
+	}
+	if s.Primary != "" {
+		// With a primary in place a failover is a switchover: graceful, nothing lost.
+		if why := healthyReplica(mem); why != "" {
+			return fail(CodePrecondition, "candidate %q cannot be promoted: %s", c.Candidate, why)
+		}
+		op := s.newOperation(OpSwitchover, "failover requested with a primary in place", m)
+		op.Phase = PhaseCheckpoint
+		op.OldPrimary = s.Primary
+		op.Candidate = c.Candidate
+		op.Requested, op.Force = true, c.Force
+		return Result{ID: op.ID}
+	}
+	op := s.newOperation(OpFailover, "failover requested", m)
+	op.Phase = PhaseElecting
+	op.Candidate = c.Candidate
+	op.Requested, op.Force = true, c.Force
+	return Result{ID: op.ID}
+}
