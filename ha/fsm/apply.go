@@ -186,6 +186,14 @@ func (s *State) reportStatus(c ReportStatus, m Meta) Result {
 		return fail(CodeInvalid, "invalid role %q or state %q", c.Status.Role, c.Status.State)
 	}
 	st := c.Status
+	if st.Position() == 0 {
+		// PostgreSQL is down or unreadable: keep the last known WAL positions, which the
+		// controller needs to judge how much a failover would lose.
+		st.FlushLSN, st.ReceivedLSN, st.ReplayedLSN = mem.Status.FlushLSN, mem.Status.ReceivedLSN, mem.Status.ReplayedLSN
+		if st.Timeline == 0 {
+			st.Timeline = mem.Status.Timeline
+		}
+	}
 	st.ReportedAt = m.At
 	st.ReportIndex = m.Index
 	st.LagBytes = 0
@@ -341,7 +349,7 @@ func (s *State) startOperation(c StartOperation, m Meta) Result {
 	if c.Kind != OpFailover {
 		return fail(CodeInvalid, "only a failover can be started directly, not %q", c.Kind)
 	}
-	if c.OldPrimary != s.Primary {
+	if s.Primary != "" && c.OldPrimary != s.Primary {
 		return fail(CodeConflict, "old primary %q is not the primary (%q)", c.OldPrimary, s.Primary)
 	}
 	op := s.newOperation(OpFailover, c.Reason, m)
@@ -515,8 +523,8 @@ func (s *State) requestFailover(c RequestFailover, m Meta) Result {
 		}
 		return fail(CodeConflict, "operation %d (%s) is in progress", op.ID, op.Kind)
 	}
-	if s.Primary != "" {
-		// With a primary in place a failover is a switchover: graceful, nothing lost.
+	if p, ok := s.Members[s.Primary]; ok && p.Status.Healthy && p.Status.Role == RolePrimary && p.Status.State == StateRunningPrimary {
+		// With a healthy primary in place a failover is a switchover: graceful, nothing lost.
 		if why := healthyReplica(mem); why != "" {
 			return fail(CodePrecondition, "candidate %q cannot be promoted: %s", c.Candidate, why)
 		}
@@ -527,8 +535,14 @@ func (s *State) requestFailover(c RequestFailover, m Meta) Result {
 		op.Requested, op.Force = true, c.Force
 		return Result{ID: op.ID}
 	}
+	// No primary, or one that reports trouble: depose it and fail over to the candidate.
 	op := s.newOperation(OpFailover, "failover requested", m)
 	op.Phase = PhaseElecting
+	op.OldPrimary = s.Primary
+	if op.OldPrimary == "" && len(s.History) > 0 {
+		op.OldPrimary = s.History[len(s.History)-1].NewPrimary
+	}
+	s.depose(m)
 	op.Candidate = c.Candidate
 	op.Requested, op.Force = true, c.Force
 	return Result{ID: op.ID}

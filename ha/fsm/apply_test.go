@@ -182,7 +182,7 @@ func TestDirectiveRetentionIsBounded(t *testing.T) {
 
 func TestFailoverOperationLifecycle(t *testing.T) {
 	m := threeNodes(t)
-	m.rejects(StartOperation{Kind: OpFailover, OldPrimary: "n2"}, ErrConflict)
+	m.rejects(StartOperation{Kind: OpFailover, OldPrimary: "n2"}, ErrConflict) // n1 is the primary
 	m.rejects(StartOperation{Kind: OpSwitchover, OldPrimary: "n1"}, ErrInvalid)
 	op := m.ok(StartOperation{Kind: OpFailover, Reason: "primary silent", OldPrimary: "n1"}).ID
 	if m.s.Primary != "" || m.s.PrimaryIndex != m.idx || m.s.Operation.Phase != PhaseElecting {
@@ -242,6 +242,14 @@ func TestFailoverRequest(t *testing.T) {
 		t.Fatalf("op %+v", op)
 	}
 	m.ok(FinishOperation{ID: id})
+	// With a primary that reports trouble it is a failover that deposes the primary.
+	m.ok(ReportStatus{Node: "n1", Status: NodeStatus{Role: RolePrimary, State: StateStopped}})
+	id = m.ok(RequestFailover{Candidate: "n2"}).ID
+	if op := m.s.Operation; op.Kind != OpFailover || op.OldPrimary != "n1" || m.s.Primary != "" || op.Candidate != "n2" {
+		t.Fatalf("op %+v primary %q", op, m.s.Primary)
+	}
+	m.ok(FinishOperation{ID: id})
+	m.ok(SetPrimary{Node: "n1"})
 	// Without a primary, an electing failover adopts the operator's candidate.
 	auto := m.ok(StartOperation{Kind: OpFailover, Reason: "silent", OldPrimary: "n1"}).ID
 	got := m.ok(RequestFailover{Candidate: "n3", Force: true}).ID
@@ -270,4 +278,13 @@ func TestRemoveMember(t *testing.T) {
 		t.Fatalf("sync set %s", got)
 	}
 	m.rejects(RenewLease{Node: "n3"}, ErrNotFound)
+}
+
+func TestReportWithoutPositionKeepsTheLastKnown(t *testing.T) {
+	m := threeNodes(t)
+	m.ok(ReportStatus{Node: "n1", Status: NodeStatus{Role: RolePrimary, State: StateStopped, Reason: "down"}})
+	st := m.s.Members["n1"].Status
+	if st.FlushLSN != 1000 || st.State != StateStopped || st.Healthy {
+		t.Fatalf("status %+v", st)
+	}
 }

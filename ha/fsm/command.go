@@ -122,7 +122,7 @@ type ExpireDirective struct {
 }
 
 // StartOperation begins an automatic failover. It deposes OldPrimary, which must be the current
-// primary (or "" when there is none).
+// primary; when there is none, OldPrimary names the last one (to fence it), or "".
 type StartOperation struct {
 	Kind       OperationKind `json:"kind"`
 	Reason     string        `json:"reason"`
@@ -170,8 +170,10 @@ type RequestSwitchover struct {
 	Candidate string `json:"candidate,omitempty"`
 }
 
-// RequestFailover asks for a manual failover to Candidate. With a healthy primary it becomes a
-// switchover. Force allows a candidate beyond maximum_lag_on_failover.
+// RequestFailover asks for a manual failover to Candidate. With a primary that reports itself
+// healthy it becomes a switchover; otherwise the primary is deposed and the candidate promoted
+// (after the same FENCE and lease checks as an automatic failover). Force allows a candidate
+// beyond maximum_lag_on_failover.
 type RequestFailover struct {
 	Candidate string `json:"candidate"`
 	Force     bool   `json:"force,omitempty"`

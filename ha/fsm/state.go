@@ -55,6 +55,7 @@ type NodeStatus struct {
 	Healthy  bool   `json:"healthy"`
 	Timeline uint32 `json:"timeline,omitempty"`
 	// FlushLSN is a primary's WAL flush position; ReceivedLSN and ReplayedLSN are a standby's.
+	// A report without any position (PostgreSQL down) keeps the last known ones.
 	FlushLSN    LSN `json:"flush_lsn,omitempty"`
 	ReceivedLSN LSN `json:"received_lsn,omitempty"`
 	ReplayedLSN LSN `json:"replayed_lsn,omitempty"`

@@ -1,0 +1,802 @@
+package controller
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pgbastion/pgbastion/ha/fsm"
+)
+
+// Config is the part of the failover configuration the controller decides with. Package ha
+// builds it from ha.FailoverConfig, which validates the timings.
+type Config struct {
+	// FencingEnabled: FENCE the old primary before promoting a replica (invariant 3).
+	FencingEnabled bool
+	// PrimaryTimeout (F): a primary that has renewed no lease for this long is lost, and a node
+	// whose last lease grant is this old can no longer be routing writes. ha.Config.Validate
+	// guarantees it exceeds the lease timeout with a margin for clock drift.
+	PrimaryTimeout time.Duration
+	// MaxLagOnFailover: an automatic failover never promotes a replica further than this many
+	// bytes behind the best known WAL position.
+	MaxLagOnFailover uint64
+	// DirectiveTimeout: a directive not acknowledged in this time is expired.
+	DirectiveTimeout time.Duration
+	// SwitchoverTimeout bounds a switchover (and a requested failover whose candidate never
+	// becomes eligible).
+	SwitchoverTimeout time.Duration
+	// DrainTimeout bounds how long a switchover waits, with writes paused, for the proxies'
+	// in-flight write transactions to finish before it demotes the primary.
+	DrainTimeout time.Duration
+	// SynchronousMode is "off", "on" or "quorum". In the latter two only a member of the
+	// recorded synchronous standby set may be promoted automatically (invariant 4).
+	SynchronousMode string
+}
+
+// Observations is what the controller's shell knows besides the replicated state.
+type Observations struct {
+	// Now is the leader's clock.
+	Now time.Time
+	// LeaderSince is when this leader's epoch began on its own clock (after its
+	// LeaderEstablished command was applied). Times in the state stamped before then came
+	// from another node's clock, so the controller measures their age from LeaderSince.
+	LeaderSince time.Time
+}
+
+// Decision is the output of one Step.
+type Decision struct {
+	// Commands to apply, in order, through Raft. The shell applies them and calls Step again.
+	Commands []fsm.Command
+	// Waiting explains, when not empty, what the cluster is waiting for.
+	Waiting string
+	// WakeAt, when not zero, is the earliest time at which the passing of time alone could
+	// change the decision; the shell calls Step again then, or sooner if the state changes.
+	WakeAt time.Time
+}
+
+func (d *Decision) wake(t time.Time) {
+	if d.WakeAt.IsZero() || t.Before(d.WakeAt) {
+		d.WakeAt = t
+	}
+}
+
+func (d *Decision) wait(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if d.Waiting == "" {
+		d.Waiting = msg
+	} else {
+		d.Waiting += "; " + msg
+	}
+}
+
+func (d *Decision) add(cmds ...fsm.Command) { d.Commands = append(d.Commands, cmds...) }
+
+// step carries one evaluation.
+type step struct {
+	s   *fsm.State
+	obs Observations
+	cfg Config
+	d   Decision
+}
+
+// Step decides what the leader should do next. It is a pure function of its arguments.
+//
+// In order of precedence it: expires directives that outlived DirectiveTimeout; drives the
+// operation in progress (failover or switchover) one phase; starts a failover when the primary
+// is lost (its agent silent for PrimaryTimeout, or its PostgreSQL reported unhealthy) and
+// automatic failover is not paused; and tells replicas that do not follow the primary, and
+// fenced or rogue primaries, to follow it (DEMOTE).
+func Step(s *fsm.State, obs Observations, cfg Config) Decision {
+	st := &step{s: s, obs: obs, cfg: cfg}
+	if st.expireDirectives() {
+		return st.d
+	}
+	if op := s.Operation; op != nil {
+		st.driveOperation(*op)
+		return st.d
+	}
+	if st.checkPrimary() {
+		return st.d
+	}
+	st.reconcileFollowers()
+	return st.d
+}
+
+// anchor returns the time from which to measure the age of a timestamp stamped into the
+// command at log index idx: the timestamp itself if this leader stamped it, otherwise the
+// start of this leader's epoch, which is later than any earlier leader's commit (a new leader
+// is elected only after the entries it carries were committed by their old leader).
+func (st *step) anchor(at time.Time, idx uint64) time.Time {
+	if idx >= st.s.EpochIndex && !at.IsZero() {
+		return at
+	}
+	return st.obs.LeaderSince
+}
+
+func (st *step) elapsed(at time.Time, idx uint64, d time.Duration) (bool, time.Time) {
+	deadline := st.anchor(at, idx).Add(d)
+	return !st.obs.Now.Before(deadline), deadline
+}
+
+func (st *step) expireDirectives() bool {
+	expired := false
+	for _, d := range st.s.Directives {
+		if d.Finished() {
+			continue
+		}
+		if ok, deadline := st.elapsed(d.IssuedAt, d.IssuedIndex, st.cfg.DirectiveTimeout); ok {
+			st.d.add(fsm.ExpireDirective{ID: d.ID, Message: fmt.Sprintf("not acknowledged within %s", st.cfg.DirectiveTimeout)})
+			expired = true
+		} else {
+			st.d.wake(deadline)
+		}
+	}
+	return expired
+}
+
+// fresh reports whether a member's last status report is recent enough to act on.
+func (st *step) fresh(m fsm.Member) bool {
+	if m.Status.ReportIndex == 0 {
+		return false
+	}
+	ok, deadline := st.elapsed(m.Status.ReportedAt, m.Status.ReportIndex, st.cfg.PrimaryTimeout)
+	if !ok {
+		st.d.wake(deadline)
+	}
+	return !ok
+}
+
+// lastDirective returns the newest directive of type t to target, for operation op (0: any).
+func (st *step) lastDirective(t fsm.DirectiveType, target string, op uint64) (fsm.Directive, bool) {
+	for i := len(st.s.Directives) - 1; i >= 0; i-- {
+		d := st.s.Directives[i]
+		if d.Type == t && d.Target == target && (op == 0 || d.Params.OperationID == op) {
+			return d, true
+		}
+	}
+	return fsm.Directive{}, false
+}
+
+func (st *step) hasPending(target string) bool {
+	return len(st.s.PendingDirectives(target)) > 0
+}
+
+// checkPrimary starts a failover when there is no primary or it is lost. It reports whether
+// it decided anything.
+func (st *step) checkPrimary() bool {
+	s := st.s
+	if s.Primary == "" && len(s.History) == 0 {
+		return st.adopt()
+	}
+	old, reason := s.Primary, ""
+	if s.Primary == "" {
+		old, reason = st.lastPrimary(), "no primary"
+	} else {
+		reason = st.primaryLost(s.Primary)
+	}
+	if reason == "" {
+		return false
+	}
+	if s.Paused {
+		st.d.wait("%s, but automatic failover is paused", reason)
+		return true
+	}
+	best, rejected := st.rank(old, nil, false)
+	if best == "" {
+		st.d.wait("%s, and no replica can be promoted: %s", reason, rejected)
+		return true
+	}
+	st.d.add(fsm.StartOperation{Kind: fsm.OpFailover, Reason: reason, OldPrimary: old})
+	return true
+}
+
+// lastPrimary is the most recent primary in the history that is still a member, or "".
+func (st *step) lastPrimary() string {
+	for i := len(st.s.History) - 1; i >= 0; i-- {
+		if _, ok := st.s.Members[st.s.History[i].NewPrimary]; ok {
+			return st.s.History[i].NewPrimary
+		}
+	}
+	return ""
+}
+
+// primaryLost returns why the current primary is lost, or "": it renewed no lease for
+// PrimaryTimeout, or a report since it became primary says PostgreSQL is down, fenced or not a
+// primary.
+func (st *step) primaryLost(name string) string {
+	s := st.s
+	p, ok := s.Members[name]
+	if !ok {
+		return fmt.Sprintf("primary %q is not a member", name)
+	}
+	proof, proofIdx := s.PrimarySince, s.PrimaryIndex
+	if p.Lease.RenewedIndex > proofIdx {
+		proof, proofIdx = p.Lease.RenewedAt, p.Lease.RenewedIndex
+	}
+	if silent, deadline := st.elapsed(proof, proofIdx, st.cfg.PrimaryTimeout); silent {
+		return fmt.Sprintf("primary %q renewed no lease for %s", name, st.cfg.PrimaryTimeout)
+	} else {
+		st.d.wake(deadline)
+	}
+	if p.Status.ReportIndex > s.PrimaryIndex {
+		if why := primaryProblem(p.Status); why != "" {
+			return fmt.Sprintf("primary %q: %s", name, why)
+		}
+	}
+	return ""
+}
+
+// adopt names the first primary of a new cluster: the one member that reports a running,
+// healthy primary. A cluster that never had a primary never elects a replica on its own: the
+// node that ran initdb may simply not have reported yet, and promoting its clone would fork the
+// data. An operator can still force one (RequestFailover).
+func (st *step) adopt() bool {
+	var primaries []string
+	for _, name := range st.s.MemberNames() {
+		m := st.s.Members[name]
+		if m.Status.Role == fsm.RolePrimary && st.fresh(m) {
+			primaries = append(primaries, name)
+		}
+	}
+	if len(primaries) != 1 {
+		st.d.wait("new cluster: waiting for exactly one member to report a running primary (have %d: %s)",
+			len(primaries), strings.Join(primaries, ", "))
+		return true
+	}
+	m := st.s.Members[primaries[0]]
+	if !m.Status.Healthy || m.Status.State != fsm.StateRunningPrimary {
+		st.d.wait("new cluster: %q runs as a primary but is not healthy", m.Name)
+		return true
+	}
+	st.d.add(fsm.SetPrimary{Node: m.Name, Reason: "bootstrap: adopted the running primary",
+		Timeline: m.Status.Timeline, LSN: m.Status.FlushLSN})
+	return true
+}
+
+func primaryProblem(ns fsm.NodeStatus) string {
+	switch {
+	case ns.State == fsm.StateFenced:
+		return "fenced: " + ns.Reason
+	case !ns.Healthy:
+		if ns.Reason != "" {
+			return "postgresql is down: " + ns.Reason
+		}
+		return "postgresql is down"
+	case ns.Role != fsm.RolePrimary:
+		return fmt.Sprintf("postgresql runs as %q", ns.Role)
+	}
+	return ""
+}
+
+// rank returns the best candidate to promote instead of old, and a description of why the
+// others were rejected. Eligible: a fresh, healthy, running replica whose tags allow promotion,
+// in the synchronous standby set when a synchronous mode is on, within MaxLagOnFailover of the
+// best known position (unless force). Ties on WAL position go to the higher failover_priority,
+// then to the lower name.
+func (st *step) rank(old string, excluded []string, force bool) (string, string) {
+	type cand struct {
+		name string
+		pos  fsm.LSN
+		prio int
+	}
+	var cands []cand
+	var rejected []string
+	ref := st.bestKnown(old)
+	for _, name := range st.s.MemberNames() {
+		if name == old {
+			continue
+		}
+		m := st.s.Members[name]
+		if why := st.ineligible(m, excluded); why != "" {
+			rejected = append(rejected, name+": "+why)
+			continue
+		}
+		cands = append(cands, cand{name, m.Status.Position(), m.Tags.FailoverPriority})
+	}
+	var ok []cand
+	for _, c := range cands {
+		if lag := ref.Sub(c.pos); lag > st.cfg.MaxLagOnFailover && !force {
+			rejected = append(rejected, fmt.Sprintf("%s: %d bytes behind the best known position %s (maximum_lag_on_failover %d)",
+				c.name, lag, ref, st.cfg.MaxLagOnFailover))
+			continue
+		}
+		ok = append(ok, c)
+	}
+	if len(ok) == 0 {
+		if len(rejected) == 0 {
+			rejected = []string{"no other members"}
+		}
+		return "", strings.Join(rejected, "; ")
+	}
+	slices.SortFunc(ok, func(a, b cand) int {
+		switch {
+		case a.pos != b.pos:
+			if a.pos > b.pos {
+				return -1
+			}
+			return 1
+		case a.prio != b.prio:
+			return b.prio - a.prio
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	return ok[0].name, strings.Join(rejected, "; ")
+}
+
+func (st *step) ineligible(m fsm.Member, excluded []string) string {
+	switch {
+	case slices.Contains(excluded, m.Name):
+		return "its promotion failed in this operation"
+	case !m.Tags.Promotable():
+		return "tags forbid promotion"
+	case !st.fresh(m):
+		return "no recent status report"
+	case !m.Status.Healthy || m.Status.Role != fsm.RoleReplica || m.Status.State != fsm.StateRunningReplica:
+		return fmt.Sprintf("not a healthy running replica (%s)", m.Status.State)
+	case st.cfg.SynchronousMode != "" && st.cfg.SynchronousMode != "off" && !slices.Contains(st.s.SyncStandbys, m.Name):
+		return "not in the recorded synchronous standby set"
+	}
+	return ""
+}
+
+// bestKnown is the furthest WAL position known to hold acknowledged writes: the old primary's
+// last report and every replica's (eligible or not; a replica only has WAL the primary wrote).
+// Comparing with it, not just with the old primary's possibly older report, keeps a failover
+// from discarding WAL that another node already has.
+func (st *step) bestKnown(old string) fsm.LSN {
+	var ref fsm.LSN
+	for _, m := range st.s.Members {
+		if m.Name == old || m.Status.Role == fsm.RoleReplica {
+			ref = max(ref, m.Status.Position())
+		}
+	}
+	return ref
+}
+
+// lagOf returns how far name is behind bestKnown.
+func (st *step) lagOf(name, old string) uint64 {
+	return st.bestKnown(old).Sub(st.s.Members[name].Status.Position())
+}
+
+// leaseGate reports whether promoting candidate is safe now: no node may still be routing
+// writes to another primary (invariant 1) and, with fencing, the old primary must have
+// acknowledged FENCE or DEMOTE or its lease must have certainly expired (invariant 3).
+//
+// A node N whose last lease grant named primary P ≠ candidate is clear of P when any holds:
+//   - N ≠ P (or fencing is off), N renewed after P was deposed (its latest grant names
+//     someone else) and reported that it routed writes to nobody or elsewhere when it sent
+//     that renewal. N drops P the moment its FSM shows P deposed and never routes to P again.
+//   - N = P and it acknowledged FENCE or DEMOTE after its last grant: PostgreSQL on P is
+//     stopped or read-only.
+//   - PrimaryTimeout has passed since that grant (measured from the anchor). N's lease ended
+//     lease_timeout after N sent the renewal; config validation makes PrimaryTimeout longer
+//     than that with margin for clock drift.
+func (st *step) leaseGate(candidate string) (bool, time.Time, string) {
+	var until time.Time
+	var blockers []string
+	check := func(m fsm.Member) {
+		l := m.Lease
+		p := l.GrantPrimary
+		if p == "" || p == candidate {
+			return
+		}
+		if (m.Name != p || !st.cfg.FencingEnabled) && l.RenewedIndex > l.GrantIndex && l.Granted != p && l.Routing != p {
+			return
+		}
+		if m.Name == p && l.ReleaseIndex > l.GrantIndex {
+			return
+		}
+		ok, deadline := st.elapsed(l.GrantAt, l.GrantIndex, st.cfg.PrimaryTimeout)
+		if ok {
+			return
+		}
+		if deadline.After(until) {
+			until = deadline
+		}
+		if m.Name == p {
+			blockers = append(blockers, fmt.Sprintf("%s has not acknowledged FENCE and may hold its lease until %s", m.Name, deadline.Format(time.RFC3339Nano)))
+		} else {
+			blockers = append(blockers, fmt.Sprintf("%s may route writes to %s until %s", m.Name, p, deadline.Format(time.RFC3339Nano)))
+		}
+	}
+	for _, name := range st.s.MemberNames() {
+		check(st.s.Members[name])
+	}
+	for _, m := range st.s.Departed {
+		check(m)
+	}
+	if len(blockers) > 0 {
+		return false, until, strings.Join(blockers, "; ")
+	}
+	return true, time.Time{}, ""
+}
+
+func (st *step) driveOperation(op fsm.Operation) {
+	switch op.Kind {
+	case fsm.OpFailover:
+		st.driveFailover(op)
+	case fsm.OpSwitchover:
+		st.driveSwitchover(op)
+	default:
+		st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("unknown operation kind %q", op.Kind)})
+	}
+}
+
+func strp(s string) *string { return &s }
+
+func (st *step) driveFailover(op fsm.Operation) {
+	switch op.Phase {
+	case fsm.PhaseElecting:
+		st.elect(op)
+	case fsm.PhasePromoting:
+		st.promoting(op)
+	default:
+		st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("failover in unexpected phase %q", op.Phase)})
+	}
+}
+
+// fenceTargets are the nodes whose PostgreSQL may still accept writes: the old primary and any
+// other node that reports running as a primary.
+func (st *step) fenceTargets(op fsm.Operation, candidate string) []string {
+	var out []string
+	for _, name := range st.s.MemberNames() {
+		m := st.s.Members[name]
+		if name == candidate {
+			continue
+		}
+		if name == op.OldPrimary || m.Status.Role == fsm.RolePrimary {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func (st *step) elect(op fsm.Operation) {
+	if op.Requested && op.Candidate != "" {
+		if done, _ := st.elapsed(op.StartedAt, op.StartedIndex, st.cfg.SwitchoverTimeout); done {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("candidate %q did not become eligible within %s: %s",
+				op.Candidate, st.cfg.SwitchoverTimeout, op.Message)})
+			return
+		}
+	}
+	// Publish FENCE first (invariant 3), whoever is promoted.
+	if st.cfg.FencingEnabled {
+		var fences []fsm.Command
+		for _, name := range st.fenceTargets(op, op.Candidate) {
+			if _, issued := st.lastDirective(fsm.DirectiveFence, name, op.ID); !issued {
+				fences = append(fences, fsm.IssueDirective{Type: fsm.DirectiveFence, Target: name,
+					Params: fsm.DirectiveParams{OperationID: op.ID, Reason: op.Reason}})
+			}
+		}
+		if len(fences) > 0 {
+			st.d.add(fences...)
+			return
+		}
+	}
+	candidate := op.Candidate
+	if candidate != "" {
+		if _, ok := st.s.Members[candidate]; !ok {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("candidate %q is no longer a member", candidate)})
+			return
+		}
+		if why := st.candidateProblem(op, candidate); why != "" {
+			msg := fmt.Sprintf("candidate %q cannot be promoted: %s", candidate, why)
+			st.d.wait("%s", msg)
+			if op.Message != msg {
+				st.d.add(fsm.UpdateOperation{ID: op.ID, Message: &msg})
+			}
+			return
+		}
+	} else {
+		best, rejected := st.rank(op.OldPrimary, op.Excluded, op.Force)
+		if best == "" {
+			msg := "no replica can be promoted: " + rejected
+			st.d.wait("%s", msg)
+			if op.Message != msg {
+				st.d.add(fsm.UpdateOperation{ID: op.ID, Message: &msg})
+			}
+			return
+		}
+		candidate = best
+	}
+	ok, until, why := st.leaseGate(candidate)
+	if !ok {
+		st.d.wake(until)
+		msg := fmt.Sprintf("promotion of %q waits: %s", candidate, why)
+		st.d.wait("%s", msg)
+		if op.Message != msg {
+			st.d.add(fsm.UpdateOperation{ID: op.ID, Message: &msg})
+		}
+		return
+	}
+	lose := st.lagOf(candidate, op.OldPrimary)
+	msg := fmt.Sprintf("promoting %q", candidate)
+	st.d.add(
+		fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhasePromoting, Candidate: strp(candidate), MayLoseBytes: &lose, Message: &msg},
+		fsm.IssueDirective{Type: fsm.DirectivePromote, Target: candidate, Params: fsm.DirectiveParams{OperationID: op.ID, Reason: op.Reason}},
+	)
+}
+
+// candidateProblem says why name cannot be promoted by op now, or "".
+func (st *step) candidateProblem(op fsm.Operation, name string) string {
+	m, ok := st.s.Members[name]
+	if !ok {
+		return "not a member"
+	}
+	if why := st.ineligible(m, op.Excluded); why != "" {
+		return why
+	}
+	if op.Kind == fsm.OpFailover && !op.Force {
+		if lag := st.lagOf(name, op.OldPrimary); lag > st.cfg.MaxLagOnFailover {
+			return fmt.Sprintf("%d bytes behind (maximum_lag_on_failover %d; force to accept the loss)", lag, st.cfg.MaxLagOnFailover)
+		}
+	}
+	return ""
+}
+
+// promoting waits for the candidate's PROMOTE; on success it names the new primary and ends
+// the operation, on failure it goes back to electing without that candidate (a failover) or
+// ends the operation (a switchover, or a failover the operator aimed at this candidate).
+func (st *step) promoting(op fsm.Operation) {
+	d, ok := st.lastDirective(fsm.DirectivePromote, op.Candidate, op.ID)
+	if !ok || d.Status == fsm.DirectiveSuperseded {
+		// Issued by an earlier leader and superseded: check the candidate and the gate again
+		// and issue it again (PROMOTE is idempotent, so a candidate that did promote but whose
+		// acknowledgement was lost just acknowledges again).
+		c := st.s.Members[op.Candidate]
+		promoted := c.Status.Role == fsm.RolePrimary && c.Status.Healthy && st.fresh(c)
+		if why := st.candidateProblem(op, op.Candidate); why != "" && !promoted {
+			msg := fmt.Sprintf("candidate %q cannot be promoted any more: %s", op.Candidate, why)
+			if op.Kind == fsm.OpSwitchover || op.Requested {
+				st.d.add(fsm.FinishOperation{ID: op.ID, Message: msg})
+				return
+			}
+			st.d.add(fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhaseElecting, Candidate: strp(""), Message: &msg})
+			return
+		}
+		if ok, until, why := st.leaseGate(op.Candidate); !ok {
+			st.d.wake(until)
+			st.d.wait("promotion of %q waits: %s", op.Candidate, why)
+			return
+		}
+		st.d.add(fsm.IssueDirective{Type: fsm.DirectivePromote, Target: op.Candidate,
+			Params: fsm.DirectiveParams{OperationID: op.ID, Reason: op.Reason}})
+		return
+	}
+	switch d.Status {
+	case fsm.DirectivePending:
+		st.d.wait("waiting for %q to acknowledge PROMOTE %d", op.Candidate, d.ID)
+	case fsm.DirectiveDone:
+		st.d.add(
+			fsm.SetPrimary{Node: op.Candidate, OperationID: op.ID, Reason: op.Reason, Timeline: d.Result.Timeline, LSN: d.Result.LSN},
+			fsm.FinishOperation{ID: op.ID, Success: true, Message: fmt.Sprintf("%q is the primary", op.Candidate)},
+		)
+	default:
+		msg := fmt.Sprintf("PROMOTE of %q %s: %s", op.Candidate, d.Status, d.Message)
+		if op.Kind == fsm.OpSwitchover || op.Requested {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: msg})
+			return
+		}
+		st.d.add(fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhaseElecting, Candidate: strp(""), Exclude: op.Candidate, Message: &msg})
+	}
+}
+
+func (st *step) driveSwitchover(op fsm.Operation) {
+	s := st.s
+	timedOut, deadline := st.elapsed(op.StartedAt, op.StartedIndex, st.cfg.SwitchoverTimeout)
+	if !timedOut {
+		st.d.wake(deadline)
+	}
+	switch op.Phase {
+	case fsm.PhaseCheckpoint, fsm.PhaseDraining:
+		// Nothing is changed yet: abort cleanly when the primary changed under us or time ran out.
+		if s.Primary != op.OldPrimary {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("primary changed to %q during the switchover", s.Primary)})
+			return
+		}
+		if why := st.primaryLost(op.OldPrimary); why != "" {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: "switchover aborted: " + why})
+			return
+		}
+		if timedOut {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("switchover did not complete within %s (%s)", st.cfg.SwitchoverTimeout, op.Phase)})
+			return
+		}
+		if op.Phase == fsm.PhaseCheckpoint {
+			st.checkpoint(op)
+		} else {
+			st.drain(op)
+		}
+	case fsm.PhaseDemoting:
+		st.demoting(op)
+	case fsm.PhaseCatchup:
+		if timedOut {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("candidate %q did not replay up to %s within %s", op.Candidate, op.FinalLSN, st.cfg.SwitchoverTimeout)})
+			return
+		}
+		st.catchup(op)
+	case fsm.PhasePromoting:
+		st.promoting(op)
+	default:
+		st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("switchover in unexpected phase %q", op.Phase)})
+	}
+}
+
+// checkpoint runs CHECKPOINT on the primary while writes still flow, so that the shutdown
+// checkpoint inside DEMOTE (while writes are paused) is short. Its failure is not fatal.
+func (st *step) checkpoint(op fsm.Operation) {
+	d, ok := st.lastDirective(fsm.DirectiveCheckpoint, op.OldPrimary, op.ID)
+	if !ok || d.Status == fsm.DirectiveSuperseded {
+		st.d.add(fsm.IssueDirective{Type: fsm.DirectiveCheckpoint, Target: op.OldPrimary,
+			Params: fsm.DirectiveParams{OperationID: op.ID, Reason: "switchover"}})
+		return
+	}
+	if d.Status == fsm.DirectivePending {
+		st.d.wait("waiting for CHECKPOINT %d on %q", d.ID, op.OldPrimary)
+		return
+	}
+	st.d.add(
+		fsm.SetWritePause{OperationID: op.ID, Active: true, Reason: "switchover"},
+		fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhaseDraining},
+	)
+}
+
+// drain waits, with writes paused, until every reporting node's proxy has no write
+// transaction in flight (or DrainTimeout passes), then deposes the primary and demotes it.
+func (st *step) drain(op fsm.Operation) {
+	wp := st.s.WritePause
+	if wp == nil || wp.OperationID != op.ID {
+		st.d.add(fsm.SetWritePause{OperationID: op.ID, Active: true, Reason: "switchover"})
+		return
+	}
+	var busy []string
+	for _, name := range st.s.MemberNames() {
+		m := st.s.Members[name]
+		if !st.fresh(m) {
+			continue
+		}
+		if m.Status.ReportIndex <= wp.SinceIndex || m.Status.InflightWrites > 0 {
+			busy = append(busy, name)
+		}
+	}
+	timedOut, deadline := st.elapsed(wp.Since, wp.SinceIndex, st.cfg.DrainTimeout)
+	if len(busy) > 0 && !timedOut {
+		st.d.wake(deadline)
+		st.d.wait("waiting for proxies to drain write transactions: %s", strings.Join(busy, ", "))
+		return
+	}
+	candidate := op.Candidate
+	if candidate == "" {
+		best, rejected := st.rank(op.OldPrimary, op.Excluded, true)
+		if best == "" {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: "no good candidates: " + rejected})
+			return
+		}
+		candidate = best
+	} else if m, ok := st.s.Members[candidate]; !ok || st.ineligible(m, nil) != "" {
+		why := "not a member"
+		if ok {
+			why = st.ineligible(m, nil)
+		}
+		st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("candidate %q cannot be promoted: %s", candidate, why)})
+		return
+	}
+	msg := fmt.Sprintf("demoting %q to follow %q", op.OldPrimary, candidate)
+	st.d.add(
+		fsm.SetPrimary{Node: "", OperationID: op.ID},
+		fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhaseDemoting, Candidate: strp(candidate), Message: &msg},
+		fsm.IssueDirective{Type: fsm.DirectiveDemote, Target: op.OldPrimary,
+			Params: fsm.DirectiveParams{Upstream: candidate, OperationID: op.ID, Reason: "switchover"}},
+	)
+}
+
+func (st *step) demoting(op fsm.Operation) {
+	d, ok := st.lastDirective(fsm.DirectiveDemote, op.OldPrimary, op.ID)
+	if !ok || d.Status == fsm.DirectiveSuperseded {
+		st.d.add(fsm.IssueDirective{Type: fsm.DirectiveDemote, Target: op.OldPrimary,
+			Params: fsm.DirectiveParams{Upstream: op.Candidate, OperationID: op.ID, Reason: "switchover"}})
+		return
+	}
+	switch d.Status {
+	case fsm.DirectivePending:
+		st.d.wait("waiting for %q to acknowledge DEMOTE %d", op.OldPrimary, d.ID)
+	case fsm.DirectiveDone:
+		final := d.Result.LSN
+		msg := fmt.Sprintf("waiting for %q to replay up to %s", op.Candidate, final)
+		st.d.add(fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhaseCatchup, FinalLSN: &final, Message: &msg})
+	default:
+		// The old primary may still be a writable primary. If it says so, reinstate it and
+		// abort; otherwise end the operation and let the next step elect a primary (fencing
+		// any node that still runs as a primary first).
+		old := st.s.Members[op.OldPrimary]
+		msg := fmt.Sprintf("DEMOTE of %q %s: %s", op.OldPrimary, d.Status, d.Message)
+		if old.Status.ReportIndex > d.FinishedIndex && old.Status.Healthy && old.Status.Role == fsm.RolePrimary &&
+			old.Status.State == fsm.StateRunningPrimary {
+			st.d.add(
+				fsm.SetPrimary{Node: op.OldPrimary, OperationID: op.ID, Reason: "switchover aborted",
+					Timeline: old.Status.Timeline, LSN: old.Status.FlushLSN},
+				fsm.FinishOperation{ID: op.ID, Message: msg + "; the old primary continues"},
+			)
+			return
+		}
+		if old.Status.ReportIndex <= d.FinishedIndex && st.fresh(old) {
+			st.d.wait("DEMOTE failed; waiting for a report from %q to decide whether it is still the primary", op.OldPrimary)
+			return
+		}
+		st.d.add(fsm.FinishOperation{ID: op.ID, Message: msg})
+	}
+}
+
+func (st *step) catchup(op fsm.Operation) {
+	demote, _ := st.lastDirective(fsm.DirectiveDemote, op.OldPrimary, op.ID)
+	c, ok := st.s.Members[op.Candidate]
+	if !ok {
+		st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("candidate %q is no longer a member", op.Candidate)})
+		return
+	}
+	target := op.FinalLSN
+	if target == 0 {
+		target = st.s.Members[op.OldPrimary].Status.FlushLSN
+	}
+	if c.Status.ReportIndex <= demote.FinishedIndex || c.Status.ReplayedLSN < target {
+		st.d.wait("waiting for %q to replay up to %s (replayed %s)", op.Candidate, target, c.Status.ReplayedLSN)
+		return
+	}
+	ok, until, why := st.leaseGate(op.Candidate)
+	if !ok {
+		st.d.wake(until)
+		st.d.wait("promotion of %q waits: %s", op.Candidate, why)
+		return
+	}
+	msg := fmt.Sprintf("promoting %q", op.Candidate)
+	st.d.add(
+		fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhasePromoting, Message: &msg},
+		fsm.IssueDirective{Type: fsm.DirectivePromote, Target: op.Candidate, Params: fsm.DirectiveParams{OperationID: op.ID, Reason: "switchover"}},
+	)
+}
+
+// reconcileFollowers tells every fresh replica that is not following the primary, and every
+// fenced or rogue primary, to follow the primary. A node whose last DEMOTE failed is left
+// alone for DirectiveTimeout before it is asked again.
+func (st *step) reconcileFollowers() {
+	s := st.s
+	if s.Paused || s.Primary == "" {
+		return
+	}
+	p := s.Members[s.Primary]
+	if p.Status.ReportIndex <= s.PrimaryIndex || p.Status.State != fsm.StateRunningPrimary || !p.Status.Healthy {
+		st.d.wait("waiting for %q to report as a running primary", s.Primary)
+		return
+	}
+	for _, name := range s.MemberNames() {
+		m := s.Members[name]
+		if name == s.Primary || !st.fresh(m) || st.hasPending(name) {
+			continue
+		}
+		why := ""
+		switch {
+		case m.Status.Role == fsm.RolePrimary:
+			why = "runs as a primary but is not the primary"
+		case m.Status.State == fsm.StateFenced:
+			why = "rejoin after fencing"
+		case m.Status.State == fsm.StateStopped:
+			why = "postgresql is not running"
+		case m.Status.Role == fsm.RoleReplica && m.Status.State == fsm.StateRunningReplica && m.Status.Following != s.Primary:
+			why = fmt.Sprintf("follows %q instead of the primary", m.Status.Following)
+		}
+		if why == "" {
+			continue
+		}
+		// After a DEMOTE, give the node DirectiveTimeout to settle (a restarted standby takes a
+		// moment to stream) before asking again, whatever the outcome.
+		if last, ok := st.lastDirective(fsm.DirectiveDemote, name, 0); ok {
+			if settled, until := st.elapsed(last.FinishedAt, last.FinishedIndex, st.cfg.DirectiveTimeout); !settled {
+				st.d.wake(until)
+				continue
+			}
+		}
+		st.d.add(fsm.IssueDirective{Type: fsm.DirectiveDemote, Target: name,
+			Params: fsm.DirectiveParams{Upstream: s.Primary, Reason: why}})
+	}
+}
