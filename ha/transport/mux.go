@@ -1,0 +1,288 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// The first byte a dialer writes selects the protocol of the connection.
+const (
+	protoRaft byte = 'R'
+	protoRPC  byte = 'F'
+)
+
+// handshakeTimeout bounds the TLS handshake and the protocol byte of an accepted connection.
+const handshakeTimeout = 5 * time.Second
+
+// Config configures a Mux.
+type Config struct {
+	// Bind is the address to listen on (host:port; port 0 picks one).
+	Bind string
+	// Advertise is the address peers dial; empty means the listener's address, which then
+	// must not be unspecified (0.0.0.0).
+	Advertise string
+	// ServerTLS and ClientTLS enable TLS (both or neither).
+	ServerTLS, ClientTLS *tls.Config
+	Logger               *slog.Logger
+}
+
+// Mux owns the Raft port. It accepts connections (TLS-wrapped when configured) and dispatches
+// each by its first byte: Raft connections go to the raft.StreamLayer it provides, RPC
+// connections to the Handler. It is safe for concurrent use.
+type Mux struct {
+	ln        net.Listener
+	advertise net.Addr
+	clientTLS *tls.Config
+	log       *slog.Logger
+
+	raftCh chan net.Conn
+
+	mu      sync.Mutex
+	handler Handler
+	conns   map[net.Conn]struct{}
+	closed  bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Listen binds the port and starts accepting.
+func Listen(cfg Config) (*Mux, error) {
+	if (cfg.ServerTLS == nil) != (cfg.ClientTLS == nil) {
+		return nil, errors.New("transport: ServerTLS and ClientTLS must be set together")
+	}
+	ln, err := net.Listen("tcp", cfg.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("transport: listen on %s: %w", cfg.Bind, err)
+	}
+	adv := cfg.Advertise
+	if adv == "" {
+		adv = ln.Addr().String()
+	}
+	addr, err := net.ResolveTCPAddr("tcp", adv)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("transport: advertise address %q: %w", adv, err)
+	}
+	if addr.IP == nil || addr.IP.IsUnspecified() {
+		ln.Close()
+		return nil, fmt.Errorf("transport: advertise address %q is not an address peers can dial; set raft.advertise", adv)
+	}
+	if cfg.ServerTLS != nil {
+		ln = tls.NewListener(ln, cfg.ServerTLS)
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Mux{
+		ln: ln, advertise: addr, clientTLS: cfg.ClientTLS, log: logger,
+		raftCh: make(chan net.Conn), conns: map[net.Conn]struct{}{},
+		ctx: ctx, cancel: cancel,
+	}
+	m.wg.Add(1)
+	go m.acceptLoop()
+	return m, nil
+}
+
+// Addr is the advertised address.
+func (m *Mux) Addr() net.Addr { return m.advertise }
+
+// ListenAddr is the address the listener is bound to.
+func (m *Mux) ListenAddr() net.Addr { return m.ln.Addr() }
+
+// SetHandler installs the RPC handler. RPC connections that arrive before it is set are
+// refused.
+func (m *Mux) SetHandler(h Handler) {
+	m.mu.Lock()
+	m.handler = h
+	m.mu.Unlock()
+}
+
+func (m *Mux) track(c net.Conn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false
+	}
+	m.conns[c] = struct{}{}
+	return true
+}
+
+func (m *Mux) untrack(c net.Conn) {
+	m.mu.Lock()
+	delete(m.conns, c)
+	m.mu.Unlock()
+}
+
+func (m *Mux) acceptLoop() {
+	defer m.wg.Done()
+	for {
+		c, err := m.ln.Accept()
+		if err != nil {
+			if m.ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			m.log.Warn("accept failed", "error", err)
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-m.ctx.Done():
+				return
+			}
+			continue
+		}
+		if !m.track(c) {
+			c.Close()
+			return
+		}
+		m.wg.Add(1)
+		go m.dispatch(c)
+	}
+}
+
+// dispatch completes the handshake and reads the protocol byte off the accept loop, so a slow
+// or hostile peer delays nobody else.
+func (m *Mux) dispatch(c net.Conn) {
+	defer m.wg.Done()
+	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
+	if tc, ok := c.(*tls.Conn); ok {
+		if err := tc.HandshakeContext(m.ctx); err != nil {
+			m.log.Warn("tls handshake refused", "remote", c.RemoteAddr().String(), "error", err)
+			m.drop(c)
+			return
+		}
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		m.log.Debug("connection closed before its protocol byte", "remote", c.RemoteAddr().String(), "error", err)
+		m.drop(c)
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	switch b[0] {
+	case protoRaft:
+		// Ownership passes to raft's NetworkTransport, which closes it.
+		m.untrack(c)
+		select {
+		case m.raftCh <- c:
+		case <-m.ctx.Done():
+			c.Close()
+		}
+	case protoRPC:
+		m.mu.Lock()
+		h := m.handler
+		m.mu.Unlock()
+		if h == nil {
+			m.drop(c)
+			return
+		}
+		m.serveRPC(c, h)
+		m.drop(c)
+	default:
+		m.log.Warn("unknown protocol byte", "remote", c.RemoteAddr().String(), "byte", b[0])
+		m.drop(c)
+	}
+}
+
+func (m *Mux) drop(c net.Conn) {
+	c.Close()
+	m.untrack(c)
+}
+
+// Close stops accepting, closes the RPC connections and waits for their goroutines. Raft
+// connections already handed over belong to raft's transport.
+func (m *Mux) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	conns := m.conns
+	m.conns = map[net.Conn]struct{}{}
+	m.mu.Unlock()
+	m.cancel()
+	err := m.ln.Close()
+	for c := range conns {
+		c.Close()
+	}
+	m.wg.Wait()
+	return err
+}
+
+// dial opens a connection to addr and writes the protocol byte.
+func (m *Mux) dial(ctx context.Context, addr string, proto byte) (net.Conn, error) {
+	return dial(ctx, addr, proto, m.clientTLS)
+}
+
+func dial(ctx context.Context, addr string, proto byte, clientTLS *tls.Config) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(deadline)
+	}
+	if clientTLS != nil {
+		cfg := clientTLS.Clone()
+		if cfg.ServerName == "" {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			cfg.ServerName = host
+		}
+		tc := tls.Client(c, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
+		}
+		c = tc
+	}
+	if _, err := c.Write([]byte{proto}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// RaftLayer returns the raft.StreamLayer view of the mux.
+func (m *Mux) RaftLayer() raft.StreamLayer { return raftLayer{m} }
+
+type raftLayer struct{ m *Mux }
+
+func (l raftLayer) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.m.raftCh:
+		return c, nil
+	case <-l.m.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+func (l raftLayer) Close() error   { return l.m.Close() }
+func (l raftLayer) Addr() net.Addr { return l.m.advertise }
+
+func (l raftLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(l.m.ctx, timeout)
+	defer cancel()
+	return l.m.dial(ctx, string(addr), protoRaft)
+}
