@@ -36,10 +36,19 @@ func settingHash(name, value string) uint64 {
 // Params is a set of session settings (name to value) with a fingerprint that lets two sets be
 // compared in O(1) on every attach; only when fingerprints differ is the full difference built.
 // Used by the goroutine that owns the connection.
+//
+// A value that starts with a NUL byte is a SQL statement to replay verbatim (a SET the client
+// ran that the server does not report); any other value is applied with set_config.
 type Params struct {
 	m  map[string]string
 	fp uint64
 }
+
+// SQLValue marks a value as a statement to replay verbatim.
+func SQLValue(stmt string) string { return "\x00" + stmt }
+
+// IsSQLValue reports whether v was made by SQLValue.
+func IsSQLValue(v string) bool { return len(v) > 0 && v[0] == 0 }
 
 // NewParams returns an empty set.
 func NewParams() *Params { return &Params{m: make(map[string]string)} }
@@ -84,6 +93,12 @@ func (p *Params) Get(name string) (string, bool) {
 	return v, ok
 }
 
+// Has reports whether name is set.
+func (p *Params) Has(name string) bool {
+	_, ok := p.m[name]
+	return ok
+}
+
 // Len returns the number of settings.
 func (p *Params) Len() int { return len(p.m) }
 
@@ -121,12 +136,16 @@ func SyncSQL(want, server *Params) string {
 		return ""
 	}
 	var b strings.Builder
-	var sets []string
+	var sets, stmts []string
 	want.Each(func(name, value string) {
 		if !Tracked(name) {
 			return
 		}
 		if cur, ok := server.m[name]; ok && cur == value {
+			return
+		}
+		if IsSQLValue(value) {
+			stmts = append(stmts, value[1:])
 			return
 		}
 		sets = append(sets, "pg_catalog.set_config("+quoteLiteral(name)+", "+quoteLiteral(value)+", false)")
@@ -143,6 +162,10 @@ func SyncSQL(want, server *Params) string {
 	if len(sets) > 0 {
 		b.WriteString("SELECT ")
 		b.WriteString(strings.Join(sets, ", "))
+		b.WriteString(";")
+	}
+	for _, st := range stmts {
+		b.WriteString(st)
 		b.WriteString(";")
 	}
 	for _, name := range resets {

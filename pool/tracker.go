@@ -37,6 +37,19 @@ type Entry struct {
 	Action Action
 	// Stmt is the prepared statement a Parse, Bind or Describe entry refers to, if any.
 	Stmt *Stmt
+	// Reply is what a Fake entry answers with (ParseComplete, CloseComplete, an error, or a
+	// CommandComplete to which ReadyForQuery is added for a Query).
+	Reply []byte
+	// Set is the session setting a client's simple-query SET changes, applied to the client's
+	// and the server's settings once the statement has completed outside a transaction block.
+	Set *Setting
+}
+
+// Setting is a session setting changed by SQL (SET name ... or RESET name).
+type Setting struct {
+	Name string
+	// SQL is the statement to replay on another server; empty for RESET.
+	SQL string
 }
 
 // Verdict is the tracker's answer for one server message.
@@ -301,6 +314,20 @@ func (t *Tracker) onError() (Verdict, Entry, bool) {
 		return VerdictForward, head, false
 	}
 	failed := t.pop()
+	if failed.Action == Swallow && failed.Expect != ExpectParse {
+		// An injected request that exists only to put the server into its error state (the
+		// proxy has already queued the client-facing error).
+		t.skipRest()
+		return VerdictSwallow, failed, true
+	}
+	t.skipRest()
+	// Even when the failed request was injected (a Parse the server lacked), the client's own
+	// Bind or Describe depended on it, so the client must see this error.
+	return VerdictForward, failed, true
+}
+
+// skipRest drops the requests the server will skip after an extended-protocol error.
+func (t *Tracker) skipRest() {
 	for t.size > 0 && t.q[t.head].Expect != ExpectSync {
 		e := t.pop()
 		t.dropNow(e)
@@ -308,9 +335,6 @@ func (t *Tracker) onError() (Verdict, Entry, bool) {
 	if t.size == 0 {
 		t.skipping = true
 	}
-	// Even when the failed request was injected (a Parse the server lacked), the client's own
-	// Bind or Describe depended on it, so the client must see this error.
-	return VerdictForward, failed, true
 }
 
 // dropIgnoredSyncs removes Sync entries queued behind the request that started COPY FROM STDIN:

@@ -1,0 +1,178 @@
+package engine
+
+import (
+	"strings"
+)
+
+type queryKind uint8
+
+const (
+	qOther queryKind = iota
+	qDeallocate
+	qSet
+	qSessionState
+)
+
+type queryClass struct {
+	kind queryKind
+	// name is the statement name (DEALLOCATE) or setting name (SET/RESET), lower case.
+	name  string
+	sql   string
+	reset bool
+}
+
+// classifyQuery recognises, in a short simple Query, the statements that change session state a
+// transaction pooler must follow: DEALLOCATE of a client's statement, SET/RESET of one setting,
+// and statements whose effect the proxy cannot replay (PREPARE, LISTEN, SET ROLE and the like),
+// which make the server need a reset before reuse. Anything with more than one statement or
+// that it does not understand is qOther, or qSessionState when it starts like one of those.
+func classifyQuery(q []byte) queryClass {
+	s := strings.TrimSpace(stripComments(string(q)))
+	s = strings.TrimSuffix(s, ";")
+	s = strings.TrimSpace(s)
+	if s == "" || strings.Contains(s, ";") {
+		if hasSessionKeyword(s) {
+			return queryClass{kind: qSessionState}
+		}
+		return queryClass{}
+	}
+	words := strings.Fields(s)
+	first := strings.ToUpper(words[0])
+	switch first {
+	case "DEALLOCATE":
+		w := words[1:]
+		if len(w) > 0 && strings.EqualFold(w[0], "PREPARE") {
+			w = w[1:]
+		}
+		if len(w) == 1 && !strings.EqualFold(w[0], "ALL") {
+			return queryClass{kind: qDeallocate, name: identName(w[0])}
+		}
+	case "SET":
+		w := words[1:]
+		if len(w) > 0 && strings.EqualFold(w[0], "LOCAL") {
+			return queryClass{} // ends with the transaction
+		}
+		if len(w) > 0 && strings.EqualFold(w[0], "SESSION") {
+			w = w[1:]
+			if len(w) > 0 && strings.EqualFold(w[0], "AUTHORIZATION") {
+				return queryClass{kind: qSessionState}
+			}
+			if len(w) > 0 && strings.EqualFold(w[0], "CHARACTERISTICS") {
+				return queryClass{kind: qSessionState}
+			}
+		}
+		if len(w) == 0 {
+			return queryClass{}
+		}
+		name := w[0]
+		if i := strings.IndexAny(name, "="); i > 0 {
+			name = name[:i]
+		}
+		lname := strings.ToLower(name)
+		switch lname {
+		case "role", "transaction", "constraints":
+			return queryClass{kind: qSessionState}
+		}
+		if strings.HasPrefix(lname, "\"") || !isIdent(lname) {
+			return queryClass{kind: qSessionState}
+		}
+		return queryClass{kind: qSet, name: lname, sql: s}
+	case "RESET":
+		if len(words) == 2 {
+			n := strings.ToLower(words[1])
+			if n == "all" || n == "role" || n == "session" {
+				return queryClass{kind: qSessionState}
+			}
+			if isIdent(n) {
+				return queryClass{kind: qSet, name: n, reset: true}
+			}
+		}
+		return queryClass{kind: qSessionState}
+	}
+	if hasSessionKeyword(s) {
+		return queryClass{kind: qSessionState}
+	}
+	return queryClass{}
+}
+
+// hasSessionKeyword reports statements whose effects outlive the transaction on that server.
+func hasSessionKeyword(s string) bool {
+	for _, stmt := range strings.Split(s, ";") {
+		f := strings.Fields(stmt)
+		if len(f) == 0 {
+			continue
+		}
+		switch strings.ToUpper(f[0]) {
+		case "PREPARE", "LISTEN", "SET", "RESET", "LOAD", "DISCARD":
+			return true
+		case "DECLARE":
+			if strings.Contains(strings.ToUpper(stmt), "WITH HOLD") {
+				return true
+			}
+		case "CREATE":
+			u := strings.ToUpper(stmt)
+			if (strings.Contains(u, " TEMP ") || strings.Contains(u, " TEMPORARY ")) && !strings.Contains(u, "ON COMMIT DROP") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isIdent(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || c == '.' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' && i > 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// identName returns a statement name as PostgreSQL stores it: unquoted names fold to lower case.
+func identName(s string) string {
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		return strings.ReplaceAll(s[1:len(s)-1], `""`, `"`)
+	}
+	return strings.ToLower(s)
+}
+
+// stripComments removes -- and /* */ comments outside string literals.
+func stripComments(s string) string {
+	if !strings.Contains(s, "--") && !strings.Contains(s, "/*") {
+		return s
+	}
+	var b strings.Builder
+	inStr := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inStr:
+			b.WriteByte(c)
+			if c == '\'' {
+				inStr = false
+			}
+		case c == '\'':
+			inStr = true
+			b.WriteByte(c)
+		case c == '-' && i+1 < len(s) && s[i+1] == '-':
+			for i < len(s) && s[i] != '\n' {
+				i++
+			}
+			b.WriteByte(' ')
+		case c == '/' && i+1 < len(s) && s[i+1] == '*':
+			i += 2
+			for i+1 < len(s) && !(s[i] == '*' && s[i+1] == '/') {
+				i++
+			}
+			i++
+			b.WriteByte(' ')
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}

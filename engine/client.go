@@ -1,0 +1,1208 @@
+package engine
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/pgbastion/pgbastion/pgwire"
+	"github.com/pgbastion/pgbastion/pool"
+)
+
+type clientState uint8
+
+const (
+	csStartup clientState = iota // waiting for the startup packet
+	csAuth                       // exchanging authentication messages
+	csLogin                      // authenticated; waiting for a server to complete the login
+	csReady                      // normal operation
+	csClosed
+)
+
+// client is one client connection and its session state as the proxy sees it.
+//
+// In loop mode (conn != nil) everything runs on the loop lp. On the stream path (stream !=
+// nil) the client's reader goroutine and its server's reader goroutine serialise on mu.
+type client struct {
+	e    *Engine
+	role Role
+
+	lp     *loop
+	conn   gnet.Conn
+	stream *stream
+	mu     sync.Mutex
+	out    io.Writer
+
+	state    clientState
+	user     string
+	database string
+	// startupParams are the client's startup settings, applied to servers with SET.
+	startupParams [][2]string
+	params        *pool.Params
+	pid           uint32
+	secret        [4]byte
+	authConv      AuthConversation
+	acceptedAt    time.Time
+	lastActive    time.Time
+	txnSince      time.Time
+	tlsDone       bool
+
+	serverUser, serverPassword string
+
+	pe    *poolEntry
+	peGen uint64
+	srv   *server
+
+	waiting    bool
+	waitSince  time.Time
+	dialing    bool
+	acquireErr error
+
+	// stmts maps the client's statement names to shared statements (transaction mode).
+	stmts map[string]*pool.Stmt
+
+	// remain counts the bytes still to come of a client message being streamed to the server;
+	// remainDrop discards them instead.
+	remain     int
+	remainDrop bool
+	// skipToSync: the proxy failed a request mid extended-protocol sequence and has sent the
+	// error; it drops messages until the client's Sync, then sends ReadyForQuery.
+	skipToSync bool
+
+	// failure is an error getting a server, reported at the message that needed it.
+	failure error
+	// detaching: the client moves to the stream path when its callback returns.
+	detaching bool
+	detachCb  func(nc net.Conn)
+
+	cancel atomic.Pointer[cancelTarget]
+
+	closed bool
+}
+
+func newClient(e *Engine, role Role) *client {
+	now := time.Now()
+	return &client{e: e, role: role, acceptedAt: now, lastActive: now}
+}
+
+func (cl *client) txnMode() bool {
+	return cl.e.cfg.Pool.Enabled && cl.e.cfg.Pool.Mode == pool.ModeTransaction
+}
+
+func (cl *client) limits() *pgwire.Limits {
+	if cl.txnMode() {
+		return cl.e.txnLimits
+	}
+	return cl.e.frontLimits
+}
+
+func (cl *client) onAccept(c gnet.Conn, lp *loop) {
+	cl.lp, cl.conn, cl.out = lp, c, c
+	c.SetContext(cl)
+	lp.clients[cl] = struct{}{}
+	n := cl.e.clients.Add(1)
+	cl.e.m.clientsAccepted.Inc()
+	if max := cl.e.cfg.Pool.MaxClientConn; int(n) > max {
+		// Answer after the startup packet so the client sees a proper error.
+		cl.acquireErr = sqlErr(pgwire.TooManyConnections, fmt.Sprintf("no more connections allowed (max_client_conn is %d)", max),
+			"raise proxy.pool.max_client_conn, or use fewer client connections")
+	}
+}
+
+// onTraffic handles readable data on a loop-mode client.
+func (cl *client) onTraffic(c gnet.Conn) gnet.Action {
+	if cl.detaching {
+		return cl.finishDetach(c)
+	}
+	if cl.stream != nil {
+		return gnet.None // moving to the stream path: input waits there
+	}
+	buf, _ := c.Peek(-1)
+	n, err := cl.handle(buf)
+	if n > 0 {
+		_, _ = c.Discard(n)
+	}
+	if err != nil {
+		cl.fail(err)
+		return gnet.Close
+	}
+	if cl.detaching {
+		return cl.finishDetach(c)
+	}
+	if cl.closed {
+		return gnet.Close
+	}
+	return gnet.None
+}
+
+// process re-runs the handler on data already buffered (after a server was attached).
+func (cl *client) process() {
+	if cl.closed {
+		return
+	}
+	if cl.stream != nil {
+		cl.stream.kick()
+		return
+	}
+	if cl.conn.InboundBuffered() == 0 {
+		return
+	}
+	if cl.onTraffic(cl.conn) == gnet.Close {
+		_ = cl.conn.Close()
+	}
+}
+
+// handle consumes client bytes according to the connection state.
+func (cl *client) handle(buf []byte) (int, error) {
+	cl.lastActive = time.Now()
+	consumed := 0
+	for consumed < len(buf) && !cl.closed {
+		var n int
+		var err error
+		switch cl.state {
+		case csStartup:
+			n, err = cl.handleStartup(buf[consumed:])
+		case csAuth:
+			n, err = cl.handleAuth(buf[consumed:])
+		case csLogin:
+			return consumed, nil
+		case csReady:
+			n, err = cl.relay(buf[consumed:])
+		default:
+			return len(buf), nil
+		}
+		consumed += n
+		if err != nil {
+			return consumed, err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	return consumed, nil
+}
+
+// clientError is an error to report to the client before closing it.
+type clientError struct {
+	code, msg, hint string
+	fatal           bool
+}
+
+func (e *clientError) Error() string { return e.msg }
+
+func sqlErr(code, msg, hint string) *clientError {
+	return &clientError{code: code, msg: msg, hint: hint, fatal: true}
+}
+
+// errClientGone is returned when the client terminated normally.
+var errClientGone = errors.New("client terminated")
+
+// fail reports err to the client (FATAL) where the protocol allows, then closes it.
+func (cl *client) fail(err error) {
+	if cl.closed {
+		return
+	}
+	var ce *clientError
+	var he *pgwire.HeaderError
+	switch {
+	case errors.Is(err, errClientGone):
+	case errors.As(err, &ce):
+		cl.send(pgwire.AppendError(nil, pgwire.MsgErrorResponse, pgwire.SeverityFatal, ce.code, ce.msg, ce.hint))
+	case errors.As(err, &he):
+		cl.e.m.protocolErrors.Inc()
+		cl.send(pgwire.AppendError(nil, pgwire.MsgErrorResponse, pgwire.SeverityFatal, he.Code, he.Message, ""))
+	default:
+		cl.send(pgwire.AppendError(nil, pgwire.MsgErrorResponse, pgwire.SeverityFatal, pgwire.InternalError, err.Error(), ""))
+	}
+	cl.closeNow()
+}
+
+func (cl *client) send(b []byte) {
+	if cl.out != nil && !cl.closed {
+		_, _ = cl.out.Write(b)
+	}
+}
+
+// closeNow closes the client connection; cleanup happens in cleanup.
+func (cl *client) closeNow() {
+	if cl.closed {
+		return
+	}
+	cl.closed = true
+	if cl.conn != nil {
+		_ = cl.conn.Close()
+	} else if cl.stream != nil {
+		cl.stream.closeClient()
+	}
+}
+
+// abort is called after a recovered panic.
+func (cl *client) abort() { cl.closed = true }
+
+// ---- startup ----
+
+func (cl *client) handleStartup(buf []byte) (int, error) {
+	n, err := pgwire.StartupLen(buf)
+	if errors.Is(err, pgwire.ErrStartupIncomplete) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if len(buf) < n {
+		return 0, nil
+	}
+	su, err := pgwire.ParseStartup(buf[:n])
+	if err != nil {
+		return n, err
+	}
+	switch su.Kind {
+	case pgwire.KindSSLRequest:
+		if len(buf) > n {
+			// CVE-2021-23214 class: bytes after SSLRequest were sent before the handshake.
+			return n, sqlErr(pgwire.ProtocolViolation, "received unencrypted data after SSL request", "")
+		}
+		if cl.e.tlsCfg == nil || cl.tlsDone || cl.stream != nil {
+			cl.send([]byte{'N'})
+			return n, nil
+		}
+		cl.send([]byte{'S'})
+		cl.e.m.tlsClients.Inc()
+		return n, cl.startTLS()
+	case pgwire.KindGSSENCRequest:
+		if len(buf) > n {
+			return n, sqlErr(pgwire.ProtocolViolation, "received unencrypted data after GSSAPI encryption request", "")
+		}
+		cl.send([]byte{'N'})
+		return n, nil
+	case pgwire.KindCancel:
+		cl.e.handleCancel(su.CancelPID, su.CancelKey)
+		cl.closeNow()
+		return n, nil
+	}
+	if cl.acquireErr != nil {
+		return n, cl.acquireErr
+	}
+	if cl.e.tlsCfg != nil && !cl.tlsDone && tlsRequired(cl.e.cfg.TLS.Mode) {
+		return n, sqlErr(pgwire.InvalidAuthorization, "SSL/TLS is required by this server (proxy.tls.mode "+cl.e.cfg.TLS.Mode+")",
+			"connect with sslmode=require or stronger")
+	}
+	return n, cl.startup(&su)
+}
+
+func tlsRequired(mode string) bool {
+	return mode == "require" || mode == "verify-ca" || mode == "verify-full"
+}
+
+func (cl *client) startup(su *pgwire.Startup) error {
+	if su.MinorVersion > 0 || len(su.UnknownOptions) > 0 {
+		cl.send(pgwire.AppendNegotiateProtocolVersion(nil, 0, su.UnknownOptions))
+	}
+	for _, p := range su.Params {
+		name, value := string(p.Name), string(p.Value)
+		switch name {
+		case "user":
+			cl.user = value
+		case "database":
+			cl.database = value
+		case "replication":
+			return sqlErr(pgwire.FeatureNotSupported, "replication connections are not supported through the proxy",
+				"connect to PostgreSQL directly for replication")
+		case "options":
+			opts, err := parseOptions(value)
+			if err != nil {
+				return err
+			}
+			cl.startupParams = append(cl.startupParams, opts...)
+		default:
+			cl.startupParams = append(cl.startupParams, [2]string{name, value})
+		}
+	}
+	if cl.user == "" {
+		return sqlErr(pgwire.InvalidAuthorization, "no PostgreSQL user name specified in startup packet", "")
+	}
+	if cl.database == "" {
+		cl.database = cl.user
+	}
+	cl.serverUser, cl.serverPassword = cl.e.cfg.Server.User, cl.e.cfg.Server.Password
+	if cl.serverUser == "" {
+		cl.serverUser = cl.user
+		if cl.e.serverPassword != nil {
+			cl.serverPassword, _ = cl.e.serverPassword(cl.user)
+		}
+	}
+	if cl.e.auth == nil {
+		cl.send(pgwire.AppendAuth(nil, pgwire.AuthOK, nil))
+		return cl.authenticated()
+	}
+	first, conv, err := cl.e.auth.Begin(cl.user)
+	if err != nil {
+		cl.e.m.authFailures.Inc()
+		return err
+	}
+	cl.send(first)
+	if conv == nil {
+		return cl.authenticated()
+	}
+	cl.authConv = conv
+	cl.state = csAuth
+	return nil
+}
+
+// parseOptions reads the startup "options" value: -c name=value and --name=value pairs.
+func parseOptions(s string) ([][2]string, error) {
+	var out [][2]string
+	fields := splitOptions(s)
+	for i := 0; i < len(fields); i++ {
+		f := fields[i]
+		var kv string
+		switch {
+		case f == "-c" && i+1 < len(fields):
+			i++
+			kv = fields[i]
+		case strings.HasPrefix(f, "-c"):
+			kv = f[2:]
+		case strings.HasPrefix(f, "--"):
+			kv = f[2:]
+		default:
+			return nil, sqlErr(pgwire.FeatureNotSupported, fmt.Sprintf("unsupported startup option %q", f),
+				"only -c name=value and --name=value are supported in options")
+		}
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || name == "" {
+			return nil, sqlErr(pgwire.InvalidParameterValue, fmt.Sprintf("invalid startup option %q", kv), "use -c name=value")
+		}
+		out = append(out, [2]string{strings.ReplaceAll(name, "-", "_"), value})
+	}
+	return out, nil
+}
+
+// splitOptions splits on unescaped whitespace; a backslash escapes the next byte (libpq rule).
+func splitOptions(s string) []string {
+	var out []string
+	var cur strings.Builder
+	esc, in := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case esc:
+			cur.WriteByte(c)
+			esc, in = false, true
+		case c == '\\':
+			esc = true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			if in {
+				out = append(out, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteByte(c)
+			in = true
+		}
+	}
+	if in {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+func (cl *client) handleAuth(buf []byte) (int, error) {
+	typ, blen, complete, err := cl.e.frontLimits.Scan(buf)
+	if err != nil {
+		return 0, err
+	}
+	if blen < 0 || !complete {
+		return 0, nil
+	}
+	n := pgwire.HeaderLen + blen
+	if typ != pgwire.MsgPassword {
+		if typ == pgwire.MsgTerminate {
+			cl.closeNow()
+			return n, nil
+		}
+		return n, sqlErr(pgwire.ProtocolViolation, fmt.Sprintf("expected password response, got message type %q", typ), "")
+	}
+	reply, done, err := cl.authConv.Step(buf[pgwire.HeaderLen:n])
+	if err != nil {
+		cl.e.m.authFailures.Inc()
+		cl.e.log.Info("client authentication failed", "user", cl.user, "database", cl.database, "remote", cl.remote(), "err", err)
+		return n, err
+	}
+	if len(reply) > 0 {
+		cl.send(reply)
+	}
+	if done {
+		cl.authConv = nil
+		return n, cl.authenticated()
+	}
+	return n, nil
+}
+
+func (cl *client) remote() string {
+	if cl.conn != nil && cl.conn.RemoteAddr() != nil {
+		return cl.conn.RemoteAddr().String()
+	}
+	if cl.stream != nil {
+		return cl.stream.remote
+	}
+	return ""
+}
+
+// authenticated finishes the login once the client is authenticated: it needs a server for
+// the session (session mode), or for the pool's parameters and the client's startup settings
+// (transaction mode). When none is needed the client is ready at once.
+func (cl *client) authenticated() error {
+	cl.state = csLogin
+	cl.e.m.logins.Inc()
+	if _, err := rand.Read(cl.secret[:]); err != nil {
+		return err
+	}
+	cl.pid = cl.e.cancels.add(cl)
+	if cl.txnMode() {
+		cl.stmts = make(map[string]*pool.Stmt)
+		if pe, err := cl.route(); err == nil {
+			if w := pe.welcome.Load(); w != nil {
+				cl.params = pool.NewParams()
+				cl.params.CopyFrom(w)
+				if !cl.applyStartupParams() {
+					cl.finishLogin()
+					return nil
+				}
+			}
+		}
+	}
+	cl.needServer()
+	return nil
+}
+
+// applyStartupParams overlays the client's startup settings on its parameters and reports
+// whether any differs from what the server has (so a server is needed to apply it).
+func (cl *client) applyStartupParams() bool {
+	changed := false
+	for _, kv := range cl.startupParams {
+		if v, ok := cl.params.Get(kv[0]); !ok || v != kv[1] {
+			cl.params.Set(kv[0], kv[1])
+			changed = true
+		}
+	}
+	return changed
+}
+
+// finishLogin sends the parameter set, the proxy-owned BackendKeyData and ReadyForQuery.
+func (cl *client) finishLogin() {
+	b := cl.scratchForClient()
+	cl.params.Each(func(name, value string) {
+		b = pgwire.AppendParameterStatus(b, name, value)
+	})
+	b = pgwire.AppendBackendKeyData(b, cl.pid, cl.secret[:])
+	b = pgwire.AppendReadyForQuery(b, pgwire.TxIdle)
+	cl.send(b)
+	cl.state = csReady
+	cl.e.log.Debug("client logged in", "user", cl.user, "database", cl.database, "role", cl.role.String())
+}
+
+func (cl *client) scratchForClient() []byte {
+	if cl.lp != nil {
+		return cl.lp.scratch2[:0]
+	}
+	return nil
+}
+
+// ---- relay: client to server ----
+
+// relay forwards client messages to the attached server, acquiring one when a transaction
+// starts (transaction mode).
+func (cl *client) relay(buf []byte) (int, error) {
+	var fakes []byte
+	lim := cl.limits()
+	pos := 0
+	var em *emitter
+	var s *server
+	flush := func() error {
+		if em != nil {
+			sc, err := em.flush()
+			cl.putScratch(sc)
+			em = nil
+			if err != nil && s != nil {
+				s.lostDuringWrite(err)
+			}
+		}
+		if len(fakes) > 0 {
+			cl.send(fakes)
+			fakes = fakes[:0]
+		}
+		return nil
+	}
+msgs:
+	for pos < len(buf) && !cl.closed {
+		if cl.remain > 0 {
+			n := min(cl.remain, len(buf)-pos)
+			if !cl.remainDrop && em != nil {
+				em.pass(pos, pos+n)
+			}
+			pos += n
+			cl.remain -= n
+			continue
+		}
+		typ, blen, complete, err := lim.Scan(buf[pos:])
+		if err != nil {
+			flush()
+			return pos, err
+		}
+		if blen < 0 {
+			break
+		}
+		total := pgwire.HeaderLen + blen
+		avail := min(total, len(buf)-pos)
+		if traceOn {
+			trace("C>", cl, typ, buf[pos:pos+avail])
+		}
+
+		if cl.skipToSync {
+			if typ == pgwire.MsgSync {
+				if !complete {
+					break
+				}
+				cl.skipToSync = false
+				fakes = pgwire.AppendReadyForQuery(fakes, cl.txStatus())
+			}
+			cl.dropMessage(total, avail)
+			pos += avail
+			continue
+		}
+
+		if cl.srv == nil {
+			if cl.failure != nil {
+				// Getting a server failed: answer the message that needed it with the error.
+				var ce *clientError
+				if !errors.As(cl.failure, &ce) {
+					ce = sqlErr(pgwire.ConnectionFailure, cl.failure.Error(), "")
+				}
+				cl.failure = nil
+				fakes = pgwire.AppendError(fakes, pgwire.MsgErrorResponse, pgwire.SeverityError, ce.code, ce.msg, ce.hint)
+				if typ == pgwire.MsgQuery {
+					cl.dropMessage(total, avail)
+					pos += avail
+					fakes = pgwire.AppendReadyForQuery(fakes, pgwire.TxIdle)
+				} else {
+					cl.skipToSync = true
+				}
+				continue
+			}
+			if !complete && typ != pgwire.MsgCopyData {
+				if typ == pgwire.MsgQuery || typ == pgwire.MsgBind || typ == pgwire.MsgFunctionCall || typ == pgwire.MsgParse {
+					// Large messages need a server before they can stream.
+				} else {
+					break
+				}
+			}
+			switch typ {
+			case pgwire.MsgTerminate:
+				flush()
+				cl.closeNow()
+				return pos + avail, errClientGone
+			case pgwire.MsgCopyData, pgwire.MsgCopyDone, pgwire.MsgCopyFail:
+				// Late COPY messages after the server ended the COPY with an error.
+				cl.dropMessage(total, avail)
+				pos += avail
+				continue
+			case pgwire.MsgFlush:
+				pos += total
+				continue
+			case pgwire.MsgSync:
+				fakes = pgwire.AppendReadyForQuery(fakes, pgwire.TxIdle)
+				pos += total
+				continue
+			}
+			flush()
+			if !cl.needServer() {
+				return pos, nil
+			}
+			continue
+		}
+		streamable := typ == pgwire.MsgQuery || typ == pgwire.MsgCopyData || typ == pgwire.MsgFunctionCall ||
+			typ == pgwire.MsgBind || (typ == pgwire.MsgParse && !cl.virtualStatements())
+		if !complete && !streamable {
+			break
+		}
+		if s != cl.srv {
+			flush()
+			s = cl.srv
+			em = cl.newEmitter(s.out, buf)
+		}
+		tr := s.tr
+		switch typ {
+		case pgwire.MsgQuery:
+			if complete && cl.txnMode() && blen < 4096 {
+				handled, err := cl.inspectQuery(s, buf[pos+pgwire.HeaderLen:pos+total], em, &fakes)
+				if err != nil {
+					flush()
+					return pos, err
+				}
+				if handled {
+					pos += total
+					continue
+				}
+			} else {
+				tr.Sent(pool.Entry{Expect: pool.ExpectQuery})
+			}
+			pos += cl.passStreaming(em, pos, total, avail)
+		case pgwire.MsgParse:
+			if cl.virtualStatements() {
+				if err := cl.parse(s, buf[pos+pgwire.HeaderLen:pos+total], em, buf[pos:pos+total]); err != nil {
+					flush()
+					return pos, err
+				}
+				pos += total
+			} else {
+				tr.Sent(pool.Entry{Expect: pool.ExpectParse})
+				pos += cl.passStreaming(em, pos, total, avail)
+			}
+		case pgwire.MsgBind:
+			if cl.virtualStatements() {
+				portal, stmt, rest, ok := pgwire.BindNames(buf[pos+pgwire.HeaderLen : pos+avail])
+				if !ok {
+					if avail == total {
+						flush()
+						return pos, sqlErr(pgwire.ProtocolViolation, "invalid Bind message", "")
+					}
+					if avail-pgwire.HeaderLen > 4096 {
+						flush()
+						return pos, sqlErr(pgwire.ProtocolViolation, "Bind message names are too long", "")
+					}
+					break msgs
+				}
+				if len(stmt) > 0 {
+					st := cl.stmts[string(stmt)]
+					if st == nil {
+						cl.unknownStatement(stmt, em, &fakes)
+						cl.dropMessage(total, avail)
+						pos += avail
+						continue
+					}
+					cl.ensurePrepared(s, st, em)
+					restLen := blen - rest
+					b := em.buf()
+					b = pgwire.AppendBindRenamed(b, portal, st.Name, restLen)
+					em.setBuf(b)
+					tr.Sent(pool.Entry{Expect: pool.ExpectBind, Stmt: st})
+					// the rest of the Bind (formats and parameters) is streamed unchanged
+					restStart := pos + pgwire.HeaderLen + rest
+					em.pass(restStart, pos+avail)
+					cl.remain, cl.remainDrop = total-avail, false
+					pos += avail
+					continue
+				}
+			}
+			tr.Sent(pool.Entry{Expect: pool.ExpectBind})
+			pos += cl.passStreaming(em, pos, total, avail)
+		case pgwire.MsgDescribe, pgwire.MsgClose:
+			kind, name, err := pgwire.DecodeTarget(buf[pos+pgwire.HeaderLen : pos+total])
+			if err != nil {
+				flush()
+				return pos, sqlErr(pgwire.ProtocolViolation, "invalid Describe or Close message", "")
+			}
+			exp := pool.ExpectDescribe
+			if typ == pgwire.MsgClose {
+				exp = pool.ExpectClose
+			}
+			if kind == 'S' && len(name) > 0 && cl.virtualStatements() {
+				st := cl.stmts[string(name)]
+				if typ == pgwire.MsgClose {
+					// Absorbed: the statement stays on the server for other clients.
+					delete(cl.stmts, string(name))
+					tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Fake, Reply: replyCloseComplete})
+					cl.drainFakes(tr, &fakes)
+					pos += total
+					continue
+				}
+				if st == nil {
+					cl.unknownStatement(name, em, &fakes)
+					pos += total
+					continue
+				}
+				cl.ensurePrepared(s, st, em)
+				em.setBuf(pgwire.AppendTarget(em.buf(), pgwire.MsgDescribe, 'S', st.Name))
+				tr.Sent(pool.Entry{Expect: exp, Stmt: st})
+				pos += total
+				continue
+			}
+			tr.Sent(pool.Entry{Expect: exp})
+			em.pass(pos, pos+total)
+			pos += total
+		case pgwire.MsgExecute:
+			tr.Sent(pool.Entry{Expect: pool.ExpectExecute})
+			em.pass(pos, pos+total)
+			pos += total
+		case pgwire.MsgSync:
+			tr.Sent(pool.Entry{Expect: pool.ExpectSync})
+			em.pass(pos, pos+total)
+			pos += total
+		case pgwire.MsgFlush:
+			em.pass(pos, pos+total)
+			pos += total
+		case pgwire.MsgFunctionCall:
+			tr.Sent(pool.Entry{Expect: pool.ExpectFunction})
+			pos += cl.passStreaming(em, pos, total, avail)
+		case pgwire.MsgCopyData:
+			pos += cl.passStreaming(em, pos, total, avail)
+		case pgwire.MsgCopyDone, pgwire.MsgCopyFail:
+			tr.ClientCopyEnd()
+			em.pass(pos, pos+total)
+			pos += total
+		case pgwire.MsgTerminate:
+			flush()
+			cl.closeNow()
+			return pos + avail, errClientGone
+		default:
+			flush()
+			return pos, sqlErr(pgwire.ProtocolViolation, fmt.Sprintf("invalid frontend message type %q", typ), "")
+		}
+		cl.drainFakes(tr, &fakes)
+	}
+	flush()
+	if s != nil {
+		s.checkBackpressure()
+	}
+	return pos, nil
+}
+
+// passStreaming forwards a message that may be incomplete; the rest follows as it arrives. It
+// returns the number of bytes consumed.
+func (cl *client) passStreaming(em *emitter, pos, total, avail int) int {
+	em.pass(pos, pos+avail)
+	cl.remain, cl.remainDrop = total-avail, false
+	return avail
+}
+
+// dropMessage discards a message that may be incomplete.
+func (cl *client) dropMessage(total, avail int) {
+	cl.remain, cl.remainDrop = total-avail, true
+}
+
+func (cl *client) txStatus() byte {
+	if cl.srv != nil {
+		return cl.srv.tr.TxStatus
+	}
+	return pgwire.TxIdle
+}
+
+func (cl *client) drainFakes(tr *pool.Tracker, fakes *[]byte) {
+	for {
+		e, ok := tr.NextFake()
+		if !ok {
+			return
+		}
+		*fakes = appendFake(*fakes, e, tr.TxStatus)
+	}
+}
+
+// Replies for absorbed requests.
+var (
+	replyParseComplete = pgwire.AppendEmpty(nil, pgwire.MsgParseComplete)
+	replyCloseComplete = pgwire.AppendEmpty(nil, pgwire.MsgCloseComplete)
+	replyDeallocate    = pgwire.AppendCommandComplete(nil, "DEALLOCATE")
+)
+
+// appendFake appends the answer to an absorbed request; a Query also gets its ReadyForQuery.
+func appendFake(b []byte, e pool.Entry, status byte) []byte {
+	b = append(b, e.Reply...)
+	if e.Expect == pool.ExpectQuery {
+		b = pgwire.AppendReadyForQuery(b, status)
+	}
+	return b
+}
+
+func (cl *client) newEmitter(dst io.Writer, src []byte) *emitter {
+	if cl.lp != nil {
+		cl.lp.em.reset(dst, src, cl.lp.scratch)
+		return &cl.lp.em
+	}
+	em := &cl.stream.clientEm
+	em.reset(dst, src, cl.stream.scratch)
+	return em
+}
+
+func (cl *client) putScratch(b []byte) {
+	if cl.lp != nil {
+		cl.lp.scratch = b
+	} else if cl.stream != nil {
+		cl.stream.scratch = b
+	}
+}
+
+func (cl *client) virtualStatements() bool {
+	return cl.txnMode() && cl.e.cfg.Pool.MaxPreparedStatements > 0
+}
+
+// parse handles a Parse in transaction mode. Unnamed statements pass through; a named one is
+// mapped to the shared statement for its text and sent only to servers that lack it.
+func (cl *client) parse(s *server, body []byte, em *emitter, whole []byte) error {
+	p, err := pgwire.DecodeParse(body)
+	if err != nil {
+		return sqlErr(pgwire.ProtocolViolation, "invalid Parse message", "")
+	}
+	tr := s.tr
+	if len(p.Name) == 0 {
+		tr.Sent(pool.Entry{Expect: pool.ExpectParse})
+		em.add(whole)
+		return nil
+	}
+	if _, dup := cl.stmts[string(p.Name)]; dup {
+		// PostgreSQL's answer, produced here because the server never sees the client's name.
+		em.add(nil)
+		cl.pendingError(pgwire.DuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", p.Name), em)
+		return nil
+	}
+	st := cl.e.registry.Get(p.Query, p.ParamTypes, p.NumParams)
+	cl.stmts[string(p.Name)] = st
+	cl.e.m.clientParses.Inc()
+	if s.stmts.Has(st) {
+		tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: pool.Fake, Stmt: st, Reply: replyParseComplete})
+		return nil
+	}
+	cl.prepareOn(s, st, em, pool.Forward)
+	return nil
+}
+
+// ensurePrepared injects a Parse when the server lacks st (its ParseComplete is swallowed).
+func (cl *client) ensurePrepared(s *server, st *pool.Stmt, em *emitter) {
+	if s.stmts.Has(st) {
+		return
+	}
+	cl.prepareOn(s, st, em, pool.Swallow)
+}
+
+func (cl *client) prepareOn(s *server, st *pool.Stmt, em *emitter, act pool.Action) {
+	if ev := s.stmts.Add(st); ev != nil {
+		em.setBuf(pgwire.AppendTarget(em.buf(), pgwire.MsgClose, 'S', ev.Name))
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Swallow})
+	}
+	em.add(st.Parse)
+	s.tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: act, Stmt: st})
+	cl.e.m.serverParses.Inc()
+}
+
+// unknownStatement answers a Bind or Describe naming a statement the client never prepared,
+// as PostgreSQL would, and skips to the next Sync.
+func (cl *client) unknownStatement(name []byte, em *emitter, fakes *[]byte) {
+	cl.pendingError(pgwire.InvalidSQLStatementName, fmt.Sprintf("prepared statement %q does not exist", name), em)
+}
+
+// pendingError reports an error the proxy detected in an extended-protocol sequence. The
+// server must not see the rest of the sequence: everything up to the client's Sync is
+// dropped, and ReadyForQuery is sent when that Sync arrives (never before: pgcat PR #137).
+// Outstanding responses already requested from the server are delivered first.
+func (cl *client) pendingError(code, msg string, em *emitter) {
+	e := pgwire.AppendError(nil, pgwire.MsgErrorResponse, pgwire.SeverityError, code, msg, "")
+	s := cl.srv
+	if s == nil || s.tr.Outstanding() == 0 {
+		cl.send(e)
+	} else {
+		s.deferredError = append(s.deferredError, e...)
+	}
+	cl.skipToSync = true
+}
+
+// inspectQuery looks at a short simple Query in transaction mode for statements that change
+// session state the pooler must know about. It returns true when the query was answered
+// without the server.
+func (cl *client) inspectQuery(s *server, body []byte, em *emitter, fakes *[]byte) (bool, error) {
+	q := body
+	if len(q) > 0 && q[len(q)-1] == 0 {
+		q = q[:len(q)-1]
+	}
+	cmd := classifyQuery(q)
+	switch cmd.kind {
+	case qDeallocate:
+		if st, ok := cl.stmts[cmd.name]; ok && st != nil {
+			delete(cl.stmts, cmd.name)
+			s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Fake, Reply: replyDeallocate})
+			cl.drainFakes(s.tr, fakes)
+			return true, nil
+		}
+	case qSet:
+		set := &pool.Setting{Name: cmd.name, SQL: cmd.sql}
+		if cmd.reset {
+			set.SQL = ""
+		}
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Set: set})
+		return false, nil
+	case qSessionState:
+		// PREPARE, LISTEN, SET we cannot follow: the server must be reset before reuse.
+		s.dirty = true
+	}
+	s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery})
+	return false, nil
+}
+
+// ---- attaching servers ----
+
+// route returns the pool this client uses now.
+func (cl *client) route() (*poolEntry, error) {
+	rt := cl.e.routing.Load()
+	if cl.pe != nil && cl.peGen == rt.gen && cl.pe.epoch == cl.pe.b.currentEpoch() {
+		return cl.pe, nil
+	}
+	b := rt.pickBackend(cl.role)
+	if b == nil {
+		if cl.role == RoleRW {
+			return nil, errNoPrimary
+		}
+		return nil, errNoBackend
+	}
+	cl.pe, cl.peGen = b.pool(cl.e, poolKey{database: cl.database, user: cl.serverUser}), rt.gen
+	return cl.pe, nil
+}
+
+var (
+	errNoPrimary = sqlErr(pgwire.CannotConnectNow, "no primary is available to serve read-write connections",
+		"the proxy routes port "+"rw"+" to the current primary; check the cluster state (GET /nodes) or connect to the read-only port")
+	errNoBackend = sqlErr(pgwire.CannotConnectNow, "no PostgreSQL server is available", "check that the backends are running")
+)
+
+// needServer asks for a server. In loop mode it returns false and the client is resumed when
+// one is attached; on the stream path it blocks until attached or failed and returns true.
+func (cl *client) needServer() bool {
+	if cl.waiting || cl.dialing {
+		return false
+	}
+	if cl.role == RoleRW && cl.e.pausedRW.Load() {
+		cl.waiting, cl.waitSince = true, time.Now()
+		cl.e.holdClient(cl)
+		return cl.streamWait()
+	}
+	pe, err := cl.route()
+	if err != nil {
+		if cl.role == RoleRW && cl.e.routing.Load().holdWrites {
+			cl.waiting, cl.waitSince = true, time.Now()
+			cl.e.holdClient(cl)
+			return cl.streamWait()
+		}
+		cl.acquireFailed(err)
+		return cl.stream != nil
+	}
+	loopIdx := -1
+	if cl.lp != nil {
+		loopIdx = cl.lp.idx
+	}
+	now := time.Now()
+	kind, s, from := pe.p.Acquire(loopIdx, cl, now)
+	switch kind {
+	case pool.GrantIdle:
+		cl.attach(s)
+		return true
+	case pool.GrantSteal:
+		cl.waiting, cl.waitSince = true, now
+		s.migrateTo(cl, from)
+		return cl.streamWait()
+	case pool.GrantDial:
+		cl.dialing, cl.waitSince = true, now
+		cl.e.dial(pe, cl, loopIdx)
+		return cl.streamWait()
+	case pool.GrantWait:
+		cl.waiting, cl.waitSince = true, now
+		cl.e.m.clientWaits.Inc()
+		return cl.streamWait()
+	default:
+		// The pool was retired between route and Acquire: route again.
+		cl.pe = nil
+		return cl.needServer()
+	}
+}
+
+// streamWait blocks a stream-path client until it is attached or failed; loop-mode clients
+// return false at once and are resumed by attach.
+func (cl *client) streamWait() bool {
+	if cl.stream == nil {
+		return false
+	}
+	cl.stream.waitAttach(cl)
+	return true
+}
+
+// attach links s to the client and replays the client's session settings on it. It runs on
+// the goroutine that owns both, and does not process buffered client input.
+func (cl *client) attach(s *server) {
+	cl.waiting, cl.dialing = false, false
+	cl.srv, s.client = s, cl
+	s.out = s.writer()
+	s.b.active.Add(1)
+	s.lastUsed = time.Now()
+	cl.e.cancels.setTarget(cl, s)
+	if cl.params == nil {
+		// First server of this client: its parameters are the client's starting point.
+		cl.params = pool.NewParams()
+		cl.params.CopyFrom(s.params)
+		cl.applyStartupParams()
+	}
+	if sql := pool.SyncSQL(cl.params, s.params); sql != "" {
+		_, _ = s.out.Write(pgwire.AppendQuery(nil, sql))
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
+		cl.e.m.settingSyncs.Inc()
+	}
+	if cl.state == csLogin {
+		cl.finishLogin()
+	}
+	if cl.txnMode() {
+		cl.txnSince = time.Now()
+	}
+	if s.tr.Idle() && cl.txnMode() && !cl.hasPendingInput() {
+		cl.detach(s)
+	}
+}
+
+// attachAndResume attaches s to a client that was waiting asynchronously and processes the
+// input the client sent meanwhile. (When attach happens inside the client's own handler, the
+// handler carries on by itself; resuming there would process the same bytes twice.)
+func (cl *client) attachAndResume(s *server) {
+	cl.attach(s)
+	cl.process()
+}
+
+func (cl *client) hasPendingInput() bool {
+	if cl.conn != nil {
+		return cl.conn.InboundBuffered() > 0
+	}
+	return cl.stream != nil && cl.stream.pending()
+}
+
+// detach returns the server to the pool (transaction mode, at the end of a transaction).
+func (cl *client) detach(s *server) {
+	cl.srv, s.client = nil, nil
+	s.b.active.Add(-1)
+	cl.e.cancels.setTarget(cl, nil)
+	s.release()
+}
+
+// acquireFailed reports a failure to get a server.
+func (cl *client) acquireFailed(err error) {
+	cl.waiting, cl.dialing = false, false
+	if cl.state != csReady {
+		cl.fail(err)
+		return
+	}
+	var ce *clientError
+	if !errors.As(err, &ce) {
+		ce = sqlErr(pgwire.ConnectionFailure, err.Error(), "")
+	}
+	b := pgwire.AppendError(nil, pgwire.MsgErrorResponse, pgwire.SeverityError, ce.code, ce.msg, ce.hint)
+	// The message that needed a server is dropped with the rest of its sequence; a simple
+	// Query is answered with ReadyForQuery right away, an extended sequence at its Sync.
+	if cl.nextIsSimpleQuery() {
+		cl.dropNextMessage()
+		b = pgwire.AppendReadyForQuery(b, pgwire.TxIdle)
+	} else {
+		cl.skipToSync = true
+	}
+	cl.send(b)
+	cl.process()
+}
+
+// rerouteAsync makes a waiting client try again (routing changed, or a pause ended).
+func (cl *client) rerouteAsync() {
+	run := func() {
+		if cl.closed || !cl.waiting {
+			return
+		}
+		cl.waiting = false
+		cl.pe = nil
+		if cl.needServer() && cl.stream != nil {
+			return
+		}
+	}
+	if cl.lp != nil {
+		cl.lp.exec(run)
+	} else if cl.stream != nil {
+		cl.stream.reroute()
+	}
+}
+
+// onClose cleans up after the client connection closed.
+func (cl *client) onClose(c gnet.Conn, err error) {
+	if cl.lp != nil {
+		delete(cl.lp.clients, cl)
+	}
+	if cl.stream != nil && cl.conn == nil {
+		return // moved to the stream path; the stream owns the cleanup
+	}
+	cl.cleanup()
+}
+
+// cleanup releases everything the client held.
+func (cl *client) cleanup() {
+	if cl.state == csClosed {
+		return
+	}
+	cl.closed = true
+	cl.state = csClosed
+	cl.e.clients.Add(-1)
+	cl.e.cancels.remove(cl)
+	if cl.pe != nil && cl.waiting {
+		cl.pe.p.CancelWait(cl)
+	}
+	cl.e.unholdClient(cl)
+	if s := cl.srv; s != nil {
+		cl.srv, s.client = nil, nil
+		s.b.active.Add(-1)
+		s.abandoned()
+	}
+}
+
+// nextIsSimpleQuery reports whether the first unprocessed client message is a Query.
+func (cl *client) nextIsSimpleQuery() bool {
+	if cl.conn != nil {
+		b, _ := cl.conn.Peek(1)
+		return len(b) == 1 && b[0] == pgwire.MsgQuery
+	}
+	return cl.stream != nil && cl.stream.peekType() == pgwire.MsgQuery
+}
+
+func (cl *client) dropNextMessage() {
+	var hdr []byte
+	if cl.conn != nil {
+		hdr, _ = cl.conn.Peek(pgwire.HeaderLen)
+	} else if cl.stream != nil {
+		hdr = cl.stream.peek(pgwire.HeaderLen)
+	}
+	if len(hdr) < pgwire.HeaderLen {
+		return
+	}
+	total := int(binary.BigEndian.Uint32(hdr[1:])) + 1
+	if cl.conn != nil {
+		avail := min(total, cl.conn.InboundBuffered())
+		_, _ = cl.conn.Discard(avail)
+		cl.dropMessage(total, avail)
+	} else {
+		avail := cl.stream.discard(total)
+		cl.dropMessage(total, avail)
+	}
+}
+
+var _ = bytes.Equal
+
+// waitingFor reports whether the client still waits for a server.
+func (cl *client) waitingFor() bool {
+	return !cl.closed && (cl.waiting || cl.dialing) && cl.srv == nil
+}
+
+// serverLost handles the death of the attached server: the client's transaction is gone, so
+// the client is told why and disconnected (as PostgreSQL itself would do).
+func (cl *client) serverLost(err error) {
+	msg := "server connection lost"
+	if err != nil && !errors.Is(err, io.EOF) {
+		msg += ": " + err.Error()
+	}
+	cl.fail(sqlErr(pgwire.ConnectionFailure, msg, "the PostgreSQL server closed the connection or is being failed over; reconnect"))
+}

@@ -1,0 +1,162 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/pgbastion/pgbastion/pool"
+)
+
+// Config is the proxy's configuration (YAML section "proxy").
+type Config struct {
+	// ListenRW accepts clients routed to the primary; ListenRO clients routed to replicas
+	// (the primary serves reads when no replica is healthy). Either may be empty to disable it.
+	ListenRW string      `yaml:"listen_rw"`
+	ListenRO string      `yaml:"listen_ro"`
+	Pool     pool.Config `yaml:"pool"`
+	Auth     AuthConfig  `yaml:"auth"`
+	// Backends are the PostgreSQL servers of a standalone proxy. With a raft section, the HA
+	// core provides the backends instead.
+	Backends []BackendConfig `yaml:"backends"`
+	Server   ServerConfig    `yaml:"server"`
+	TLS      TLSConfig       `yaml:"tls"`
+
+	// EventLoops is the number of reactor loops (default: number of CPUs, at most 4).
+	EventLoops int `yaml:"event_loops"`
+	// MaxMessageSize bounds the messages the proxy must hold whole to rewrite (Parse in
+	// transaction mode, startup and auth); larger ones are refused with SQLSTATE 54000.
+	// Query, Bind parameters, CopyData and result rows are streamed and not bounded by it.
+	MaxMessageSize int `yaml:"max_message_size"`
+	// StreamHighWater is the amount of data queued for a client that does not read (or a server
+	// that does not read) after which the pair moves to the stream path, where TCP flow control
+	// holds the sender back (DESIGN.md invariant 7).
+	StreamHighWater int `yaml:"stream_high_water"`
+	// HealthCheckInterval is how often a standalone proxy re-checks which backend is the
+	// primary (pg_is_in_recovery()); it re-checks at once after a connection error.
+	HealthCheckInterval time.Duration `yaml:"health_check_interval"`
+	// NoPrimaryWait: when no primary is known, a read-write client waits up to
+	// pool.query_wait_timeout for one instead of getting an error at once. The HA core turns it
+	// on during a failover; a standalone proxy leaves it off.
+	NoPrimaryWait bool `yaml:"no_primary_wait"`
+}
+
+// AuthConfig says how clients authenticate to the proxy.
+type AuthConfig struct {
+	// Method is trust, md5 or scram-sha-256.
+	Method string `yaml:"method"`
+	// AuthFile is a PgBouncer-style userlist ("user" "password-or-secret" per line).
+	AuthFile string `yaml:"auth_file"`
+}
+
+// BackendConfig is one PostgreSQL server.
+type BackendConfig struct {
+	Host string `yaml:"host"`
+	Port int    `yaml:"port"`
+	// Name labels the backend in logs and metrics (default host:port).
+	Name string `yaml:"name"`
+}
+
+// Addr returns host:port.
+func (b BackendConfig) Addr() string { return net.JoinHostPort(b.Host, strconv.Itoa(b.Port)) }
+
+// ServerConfig holds the credentials the proxy logs in to PostgreSQL with. When User is empty
+// the proxy logs in as the client's user with the password from the auth_file.
+type ServerConfig struct {
+	User     string `yaml:"user"`
+	Password string `yaml:"password"`
+}
+
+// TLSConfig configures TLS towards clients.
+type TLSConfig struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	// CA verifies client certificates (modes verify-ca and verify-full).
+	CA string `yaml:"ca"`
+	// Mode is disable, allow, prefer, require, verify-ca or verify-full (PgBouncer's
+	// client_tls_sslmode). require and stronger refuse clients that do not use TLS.
+	Mode string `yaml:"mode"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	loops := runtime.NumCPU()
+	if loops > 4 {
+		loops = 4
+	}
+	return Config{
+		ListenRW:            "127.0.0.1:5432",
+		ListenRO:            "127.0.0.1:5433",
+		Pool:                pool.DefaultConfig(),
+		Auth:                AuthConfig{Method: "trust"},
+		EventLoops:          loops,
+		MaxMessageSize:      16 << 20,
+		StreamHighWater:     4 << 20,
+		HealthCheckInterval: time.Second,
+		TLS:                 TLSConfig{Mode: "disable"},
+	}
+}
+
+// TLSModes lists the accepted values of tls.mode.
+var tlsModes = map[string]bool{"disable": true, "allow": true, "prefer": true, "require": true, "verify-ca": true, "verify-full": true}
+
+// Validate checks the configuration without touching the network or the disk.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.ListenRW == "" && c.ListenRO == "" {
+		errs = append(errs, errors.New("proxy: set listen_rw, listen_ro or both"))
+	}
+	for name, a := range map[string]string{"listen_rw": c.ListenRW, "listen_ro": c.ListenRO} {
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("proxy.%s: %q is not host:port: %v", name, a, err))
+		}
+	}
+	if c.ListenRW != "" && c.ListenRW == c.ListenRO {
+		errs = append(errs, fmt.Errorf("proxy: listen_rw and listen_ro are both %s; they must differ", c.ListenRW))
+	}
+	if err := c.Pool.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	switch c.Auth.Method {
+	case "trust":
+	case "md5", "scram-sha-256":
+		if c.Auth.AuthFile == "" {
+			errs = append(errs, fmt.Errorf("proxy.auth.method %s needs proxy.auth.auth_file (a userlist of \"user\" \"password\" lines)", c.Auth.Method))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("proxy.auth.method: %q is not supported; use trust, md5 or scram-sha-256", c.Auth.Method))
+	}
+	for i, b := range c.Backends {
+		if b.Host == "" || b.Port <= 0 || b.Port > 65535 {
+			errs = append(errs, fmt.Errorf("proxy.backends[%d]: needs host and a port between 1 and 65535", i))
+		}
+	}
+	if !tlsModes[c.TLS.Mode] {
+		errs = append(errs, fmt.Errorf("proxy.tls.mode: %q is not one of disable, allow, prefer, require, verify-ca, verify-full", c.TLS.Mode))
+	}
+	if c.TLS.Mode != "disable" && c.TLS.Mode != "" && (c.TLS.Cert == "" || c.TLS.Key == "") {
+		errs = append(errs, fmt.Errorf("proxy.tls.mode %s needs proxy.tls.cert and proxy.tls.key", c.TLS.Mode))
+	}
+	if (c.TLS.Mode == "verify-ca" || c.TLS.Mode == "verify-full") && c.TLS.CA == "" {
+		errs = append(errs, fmt.Errorf("proxy.tls.mode %s needs proxy.tls.ca to verify client certificates", c.TLS.Mode))
+	}
+	if c.EventLoops < 1 || c.EventLoops > 256 {
+		errs = append(errs, fmt.Errorf("proxy.event_loops: %d must be between 1 and 256", c.EventLoops))
+	}
+	if c.MaxMessageSize < 64<<10 {
+		errs = append(errs, fmt.Errorf("proxy.max_message_size: %d is below the minimum of 65536", c.MaxMessageSize))
+	}
+	if c.StreamHighWater < 64<<10 {
+		errs = append(errs, fmt.Errorf("proxy.stream_high_water: %d is below the minimum of 65536", c.StreamHighWater))
+	}
+	if c.HealthCheckInterval <= 0 {
+		errs = append(errs, errors.New("proxy.health_check_interval must be positive"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,497 @@
+package engine
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/pgbastion/pgbastion/pgwire"
+	"github.com/pgbastion/pgbastion/pool"
+)
+
+// Engine is the proxy. Create it with New, start it with Run.
+type Engine struct {
+	gnet.BuiltinEventEngine
+
+	cfg    Config
+	log    *slog.Logger
+	m      *Metrics
+	auth   Authenticator
+	login  LoginFunc
+	tlsCfg *tls.Config
+	// serverPassword finds the password to log in to PostgreSQL as a client's user.
+	serverPassword func(user string) (string, bool)
+
+	gnet   gnet.Engine
+	booted chan struct{}
+
+	frontLimits   *pgwire.Limits // after startup, session mode
+	txnLimits     *pgwire.Limits // after startup, transaction mode (Parse bounded)
+	backendLimits *pgwire.Limits
+	registry      *pool.Registry
+
+	limits atomic.Pointer[limitSet]
+
+	routeMu  sync.Mutex
+	routing  atomic.Pointer[routing]
+	backends map[string]*backend // guarded by routeMu
+
+	dbMu       sync.Mutex
+	dbCounters map[string]*pool.Counter
+
+	heldMu sync.Mutex
+	held   map[*client]time.Time
+
+	pausedRW atomic.Bool
+
+	loopMu  sync.Mutex
+	loops   []*loop
+	loopIdx map[gnet.EventLoop]*loop
+
+	clients atomic.Int64
+	cancels cancelRegistry
+
+	// roleByPort maps a listener port to its role.
+	rwAddr, roAddr *net.TCPAddr
+
+	// checkNow asks the standalone health checker to re-check roles at once.
+	checkNow chan struct{}
+
+	stopOnce sync.Once
+	stopped  chan struct{}
+}
+
+// limitSet is the part of the configuration that can change at run time.
+type limitSet struct {
+	pool  pool.Limits
+	maxDB int
+}
+
+// Authenticator verifies a connecting client. Implementations must not block: they run on an
+// event loop.
+type Authenticator interface {
+	// Begin starts authenticating user. It returns the first message to send (an
+	// Authentication request, or AuthenticationOk when no password is needed) and a
+	// conversation to feed the client's password messages to.
+	Begin(user string) (first []byte, conv AuthConversation, err error)
+}
+
+// AuthConversation is one client's authentication exchange.
+type AuthConversation interface {
+	// Step consumes the body of one PasswordMessage/SASL message and returns what to send.
+	// done is true once the client is authenticated; an error carries the SQLSTATE to report.
+	Step(body []byte) (reply []byte, done bool, err error)
+}
+
+// LoginFunc dials nothing: it logs in over an established connection to PostgreSQL, as user
+// to database, and returns what the server reported. It runs off the event loops.
+type LoginFunc func(ctx context.Context, conn net.Conn, database, user, password string) (*ServerLogin, error)
+
+// ServerLogin is the result of logging in to PostgreSQL.
+type ServerLogin struct {
+	Params [][2]string
+	PID    uint32
+	Key    []byte
+}
+
+// Options are the collaborators an Engine needs besides its Config.
+type Options struct {
+	Logger *slog.Logger
+	// Auth verifies clients; nil means trust.
+	Auth Authenticator
+	// Login logs in to PostgreSQL; required.
+	Login LoginFunc
+	// ServerPassword returns the password to log in to PostgreSQL as user when
+	// Config.Server.User is empty (from the auth_file); nil means none.
+	ServerPassword func(user string) (string, bool)
+	// Metrics receives the engine's counters; nil creates a private set.
+	Metrics *Metrics
+}
+
+// New validates cfg and returns an engine that is not yet running.
+func New(cfg Config, opts Options) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Login == nil {
+		return nil, errors.New("engine: Options.Login is required")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Engine{
+		cfg:           cfg,
+		log:           log,
+		m:             opts.Metrics,
+		auth:          opts.Auth,
+		login:         opts.Login,
+		booted:        make(chan struct{}),
+		frontLimits:   pgwire.FrontendLimits(pgwire.MaxMessageLen),
+		txnLimits:     pgwire.FrontendLimits(pgwire.MaxMessageLen),
+		backendLimits: pgwire.BackendLimits(),
+		registry:      pool.NewRegistry(),
+		backends:      make(map[string]*backend),
+		dbCounters:    make(map[string]*pool.Counter),
+		held:          make(map[*client]time.Time),
+		loopIdx:       make(map[gnet.EventLoop]*loop),
+		cancels:       newCancelRegistry(),
+		checkNow:      make(chan struct{}, 1),
+		stopped:       make(chan struct{}),
+	}
+	e.serverPassword = opts.ServerPassword
+	if e.m == nil {
+		e.m = NewMetrics(nil)
+	}
+	e.txnLimits.Set(pgwire.MsgParse, cfg.MaxMessageSize)
+	e.limits.Store(&limitSet{pool: cfg.Pool.Limits(), maxDB: cfg.Pool.MaxDBConnections})
+	e.routing.Store(&routing{})
+	if cfg.TLS.Mode != "disable" && cfg.TLS.Mode != "" {
+		tc, err := serverTLSConfig(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		e.tlsCfg = tc
+	}
+	var err error
+	if cfg.ListenRW != "" {
+		if e.rwAddr, err = net.ResolveTCPAddr("tcp", cfg.ListenRW); err != nil {
+			return nil, fmt.Errorf("proxy.listen_rw: %w", err)
+		}
+	}
+	if cfg.ListenRO != "" {
+		if e.roAddr, err = net.ResolveTCPAddr("tcp", cfg.ListenRO); err != nil {
+			return nil, fmt.Errorf("proxy.listen_ro: %w", err)
+		}
+	}
+	return e, nil
+}
+
+// Run starts the listeners and serves until ctx is cancelled or Stop is called. A standalone
+// proxy (Config.Backends set) also runs its role checker.
+func (e *Engine) Run(ctx context.Context) error {
+	var addrs []string
+	if e.cfg.ListenRW != "" {
+		addrs = append(addrs, "tcp://"+e.cfg.ListenRW)
+	}
+	if e.cfg.ListenRO != "" {
+		addrs = append(addrs, "tcp://"+e.cfg.ListenRO)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if len(e.cfg.Backends) > 0 {
+		// Learn the roles before accepting clients, then keep checking.
+		hc := &healthChecker{e: e, conns: make([]*pgconn.PgConn, len(e.cfg.Backends))}
+		hc.check(ctx)
+		go e.runHealthChecker(ctx, hc)
+	}
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-e.stopped:
+		}
+		select {
+		case <-e.booted:
+			sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			_ = e.gnet.Stop(sctx)
+		default:
+		}
+	}()
+	err := gnet.Rotate(e, addrs,
+		gnet.WithNumEventLoop(e.cfg.EventLoops),
+		gnet.WithLoadBalancing(gnet.LeastConnections),
+		gnet.WithReuseAddr(true),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithTCPKeepAlive(30*time.Second),
+		gnet.WithTicker(true),
+		gnet.WithLogger(gnetLogger{e.log.With("component", "gnet")}),
+	)
+	e.stopOnce.Do(func() { close(e.stopped) })
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("proxy listeners %v: %w", addrs, err)
+	}
+	return nil
+}
+
+// Ready is closed once the listeners accept connections.
+func (e *Engine) Ready() <-chan struct{} { return e.booted }
+
+// Stop shuts the proxy down.
+func (e *Engine) Stop() { e.stopOnce.Do(func() { close(e.stopped) }) }
+
+// OnBoot implements gnet.EventHandler.
+func (e *Engine) OnBoot(eng gnet.Engine) gnet.Action {
+	e.gnet = eng
+	close(e.booted)
+	e.log.Info("proxy listening", "rw", e.cfg.ListenRW, "ro", e.cfg.ListenRO, "loops", e.cfg.EventLoops, "pool_mode", e.cfg.Pool.Mode)
+	return gnet.None
+}
+
+// detached marks a gnet connection whose descriptor was duplicated and handed elsewhere; its
+// callbacks are ignored.
+type detached struct{}
+
+// loop is the per-event-loop state. Everything in it is touched only by that loop's goroutine.
+type loop struct {
+	e        *Engine
+	idx      int
+	el       gnet.EventLoop
+	scratch  []byte
+	scratch2 []byte
+	em       emitter
+	deferred []func()
+	clients  map[*client]struct{}
+	servers  map[*server]struct{}
+}
+
+func (e *Engine) loopOf(c gnet.Conn) *loop {
+	el := c.EventLoop()
+	e.loopMu.Lock()
+	defer e.loopMu.Unlock()
+	lp := e.loopIdx[el]
+	if lp == nil {
+		lp = &loop{e: e, idx: len(e.loops), el: el, clients: make(map[*client]struct{}), servers: make(map[*server]struct{})}
+		if lp.idx >= e.cfg.EventLoops {
+			// gnet never runs more loops than asked; guard the pool's per-loop arrays anyway.
+			lp.idx = e.cfg.EventLoops - 1
+		}
+		e.loops = append(e.loops, lp)
+		e.loopIdx[el] = lp
+	}
+	return lp
+}
+
+func (e *Engine) loopAt(i int) *loop {
+	e.loopMu.Lock()
+	defer e.loopMu.Unlock()
+	for _, lp := range e.loops {
+		if lp.idx == i {
+			return lp
+		}
+	}
+	if len(e.loops) > 0 {
+		return e.loops[0]
+	}
+	return nil
+}
+
+// later queues f to run on this loop once the current callback has finished with its
+// connection, which keeps hand-overs between connections free of re-entrancy.
+func (lp *loop) later(f func()) { lp.deferred = append(lp.deferred, f) }
+
+func (lp *loop) runDeferred() {
+	for len(lp.deferred) > 0 {
+		f := lp.deferred[0]
+		lp.deferred[0] = nil
+		lp.deferred = lp.deferred[1:]
+		lp.e.guard(nil, f)
+	}
+	lp.deferred = lp.deferred[:0]
+}
+
+// exec runs f on the loop's goroutine (from any goroutine).
+func (lp *loop) exec(f func()) {
+	err := lp.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+		lp.e.guard(nil, f)
+		lp.runDeferred()
+		return nil
+	}))
+	if err != nil {
+		lp.e.log.Warn("event loop refused a task", "err", err)
+	}
+}
+
+// guard runs f and turns a panic into closing only the connection concerned (DESIGN.md
+// invariant 6). It reports whether f panicked.
+func (e *Engine) guard(c gnet.Conn, f func()) (panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			panicked = true
+			e.m.panics.Inc()
+			e.log.Error("recovered from a panic; closing only the connection concerned", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			if c != nil {
+				if h, ok := c.Context().(interface{ abort() }); ok {
+					h.abort()
+				}
+				_ = c.Close()
+			}
+		}
+	}()
+	f()
+	return false
+}
+
+func (e *Engine) roleOf(local net.Addr) Role {
+	ta, ok := local.(*net.TCPAddr)
+	if !ok {
+		return RoleRW
+	}
+	match := func(a *net.TCPAddr) bool {
+		return a != nil && a.Port == ta.Port && (a.IP == nil || a.IP.IsUnspecified() || a.IP.Equal(ta.IP))
+	}
+	if match(e.roAddr) && !match(e.rwAddr) {
+		return RoleRO
+	}
+	if match(e.roAddr) && match(e.rwAddr) && e.roAddr.IP.Equal(ta.IP) {
+		return RoleRO
+	}
+	return RoleRW
+}
+
+// OnOpen implements gnet.EventHandler.
+func (e *Engine) OnOpen(c gnet.Conn) (out []byte, action gnet.Action) {
+	lp := e.loopOf(c)
+	if e.guard(c, func() {
+		switch x := c.Context().(type) {
+		case nil:
+			cl := newClient(e, e.roleOf(c.LocalAddr()))
+			cl.onAccept(c, lp)
+		case *server:
+			x.onEnrolled(c, lp)
+		}
+	}) {
+		action = gnet.Close
+	}
+	lp.runDeferred()
+	return nil, action
+}
+
+// OnTraffic implements gnet.EventHandler.
+func (e *Engine) OnTraffic(c gnet.Conn) (action gnet.Action) {
+	lp := e.loopOf(c)
+	if e.guard(c, func() {
+		switch x := c.Context().(type) {
+		case *client:
+			action = x.onTraffic(c)
+		case *server:
+			action = x.onTraffic(c)
+		case detached:
+			action = gnet.Close
+		default:
+			action = gnet.Close
+		}
+	}) {
+		action = gnet.Close
+	}
+	lp.runDeferred()
+	return action
+}
+
+// OnClose implements gnet.EventHandler.
+func (e *Engine) OnClose(c gnet.Conn, err error) gnet.Action {
+	lp := e.loopOf(c)
+	e.guard(nil, func() {
+		switch x := c.Context().(type) {
+		case *client:
+			x.onClose(c, err)
+		case *server:
+			x.onClose(c, err)
+		}
+	})
+	lp.runDeferred()
+	return gnet.None
+}
+
+// OnTick implements gnet.EventHandler: periodic housekeeping on every loop.
+func (e *Engine) OnTick() (time.Duration, gnet.Action) {
+	e.loopMu.Lock()
+	loops := append([]*loop(nil), e.loops...)
+	e.loopMu.Unlock()
+	now := time.Now()
+	for _, lp := range loops {
+		lp := lp
+		lp.exec(func() { lp.sweep(now) })
+	}
+	e.sweepHeld(now)
+	select {
+	case <-e.stopped:
+		return 0, gnet.Shutdown
+	default:
+	}
+	return 250 * time.Millisecond, gnet.None
+}
+
+// PauseWrites stops handing out connections to the primary: new read-write transactions wait,
+// those in flight finish. It returns when no read-write transaction is in flight, or with
+// ctx's error (the pause stays in force until ResumeWrites).
+func (e *Engine) PauseWrites(ctx context.Context) error {
+	e.pausedRW.Store(true)
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		rt := e.routing.Load()
+		if rt.primary == nil || rt.primary.active.Load() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %d read-write transactions to finish: %w", rt.primary.active.Load(), ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// ResumeWrites ends a pause; waiting clients continue against the current routing table.
+func (e *Engine) ResumeWrites() {
+	e.pausedRW.Store(false)
+	e.releaseHeld()
+}
+
+// Stats is a summary for the API and tests.
+type Stats struct {
+	Clients int64
+	Primary string
+	Pools   []PoolStats
+}
+
+// PoolStats describes one pool.
+type PoolStats struct {
+	Backend, Database, User string
+	pool.Stats
+}
+
+// Stats returns the current counters.
+func (e *Engine) Stats() Stats {
+	st := Stats{Clients: e.clients.Load(), Primary: addrOf(e.routing.Load().primary)}
+	e.routeMu.Lock()
+	bs := make([]*backend, 0, len(e.backends))
+	for _, b := range e.backends {
+		bs = append(bs, b)
+	}
+	e.routeMu.Unlock()
+	now := time.Now()
+	for _, b := range bs {
+		b.mu.Lock()
+		for k, pe := range b.pools {
+			st.Pools = append(st.Pools, PoolStats{Backend: b.name, Database: k.database, User: k.user, Stats: pe.p.Stats(now)})
+		}
+		b.mu.Unlock()
+	}
+	return st
+}
+
+func portOf(addr string) int {
+	_, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug(fmt.Sprintf(f, a...)) }
+func (g gnetLogger) Infof(f string, a ...any)  { g.l.Debug(fmt.Sprintf(f, a...)) }
+func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn(fmt.Sprintf(f, a...)) }
+func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...)) }
+func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...)) }

@@ -1,0 +1,67 @@
+package engine
+
+import (
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Metrics are the proxy's counters, registered in a VictoriaMetrics set that the admin
+// package exposes. Handles are created once; the hot path only increments them.
+type Metrics struct {
+	set *metrics.Set
+
+	clientsAccepted       *metrics.Counter
+	logins                *metrics.Counter
+	authFailures          *metrics.Counter
+	protocolErrors        *metrics.Counter
+	panics                *metrics.Counter
+	tlsClients            *metrics.Counter
+	tlsFailures           *metrics.Counter
+	serverConnects        *metrics.Counter
+	serverConnectFailures *metrics.Counter
+	serverParses          *metrics.Counter
+	clientParses          *metrics.Counter
+	settingSyncs          *metrics.Counter
+	serverResets          *metrics.Counter
+	clientWaits           *metrics.Counter
+	waitTimeouts          *metrics.Counter
+	idleTimeouts          *metrics.Counter
+	slowReaders           *metrics.Counter
+	cancelRequests        *metrics.Counter
+	cancelsDropped        *metrics.Counter
+}
+
+// NewMetrics registers the proxy's metrics in set (a new set when nil).
+func NewMetrics(set *metrics.Set) *Metrics {
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	c := set.NewCounter
+	return &Metrics{
+		set:                   set,
+		clientsAccepted:       c("pgbastion_proxy_client_connections_total"),
+		logins:                c("pgbastion_proxy_client_logins_total"),
+		authFailures:          c("pgbastion_proxy_client_auth_failures_total"),
+		protocolErrors:        c("pgbastion_proxy_protocol_errors_total"),
+		panics:                c("pgbastion_proxy_panics_recovered_total"),
+		tlsClients:            c("pgbastion_proxy_tls_clients_total"),
+		tlsFailures:           c("pgbastion_proxy_tls_handshake_failures_total"),
+		serverConnects:        c("pgbastion_proxy_server_connections_total"),
+		serverConnectFailures: c("pgbastion_proxy_server_connect_failures_total"),
+		serverParses:          c("pgbastion_proxy_server_parses_total"),
+		clientParses:          c("pgbastion_proxy_client_parses_total"),
+		settingSyncs:          c("pgbastion_proxy_setting_syncs_total"),
+		serverResets:          c("pgbastion_proxy_server_resets_total"),
+		clientWaits:           c("pgbastion_proxy_client_waits_total"),
+		waitTimeouts:          c("pgbastion_proxy_query_wait_timeouts_total"),
+		idleTimeouts:          c("pgbastion_proxy_idle_timeouts_total"),
+		slowReaders:           c("pgbastion_proxy_slow_readers_total"),
+		cancelRequests:        c("pgbastion_proxy_cancel_requests_total"),
+		cancelsDropped:        c("pgbastion_proxy_cancel_requests_dropped_total"),
+	}
+}
+
+// Set returns the metric set, for exposition.
+func (m *Metrics) Set() *metrics.Set { return m.set }
+
+// Panics returns the number of recovered panics (for tests).
+func (m *Metrics) Panics() uint64 { return m.panics.Get() }

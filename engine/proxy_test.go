@@ -1,0 +1,200 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pool"
+	"github.com/pgbastion/pgbastion/test/pgtest"
+)
+
+// proxy is an engine running in the test process in front of real PostgreSQL servers.
+type proxy struct {
+	e      *engine.Engine
+	rw, ro string
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startProxy(t testing.TB, mutate func(*engine.Config), backends ...*pgtest.Instance) *proxy {
+	t.Helper()
+	cfg := engine.DefaultConfig()
+	cfg.ListenRW, cfg.ListenRO = freeAddr(t), freeAddr(t)
+	cfg.EventLoops = 2
+	cfg.Server = engine.ServerConfig{User: "postgres", Password: backends[0].Password()}
+	for _, b := range backends {
+		cfg.Backends = append(cfg.Backends, engine.BackendConfig{Host: b.Host(), Port: b.Port(), Name: b.Name()})
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	level := slog.LevelWarn
+	if os.Getenv("PGBASTION_TEST_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	e, err := engine.New(cfg, engine.Options{Logger: log, Login: engine.PgconnLogin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	select {
+	case <-e.Ready():
+	case err := <-done:
+		t.Fatalf("proxy did not start: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("proxy did not start in 10s")
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("proxy did not stop in 10s")
+		}
+	})
+	return &proxy{e: e, rw: cfg.ListenRW, ro: cfg.ListenRO}
+}
+
+func (p *proxy) dsn(addr string, extra ...string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	return fmt.Sprintf("host=%s port=%s user=postgres dbname=postgres sslmode=disable %s", host, port, strings.Join(extra, " "))
+}
+
+func connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect %s: %v", dsn, err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+func queryInt(t testing.TB, c *pgx.Conn, sql string, args ...any) int64 {
+	t.Helper()
+	var v int64
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+func TestSessionModeBasics(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, nil, primary)
+	c := connect(t, p.dsn(p.rw))
+	if got := queryInt(t, c, "SELECT 41 + $1::int", 1); got != 42 {
+		t.Fatalf("got %d", got)
+	}
+	var inRecovery bool
+	if err := c.QueryRow(context.Background(), "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || inRecovery {
+		t.Fatalf("rw routed to a replica or failed: %v %v", inRecovery, err)
+	}
+	// The server connection is reused by the next client after DISCARD ALL.
+	pid := queryInt(t, c, "SELECT pg_backend_pid()")
+	if _, err := c.Exec(context.Background(), "SET application_name = 'first'"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(context.Background())
+	c2 := connect(t, p.dsn(p.rw))
+	var app string
+	if err := c2.QueryRow(context.Background(), "SELECT current_setting('application_name')").Scan(&app); err != nil {
+		t.Fatal(err)
+	}
+	if app == "first" {
+		t.Fatal("session state leaked to the next client")
+	}
+	if pid2 := queryInt(t, c2, "SELECT pg_backend_pid()"); pid2 != pid {
+		t.Logf("server connection not reused (pid %d then %d)", pid, pid2)
+	}
+}
+
+func TestTransactionModeManyClients(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.Pool.DefaultPoolSize = 2
+	}, primary)
+	primary.Exec(t, "CREATE TABLE t (id int primary key, v text)")
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, err := pgx.Connect(ctx, p.dsn(p.rw, fmt.Sprintf("application_name=client%d", i)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close(ctx)
+			for j := 0; j < 50; j++ {
+				var app string
+				if err := c.QueryRow(ctx, "SELECT current_setting('application_name')").Scan(&app); err != nil {
+					errs <- fmt.Errorf("client %d: %w", i, err)
+					return
+				}
+				if app != fmt.Sprintf("client%d", i) {
+					errs <- fmt.Errorf("client %d saw application_name %q", i, app)
+					return
+				}
+				tx, err := c.Begin(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := tx.Exec(ctx, "INSERT INTO t VALUES ($1, $2)", i*1000+j, "x"); err != nil {
+					errs <- err
+					return
+				}
+				if err := tx.Commit(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := primary.QueryString(t, "SELECT count(*) FROM t"); n != "1000" {
+		t.Fatalf("rows %s", n)
+	}
+	st := p.e.Stats()
+	for _, ps := range st.Pools {
+		if ps.Open > 2 {
+			t.Fatalf("pool opened %d server connections, limit 2", ps.Open)
+		}
+	}
+}

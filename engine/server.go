@@ -1,0 +1,820 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/pgbastion/pgbastion/pgwire"
+	"github.com/pgbastion/pgbastion/pool"
+)
+
+// server is one connection to PostgreSQL, logged in and owned by a pool.
+//
+// Its home is either an event loop (conn != nil) or the stream path (nc != nil). It moves
+// between homes by duplicating its descriptor: enrolled on another loop when handed to a
+// client there, or given to a stream-path client as a blocking net.Conn.
+type server struct {
+	e     *Engine
+	pe    *poolEntry
+	b     *backend
+	epoch uint64
+
+	lp   *loop
+	conn gnet.Conn
+	nc   net.Conn
+	out  io.Writer
+
+	client *client
+	tr     *pool.Tracker
+	// login holds the parameters reported at login (pristine); params the current values.
+	login  *pool.Params
+	params *pool.Params
+	stmts  *pool.ServerStatements
+	pid    uint32
+	key    []byte
+
+	born, lastUsed time.Time
+
+	remain    int
+	remainFwd bool
+	// dirty: the session holds state the proxy cannot follow; reset it before reuse.
+	dirty bool
+	// resetting: a reset (ROLLBACK / DISCARD ALL) runs before the server returns to the pool.
+	resetting bool
+	// setDone: the current Query's SET completed (CommandComplete "SET").
+	setDone bool
+	// deferredError is a proxy-made error to deliver after outstanding responses.
+	deferredError []byte
+	// dirtyStmts are statements whose cached plan went stale; they are closed when idle.
+	dirtyStmts []*pool.Stmt
+	// reading: a stream-path goroutine is reading this server (release waits for it).
+	reading bool
+
+	cancelPending atomic.Int32
+
+	// moveTo is the client the server is being moved for (nil: back to the pool);
+	// detachFor is set while a move off this loop is pending.
+	moveTo    *client
+	detaching bool
+	detachCb  func(net.Conn)
+	carry     []byte
+
+	closing bool
+	gone    bool
+}
+
+func (s *server) writer() io.Writer {
+	if s.conn != nil {
+		return s.conn
+	}
+	return s.nc
+}
+
+func (s *server) loopIdx() int {
+	if s.conn != nil && s.lp != nil {
+		return s.lp.idx
+	}
+	return -1
+}
+
+// dial opens and logs in a new server connection for pe off the event loops, then delivers it
+// to cl (or to the pool when cl is nil) on cl's goroutine.
+func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
+	user, password := pe.key.user, ""
+	if cl != nil {
+		password = cl.serverPassword
+	} else if e.cfg.Server.User != "" {
+		password = e.cfg.Server.Password
+	} else if e.serverPassword != nil {
+		password, _ = e.serverPassword(user)
+	}
+	timeout := e.cfg.Pool.ServerConnectTimeout
+	epoch := pe.epoch
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		s, nc, err := e.connect(ctx, pe, user, password)
+		if err != nil {
+			pe.p.DialFailed()
+			e.m.serverConnectFailures.Inc()
+			e.requestHealthCheck()
+			var ce *clientError
+			if !errors.As(err, &ce) {
+				e.log.Warn("cannot connect to PostgreSQL", "backend", pe.b.name, "database", pe.key.database, "user", user, "err", err)
+			}
+			if cl != nil {
+				cl.deliverFailure(err)
+			}
+			return
+		}
+		s.epoch = epoch
+		if !pe.b.addServer(s) {
+			// The backend changed role while we were logging in.
+			_ = nc.Close()
+			pe.p.ServerGone()
+			if cl != nil {
+				cl.deliverFailure(errRetry)
+			}
+			return
+		}
+		e.m.serverConnects.Inc()
+		if pe.welcome.Load() == nil {
+			pe.welcome.CompareAndSwap(nil, s.login)
+		}
+		s.moveTo = cl
+		if cl != nil && cl.stream != nil {
+			s.nc = nc
+			cl.stream.give(s)
+			return
+		}
+		s.enroll(nc, loopIdx)
+	}()
+}
+
+// errRetry tells a waiting client to route and acquire again.
+var errRetry = errors.New("retry")
+
+// connect dials the backend and logs in.
+func (e *Engine) connect(ctx context.Context, pe *poolEntry, user, password string) (*server, net.Conn, error) {
+	d := net.Dialer{Timeout: e.cfg.Pool.ServerConnectTimeout, KeepAlive: 30 * time.Second}
+	nc, err := d.DialContext(ctx, "tcp", pe.b.addr)
+	if err != nil {
+		return nil, nil, sqlErr(pgwire.ConnectionFailure,
+			fmt.Sprintf("cannot connect to PostgreSQL at %s: %v", pe.b.addr, unwrapOp(err)),
+			"check that PostgreSQL is running and reachable from the proxy")
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	li, err := e.login(ctx, nc, pe.key.database, user, password)
+	if err != nil {
+		_ = nc.Close()
+		return nil, nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	now := time.Now()
+	s := &server{e: e, pe: pe, b: pe.b, tr: pool.NewTracker(), login: pool.NewParams(), params: pool.NewParams(),
+		stmts: pool.NewServerStatements(e.cfg.Pool.MaxPreparedStatements), pid: li.PID, key: li.Key, born: now, lastUsed: now}
+	for _, kv := range li.Params {
+		s.login.Set(kv[0], kv[1])
+	}
+	s.params.CopyFrom(s.login)
+	s.tr.Dropped = s.forget
+	return s, nc, nil
+}
+
+func unwrapOp(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			return se.Err
+		}
+		return oe.Err
+	}
+	return err
+}
+
+// enroll moves a server with a blocking net.Conn onto event loop loopIdx.
+func (s *server) enroll(nc net.Conn, loopIdx int) {
+	lp := s.e.loopAt(loopIdx)
+	if lp == nil {
+		_ = nc.Close()
+		s.gone = true
+		s.pe.p.ServerGone()
+		return
+	}
+	s.nc = nil
+	ch, err := lp.el.Enroll(gnet.NewContext(context.Background(), s), nc)
+	if err != nil {
+		_ = nc.Close()
+		s.lost(err)
+		return
+	}
+	go func() {
+		if r := <-ch; r.Err != nil {
+			s.e.log.Warn("cannot enroll server connection on event loop", "err", r.Err)
+			s.lost(r.Err)
+		}
+	}()
+}
+
+// onEnrolled runs on the loop the server was enrolled on.
+func (s *server) onEnrolled(c gnet.Conn, lp *loop) {
+	s.conn, s.lp, s.nc = c, lp, nil
+	s.out = c
+	s.detaching = false
+	lp.servers[s] = struct{}{}
+	if len(s.carry) > 0 {
+		carry := s.carry
+		s.carry = nil
+		n, err := s.handle(carry)
+		if err != nil || n < len(carry) {
+			// An idle server carries at most complete asynchronous messages.
+			s.closeNow(fmt.Errorf("unexpected data while moving server connection"))
+			return
+		}
+	}
+	cl := s.moveTo
+	s.moveTo = nil
+	if cl != nil && cl.waitingFor() && cl.lp == lp {
+		cl.attachAndResume(s)
+		return
+	}
+	s.release()
+}
+
+// onTraffic handles data from a loop-homed server.
+func (s *server) onTraffic(c gnet.Conn) gnet.Action {
+	if s.detaching {
+		return s.finishDetach(c)
+	}
+	buf, _ := c.Peek(-1)
+	n, err := s.handle(buf)
+	if n > 0 {
+		_, _ = c.Discard(n)
+	}
+	if err != nil {
+		s.fail(err)
+		return gnet.Close
+	}
+	if s.detaching {
+		return s.finishDetach(c)
+	}
+	if s.closing {
+		return gnet.Close
+	}
+	return gnet.None
+}
+
+// handle processes server bytes: forwards responses to the attached client (or swallows
+// them), follows the transaction state, and releases the server when the client's
+// transaction is over.
+func (s *server) handle(buf []byte) (int, error) {
+	cl := s.client
+	var em *emitter
+	if cl != nil {
+		em = s.emitterFor(cl, buf)
+	}
+	pos := 0
+	defer func() {
+		if em != nil {
+			sc, err := em.flush()
+			s.putScratch(cl, sc)
+			if err != nil && cl != nil {
+				cl.closeNow()
+			}
+		}
+	}()
+	for pos < len(buf) && !s.closing && !s.detaching {
+		if s.remain > 0 {
+			n := min(s.remain, len(buf)-pos)
+			if s.remainFwd && em != nil {
+				em.pass(pos, pos+n)
+			}
+			pos += n
+			s.remain -= n
+			continue
+		}
+		typ, blen, complete, err := s.e.backendLimits.Scan(buf[pos:])
+		if err != nil {
+			return pos, fmt.Errorf("server protocol error: %w", err)
+		}
+		if blen < 0 {
+			break
+		}
+		total := pgwire.HeaderLen + blen
+		streamable := typ == pgwire.MsgDataRow || typ == pgwire.MsgCopyData || typ == pgwire.MsgRowDescription ||
+			typ == pgwire.MsgNoticeResponse || typ == pgwire.MsgFunctionCallResponse || typ == pgwire.MsgParameterDescription
+		if !complete && (!streamable || s.client == nil) {
+			break
+		}
+		avail := min(total, len(buf)-pos)
+		body := buf[pos+pgwire.HeaderLen : pos+avail]
+		if traceOn {
+			trace("S>", s.client, typ, buf[pos:pos+avail])
+		}
+
+		if s.client != cl {
+			// Released during this call: the rest is not the old client's.
+			if em != nil {
+				sc, err := em.flush()
+				s.putScratch(cl, sc)
+				if err != nil {
+					cl.closeNow()
+				}
+				em = nil
+			}
+			cl = s.client
+		}
+		v, popped, ok := s.tr.Received(typ)
+		switch v {
+		case pool.VerdictProtocol:
+			if s.client == nil && (typ == pgwire.MsgErrorResponse || typ == pgwire.MsgNoticeResponse || typ == pgwire.MsgParameterStatus || typ == pgwire.MsgNotification) {
+				// Asynchronous message on an idle server (e.g. the administrator terminated
+				// it: FATAL 57P01); the close follows.
+				v = pool.VerdictSwallow
+				break
+			}
+			return pos, fmt.Errorf("server sent unexpected message type %q", typ)
+		}
+		switch typ {
+		case pgwire.MsgReadyForQuery:
+			st, err := pgwire.DecodeReadyForQuery(body)
+			if err != nil {
+				return pos, fmt.Errorf("server sent an invalid ReadyForQuery")
+			}
+			s.tr.ReadyForQuery(st)
+			if ok && popped.Set != nil && s.setDone && cl != nil {
+				s.applySetting(cl, popped.Set, st)
+			}
+			s.setDone = false
+		case pgwire.MsgParameterStatus:
+			name, value, err := pgwire.DecodeParameterStatus(body)
+			if err != nil {
+				return pos, fmt.Errorf("server sent an invalid ParameterStatus")
+			}
+			s.params.SetBytes(name, value)
+			if cl != nil && cl.params != nil && cl.params.SetBytes(name, value) {
+				// The client sees every change of its settings, even one caused by a SET the
+				// proxy replayed.
+				v = pool.VerdictForward
+			}
+		case pgwire.MsgCommandComplete:
+			tag, _ := pgwire.DecodeCommandComplete(body)
+			s.onCommandComplete(cl, tag)
+		case pgwire.MsgErrorResponse:
+			s.setDone = false
+			s.onError(cl, body, popped, ok)
+		}
+		if cl == nil {
+			v = pool.VerdictSwallow
+		}
+		if v == pool.VerdictForward {
+			em.pass(pos, pos+avail)
+			s.remain, s.remainFwd = total-avail, true
+		} else {
+			s.remain, s.remainFwd = total-avail, false
+		}
+		pos += avail
+		if cl != nil {
+			for {
+				f, ok := s.tr.NextFake()
+				if !ok {
+					break
+				}
+				em.setBuf(appendFake(em.buf(), f, s.tr.TxStatus))
+			}
+			if len(s.deferredError) > 0 && s.tr.Outstanding() == 0 {
+				em.add(s.deferredError)
+				s.deferredError = s.deferredError[:0]
+			}
+		}
+		if typ == pgwire.MsgReadyForQuery {
+			s.afterReadyForQuery(cl)
+		}
+		if cl != nil && cl.conn != nil && cl.conn.OutboundBuffered() > s.e.cfg.StreamHighWater {
+			// The client does not keep up: stop reading this server (stream path).
+			s.startSlowReader(cl)
+			return pos, nil
+		}
+	}
+	return pos, nil
+}
+
+func (s *server) emitterFor(cl *client, src []byte) *emitter {
+	if cl.lp != nil && s.conn != nil {
+		em := &cl.lp.em
+		em.reset(cl.out, src, cl.lp.scratch)
+		return em
+	}
+	em := &cl.stream.serverEm
+	em.reset(cl.out, src, cl.stream.serverScratch)
+	return em
+}
+
+func (s *server) putScratch(cl *client, b []byte) {
+	if cl == nil {
+		return
+	}
+	if cl.lp != nil && s.conn != nil {
+		cl.lp.scratch = b
+	} else if cl.stream != nil {
+		cl.stream.serverScratch = b
+	}
+}
+
+// onCommandComplete follows commands that change session state the pooler tracks.
+func (s *server) onCommandComplete(cl *client, tag []byte) {
+	switch {
+	case bytes.Equal(tag, []byte("SET")):
+		s.setDone = true
+	case bytes.Equal(tag, []byte("DISCARD ALL")):
+		s.stmts.Clear()
+		s.dirty = false
+		s.dropSQLSettings(cl)
+		if cl != nil && cl.stmts != nil {
+			clear(cl.stmts)
+		}
+	case bytes.Equal(tag, []byte("DEALLOCATE ALL")):
+		s.stmts.Clear()
+		if cl != nil && cl.stmts != nil {
+			clear(cl.stmts)
+		}
+	case bytes.Equal(tag, []byte("RESET")):
+		// RESET ALL or RESET name: reported settings come back as ParameterStatus; settings
+		// the proxy replays as SQL cannot be told apart, so drop them from both sides.
+		s.dropSQLSettings(cl)
+	}
+}
+
+// dropSQLSettings forgets settings the proxy replays as SQL or that the server did not report
+// at login: the server reset them.
+func (s *server) dropSQLSettings(cl *client) {
+	for _, p := range []*pool.Params{s.params, clientParams(cl)} {
+		if p == nil {
+			continue
+		}
+		var names []string
+		p.Each(func(name, value string) {
+			if pool.IsSQLValue(value) || !s.login.Has(name) {
+				names = append(names, name)
+			}
+		})
+		for _, n := range names {
+			p.Delete(n)
+		}
+	}
+}
+
+func clientParams(cl *client) *pool.Params {
+	if cl == nil {
+		return nil
+	}
+	return cl.params
+}
+
+// applySetting records a client's SET once it completed: outside a transaction block it is
+// part of the session and follows the client to other servers; inside one the proxy cannot
+// know whether it will be committed, so the server is reset before reuse instead.
+func (s *server) applySetting(cl *client, set *pool.Setting, status byte) {
+	if status != pgwire.TxIdle {
+		s.dirty = true
+		return
+	}
+	if s.login.Has(set.Name) {
+		return // reported by the server: ParameterStatus already updated both sides
+	}
+	if set.SQL == "" {
+		cl.params.Delete(set.Name)
+		s.params.Delete(set.Name)
+		return
+	}
+	v := pool.SQLValue(set.SQL)
+	cl.params.Set(set.Name, v)
+	s.params.Set(set.Name, v)
+}
+
+// onError handles an ErrorResponse.
+func (s *server) onError(cl *client, body []byte, failed pool.Entry, popped bool) {
+	f, err := pgwire.DecodeErrorFields(body)
+	if err != nil {
+		return
+	}
+	if popped && failed.Stmt != nil {
+		if failed.Expect == pool.ExpectParse {
+			s.stmts.Remove(failed.Stmt)
+		} else if bytes.Equal(f.Code, []byte(pgwire.FeatureNotSupported)) && bytes.Contains(f.Message, []byte("cached plan must not change result type")) {
+			// The statement's plan is stale after DDL: drop it on this server so the next
+			// use prepares it again.
+			s.stmts.Remove(failed.Stmt)
+			s.dirtyStmts = append(s.dirtyStmts, failed.Stmt)
+		}
+	}
+	if bytes.Equal(f.Severity, []byte("FATAL")) || bytes.Equal(f.Severity, []byte("PANIC")) {
+		s.closing = true
+	}
+}
+
+// forget is the tracker's Dropped hook: a Parse the server skipped never created its statement.
+func (s *server) forget(e pool.Entry) {
+	if e.Expect == pool.ExpectParse && e.Stmt != nil {
+		s.stmts.Remove(e.Stmt)
+	}
+}
+
+// afterReadyForQuery decides what happens to the server at the end of a request.
+func (s *server) afterReadyForQuery(cl *client) {
+	if len(s.dirtyStmts) > 0 && s.tr.Idle() {
+		// Close statements whose plan went stale, so they are prepared afresh.
+		var b []byte
+		for _, st := range s.dirtyStmts {
+			b = pgwire.AppendTarget(b, pgwire.MsgClose, 'S', st.Name)
+			s.tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Swallow})
+		}
+		b = pgwire.AppendEmpty(b, pgwire.MsgSync)
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectSync, Action: pool.Swallow})
+		s.dirtyStmts = s.dirtyStmts[:0]
+		s.write(b)
+		return
+	}
+	if cl == nil {
+		if s.tr.Idle() {
+			s.resetting = false
+			s.release()
+		}
+		return
+	}
+	if cl.txnMode() && s.tr.Idle() && cl.state == csReady && s.cancelPending.Load() == 0 {
+		cl.detach(s)
+		if cl.hasPendingInput() {
+			// The client already sent its next transaction.
+			if cl.lp != nil {
+				cl.lp.later(cl.process)
+			}
+		}
+		return
+	}
+	if cl.state == csLogin && s.tr.Idle() {
+		cl.finishLogin()
+		if cl.txnMode() {
+			cl.detach(s)
+		}
+	}
+}
+
+func (s *server) write(b []byte) {
+	if _, err := s.writer().Write(b); err != nil {
+		s.lostDuringWrite(err)
+	}
+}
+
+// release returns a server no client holds to its pool: reset first if needed, then hand it to
+// a waiting client or keep it idle.
+func (s *server) release() {
+	if s.closing || s.gone {
+		return
+	}
+	if s.epoch != s.b.currentEpoch() {
+		s.closeNow(nil)
+		return
+	}
+	if !s.tr.Idle() {
+		s.abandoned()
+		return
+	}
+	if s.dirty {
+		s.dirty = false
+		s.resetting = true
+		s.stmts.Clear()
+		s.dropSQLSettings(nil)
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
+		s.write(pgwire.AppendQuery(nil, "DISCARD ALL"))
+		s.e.m.serverResets.Inc()
+		return
+	}
+	now := time.Now()
+	s.lastUsed = now
+	idx := s.loopIdx()
+	to, toLoop, handed, retire := s.pe.p.Release(idx, s, s.born, now)
+	switch {
+	case retire:
+		s.closeNow(nil)
+	case handed:
+		s.handTo(to)
+	case idx < 0:
+		// A stream-path server goes back to an event loop to wait.
+		nc := s.nc
+		s.pe.p.RemoveIdle(toLoop, s)
+		s.moveTo = nil
+		s.enrollIdle(nc, toLoop)
+	}
+}
+
+// enrollIdle moves a stream-homed server to loop idx as an idle pool member.
+func (s *server) enrollIdle(nc net.Conn, idx int) {
+	s.enroll(nc, idx)
+}
+
+// handTo gives the server to a waiting client, moving it to the client's home if needed.
+func (s *server) handTo(cl *client) {
+	switch {
+	case s.conn != nil && cl.lp == s.lp:
+		lp := s.lp
+		lp.later(func() {
+			if cl.waitingFor() {
+				cl.attachAndResume(s)
+			} else {
+				s.release()
+			}
+		})
+	case s.conn != nil:
+		s.moveTo = cl
+		s.detachFromLoop(func(nc net.Conn) {
+			if cl.stream != nil {
+				s.nc = nc
+				cl.stream.give(s)
+				return
+			}
+			s.enroll(nc, cl.lp.idx)
+		})
+	default:
+		nc := s.nc
+		s.moveTo = cl
+		if cl.stream != nil {
+			cl.stream.give(s)
+			return
+		}
+		s.nc = nil
+		s.enroll(nc, cl.lp.idx)
+	}
+}
+
+// migrateTo moves an idle server from loop from to client cl (pool.GrantSteal).
+func (s *server) migrateTo(cl *client, from int) {
+	lp := s.e.loopAt(from)
+	lp.exec(func() {
+		if s.gone || s.closing {
+			cl.deliverFailure(errRetry)
+			return
+		}
+		s.handTo(cl)
+	})
+}
+
+// detachFromLoop takes the server off its loop without losing a byte: the descriptor is
+// duplicated inside the server's own traffic callback, which then closes gnet's copy, so gnet
+// cannot read in between. cb receives a blocking net.Conn on the same socket.
+func (s *server) detachFromLoop(cb func(net.Conn)) {
+	s.detaching = true
+	s.detachCb = cb
+	if err := s.conn.Wake(nil); err != nil {
+		s.detaching = false
+		s.lost(err)
+	}
+}
+
+func (s *server) finishDetach(c gnet.Conn) gnet.Action {
+	if c.OutboundBuffered() > 0 {
+		// Data still queued for PostgreSQL; try again once it has left.
+		_ = c.Wake(nil)
+		return gnet.None
+	}
+	rest, _ := c.Peek(-1)
+	s.carry = append(s.carry[:0], rest...)
+	fd, err := c.Dup()
+	if err != nil {
+		s.detaching = false
+		s.lost(err)
+		return gnet.Close
+	}
+	f := os.NewFile(uintptr(fd), "pgbastion-server")
+	nc, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		s.detaching = false
+		s.lost(err)
+		return gnet.Close
+	}
+	delete(s.lp.servers, s)
+	// From here on gnet's copy belongs to nobody: its OnClose must not touch s, which may be
+	// enrolled on another loop before this close completes.
+	c.SetContext(detached{})
+	s.conn, s.out = nil, nil
+	cb := s.detachCb
+	s.detachCb = nil
+	s.lp.later(func() { cb(nc) })
+	return gnet.Close
+}
+
+// closeNow closes the server connection; err (may be nil) says why.
+func (s *server) closeNow(err error) {
+	if s.closing && s.gone {
+		return
+	}
+	s.closing = true
+	if err != nil {
+		s.e.log.Debug("closing server connection", "backend", s.b.name, "err", err)
+	}
+	switch {
+	case s.conn != nil:
+		_ = s.conn.Close()
+	case s.nc != nil:
+		_ = s.nc.Close()
+		s.lost(err)
+	default:
+		s.lost(err)
+	}
+}
+
+// closeAsync closes the server from any goroutine (routing change).
+func (s *server) closeAsync() {
+	if c := s.conn; c != nil {
+		_ = c.Close()
+		return
+	}
+	if nc := s.nc; nc != nil {
+		_ = nc.Close()
+	}
+}
+
+func (s *server) fail(err error) {
+	s.e.log.Warn("server connection failed", "backend", s.b.name, "err", err)
+	s.closing = true
+}
+
+// onClose cleans up after gnet closed the connection.
+func (s *server) onClose(c gnet.Conn, err error) {
+	if s.lp != nil {
+		delete(s.lp.servers, s)
+	}
+	if s.conn != c {
+		return // detached: the connection lives on elsewhere
+	}
+	s.conn = nil
+	s.lost(err)
+}
+
+// lost accounts for a server connection that is gone for good.
+func (s *server) lost(err error) {
+	if s.gone {
+		return
+	}
+	s.gone = true
+	s.closing = true
+	s.b.removeServer(s)
+	if s.loopIdx() >= 0 {
+		s.pe.p.RemoveIdle(s.loopIdx(), s)
+	} else if s.lp != nil {
+		s.pe.p.RemoveIdle(s.lp.idx, s)
+	}
+	if cl := s.client; cl != nil {
+		s.client, cl.srv = nil, nil
+		s.b.active.Add(-1)
+		cl.serverLost(err)
+	}
+	if w, loop, ok := s.pe.p.ServerGone(); ok {
+		s.e.dial(s.pe, w, loop)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		s.e.requestHealthCheck()
+	}
+}
+
+// lostDuringWrite handles a failed write to the server.
+func (s *server) lostDuringWrite(err error) {
+	if s.conn != nil {
+		return // gnet closes the connection itself and calls OnClose
+	}
+	s.closeNow(err)
+}
+
+// abandoned handles a server whose client left: roll back an open transaction, reset a session,
+// or close the connection when a request is still running.
+func (s *server) abandoned() {
+	if s.closing {
+		return
+	}
+	switch {
+	case s.tr.Outstanding() > 0 || s.tr.CopyIn || s.tr.CopyOut:
+		s.closeNow(errors.New("client left during a request"))
+	case s.tr.TxStatus != pgwire.TxIdle:
+		s.resetting = true
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
+		s.write(pgwire.AppendQuery(nil, "ROLLBACK"))
+		if !s.e.txnModeOn() {
+			s.dirty = true
+		}
+	case !s.e.txnModeOn() && s.e.cfg.Pool.Enabled && s.e.cfg.Pool.ServerResetQuery != "":
+		s.resetting = true
+		s.stmts.Clear()
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
+		s.write(pgwire.AppendQuery(nil, s.e.cfg.Pool.ServerResetQuery))
+		s.params.CopyFrom(s.login)
+	case !s.e.cfg.Pool.Enabled:
+		s.closeNow(nil)
+	default:
+		s.release()
+	}
+}
+
+func (e *Engine) txnModeOn() bool {
+	return e.cfg.Pool.Enabled && e.cfg.Pool.Mode == pool.ModeTransaction
+}
+
+// checkBackpressure moves the pair to the stream path when PostgreSQL does not read what the
+// client sends (a large COPY into a slow server).
+func (s *server) checkBackpressure() {
+	if s.conn != nil && s.conn.OutboundBuffered() > s.e.cfg.StreamHighWater && s.client != nil && s.client.conn != nil {
+		s.startSlowReader(s.client)
+	}
+}

@@ -1,0 +1,435 @@
+package engine
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/pgbastion/pgbastion/pgwire"
+)
+
+// stream is the stream path of one client: a goroutine that reads the client with blocking
+// I/O (TLS, or after the client fell behind), and one goroutine per attached server. Blocking
+// writes give TCP flow control back, so memory stays bounded whatever the peers do (DESIGN.md
+// invariant 7). The client's handlers run under cl.mu.
+type stream struct {
+	e      *Engine
+	cl     *client
+	conn   net.Conn
+	remote string
+
+	buf    []byte
+	lo, hi int
+
+	scratch       []byte
+	serverScratch []byte
+	clientEm      emitter
+	serverEm      emitter
+
+	grants chan grant
+	done   chan struct{}
+	once   sync.Once
+}
+
+type grant struct {
+	s   *server
+	err error
+}
+
+func newStream(e *Engine, cl *client) *stream {
+	return &stream{e: e, cl: cl, grants: make(chan grant, 1), done: make(chan struct{}), buf: make([]byte, 16<<10)}
+}
+
+// startTLS moves a client that asked for TLS to the stream path. It runs inside the client's
+// traffic callback; the descriptor is taken once the callback returns (see finishDetach).
+func (cl *client) startTLS() error {
+	cl.stream = newStream(cl.e, cl)
+	cl.detachCb = func(nc net.Conn) {
+		tc := tls.Server(nc, cl.e.tlsCfg)
+		st := cl.stream
+		st.conn = tc
+		go func() {
+			_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+			if err := tc.Handshake(); err != nil {
+				cl.e.log.Info("TLS handshake with client failed", "remote", st.remote, "err", err)
+				cl.e.m.tlsFailures.Inc()
+				_ = tc.Close()
+				st.finish()
+				return
+			}
+			_ = tc.SetDeadline(time.Time{})
+			cl.mu.Lock()
+			cl.tlsDone = true
+			cl.out = tc
+			cl.mu.Unlock()
+			st.run()
+		}()
+	}
+	cl.detaching = true
+	return nil
+}
+
+// finishDetach takes the client's descriptor off the event loop (inside its own callback, so
+// gnet cannot read in between) and hands it to the stream path.
+func (cl *client) finishDetach(c gnet.Conn) gnet.Action {
+	st := cl.stream
+	rest, _ := c.Peek(-1)
+	if len(rest) > 0 {
+		st.buf = append(st.buf[:0], rest...)
+		st.lo, st.hi = 0, len(rest)
+		if cap(st.buf) > len(st.buf) {
+			st.buf = st.buf[:cap(st.buf)]
+		} else {
+			st.buf = append(st.buf, make([]byte, 16<<10)...)
+		}
+	}
+	fd, err := c.Dup()
+	if err != nil {
+		cl.detaching = false
+		return gnet.Close
+	}
+	f := os.NewFile(uintptr(fd), "pgbastion-client")
+	nc, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		cl.detaching = false
+		return gnet.Close
+	}
+	if c.RemoteAddr() != nil {
+		st.remote = c.RemoteAddr().String()
+	}
+	lp := cl.lp
+	delete(lp.clients, cl)
+	c.SetContext(detached{})
+	cl.conn, cl.lp = nil, nil
+	cl.out = nc
+	cl.detaching = false
+	cb := cl.detachCb
+	cl.detachCb = nil
+	lp.later(func() { cb(nc) })
+	return gnet.Close
+}
+
+// run is the client reader goroutine.
+func (st *stream) run() {
+	cl := st.cl
+	defer st.finish()
+	maxBuf := st.e.cfg.MaxMessageSize + pgwire.HeaderLen + 64<<10
+	for {
+		if st.lo < st.hi {
+			cl.mu.Lock()
+			n, err := cl.handle(st.buf[st.lo:st.hi])
+			st.lo += n
+			closed := cl.closed
+			if err != nil {
+				cl.fail(err)
+				closed = true
+			}
+			cl.mu.Unlock()
+			if closed {
+				return
+			}
+		}
+		if st.lo == st.hi {
+			st.lo, st.hi = 0, 0
+		}
+		if st.hi == len(st.buf) {
+			if st.lo > 0 {
+				copy(st.buf, st.buf[st.lo:st.hi])
+				st.hi -= st.lo
+				st.lo = 0
+			} else if len(st.buf) < maxBuf {
+				nb := make([]byte, min(2*len(st.buf), maxBuf))
+				copy(nb, st.buf[:st.hi])
+				st.buf = nb
+			} else {
+				cl.mu.Lock()
+				cl.fail(sqlErr(pgwire.ProgramLimitExceeded, "message too large", "raise proxy.max_message_size"))
+				cl.mu.Unlock()
+				return
+			}
+		}
+		n, err := st.conn.Read(st.buf[st.hi:])
+		st.hi += n
+		if err != nil && n == 0 {
+			return
+		}
+	}
+}
+
+// finish cleans up once the client reader stops.
+func (st *stream) finish() {
+	st.once.Do(func() {
+		close(st.done)
+		cl := st.cl
+		cl.mu.Lock()
+		cl.closed = true
+		cl.cleanup()
+		cl.mu.Unlock()
+		if st.conn != nil {
+			_ = st.conn.Close()
+		}
+	})
+}
+
+func (st *stream) closeClient() {
+	if st.conn != nil {
+		_ = st.conn.Close()
+	}
+}
+
+// pending reports whether unprocessed client bytes are buffered.
+func (st *stream) pending() bool { return st.hi > st.lo }
+
+func (st *stream) peekType() byte {
+	if st.hi > st.lo {
+		return st.buf[st.lo]
+	}
+	return 0
+}
+
+func (st *stream) peek(n int) []byte {
+	if st.hi-st.lo < n {
+		return nil
+	}
+	return st.buf[st.lo : st.lo+n]
+}
+
+func (st *stream) discard(n int) int {
+	n = min(n, st.hi-st.lo)
+	st.lo += n
+	return n
+}
+
+// kick is a no-op: the reader goroutine processes buffered input after every attach.
+func (st *stream) kick() {}
+
+// give delivers a server to the waiting stream client (from any goroutine).
+func (st *stream) give(s *server) {
+	select {
+	case st.grants <- grant{s: s}:
+	case <-st.done:
+		// The client went away: the server goes back to the pool.
+		s.moveTo = nil
+		s.releaseFromStream()
+	}
+}
+
+// deliverFailure tells a waiting client that getting a server failed (from any goroutine).
+func (cl *client) deliverFailure(err error) {
+	if st := cl.stream; st != nil && cl.conn == nil {
+		select {
+		case st.grants <- grant{err: err}:
+		case <-st.done:
+		}
+		return
+	}
+	lp := cl.lp
+	if lp == nil {
+		return
+	}
+	lp.exec(func() {
+		if !cl.waitingFor() {
+			return
+		}
+		cl.waiting, cl.dialing = false, false
+		if errors.Is(err, errRetry) {
+			cl.pe = nil
+			cl.needServer()
+			return
+		}
+		cl.acquireFailed(err)
+	})
+}
+
+func (st *stream) reroute() {
+	select {
+	case st.grants <- grant{err: errRetry}:
+	default:
+	}
+}
+
+// waitAttach blocks the client reader (which holds cl.mu) until a server or a failure
+// arrives.
+func (st *stream) waitAttach(cl *client) {
+	cl.mu.Unlock()
+	var g grant
+	select {
+	case g = <-st.grants:
+	case <-st.done:
+		cl.mu.Lock()
+		return
+	}
+	cl.mu.Lock()
+	if g.err != nil {
+		cl.waiting, cl.dialing = false, false
+		if errors.Is(g.err, errRetry) {
+			cl.e.unholdClient(cl)
+			cl.pe = nil
+			cl.needServer()
+			return
+		}
+		cl.acquireFailed(g.err)
+		return
+	}
+	s := g.s
+	s.moveTo = nil
+	if cl.closed {
+		s.releaseFromStream()
+		return
+	}
+	cl.attach(s)
+	if s.client == cl {
+		go st.serveServer(s)
+	} else {
+		// Released at once (login-only attach): the server already went back.
+	}
+}
+
+// serveServer is the reader goroutine of a stream-homed server attached to this client.
+func (st *stream) serveServer(s *server) {
+	cl := st.cl
+	buf := make([]byte, 32<<10)
+	lo, hi := 0, 0
+	if len(s.carry) > 0 {
+		hi = copy(buf, s.carry)
+		s.carry = nil
+	}
+	for {
+		if hi > lo {
+			cl.mu.Lock()
+			n, err := s.handle(buf[lo:hi])
+			lo += n
+			if err != nil {
+				s.closing = true
+			}
+			stop := s.closing || (s.client == nil && !s.resetting)
+			if stop {
+				if hi > lo {
+					s.carry = append([]byte(nil), buf[lo:hi]...)
+				}
+				closing := s.closing
+				cl.mu.Unlock()
+				if closing {
+					_ = s.nc.Close()
+					cl.mu.Lock()
+					s.lost(err)
+					cl.mu.Unlock()
+					return
+				}
+				s.releaseFromStream()
+				return
+			}
+			cl.mu.Unlock()
+		}
+		if lo == hi {
+			lo, hi = 0, 0
+		}
+		if hi == len(buf) {
+			if lo > 0 {
+				copy(buf, buf[lo:hi])
+				hi -= lo
+				lo = 0
+			} else {
+				nb := make([]byte, 2*len(buf))
+				copy(nb, buf[:hi])
+				buf = nb
+			}
+		}
+		n, err := s.nc.Read(buf[hi:])
+		hi += n
+		if err != nil && n == 0 {
+			cl.mu.Lock()
+			if !s.gone {
+				_ = s.nc.Close()
+				if !errors.Is(err, io.EOF) {
+					s.e.log.Debug("server connection lost", "backend", s.b.name, "err", err)
+				}
+				s.lost(err)
+			}
+			cl.mu.Unlock()
+			return
+		}
+	}
+}
+
+// releaseFromStream returns a stream-homed server nobody reads any more to the pool.
+func (s *server) releaseFromStream() {
+	if s.gone {
+		return
+	}
+	s.release()
+}
+
+// startSlowReader moves a loop-mode pair whose client stopped reading to the stream path. It
+// runs on the loop inside the server's traffic callback.
+func (s *server) startSlowReader(cl *client) {
+	if cl.stream != nil || s.detaching {
+		return
+	}
+	st := newStream(s.e, cl)
+	cl.stream = st
+	s.e.m.slowReaders.Inc()
+	s.e.log.Info("client is not reading its results; moving it to the stream path", "remote", cl.remote(), "queued_bytes", cl.conn.OutboundBuffered())
+	lp := s.lp
+	s.detachFromLoop(func(nc net.Conn) {
+		s.nc = nc
+		s.out = nc
+		// Wait until what gnet queued for the client has left, then take the client too.
+		go st.drainThenMove(lp)
+	})
+}
+
+// drainThenMove waits (polling its loop) until the client's queued output is sent, then
+// detaches the client and starts the stream goroutines.
+func (st *stream) drainThenMove(lp *loop) {
+	cl := st.cl
+	moved := make(chan bool, 1)
+	for {
+		check := make(chan int, 1)
+		lp.exec(func() {
+			if cl.closed || cl.conn == nil {
+				check <- -1
+				return
+			}
+			n := cl.conn.OutboundBuffered()
+			if n == 0 {
+				cl.detaching = true
+				cl.detachCb = func(nc net.Conn) {
+					st.conn = nc
+					moved <- true
+				}
+				_ = cl.conn.Wake(nil)
+			}
+			check <- n
+		})
+		n := <-check
+		if n < 0 {
+			if s := cl.srv; s != nil && s.nc != nil {
+				_ = s.nc.Close()
+			}
+			return
+		}
+		if n == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	<-moved
+	s := cl.srv
+	cl.mu.Lock()
+	if s != nil {
+		s.out = s.nc
+	}
+	cl.mu.Unlock()
+	if s != nil {
+		go st.serveServer(s)
+	}
+	st.run()
+}

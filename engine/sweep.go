@@ -1,0 +1,91 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgbastion/pgbastion/pgwire"
+)
+
+// loginTimeout bounds how long a client may take to start up and authenticate.
+const loginTimeout = 30 * time.Second
+
+// sweep runs every 250 ms on each loop: client timeouts and pool housekeeping.
+func (lp *loop) sweep(now time.Time) {
+	e := lp.e
+	cfg := &e.cfg.Pool
+	for cl := range lp.clients {
+		switch {
+		case cl.closed:
+		case (cl.state == csStartup || cl.state == csAuth) && now.Sub(cl.acceptedAt) > loginTimeout:
+			cl.fail(sqlErr(pgwire.ProtocolViolation, "client did not complete the login in time", ""))
+		case cl.state == csReady && cl.srv == nil && !cl.waiting && !cl.dialing &&
+			cfg.ClientIdleTimeout > 0 && now.Sub(cl.lastActive) > cfg.ClientIdleTimeout:
+			e.m.idleTimeouts.Inc()
+			cl.fail(sqlErr(pgwire.IdleSessionTimeout, fmt.Sprintf("client_idle_timeout: connection idle for more than %s", cfg.ClientIdleTimeout), ""))
+		case cl.srv != nil && cfg.IdleTransactionTimeout > 0 && cl.srv.tr.TxStatus != pgwire.TxIdle &&
+			cl.srv.tr.Outstanding() == 0 && now.Sub(cl.lastActive) > cfg.IdleTransactionTimeout:
+			e.m.idleTimeouts.Inc()
+			cl.fail(sqlErr(pgwire.IdleInTransactionTimeout, fmt.Sprintf("idle_transaction_timeout: transaction idle for more than %s", cfg.IdleTransactionTimeout), ""))
+		}
+	}
+	e.routeMu.Lock()
+	var pools []*poolEntry
+	for _, b := range e.backends {
+		b.mu.Lock()
+		for _, pe := range b.pools {
+			pools = append(pools, pe)
+		}
+		b.mu.Unlock()
+	}
+	e.routeMu.Unlock()
+	for _, pe := range pools {
+		expired, dial, closeIdle, minDials := pe.p.Sweep(lp.idx, now)
+		for _, cl := range expired {
+			e.m.waitTimeouts.Inc()
+			cl.deliverFailure(sqlErr(pgwire.QueryCanceled,
+				fmt.Sprintf("query_wait_timeout: no server connection became free within %s", cfg.QueryWaitTimeout),
+				"raise proxy.pool.default_pool_size or query_wait_timeout, or reduce the load"))
+		}
+		for _, cl := range dial {
+			e.dial(pe, cl, lp.idx)
+		}
+		for _, s := range closeIdle {
+			s.closeNow(nil)
+		}
+		for i := 0; i < minDials; i++ {
+			e.dial(pe, nil, lp.idx)
+		}
+	}
+}
+
+// sweepHeld fails clients that waited too long for a primary or for a pause to end.
+func (e *Engine) sweepHeld(now time.Time) {
+	wait := e.cfg.Pool.QueryWaitTimeout
+	if wait <= 0 {
+		return
+	}
+	var late []*client
+	e.heldMu.Lock()
+	for cl, since := range e.held {
+		if now.Sub(since) > wait {
+			late = append(late, cl)
+			delete(e.held, cl)
+		}
+	}
+	e.heldMu.Unlock()
+	for _, cl := range late {
+		e.m.waitTimeouts.Inc()
+		err := sqlErr(pgwire.CannotConnectNow, fmt.Sprintf("query_wait_timeout: no primary became available within %s", wait),
+			"a failover or switchover may be in progress; check GET /nodes")
+		if e.pausedRW.Load() {
+			err = sqlErr(pgwire.QueryCanceled, fmt.Sprintf("query_wait_timeout: writes stayed paused for more than %s", wait), "")
+		}
+		cl.deliverFailure(err)
+	}
+}
+
+func asPgError(err error, pe **pgconn.PgError) bool { return errors.As(err, pe) }
