@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/pgbastion/pgbastion/engine"
+)
+
+// Config is the whole configuration file. Each section belongs to the package that owns it;
+// this file only composes them.
+type Config struct {
+	Proxy engine.Config `yaml:"proxy"`
+	Log   LogConfig     `yaml:"log"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is text or json.
+	Format string `yaml:"format"`
+}
+
+// DefaultConfig returns every section's defaults.
+func DefaultConfig() Config {
+	return Config{Proxy: engine.DefaultConfig(), Log: LogConfig{Level: "info", Format: "text"}}
+}
+
+// Validate checks every section.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := c.Proxy.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log.format: %q is not text or json", c.Log.Format))
+	}
+	return errors.Join(errs...)
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+): (.*)`)
+
+// LoadConfig reads a YAML file strictly: unknown keys and type mismatches are errors that name
+// the file and line.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("reading configuration: %w", err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig parses configuration text; name is used in error messages.
+func ParseConfig(name string, data []byte) (Config, error) {
+	cfg := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, yamlError(name, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("%s: invalid configuration:\n  %s", name, strings.ReplaceAll(err.Error(), "\n", "\n  "))
+	}
+	return cfg, nil
+}
+
+// yamlError rewrites yaml.v3's errors as "file:line: message" lines.
+func yamlError(name string, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		lines := make([]string, 0, len(te.Errors))
+		for _, e := range te.Errors {
+			lines = append(lines, rewriteYAMLLine(name, e))
+		}
+		return errors.New(strings.Join(lines, "\n"))
+	}
+	return errors.New(rewriteYAMLLine(name, strings.TrimPrefix(err.Error(), "yaml: ")))
+}
+
+var notFound = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
+
+func rewriteYAMLLine(name, msg string) string {
+	m := yamlLine.FindStringSubmatch(msg)
+	if m == nil {
+		return name + ": " + msg
+	}
+	text := m[2]
+	if nf := notFound.FindStringSubmatch(text); nf != nil {
+		text = fmt.Sprintf("unknown key %q (in %s); check the spelling against the documented settings", nf[1], nf[2])
+	}
+	return fmt.Sprintf("%s:%s: %s", name, m[1], text)
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/pgbastion/pgbastion/engine"
+)
+
+const defaultConfigPath = "/etc/pgbastion/pgbastion.yaml"
+
+func cmdCheck(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", defaultConfigPath, "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if _, err := LoadConfig(*path); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
+	return nil
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", defaultConfigPath, "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	d, err := newDaemon(cfg, log)
+	if err != nil {
+		return err
+	}
+	return d.run(ctx)
+}
+
+func newLogger(c LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// daemon is one running PGBastion: the composition root of its parts.
+type daemon struct {
+	cfg   Config
+	log   *slog.Logger
+	proxy *engine.Engine
+}
+
+func newDaemon(cfg Config, log *slog.Logger) (*daemon, error) {
+	if len(cfg.Proxy.Backends) == 0 {
+		return nil, errors.New("proxy.backends is empty: a standalone proxy needs at least one PostgreSQL server to route to")
+	}
+	authn, serverPassword, err := buildAuth(cfg.Proxy.Auth, log)
+	if err != nil {
+		return nil, err
+	}
+	e, err := engine.New(cfg.Proxy, engine.Options{
+		Logger:         log.With("component", "proxy"),
+		Auth:           authn,
+		Login:          engine.PgconnLogin,
+		ServerPassword: serverPassword,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &daemon{cfg: cfg, log: log, proxy: e}, nil
+}
+
+func (d *daemon) run(ctx context.Context) error {
+	d.log.Info("pgbastion starting", "version", version, "mode", "standalone proxy")
+	err := d.proxy.Run(ctx)
+	d.log.Info("pgbastion stopped")
+	return err
+}
