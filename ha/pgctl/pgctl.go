@@ -94,10 +94,10 @@ func verOf(dir string) int {
 
 // Instance controls the local PostgreSQL server.
 type Instance struct {
-	cfg Config
-	log *slog.Logger
-	bin string
-	cred *syscall.Credential
+	cfg      Config
+	log      *slog.Logger
+	bin      string
+	cred     *syscall.Credential
 	uid, gid int
 
 	mu   sync.Mutex
