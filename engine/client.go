@@ -568,6 +568,12 @@ msgs:
 		if traceOn {
 			trace("C>", cl, typ, buf[pos:pos+avail])
 		}
+		if complete {
+			if err := validateFrontend(typ, buf[pos+pgwire.HeaderLen:pos+total]); err != nil {
+				flush()
+				return pos, err
+			}
+		}
 
 		if cl.skipToSync {
 			if typ == pgwire.MsgSync {
@@ -686,7 +692,7 @@ msgs:
 				if len(stmt) > 0 {
 					st := cl.stmts[string(stmt)]
 					if st == nil {
-						cl.unknownStatement(stmt, em, &fakes)
+						cl.unknownStatement(s, stmt, em)
 						cl.dropMessage(total, avail)
 						pos += avail
 						continue
@@ -728,7 +734,7 @@ msgs:
 					continue
 				}
 				if st == nil {
-					cl.unknownStatement(name, em, &fakes)
+					cl.unknownStatement(s, name, em)
 					pos += total
 					continue
 				}
@@ -861,8 +867,7 @@ func (cl *client) parse(s *server, body []byte, em *emitter, whole []byte) error
 	}
 	if _, dup := cl.stmts[string(p.Name)]; dup {
 		// PostgreSQL's answer, produced here because the server never sees the client's name.
-		em.add(nil)
-		cl.pendingError(pgwire.DuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", p.Name), em)
+		cl.failSequence(s, pgwire.DuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", p.Name), em)
 		return nil
 	}
 	st := cl.e.registry.Get(p.Query, p.ParamTypes, p.NumParams)
@@ -894,25 +899,28 @@ func (cl *client) prepareOn(s *server, st *pool.Stmt, em *emitter, act pool.Acti
 	cl.e.m.serverParses.Inc()
 }
 
-// unknownStatement answers a Bind or Describe naming a statement the client never prepared,
-// as PostgreSQL would, and skips to the next Sync.
-func (cl *client) unknownStatement(name []byte, em *emitter, fakes *[]byte) {
-	cl.pendingError(pgwire.InvalidSQLStatementName, fmt.Sprintf("prepared statement %q does not exist", name), em)
+// unknownStatement answers a Bind or Describe naming a statement the client never prepared.
+// The server produces PostgreSQL's own error (26000, with the client's name) from a Describe of
+// that name, and then skips to the client's Sync exactly as it would without the proxy.
+// Server-side names all start with "pgb_", so a client name cannot hit another client's
+// statement; a client name that itself starts with "pgb_" is prefixed to keep it so.
+func (cl *client) unknownStatement(s *server, name []byte, em *emitter) {
+	if bytes.HasPrefix(name, []byte("pgb_")) {
+		name = append([]byte("pgbastion_unknown_"), name...)
+	}
+	em.setBuf(pgwire.AppendTarget(em.buf(), pgwire.MsgDescribe, 'S', name))
+	s.tr.Sent(pool.Entry{Expect: pool.ExpectDescribe})
 }
 
-// pendingError reports an error the proxy detected in an extended-protocol sequence. The
-// server must not see the rest of the sequence: everything up to the client's Sync is
-// dropped, and ReadyForQuery is sent when that Sync arrives (never before: pgcat PR #137).
-// Outstanding responses already requested from the server are delivered first.
-func (cl *client) pendingError(code, msg string, em *emitter) {
+// failSequence reports an error the proxy found in an extended-protocol sequence (a
+// duplicate statement name). The error is queued in order behind the responses already owed,
+// and the server is put into its error state with a Describe that cannot succeed, so that it
+// too skips to the client's Sync and rolls back an implicit transaction, as PostgreSQL would.
+func (cl *client) failSequence(s *server, code, msg string, em *emitter) {
 	e := pgwire.AppendError(nil, pgwire.MsgErrorResponse, pgwire.SeverityError, code, msg, "")
-	s := cl.srv
-	if s == nil || s.tr.Outstanding() == 0 {
-		cl.send(e)
-	} else {
-		s.deferredError = append(s.deferredError, e...)
-	}
-	cl.skipToSync = true
+	s.tr.Sent(pool.Entry{Expect: pool.ExpectDescribe, Action: pool.Fake, Reply: e})
+	em.setBuf(pgwire.AppendTarget(em.buf(), pgwire.MsgDescribe, 'S', []byte("pgbastion_error_trigger")))
+	s.tr.Sent(pool.Entry{Expect: pool.ExpectDescribe, Action: pool.Swallow})
 }
 
 // inspectQuery looks at a short simple Query in transaction mode for statements that change
@@ -1190,7 +1198,6 @@ func (cl *client) dropNextMessage() {
 	}
 }
 
-var _ = bytes.Equal
 
 // waitingFor reports whether the client still waits for a server.
 func (cl *client) waitingFor() bool {
@@ -1205,4 +1212,34 @@ func (cl *client) serverLost(err error) {
 		msg += ": " + err.Error()
 	}
 	cl.fail(sqlErr(pgwire.ConnectionFailure, msg, "the PostgreSQL server closed the connection or is being failed over; reconnect"))
+}
+
+// validateFrontend checks the structure of a complete client message before it reaches a
+// pooled server, so a malformed message costs the client its connection instead of costing the
+// pool a server (PostgreSQL answers malformed messages with FATAL).
+func validateFrontend(typ byte, body []byte) error {
+	var ok bool
+	switch typ {
+	case pgwire.MsgQuery, pgwire.MsgCopyFail:
+		ok = len(body) > 0 && body[len(body)-1] == 0 && pgwire.IsCString(body[:len(body)-1])
+	case pgwire.MsgExecute:
+		_, _, err := pgwire.DecodeExecute(body)
+		ok = err == nil
+	case pgwire.MsgDescribe, pgwire.MsgClose:
+		_, _, err := pgwire.DecodeTarget(body)
+		ok = err == nil
+	case pgwire.MsgBind:
+		ok = pgwire.ValidateBind(body) == nil
+	case pgwire.MsgParse:
+		_, err := pgwire.DecodeParse(body)
+		ok = err == nil
+	case pgwire.MsgFunctionCall:
+		ok = len(body) >= 4+2+2+2
+	default:
+		return nil
+	}
+	if !ok {
+		return sqlErr(pgwire.ProtocolViolation, fmt.Sprintf("invalid %q message", typ), "")
+	}
+	return nil
 }

@@ -225,6 +225,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	return nil
 }
 
+// Metrics returns the engine's metrics.
+func (e *Engine) Metrics() *Metrics { return e.m }
+
 // Ready is closed once the listeners accept connections.
 func (e *Engine) Ready() <-chan struct{} { return e.booted }
 

@@ -52,8 +52,6 @@ type server struct {
 	resetting bool
 	// setDone: the current Query's SET completed (CommandComplete "SET").
 	setDone bool
-	// deferredError is a proxy-made error to deliver after outstanding responses.
-	deferredError []byte
 	// dirtyStmts are statements whose cached plan went stale; they are closed when idle.
 	dirtyStmts []*pool.Stmt
 	// reading: a stream-path goroutine is reading this server (release waits for it).
@@ -373,10 +371,6 @@ func (s *server) handle(buf []byte) (int, error) {
 					break
 				}
 				em.setBuf(appendFake(em.buf(), f, s.tr.TxStatus))
-			}
-			if len(s.deferredError) > 0 && s.tr.Outstanding() == 0 {
-				em.add(s.deferredError)
-				s.deferredError = s.deferredError[:0]
 			}
 		}
 		if typ == pgwire.MsgReadyForQuery {

@@ -53,7 +53,7 @@ const (
 	MsgRowDescription       byte = 'T'
 )
 
-// MaxMessageLen is the protocol's hard ceiling for one message body (PostgreSQL's
+// MaxMessageLen is the protocol's hard ceiling for one message's length word (PostgreSQL's
 // PQ_LARGE_MESSAGE_LIMIT is 1 GiB - 1).
 const MaxMessageLen = 1<<30 - 1
 
@@ -76,8 +76,9 @@ func (l *Limits) Set(typ byte, n int) {
 	if n < 0 {
 		n = 0
 	}
-	if n > MaxMessageLen {
-		n = MaxMessageLen
+	// The length word counts itself: a body may be at most MaxMessageLen-4 bytes.
+	if n > MaxMessageLen-4 {
+		n = MaxMessageLen - 4
 	}
 	l.max[typ] = uint32(n)
 }
