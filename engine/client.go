@@ -1198,7 +1198,6 @@ func (cl *client) dropNextMessage() {
 	}
 }
 
-
 // waitingFor reports whether the client still waits for a server.
 func (cl *client) waitingFor() bool {
 	return !cl.closed && (cl.waiting || cl.dialing) && cl.srv == nil
