@@ -14,6 +14,9 @@ import (
 type Config struct {
 	// FencingEnabled: FENCE the old primary before promoting a replica (invariant 3).
 	FencingEnabled bool
+	// LeaseTimeout is the nodes' lease_timeout. Nodes renew every LeaseTimeout/4; a candidate
+	// that renewed nothing for LeaseTimeout/2 is considered unreachable and is not promoted.
+	LeaseTimeout time.Duration
 	// PrimaryTimeout (F): a primary that has renewed no lease for this long is lost, and a node
 	// whose last lease grant is this old can no longer be routing writes. ha.Config.Validate
 	// guarantees it exceeds the lease timeout with a margin for clock drift.
@@ -114,6 +117,21 @@ func (st *step) anchor(at time.Time, idx uint64) time.Time {
 	return st.obs.LeaderSince
 }
 
+// recent reports whether a time stamped at log index idx is less than d ago, as positive
+// evidence of liveness: a time stamped before this epoch is of unknown age and never counts.
+// (Safety waits use elapsed instead, which assumes the latest possible time.)
+func (st *step) recent(at time.Time, idx uint64, d time.Duration) bool {
+	if idx < st.s.EpochIndex || at.IsZero() {
+		return false
+	}
+	deadline := at.Add(d)
+	if st.obs.Now.Before(deadline) {
+		st.d.wake(deadline)
+		return true
+	}
+	return false
+}
+
 func (st *step) elapsed(at time.Time, idx uint64, d time.Duration) (bool, time.Time) {
 	deadline := st.anchor(at, idx).Add(d)
 	return !st.obs.Now.Before(deadline), deadline
@@ -135,16 +153,16 @@ func (st *step) expireDirectives() bool {
 	return expired
 }
 
-// fresh reports whether a member's last status report is recent enough to act on.
+// fresh reports whether a member's last status report is recent enough to act on: sent in
+// this epoch, less than PrimaryTimeout ago.
 func (st *step) fresh(m fsm.Member) bool {
-	if m.Status.ReportIndex == 0 {
-		return false
-	}
-	ok, deadline := st.elapsed(m.Status.ReportedAt, m.Status.ReportIndex, st.cfg.PrimaryTimeout)
-	if !ok {
-		st.d.wake(deadline)
-	}
-	return !ok
+	return m.Status.ReportIndex != 0 && st.recent(m.Status.ReportedAt, m.Status.ReportIndex, st.cfg.PrimaryTimeout)
+}
+
+// reachable reports whether a member renewed its lease in this epoch, within LeaseTimeout/2: it
+// is alive and in contact with the Raft majority right now, not just a few moments ago.
+func (st *step) reachable(m fsm.Member) bool {
+	return m.Lease.RenewedIndex != 0 && st.recent(m.Lease.RenewedAt, m.Lease.RenewedIndex, st.cfg.LeaseTimeout/2)
 }
 
 // lastDirective returns the newest directive of type t to target, for operation op (0: any).
@@ -332,6 +350,8 @@ func (st *step) ineligible(m fsm.Member, excluded []string) string {
 		return "tags forbid promotion"
 	case !st.fresh(m):
 		return "no recent status report"
+	case !st.reachable(m):
+		return "renewed no lease recently (unreachable?)"
 	case !m.Status.Healthy || m.Status.Role != fsm.RoleReplica || m.Status.State != fsm.StateRunningReplica:
 		return fmt.Sprintf("not a healthy running replica (%s)", m.Status.State)
 	case st.cfg.SynchronousMode != "" && st.cfg.SynchronousMode != "off" && !slices.Contains(st.s.SyncStandbys, m.Name):
@@ -566,6 +586,19 @@ func (st *step) promoting(op fsm.Operation) {
 	}
 	switch d.Status {
 	case fsm.DirectivePending:
+		// A candidate that went silent will not acknowledge: give up on it after
+		// PrimaryTimeout rather than the whole DirectiveTimeout.
+		c := st.s.Members[op.Candidate]
+		proof, idx := d.IssuedAt, d.IssuedIndex
+		if c.Lease.RenewedIndex > idx {
+			proof, idx = c.Lease.RenewedAt, c.Lease.RenewedIndex
+		}
+		if silent, deadline := st.elapsed(proof, idx, st.cfg.PrimaryTimeout); silent {
+			st.d.add(fsm.ExpireDirective{ID: d.ID, Message: fmt.Sprintf("candidate %q renewed no lease for %s", op.Candidate, st.cfg.PrimaryTimeout)})
+			return
+		} else {
+			st.d.wake(deadline)
+		}
 		st.d.wait("waiting for %q to acknowledge PROMOTE %d", op.Candidate, d.ID)
 	case fsm.DirectiveDone:
 		st.d.add(
@@ -782,7 +815,8 @@ func (st *step) reconcileFollowers() {
 			why = "rejoin after fencing"
 		case m.Status.State == fsm.StateStopped:
 			why = "postgresql is not running"
-		case m.Status.Role == fsm.RoleReplica && m.Status.State == fsm.StateRunningReplica && m.Status.Following != s.Primary:
+		case m.Status.Role == fsm.RoleReplica && m.Status.State == fsm.StateRunningReplica && m.Status.Following != s.Primary &&
+			m.Status.ReportIndex > s.PrimaryIndex: // reported knowing the primary
 			why = fmt.Sprintf("follows %q instead of the primary", m.Status.Following)
 		}
 		if why == "" {

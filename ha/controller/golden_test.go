@@ -110,7 +110,7 @@ func newHarness() *harness {
 	return &harness{
 		s: fsm.NewState(), t0: t0, now: t0, leaderSince: t0,
 		cfg: Config{
-			FencingEnabled: true, PrimaryTimeout: 3 * time.Second, MaxLagOnFailover: 1 << 20,
+			FencingEnabled: true, LeaseTimeout: 2 * time.Second, PrimaryTimeout: 3 * time.Second, MaxLagOnFailover: 1 << 20,
 			DirectiveTimeout: 60 * time.Second, SwitchoverTimeout: 60 * time.Second,
 			DrainTimeout: 5 * time.Second, SynchronousMode: "off",
 		},
@@ -171,6 +171,8 @@ func (h *harness) run(line string) (string, error) {
 			switch k {
 			case "fencing":
 				h.cfg.FencingEnabled = v == "on"
+			case "lease_timeout":
+				h.cfg.LeaseTimeout, err = time.ParseDuration(v)
 			case "primary_timeout":
 				h.cfg.PrimaryTimeout, err = time.ParseDuration(v)
 			case "directive_timeout":
@@ -331,7 +333,7 @@ func (h *harness) step() string {
 	for round := 0; round < 20; round++ {
 		d := Step(h.s, Observations{Now: h.now, LeaderSince: h.leaderSince}, h.cfg)
 		for _, c := range d.Commands {
-			line := describe(c)
+			line := fsm.Describe(c)
 			if res := h.apply(c); res.Err != nil {
 				line += "  REJECTED: " + res.Err.Error()
 			} else if res.ID != 0 {
@@ -354,64 +356,6 @@ func (h *harness) step() string {
 	}
 	out = append(out, "did not settle in 20 rounds")
 	return strings.Join(out, "\n")
-}
-
-func describe(c fsm.Command) string {
-	switch c := c.(type) {
-	case fsm.StartOperation:
-		return fmt.Sprintf("start %s (old primary %q): %s", c.Kind, c.OldPrimary, c.Reason)
-	case fsm.IssueDirective:
-		s := fmt.Sprintf("issue %s to %s", c.Type, c.Target)
-		if c.Params.Upstream != "" {
-			s += " following " + c.Params.Upstream
-		}
-		if c.Params.OperationID != 0 {
-			s += fmt.Sprintf(" (op %d)", c.Params.OperationID)
-		} else if c.Params.Reason != "" {
-			s += ": " + c.Params.Reason
-		}
-		return s
-	case fsm.UpdateOperation:
-		var parts []string
-		if c.Phase != "" {
-			parts = append(parts, "phase="+string(c.Phase))
-		}
-		if c.Candidate != nil {
-			parts = append(parts, fmt.Sprintf("candidate=%q", *c.Candidate))
-		}
-		if c.FinalLSN != nil {
-			parts = append(parts, "final_lsn="+c.FinalLSN.String())
-		}
-		if c.MayLoseBytes != nil {
-			parts = append(parts, fmt.Sprintf("may_lose=%d", *c.MayLoseBytes))
-		}
-		if c.Exclude != "" {
-			parts = append(parts, "exclude="+c.Exclude)
-		}
-		if c.Message != nil {
-			parts = append(parts, fmt.Sprintf("message=%q", *c.Message))
-		}
-		return fmt.Sprintf("update op %d: %s", c.ID, strings.Join(parts, " "))
-	case fsm.FinishOperation:
-		res := "failed"
-		if c.Success {
-			res = "succeeded"
-		}
-		return fmt.Sprintf("finish op %d %s: %s", c.ID, res, c.Message)
-	case fsm.SetPrimary:
-		if c.Node == "" {
-			return "depose the primary"
-		}
-		return fmt.Sprintf("set primary %s (timeline %d, lsn %s): %s", c.Node, c.Timeline, c.LSN, c.Reason)
-	case fsm.SetWritePause:
-		if c.Active {
-			return fmt.Sprintf("pause writes (op %d)", c.OperationID)
-		}
-		return "resume writes"
-	case fsm.ExpireDirective:
-		return fmt.Sprintf("expire directive %d: %s", c.ID, c.Message)
-	}
-	return fmt.Sprintf("%T %+v", c, c)
 }
 
 func (h *harness) summary() string {

@@ -96,6 +96,7 @@ type sim struct {
 func newSim(t *testing.T, seed uint64) *sim {
 	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, seed*7919)), h: newHarness()}
 	s.h.cfg.PrimaryTimeout = simTimeout
+	s.h.cfg.LeaseTimeout = simLease
 	s.h.cfg.MaxLagOnFailover = 5000
 	s.h.cfg.DirectiveTimeout = 10 * time.Second
 	s.h.cfg.SwitchoverTimeout = 20 * time.Second
@@ -231,7 +232,7 @@ func (s *sim) round() {
 		for _, c := range d.Commands {
 			s.checkDecision(c)
 			res := s.apply(c)
-			s.logf("controller: %s => %v", describe(c), res.Err)
+			s.logf("controller: %s => %v", fsm.Describe(c), res.Err)
 		}
 	}
 }

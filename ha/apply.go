@@ -1,0 +1,361 @@
+package ha
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/transport"
+)
+
+// defaultApplyTimeout bounds an Apply whose context has no deadline.
+const defaultApplyTimeout = 10 * time.Second
+
+// Apply runs cmd through Raft and returns the state machine's Result. On the leader it is
+// proposed directly; on a follower it is forwarded to the leader over the Raft port. The leader
+// stamps the command with its clock. Apply retries while no leader is known or the leader
+// changes before the command was proposed, until ctx ends.
+//
+// A returned error means the command's fate is unknown or it was never proposed. A command
+// the state machine rejected returns a nil error and Result.Err set. When a forwarded call
+// fails after delivery the command may have been applied and is retried; every command type
+// tolerates that (a duplicate is harmless or rejected as a conflict).
+func (n *Node) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	b, err := fsm.Encode(cmd, time.Time{})
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	return n.applyEncoded(ctx, b)
+}
+
+// applyChecked is Apply with a rejection turned into an error.
+func (n *Node) applyChecked(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	res, err := n.Apply(ctx, cmd)
+	if err != nil {
+		return res, err
+	}
+	return res, res.Error()
+}
+
+func (n *Node) applyEncoded(ctx context.Context, b []byte) (fsm.Result, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
+		defer cancel()
+	}
+	backoff := 5 * time.Millisecond
+	for {
+		res, err, retry := n.tryApply(ctx, b)
+		if !retry {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return fsm.Result{}, fmt.Errorf("apply: %w (last error: %v)", ctx.Err(), err)
+		case <-n.ctx.Done():
+			return fsm.Result{}, ErrClosed
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+func (n *Node) tryApply(ctx context.Context, b []byte) (fsm.Result, error, bool) {
+	if n.ctx.Err() != nil {
+		return fsm.Result{}, ErrClosed, false
+	}
+	if n.raft.State() == raft.Leader {
+		return n.applyLocal(ctx, b)
+	}
+	addr, _ := n.raft.LeaderWithID()
+	if addr == "" {
+		return fsm.Result{}, ErrNoLeader, true
+	}
+	resp, err := n.forward(ctx, string(addr), rpcRequest{Kind: rpcApply, Command: b})
+	if err != nil {
+		return fsm.Result{}, err, ctx.Err() == nil
+	}
+	if resp.Error != nil {
+		if resp.Error.Code == codeNotLeader {
+			return fsm.Result{}, ErrNoLeader, true
+		}
+		return fsm.Result{}, resp.Error, false
+	}
+	if resp.Result == nil {
+		return fsm.Result{}, errors.New("forwarded apply: empty response"), false
+	}
+	return *resp.Result, nil, false
+}
+
+// applyLocal proposes b on this node, which believes it is the leader.
+func (n *Node) applyLocal(ctx context.Context, b []byte) (fsm.Result, error, bool) {
+	stamped, err := fsm.Stamp(b, time.Now())
+	if err != nil {
+		return fsm.Result{}, err, false
+	}
+	timeout := defaultApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return fsm.Result{}, ctx.Err(), false
+		}
+	}
+	f := n.raft.Apply(stamped, timeout)
+	if err := f.Error(); err != nil {
+		// Not proposed: safe to retry, possibly on the new leader.
+		retry := errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout)
+		return fsm.Result{}, fmt.Errorf("raft apply: %w", err), retry && ctx.Err() == nil
+	}
+	res, ok := f.Response().(fsm.Result)
+	if !ok {
+		return fsm.Result{}, fmt.Errorf("raft apply: unexpected response %T", f.Response()), false
+	}
+	return res, nil, false
+}
+
+// The forwarding protocol: JSON requests and responses over transport's RPC frames.
+type rpcKind string
+
+const (
+	rpcApply        rpcKind = "apply"
+	rpcAddVoter     rpcKind = "add_voter"
+	rpcRemoveServer rpcKind = "remove_server"
+	rpcBackup       rpcKind = "backup"
+	rpcRestore      rpcKind = "restore"
+)
+
+const codeNotLeader fsm.ErrorCode = "not_leader"
+
+type rpcRequest struct {
+	Kind    rpcKind `json:"kind"`
+	Command []byte  `json:"command,omitempty"`
+	ID      string  `json:"id,omitempty"`
+	Address string  `json:"address,omitempty"`
+	Data    []byte  `json:"data,omitempty"`
+}
+
+type rpcResponse struct {
+	Result *fsm.Result `json:"result,omitempty"`
+	Error  *fsm.Error  `json:"error,omitempty"`
+	Data   []byte      `json:"data,omitempty"`
+}
+
+func (n *Node) forward(ctx context.Context, addr string, req rpcRequest) (rpcResponse, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return rpcResponse{}, err
+	}
+	out, err := n.deps.fwd.Call(ctx, addr, b)
+	if err != nil {
+		return rpcResponse{}, fmt.Errorf("forward %s to leader %s: %w", req.Kind, addr, err)
+	}
+	var resp rpcResponse
+	if err := json.Unmarshal(out, &resp); err != nil {
+		return rpcResponse{}, fmt.Errorf("forward %s to leader %s: bad response: %w", req.Kind, addr, err)
+	}
+	return resp, nil
+}
+
+// handleRPC serves requests forwarded by followers. Only the leader serves them; others answer
+// not_leader and the caller retries against the leader it learns from Raft.
+func (n *Node) handleRPC(ctx context.Context, b []byte) ([]byte, error) {
+	var req rpcRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		return nil, fmt.Errorf("bad request: %w", err)
+	}
+	resp := n.serve(ctx, req)
+	return json.Marshal(resp)
+}
+
+func (n *Node) serve(ctx context.Context, req rpcRequest) rpcResponse {
+	if n.raft.State() != raft.Leader {
+		return rpcResponse{Error: &fsm.Error{Code: codeNotLeader, Message: "not the leader"}}
+	}
+	ctx, cancel := context.WithTimeout(ctx, defaultApplyTimeout)
+	defer cancel()
+	fail := func(err error) rpcResponse {
+		var fe *fsm.Error
+		if errors.As(err, &fe) {
+			return rpcResponse{Error: fe}
+		}
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, ErrNotLeader) {
+			return rpcResponse{Error: &fsm.Error{Code: codeNotLeader, Message: err.Error()}}
+		}
+		return rpcResponse{Error: &fsm.Error{Code: fsm.CodeInternal, Message: err.Error()}}
+	}
+	switch req.Kind {
+	case rpcApply:
+		if _, err := fsm.PeekType(req.Command); err != nil {
+			return fail(err)
+		}
+		res, err, retry := n.applyLocal(ctx, req.Command)
+		if err != nil {
+			if retry {
+				return rpcResponse{Error: &fsm.Error{Code: codeNotLeader, Message: err.Error()}}
+			}
+			return fail(err)
+		}
+		return rpcResponse{Result: &res}
+	case rpcAddVoter:
+		return failOrOK(fail, n.addVoterLocal(req.ID, req.Address))
+	case rpcRemoveServer:
+		return failOrOK(fail, n.removeServerLocal(req.ID))
+	case rpcBackup:
+		data, err := n.backupLocal(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		return rpcResponse{Data: data}
+	case rpcRestore:
+		return failOrOK(fail, n.restoreLocal(req.Data))
+	}
+	return fail(fmt.Errorf("unknown request kind %q", req.Kind))
+}
+
+func failOrOK(fail func(error) rpcResponse, err error) rpcResponse {
+	if err != nil {
+		return fail(err)
+	}
+	return rpcResponse{}
+}
+
+// ErrNotLeader is returned by leader-only operations run on another node.
+var ErrNotLeader = errors.New("not the raft leader")
+
+// onLeader runs a leader-only operation here if this node leads, or forwards it.
+func (n *Node) onLeader(ctx context.Context, req rpcRequest, local func() error) (rpcResponse, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
+		defer cancel()
+	}
+	backoff := 10 * time.Millisecond
+	for {
+		var resp rpcResponse
+		var err error
+		if n.raft.State() == raft.Leader {
+			err = local()
+			if err == nil {
+				return rpcResponse{}, nil
+			}
+			if !errors.Is(err, raft.ErrNotLeader) {
+				return rpcResponse{}, err
+			}
+		} else if addr, _ := n.raft.LeaderWithID(); addr == "" {
+			err = ErrNoLeader
+		} else {
+			resp, err = n.forward(ctx, string(addr), req)
+			if err == nil && resp.Error == nil {
+				return resp, nil
+			}
+			if err == nil && resp.Error.Code != codeNotLeader {
+				return resp, resp.Error
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return rpcResponse{}, fmt.Errorf("%s: %w (last error: %v)", req.Kind, ctx.Err(), err)
+		case <-n.ctx.Done():
+			return rpcResponse{}, ErrClosed
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+// AddVoter adds a node to the Raft group as a voter (on the leader, forwarded if needed). The
+// new node must be running with the same cluster TLS identity and no bootstrap of its own (it
+// is not listed in its own raft.peers). It registers its member record itself once it has
+// caught up.
+func (n *Node) AddVoter(ctx context.Context, name, addr string) error {
+	if name == "" || addr == "" {
+		return errors.New("add voter: a name and an address are required")
+	}
+	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcAddVoter, ID: name, Address: addr}, func() error { return n.addVoterLocal(name, addr) })
+	return err
+}
+
+func (n *Node) addVoterLocal(name, addr string) error {
+	if err := n.raft.AddVoter(raft.ServerID(name), raft.ServerAddress(addr), 0, defaultApplyTimeout).Error(); err != nil {
+		return fmt.Errorf("add voter %s at %s: %w", name, addr, err)
+	}
+	return nil
+}
+
+// RemoveMember removes a node from the cluster: its member record (refused for the primary,
+// and while it takes part in an operation), then its Raft membership.
+func (n *Node) RemoveMember(ctx context.Context, name string) error {
+	if _, err := n.applyChecked(ctx, fsm.RemoveMember{Name: name}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
+		return fmt.Errorf("remove member %s: %w", name, err)
+	}
+	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcRemoveServer, ID: name}, func() error { return n.removeServerLocal(name) })
+	return err
+}
+
+func (n *Node) removeServerLocal(name string) error {
+	if err := n.raft.RemoveServer(raft.ServerID(name), 0, defaultApplyTimeout).Error(); err != nil {
+		return fmt.Errorf("remove raft server %s: %w", name, err)
+	}
+	return nil
+}
+
+// Switchover asks for a planned switchover from leader (the current primary) to candidate
+// ("" lets the controller choose). It returns the operation's ID once accepted; use
+// WaitOperation to wait for the outcome. Rejections are *fsm.Error (errors.Is with
+// fsm.ErrPrecondition, fsm.ErrConflict, fsm.ErrInvalid).
+func (n *Node) Switchover(ctx context.Context, leader, candidate string) (uint64, error) {
+	res, err := n.applyChecked(ctx, fsm.RequestSwitchover{Leader: leader, Candidate: candidate})
+	return res.ID, err
+}
+
+// Failover asks for a manual failover to candidate. With a healthy primary it is carried out
+// as a switchover. force promotes even a candidate beyond maximum_lag_on_failover; the
+// operation's MayLoseBytes then says how far behind it was.
+func (n *Node) Failover(ctx context.Context, candidate string, force bool) (uint64, error) {
+	res, err := n.applyChecked(ctx, fsm.RequestFailover{Candidate: candidate, Force: force})
+	return res.ID, err
+}
+
+// SetPause turns maintenance mode (no automatic failover) on or off.
+func (n *Node) SetPause(ctx context.Context, paused bool) error {
+	_, err := n.applyChecked(ctx, fsm.SetPause{Paused: paused})
+	return err
+}
+
+// SetTags replaces a member's tags at run time. A node registers its configured tags again when
+// it restarts, so make lasting changes in its configuration.
+func (n *Node) SetTags(ctx context.Context, name string, tags fsm.Tags) error {
+	_, err := n.applyChecked(ctx, fsm.SetTags{Name: name, Tags: tags})
+	return err
+}
+
+// WaitOperation waits until operation id has finished and returns it.
+func (n *Node) WaitOperation(ctx context.Context, id uint64) (fsm.Operation, error) {
+	sub := n.fsm.Subscribe()
+	defer sub.Close()
+	for {
+		select {
+		case st := <-sub.C:
+			op, ok := st.OperationByID(id)
+			switch {
+			case ok && !op.Active():
+				return op, nil
+			case !ok && id < st.NextOperationID:
+				// Created (here) and no longer retained. An ID at or above NextOperationID may
+				// just not be applied on this node yet: keep waiting.
+				return fsm.Operation{}, fmt.Errorf("operation %d: %w", id, fsm.ErrNotFound)
+			}
+		case <-ctx.Done():
+			return fsm.Operation{}, ctx.Err()
+		case <-n.ctx.Done():
+			return fsm.Operation{}, ErrClosed
+		}
+	}
+}
+
+var _ transport.Handler = (*Node)(nil).handleRPC
