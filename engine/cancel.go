@@ -62,7 +62,12 @@ func (r *cancelRegistry) setTarget(cl *client, s *server) {
 		cl.cancel.Store(nil)
 		return
 	}
-	cl.cancel.Store(&cancelTarget{s: s, addr: s.b.addr, pid: s.pid, key: s.key})
+	cl.cancel.Store(s.cancelT)
+}
+
+// initCancelTarget prepares the server's cancel target once, so attaching allocates nothing.
+func (s *server) initCancelTarget() {
+	s.cancelT = &cancelTarget{s: s, addr: s.b.addr, pid: s.pid, key: s.key}
 }
 
 func (r *cancelRegistry) lookup(pid uint32, key []byte) *client {

@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"bytes"
 	"strings"
+
+	"github.com/pgbastion/pgbastion/pool"
 )
 
 type queryKind uint8
@@ -21,17 +24,28 @@ type queryClass struct {
 	reset bool
 }
 
+// setting returns the session setting a qSet statement changes.
+func (c queryClass) setting() *pool.Setting {
+	if c.reset {
+		return &pool.Setting{Name: c.name}
+	}
+	return &pool.Setting{Name: c.name, SQL: c.sql}
+}
+
 // classifyQuery recognises, in a short simple Query, the statements that change session state a
 // transaction pooler must follow: DEALLOCATE of a client's statement, SET/RESET of one setting,
 // and statements whose effect the proxy cannot replay (PREPARE, LISTEN, SET ROLE and the like),
 // which make the server need a reset before reuse. Anything with more than one statement or
 // that it does not understand is qOther, or qSessionState when it starts like one of those.
 func classifyQuery(q []byte) queryClass {
+	if !mayChangeSession(q) {
+		return queryClass{}
+	}
 	s := strings.TrimSpace(stripComments(string(q)))
 	s = strings.TrimSuffix(s, ";")
 	s = strings.TrimSpace(s)
 	if s == "" || strings.Contains(s, ";") {
-		if hasSessionKeyword(s) {
+		if hasSessionKeyword(s) || holdsAdvisoryLock(q) {
 			return queryClass{kind: qSessionState}
 		}
 		return queryClass{}
@@ -89,10 +103,59 @@ func classifyQuery(q []byte) queryClass {
 		}
 		return queryClass{kind: qSessionState}
 	}
-	if hasSessionKeyword(s) {
+	if hasSessionKeyword(s) || holdsAdvisoryLock(q) {
 		return queryClass{kind: qSessionState}
 	}
 	return queryClass{}
+}
+
+// holdsAdvisoryLock reports a call of a session-level advisory lock function
+// (pg_advisory_lock, pg_try_advisory_lock and their _shared forms; the _xact_ forms end with
+// the transaction and do not match). The lock outlives the client's transaction on that
+// server, so the server must be reset (DISCARD ALL unlocks all) before another client gets it.
+func holdsAdvisoryLock(q []byte) bool {
+	return bytes.Contains(q, []byte("advisory_lock")) || bytes.Contains(q, []byte("ADVISORY_LOCK"))
+}
+
+// sessionWords start statements whose effect may outlive the transaction.
+var sessionWords = [][]byte{[]byte("SET"), []byte("RESET"), []byte("DEALLOCATE"), []byte("PREPARE"),
+	[]byte("LISTEN"), []byte("LOAD"), []byte("DISCARD"), []byte("DECLARE"), []byte("CREATE")}
+
+// mayChangeSession is the cheap, allocation-free first test of a statement text (a simple
+// Query, or the text of a Parse): only when it reports true is the text classified. It looks at
+// the first word of every statement (skipping comments and quoted text) and for session-level
+// advisory locks.
+func mayChangeSession(q []byte) bool {
+	i := 0
+	for i < len(q) {
+		i = skipSpaceAndComments(q, i)
+		start := i
+		for i < len(q) && (q[i] >= 'a' && q[i] <= 'z' || q[i] >= 'A' && q[i] <= 'Z') {
+			i++
+		}
+		w := q[start:i]
+		for _, sw := range sessionWords {
+			if len(w) == len(sw) && asciiEqualFold(w, sw) {
+				return true
+			}
+		}
+		// Skip to the end of this statement, stepping over quoted text.
+		for i < len(q) && q[i] != ';' {
+			switch c := q[i]; c {
+			case '\'', '"':
+				i++
+				for i < len(q) && q[i] != c {
+					i++
+				}
+			case '$':
+				// Dollar quoting may hide anything: classify the text properly.
+				return true
+			}
+			i++
+		}
+		i++
+	}
+	return holdsAdvisoryLock(q)
 }
 
 // hasSessionKeyword reports statements whose effects outlive the transaction on that server.
@@ -175,4 +238,42 @@ func stripComments(s string) string {
 		}
 	}
 	return b.String()
+}
+
+func skipSpaceAndComments(q []byte, i int) int {
+	for i < len(q) {
+		switch {
+		case q[i] == ' ' || q[i] == '\t' || q[i] == '\n' || q[i] == '\r' || q[i] == '(':
+			i++
+		case q[i] == '-' && i+1 < len(q) && q[i+1] == '-':
+			for i < len(q) && q[i] != '\n' {
+				i++
+			}
+		case q[i] == '/' && i+1 < len(q) && q[i+1] == '*':
+			i += 2
+			for i+1 < len(q) && !(q[i] == '*' && q[i+1] == '/') {
+				i++
+			}
+			i += 2
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+func asciiEqualFold(a, b []byte) bool {
+	for i := range a {
+		x, y := a[i], b[i]
+		if x >= 'a' && x <= 'z' {
+			x -= 'a' - 'A'
+		}
+		if y >= 'a' && y <= 'z' {
+			y -= 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
