@@ -70,6 +70,12 @@ type client struct {
 
 	// stmts maps the client's statement names to shared statements (transaction mode).
 	stmts map[string]*pool.Stmt
+	// sessStmts maps the names of the client's statements ("" is the unnamed one) whose
+	// execution changes session state (SET, PREPARE, LISTEN... sent with the extended
+	// protocol) to what they change; sessPortals does the same for portals bound from them.
+	// Both stay nil until the client prepares such a statement (transaction mode).
+	sessStmts   map[string]queryClass
+	sessPortals map[string]queryClass
 
 	// remain counts the bytes still to come of a client message being streamed to the server;
 	// remainDrop discards them instead.
@@ -491,8 +497,10 @@ func (cl *client) authenticated() error {
 func (cl *client) applyStartupParams() bool {
 	changed := false
 	for _, kv := range cl.startupParams {
-		if v, ok := cl.params.Get(kv[0]); !ok || v != kv[1] {
-			cl.params.Set(kv[0], kv[1])
+		// The server's spelling of a reported setting ("TimeZone" for a startup "timezone").
+		name := cl.params.Canonical(kv[0])
+		if v, ok := cl.params.Get(name); !ok || v != kv[1] {
+			cl.params.Set(name, kv[1])
 			changed = true
 		}
 	}
@@ -548,7 +556,14 @@ msgs:
 	for pos < len(buf) && !cl.closed {
 		if cl.remain > 0 {
 			n := min(cl.remain, len(buf)-pos)
-			if !cl.remainDrop && em != nil {
+			if !cl.remainDrop && cl.srv != nil {
+				// The rest of a message streamed in an earlier call: this call has no
+				// emitter yet when the rest comes first.
+				if s != cl.srv || em == nil {
+					flush()
+					s = cl.srv
+					em = cl.newEmitter(s.out, buf)
+				}
 				em.pass(pos, pos+n)
 			}
 			pos += n
@@ -672,6 +687,11 @@ msgs:
 				}
 				pos += total
 			} else {
+				if complete && cl.txnMode() {
+					if p, err := pgwire.DecodeParse(buf[pos+pgwire.HeaderLen : pos+total]); err == nil {
+						cl.noteParse(p.Name, p.Query)
+					}
+				}
 				tr.Sent(pool.Entry{Expect: pool.ExpectParse})
 				pos += cl.passStreaming(em, pos, total, avail)
 			}
@@ -703,12 +723,18 @@ msgs:
 					b = pgwire.AppendBindRenamed(b, portal, st.Name, restLen)
 					em.setBuf(b)
 					tr.Sent(pool.Entry{Expect: pool.ExpectBind, Stmt: st})
+					cl.noteBind(portal, stmt)
 					// the rest of the Bind (formats and parameters) is streamed unchanged
 					restStart := pos + pgwire.HeaderLen + rest
 					em.pass(restStart, pos+avail)
 					cl.remain, cl.remainDrop = total-avail, false
 					pos += avail
 					continue
+				}
+			}
+			if cl.sessStmts != nil || cl.sessPortals != nil {
+				if portal, stmt, _, ok := pgwire.BindNames(buf[pos+pgwire.HeaderLen : pos+avail]); ok {
+					cl.noteBind(portal, stmt)
 				}
 			}
 			tr.Sent(pool.Entry{Expect: pool.ExpectBind})
@@ -728,6 +754,7 @@ msgs:
 				if typ == pgwire.MsgClose {
 					// Absorbed: the statement stays on the server for other clients.
 					delete(cl.stmts, string(name))
+					delete(cl.sessStmts, string(name))
 					tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Fake, Reply: replyCloseComplete})
 					cl.drainFakes(tr, &fakes)
 					pos += total
@@ -744,11 +771,22 @@ msgs:
 				pos += total
 				continue
 			}
+			if typ == pgwire.MsgClose && kind == 'S' {
+				delete(cl.sessStmts, string(name))
+			} else if typ == pgwire.MsgClose {
+				delete(cl.sessPortals, string(name))
+			}
 			tr.Sent(pool.Entry{Expect: exp})
 			em.pass(pos, pos+total)
 			pos += total
 		case pgwire.MsgExecute:
-			tr.Sent(pool.Entry{Expect: pool.ExpectExecute})
+			e := pool.Entry{Expect: pool.ExpectExecute}
+			if cl.sessPortals != nil {
+				if portal, _, err := pgwire.DecodeExecute(buf[pos+pgwire.HeaderLen : pos+total]); err == nil {
+					cl.noteExecute(s, portal, &e)
+				}
+			}
+			tr.Sent(e)
 			em.pass(pos, pos+total)
 			pos += total
 		case pgwire.MsgSync:
@@ -861,6 +899,7 @@ func (cl *client) parse(s *server, body []byte, em *emitter, whole []byte) error
 	}
 	tr := s.tr
 	if len(p.Name) == 0 {
+		cl.noteParse(p.Name, p.Query)
 		tr.Sent(pool.Entry{Expect: pool.ExpectParse})
 		em.add(whole)
 		return nil
@@ -872,6 +911,7 @@ func (cl *client) parse(s *server, body []byte, em *emitter, whole []byte) error
 	}
 	st := cl.e.registry.Get(p.Query, p.ParamTypes, p.NumParams)
 	cl.stmts[string(p.Name)] = st
+	cl.noteParse(p.Name, p.Query)
 	cl.e.m.clientParses.Inc()
 	if s.stmts.Has(st) {
 		tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: pool.Fake, Stmt: st, Reply: replyParseComplete})
@@ -892,7 +932,13 @@ func (cl *client) ensurePrepared(s *server, st *pool.Stmt, em *emitter) {
 func (cl *client) prepareOn(s *server, st *pool.Stmt, em *emitter, act pool.Action) {
 	if ev := s.stmts.Add(st); ev != nil {
 		em.setBuf(pgwire.AppendTarget(em.buf(), pgwire.MsgClose, 'S', ev.Name))
-		s.tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Swallow})
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Swallow, Stmt: ev})
+	}
+	if s.mayHave(st) {
+		// The server may still hold st (a Close of it was skipped after an error, or its plan
+		// went stale): close it first, or the Parse would fail with "already exists".
+		em.setBuf(pgwire.AppendTarget(em.buf(), pgwire.MsgClose, 'S', st.Name))
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Swallow, Stmt: st})
 	}
 	em.add(st.Parse)
 	s.tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: act, Stmt: st})
@@ -941,11 +987,7 @@ func (cl *client) inspectQuery(s *server, body []byte, em *emitter, fakes *[]byt
 			return true, nil
 		}
 	case qSet:
-		set := &pool.Setting{Name: cmd.name, SQL: cmd.sql}
-		if cmd.reset {
-			set.SQL = ""
-		}
-		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Set: set})
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Set: cmd.setting()})
 		return false, nil
 	case qSessionState:
 		// PREPARE, LISTEN, SET we cannot follow: the server must be reset before reuse.
@@ -953,6 +995,56 @@ func (cl *client) inspectQuery(s *server, body []byte, em *emitter, fakes *[]byt
 	}
 	s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery})
 	return false, nil
+}
+
+// noteParse records whether executing the statement the client names (unnamed: "") changes
+// session state, so that its Execute can be followed like a simple-query SET (extended
+// protocol: pgjdbc sends every statement so, psycopg in pipeline mode too).
+func (cl *client) noteParse(name, query []byte) {
+	if mayChangeSession(query) {
+		if c := classifyQuery(query); c.kind == qSet || c.kind == qSessionState {
+			if cl.sessStmts == nil {
+				cl.sessStmts = make(map[string]queryClass)
+			}
+			cl.sessStmts[string(name)] = c
+			return
+		}
+	}
+	if cl.sessStmts != nil {
+		delete(cl.sessStmts, string(name))
+		if len(cl.sessStmts) == 0 {
+			cl.sessStmts = nil // back to the fast path for Bind and Execute
+		}
+	}
+}
+
+// noteBind follows a portal bound from a statement noteParse recorded.
+func (cl *client) noteBind(portal, stmt []byte) {
+	if c, ok := cl.sessStmts[string(stmt)]; ok {
+		if cl.sessPortals == nil {
+			cl.sessPortals = make(map[string]queryClass)
+		}
+		cl.sessPortals[string(portal)] = c
+	} else if cl.sessPortals != nil {
+		delete(cl.sessPortals, string(portal))
+		if len(cl.sessPortals) == 0 {
+			cl.sessPortals = nil
+		}
+	}
+}
+
+// noteExecute applies what executing portal does to the session: a recognised SET or RESET
+// rides on the Execute entry and is applied when the server is idle again; anything else the
+// proxy cannot replay makes the server need a reset before reuse.
+func (cl *client) noteExecute(s *server, portal []byte, e *pool.Entry) {
+	c, ok := cl.sessPortals[string(portal)]
+	switch {
+	case !ok:
+	case c.kind == qSet:
+		e.Set = c.setting()
+	default:
+		s.dirty = true
+	}
 }
 
 // ---- attaching servers ----
@@ -1013,7 +1105,7 @@ func (cl *client) needServer() bool {
 		return true
 	case pool.GrantSteal:
 		cl.waiting, cl.waitSince = true, now
-		s.migrateTo(cl, from)
+		s.migrateTo(cl, from, loopIdx)
 		return cl.streamWait()
 	case pool.GrantDial:
 		cl.dialing, cl.waitSince = true, now
@@ -1050,9 +1142,10 @@ func (cl *client) attach(s *server) {
 	s.lastUsed = time.Now()
 	cl.e.cancels.setTarget(cl, s)
 	if cl.params == nil {
-		// First server of this client: its parameters are the client's starting point.
+		// First server of this client: its login parameters are the client's starting point
+		// (not its current ones, which may hold the settings of the client it served last).
 		cl.params = pool.NewParams()
-		cl.params.CopyFrom(s.params)
+		cl.params.CopyFrom(s.login)
 		cl.applyStartupParams()
 	}
 	if sql := pool.SyncSQL(cl.params, s.params); sql != "" {
@@ -1060,14 +1153,16 @@ func (cl *client) attach(s *server) {
 		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
 		cl.e.m.settingSyncs.Inc()
 	}
-	if cl.state == csLogin {
-		cl.finishLogin()
-	}
 	if cl.txnMode() {
 		cl.txnSince = time.Now()
 	}
-	if s.tr.Idle() && cl.txnMode() && !cl.hasPendingInput() {
-		cl.detach(s)
+	if cl.state == csLogin && s.tr.Idle() {
+		// Nothing to replay: the login completes now. (Otherwise it completes when the
+		// replayed settings have been applied; see afterReadyForQuery.)
+		cl.finishLogin()
+		if cl.txnMode() {
+			cl.detach(s)
+		}
 	}
 }
 
@@ -1241,4 +1336,12 @@ func validateFrontend(typ byte, body []byte) error {
 		return sqlErr(pgwire.ProtocolViolation, fmt.Sprintf("invalid %q message", typ), "")
 	}
 	return nil
+}
+
+// loopIndex is the client's event loop index, or -1 on the stream path.
+func (cl *client) loopIndex() int {
+	if cl.lp != nil && cl.conn != nil {
+		return cl.lp.idx
+	}
+	return -1
 }

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/pgbastion/pgbastion/pgwire"
@@ -192,7 +191,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer cancel()
 	if len(e.cfg.Backends) > 0 {
 		// Learn the roles before accepting clients, then keep checking.
-		hc := &healthChecker{e: e, conns: make([]*pgconn.PgConn, len(e.cfg.Backends))}
+		hc := newHealthChecker(e)
 		hc.check(ctx)
 		go e.runHealthChecker(ctx, hc)
 	}

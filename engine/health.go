@@ -2,8 +2,11 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -30,11 +33,33 @@ func (e *Engine) runHealthChecker(ctx context.Context, hc *healthChecker) {
 	}
 }
 
-// healthChecker holds the probe connections of a standalone proxy.
+// healthChecker holds the probe connections of a standalone proxy and what it last knew of
+// each backend.
 type healthChecker struct {
 	e     *Engine
 	conns []*pgconn.PgConn
-	last  string
+	// known is each backend's last conclusive role; misses counts inconclusive probes since.
+	known  []backendRole
+	misses []int
+	last   string
+}
+
+type backendRole uint8
+
+const (
+	roleDown backendRole = iota
+	rolePrimary
+	roleReplica
+)
+
+// maxMisses is how many consecutive inconclusive probes (timeouts) a backend keeps its last
+// known role for. A refused connection or a server that says it is shutting down is
+// conclusive at once.
+const maxMisses = 3
+
+func newHealthChecker(e *Engine) *healthChecker {
+	n := len(e.cfg.Backends)
+	return &healthChecker{e: e, conns: make([]*pgconn.PgConn, n), known: make([]backendRole, n), misses: make([]int, n)}
 }
 
 func (hc *healthChecker) close() {
@@ -45,50 +70,76 @@ func (hc *healthChecker) close() {
 	}
 }
 
-// check probes every backend once and publishes the routing table if it changed.
+// check probes every backend once (concurrently) and publishes the routing table if it changed.
 func (hc *healthChecker) check(ctx context.Context) {
 	e := hc.e
-	conns := hc.conns
-	{
-		spec := RoutingSpec{Names: map[string]string{}}
-		var primaries []string
-		for i, b := range e.cfg.Backends {
-			addr := b.Addr()
-			if b.Name != "" {
-				spec.Names[addr] = b.Name
-			}
-			inRecovery, err := e.probe(ctx, &conns[i], b)
-			if err != nil {
-				e.log.Debug("backend probe failed", "backend", addr, "err", err)
-				continue
-			}
-			if inRecovery {
-				spec.Replicas = append(spec.Replicas, addr)
-			} else {
-				primaries = append(primaries, addr)
-			}
+	type result struct {
+		inRecovery bool
+		err        error
+	}
+	results := make([]result, len(e.cfg.Backends))
+	var wg sync.WaitGroup
+	for i, b := range e.cfg.Backends {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := e.probe(ctx, &hc.conns[i], b)
+			results[i] = result{r, err}
+		}()
+	}
+	wg.Wait()
+	spec := RoutingSpec{Names: map[string]string{}}
+	var primaries []string
+	for i, b := range e.cfg.Backends {
+		addr := b.Addr()
+		if b.Name != "" {
+			spec.Names[addr] = b.Name
 		}
-		switch len(primaries) {
-		case 0:
-		case 1:
-			spec.Primary = primaries[0]
+		r := results[i]
+		switch {
+		case r.err == nil && r.inRecovery:
+			hc.known[i], hc.misses[i] = roleReplica, 0
+		case r.err == nil:
+			hc.known[i], hc.misses[i] = rolePrimary, 0
+		case inconclusive(r.err) && hc.misses[i] < maxMisses:
+			hc.misses[i]++
+			e.log.Warn("backend probe inconclusive; keeping its last known role", "backend", addr, "misses", hc.misses[i], "err", r.err)
 		default:
-			e.log.Error("more than one backend accepts writes; refusing to route writes until one is demoted", "writable", primaries)
+			if hc.known[i] != roleDown {
+				e.log.Warn("backend is down", "backend", addr, "err", r.err)
+			}
+			hc.known[i] = roleDown
 		}
-		key := fmt.Sprint(spec.Primary, spec.Replicas)
-		if key != hc.last {
-			hc.last = key
-			e.SetRouting(spec)
+		switch hc.known[i] {
+		case rolePrimary:
+			primaries = append(primaries, addr)
+		case roleReplica:
+			spec.Replicas = append(spec.Replicas, addr)
 		}
 	}
+	switch len(primaries) {
+	case 0:
+	case 1:
+		spec.Primary = primaries[0]
+	default:
+		e.log.Error("more than one backend accepts writes; refusing to route writes until one is demoted", "writable", primaries)
+	}
+	key := fmt.Sprint(spec.Primary, spec.Replicas)
+	if key != hc.last {
+		hc.last = key
+		e.SetRouting(spec)
+	}
+}
+
+// inconclusive reports probe errors that do not prove the backend is down: timeouts.
+func inconclusive(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) || pgconn.Timeout(err)
 }
 
 // probe asks one backend whether it is in recovery, reconnecting as needed.
 func (e *Engine) probe(ctx context.Context, cp **pgconn.PgConn, b BackendConfig) (bool, error) {
-	timeout := e.cfg.HealthCheckInterval
-	if timeout > 2*time.Second {
-		timeout = 2 * time.Second
-	}
+	timeout := max(e.cfg.HealthCheckInterval, 2*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if *cp == nil || (*cp).IsClosed() {

@@ -50,14 +50,23 @@ type server struct {
 	dirty bool
 	// resetting: a reset (ROLLBACK / DISCARD ALL) runs before the server returns to the pool.
 	resetting bool
-	// setDone: the current Query's SET completed (CommandComplete "SET").
-	setDone bool
-	// dirtyStmts are statements whose cached plan went stale; they are closed when idle.
+	// pendingSets are the client's recognised SET/RESET statements that completed since the
+	// last ReadyForQuery; they become part of the client's session when it says the
+	// transaction block is idle, and are forgotten on an error (the implicit transaction that
+	// ran them is rolled back).
+	pendingSets []*pool.Setting
+	// dirtyStmts are statements the server may hold although the proxy does not count them as
+	// prepared there (their cached plan went stale, or a Close of them was skipped after an
+	// error); they are closed when idle, or just before they are prepared again.
 	dirtyStmts []*pool.Stmt
 	// reading: a stream-path goroutine is reading this server (release waits for it).
 	reading bool
 
 	cancelPending atomic.Int32
+	cancelT       *cancelTarget
+
+	// home is where the pool accounts for this server: a loop index, or -1 for the stream path.
+	home int
 
 	// moveTo is the client the server is being moved for (nil: back to the pool);
 	// detachFor is set while a move off this loop is pending.
@@ -102,7 +111,7 @@ func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 		defer cancel()
 		s, nc, err := e.connect(ctx, pe, user, password)
 		if err != nil {
-			pe.p.DialFailed()
+			pe.p.DialFailed(loopIdx)
 			e.m.serverConnectFailures.Inc()
 			e.requestHealthCheck()
 			var ce *clientError
@@ -115,10 +124,11 @@ func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 			return
 		}
 		s.epoch = epoch
+		s.home = loopIdx
 		if !pe.b.addServer(s) {
 			// The backend changed role while we were logging in.
 			_ = nc.Close()
-			pe.p.ServerGone()
+			pe.p.ServerGone(loopIdx)
 			if cl != nil {
 				cl.deliverFailure(errRetry)
 			}
@@ -167,6 +177,7 @@ func (e *Engine) connect(ctx context.Context, pe *poolEntry, user, password stri
 	}
 	s.params.CopyFrom(s.login)
 	s.tr.Dropped = s.forget
+	s.initCancelTarget()
 	return s, nc, nil
 }
 
@@ -187,8 +198,7 @@ func (s *server) enroll(nc net.Conn, loopIdx int) {
 	lp := s.e.loopAt(loopIdx)
 	if lp == nil {
 		_ = nc.Close()
-		s.gone = true
-		s.pe.p.ServerGone()
+		s.lost(errors.New("no event loop to enroll the server on"))
 		return
 	}
 	s.nc = nil
@@ -332,10 +342,10 @@ func (s *server) handle(buf []byte) (int, error) {
 				return pos, fmt.Errorf("server sent an invalid ReadyForQuery")
 			}
 			s.tr.ReadyForQuery(st)
-			if ok && popped.Set != nil && s.setDone && cl != nil {
-				s.applySetting(cl, popped.Set, st)
+			for _, set := range s.pendingSets {
+				s.applySetting(cl, set, st)
 			}
-			s.setDone = false
+			s.pendingSets = s.pendingSets[:0]
 		case pgwire.MsgParameterStatus:
 			name, value, err := pgwire.DecodeParameterStatus(body)
 			if err != nil {
@@ -348,10 +358,21 @@ func (s *server) handle(buf []byte) (int, error) {
 				v = pool.VerdictForward
 			}
 		case pgwire.MsgCommandComplete:
-			tag, _ := pgwire.DecodeCommandComplete(body)
-			s.onCommandComplete(cl, tag)
+			if v != pool.VerdictSwallow {
+				// Only the client's own commands: the proxy's injected ones (the RESETs of a
+				// settings replay, DISCARD ALL, ROLLBACK) did what the proxy already recorded.
+				// The statement's recognised setting, if any, is on its Execute entry
+				// (extended protocol, popped now) or its Query entry (which stays until
+				// ReadyForQuery).
+				set := popped.Set
+				if h, hok := s.tr.Head(); !ok && hok && h.Expect == pool.ExpectQuery {
+					set = h.Set
+				}
+				tag, _ := pgwire.DecodeCommandComplete(body)
+				s.onCommandComplete(cl, tag, set)
+			}
 		case pgwire.MsgErrorResponse:
-			s.setDone = false
+			s.pendingSets = s.pendingSets[:0]
 			s.onError(cl, body, popped, ok)
 		}
 		if cl == nil {
@@ -407,26 +428,32 @@ func (s *server) putScratch(cl *client, b []byte) {
 	}
 }
 
-// onCommandComplete follows commands that change session state the pooler tracks.
-func (s *server) onCommandComplete(cl *client, tag []byte) {
+// onCommandComplete follows commands that change session state the pooler tracks. set is the
+// setting the proxy recognised in the completed statement (SET name or RESET name), if any.
+func (s *server) onCommandComplete(cl *client, tag []byte, set *pool.Setting) {
 	switch {
-	case bytes.Equal(tag, []byte("SET")):
-		s.setDone = true
+	case set != nil && (bytes.Equal(tag, []byte("SET")) || bytes.Equal(tag, []byte("RESET"))):
+		s.pendingSets = append(s.pendingSets, set)
 	case bytes.Equal(tag, []byte("DISCARD ALL")):
 		s.stmts.Clear()
+		s.dirtyStmts = s.dirtyStmts[:0]
 		s.dirty = false
 		s.dropSQLSettings(cl)
 		if cl != nil && cl.stmts != nil {
 			clear(cl.stmts)
+			cl.sessStmts, cl.sessPortals = nil, nil
 		}
 	case bytes.Equal(tag, []byte("DEALLOCATE ALL")):
 		s.stmts.Clear()
+		s.dirtyStmts = s.dirtyStmts[:0]
 		if cl != nil && cl.stmts != nil {
 			clear(cl.stmts)
+			cl.sessStmts = nil
 		}
 	case bytes.Equal(tag, []byte("RESET")):
-		// RESET ALL or RESET name: reported settings come back as ParameterStatus; settings
-		// the proxy replays as SQL cannot be told apart, so drop them from both sides.
+		// RESET ALL or a RESET the proxy did not follow: reported settings come back as
+		// ParameterStatus; settings the proxy replays as SQL cannot be told apart, so drop
+		// them from both sides.
 		s.dropSQLSettings(cl)
 	}
 }
@@ -461,12 +488,14 @@ func clientParams(cl *client) *pool.Params {
 // part of the session and follows the client to other servers; inside one the proxy cannot
 // know whether it will be committed, so the server is reset before reuse instead.
 func (s *server) applySetting(cl *client, set *pool.Setting, status byte) {
-	if status != pgwire.TxIdle {
+	if status != pgwire.TxIdle || cl == nil || cl.params == nil {
 		s.dirty = true
 		return
 	}
-	if s.login.Has(set.Name) {
-		return // reported by the server: ParameterStatus already updated both sides
+	if s.login.Has(set.Name) || s.login.Canonical(set.Name) != set.Name {
+		// Reported by the server (whatever the case the client spelt it in: "timezone" is
+		// "TimeZone"): ParameterStatus already updated both sides.
+		return
 	}
 	if set.SQL == "" {
 		cl.params.Delete(set.Name)
@@ -499,11 +528,28 @@ func (s *server) onError(cl *client, body []byte, failed pool.Entry, popped bool
 	}
 }
 
-// forget is the tracker's Dropped hook: a Parse the server skipped never created its statement.
+// forget is the tracker's Dropped hook: a Parse the server skipped never created its
+// statement, and a Close it skipped left its statement in place.
 func (s *server) forget(e pool.Entry) {
-	if e.Expect == pool.ExpectParse && e.Stmt != nil {
+	switch {
+	case e.Stmt == nil:
+	case e.Expect == pool.ExpectParse:
 		s.stmts.Remove(e.Stmt)
+	case e.Expect == pool.ExpectClose:
+		s.dirtyStmts = append(s.dirtyStmts, e.Stmt)
 	}
+}
+
+// mayHave reports whether the server may hold st although the proxy does not count it as
+// prepared there (it is among dirtyStmts), and forgets that doubt: the caller closes it.
+func (s *server) mayHave(st *pool.Stmt) bool {
+	for i, d := range s.dirtyStmts {
+		if d == st {
+			s.dirtyStmts = append(s.dirtyStmts[:i], s.dirtyStmts[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // afterReadyForQuery decides what happens to the server at the end of a request.
@@ -513,7 +559,7 @@ func (s *server) afterReadyForQuery(cl *client) {
 		var b []byte
 		for _, st := range s.dirtyStmts {
 			b = pgwire.AppendTarget(b, pgwire.MsgClose, 'S', st.Name)
-			s.tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Swallow})
+			s.tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Swallow, Stmt: st})
 		}
 		b = pgwire.AppendEmpty(b, pgwire.MsgSync)
 		s.tr.Sent(pool.Entry{Expect: pool.ExpectSync, Action: pool.Swallow})
@@ -570,6 +616,7 @@ func (s *server) release() {
 		s.dirty = false
 		s.resetting = true
 		s.stmts.Clear()
+		s.dirtyStmts = s.dirtyStmts[:0]
 		s.dropSQLSettings(nil)
 		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
 		s.write(pgwire.AppendQuery(nil, "DISCARD ALL"))
@@ -578,25 +625,20 @@ func (s *server) release() {
 	}
 	now := time.Now()
 	s.lastUsed = now
-	idx := s.loopIdx()
-	to, toLoop, handed, retire := s.pe.p.Release(idx, s, s.born, now)
+	to, toLoop, handed, retire := s.pe.p.Release(s.home, s, s.born, now)
 	switch {
 	case retire:
 		s.closeNow(nil)
 	case handed:
+		s.home = toLoop
 		s.handTo(to)
-	case idx < 0:
-		// A stream-path server goes back to an event loop to wait.
-		nc := s.nc
-		s.pe.p.RemoveIdle(toLoop, s)
+	case s.conn == nil:
+		// A stream-path server goes to wait on an event loop; the pool counts it there and
+		// it is released again (made idle or handed out) once it lives there.
+		s.home = toLoop
 		s.moveTo = nil
-		s.enrollIdle(nc, toLoop)
+		s.enroll(s.nc, toLoop)
 	}
-}
-
-// enrollIdle moves a stream-homed server to loop idx as an idle pool member.
-func (s *server) enrollIdle(nc net.Conn, idx int) {
-	s.enroll(nc, idx)
 }
 
 // handTo gives the server to a waiting client, moving it to the client's home if needed.
@@ -633,14 +675,16 @@ func (s *server) handTo(cl *client) {
 	}
 }
 
-// migrateTo moves an idle server from loop from to client cl (pool.GrantSteal).
-func (s *server) migrateTo(cl *client, from int) {
+// migrateTo moves an idle server from loop from to client cl, whose pool home is toHome
+// (pool.GrantSteal). The server is touched only on its own loop.
+func (s *server) migrateTo(cl *client, from, toHome int) {
 	lp := s.e.loopAt(from)
 	lp.exec(func() {
 		if s.gone || s.closing {
 			cl.deliverFailure(errRetry)
 			return
 		}
+		s.home = toHome
 		s.handTo(cl)
 	})
 }
@@ -659,8 +703,10 @@ func (s *server) detachFromLoop(cb func(net.Conn)) {
 
 func (s *server) finishDetach(c gnet.Conn) gnet.Action {
 	if c.OutboundBuffered() > 0 {
-		// Data still queued for PostgreSQL; try again once it has left.
-		_ = c.Wake(nil)
+		// Data still queued for PostgreSQL; try again once it has left. Not with a Wake from
+		// here: gnet runs a task queued by a task in the same round, so the loop would spin
+		// on this callback and never write the data out.
+		time.AfterFunc(time.Millisecond, func() { _ = c.Wake(nil) })
 		return gnet.None
 	}
 	rest, _ := c.Peek(-1)
@@ -684,6 +730,9 @@ func (s *server) finishDetach(c gnet.Conn) gnet.Action {
 	// enrolled on another loop before this close completes.
 	c.SetContext(detached{})
 	s.conn, s.out = nil, nil
+	// Off the loop: whoever receives nc runs the server now. (A server given to a stream-path
+	// client is never enrolled again, and handle does nothing while detaching is set.)
+	s.detaching = false
 	cb := s.detachCb
 	s.detachCb = nil
 	s.lp.later(func() { cb(nc) })
@@ -746,17 +795,13 @@ func (s *server) lost(err error) {
 	s.gone = true
 	s.closing = true
 	s.b.removeServer(s)
-	if s.loopIdx() >= 0 {
-		s.pe.p.RemoveIdle(s.loopIdx(), s)
-	} else if s.lp != nil {
-		s.pe.p.RemoveIdle(s.lp.idx, s)
-	}
+	s.pe.p.RemoveIdle(s.home, s)
 	if cl := s.client; cl != nil {
 		s.client, cl.srv = nil, nil
 		s.b.active.Add(-1)
 		cl.serverLost(err)
 	}
-	if w, loop, ok := s.pe.p.ServerGone(); ok {
+	if w, loop, ok := s.pe.p.ServerGone(s.home); ok {
 		s.e.dial(s.pe, w, loop)
 	}
 	if err != nil && !errors.Is(err, io.EOF) {

@@ -43,20 +43,23 @@ func (lp *loop) sweep(now time.Time) {
 	}
 	e.routeMu.Unlock()
 	for _, pe := range pools {
-		expired, dial, closeIdle, minDials := pe.p.Sweep(lp.idx, now)
-		for _, cl := range expired {
+		r := pe.p.Sweep(lp.idx, now)
+		for _, cl := range r.Expired {
 			e.m.waitTimeouts.Inc()
 			cl.deliverFailure(sqlErr(pgwire.QueryCanceled,
 				fmt.Sprintf("query_wait_timeout: no server connection became free within %s", cfg.QueryWaitTimeout),
 				"raise proxy.pool.default_pool_size or query_wait_timeout, or reduce the load"))
 		}
-		for _, cl := range dial {
-			e.dial(pe, cl, lp.idx)
+		for _, cl := range r.Dial {
+			e.dial(pe, cl, cl.loopIndex())
 		}
-		for _, s := range closeIdle {
+		for _, st := range r.Steals {
+			st.S.migrateTo(st.To, st.From, st.To.loopIndex())
+		}
+		for _, s := range r.CloseIdle {
 			s.closeNow(nil)
 		}
-		for i := 0; i < minDials; i++ {
+		for i := 0; i < r.MinDials; i++ {
 			e.dial(pe, nil, lp.idx)
 		}
 	}

@@ -99,6 +99,21 @@ func (p *Params) Has(name string) bool {
 	return ok
 }
 
+// Canonical returns the spelling under which p holds a setting: setting names are
+// case-insensitive in PostgreSQL, but reported ones keep the server's spelling ("TimeZone",
+// "DateStyle"). It returns name itself when p has no such setting.
+func (p *Params) Canonical(name string) string {
+	if _, ok := p.m[name]; ok {
+		return name
+	}
+	for k := range p.m {
+		if strings.EqualFold(k, name) {
+			return k
+		}
+	}
+	return name
+}
+
 // Len returns the number of settings.
 func (p *Params) Len() int { return len(p.m) }
 

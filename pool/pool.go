@@ -15,7 +15,7 @@ const (
 	// to the caller's loop (or to the stream path) before use.
 	GrantSteal
 	// GrantDial tells the caller to open a new server connection; it already counts against the
-	// limits. Report the result with Dialed or DialFailed.
+	// limits. Report a failure with DialFailed.
 	GrantDial
 	// GrantWait queued the waiter; it will be handed a server by Release, or offered a dial by
 	// ServerGone or Sweep.
@@ -78,29 +78,59 @@ type idleServer[S comparable] struct {
 
 type waiter[W comparable] struct {
 	w     W
-	loop  int
 	since time.Time
+}
+
+// home is the share of a pool that lives on one event loop (or, for the last home, on the
+// stream path): its open servers, its idle ones, and the clients of that loop that wait.
+type home[S, W comparable] struct {
+	open    int
+	idle    []idleServer[S]
+	waiters []waiter[W]
 }
 
 // Pool accounts for the server connections of one (backend, database, user): how many are
 // open, which are idle on which event loop, and which clients wait for one. S identifies a
 // server connection, W a waiting client; both are the engine's types. Pool never does I/O:
 // it tells the engine what to do. Safe for concurrent use by all loops and stream goroutines.
+//
+// Each event loop gets a fair share of the pool (default_pool_size divided by the number of
+// loops) so that, under balanced load, a client always gets a server that already lives on its
+// own loop. A loop may go beyond its share while no other loop waits, and gives servers back
+// (they move between loops, which costs a few system calls) when another loop is short.
 type Pool[S, W comparable] struct {
-	mu      sync.Mutex
-	limits  Limits
-	db      *Counter
-	open    int // open or being dialled
-	idle    [][]idleServer[S]
-	nidle   int
-	waiters []waiter[W]
-	paused  bool
-	closed  bool
+	mu     sync.Mutex
+	limits Limits
+	db     *Counter
+	open   int
+	nidle  int
+	homes  []home[S, W] // one per loop, plus the stream path last
+	paused bool
+	closed bool
 }
 
 // New returns a pool for loops event loops. db, when not nil, is a limit shared with other pools.
 func New[S, W comparable](loops int, l Limits, db *Counter) *Pool[S, W] {
-	return &Pool[S, W]{limits: l, db: db, idle: make([][]idleServer[S], loops)}
+	if loops < 1 {
+		loops = 1
+	}
+	return &Pool[S, W]{limits: l, db: db, homes: make([]home[S, W], loops+1)}
+}
+
+func (p *Pool[S, W]) loops() int { return len(p.homes) - 1 }
+
+// home maps a loop index (negative: the stream path) to its home.
+func (p *Pool[S, W]) home(loop int) *home[S, W] {
+	if loop < 0 || loop >= p.loops() {
+		return &p.homes[p.loops()]
+	}
+	return &p.homes[loop]
+}
+
+// fairShare is the number of servers each loop may keep while other loops wait.
+func (p *Pool[S, W]) fairShare() int {
+	n := p.loops()
+	return (p.limits.Size + n - 1) / n
 }
 
 // SetLimits replaces the limits (configuration reload). Existing connections stay.
@@ -121,15 +151,29 @@ type Stats struct {
 func (p *Pool[S, W]) Stats(now time.Time) Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := Stats{Open: p.open, Idle: p.nidle, Waiting: len(p.waiters), Paused: p.paused}
-	if len(p.waiters) > 0 {
-		st.MaxWait = now.Sub(p.waiters[0].since)
+	st := Stats{Open: p.open, Idle: p.nidle, Paused: p.paused}
+	for i := range p.homes {
+		h := &p.homes[i]
+		st.Waiting += len(h.waiters)
+		if len(h.waiters) > 0 {
+			st.MaxWait = max(st.MaxWait, now.Sub(h.waiters[0].since))
+		}
 	}
 	return st
 }
 
-// canDial reports whether one more server may be opened; reserve allows the reserve pool.
-func (p *Pool[S, W]) canDial(reserve bool) bool {
+func (p *Pool[S, W]) waitersElsewhere(loop int) bool {
+	for i := range p.homes {
+		if i != loop && len(p.homes[i].waiters) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// canDial reports whether home h may open one more server. reserve allows the reserve pool.
+// It reserves the database-wide slot when it says yes.
+func (p *Pool[S, W]) canDial(loop int, reserve bool) bool {
 	max := p.limits.Size
 	if reserve {
 		max += p.limits.Reserve
@@ -137,133 +181,161 @@ func (p *Pool[S, W]) canDial(reserve bool) bool {
 	if p.open >= max {
 		return false
 	}
-	if !p.db.tryInc() {
+	if loop >= 0 && loop < p.loops() && p.homes[loop].open >= p.fairShare() && !reserve && p.waitersElsewhere(loop) {
 		return false
 	}
-	return true
+	return p.db.tryInc()
 }
 
 // Acquire asks for a server for a client on loop (a negative loop means the stream path).
+// from is the loop a stolen server lives on.
 func (p *Pool[S, W]) Acquire(loop int, w W, now time.Time) (kind GrantKind, s S, from int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return 0, s, 0
 	}
+	h := p.home(loop)
 	if !p.paused {
-		if loop >= 0 {
-			if s, ok := p.popIdle(loop, now); ok {
-				return GrantIdle, s, loop
-			}
+		if s, ok := p.popIdle(h); ok {
+			return GrantIdle, s, loop
 		}
-		if p.canDial(false) {
+		if p.canDial(loop, false) {
 			p.open++
+			h.open++
 			return GrantDial, s, loop
 		}
-		for i := range p.idle {
-			if i == loop {
+		// An idle server on another loop that its loop does not need.
+		for i := 0; i < p.loops(); i++ {
+			o := &p.homes[i]
+			if i == loop || len(o.idle) == 0 || len(o.waiters) > 0 {
 				continue
 			}
-			if s, ok := p.popIdle(i, now); ok {
-				return GrantSteal, s, i
-			}
+			s, _ := p.popIdle(o)
+			o.open--
+			h.open++
+			return GrantSteal, s, i
 		}
 	}
-	p.waiters = append(p.waiters, waiter[W]{w: w, loop: loop, since: now})
+	h.waiters = append(h.waiters, waiter[W]{w: w, since: now})
 	return GrantWait, s, 0
 }
 
-func (p *Pool[S, W]) popIdle(loop int, now time.Time) (S, bool) {
+func (p *Pool[S, W]) popIdle(h *home[S, W]) (S, bool) {
 	var zero S
-	l := p.idle[loop]
-	for len(l) > 0 {
-		e := l[len(l)-1]
-		l[len(l)-1] = idleServer[S]{}
-		l = l[:len(l)-1]
-		p.nidle--
-		p.idle[loop] = l
-		return e.s, true
+	n := len(h.idle)
+	if n == 0 {
+		return zero, false
 	}
-	return zero, false
+	e := h.idle[n-1]
+	h.idle[n-1] = idleServer[S]{}
+	h.idle = h.idle[:n-1]
+	p.nidle--
+	return e.s, true
 }
 
-// Dialed records that a dial granted by Acquire (or offered by ServerGone/Sweep) succeeded.
-// It is a no-op today; the connection already counts as open.
-func (p *Pool[S, W]) Dialed() {}
-
-// DialFailed records that a granted dial failed.
-func (p *Pool[S, W]) DialFailed() {
+// DialFailed records that a granted dial for loop failed.
+func (p *Pool[S, W]) DialFailed(loop int) {
 	p.mu.Lock()
 	p.open--
+	p.home(loop).open--
 	p.mu.Unlock()
 	p.db.dec()
 }
 
-// Release returns an idle server from loop. If a client waits, the server is handed to it
-// (to is that client and toLoop its loop; a client on the same loop is preferred) and handed is
-// true; otherwise the server becomes idle on loop. A server past its lifetime is not reused:
-// retire is true and the caller must close it (then call ServerGone).
+// Release returns an idle server that lives on loop (negative: the stream path). If a client
+// waits, the server is handed to it: to is that client and toLoop its loop (negative: the
+// stream path), and handed is true; the server then moves there. Otherwise the server becomes
+// idle on toLoop. A server past its lifetime
+// is not reused: retire is true and the caller must close it (then call ServerGone with toLoop).
+// A stream-path server that is not handed over is not made idle: the caller moves it to toLoop
+// and releases it again from there.
 func (p *Pool[S, W]) Release(loop int, s S, born, now time.Time) (to W, toLoop int, handed, retire bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	h := p.home(loop)
 	if p.closed || (p.limits.Lifetime > 0 && now.Sub(born) >= p.limits.Lifetime) || p.open > p.limits.Size+p.limits.Reserve {
-		return to, 0, false, true
+		return to, loop, false, true
 	}
-	if !p.paused && len(p.waiters) > 0 {
-		idx := 0
-		// Prefer a waiter on the same loop among the first few, so that handing over does not
-		// force a migration between loops; fairness is kept by looking only a short way ahead.
-		for i := 0; i < len(p.waiters) && i < 8; i++ {
-			if p.waiters[i].loop == loop {
-				idx = i
-				break
+	if !p.paused {
+		// A loop above its share gives the server to another loop that is short of servers.
+		over := loop < 0 || loop >= p.loops() || h.open > p.fairShare()
+		if over || len(h.waiters) == 0 {
+			if i, ok := p.oldestWaiterElsewhere(loop); ok {
+				o := p.home(i)
+				w := o.waiters[0].w
+				o.waiters = o.waiters[1:]
+				h.open--
+				o.open++
+				if i >= p.loops() {
+					i = -1
+				}
+				return w, i, true, false
 			}
 		}
-		w := p.waiters[idx]
-		p.waiters = append(p.waiters[:idx], p.waiters[idx+1:]...)
-		return w.w, w.loop, true, false
+		if len(h.waiters) > 0 {
+			w := h.waiters[0].w
+			h.waiters = h.waiters[1:]
+			return w, loop, true, false
+		}
 	}
-	if loop < 0 {
-		loop = p.leastIdleLoop()
+	if loop < 0 || loop >= p.loops() {
+		// A stream-path server must first move to the loop that has the fewest servers; it is
+		// counted there now, and the engine releases it again once it lives there.
+		loop = p.leastOpenLoop()
+		h.open--
+		p.homes[loop].open++
+		return to, loop, false, false
 	}
-	p.idle[loop] = append(p.idle[loop], idleServer[S]{s: s, since: now, born: born})
+	h.idle = append(h.idle, idleServer[S]{s: s, since: now, born: born})
 	p.nidle++
 	return to, loop, false, false
 }
 
-// ReleaseLoop tells where a server released by a stream-path client should live when it is
-// not handed over: the loop with the fewest idle servers.
-func (p *Pool[S, W]) leastIdleLoop() int {
+func (p *Pool[S, W]) oldestWaiterElsewhere(loop int) (int, bool) {
+	best, found := -1, false
+	var since time.Time
+	for i := range p.homes {
+		if (i == loop || (loop < 0 && i == p.loops())) || len(p.homes[i].waiters) == 0 {
+			continue
+		}
+		if !found || p.homes[i].waiters[0].since.Before(since) {
+			best, since, found = i, p.homes[i].waiters[0].since, true
+		}
+	}
+	return best, found
+}
+
+func (p *Pool[S, W]) leastOpenLoop() int {
 	best := 0
-	for i := range p.idle {
-		if len(p.idle[i]) < len(p.idle[best]) {
+	for i := 1; i < p.loops(); i++ {
+		if p.homes[i].open < p.homes[best].open {
 			best = i
 		}
 	}
 	return best
 }
 
-// PlaceIdle records s as idle on loop without offering it to waiters (used after a migration
-// whose client went away).
-func (p *Pool[S, W]) PlaceIdle(loop int, s S, born, now time.Time) {
+// PlaceIdle records s as idle on loop without offering it to waiters (after a move whose
+// client went away). The server's accounting moves from the home it came from.
+func (p *Pool[S, W]) PlaceIdle(from, loop int, s S, born, now time.Time) {
 	p.mu.Lock()
-	p.idle[loop] = append(p.idle[loop], idleServer[S]{s: s, since: now, born: born})
+	p.home(from).open--
+	h := p.home(loop)
+	h.open++
+	h.idle = append(h.idle, idleServer[S]{s: s, since: now, born: born})
 	p.nidle++
 	p.mu.Unlock()
 }
 
-// RemoveIdle takes s out of loop's idle list because it closed or is being checked. It
-// reports whether s was there.
+// RemoveIdle takes s out of loop's idle list because it closed. It reports whether s was there.
 func (p *Pool[S, W]) RemoveIdle(loop int, s S) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if loop < 0 || loop >= len(p.idle) {
-		return false
-	}
-	l := p.idle[loop]
-	for i := range l {
-		if l[i].s == s {
-			p.idle[loop] = append(l[:i], l[i+1:]...)
+	h := p.home(loop)
+	for i := range h.idle {
+		if h.idle[i].s == s {
+			h.idle = append(h.idle[:i], h.idle[i+1:]...)
 			p.nidle--
 			return true
 		}
@@ -271,20 +343,42 @@ func (p *Pool[S, W]) RemoveIdle(loop int, s S) bool {
 	return false
 }
 
-// ServerGone records that an open server connection closed. If a client is waiting and a new
-// connection may be opened, it returns that client: the caller must dial for it.
-func (p *Pool[S, W]) ServerGone() (dialFor W, loop int, ok bool) {
+// ServerGone records that an open server connection that lived on loop closed. If a client is
+// waiting and a new connection may be opened, it returns that client and its loop: the caller
+// must dial for it.
+func (p *Pool[S, W]) ServerGone(loop int) (dialFor W, toLoop int, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.open--
+	p.home(loop).open--
 	p.db.dec()
-	if p.closed || p.paused || len(p.waiters) == 0 || !p.canDial(false) {
+	if p.closed || p.paused {
 		return dialFor, 0, false
 	}
-	w := p.waiters[0]
-	p.waiters = p.waiters[1:]
-	p.open++
-	return w.w, w.loop, true
+	order := []int{loop}
+	for i := range p.homes {
+		if i != loop {
+			order = append(order, i)
+		}
+	}
+	for _, i := range order {
+		if i < 0 || i >= len(p.homes) {
+			continue
+		}
+		h := &p.homes[i]
+		if len(h.waiters) == 0 || !p.canDial(i, false) {
+			continue
+		}
+		w := h.waiters[0].w
+		h.waiters = h.waiters[1:]
+		p.open++
+		h.open++
+		if i >= p.loops() {
+			i = -1
+		}
+		return w, i, true
+	}
+	return dialFor, 0, false
 }
 
 // CancelWait removes a waiting client (it disconnected or timed out). It reports whether the
@@ -292,67 +386,122 @@ func (p *Pool[S, W]) ServerGone() (dialFor W, loop int, ok bool) {
 func (p *Pool[S, W]) CancelWait(w W) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i := range p.waiters {
-		if p.waiters[i].w == w {
-			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-			return true
+	for i := range p.homes {
+		h := &p.homes[i]
+		for j := range h.waiters {
+			if h.waiters[j].w == w {
+				h.waiters = append(h.waiters[:j], h.waiters[j+1:]...)
+				return true
+			}
 		}
 	}
 	return false
 }
 
-// Sweep is the pool's periodic housekeeping for one loop. It returns the waiters of that loop
-// whose query_wait_timeout expired (to be failed), waiters that may now dial (room appeared, or
-// reserve_pool_timeout passed and the reserve pool has room), idle servers of that loop to close (idle timeout or lifetime), and how many new
-// connections to open to honour min_pool_size (only loop 0 is asked, so they are not opened
-// twice).
-func (p *Pool[S, W]) Sweep(loop int, now time.Time) (expired, dial []W, closeIdle []S, minDials int) {
+// Steal is an idle server Sweep moves to a waiting client on another loop.
+type Steal[S, W comparable] struct {
+	S    S
+	From int
+	To   W
+}
+
+// SweepResult is what the engine must do after Sweep.
+type SweepResult[S, W comparable] struct {
+	// Expired waiters passed query_wait_timeout: fail them.
+	Expired []W
+	// Dial: open a server for each of these waiters (room appeared, or the reserve pool opened).
+	Dial []W
+	// Steals: move these idle servers to these waiters.
+	Steals []Steal[S, W]
+	// CloseIdle: close these idle servers (idle timeout, lifetime, or above the limits).
+	CloseIdle []S
+	// MinDials: open this many servers to honour min_pool_size.
+	MinDials int
+}
+
+// Sweep is the pool's periodic housekeeping for one loop (a negative loop also sweeps the
+// stream path's waiters; the engine calls it from loop 0 with both).
+func (p *Pool[S, W]) Sweep(loop int, now time.Time) (r SweepResult[S, W]) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := p.limits
-	keep := p.waiters[:0]
-	for _, w := range p.waiters {
-		switch {
-		case w.loop != loop && !(loop == 0 && w.loop < 0):
-			keep = append(keep, w)
-		case l.WaitTimeout > 0 && now.Sub(w.since) >= l.WaitTimeout:
-			expired = append(expired, w.w)
-		case !p.paused && p.canDial(false):
-			// Room appeared without a release here (another pool sharing max_db_connections
-			// closed a server, or limits were raised).
-			p.open++
-			dial = append(dial, w.w)
-		case !p.paused && l.Reserve > 0 && now.Sub(w.since) >= l.ReserveTimeout && p.canDial(true):
-			p.open++
-			dial = append(dial, w.w)
-		default:
-			keep = append(keep, w)
-		}
+	homes := []int{loop}
+	if loop == 0 {
+		homes = append(homes, p.loops())
 	}
-	clear(p.waiters[len(keep):])
-	p.waiters = keep
-	if loop >= 0 && loop < len(p.idle) {
-		idle := p.idle[loop][:0]
-		for _, e := range p.idle[loop] {
-			tooIdle := l.IdleTimeout > 0 && now.Sub(e.since) >= l.IdleTimeout && p.open-len(closeIdle) > l.Min
+	for _, hi := range homes {
+		if hi < 0 || hi >= len(p.homes) {
+			continue
+		}
+		h := &p.homes[hi]
+		keep := h.waiters[:0]
+		for _, w := range h.waiters {
+			switch {
+			case l.WaitTimeout > 0 && now.Sub(w.since) >= l.WaitTimeout:
+				r.Expired = append(r.Expired, w.w)
+			case p.paused:
+				keep = append(keep, w)
+			case p.canDial(hi, false):
+				// Room appeared without a release here (another pool sharing
+				// max_db_connections closed a server, or limits were raised).
+				p.open++
+				h.open++
+				r.Dial = append(r.Dial, w.w)
+			case l.Reserve > 0 && now.Sub(w.since) >= l.ReserveTimeout && p.canDial(hi, true):
+				p.open++
+				h.open++
+				r.Dial = append(r.Dial, w.w)
+			default:
+				if from, s, ok := p.stealFor(hi); ok {
+					h.open++
+					r.Steals = append(r.Steals, Steal[S, W]{S: s, From: from, To: w.w})
+					continue
+				}
+				keep = append(keep, w)
+			}
+		}
+		clear(h.waiters[len(keep):])
+		h.waiters = keep
+	}
+	if loop >= 0 && loop < p.loops() {
+		h := &p.homes[loop]
+		idle := h.idle[:0]
+		for _, e := range h.idle {
+			tooIdle := l.IdleTimeout > 0 && now.Sub(e.since) >= l.IdleTimeout && p.open-len(r.CloseIdle) > l.Min
 			tooOld := l.Lifetime > 0 && now.Sub(e.born) >= l.Lifetime
-			if tooIdle || tooOld || p.open-len(closeIdle) > l.Size+l.Reserve {
-				closeIdle = append(closeIdle, e.s)
+			if tooIdle || tooOld || p.open-len(r.CloseIdle) > l.Size+l.Reserve {
+				r.CloseIdle = append(r.CloseIdle, e.s)
 				p.nidle--
 				continue
 			}
 			idle = append(idle, e)
 		}
-		clear(p.idle[loop][len(idle):])
-		p.idle[loop] = idle
+		clear(h.idle[len(idle):])
+		h.idle = idle
 	}
 	if loop == 0 && !p.closed && !p.paused {
-		for p.open < l.Min && p.canDial(false) {
+		for p.open < l.Min && p.canDial(0, false) {
 			p.open++
-			minDials++
+			p.homes[0].open++
+			r.MinDials++
 		}
 	}
-	return expired, dial, closeIdle, minDials
+	return r
+}
+
+// stealFor takes an idle server from a loop other than hi that has no waiters.
+func (p *Pool[S, W]) stealFor(hi int) (int, S, bool) {
+	var zero S
+	for i := 0; i < p.loops(); i++ {
+		o := &p.homes[i]
+		if i == hi || len(o.idle) == 0 || len(o.waiters) > 0 {
+			continue
+		}
+		s, _ := p.popIdle(o)
+		o.open--
+		return i, s, true
+	}
+	return 0, zero, false
 }
 
 // Pause stops handing out servers: new Acquire calls wait. Servers in use stay with their
@@ -369,11 +518,17 @@ func (p *Pool[S, W]) Resume() []W {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.paused = false
-	out := make([]W, len(p.waiters))
-	for i, w := range p.waiters {
-		out[i] = w.w
+	return p.takeWaiters()
+}
+
+func (p *Pool[S, W]) takeWaiters() []W {
+	var out []W
+	for i := range p.homes {
+		for _, w := range p.homes[i].waiters {
+			out = append(out, w.w)
+		}
+		p.homes[i].waiters = nil
 	}
-	p.waiters = nil
 	return out
 }
 
@@ -391,16 +546,12 @@ func (p *Pool[S, W]) Close() (idle []S, waiters []W) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
-	for i, l := range p.idle {
-		for _, e := range l {
+	for i := range p.homes {
+		for _, e := range p.homes[i].idle {
 			idle = append(idle, e.s)
 		}
-		p.idle[i] = nil
+		p.homes[i].idle = nil
 	}
 	p.nidle = 0
-	for _, w := range p.waiters {
-		waiters = append(waiters, w.w)
-	}
-	p.waiters = nil
-	return idle, waiters
+	return idle, p.takeWaiters()
 }

@@ -105,36 +105,53 @@ func TestPoolAcquireReleaseSteal(t *testing.T) {
 	if k, _, _ := p.Acquire(0, "c", now); k != GrantWait {
 		t.Fatalf("third acquire %v, want wait", k)
 	}
-	// server 2 on loop 1 is released: waiter c (loop 0) gets it.
+	// Server 2 on loop 1 is released: loop 1 has nobody waiting, so waiter c on loop 0 gets it.
 	to, toLoop, handed, retire := p.Release(1, 2, now, now)
 	if !handed || retire || to != "c" || toLoop != 0 {
 		t.Fatalf("release: to %q loop %d handed %v retire %v", to, toLoop, handed, retire)
 	}
-	// no waiters: the server becomes idle on loop 1; loop 0 steals it.
-	if _, _, handed, _ := p.Release(1, 2, now, now); handed {
+	// Now loop 0 holds both servers. With nobody waiting, a released server stays idle on
+	// its loop, and a client on loop 1 takes it from there (a steal).
+	if _, _, handed, _ := p.Release(0, 2, now, now); handed {
 		t.Fatal("handed with no waiter")
 	}
-	k, s, from := p.Acquire(0, "d", now)
-	if k != GrantSteal || s != 2 || from != 1 {
+	k, s, from := p.Acquire(1, "d", now)
+	if k != GrantSteal || s != 2 || from != 0 {
 		t.Fatalf("steal: %v %v %v", k, s, from)
 	}
-	p.Release(0, 2, now, now)
-	if k, s, _ := p.Acquire(0, "e", now); k != GrantIdle || s != 2 {
+	p.Release(1, 2, now, now)
+	if k, s, _ := p.Acquire(1, "e", now); k != GrantIdle || s != 2 {
 		t.Fatalf("idle: %v %v", k, s)
 	}
 }
 
-func TestPoolPrefersSameLoopWaiter(t *testing.T) {
+func TestPoolKeepsFairSharesPerLoop(t *testing.T) {
 	now := time.Unix(1000, 0)
-	p := New[int, string](2, Limits{Size: 1}, nil)
-	p.Acquire(0, "x", now)
-	p.Acquire(1, "far", now)
-	p.Acquire(0, "near", now)
-	if to, _, _, _ := p.Release(0, 1, now, now); to != "near" {
-		t.Fatalf("handed to %q", to)
+	p := New[int, string](2, Limits{Size: 4}, nil)
+	// Loop 0 alone may use the whole pool.
+	for i := 0; i < 4; i++ {
+		if k, _, _ := p.Acquire(0, "x", now); k != GrantDial {
+			t.Fatalf("acquire %d on loop 0: %v", i, k)
+		}
 	}
-	if to, _, _, _ := p.Release(0, 1, now, now); to != "far" {
-		t.Fatalf("handed to %q", to)
+	p.Acquire(0, "a0", now)
+	p.Acquire(1, "b0", now.Add(time.Millisecond))
+	// Loop 0 is above its share (2 of 4) and loop 1 waits: released servers go to loop 1
+	// until the shares are even, even though loop 0 has its own waiter.
+	to, toLoop, handed, _ := p.Release(0, 1, now, now)
+	if !handed || to != "b0" || toLoop != 1 {
+		t.Fatalf("rebalancing release went to %q on loop %d", to, toLoop)
+	}
+	p.Acquire(1, "b1", now.Add(2*time.Millisecond))
+	to, toLoop, _, _ = p.Release(0, 2, now, now)
+	if to != "b1" || toLoop != 1 {
+		t.Fatalf("second rebalancing release went to %q on loop %d", to, toLoop)
+	}
+	// Now 2 and 2: loop 0 serves its own waiter first.
+	p.Acquire(1, "b2", now)
+	to, toLoop, _, _ = p.Release(0, 3, now, now)
+	if to != "a0" || toLoop != 0 {
+		t.Fatalf("balanced release went to %q on loop %d", to, toLoop)
 	}
 }
 
@@ -145,21 +162,19 @@ func TestPoolTimeoutsAndReserve(t *testing.T) {
 	p.Acquire(0, "a", now)
 	p.Acquire(0, "b", now)
 	p.Acquire(0, "c", now.Add(2*time.Second))
-	expired, reserve, _, _ := p.Sweep(0, now.Add(1500*time.Millisecond))
-	if len(expired) != 0 || len(reserve) != 1 || reserve[0] != "b" {
-		t.Fatalf("expired %v reserve %v", expired, reserve)
+	r := p.Sweep(0, now.Add(1500*time.Millisecond))
+	if len(r.Expired) != 0 || len(r.Dial) != 1 || r.Dial[0] != "b" {
+		t.Fatalf("expired %v dial %v", r.Expired, r.Dial)
 	}
-	expired, reserve, _, _ = p.Sweep(0, now.Add(5*time.Second))
-	if len(expired) != 1 || expired[0] != "c" || len(reserve) != 0 {
-		t.Fatalf("expired %v reserve %v", expired, reserve)
+	r = p.Sweep(0, now.Add(5*time.Second))
+	if len(r.Expired) != 1 || r.Expired[0] != "c" || len(r.Dial) != 0 {
+		t.Fatalf("expired %v dial %v", r.Expired, r.Dial)
 	}
-	// Over size+reserve is impossible; now both servers come back: the reserve one is
-	// retired as soon as the pool is above its normal size and idle long enough.
 	p.Release(0, 1, now, now)
 	p.Release(0, 2, now, now)
-	_, _, closeIdle, _ := p.Sweep(0, now.Add(20*time.Second))
-	if len(closeIdle) != 2 {
-		t.Fatalf("idle timeout closed %v", closeIdle)
+	r = p.Sweep(0, now.Add(20*time.Second))
+	if len(r.CloseIdle) != 2 {
+		t.Fatalf("idle timeout closed %v", r.CloseIdle)
 	}
 	// A server past its lifetime is retired at release.
 	if _, _, _, retire := p.Release(0, 3, now, now.Add(2*time.Hour)); !retire {
@@ -178,13 +193,42 @@ func TestPoolDBCounterAndServerGone(t *testing.T) {
 	if k, _, _ := b.Acquire(0, "y", now); k != GrantWait {
 		t.Fatalf("max_db_connections not enforced: %v", k)
 	}
-	a.ServerGone()
+	a.ServerGone(0)
 	if db.Value() != 0 {
 		t.Fatal(db.Value())
 	}
 	// The database-wide slot freed by pool a lets pool b's waiter dial at the next sweep.
-	if _, dial, _, _ := b.Sweep(0, now); len(dial) != 1 || dial[0] != "y" {
-		t.Fatalf("waiter blocked by max_db_connections not offered a dial: %v", dial)
+	if r := b.Sweep(0, now); len(r.Dial) != 1 || r.Dial[0] != "y" {
+		t.Fatalf("waiter blocked by max_db_connections not offered a dial: %v", r.Dial)
+	}
+}
+
+func TestPoolStreamPathServers(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := New[int, string](2, Limits{Size: 2}, nil)
+	if k, _, _ := p.Acquire(-1, "tls", now); k != GrantDial {
+		t.Fatal(k)
+	}
+	// Released by a stream client with nobody waiting: it must move to a loop first, and is
+	// not idle (nobody can take it) until it is released again from there.
+	_, toLoop, handed, _ := p.Release(-1, 1, now, now)
+	if handed || toLoop < 0 {
+		t.Fatalf("stream server placed on %d handed %v", toLoop, handed)
+	}
+	switch k, _, _ := p.Acquire(toLoop, "early", now); k {
+	case GrantIdle, GrantSteal:
+		t.Fatal("a server still moving was handed out")
+	case GrantDial:
+		p.DialFailed(toLoop)
+	case GrantWait:
+		p.CancelWait("early")
+	}
+	p.Release(toLoop, 1, now, now)
+	if k, s, _ := p.Acquire(toLoop, "c", now); k != GrantIdle || s != 1 {
+		t.Fatalf("%v %v", k, s)
+	}
+	if st := p.Stats(now); st.Open != 1 {
+		t.Fatalf("open %d", st.Open)
 	}
 }
 
