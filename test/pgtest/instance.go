@@ -34,6 +34,7 @@ const (
 	orphanTimeout   = 15 * time.Second
 	connectAttempt  = 2 * time.Second
 	pollInterval    = 20 * time.Millisecond
+	opTimeout       = 2 * time.Minute
 	maxPortAttempts = 5
 )
 
@@ -140,8 +141,10 @@ func Start(t testing.TB, opts *Options) *Instance {
 		t.Fatalf("pgtest: %v", err)
 	}
 	inst.startFresh(t)
+	ctx, cancel := opContext(t)
+	defer cancel()
 	for _, r := range opts.Roles {
-		if err := inst.createRole(t.Context(), r); err != nil {
+		if err := inst.createRole(ctx, r); err != nil {
 			t.Fatalf("pgtest: %s: create role %s: %v", name, r.Name, err)
 		}
 	}
@@ -406,6 +409,13 @@ func (i *Instance) waitReady(pm *postmaster) error {
 	}
 }
 
+// opContext is the context of one harness operation: the test's values without its
+// cancellation, so helpers also work inside t.Cleanup (where t.Context is already done), and
+// a timeout, so a stopped or hung server fails the test instead of hanging it.
+func opContext(t testing.TB) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(t.Context()), opTimeout)
+}
+
 // permanent reports whether a connection error will not go away by waiting: a bad connection
 // string, or any server error other than "the database system is starting up" (57P03).
 func permanent(err error) bool {
@@ -497,7 +507,9 @@ func (i *Instance) Connect(ctx context.Context) (*pgx.Conn, error) {
 // Conn opens a superuser connection that is closed in t.Cleanup.
 func (i *Instance) Conn(t testing.TB) *pgx.Conn {
 	t.Helper()
-	conn, err := i.Connect(t.Context())
+	ctx, cancel := opContext(t)
+	defer cancel()
+	conn, err := i.Connect(ctx)
 	if err != nil {
 		t.Fatalf("pgtest: %s: connect: %v", i.name, err)
 	}
@@ -519,7 +531,9 @@ func (i *Instance) TryExec(ctx context.Context, sql string, args ...any) error {
 // Exec runs one statement as the superuser and fails the test on error.
 func (i *Instance) Exec(t testing.TB, sql string, args ...any) {
 	t.Helper()
-	if err := i.TryExec(t.Context(), sql, args...); err != nil {
+	ctx, cancel := opContext(t)
+	defer cancel()
+	if err := i.TryExec(ctx, sql, args...); err != nil {
 		t.Fatalf("pgtest: %s: %s: %v", i.name, sql, err)
 	}
 }
@@ -528,7 +542,9 @@ func (i *Instance) Exec(t testing.TB, sql string, args ...any) {
 // text (sql NULL becomes ""). It fails the test on error.
 func (i *Instance) QueryString(t testing.TB, sql string, args ...any) string {
 	t.Helper()
-	s, err := i.queryString(t.Context(), sql, args...)
+	ctx, cancel := opContext(t)
+	defer cancel()
+	s, err := i.queryString(ctx, sql, args...)
 	if err != nil {
 		t.Fatalf("pgtest: %s: %s: %v", i.name, sql, err)
 	}
@@ -567,7 +583,9 @@ func (i *Instance) AddRole(t testing.TB, r Role) {
 			}
 		}
 	}
-	if err := i.createRole(t.Context(), r); err != nil {
+	ctx, cancel := opContext(t)
+	defer cancel()
+	if err := i.createRole(ctx, r); err != nil {
 		t.Fatalf("pgtest: %s: create role %s: %v", i.name, r.Name, err)
 	}
 }

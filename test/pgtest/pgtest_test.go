@@ -72,6 +72,7 @@ func TestPrimaryAndReplica(t *testing.T) {
 	begin := time.Now()
 	p := Start(t, nil)
 	t.Logf("primary ready in %v on %s", time.Since(begin), p.Addr())
+	t.Cleanup(func() { p.Exec(t, "SELECT 1") }) // helpers work in cleanups (t.Context is done)
 	if p.InRecovery(t) {
 		t.Fatal("primary is in recovery")
 	}

@@ -50,7 +50,9 @@ func (i *Instance) AddReplica(t testing.TB, opts *ReplicaOptions) *Instance {
 	if opts.Slot != "" {
 		args = append(args, "-C", "-S", opts.Slot)
 	}
-	if err := r.user.run(t.Context(), r.base, r.bin("pg_basebackup"), args,
+	ctx, cancel := opContext(t)
+	defer cancel()
+	if err := r.user.run(ctx, r.base, r.bin("pg_basebackup"), args,
 		"PGPASSWORD="+i.password); err != nil {
 		t.Fatalf("pgtest: %s: %v", name, err)
 	}
@@ -151,7 +153,9 @@ func (i *Instance) InRecovery(t testing.TB) bool {
 func (i *Instance) Promote(t testing.TB) {
 	t.Helper()
 	Require(t, Programs("pg_ctl"))
-	if err := i.user.run(t.Context(), i.base, i.bin("pg_ctl"),
+	ctx, cancel := opContext(t)
+	defer cancel()
+	if err := i.user.run(ctx, i.base, i.bin("pg_ctl"),
 		[]string{"promote", "-D", i.data, "-w", "-t", "60"}); err != nil {
 		t.Fatalf("pgtest: %s: %v", i.name, err)
 	}
@@ -198,7 +202,9 @@ func (i *Instance) Rewind(t testing.TB, source *Instance) {
 	// pg_rewind reads the source's timeline from its control file, which a just-promoted server
 	// updates only at its next checkpoint; without one it would say "no rewind required".
 	source.Exec(t, "CHECKPOINT")
-	if err := i.user.run(t.Context(), i.base, i.bin("pg_rewind"), []string{
+	ctx, cancel := opContext(t)
+	defer cancel()
+	if err := i.user.run(ctx, i.base, i.bin("pg_rewind"), []string{
 		"--target-pgdata", i.data, "--source-server", source.ConnString(), "--no-sync"}); err != nil {
 		t.Fatalf("pgtest: %s: %v", i.name, err)
 	}
@@ -209,8 +215,10 @@ func (i *Instance) Rewind(t testing.TB, source *Instance) {
 // last error.
 func (i *Instance) eventually(t testing.TB, what string, cond func(ctx context.Context) (bool, error)) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), readyTimeout)
+	ctx, cancel := opContext(t)
 	defer cancel()
+	ctx, cancel2 := context.WithTimeout(ctx, readyTimeout)
+	defer cancel2()
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	var last error
