@@ -25,7 +25,7 @@ func pair(t testing.TB, mode pool.Mode) (*Engine, *client, *server) {
 	cfg := DefaultConfig()
 	cfg.EventLoops = 1
 	cfg.Pool.Mode = mode
-	e, err := New(cfg, Options{Login: PgconnLogin})
+	e, err := New(cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/pgbastion/pgbastion/pgwire"
+	"github.com/pgbastion/pgbastion/pgwire/auth"
 	"github.com/pgbastion/pgbastion/pool"
 )
 
@@ -51,13 +52,13 @@ type client struct {
 	params        *pool.Params
 	pid           uint32
 	secret        [4]byte
-	authConv      AuthConversation
+	authEx        *auth.Exchange
 	acceptedAt    time.Time
 	lastActive    time.Time
 	txnSince      time.Time
 	tlsDone       bool
 
-	serverUser, serverPassword string
+	serverUser string
 
 	pe    *poolEntry
 	peGen uint64
@@ -220,8 +221,11 @@ func (cl *client) fail(err error) {
 	}
 	var ce *clientError
 	var he *pgwire.HeaderError
+	var ae *auth.Error
 	switch {
 	case errors.Is(err, errClientGone):
+	case errors.As(err, &ae):
+		cl.send(ae.AppendErrorResponse(nil))
 	case errors.As(err, &ce):
 		cl.send(pgwire.AppendError(nil, pgwire.MsgErrorResponse, pgwire.SeverityFatal, ce.code, ce.msg, ce.hint))
 	case errors.As(err, &he):
@@ -340,29 +344,34 @@ func (cl *client) startup(su *pgwire.Startup) error {
 	if cl.database == "" {
 		cl.database = cl.user
 	}
-	cl.serverUser, cl.serverPassword = cl.e.cfg.Server.User, cl.e.cfg.Server.Password
+	cl.serverUser = cl.e.cfg.Server.User
 	if cl.serverUser == "" {
 		cl.serverUser = cl.user
-		if cl.e.serverPassword != nil {
-			cl.serverPassword, _ = cl.e.serverPassword(cl.user)
-		}
 	}
-	if cl.e.auth == nil {
+	if cl.e.verifier == nil {
 		cl.send(pgwire.AppendAuth(nil, pgwire.AuthOK, nil))
 		return cl.authenticated()
 	}
-	first, conv, err := cl.e.auth.Begin(cl.user)
+	cl.authEx = new(auth.Exchange)
+	out, done, err := cl.authEx.Begin(cl.scratchForClient(), cl.e.verifier, cl.user)
 	if err != nil {
-		cl.e.m.authFailures.Inc()
-		return err
+		return cl.authFailed(err)
 	}
-	cl.send(first)
-	if conv == nil {
+	cl.send(out)
+	if done {
+		cl.authEx = nil
 		return cl.authenticated()
 	}
-	cl.authConv = conv
 	cl.state = csAuth
 	return nil
+}
+
+// authFailed counts and logs a failed authentication (with the internal reason, never a
+// secret) and returns the error the client sees.
+func (cl *client) authFailed(err error) error {
+	cl.e.m.authFailures.Inc()
+	cl.e.log.Info("client authentication failed", "user", cl.user, "database", cl.database, "remote", cl.remote(), "err", err)
+	return err
 }
 
 // parseOptions reads the startup "options" value: -c name=value and --name=value pairs.
@@ -439,17 +448,15 @@ func (cl *client) handleAuth(buf []byte) (int, error) {
 		}
 		return n, sqlErr(pgwire.ProtocolViolation, fmt.Sprintf("expected password response, got message type %q", typ), "")
 	}
-	reply, done, err := cl.authConv.Step(buf[pgwire.HeaderLen:n])
+	reply, done, err := cl.authEx.Step(cl.scratchForClient(), buf[pgwire.HeaderLen:n])
 	if err != nil {
-		cl.e.m.authFailures.Inc()
-		cl.e.log.Info("client authentication failed", "user", cl.user, "database", cl.database, "remote", cl.remote(), "err", err)
-		return n, err
+		return n, cl.authFailed(err)
 	}
 	if len(reply) > 0 {
 		cl.send(reply)
 	}
 	if done {
-		cl.authConv = nil
+		cl.authEx = nil
 		return n, cl.authenticated()
 	}
 	return n, nil
@@ -1136,6 +1143,9 @@ func (cl *client) streamWait() bool {
 // the goroutine that owns both, and does not process buffered client input.
 func (cl *client) attach(s *server) {
 	cl.waiting, cl.dialing = false, false
+	if cl.lp != nil && s.conn != nil && cl.lp != s.lp {
+		panic(fmt.Sprintf("engine: attaching a server on loop %d to a client on loop %d", s.lp.idx, cl.lp.idx))
+	}
 	cl.srv, s.client = s, cl
 	s.out = s.writer()
 	s.b.active.Add(1)

@@ -38,6 +38,10 @@ type Config struct {
 	// HealthCheckInterval is how often a standalone proxy re-checks which backend is the
 	// primary (pg_is_in_recovery()); it re-checks at once after a connection error.
 	HealthCheckInterval time.Duration `yaml:"health_check_interval"`
+	// HealthCheckUser and HealthCheckPassword are the credentials of the role checker (default:
+	// proxy.server's; needed when proxy.server.user is empty and PostgreSQL wants a password).
+	HealthCheckUser     string `yaml:"health_check_user"`
+	HealthCheckPassword string `yaml:"health_check_password"`
 	// NoPrimaryWait: when no primary is known, a read-write client waits up to
 	// pool.query_wait_timeout for one instead of getting an error at once. The HA core turns it
 	// on during a failover; a standalone proxy leaves it off.

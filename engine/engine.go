@@ -16,6 +16,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/pgbastion/pgbastion/pgwire"
+	"github.com/pgbastion/pgbastion/pgwire/auth"
 	"github.com/pgbastion/pgbastion/pool"
 )
 
@@ -26,11 +27,12 @@ type Engine struct {
 	cfg    Config
 	log    *slog.Logger
 	m      *Metrics
-	auth   Authenticator
-	login  LoginFunc
-	tlsCfg *tls.Config
-	// serverPassword finds the password to log in to PostgreSQL as a client's user.
-	serverPassword func(user string) (string, bool)
+	// verifier authenticates clients (nil: trust); secrets provide server credentials when
+	// proxy.server.user is empty.
+	verifier *auth.Verifier
+	secrets  auth.Secrets
+	creds    sync.Map // server user -> *auth.Credentials
+	tlsCfg   *tls.Config
 
 	gnet   gnet.Engine
 	booted chan struct{}
@@ -77,43 +79,14 @@ type limitSet struct {
 	maxDB int
 }
 
-// Authenticator verifies a connecting client. Implementations must not block: they run on an
-// event loop.
-type Authenticator interface {
-	// Begin starts authenticating user. It returns the first message to send (an
-	// Authentication request, or AuthenticationOk when no password is needed) and a
-	// conversation to feed the client's password messages to.
-	Begin(user string) (first []byte, conv AuthConversation, err error)
-}
-
-// AuthConversation is one client's authentication exchange.
-type AuthConversation interface {
-	// Step consumes the body of one PasswordMessage/SASL message and returns what to send.
-	// done is true once the client is authenticated; an error carries the SQLSTATE to report.
-	Step(body []byte) (reply []byte, done bool, err error)
-}
-
-// LoginFunc dials nothing: it logs in over an established connection to PostgreSQL, as user
-// to database, and returns what the server reported. It runs off the event loops.
-type LoginFunc func(ctx context.Context, conn net.Conn, database, user, password string) (*ServerLogin, error)
-
-// ServerLogin is the result of logging in to PostgreSQL.
-type ServerLogin struct {
-	Params [][2]string
-	PID    uint32
-	Key    []byte
-}
-
 // Options are the collaborators an Engine needs besides its Config.
 type Options struct {
 	Logger *slog.Logger
 	// Auth verifies clients; nil means trust.
-	Auth Authenticator
-	// Login logs in to PostgreSQL; required.
-	Login LoginFunc
-	// ServerPassword returns the password to log in to PostgreSQL as user when
-	// Config.Server.User is empty (from the auth_file); nil means none.
-	ServerPassword func(user string) (string, bool)
+	Auth *auth.Verifier
+	// Secrets provide the passwords to log in to PostgreSQL as each client's user when
+	// Config.Server.User is empty (the auth_file); nil means empty passwords.
+	Secrets auth.Secrets
 	// Metrics receives the engine's counters; nil creates a private set.
 	Metrics *Metrics
 }
@@ -123,9 +96,6 @@ func New(cfg Config, opts Options) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if opts.Login == nil {
-		return nil, errors.New("engine: Options.Login is required")
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -134,8 +104,8 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		cfg:           cfg,
 		log:           log,
 		m:             opts.Metrics,
-		auth:          opts.Auth,
-		login:         opts.Login,
+		verifier:      opts.Auth,
+		secrets:       opts.Secrets,
 		booted:        make(chan struct{}),
 		frontLimits:   pgwire.FrontendLimits(pgwire.MaxMessageLen),
 		txnLimits:     pgwire.FrontendLimits(pgwire.MaxMessageLen),
@@ -149,7 +119,6 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		checkNow:      make(chan struct{}, 1),
 		stopped:       make(chan struct{}),
 	}
-	e.serverPassword = opts.ServerPassword
 	if e.m == nil {
 		e.m = NewMetrics(nil)
 	}

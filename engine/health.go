@@ -148,7 +148,8 @@ func (e *Engine) probe(ctx context.Context, cp **pgconn.PgConn, b BackendConfig)
 			return false, err
 		}
 		cfg.Host, cfg.Port = b.Host, uint16(b.Port)
-		cfg.User, cfg.Password, cfg.Database = e.checkUser(), e.cfg.Server.Password, "postgres"
+		cfg.User, cfg.Password = e.checkUser()
+		cfg.Database = "postgres"
 		cfg.RuntimeParams = map[string]string{"application_name": "pgbastion-health"}
 		cfg.ConnectTimeout = timeout
 		cfg.Fallbacks = nil
@@ -171,11 +172,15 @@ func (e *Engine) probe(ctx context.Context, cp **pgconn.PgConn, b BackendConfig)
 	return v, err
 }
 
-func (e *Engine) checkUser() string {
-	if e.cfg.Server.User != "" {
-		return e.cfg.Server.User
+// checkUser returns the role checker's credentials.
+func (e *Engine) checkUser() (string, string) {
+	if e.cfg.HealthCheckUser != "" {
+		return e.cfg.HealthCheckUser, e.cfg.HealthCheckPassword
 	}
-	return "postgres"
+	if e.cfg.Server.User != "" {
+		return e.cfg.Server.User, e.cfg.Server.Password
+	}
+	return "postgres", ""
 }
 
 // requestHealthCheck asks the checker to look again now (after a connection error).

@@ -2,51 +2,73 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
-	"strconv"
-
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/pgwire"
+	"github.com/pgbastion/pgbastion/pgwire/auth"
 )
 
-// PgconnLogin logs in with pgx's pgconn over an established connection and takes the
-// connection back (Hijack): every authentication method pgconn supports (trust, password,
-// md5, SCRAM-SHA-256) works, and server errors keep their SQLSTATE.
-func PgconnLogin(ctx context.Context, conn net.Conn, database, user, password string) (*ServerLogin, error) {
-	host, port, _ := net.SplitHostPort(conn.RemoteAddr().String())
-	p, _ := strconv.Atoi(port)
-	cfg, err := pgconn.ParseConfig("sslmode=disable")
-	if err != nil {
-		return nil, err
-	}
-	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = host, uint16(p), user, password, database
-	cfg.RuntimeParams = map[string]string{}
-	cfg.Fallbacks = nil
-	cfg.TLSConfig = nil
-	cfg.DialFunc = func(context.Context, string, string) (net.Conn, error) { return conn, nil }
-	cfg.LookupFunc = func(context.Context, string) ([]string, error) { return []string{host}, nil }
-	pc, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, loginError(err)
-	}
-	hj, err := pc.Hijack()
-	if err != nil {
-		return nil, err
-	}
-	li := &ServerLogin{PID: hj.PID, Key: hj.SecretKey}
-	for k, v := range hj.ParameterStatuses {
-		li.Params = append(li.Params, [2]string{k, v})
-	}
-	return li, nil
+// serverLogin is what PostgreSQL reported while the proxy logged in.
+type serverLogin struct {
+	params [][2]string
+	pid    uint32
+	key    []byte
 }
 
-// loginError keeps PostgreSQL's own error (SQLSTATE and message) for the client.
-func loginError(err error) error {
-	var pe *pgconn.PgError
-	if asPgError(err, &pe) {
-		return &clientError{code: pe.Code, msg: pe.Message, hint: pe.Hint, fatal: true}
+// credsFor returns the credentials to log in to PostgreSQL as user: the configured
+// proxy.server credentials, or the user's own secret from the auth_file. Credentials are
+// cached, so SCRAM's key derivation runs once per user, not per connection.
+func (e *Engine) credsFor(user string) (*auth.Credentials, error) {
+	if c, ok := e.creds.Load(user); ok {
+		return c.(*auth.Credentials), nil
 	}
-	return sqlErr(pgwire.ConnectionFailure, fmt.Sprintf("cannot log in to PostgreSQL: %v", err), "")
+	var c *auth.Credentials
+	switch {
+	case e.cfg.Server.User != "":
+		c = auth.NewCredentials(e.cfg.Server.User, e.cfg.Server.Password)
+	case e.secrets != nil:
+		sec, ok := e.secrets.Lookup(user)
+		if !ok {
+			c = auth.NewCredentials(user, "")
+			break
+		}
+		var err error
+		if c, err = auth.CredentialsFromSecret(user, sec); err != nil {
+			return nil, sqlErr(pgwire.InvalidAuthorization,
+				fmt.Sprintf("the proxy cannot log in to PostgreSQL as %q: its auth_file entry is a SCRAM secret", user),
+				"give the user a plaintext or md5 password in the auth_file, or set proxy.server.user")
+		}
+	default:
+		c = auth.NewCredentials(user, "")
+	}
+	actual, _ := e.creds.LoadOrStore(user, c)
+	return actual.(*auth.Credentials), nil
+}
+
+// login logs in to PostgreSQL over conn. A server error keeps its SQLSTATE and message so the
+// client sees PostgreSQL's own answer (28P01, 3D000, 53300, ...).
+func (e *Engine) loginServer(ctx context.Context, conn net.Conn, database, user string) (*serverLogin, error) {
+	creds, err := e.credsFor(user)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := creds.Login(ctx, conn, []auth.Param{{Name: "database", Value: database}})
+	if err != nil {
+		var se *auth.ServerError
+		if errors.As(err, &se) {
+			code := se.Code
+			if code == "" {
+				code = pgwire.ConnectionFailure
+			}
+			return nil, &clientError{code: code, msg: se.Message, hint: se.Hint, fatal: true}
+		}
+		return nil, sqlErr(pgwire.ConnectionFailure, fmt.Sprintf("cannot log in to PostgreSQL: %v", err), "")
+	}
+	li := &serverLogin{pid: sess.PID, key: sess.SecretKey}
+	for _, p := range sess.Params {
+		li.params = append(li.params, [2]string{p.Name, p.Value})
+	}
+	return li, nil
 }

@@ -36,6 +36,11 @@ func freeAddr(t testing.TB) string {
 
 func startProxy(t testing.TB, mutate func(*engine.Config), backends ...*pgtest.Instance) *proxy {
 	t.Helper()
+	return startProxyWith(t, mutate, engine.Options{}, backends...)
+}
+
+func startProxyWith(t testing.TB, mutate func(*engine.Config), opts engine.Options, backends ...*pgtest.Instance) *proxy {
+	t.Helper()
 	cfg := engine.DefaultConfig()
 	cfg.ListenRW, cfg.ListenRO = freeAddr(t), freeAddr(t)
 	cfg.EventLoops = 2
@@ -51,7 +56,8 @@ func startProxy(t testing.TB, mutate func(*engine.Config), backends ...*pgtest.I
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	e, err := engine.New(cfg, engine.Options{Logger: log, Login: engine.PgconnLogin})
+	opts.Logger = log
+	e, err := engine.New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

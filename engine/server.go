@@ -96,20 +96,13 @@ func (s *server) loopIdx() int {
 // dial opens and logs in a new server connection for pe off the event loops, then delivers it
 // to cl (or to the pool when cl is nil) on cl's goroutine.
 func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
-	user, password := pe.key.user, ""
-	if cl != nil {
-		password = cl.serverPassword
-	} else if e.cfg.Server.User != "" {
-		password = e.cfg.Server.Password
-	} else if e.serverPassword != nil {
-		password, _ = e.serverPassword(user)
-	}
+	user := pe.key.user
 	timeout := e.cfg.Pool.ServerConnectTimeout
 	epoch := pe.epoch
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		s, nc, err := e.connect(ctx, pe, user, password)
+		s, nc, err := e.connect(ctx, pe, user)
 		if err != nil {
 			pe.p.DialFailed(loopIdx)
 			e.m.serverConnectFailures.Inc()
@@ -152,7 +145,7 @@ func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 var errRetry = errors.New("retry")
 
 // connect dials the backend and logs in.
-func (e *Engine) connect(ctx context.Context, pe *poolEntry, user, password string) (*server, net.Conn, error) {
+func (e *Engine) connect(ctx context.Context, pe *poolEntry, user string) (*server, net.Conn, error) {
 	d := net.Dialer{Timeout: e.cfg.Pool.ServerConnectTimeout, KeepAlive: 30 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", pe.b.addr)
 	if err != nil {
@@ -163,7 +156,7 @@ func (e *Engine) connect(ctx context.Context, pe *poolEntry, user, password stri
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
-	li, err := e.login(ctx, nc, pe.key.database, user, password)
+	li, err := e.loginServer(ctx, nc, pe.key.database, user)
 	if err != nil {
 		_ = nc.Close()
 		return nil, nil, err
@@ -171,8 +164,8 @@ func (e *Engine) connect(ctx context.Context, pe *poolEntry, user, password stri
 	_ = nc.SetDeadline(time.Time{})
 	now := time.Now()
 	s := &server{e: e, pe: pe, b: pe.b, tr: pool.NewTracker(), login: pool.NewParams(), params: pool.NewParams(),
-		stmts: pool.NewServerStatements(e.cfg.Pool.MaxPreparedStatements), pid: li.PID, key: li.Key, born: now, lastUsed: now}
-	for _, kv := range li.Params {
+		stmts: pool.NewServerStatements(e.cfg.Pool.MaxPreparedStatements), pid: li.pid, key: li.key, born: now, lastUsed: now}
+	for _, kv := range li.params {
 		s.login.Set(kv[0], kv[1])
 	}
 	s.params.CopyFrom(s.login)
@@ -602,6 +595,15 @@ func (s *server) write(b []byte) {
 // a waiting client or keep it idle.
 func (s *server) release() {
 	if s.closing || s.gone {
+		return
+	}
+	if s.reading {
+		// A stream-path goroutine still reads the connection: it releases the server itself
+		// once it has stopped reading (woken now if it is blocked in Read), so the server is
+		// never released twice, nor handed on while that goroutine still reads it.
+		if s.nc != nil {
+			_ = s.nc.SetReadDeadline(time.Unix(1, 0))
+		}
 		return
 	}
 	if s.epoch != s.b.currentEpoch() {

@@ -5,13 +5,37 @@ import (
 	"log/slog"
 
 	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pgwire/auth"
 )
 
-// buildAuth returns the client authenticator for the configured method (nil for trust) and a
-// lookup of server passwords from the auth_file.
-func buildAuth(c engine.AuthConfig, log *slog.Logger) (engine.Authenticator, func(string) (string, bool), error) {
-	if c.Method == "trust" {
+// buildAuth returns the client verifier for the configured method (nil for trust without an
+// auth_file) and the auth_file's secrets, which also give the passwords to log in to
+// PostgreSQL as each client's user when proxy.server.user is empty.
+func buildAuth(c engine.AuthConfig, log *slog.Logger) (*auth.Verifier, auth.Secrets, error) {
+	method, err := auth.ParseMethod(c.Method)
+	if err != nil {
+		return nil, nil, fmt.Errorf("proxy.auth.method: %w", err)
+	}
+	var users *auth.Userlist
+	if c.AuthFile != "" {
+		users, err = auth.LoadUserlist(c.AuthFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("proxy.auth.auth_file: %w", err)
+		}
+		// Derive SCRAM keys for plaintext passwords now, off the event loops.
+		users.DeriveSCRAM()
+		log.Info("loaded auth_file", "path", c.AuthFile, "users", users.Len())
+	}
+	if method == auth.MethodTrust && users == nil {
 		return nil, nil, nil
 	}
-	return nil, nil, fmt.Errorf("proxy.auth.method %s: not available yet in this build", c.Method)
+	var secrets auth.Secrets
+	if users != nil {
+		secrets = users
+	}
+	v, err := auth.NewVerifier(auth.VerifierConfig{Method: method, Secrets: secrets, HideUnknownUsers: true})
+	if err != nil {
+		return nil, nil, fmt.Errorf("proxy.auth: %w", err)
+	}
+	return v, secrets, nil
 }

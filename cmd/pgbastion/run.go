@@ -72,15 +72,14 @@ func newDaemon(cfg Config, log *slog.Logger) (*daemon, error) {
 	if len(cfg.Proxy.Backends) == 0 {
 		return nil, errors.New("proxy.backends is empty: a standalone proxy needs at least one PostgreSQL server to route to")
 	}
-	authn, serverPassword, err := buildAuth(cfg.Proxy.Auth, log)
+	verifier, secrets, err := buildAuth(cfg.Proxy.Auth, log)
 	if err != nil {
 		return nil, err
 	}
 	e, err := engine.New(cfg.Proxy, engine.Options{
-		Logger:         log.With("component", "proxy"),
-		Auth:           authn,
-		Login:          engine.PgconnLogin,
-		ServerPassword: serverPassword,
+		Logger:  log.With("component", "proxy"),
+		Auth:    verifier,
+		Secrets: secrets,
 	})
 	if err != nil {
 		return nil, err
