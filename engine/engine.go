@@ -24,9 +24,9 @@ import (
 type Engine struct {
 	gnet.BuiltinEventEngine
 
-	cfg    Config
-	log    *slog.Logger
-	m      *Metrics
+	cfg Config
+	log *slog.Logger
+	m   *Metrics
 	// verifier authenticates clients (nil: trust); secrets provide server credentials when
 	// proxy.server.user is empty.
 	verifier *auth.Verifier
