@@ -286,6 +286,7 @@ func (st *stream) waitAttach(cl *client) {
 	}
 	cl.attach(s)
 	if s.client == cl {
+		s.reading = true
 		go st.serveServer(s)
 	} else {
 		// Released at once (login-only attach): the server already went back.
@@ -295,7 +296,9 @@ func (st *stream) waitAttach(cl *client) {
 // serveServer is the reader goroutine of a stream-homed server attached to this client.
 func (st *stream) serveServer(s *server) {
 	cl := st.cl
-	buf := make([]byte, 32<<10)
+	// Room for everything carried over from the event loop (which may hold more than one
+	// gnet read): copy must not cut the carry short.
+	buf := make([]byte, max(32<<10, 2*len(s.carry)))
 	lo, hi := 0, 0
 	if len(s.carry) > 0 {
 		hi = copy(buf, s.carry)
@@ -315,6 +318,10 @@ func (st *stream) serveServer(s *server) {
 					s.carry = append([]byte(nil), buf[lo:hi]...)
 				}
 				closing := s.closing
+				s.reading = false
+				if !closing {
+					_ = s.nc.SetReadDeadline(time.Time{})
+				}
 				cl.mu.Unlock()
 				if closing {
 					_ = s.nc.Close()
@@ -346,6 +353,23 @@ func (st *stream) serveServer(s *server) {
 		hi += n
 		if err != nil && n == 0 {
 			cl.mu.Lock()
+			if errors.Is(err, os.ErrDeadlineExceeded) && !s.gone && !s.closing {
+				// Woken by release: stop reading once the server is free.
+				_ = s.nc.SetReadDeadline(time.Time{})
+				free := s.client == nil && !s.resetting
+				if free {
+					s.reading = false
+					if hi > lo {
+						s.carry = append([]byte(nil), buf[lo:hi]...)
+					}
+				}
+				cl.mu.Unlock()
+				if !free {
+					continue
+				}
+				s.releaseFromStream()
+				return
+			}
 			if !s.gone {
 				_ = s.nc.Close()
 				if !errors.Is(err, io.EOF) {
@@ -426,6 +450,7 @@ func (st *stream) drainThenMove(lp *loop) {
 	cl.mu.Lock()
 	if s != nil {
 		s.out = s.nc
+		s.reading = true
 	}
 	cl.mu.Unlock()
 	if s != nil {
