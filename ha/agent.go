@@ -240,10 +240,14 @@ func (a *Agent) status(st *fsm.State) fsm.NodeStatus {
 	return ns
 }
 
-// upstreamName maps the WAL sender a standby reports to a member name.
+// upstreamName maps the WAL sender a standby reports to a member name. A standby that is not
+// streaming follows nobody. One that streams from an address no member advertises (an IP where
+// the member record has a host name, say) is taken to follow what this agent last told it to,
+// rather than nobody, so that naming differences do not make the controller re-point it over
+// and over.
 func (a *Agent) upstreamName(st *fsm.State, p *PGStatus) string {
 	if p.UpstreamHost == "" {
-		return a.following
+		return ""
 	}
 	for _, name := range st.MemberNames() {
 		m := st.Members[name]
@@ -251,7 +255,7 @@ func (a *Agent) upstreamName(st *fsm.State, p *PGStatus) string {
 			return name
 		}
 	}
-	return ""
+	return a.following
 }
 
 func (a *Agent) report(ctx context.Context) {

@@ -106,10 +106,10 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (fsm.Result, error, boo
 		}
 	}
 	f := n.raft.Apply(stamped, timeout)
-	if err := f.Error(); err != nil {
+	if err := n.await(ctx, f); err != nil {
 		// Not proposed: safe to retry, possibly on the new leader.
 		retry := errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout)
-		return fsm.Result{}, fmt.Errorf("raft apply: %w", err), retry && ctx.Err() == nil
+		return fsm.Result{}, fmt.Errorf("raft apply: %w", err), retry && ctx.Err() == nil && n.ctx.Err() == nil
 	}
 	res, ok := f.Response().(fsm.Result)
 	if !ok {
@@ -201,18 +201,28 @@ func (n *Node) serve(ctx context.Context, req rpcRequest) rpcResponse {
 			return fail(err)
 		}
 		return rpcResponse{Result: &res}
+	}
+	// The leader-only operations are idempotent: when leadership is lost under them, the
+	// caller retries on the next leader.
+	idempotent := func(err error) rpcResponse {
+		if errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) {
+			return rpcResponse{Error: &fsm.Error{Code: codeNotLeader, Message: err.Error()}}
+		}
+		return fail(err)
+	}
+	switch req.Kind {
 	case rpcAddVoter:
-		return failOrOK(fail, n.addVoterLocal(req.ID, req.Address))
+		return failOrOK(idempotent, n.addVoterLocal(ctx, req.ID, req.Address))
 	case rpcRemoveServer:
-		return failOrOK(fail, n.removeServerLocal(req.ID))
+		return failOrOK(idempotent, n.removeServerLocal(ctx, req.ID))
 	case rpcBackup:
 		data, err := n.backupLocal(ctx)
 		if err != nil {
-			return fail(err)
+			return idempotent(err)
 		}
 		return rpcResponse{Data: data}
 	case rpcRestore:
-		return failOrOK(fail, n.restoreLocal(req.Data))
+		return failOrOK(idempotent, n.restoreLocal(ctx, req.Data))
 	}
 	return fail(fmt.Errorf("unknown request kind %q", req.Kind))
 }
@@ -243,7 +253,9 @@ func (n *Node) onLeader(ctx context.Context, req rpcRequest, local func() error)
 			if err == nil {
 				return rpcResponse{}, nil
 			}
-			if !errors.Is(err, raft.ErrNotLeader) {
+			// Leader-only operations are idempotent (membership changes, backup, restore of
+			// the same state): retry them on the next leader.
+			if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) && !errors.Is(err, raft.ErrEnqueueTimeout) {
 				return rpcResponse{}, err
 			}
 		} else if addr, _ := n.raft.LeaderWithID(); addr == "" {
@@ -276,12 +288,12 @@ func (n *Node) AddVoter(ctx context.Context, name, addr string) error {
 	if name == "" || addr == "" {
 		return errors.New("add voter: a name and an address are required")
 	}
-	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcAddVoter, ID: name, Address: addr}, func() error { return n.addVoterLocal(name, addr) })
+	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcAddVoter, ID: name, Address: addr}, func() error { return n.addVoterLocal(ctx, name, addr) })
 	return err
 }
 
-func (n *Node) addVoterLocal(name, addr string) error {
-	if err := n.raft.AddVoter(raft.ServerID(name), raft.ServerAddress(addr), 0, defaultApplyTimeout).Error(); err != nil {
+func (n *Node) addVoterLocal(ctx context.Context, name, addr string) error {
+	if err := n.await(ctx, n.raft.AddVoter(raft.ServerID(name), raft.ServerAddress(addr), 0, defaultApplyTimeout)); err != nil {
 		return fmt.Errorf("add voter %s at %s: %w", name, addr, err)
 	}
 	return nil
@@ -293,12 +305,12 @@ func (n *Node) RemoveMember(ctx context.Context, name string) error {
 	if _, err := n.applyChecked(ctx, fsm.RemoveMember{Name: name}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
 		return fmt.Errorf("remove member %s: %w", name, err)
 	}
-	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcRemoveServer, ID: name}, func() error { return n.removeServerLocal(name) })
+	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcRemoveServer, ID: name}, func() error { return n.removeServerLocal(ctx, name) })
 	return err
 }
 
-func (n *Node) removeServerLocal(name string) error {
-	if err := n.raft.RemoveServer(raft.ServerID(name), 0, defaultApplyTimeout).Error(); err != nil {
+func (n *Node) removeServerLocal(ctx context.Context, name string) error {
+	if err := n.await(ctx, n.raft.RemoveServer(raft.ServerID(name), 0, defaultApplyTimeout)); err != nil {
 		return fmt.Errorf("remove raft server %s: %w", name, err)
 	}
 	return nil
@@ -359,3 +371,20 @@ func (n *Node) WaitOperation(ctx context.Context, id uint64) (fsm.Operation, err
 }
 
 var _ transport.Handler = (*Node)(nil).handleRPC
+
+// await waits for a raft future, but no longer than ctx or the node's life. hashicorp/raft
+// never resolves a log future that was committed but not yet applied when raft shut down, and
+// such futures have no shutdown channel: waiting on them directly could block Close forever.
+// The goroutine that waits then lingers until the process exits; that is the price.
+func (n *Node) await(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for raft: %w", ctx.Err())
+	case <-n.ctx.Done():
+		return ErrClosed
+	}
+}

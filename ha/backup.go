@@ -72,7 +72,7 @@ func (n *Node) backupLocal(ctx context.Context) ([]byte, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
-	if err := n.raft.Barrier(timeout).Error(); err != nil {
+	if err := n.await(ctx, n.raft.Barrier(timeout)); err != nil {
 		return nil, fmt.Errorf("barrier: %w", err)
 	}
 	st := n.fsm.State()
@@ -156,22 +156,33 @@ func (n *Node) Restore(ctx context.Context, r io.Reader) (BackupInfo, error) {
 	if _, err := fsm.ReadSnapshot(bytes.NewReader(snap)); err != nil {
 		return info, fmt.Errorf("restore: %w", err)
 	}
-	_, err = n.onLeader(ctx, rpcRequest{Kind: rpcRestore, Data: snap}, func() error { return n.restoreLocal(snap) })
+	_, err = n.onLeader(ctx, rpcRequest{Kind: rpcRestore, Data: snap}, func() error { return n.restoreLocal(ctx, snap) })
 	if err != nil {
 		return info, fmt.Errorf("restore: %w", err)
 	}
 	return info, nil
 }
 
-func (n *Node) restoreLocal(snap []byte) error {
-	st, err := fsm.ReadSnapshot(bytes.NewReader(snap))
-	if err != nil {
-		return err
+func (n *Node) restoreLocal(ctx context.Context, snap []byte) error {
+	st, rerr := fsm.ReadSnapshot(bytes.NewReader(snap))
+	if rerr != nil {
+		return rerr
 	}
 	// Index: raft moves its log past the backup's index, so every later command has a larger
 	// index than anything recorded in the restored state.
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: st.Index, Size: int64(len(snap))}
-	if err := n.raft.Restore(meta, bytes.NewReader(snap), defaultApplyTimeout); err != nil {
+	// raft.Restore blocks on a future like Apply does; wait for it the same bounded way.
+	restored := make(chan error, 1)
+	go func() { restored <- n.raft.Restore(meta, bytes.NewReader(snap), defaultApplyTimeout) }()
+	var err error
+	select {
+	case err = <-restored:
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-n.ctx.Done():
+		err = ErrClosed
+	}
+	if err != nil {
 		return fmt.Errorf("raft restore: %w", err)
 	}
 	n.log.Warn("replicated state restored from a backup", "backup_index", st.Index)

@@ -3,6 +3,7 @@ package ha
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -350,23 +351,43 @@ func TestAddVoterAndRemoveMember(t *testing.T) {
 	}, "n4 removed from state and raft")
 }
 
-func TestUndecodableEntryStopsEveryNode(t *testing.T) {
+func TestUndecodableEntryStopsTheNodesThatReachIt(t *testing.T) {
 	c := newTestCluster(t, 3, nil)
 	c.waitPrimary(10 * time.Second)
 	l := c.leader()
-	before := l.State().Index
 	// A command from a future version this binary cannot read.
-	if err := l.raft.Apply([]byte{99, 1, 0, 0, 0, 0, 0, 0, 0, 0, '{', '}'}, time.Second).Error(); err != nil {
+	f := l.raft.Apply([]byte{99, 1, 0, 0, 0, 0, 0, 0, 0, 0, '{', '}'}, time.Second)
+	if err := f.Error(); err != nil {
 		t.Fatal(err)
 	}
-	for name, n := range c.nodes {
-		select {
-		case <-n.Done():
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s kept running past an undecodable entry", name)
+	bad := f.Index()
+	halted := func(n *testNode) bool { return n.Err() != nil }
+	// The entry was committed by a quorum; each node that applies it halts and stops. (A
+	// node the entry never reached before the others stopped cannot apply it either.)
+	await.True(t, 5*time.Second, func() bool {
+		count := 0
+		for _, n := range c.nodes {
+			if halted(n) {
+				count++
+			}
 		}
-		if n.Err() == nil || n.State().Index < before {
-			t.Fatalf("%s: Err %v", name, n.Err())
+		return count >= 2
+	}, "a quorum of nodes halted")
+	for name, n := range c.nodes {
+		if halted(n) {
+			if err := n.Err(); !strings.Contains(err.Error(), fmt.Sprintf("log entry %d", bad)) {
+				t.Errorf("%s stopped with %v", name, err)
+			}
+			select {
+			case <-n.Done():
+			case <-time.After(5 * time.Second):
+				t.Errorf("%s halted but did not shut down", name)
+			}
+		} else if applied := n.raft.AppliedIndex(); applied >= bad {
+			t.Errorf("%s applied up to %d, past the undecodable entry %d, and kept running", name, applied, bad)
+		}
+		if n.State().Index >= bad {
+			t.Errorf("%s's state moved past the undecodable entry", name)
 		}
 	}
 }

@@ -176,7 +176,7 @@ func setStr(s *string, v string) {
 
 // Validate checks the configuration without touching the network or the disk. It returns all
 // problems, joined.
-func (c *Config) Validate() error {
+func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	r := c.Raft

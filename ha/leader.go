@@ -120,7 +120,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 func (n *Node) establishLeadership(ctx context.Context) (time.Time, bool) {
 	backoff := 50 * time.Millisecond
 	for {
-		err := n.raft.Barrier(n.cfg.Failover.DirectiveTimeout).Error()
+		err := n.await(ctx, n.raft.Barrier(n.cfg.Failover.DirectiveTimeout))
 		if err == nil {
 			var res fsm.Result
 			var retry bool

@@ -160,7 +160,8 @@ func openDeps(cfg Config, logger *slog.Logger) (d deps, err error) {
 	})
 	d.trans = nt
 	// The network transport closes the stream layer (the mux) too; closers tolerate repeats.
-	d.closers = append(d.closers, nt.Close)
+	// CloseStreams (run first, closers run in reverse) closes its pooled outbound connections.
+	d.closers = append(d.closers, nt.Close, func() error { nt.CloseStreams(); return nil })
 	client := transport.NewClient(mcfg.ClientTLS)
 	d.fwd = client
 	d.closers = append(d.closers, func() error { client.Close(); return nil })

@@ -176,12 +176,13 @@ func (m *Mux) dispatch(c net.Conn) {
 	_ = c.SetDeadline(time.Time{})
 	switch b[0] {
 	case protoRaft:
-		// Ownership passes to raft's NetworkTransport, which closes it.
-		m.untrack(c)
+		// Raft's NetworkTransport owns it from here and closes it when its peer goes away; it
+		// stays tracked so that Close can end it (raft never closes inbound connections on
+		// shutdown, which would leave their goroutines blocked in Read).
 		select {
-		case m.raftCh <- c:
+		case m.raftCh <- &trackedConn{Conn: c, m: m}:
 		case <-m.ctx.Done():
-			c.Close()
+			m.drop(c)
 		}
 	case protoRPC:
 		m.mu.Lock()
@@ -204,8 +205,19 @@ func (m *Mux) drop(c net.Conn) {
 	m.untrack(c)
 }
 
-// Close stops accepting, closes the RPC connections and waits for their goroutines. Raft
-// connections already handed over belong to raft's transport.
+// trackedConn is an accepted Raft connection; closing it forgets it.
+type trackedConn struct {
+	net.Conn
+	m *Mux
+}
+
+func (c *trackedConn) Close() error {
+	c.m.untrack(c.Conn)
+	return c.Conn.Close()
+}
+
+// Close stops accepting, closes every accepted connection (RPC and Raft) and waits for the
+// goroutines it started.
 func (m *Mux) Close() error {
 	m.mu.Lock()
 	if m.closed {
