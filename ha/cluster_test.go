@@ -41,6 +41,10 @@ func TestClusterBootstrapsAndAdoptsThePrimary(t *testing.T) {
 		}
 	}
 	await.True(t, 2*time.Second, func() bool { return c.nodes["n3"].WriteRoute().Valid }, "follower route valid")
+	// The proxy may ask for every transaction: no allocation.
+	if allocs := testing.AllocsPerRun(100, func() { _ = c.nodes["n1"].HoldsWriteLease() }); allocs != 0 {
+		t.Errorf("HoldsWriteLease allocates %v times", allocs)
+	}
 }
 
 func TestFollowerWritesAreForwardedToTheLeader(t *testing.T) {

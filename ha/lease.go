@@ -192,31 +192,42 @@ func (lk *leaseKeeper) publish(r WriteRoute) {
 	}
 }
 
+// leaseValid reports whether the lease covers writes to the primary st names, at now.
+func (n *Node) leaseValid(st *fsm.State, now time.Time) (bool, time.Time) {
+	g := n.lease.grant.Load()
+	rs := n.raft.State()
+	if g.primary != "" && g.primary == st.Primary && now.Before(g.until) && (rs == raft.Leader || rs == raft.Follower) {
+		return true, g.until
+	}
+	return false, time.Time{}
+}
+
 // routeAt computes the write route at now.
 func (n *Node) routeAt(now time.Time) WriteRoute {
 	st := n.fsm.State()
-	g := n.lease.grant.Load()
 	r := WriteRoute{Primary: st.Primary, Local: st.Primary == n.name && st.Primary != "", Paused: st.WritesPaused()}
 	if m, ok := st.Member(st.Primary); ok && m.PGHost != "" {
 		r.Address = joinHostPort(m.PGHost, m.PGPort)
 	}
-	rs := n.raft.State()
-	if g.primary != "" && g.primary == st.Primary && now.Before(g.until) && (rs == raft.Leader || rs == raft.Follower) {
-		r.Valid, r.Until = true, g.until
-	}
+	r.Valid, r.Until = n.leaseValid(st, now)
 	return r
 }
 
-// WriteRoute returns where writes may go right now. It reads only atomics and the clock, so
-// the proxy may call it for every transaction; or it may follow WatchRoute.
+// WriteRoute returns where writes may go right now. It reads atomics and the clock and formats
+// the address; a proxy that routes every transaction should follow WatchRoute instead.
 func (n *Node) WriteRoute() WriteRoute { return n.routeAt(time.Now()) }
 
 // HoldsWriteLease reports whether this node is the primary and may take writes right now
 // (invariant 1): it is the primary in its state and has heard from a Raft quorum within
-// lease_timeout. A VIP belongs only on a node for which this holds.
+// lease_timeout. A VIP belongs only on a node for which this holds. It reads only atomics and
+// the clock and does not allocate, so it may be called for every transaction.
 func (n *Node) HoldsWriteLease() bool {
-	r := n.WriteRoute()
-	return r.Valid && r.Local
+	st := n.fsm.State()
+	if st.Primary != n.name || st.Primary == "" {
+		return false
+	}
+	ok, _ := n.leaseValid(st, time.Now())
+	return ok
 }
 
 // WatchRoute delivers the write route whenever it changes, latest value only: the channel

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"slices"
 	"strings"
 	"testing"
@@ -31,6 +33,9 @@ func TestSimulatedSafety(t *testing.T) {
 	runs := 300
 	if testing.Short() {
 		runs = 40
+	}
+	if n, err := strconv.Atoi(os.Getenv("HA_SIM_RUNS")); err == nil && n > 0 {
+		runs = n // e.g. HA_SIM_RUNS=20000 for a long soak
 	}
 	promotions, gateWaits := 0, 0
 	for seed := 1; seed <= runs; seed++ {
