@@ -123,10 +123,8 @@ func (n *Node) establishLeadership(ctx context.Context) (time.Time, bool) {
 		err := n.await(ctx, n.raft.Barrier(n.cfg.Failover.DirectiveTimeout))
 		if err == nil {
 			var res fsm.Result
-			var retry bool
 			b, _ := fsm.Encode(fsm.LeaderEstablished{Leader: n.name}, time.Time{})
-			res, err, retry = n.applyLocal(ctx, b)
-			_ = retry
+			res, err, _ = n.applyLocal(ctx, b)
 			if err == nil && res.Err == nil {
 				since := time.Now()
 				n.established.Store(true)
