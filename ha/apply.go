@@ -50,7 +50,7 @@ func (n *Node) applyEncoded(ctx context.Context, b []byte) (fsm.Result, error) {
 	}
 	backoff := 5 * time.Millisecond
 	for {
-		res, err, retry := n.tryApply(ctx, b)
+		res, retry, err := n.tryApply(ctx, b)
 		if !retry {
 			return res, err
 		}
@@ -65,57 +65,57 @@ func (n *Node) applyEncoded(ctx context.Context, b []byte) (fsm.Result, error) {
 	}
 }
 
-func (n *Node) tryApply(ctx context.Context, b []byte) (fsm.Result, error, bool) {
+func (n *Node) tryApply(ctx context.Context, b []byte) (fsm.Result, bool, error) {
 	if n.ctx.Err() != nil {
-		return fsm.Result{}, ErrClosed, false
+		return fsm.Result{}, false, ErrClosed
 	}
 	if n.raft.State() == raft.Leader {
 		return n.applyLocal(ctx, b)
 	}
 	addr, _ := n.raft.LeaderWithID()
 	if addr == "" {
-		return fsm.Result{}, ErrNoLeader, true
+		return fsm.Result{}, true, ErrNoLeader
 	}
 	resp, err := n.forward(ctx, string(addr), rpcRequest{Kind: rpcApply, Command: b})
 	if err != nil {
-		return fsm.Result{}, err, ctx.Err() == nil
+		return fsm.Result{}, ctx.Err() == nil, err
 	}
 	if resp.Error != nil {
 		if resp.Error.Code == codeNotLeader {
-			return fsm.Result{}, ErrNoLeader, true
+			return fsm.Result{}, true, ErrNoLeader
 		}
-		return fsm.Result{}, resp.Error, false
+		return fsm.Result{}, false, resp.Error
 	}
 	if resp.Result == nil {
-		return fsm.Result{}, errors.New("forwarded apply: empty response"), false
+		return fsm.Result{}, false, errors.New("forwarded apply: empty response")
 	}
-	return *resp.Result, nil, false
+	return *resp.Result, false, nil
 }
 
 // applyLocal proposes b on this node, which believes it is the leader.
-func (n *Node) applyLocal(ctx context.Context, b []byte) (fsm.Result, error, bool) {
+func (n *Node) applyLocal(ctx context.Context, b []byte) (fsm.Result, bool, error) {
 	stamped, err := fsm.Stamp(b, time.Now())
 	if err != nil {
-		return fsm.Result{}, err, false
+		return fsm.Result{}, false, err
 	}
 	timeout := defaultApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 		if timeout <= 0 {
-			return fsm.Result{}, ctx.Err(), false
+			return fsm.Result{}, false, ctx.Err()
 		}
 	}
 	f := n.raft.Apply(stamped, timeout)
 	if err := n.await(ctx, f); err != nil {
 		// Not proposed: safe to retry, possibly on the new leader.
 		retry := errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout)
-		return fsm.Result{}, fmt.Errorf("raft apply: %w", err), retry && ctx.Err() == nil && n.ctx.Err() == nil
+		return fsm.Result{}, retry && ctx.Err() == nil && n.ctx.Err() == nil, fmt.Errorf("raft apply: %w", err)
 	}
 	res, ok := f.Response().(fsm.Result)
 	if !ok {
-		return fsm.Result{}, fmt.Errorf("raft apply: unexpected response %T", f.Response()), false
+		return fsm.Result{}, false, fmt.Errorf("raft apply: unexpected response %T", f.Response())
 	}
-	return res, nil, false
+	return res, false, nil
 }
 
 // The forwarding protocol: JSON requests and responses over transport's RPC frames.
@@ -193,7 +193,7 @@ func (n *Node) serve(ctx context.Context, req rpcRequest) rpcResponse {
 		if _, err := fsm.PeekType(req.Command); err != nil {
 			return fail(err)
 		}
-		res, err, retry := n.applyLocal(ctx, req.Command)
+		res, retry, err := n.applyLocal(ctx, req.Command)
 		if err != nil {
 			if retry {
 				return rpcResponse{Error: &fsm.Error{Code: codeNotLeader, Message: err.Error()}}

@@ -124,7 +124,7 @@ func (n *Node) establishLeadership(ctx context.Context) (time.Time, bool) {
 		if err == nil {
 			var res fsm.Result
 			b, _ := fsm.Encode(fsm.LeaderEstablished{Leader: n.name}, time.Time{})
-			res, err, _ = n.applyLocal(ctx, b)
+			res, _, err = n.applyLocal(ctx, b)
 			if err == nil && res.Err == nil {
 				since := time.Now()
 				n.established.Store(true)
@@ -157,7 +157,7 @@ func (n *Node) applyDecision(ctx context.Context, log *slog.Logger, cmds []fsm.C
 			return false
 		}
 		actx, cancel := context.WithTimeout(ctx, defaultApplyTimeout)
-		res, err, _ := n.applyLocal(actx, b)
+		res, _, err := n.applyLocal(actx, b)
 		cancel()
 		if err != nil {
 			log.Warn("controller command failed", "command", fsm.Describe(c), "error", err)
