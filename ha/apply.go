@@ -190,8 +190,10 @@ func (n *Node) serve(ctx context.Context, req rpcRequest) rpcResponse {
 	}
 	switch req.Kind {
 	case rpcApply:
-		if _, err := fsm.PeekType(req.Command); err != nil {
-			return fail(err)
+		// Never propose what this leader cannot decode: every node would halt on it (a newer
+		// follower during a rolling upgrade, or a bug). Refused, it costs one request.
+		if _, _, err := fsm.Decode(req.Command); err != nil {
+			return rpcResponse{Error: &fsm.Error{Code: fsm.CodeInvalid, Message: "refusing to propose: " + err.Error()}}
 		}
 		res, retry, err := n.applyLocal(ctx, req.Command)
 		if err != nil {

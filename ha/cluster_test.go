@@ -69,6 +69,21 @@ func TestFollowerWritesAreForwardedToTheLeader(t *testing.T) {
 	if _, err := follower.Switchover(ctx, "n2", "n3"); !errorsIs(err, fsm.ErrPrecondition) {
 		t.Fatalf("switchover with a wrong leader from a follower: %v", err)
 	}
+	// A forwarded command the leader cannot decode (a newer follower, a bug) is refused
+	// before it is proposed, instead of halting every node.
+	_, leaderAddr := follower.Leader()
+	resp, err := follower.forward(ctx, leaderAddr, rpcRequest{Kind: rpcApply, Command: []byte{200, 9, 0, 0, 0, 0, 0, 0, 0, 0, '{', '}'}})
+	if err != nil || resp.Error == nil || !errorsIs(resp.Error, fsm.ErrInvalid) {
+		t.Fatalf("undecodable forwarded command: %+v %v", resp, err)
+	}
+	if err := follower.SetPause(ctx, false); err != nil {
+		t.Fatalf("cluster unusable after a refused command: %v", err)
+	}
+	for name, n := range c.nodes {
+		if n.Err() != nil {
+			t.Fatalf("%s halted: %v", name, n.Err())
+		}
+	}
 }
 
 func TestFailoverWhenPrimaryPostgresCrashes(t *testing.T) {
