@@ -288,3 +288,23 @@ func TestReportWithoutPositionKeepsTheLastKnown(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 }
+
+func TestReadReplicas(t *testing.T) {
+	m := threeNodes(t)
+	m.ok(RegisterMember{Name: "n4", RaftAddress: "n4:8300", Tags: Tags{NoLoadBalance: true}})
+	m.ok(ReportStatus{Node: "n4", Status: NodeStatus{Role: RoleReplica, State: StateRunningReplica, Healthy: true, ReplayedLSN: 1000}})
+	m.ok(ReportStatus{Node: "n3", Status: NodeStatus{Role: RoleReplica, State: StateRunningReplica, Healthy: true, ReplayedLSN: 100}})
+	names := func(ms []Member) string {
+		var out []string
+		for _, m := range ms {
+			out = append(out, m.Name)
+		}
+		return fmt.Sprint(out)
+	}
+	if got := names(m.s.ReadReplicas(0)); got != "[n2 n3]" {
+		t.Fatalf("ReadReplicas(0) = %s", got)
+	}
+	if got := names(m.s.ReadReplicas(500)); got != "[n2]" { // n3 lags 900 bytes behind n1
+		t.Fatalf("ReadReplicas(500) = %s", got)
+	}
+}

@@ -407,3 +407,23 @@ func (s *State) OperationByID(id uint64) (Operation, bool) {
 
 // WritesPaused reports whether a switchover is holding writes.
 func (s *State) WritesPaused() bool { return s.WritePause != nil }
+
+// ReadReplicas returns, sorted by name, the members a read-only proxy port may route to: healthy
+// running replicas without the noloadbalance tag whose replay lag behind the primary's last
+// reported position is at most maxLag bytes (0: no limit). How recent their reports must be is
+// the caller's decision (see NodeStatus.ReportedAt).
+func (s *State) ReadReplicas(maxLag uint64) []Member {
+	var out []Member
+	for _, name := range s.MemberNames() {
+		m := s.Members[name]
+		st := m.Status
+		if name == s.Primary || m.Tags.NoLoadBalance || !st.Healthy || st.Role != RoleReplica || st.State != StateRunningReplica {
+			continue
+		}
+		if maxLag > 0 && st.LagBytes > maxLag {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
