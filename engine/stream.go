@@ -116,14 +116,16 @@ func (cl *client) finishDetach(c gnet.Conn) gnet.Action {
 	return gnet.Close
 }
 
-// run is the client reader goroutine.
+// run is the client reader goroutine. The buffer bookkeeping (lo, hi, buf) happens under
+// cl.mu, because a server's reader goroutine looks at the pending input (pending, peek,
+// discard); only the blocking Read, into the free tail nobody else looks at, runs unlocked.
 func (st *stream) run() {
 	cl := st.cl
 	defer st.finish()
 	maxBuf := st.e.cfg.MaxMessageSize + pgwire.HeaderLen + 64<<10
 	for {
+		cl.mu.Lock()
 		if st.lo < st.hi {
-			cl.mu.Lock()
 			n, err := cl.handle(st.buf[st.lo:st.hi])
 			st.lo += n
 			closed := cl.closed
@@ -131,8 +133,8 @@ func (st *stream) run() {
 				cl.fail(err)
 				closed = true
 			}
-			cl.mu.Unlock()
 			if closed {
+				cl.mu.Unlock()
 				return
 			}
 		}
@@ -149,14 +151,17 @@ func (st *stream) run() {
 				copy(nb, st.buf[:st.hi])
 				st.buf = nb
 			} else {
-				cl.mu.Lock()
 				cl.fail(sqlErr(pgwire.ProgramLimitExceeded, "message too large", "raise proxy.max_message_size"))
 				cl.mu.Unlock()
 				return
 			}
 		}
-		n, err := st.conn.Read(st.buf[st.hi:])
+		free := st.buf[st.hi:]
+		cl.mu.Unlock()
+		n, err := st.conn.Read(free)
+		cl.mu.Lock()
 		st.hi += n
+		cl.mu.Unlock()
 		if err != nil && n == 0 {
 			return
 		}
@@ -285,7 +290,9 @@ func (st *stream) waitAttach(cl *client) {
 		return
 	}
 	cl.attach(s)
-	if s.client == cl {
+	// cl.srv, not s.client: a server released during attach may already belong to another
+	// client, whose goroutine writes s.client under its own lock.
+	if cl.srv == s {
 		s.reading = true
 		go st.serveServer(s)
 	} else {
