@@ -220,8 +220,12 @@ func TestRaftLeaderLossDoesNotMoveThePrimary(t *testing.T) {
 		l := c.leader()
 		return l != nil && l.State().Epoch > epoch
 	}, "a new leader begins a new epoch")
-	// The primary stays, with its lease, and nothing failed over.
-	time.Sleep(2 * c.nodes["n1"].cfg.Failover.PrimaryTimeout) // let any wrong failover happen
+	// The primary stays, with its lease, and nothing fails over: watch for two primary
+	// timeouts' worth of n1's renewals under the new leader.
+	window := time.Now().Add(2 * c.nodes["n1"].cfg.Failover.PrimaryTimeout)
+	await.True(t, 10*time.Second, func() bool {
+		return c.nodes["n1"].State().Members["n1"].Lease.RenewedAt.After(window)
+	}, "n1 renewing under the new leader")
 	if p := c.waitPrimary(5*time.Second, leader); p != "n1" {
 		t.Fatalf("primary moved to %s after the raft leader %s stopped", p, leader)
 	}
@@ -253,11 +257,9 @@ func TestSwitchover(t *testing.T) {
 	// Writes pause while n3's transaction runs; the switchover waits for it.
 	await.True(t, 5*time.Second, func() bool {
 		st := c.nodes["n1"].State()
-		return st.WritesPaused() && st.Operation != nil && st.Operation.Phase == fsm.PhaseDraining
-	}, "writes paused, draining")
-	if r := c.nodes["n3"].WriteRoute(); !r.Paused {
-		t.Fatalf("n3's route is not paused: %+v", r)
-	}
+		return st.WritesPaused() && st.Operation != nil && st.Operation.Phase == fsm.PhaseDraining &&
+			c.nodes["n3"].WriteRoute().Paused
+	}, "writes paused on every proxy, draining")
 	if st := c.nodes["n1"].State(); st.Primary != "n1" || !c.pgs.get("n1").writable() {
 		t.Fatal("the primary was demoted before the proxies drained")
 	}
