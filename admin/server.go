@@ -1,0 +1,556 @@
+package admin
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/fasthttp/router"
+	"github.com/valyala/fasthttp"
+
+	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
+)
+
+// Config is the API's configuration (YAML section "api").
+type Config struct {
+	// Listen is the REST API's address; 127.0.0.1 by default so nothing is exposed unless asked.
+	Listen string `yaml:"listen"`
+	// Token authorises mutations: `Authorization: Bearer <token>`. Without a token every
+	// mutation is refused.
+	Token string `yaml:"token"`
+	// MetricsListen serves /metrics alone (Prometheus); empty disables it. /metrics is also on
+	// Listen.
+	MetricsListen string `yaml:"metrics_listen"`
+	// OperationWait is how long POST /switchover and /failover wait for the operation to
+	// finish before answering 202 Accepted with its id.
+	OperationWait time.Duration `yaml:"operation_wait"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Listen: "127.0.0.1:8080", MetricsListen: "127.0.0.1:9090", OperationWait: 60 * time.Second}
+}
+
+// Validate checks the settings.
+func (c *Config) Validate() error {
+	var errs []error
+	for name, a := range map[string]string{"api.listen": c.Listen, "api.metrics_listen": c.MetricsListen} {
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not host:port", name, a))
+		}
+	}
+	if c.Listen == "" {
+		errs = append(errs, errors.New("api.listen must be set"))
+	}
+	if c.OperationWait < 0 {
+		errs = append(errs, errors.New("api.operation_wait must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Cluster is what the API needs of the HA core; *ha.Node implements it.
+type Cluster interface {
+	Name() string
+	State() *fsm.State
+	Subscribe() *fsm.Subscription
+	Leader() (id, addr string)
+	Servers() ([]ha.Server, error)
+	HoldsWriteLease() bool
+	Switchover(ctx context.Context, leader, candidate string) (uint64, error)
+	Failover(ctx context.Context, candidate string, force bool) (uint64, error)
+	WaitOperation(ctx context.Context, id uint64) (fsm.Operation, error)
+	SetPause(ctx context.Context, paused bool) error
+}
+
+// Sources are where the API reads from. Cluster is nil for a standalone proxy.
+type Sources struct {
+	Cluster Cluster
+	// Local returns facts about this node that are not in the replicated state (VIP, proxy).
+	Local func() map[string]any
+	// Metrics are written to /metrics, in order.
+	Metrics []*metrics.Set
+}
+
+// Server is the admin HTTP server.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	src  Sources
+	http *fasthttp.Server
+	mhttp *fasthttp.Server
+
+	mu  sync.Mutex
+	lns []net.Listener
+}
+
+// New builds the server; Run starts it.
+func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, src: src}
+	r := router.New()
+	r.GET("/nodes", s.nodes)
+	r.GET("/cluster", s.cluster)
+	r.GET("/members", s.members)
+	r.GET("/raft/peers", s.members)
+	r.GET("/directives", s.directives)
+	r.GET("/raft/directives", s.directives)
+	r.GET("/history", s.history)
+	r.GET("/metrics", s.metrics)
+	r.GET("/events", s.events)
+	r.POST("/switchover", s.auth(s.switchover))
+	r.POST("/failover", s.auth(s.failover))
+	r.POST("/pause", s.auth(s.pause(true)))
+	r.POST("/resume", s.auth(s.pause(false)))
+	// Patroni-compatible role checks for HAProxy and friends (GET, HEAD and OPTIONS).
+	for path, check := range map[string]func(*fasthttp.RequestCtx) (bool, map[string]any){
+		"/primary": s.isPrimary, "/master": s.isPrimary, "/leader": s.isPrimary, "/read-write": s.isPrimary,
+		"/replica": s.isReplica, "/read-only": s.isReadable, "/health": s.isHealthy, "/": s.isPrimary,
+	} {
+		h := s.roleCheck(check)
+		r.GET(path, h)
+		r.HEAD(path, h)
+		r.OPTIONS(path, h)
+	}
+	r.NotFound = func(ctx *fasthttp.RequestCtx) {
+		writeError(ctx, fasthttp.StatusNotFound, "no such endpoint: "+string(ctx.Path()))
+	}
+	r.MethodNotAllowed = func(ctx *fasthttp.RequestCtx) {
+		writeError(ctx, fasthttp.StatusMethodNotAllowed, "method "+string(ctx.Method())+" is not allowed on "+string(ctx.Path()))
+	}
+	s.http = &fasthttp.Server{
+		Handler:            r.Handler,
+		Name:               "pgbastion",
+		ReadTimeout:        30 * time.Second,
+		IdleTimeout:        60 * time.Second,
+		WriteTimeout:       0, // server-sent events stream indefinitely
+		MaxRequestBodySize: 1 << 20,
+		Logger:             fasthttpLogger{log},
+	}
+	if cfg.MetricsListen != "" {
+		s.mhttp = &fasthttp.Server{Handler: s.metrics, Name: "pgbastion", ReadTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, Logger: fasthttpLogger{log}}
+	}
+	return s, nil
+}
+
+// Run listens and serves until ctx is cancelled.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("api.listen %s: %w", s.cfg.Listen, err)
+	}
+	s.track(ln)
+	errc := make(chan error, 2)
+	go func() { errc <- s.http.Serve(ln) }()
+	if s.mhttp != nil {
+		mln, err := net.Listen("tcp", s.cfg.MetricsListen)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("api.metrics_listen %s: %w", s.cfg.MetricsListen, err)
+		}
+		s.track(mln)
+		go func() { errc <- s.mhttp.Serve(mln) }()
+	}
+	s.log.Info("API listening", "addr", s.cfg.Listen, "metrics", s.cfg.MetricsListen, "mutations", s.cfg.Token != "")
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil {
+			return err
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = s.http.ShutdownWithContext(sctx)
+	if s.mhttp != nil {
+		_ = s.mhttp.ShutdownWithContext(sctx)
+	}
+	return nil
+}
+
+// Addr returns the API's bound address once Run has started listening.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.lns) == 0 {
+		return ""
+	}
+	return s.lns[0].Addr().String()
+}
+
+func (s *Server) track(ln net.Listener) {
+	s.mu.Lock()
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
+}
+
+// auth wraps a mutation: it needs the bearer token.
+func (s *Server) auth(h fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if s.cfg.Token == "" {
+			writeError(ctx, fasthttp.StatusForbidden, "mutations are disabled: set api.token in the configuration and send it as 'Authorization: Bearer <token>'")
+			return
+		}
+		got := string(ctx.Request.Header.Peek("Authorization"))
+		want := "Bearer " + s.cfg.Token
+		if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="pgbastion"`)
+			writeError(ctx, fasthttp.StatusUnauthorized, "missing or wrong bearer token (send 'Authorization: Bearer <api.token>')")
+			return
+		}
+		h(ctx)
+	}
+}
+
+func (s *Server) needCluster(ctx *fasthttp.RequestCtx) bool {
+	if s.src.Cluster == nil {
+		writeError(ctx, fasthttp.StatusNotImplemented, "this PGBastion runs as a standalone proxy (no raft section in its configuration); cluster endpoints are unavailable")
+		return false
+	}
+	return true
+}
+
+// nodeView is one node as GET /nodes shows it.
+type nodeView struct {
+	fsm.Member
+	IsPrimary bool           `json:"is_primary"`
+	IsLeader  bool           `json:"is_raft_leader"`
+	Local     map[string]any `json:"local,omitempty"`
+}
+
+func (s *Server) nodes(ctx *fasthttp.RequestCtx) {
+	if s.src.Cluster == nil {
+		out := map[string]any{"mode": "standalone"}
+		if s.src.Local != nil {
+			out["local"] = s.src.Local()
+		}
+		writeJSON(ctx, fasthttp.StatusOK, out)
+		return
+	}
+	c := s.src.Cluster
+	st := c.State()
+	leader, _ := c.Leader()
+	out := make([]nodeView, 0, len(st.Members))
+	for _, name := range st.MemberNames() {
+		m := st.Members[name]
+		v := nodeView{Member: m, IsPrimary: st.Primary == name, IsLeader: leader == name}
+		if name == c.Name() && s.src.Local != nil {
+			v.Local = s.src.Local()
+		}
+		out = append(out, v)
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{
+		"primary": st.Primary, "paused": st.Paused, "write_pause": st.WritePause,
+		"operation": st.Operation, "sync_standbys": st.SyncStandbys, "raft_leader": leader,
+		"this_node": c.Name(), "nodes": out,
+	})
+}
+
+func (s *Server) cluster(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, s.src.Cluster.State())
+}
+
+func (s *Server) members(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	servers, err := s.src.Cluster.Servers()
+	if err != nil {
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "reading the Raft configuration: "+err.Error())
+		return
+	}
+	leader, addr := s.src.Cluster.Leader()
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"leader": leader, "leader_address": addr, "servers": servers})
+}
+
+func (s *Server) directives(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	st := s.src.Cluster.State()
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"epoch": st.Epoch, "directives": st.Directives})
+}
+
+func (s *Server) history(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	st := s.src.Cluster.State()
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"history": st.History, "operations": st.Operations, "operation": st.Operation})
+}
+
+func (s *Server) metrics(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("text/plain; version=0.0.4")
+	w := ctx.Response.BodyWriter()
+	metrics.WriteProcessMetrics(w)
+	for _, set := range s.src.Metrics {
+		set.WritePrometheus(w)
+	}
+}
+
+type opRequest struct {
+	Leader    string `json:"leader"`
+	Candidate string `json:"candidate"`
+	Force     bool   `json:"force"`
+}
+
+func (s *Server) switchover(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	var req opRequest
+	if !decode(ctx, &req) {
+		return
+	}
+	c := s.src.Cluster
+	id, err := c.Switchover(ctx, req.Leader, req.Candidate)
+	if err != nil {
+		writeFSMError(ctx, "switchover", err)
+		return
+	}
+	s.awaitOperation(ctx, id)
+}
+
+func (s *Server) failover(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	var req opRequest
+	if !decode(ctx, &req) {
+		return
+	}
+	id, err := s.src.Cluster.Failover(ctx, req.Candidate, req.Force)
+	if err != nil {
+		writeFSMError(ctx, "failover", err)
+		return
+	}
+	s.awaitOperation(ctx, id)
+}
+
+// awaitOperation answers 200 with the finished operation, 409 if it failed, or 202 with its id
+// when it is still running after api.operation_wait.
+func (s *Server) awaitOperation(ctx *fasthttp.RequestCtx, id uint64) {
+	wctx, cancel := context.WithTimeout(context.Background(), s.cfg.OperationWait)
+	defer cancel()
+	op, err := s.src.Cluster.WaitOperation(wctx, id)
+	switch {
+	case err != nil && errors.Is(err, context.DeadlineExceeded):
+		writeJSON(ctx, fasthttp.StatusAccepted, map[string]any{"id": id, "message": "operation still running; follow it with GET /history or GET /events"})
+	case err != nil:
+		writeFSMError(ctx, "waiting for the operation", err)
+	case op.Phase == fsm.PhaseFailed:
+		writeJSON(ctx, fasthttp.StatusConflict, map[string]any{"operation": op, "error": op.Message})
+	default:
+		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"operation": op, "message": fmt.Sprintf("%s finished: %s is the primary", op.Kind, op.NewPrimary)})
+	}
+}
+
+func (s *Server) pause(paused bool) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if !s.needCluster(ctx) {
+			return
+		}
+		if err := s.src.Cluster.SetPause(ctx, paused); err != nil {
+			writeFSMError(ctx, "pause", err)
+			return
+		}
+		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": paused})
+	}
+}
+
+// Role checks, Patroni-style: the status code is the answer; the body shows the node.
+func (s *Server) roleCheck(check func(*fasthttp.RequestCtx) (bool, map[string]any)) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		ok, body := check(ctx)
+		code := fasthttp.StatusOK
+		if !ok {
+			code = fasthttp.StatusServiceUnavailable
+		}
+		if ctx.IsHead() || ctx.IsOptions() {
+			ctx.SetStatusCode(code)
+			return
+		}
+		writeJSON(ctx, code, body)
+	}
+}
+
+func (s *Server) self() (fsm.Member, *fsm.State, bool) {
+	if s.src.Cluster == nil {
+		return fsm.Member{}, nil, false
+	}
+	st := s.src.Cluster.State()
+	m, ok := st.Members[s.src.Cluster.Name()]
+	return m, st, ok
+}
+
+func roleBody(m fsm.Member, st *fsm.State) map[string]any {
+	return map[string]any{"name": m.Name, "role": m.Status.Role, "state": m.Status.State, "healthy": m.Status.Healthy,
+		"timeline": m.Status.Timeline, "lag_bytes": m.Status.LagBytes, "primary": st.Primary}
+}
+
+// isPrimary: 200 only on the primary that holds its write lease (so a load balancer never
+// sends writes to a deposed primary).
+func (s *Server) isPrimary(ctx *fasthttp.RequestCtx) (bool, map[string]any) {
+	m, st, ok := s.self()
+	if !ok {
+		return false, map[string]any{"error": "not a cluster member"}
+	}
+	body := roleBody(m, st)
+	lease := s.src.Cluster.HoldsWriteLease()
+	body["write_lease"] = lease
+	return st.Primary == m.Name && m.Status.Healthy && m.Status.Role == fsm.RolePrimary && lease, body
+}
+
+// isReplica: 200 on a healthy streaming replica; ?lag=<bytes|NkB|NMB> bounds its lag, and a
+// noloadbalance tag answers 503 as in Patroni.
+func (s *Server) isReplica(ctx *fasthttp.RequestCtx) (bool, map[string]any) {
+	m, st, ok := s.self()
+	if !ok {
+		return false, map[string]any{"error": "not a cluster member"}
+	}
+	body := roleBody(m, st)
+	good := m.Status.Healthy && m.Status.Role == fsm.RoleReplica && !m.Tags.NoLoadBalance
+	if lag := string(ctx.QueryArgs().Peek("lag")); lag != "" {
+		max, err := parseBytes(lag)
+		if err != nil {
+			body["error"] = err.Error()
+			return false, body
+		}
+		good = good && m.Status.LagBytes <= max
+	}
+	return good, body
+}
+
+func (s *Server) isReadable(ctx *fasthttp.RequestCtx) (bool, map[string]any) {
+	if ok, body := s.isPrimary(ctx); ok {
+		return true, body
+	}
+	return s.isReplica(ctx)
+}
+
+func (s *Server) isHealthy(ctx *fasthttp.RequestCtx) (bool, map[string]any) {
+	m, st, ok := s.self()
+	if !ok {
+		return false, map[string]any{"error": "not a cluster member"}
+	}
+	return m.Status.Healthy, roleBody(m, st)
+}
+
+// parseBytes reads a byte count with an optional kB/MB/GB suffix (Patroni's lag parameter).
+func parseBytes(s string) (uint64, error) {
+	s = strings.TrimSpace(s)
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		m      uint64
+	}{{"kB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("lag %q is not a byte count (examples: 1048576, 16MB)", s)
+	}
+	return n * mult, nil
+}
+
+// events streams the cluster state as server-sent events, one per change.
+func (s *Server) events(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	ctx.SetContentType("text/event-stream")
+	ctx.Response.Header.Set("Cache-Control", "no-cache")
+	done := ctx.Done()
+	sub := s.src.Cluster.Subscribe()
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer sub.Close()
+		keepalive := time.NewTicker(15 * time.Second)
+		defer keepalive.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case st := <-sub.C:
+				b, err := json.Marshal(st)
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(w, "event: state\nid: %d\ndata: %s\n\n", st.Index, b)
+			case <-keepalive.C:
+				fmt.Fprint(w, ": keepalive\n\n")
+			}
+			if w.Flush() != nil {
+				return
+			}
+		}
+	})
+}
+
+func decode(ctx *fasthttp.RequestCtx, v any) bool {
+	body := ctx.PostBody()
+	if len(body) == 0 {
+		return true
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(ctx, fasthttp.StatusBadRequest, "invalid JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, code int, v any) {
+	ctx.SetStatusCode(code)
+	ctx.SetContentType("application/json")
+	enc := json.NewEncoder(ctx.Response.BodyWriter())
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(ctx *fasthttp.RequestCtx, code int, msg string) {
+	writeJSON(ctx, code, map[string]string{"error": msg})
+}
+
+// writeFSMError maps the HA core's typed errors to HTTP status codes.
+func writeFSMError(ctx *fasthttp.RequestCtx, what string, err error) {
+	code := fasthttp.StatusInternalServerError
+	switch {
+	case errors.Is(err, fsm.ErrInvalid):
+		code = fasthttp.StatusBadRequest
+	case errors.Is(err, fsm.ErrNotFound):
+		code = fasthttp.StatusNotFound
+	case errors.Is(err, fsm.ErrPrecondition):
+		code = fasthttp.StatusPreconditionFailed
+	case errors.Is(err, fsm.ErrConflict):
+		code = fasthttp.StatusConflict
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, fsm.ErrHalted):
+		code = fasthttp.StatusServiceUnavailable
+	}
+	writeError(ctx, code, what+": "+err.Error())
+}
+
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug(fmt.Sprintf(format, args...)) }

@@ -1,0 +1,205 @@
+package admin
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
+)
+
+// fakeCluster is a real FSM driven by hand, standing in for *ha.Node.
+type fakeCluster struct {
+	f       *fsm.FSM
+	index   uint64
+	name    string
+	lease   bool
+	lastOp  []string
+	waitErr error
+}
+
+func (c *fakeCluster) apply(t *testing.T, cmd fsm.Command) {
+	t.Helper()
+	b, err := fsm.Encode(cmd, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.index++
+	if r, ok := c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result); ok && r.Err != nil {
+		t.Fatalf("apply %T: %v", cmd, r.Err)
+	}
+}
+
+func (c *fakeCluster) Name() string                  { return c.name }
+func (c *fakeCluster) State() *fsm.State             { return c.f.State() }
+func (c *fakeCluster) Subscribe() *fsm.Subscription  { return c.f.Subscribe() }
+func (c *fakeCluster) Leader() (string, string)      { return "n1", "127.0.0.1:8300" }
+func (c *fakeCluster) Servers() ([]ha.Server, error) { return []ha.Server{{ID: "n1", Leader: true}}, nil }
+func (c *fakeCluster) HoldsWriteLease() bool         { return c.lease }
+func (c *fakeCluster) Switchover(_ context.Context, leader, candidate string) (uint64, error) {
+	c.lastOp = []string{"switchover", leader, candidate}
+	if candidate == "nope" {
+		return 0, fsm.ErrPrecondition
+	}
+	return 7, nil
+}
+func (c *fakeCluster) Failover(_ context.Context, candidate string, force bool) (uint64, error) {
+	c.lastOp = []string{"failover", candidate}
+	return 8, nil
+}
+func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation, error) {
+	return fsm.Operation{ID: id, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDone, NewPrimary: "n2"}, c.waitErr
+}
+func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
+
+func newCluster(t *testing.T, self string) *fakeCluster {
+	c := &fakeCluster{f: fsm.New(slog.Default(), nil), name: self, lease: true}
+	for _, n := range []string{"n1", "n2"} {
+		c.apply(t, fsm.RegisterMember{Name: n, RaftAddress: n + ":8300", Tags: fsm.Tags{FailoverPriority: 1}})
+	}
+	c.apply(t, fsm.SetPrimary{Node: "n1", Reason: "bootstrap"})
+	c.apply(t, fsm.ReportStatus{Node: "n1", Status: fsm.NodeStatus{Role: fsm.RolePrimary, State: fsm.StateRunningPrimary, Healthy: true, FlushLSN: 1000}})
+	c.apply(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true, ReceivedLSN: 900, ReplayedLSN: 900}})
+	return c
+}
+
+func startAPI(t *testing.T, token string, c Cluster) string {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", token
+	s, err := New(cfg, Sources{Cluster: c}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Addr() == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("API did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return "http://" + s.Addr()
+}
+
+func do(t *testing.T, method, url, token, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestRoleChecksFollowTheStateAndTheLease(t *testing.T) {
+	c1 := newCluster(t, "n1")
+	u1 := startAPI(t, "", c1)
+	c2 := newCluster(t, "n2")
+	u2 := startAPI(t, "", c2)
+	for _, tc := range []struct {
+		url, path string
+		method    string
+		want      int
+	}{
+		{u1, "/primary", "GET", 200}, {u1, "/master", "HEAD", 200}, {u1, "/replica", "GET", 503},
+		{u1, "/read-only", "GET", 200}, {u1, "/health", "OPTIONS", 200},
+		{u2, "/primary", "GET", 503}, {u2, "/replica", "GET", 200}, {u2, "/replica?lag=50", "GET", 503},
+		{u2, "/replica?lag=1kB", "GET", 200}, {u2, "/read-write", "GET", 503},
+	} {
+		if code, body := do(t, tc.method, tc.url+tc.path, "", ""); code != tc.want {
+			t.Errorf("%s %s on %s: %d, want %d (%s)", tc.method, tc.path, tc.url, code, tc.want, body)
+		}
+	}
+	// A primary that lost its write lease must not attract writes.
+	c1.lease = false
+	if code, _ := do(t, "GET", u1+"/primary", "", ""); code != 503 {
+		t.Errorf("/primary without the lease: %d, want 503", code)
+	}
+}
+
+func TestMutationsNeedTheToken(t *testing.T) {
+	open := startAPI(t, "", newCluster(t, "n1"))
+	if code, body := do(t, "POST", open+"/switchover", "", `{"candidate":"n2"}`); code != 403 || !strings.Contains(body, "api.token") {
+		t.Errorf("without a configured token: %d %s", code, body)
+	}
+	c := newCluster(t, "n1")
+	u := startAPI(t, "s3cret", c)
+	if code, _ := do(t, "POST", u+"/switchover", "", `{"candidate":"n2"}`); code != 401 {
+		t.Errorf("no token: %d", code)
+	}
+	if code, _ := do(t, "POST", u+"/switchover", "wrong", `{"candidate":"n2"}`); code != 401 {
+		t.Errorf("wrong token: %d", code)
+	}
+	code, body := do(t, "POST", u+"/switchover", "s3cret", `{"leader":"n1","candidate":"n2"}`)
+	if code != 200 || !strings.Contains(body, `"new_primary": "n2"`) {
+		t.Errorf("switchover: %d %s", code, body)
+	}
+	if strings.Join(c.lastOp, ",") != "switchover,n1,n2" {
+		t.Errorf("switchover called with %v", c.lastOp)
+	}
+	if code, _ := do(t, "POST", u+"/switchover", "s3cret", `{"candidate":"nope"}`); code != 412 {
+		t.Errorf("precondition failure: %d, want 412", code)
+	}
+	if code, _ := do(t, "POST", u+"/switchover", "s3cret", `{"candidat":"n2"}`); code != 400 {
+		t.Errorf("unknown JSON field: %d, want 400", code)
+	}
+	c.waitErr = context.DeadlineExceeded
+	if code, _ := do(t, "POST", u+"/failover", "s3cret", `{"candidate":"n2"}`); code != 202 {
+		t.Errorf("slow failover: %d, want 202", code)
+	}
+}
+
+func TestNodesAndEvents(t *testing.T) {
+	c := newCluster(t, "n1")
+	u := startAPI(t, "", c)
+	code, body := do(t, "GET", u+"/nodes", "", "")
+	var got struct {
+		Primary string `json:"primary"`
+		Nodes   []struct {
+			Name      string `json:"name"`
+			IsPrimary bool   `json:"is_primary"`
+		} `json:"nodes"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Primary != "n1" || len(got.Nodes) != 2 || !got.Nodes[0].IsPrimary {
+		t.Fatalf("/nodes: %d %s", code, body)
+	}
+	resp, err := http.Get(u + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	line, _ := r.ReadString('\n')
+	if line != "event: state\n" {
+		t.Fatalf("first SSE line %q", line)
+	}
+	// A change is streamed.
+	c.apply(t, fsm.SetPause{Paused: true})
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(line, "data: ") && strings.Contains(line, `"paused":true`) {
+			break
+		}
+	}
+}
