@@ -1,0 +1,135 @@
+package daemon_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgbastion/pgbastion/test/daemon"
+	"github.com/pgbastion/pgbastion/test/pgtest"
+)
+
+func TestMain(m *testing.M) { daemon.Main(m) }
+
+func queryInt(ctx context.Context, dsn, sql string) (int64, error) {
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close(context.Background())
+	var v int64
+	err = c.QueryRow(ctx, sql).Scan(&v)
+	return v, err
+}
+
+// TestLifecycle starts the real binary in front of a real PostgreSQL, queries through it, and
+// exercises every process control.
+func TestLifecycle(t *testing.T) {
+	t.Parallel()
+	primary := pgtest.Start(t, nil)
+	d := daemon.Start(t, daemon.NewConfig(t, primary))
+	if d.PID() <= 0 {
+		t.Fatalf("PID %d", d.PID())
+	}
+	ctx := t.Context()
+	if v, err := queryInt(ctx, daemon.ConnString(d.RW()), "SELECT 6 * 7"); err != nil || v != 42 {
+		t.Fatalf("query through rw: %d, %v", v, err)
+	}
+	rss, err := d.RSS()
+	if err != nil || rss < 1<<20 || rss > 4<<30 {
+		t.Fatalf("RSS %d bytes, %v", rss, err)
+	}
+	t.Logf("pgbastion pid %d, RSS %.1f MiB, race binary %v", d.PID(), float64(rss)/(1<<20), daemon.RaceBinary())
+
+	// Paused, the daemon answers nothing; resumed, it carries on.
+	conn, err := pgx.Connect(ctx, daemon.ConnString(d.RW()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	d.Pause(t)
+	qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = conn.Exec(qctx, "SELECT 1")
+	cancel()
+	if err == nil {
+		t.Fatal("a paused daemon answered a query")
+	}
+	d.Resume(t)
+	if v, err := queryInt(ctx, daemon.ConnString(d.RW()), "SELECT 1"); err != nil || v != 1 {
+		t.Fatalf("query after resume: %d, %v", v, err)
+	}
+
+	d.Kill(t)
+	select {
+	case <-d.Exited():
+	default:
+		t.Fatal("Kill returned before the process was reaped")
+	}
+	if c, err := net.DialTimeout("tcp", d.RW(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("rw port still accepts connections after Kill")
+	}
+	if _, err := d.RSS(); err == nil {
+		t.Fatal("RSS of a reaped process")
+	}
+}
+
+// TestStopIsGraceful: SIGTERM ends the daemon with exit code 0.
+func TestStopIsGraceful(t *testing.T) {
+	t.Parallel()
+	primary := pgtest.Start(t, nil)
+	d := daemon.Start(t, daemon.NewConfig(t, primary))
+	if err := d.Stop(t); err != nil {
+		t.Fatalf("exit status after SIGTERM: %v\n%s", err, d.LogTail())
+	}
+}
+
+// TestStartYAML runs the daemon from configuration text, as an operator writes it.
+func TestStartYAML(t *testing.T) {
+	t.Parallel()
+	primary := pgtest.Start(t, nil)
+	rw := daemon.FreeAddr(t)
+	d := daemon.StartYAML(t, `
+proxy:
+  listen_rw: `+rw+`
+  listen_ro: ""
+  pool: {enabled: true, mode: transaction, default_pool_size: 2}
+  auth: {method: trust}
+  backends: [{host: 127.0.0.1, port: `+strconv.Itoa(primary.Port())+`, name: primary}]
+  server: {user: postgres, password: `+primary.Password()+`}
+log: {level: debug, format: json}
+`, rw)
+	if v, err := queryInt(t.Context(), daemon.ConnString(rw), "SELECT 7"); err != nil || v != 7 {
+		t.Fatalf("query: %d, %v", v, err)
+	}
+	if d.Config() != nil || d.RW() != "" {
+		t.Fatal("StartYAML daemon claims a typed configuration")
+	}
+}
+
+// TestProblems recognises a crash or a race in the log.
+func TestProblems(t *testing.T) {
+	t.Parallel()
+	log := "time=x level=INFO msg=\"proxy listening\"\n" +
+		"time=x level=ERROR msg=\"recovered from a panic; closing only the connection concerned\" panic=boom\n" +
+		"WARNING: DATA RACE\nWrite at 0x00c000 by goroutine 7:\n" +
+		"panic: runtime error: index out of range [3] with length 3\n\ngoroutine 1 [running]:\n"
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pgbastion.log")
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := daemon.ProblemsIn(path)
+	if len(got) != 2 {
+		t.Fatalf("problems %q, want the race and the panic (a recovered panic is not one)", got)
+	}
+	if got := daemon.ProblemsIn(filepath.Join(dir, "missing")); len(got) != 0 {
+		t.Fatalf("problems in a missing file: %q", got)
+	}
+}
