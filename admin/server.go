@@ -87,10 +87,10 @@ type Sources struct {
 
 // Server is the admin HTTP server.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	src  Sources
-	http *fasthttp.Server
+	cfg   Config
+	log   *slog.Logger
+	src   Sources
+	http  *fasthttp.Server
 	mhttp *fasthttp.Server
 
 	mu  sync.Mutex

@@ -39,12 +39,14 @@ func (c *fakeCluster) apply(t *testing.T, cmd fsm.Command) {
 	}
 }
 
-func (c *fakeCluster) Name() string                  { return c.name }
-func (c *fakeCluster) State() *fsm.State             { return c.f.State() }
-func (c *fakeCluster) Subscribe() *fsm.Subscription  { return c.f.Subscribe() }
-func (c *fakeCluster) Leader() (string, string)      { return "n1", "127.0.0.1:8300" }
-func (c *fakeCluster) Servers() ([]ha.Server, error) { return []ha.Server{{ID: "n1", Leader: true}}, nil }
-func (c *fakeCluster) HoldsWriteLease() bool         { return c.lease }
+func (c *fakeCluster) Name() string                 { return c.name }
+func (c *fakeCluster) State() *fsm.State            { return c.f.State() }
+func (c *fakeCluster) Subscribe() *fsm.Subscription { return c.f.Subscribe() }
+func (c *fakeCluster) Leader() (string, string)     { return "n1", "127.0.0.1:8300" }
+func (c *fakeCluster) Servers() ([]ha.Server, error) {
+	return []ha.Server{{ID: "n1", Leader: true}}, nil
+}
+func (c *fakeCluster) HoldsWriteLease() bool { return c.lease }
 func (c *fakeCluster) Switchover(_ context.Context, leader, candidate string) (uint64, error) {
 	c.lastOp = []string{"switchover", leader, candidate}
 	if candidate == "nope" {
