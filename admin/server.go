@@ -321,6 +321,10 @@ func (s *Server) switchover(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	c := s.src.Cluster
+	if req.Leader == "" {
+		// Patroni lets the caller omit the leader: it means "the current primary".
+		req.Leader = c.State().Primary
+	}
 	id, err := c.Switchover(ctx, req.Leader, req.Candidate)
 	if err != nil {
 		writeFSMError(ctx, "switchover", err)

@@ -414,6 +414,27 @@ func (e *Engine) PauseWrites(ctx context.Context) error {
 	}
 }
 
+// HoldWrites turns the write pause on or off without waiting: the HA core's switchover sets it
+// on every node and waits, through WritesInFlight, for each proxy to drain.
+func (e *Engine) HoldWrites(on bool) {
+	if on {
+		e.pausedRW.Store(true)
+		return
+	}
+	if e.pausedRW.Load() {
+		e.ResumeWrites()
+	}
+}
+
+// WritesInFlight is the number of transactions holding a connection to the primary now.
+func (e *Engine) WritesInFlight() int {
+	rt := e.routing.Load()
+	if rt.primary == nil {
+		return 0
+	}
+	return int(rt.primary.active.Load())
+}
+
 // ResumeWrites ends a pause; waiting clients continue against the current routing table.
 func (e *Engine) ResumeWrites() {
 	e.pausedRW.Store(false)

@@ -16,7 +16,9 @@ Usage:
   pgbastion run [-c FILE]          run the daemon (default config /etc/pgbastion/pgbastion.yaml)
   pgbastion check [-c FILE]        validate a configuration file and exit
   pgbastion demo [--dir D] [--base-port P]
-                                   start a local demo cluster; Ctrl-C stops and removes it
+                                   start a local three-node demo cluster; Ctrl-C stops and removes it
+  pgbastion ctl [--api URL] [--token T] list|switchover|failover|pause|resume
+                                   operate a cluster through its API
   pgbastion version                print the version
 
 Run "pgbastion COMMAND -h" for the options of a command.
@@ -37,6 +39,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = cmdCheck(rest, stdout, stderr)
 	case "demo":
 		err = cmdDemo(rest, stdout, stderr)
+	case "ctl":
+		err = cmdCtl(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "pgbastion", version)
 		return 0

@@ -11,14 +11,46 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgbastion/pgbastion/admin"
 	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/pgctl"
+	"github.com/pgbastion/pgbastion/netlink"
 )
 
 // Config is the whole configuration file. Each section belongs to the package that owns it;
-// this file only composes them.
+// this file only composes them. Without a raft section PGBastion is a standalone proxy.
 type Config struct {
-	Proxy engine.Config `yaml:"proxy"`
-	Log   LogConfig     `yaml:"log"`
+	Proxy      engine.Config     `yaml:"proxy"`
+	API        admin.Config      `yaml:"api"`
+	Raft       *ha.RaftConfig    `yaml:"raft"`
+	Failover   ha.FailoverConfig `yaml:"failover"`
+	Health     ha.HealthConfig   `yaml:"health"`
+	Tags       fsm.Tags          `yaml:"tags"`
+	PostgreSQL PostgreSQLConfig  `yaml:"postgresql"`
+	VIP        netlink.Config    `yaml:"vip"`
+	Log        LogConfig         `yaml:"log"`
+}
+
+// PostgreSQLConfig is the local PostgreSQL server this node manages (HA mode).
+type PostgreSQLConfig struct {
+	pgctl.Config `yaml:",inline"`
+	// Bootstrap lets this node initialise a new cluster (initdb) when its data directory is
+	// empty and no primary exists. Set it on exactly one node.
+	Bootstrap bool `yaml:"bootstrap"`
+	// AdvertiseHost is how other nodes reach this PostgreSQL (default: host).
+	AdvertiseHost string `yaml:"advertise_host"`
+}
+
+// HA returns the HA core's configuration, or false for a standalone proxy.
+func (c *Config) HA() (ha.Config, bool) {
+	if c.Raft == nil {
+		return ha.Config{}, false
+	}
+	hc := ha.Config{Raft: *c.Raft, Failover: c.Failover, Health: c.Health, Tags: c.Tags}
+	hc.ApplyDefaults()
+	return hc, true
 }
 
 // LogConfig configures logging.
@@ -31,7 +63,10 @@ type LogConfig struct {
 
 // DefaultConfig returns every section's defaults.
 func DefaultConfig() Config {
-	return Config{Proxy: engine.DefaultConfig(), Log: LogConfig{Level: "info", Format: "text"}}
+	hd := ha.DefaultConfig()
+	return Config{Proxy: engine.DefaultConfig(), API: admin.DefaultConfig(), Failover: hd.Failover, Health: hd.Health,
+		Tags: hd.Tags, PostgreSQL: PostgreSQLConfig{Config: pgctl.Config{Superuser: "postgres", Port: 5434}},
+		VIP: netlink.DefaultConfig(), Log: LogConfig{Level: "info", Format: "text"}}
 }
 
 // Validate checks every section.
@@ -39,6 +74,25 @@ func (c *Config) Validate() error {
 	var errs []error
 	if err := c.Proxy.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.API.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.VIP.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if hc, ok := c.HA(); ok {
+		if err := hc.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := c.PostgreSQL.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if len(c.Proxy.Backends) > 0 {
+			errs = append(errs, errors.New("proxy.backends must be empty with a raft section: the cluster state says where the primary and replicas are"))
+		}
+	} else if c.VIP.Enabled() {
+		errs = append(errs, errors.New("vip needs a raft section: only a cluster member with a write lease may hold the floating IP"))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

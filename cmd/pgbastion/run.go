@@ -69,8 +69,8 @@ type daemon struct {
 }
 
 func newDaemon(cfg Config, log *slog.Logger) (*daemon, error) {
-	if len(cfg.Proxy.Backends) == 0 {
-		return nil, errors.New("proxy.backends is empty: a standalone proxy needs at least one PostgreSQL server to route to")
+	if _, cluster := cfg.HA(); !cluster && len(cfg.Proxy.Backends) == 0 {
+		return nil, errors.New("proxy.backends is empty: a standalone proxy needs at least one PostgreSQL server to route to (or add a raft section to run as a cluster member)")
 	}
 	verifier, secrets, err := buildAuth(cfg.Proxy.Auth, log)
 	if err != nil {
@@ -88,8 +88,14 @@ func newDaemon(cfg Config, log *slog.Logger) (*daemon, error) {
 }
 
 func (d *daemon) run(ctx context.Context) error {
-	d.log.Info("pgbastion starting", "version", version, "mode", "standalone proxy")
-	err := d.proxy.Run(ctx)
-	d.log.Info("pgbastion stopped")
+	var err error
+	if hc, cluster := d.cfg.HA(); cluster {
+		d.log.Info("pgbastion starting", "version", version, "mode", "cluster member", "node", hc.Raft.NodeName)
+		err = d.runCluster(ctx, hc)
+	} else {
+		d.log.Info("pgbastion starting", "version", version, "mode", "standalone proxy")
+		err = d.proxy.Run(ctx)
+	}
+	d.log.Info("pgbastion stopped", "err", err)
 	return err
 }

@@ -124,6 +124,12 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 	if cfg.OSUser == "" {
 		cfg.OSUser = "postgres"
 	}
+	if cfg.ReplicationUser == "" {
+		cfg.ReplicationUser, cfg.ReplicationPassword = cfg.Superuser, cfg.Password
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid()}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup(cfg.OSUser)

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/pgbastion/pgbastion/admin"
+	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/pgctl"
+	"github.com/pgbastion/pgbastion/netlink"
+)
+
+// runCluster runs a cluster member: Raft node, agent, proxy, VIP and API, wired together.
+// Data flows one way: the HA core publishes state; the proxy, the VIP and the API follow it.
+func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
+	cfg := d.cfg
+	log := d.log
+	pgc := cfg.PostgreSQL.Config
+	inst, err := pgctl.New(pgc, log.With("component", "postgresql"))
+	if err != nil {
+		return err
+	}
+	advHost := cfg.PostgreSQL.AdvertiseHost
+	if advHost == "" {
+		advHost = inst.Config().Host
+	}
+	node, err := ha.Open(hc, ha.NodeOptions{Logger: log, Member: ha.MemberInfo{
+		APIAddress: cfg.API.Listen, ProxyRWAddress: cfg.Proxy.ListenRW, ProxyROAddress: cfg.Proxy.ListenRO,
+		PGHost: advHost, PGPort: inst.Config().Port,
+	}})
+	if err != nil {
+		return fmt.Errorf("starting the Raft node: %w", err)
+	}
+	defer node.Close()
+
+	ctl := pgctl.NewController(inst, node.Name(), cfg.PostgreSQL.Bootstrap, node.State)
+	agent := ha.NewAgent(node, ctl, hc, ha.AgentOptions{
+		Logger:         log,
+		InflightWrites: d.proxy.WritesInFlight,
+		OnSelfFence: func(reason string) {
+			log.Error("PostgreSQL fenced itself", "reason", reason)
+		},
+	})
+
+	var vip *netlink.Manager
+	if cfg.VIP.Enabled() {
+		vip, err = netlink.New(cfg.VIP, log.With("component", "vip"))
+		if err != nil {
+			return err
+		}
+	}
+
+	set := metrics.NewSet()
+	api, err := admin.New(cfg.API, admin.Sources{
+		Cluster: node,
+		Local:   d.localStatus(vip),
+		Metrics: []*metrics.Set{d.proxy.Metrics().Set(), set},
+	}, log.With("component", "api"))
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("proxy", d.proxy.Run)
+	run("agent", agent.Run)
+	run("api", api.Run)
+	run("routing", func(ctx context.Context) error { return followCluster(ctx, node, d.proxy, vip) })
+	if vip != nil {
+		run("vip", vip.Run)
+	}
+	var result error
+	select {
+	case <-ctx.Done():
+	case <-node.Done():
+		result = fmt.Errorf("the Raft node stopped: %w", node.Err())
+	case result = <-errc:
+	}
+	cancel()
+	wg.Wait()
+	if vip != nil {
+		rctx, c := context.WithTimeout(context.Background(), cfg.VIP.ResignTimeout)
+		_ = vip.Release(rctx)
+		c()
+	}
+	return result
+}
+
+// followCluster keeps the proxy's routing table, its write pause and the VIP entitlement in
+// step with the write lease and the replicated state.
+func followCluster(ctx context.Context, node *ha.Node, proxy *engine.Engine, vip *netlink.Manager) error {
+	routes, stopRoutes := node.WatchRoute()
+	defer stopRoutes()
+	sub := node.Subscribe()
+	defer sub.Close()
+	route := node.WriteRoute()
+	st := node.State()
+	var last string
+	apply := func() {
+		spec := engine.RoutingSpec{HoldWrites: true, Names: map[string]string{}}
+		if route.Valid && route.Address != "" {
+			spec.Primary = route.Address
+			spec.Names[route.Address] = route.Primary
+		}
+		for _, m := range st.ReadReplicas(0) {
+			a := net.JoinHostPort(m.PGHost, strconv.Itoa(m.PGPort))
+			spec.Replicas = append(spec.Replicas, a)
+			spec.Names[a] = m.Name
+		}
+		key := fmt.Sprint(spec.Primary, spec.Replicas)
+		if key != last {
+			last = key
+			proxy.SetRouting(spec)
+		}
+		proxy.HoldWrites(route.Paused || st.WritePause != nil)
+		if vip != nil {
+			self := st.Members[node.Name()]
+			vip.SetEntitled(route.Valid && route.Local && self.Status.Role == fsm.RolePrimary && self.Status.Healthy)
+		}
+	}
+	apply()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-routes:
+			route = r
+		case s := <-sub.C:
+			st = s
+		}
+		apply()
+	}
+}
+
+// localStatus reports this node's facts that are not in the replicated state.
+func (d *daemon) localStatus(vip *netlink.Manager) func() map[string]any {
+	return func() map[string]any {
+		out := map[string]any{"proxy": d.proxy.Stats()}
+		if vip != nil {
+			out["vip"] = vip.Status()
+		}
+		return out
+	}
+}

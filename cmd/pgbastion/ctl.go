@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// nodesView is the part of GET /nodes the CLI prints.
+type nodesView struct {
+	Primary    string `json:"primary"`
+	Paused     bool   `json:"paused"`
+	RaftLeader string `json:"raft_leader"`
+	Nodes      []struct {
+		Name   string `json:"name"`
+		PGHost string `json:"pg_host"`
+		PGPort int    `json:"pg_port"`
+		Status struct {
+			Role      string `json:"role"`
+			State     string `json:"state"`
+			Healthy   bool   `json:"healthy"`
+			Timeline  uint32 `json:"timeline"`
+			LagBytes  uint64 `json:"lag_bytes"`
+			Following string `json:"following"`
+			Reason    string `json:"reason"`
+		} `json:"status"`
+	} `json:"nodes"`
+}
+
+const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
+  list                                   show the nodes, their roles and lag
+  switchover [--leader N] --candidate N  move the primary to N without losing data
+  failover --candidate N [--force]       promote N (force: even if it may lose data)
+  pause | resume                         stop / restart automatic failover
+The token defaults to $PGBASTION_API_TOKEN, the API to $PGBASTION_API or http://127.0.0.1:8080.
+`
+
+func cmdCtl(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
+	api := fs.String("api", envOr("PGBASTION_API", "http://127.0.0.1:8080"), "API base URL")
+	token := fs.String("token", os.Getenv("PGBASTION_API_TOKEN"), "API token for mutations")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return fmt.Errorf("missing command")
+	}
+	c := &ctlClient{base: strings.TrimRight(*api, "/"), token: *token, out: stdout}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	switch cmd {
+	case "list":
+		return c.list()
+	case "switchover", "failover":
+		sf := flag.NewFlagSet(cmd, flag.ContinueOnError)
+		sf.SetOutput(stderr)
+		leader := sf.String("leader", "", "current primary (switchover; optional)")
+		cand := sf.String("candidate", "", "node to promote")
+		force := sf.Bool("force", false, "failover even if data may be lost")
+		if err := sf.Parse(rest); err != nil {
+			return err
+		}
+		body := map[string]any{"candidate": *cand}
+		if cmd == "switchover" {
+			body["leader"] = *leader
+		} else {
+			body["force"] = *force
+		}
+		return c.post("/"+cmd, body)
+	case "pause", "resume":
+		return c.post("/"+cmd, nil)
+	}
+	fs.Usage()
+	return fmt.Errorf("unknown ctl command %q", cmd)
+}
+
+type ctlClient struct {
+	base, token string
+	out         io.Writer
+}
+
+func (c *ctlClient) list() error {
+	resp, err := http.Get(c.base + "/nodes")
+	if err != nil {
+		return fmt.Errorf("cannot reach the API at %s: %w (is pgbastion running? use --api)", c.base, err)
+	}
+	defer resp.Body.Close()
+	var v nodesView
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tHEALTHY\tTIMELINE\tLAG (bytes)\tPOSTGRESQL\tNOTE")
+	for _, n := range v.Nodes {
+		note := n.Status.Reason
+		if n.Name == v.Primary {
+			note = strings.TrimSpace("primary " + note)
+		}
+		if n.Name == v.RaftLeader {
+			note = strings.TrimSpace(note + " raft-leader")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%d\t%s:%d\t%s\n", n.Name, n.Status.Role, n.Status.State, n.Status.Healthy,
+			n.Status.Timeline, n.Status.LagBytes, n.PGHost, n.PGPort, note)
+	}
+	if v.Paused {
+		fmt.Fprintln(tw, "(automatic failover is paused)")
+	}
+	return tw.Flush()
+}
+
+func (c *ctlClient) post(path string, body any) error {
+	var buf bytes.Buffer
+	if body != nil {
+		_ = json.NewEncoder(&buf).Encode(body)
+	}
+	req, err := http.NewRequest(http.MethodPost, c.base+path, &buf)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	client := &http.Client{Timeout: 5 * time.Minute}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the API at %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	fmt.Fprint(c.out, string(out))
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return nil
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

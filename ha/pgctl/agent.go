@@ -1,0 +1,287 @@
+package pgctl
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
+)
+
+// Controller implements ha.PostgreSQL for the local server: what the agent runs when it
+// executes directives. Every method is idempotent.
+type Controller struct {
+	inst *Instance
+	// Bootstrap allows this node to initdb a new cluster when its data directory is empty and
+	// no primary exists to clone from.
+	Bootstrap bool
+	// Self is this node's member name (used as application_name and slot name).
+	Self string
+	// State returns the current cluster state (to find a primary to clone from).
+	State func() *fsm.State
+
+	mu sync.Mutex
+}
+
+var _ ha.PostgreSQL = (*Controller)(nil)
+
+// NewController wraps an Instance.
+func NewController(inst *Instance, self string, bootstrap bool, state func() *fsm.State) *Controller {
+	return &Controller{inst: inst, Self: self, Bootstrap: bootstrap, State: state}
+}
+
+// Instance returns the wrapped server.
+func (c *Controller) Instance() *Instance { return c.inst }
+
+// Probe implements ha.PostgreSQL.
+func (c *Controller) Probe(ctx context.Context) (ha.PGStatus, error) {
+	var st ha.PGStatus
+	conn, err := c.inst.Connect(ctx)
+	if err != nil {
+		return st, err
+	}
+	defer conn.Close(context.Background())
+	const q = `SELECT pg_catalog.pg_is_in_recovery(),
+	CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL ELSE pg_catalog.pg_current_wal_flush_lsn()::text END,
+	pg_catalog.pg_last_wal_receive_lsn()::text, pg_catalog.pg_last_wal_replay_lsn()::text,
+	CASE WHEN pg_catalog.pg_is_in_recovery()
+	  THEN COALESCE((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver), (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()))
+	  ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int END,
+	(SELECT sender_host FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming'),
+	(SELECT sender_port FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming')`
+	res := conn.ExecParams(ctx, q, nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return st, res.Err
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 7 {
+		return st, errors.New("unexpected probe result")
+	}
+	r := res.Rows[0]
+	if string(r[0]) == "t" {
+		st.Role = fsm.RoleReplica
+	} else {
+		st.Role = fsm.RolePrimary
+	}
+	st.FlushLSN = parseLSN(r[1])
+	st.ReceivedLSN = parseLSN(r[2])
+	st.ReplayedLSN = parseLSN(r[3])
+	if tli, err := strconv.ParseUint(string(r[4]), 10, 32); err == nil {
+		st.Timeline = uint32(tli)
+	}
+	st.UpstreamHost = string(r[5])
+	if p, err := strconv.Atoi(string(r[6])); err == nil {
+		st.UpstreamPort = p
+	}
+	return st, nil
+}
+
+func parseLSN(b []byte) fsm.LSN {
+	if len(b) == 0 {
+		return 0
+	}
+	l, _ := fsm.ParseLSN(string(b))
+	return l
+}
+
+// Start implements ha.PostgreSQL: it starts the server with the role its data directory has.
+// An empty data directory is cloned from the current primary, or initialised when this node
+// may bootstrap the cluster.
+func (c *Controller) Start(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inst.Running() || c.inst.Ping(ctx) == nil {
+		// Ours, or left running by a previous PGBastion process: adopt it.
+		return nil
+	}
+	if !c.inst.HasData() {
+		if err := c.bootstrap(ctx); err != nil {
+			return err
+		}
+	}
+	return c.inst.Start(ctx)
+}
+
+func (c *Controller) bootstrap(ctx context.Context) error {
+	if p, ok := c.primary(); ok {
+		return c.inst.BaseBackup(ctx, p.PGHost, p.PGPort, c.Self, "")
+	}
+	if !c.Bootstrap {
+		return errors.New("the data directory is empty and there is no primary to clone from yet; waiting")
+	}
+	return c.inst.InitDB(ctx)
+}
+
+// primary returns the current primary member other than this node.
+func (c *Controller) primary() (fsm.Member, bool) {
+	if c.State == nil {
+		return fsm.Member{}, false
+	}
+	st := c.State()
+	m, ok := st.Members[st.Primary]
+	if !ok || m.Name == c.Self || m.PGHost == "" || m.PGPort == 0 {
+		return fsm.Member{}, false
+	}
+	return m, true
+}
+
+// Stop implements ha.PostgreSQL: a fast shutdown; for a primary the result carries the LSN of
+// its shutdown checkpoint.
+func (c *Controller) Stop(ctx context.Context) (ha.StopResult, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stop(ctx)
+}
+
+func (c *Controller) stop(ctx context.Context) (ha.StopResult, error) {
+	if err := c.inst.Stop(ctx, Fast); err != nil {
+		return ha.StopResult{}, err
+	}
+	return c.shutdownCheckpoint(ctx)
+}
+
+// shutdownCheckpoint reads pg_controldata of a stopped server: the shutdown checkpoint of a
+// former primary (a server shut down in recovery reports none).
+func (c *Controller) shutdownCheckpoint(ctx context.Context) (ha.StopResult, error) {
+	out, err := c.inst.controlData(ctx)
+	if err != nil {
+		return ha.StopResult{}, err
+	}
+	if out["Database cluster state"] != "shut down" {
+		return ha.StopResult{}, nil
+	}
+	lsn, err := fsm.ParseLSN(out["Latest checkpoint location"])
+	if err != nil {
+		return ha.StopResult{}, fmt.Errorf("reading the shutdown checkpoint: %w", err)
+	}
+	return ha.StopResult{CheckpointLSN: lsn}, nil
+}
+
+// Promote implements ha.PostgreSQL.
+func (c *Controller) Promote(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rec, err := c.inst.InRecovery(ctx); err == nil && !rec {
+		return nil
+	}
+	return c.inst.Promote(ctx)
+}
+
+// Follow implements ha.PostgreSQL: it makes the server a standby of up. A former primary is
+// shut down cleanly and rewound with pg_rewind (or re-cloned, when allowed and rewinding is
+// impossible).
+func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var res ha.StopResult
+	if c.inst.Running() {
+		if st, err := c.Probe(ctx); err == nil && st.Role == fsm.RoleReplica && c.followsAlready(up) {
+			return res, nil
+		}
+		r, err := c.stop(ctx)
+		if err != nil {
+			return res, err
+		}
+		res = r
+	} else if c.inst.HasData() {
+		r, err := c.shutdownCheckpoint(ctx)
+		if err == nil {
+			res = r
+		}
+	}
+	if !c.inst.HasData() {
+		if err := c.inst.BaseBackup(ctx, up.Host, up.Port, c.Self, ""); err != nil {
+			return res, err
+		}
+	} else if res.CheckpointLSN != 0 || c.inst.wasPrimary(ctx) {
+		// A former primary may have written WAL its successor never received. pg_rewind
+		// needs a cleanly shut down target: finish crash recovery first (a killed primary).
+		if err := c.inst.recoverIfCrashed(ctx); err != nil {
+			return res, err
+		}
+		if err := c.inst.Rewind(ctx, up.Host, up.Port); err != nil {
+			if !c.inst.cfg.RemoveDataDirectoryOnRewindFailure {
+				return res, fmt.Errorf("pg_rewind from %s failed and postgresql.remove_data_directory_on_rewind_failure is off, so the node stays out of the cluster: %w", up.Name, err)
+			}
+			if err := c.inst.BaseBackup(ctx, up.Host, up.Port, c.Self, ""); err != nil {
+				return res, fmt.Errorf("pg_rewind failed and re-cloning from %s failed too: %w", up.Name, err)
+			}
+		}
+	}
+	if err := c.inst.Follow(up.Host, up.Port, c.Self, ""); err != nil {
+		return res, err
+	}
+	return res, c.inst.Start(ctx)
+}
+
+// followsAlready reports whether primary_conninfo already names up.
+func (c *Controller) followsAlready(up ha.Upstream) bool {
+	b, err := os.ReadFile(filepath.Join(c.inst.cfg.DataDir, "postgresql.auto.conf"))
+	if err != nil {
+		return false
+	}
+	return bytes.Contains(b, []byte(fmt.Sprintf("host=%s port=%d ", up.Host, up.Port)))
+}
+
+// Checkpoint implements ha.PostgreSQL.
+func (c *Controller) Checkpoint(ctx context.Context) error {
+	conn, err := c.inst.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "CHECKPOINT").ReadAll()
+	return err
+}
+
+// controlData runs pg_controldata and returns its fields.
+func (i *Instance) controlData(ctx context.Context) (map[string]string, error) {
+	cmd := i.command(ctx, "pg_controldata", "-D", i.cfg.DataDir)
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("pg_controldata: %w", err)
+	}
+	m := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok {
+			m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return m, nil
+}
+
+// wasPrimary reports whether the stopped data directory belonged to a primary (no
+// standby.signal).
+func (i *Instance) wasPrimary(context.Context) bool {
+	_, err := os.Stat(filepath.Join(i.cfg.DataDir, "standby.signal"))
+	return errors.Is(err, os.ErrNotExist)
+}
+
+// recoverIfCrashed runs crash recovery in single-user mode when the data directory was not
+// shut down cleanly, so pg_rewind can work on it.
+func (i *Instance) recoverIfCrashed(ctx context.Context) error {
+	m, err := i.controlData(ctx)
+	if err != nil {
+		return err
+	}
+	switch m["Database cluster state"] {
+	case "shut down", "shut down in recovery":
+		return nil
+	}
+	_ = os.Remove(filepath.Join(i.cfg.DataDir, "postmaster.pid"))
+	cmd := i.command(ctx, "postgres", "--single", "-F", "-D", i.cfg.DataDir, "-c", "archive_mode=off", "postgres")
+	cmd.Stdin = strings.NewReader("")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("crash recovery before pg_rewind: %w\n%s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
