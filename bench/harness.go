@@ -47,6 +47,9 @@ type Config struct {
 	// PGBastionBin is the daemon to measure; empty builds ./cmd/pgbastion into the work
 	// directory from ModuleDir.
 	PGBastionBin string
+	// PGBastionEnv is added to the environment of the PGBastion processes ("GOMAXPROCS=1"),
+	// for experiments with the Go runtime's settings.
+	PGBastionEnv []string
 	// ModuleDir is the repository root (for building PGBastion and recording the commit).
 	ModuleDir string
 	// PGBinDir holds postgres, initdb and pgbench; empty finds the newest installed.
@@ -279,6 +282,9 @@ func (h *harness) setup(ctx context.Context, res *Results) error {
 		}
 	}
 	res.Env = environment(cfg, bin)
+	if len(cfg.PGBastionEnv) > 0 {
+		res.Env = append(res.Env, "PGBastion process environment: "+strings.Join(cfg.PGBastionEnv, " "))
+	}
 
 	h.printf("starting PostgreSQL and loading pgbench scale %d\n", cfg.Scale)
 	pg, err := startPostgres(ctx, dir, cfg.PGBinDir, "bench-secret", h.log)
@@ -298,7 +304,7 @@ func (h *harness) setup(ctx context.Context, res *Results) error {
 		sessionPool = 50
 	}
 	params := func(pool int) proxyParams {
-		return proxyParams{dir: dir, pg: pg, poolSize: pool, eventLoops: cfg.EventLoops}
+		return proxyParams{dir: dir, pg: pg, poolSize: pool, eventLoops: cfg.EventLoops, env: cfg.PGBastionEnv}
 	}
 	start := func(name string, f func() (*target, error)) error {
 		if !h.needs(name, true) {
@@ -402,8 +408,8 @@ func (h *harness) runScenario(ctx context.Context, sc Scenario) (*ScenarioResult
 
 // runLine is the progress line of one run.
 func runLine(r *Measurement) string {
-	s := fmt.Sprintf("tps %9.0f  lat %6.3f ms  p99 %6.3f ms  proxy %5.1f µs/tx  pg %5.1f µs/tx  busy %3.0f%%",
-		r.TPS, r.LatAvg, r.P99, r.ProxyCPU, r.PGCPU, r.HostBusy*100)
+	s := fmt.Sprintf("tps %9.0f  lat %6.3f ms  p99 %6.3f ms  proxy %5.1f µs/tx  pg %5.1f µs/tx  busy %3.0f%%  other %3.0f%%",
+		r.TPS, r.LatAvg, r.P99, r.ProxyCPU, r.PGCPU, r.HostBusy*100, r.Foreign*100)
 	if r.Failed > 0 || r.Aborted > 0 {
 		s += fmt.Sprintf("  failed %d aborted %d", r.Failed, r.Aborted)
 	}
@@ -417,7 +423,7 @@ func runLine(r *Measurement) string {
 // the idle clients on each.
 func (h *harness) runIdle(ctx context.Context, sc Scenario) ([]*IdleResult, error) {
 	h.printf("\n== %s (%s)\n", sc.Title, sc.Issue)
-	params := proxyParams{dir: h.dir, pg: h.pg, poolSize: h.cfg.PoolSize, eventLoops: h.cfg.EventLoops}
+	params := proxyParams{dir: h.dir, pg: h.pg, poolSize: h.cfg.PoolSize, eventLoops: h.cfg.EventLoops, env: h.cfg.PGBastionEnv}
 	var out []*IdleResult
 	for _, name := range sc.Targets {
 		var (
@@ -465,6 +471,9 @@ func environment(cfg Config, bin string) []string {
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		line, _, _ := strings.Cut(string(b), "\n")
 		env = append(env, "Memory: "+strings.Join(strings.Fields(line)[1:], " "))
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		env = append(env, "Load average at start (1, 5, 15 min): "+strings.Join(strings.Fields(string(b))[:3], ", "))
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		env = append(env, "Kernel: "+strings.TrimSpace(string(b)))

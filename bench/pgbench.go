@@ -50,8 +50,9 @@ type Measurement struct {
 	// CPU microseconds per transaction of the proxy process, of PostgreSQL (postmaster and all
 	// backends) and of pgbench.
 	ProxyCPU, PGCPU, ClientCPU float64
-	// HostBusy is the share of all cores that was busy during the run.
-	HostBusy float64
+	// HostBusy is the share of all cores that was busy during the run; Foreign the share used by
+	// processes other than the proxy, PostgreSQL and pgbench (other work on the machine).
+	HostBusy, Foreign float64
 	// ProxyRSS and ProxyHWM are the proxy's resident and peak resident memory after the run, KiB.
 	ProxyRSS, ProxyHWM int64
 	// ExitErr is pgbench's failure, with the first error line it printed.
@@ -117,6 +118,11 @@ func runPgbench(ctx context.Context, binDir, workDir string, t *target, w Worklo
 
 	r := &Measurement{Target: t.name, Round: round, Elapsed: elapsed, HostBusy: busyFraction(host0, host1)}
 	parseOutput(r, stdout.String(), stderr.String(), runErr)
+	own := (proxy1 - proxy0) + (pg1 - pg0)
+	if cmd.ProcessState != nil {
+		own += (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Microseconds() * clockTicks / 1e6
+	}
+	r.Foreign = foreignFraction(host0, host1, own)
 	if r.Txns > 0 {
 		per := func(ticks int64) float64 { return float64(ticks) * 1e6 / clockTicks / float64(r.Txns) }
 		if pid != 0 {

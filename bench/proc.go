@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"os/user"
@@ -28,8 +29,9 @@ type process struct {
 }
 
 // startProcess starts bin with args, output to logPath. cred, when set, runs it as another OS
-// user (PgBouncer refuses to run as root). The child is killed if the harness dies.
-func startProcess(name, logPath string, cred *syscall.Credential, bin string, args ...string) (*process, error) {
+// user (PgBouncer refuses to run as root); env is added to the harness's environment. The
+// child is killed if the harness dies.
+func startProcess(name, logPath string, cred *syscall.Credential, env []string, bin string, args ...string) (*process, error) {
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -37,6 +39,9 @@ func startProcess(name, logPath string, cred *syscall.Credential, bin string, ar
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = filepath.Dir(logPath)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		lf.Close()
@@ -178,8 +183,10 @@ func memKiB(pid int) (rss, hwm int64) {
 	return rss, hwm
 }
 
-// hostCPU is a sample of /proc/stat's aggregate line, in clock ticks.
-type hostCPU struct{ busy, total int64 }
+// hostCPU is a sample of /proc/stat's aggregate line, in clock ticks: busy is everything but
+// idle and iowait; tasks is the time charged to processes (user, nice, system), which unlike
+// interrupt time can be compared with the processes' own times.
+type hostCPU struct{ busy, tasks, total int64 }
 
 func readHostCPU() hostCPU {
 	b, err := os.ReadFile("/proc/stat")
@@ -203,6 +210,9 @@ func readHostCPU() hostCPU {
 		if i != 3 && i != 4 {
 			h.busy += v
 		}
+		if i <= 2 {
+			h.tasks += v
+		}
 	}
 	return h
 }
@@ -213,6 +223,16 @@ func busyFraction(a, b hostCPU) float64 {
 		return 0
 	}
 	return float64(b.busy-a.busy) / float64(b.total-a.total)
+}
+
+// foreignFraction returns the share of all cores that processes other than the ones measured
+// (own, in clock ticks) used between two samples: other work on the machine that competed with
+// the benchmark.
+func foreignFraction(a, b hostCPU, own int64) float64 {
+	if b.total <= a.total {
+		return 0
+	}
+	return math.Max(0, float64(b.tasks-a.tasks-own)/float64(b.total-a.total))
 }
 
 // osCredential returns the credential to run a program as name when the harness runs as root

@@ -39,6 +39,7 @@ type Summary struct {
 	Aborted          int
 	ProxyCPU, PGCPU  float64
 	ClientCPU, Busy  float64
+	Foreign          float64
 	ProxyRSS         int64
 	Errors           []string
 }
@@ -90,6 +91,7 @@ func Summarize(runs []*Measurement, target string) *Summary {
 	s.PGCPU = col(func(r *Measurement) float64 { return r.PGCPU })
 	s.ClientCPU = col(func(r *Measurement) float64 { return r.ClientCPU })
 	s.Busy = col(func(r *Measurement) float64 { return r.HostBusy })
+	s.Foreign = col(func(r *Measurement) float64 { return r.Foreign })
 	return s
 }
 
@@ -132,12 +134,12 @@ func scenarioTable(res *Results, sr *ScenarioResult) string {
 			used = append(used, t)
 		}
 	}
-	b.WriteString(" lat avg ms | p50 ms | p99 ms | failed / aborted | proxy CPU µs/tx | PG CPU µs/tx | pgbench CPU µs/tx | host busy | proxy RSS MiB | runs ok |\n")
+	b.WriteString(" lat avg ms | p50 ms | p99 ms | failed / aborted | proxy CPU µs/tx | PG CPU µs/tx | pgbench CPU µs/tx | host busy | other load | proxy RSS MiB | runs ok |\n")
 	b.WriteString("|---|---:|---:|")
 	for range used {
 		b.WriteString("---:|")
 	}
-	b.WriteString("---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	sums := map[string]*Summary{}
 	for _, t := range sc.Targets {
 		sums[t] = Summarize(sr.Runs, t)
@@ -152,9 +154,9 @@ func scenarioTable(res *Results, sr *ScenarioResult) string {
 		if s.ProxyRSS > 0 {
 			rss = fmt.Sprintf("%.1f", float64(s.ProxyRSS)/1024)
 		}
-		fmt.Fprintf(&b, " %s | %s | %s | %d / %d | %s | %s | %s | %.0f%% | %s | %d/%d |\n",
+		fmt.Fprintf(&b, " %s | %s | %s | %d / %d | %s | %s | %s | %.0f%% | %.0f%% | %s | %d/%d |\n",
 			fnum(s.LatAvg, 3), fnum(s.P50, 3), fnum(s.P99, 3), s.Failed, s.Aborted,
-			fnum(s.ProxyCPU, 1), fnum(s.PGCPU, 1), fnum(s.ClientCPU, 1), s.Busy*100, rss, s.OKRuns, s.Runs)
+			fnum(s.ProxyCPU, 1), fnum(s.PGCPU, 1), fnum(s.ClientCPU, 1), s.Busy*100, s.Foreign*100, rss, s.OKRuns, s.Runs)
 	}
 	for _, t := range sc.Targets {
 		for _, e := range sums[t].Errors {
@@ -264,7 +266,7 @@ func Markdown(res *Results) string {
 	for _, e := range res.Env {
 		b.WriteString("- " + e + "\n")
 	}
-	b.WriteString("\nColumns: TPS is pgbench's figure without connection time; CPU µs/tx is utime+stime from /proc/PID/stat over the run divided by the transactions processed (proxy: the proxy process; PG: the postmaster and all backends; pgbench: its own rusage); host busy is the share of all cores in use during the run.\n\n")
+	b.WriteString("\nColumns: TPS is pgbench's figure without connection time; CPU µs/tx is utime+stime from /proc/PID/stat over the run divided by the transactions processed (proxy: the proxy process; PG: the postmaster and all backends; pgbench: its own rusage); host busy is the share of all cores in use during the run; other load is the share of all cores used by processes other than the proxy, PostgreSQL and pgbench (work outside the benchmark competing for the same cores — the figures are only comparable when it is near 0).\n\n")
 	if len(res.Goals) > 0 {
 		b.WriteString("## Summary against the goals\n\n")
 		for _, n := range res.Goals {
@@ -287,13 +289,13 @@ func Markdown(res *Results) string {
 		b.WriteString(idleTable(res) + "\n")
 	}
 	b.WriteString("## Every run\n\n<details><summary>raw figures</summary>\n\n")
-	b.WriteString("| scenario | round | target | TPS | txns | failed | aborted | lat avg ms | p50 ms | p99 ms | samples | proxy µs/tx | PG µs/tx | pgbench µs/tx | busy | RSS KiB | error |\n")
-	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| scenario | round | target | TPS | txns | failed | aborted | lat avg ms | p50 ms | p99 ms | samples | proxy µs/tx | PG µs/tx | pgbench µs/tx | busy | other | RSS KiB | error |\n")
+	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, sr := range res.Scenarios {
 		for _, r := range sr.Runs {
-			fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %d | %d | %d | %.3f | %.3f | %.3f | %d | %.1f | %.1f | %.1f | %.0f%% | %d | %s |\n",
+			fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %d | %d | %d | %.3f | %.3f | %.3f | %d | %.1f | %.1f | %.1f | %.0f%% | %.0f%% | %d | %s |\n",
 				sr.Scenario.Name, r.Round, r.Target, r.TPS, r.Txns, r.Failed, r.Aborted, r.LatAvg, r.P50, r.P99, r.Samples,
-				r.ProxyCPU, r.PGCPU, r.ClientCPU, r.HostBusy*100, r.ProxyRSS, strings.ReplaceAll(r.ExitErr, "|", "\\|"))
+				r.ProxyCPU, r.PGCPU, r.ClientCPU, r.HostBusy*100, r.Foreign*100, r.ProxyRSS, strings.ReplaceAll(r.ExitErr, "|", "\\|"))
 		}
 	}
 	b.WriteString("\n</details>\n")

@@ -46,6 +46,8 @@ type proxyParams struct {
 	poolSize int
 	// eventLoops is PGBastion's reactor count (proxy.event_loops).
 	eventLoops int
+	// env is added to PGBastion's environment.
+	env []string
 }
 
 // startPGBastion runs bin as a standalone proxy in the given pool mode.
@@ -70,7 +72,7 @@ log: {level: warn}
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	proc, err := startProcess(name, filepath.Join(p.dir, name+".log"), nil, bin, "run", "-c", path)
+	proc, err := startProcess(name, filepath.Join(p.dir, name+".log"), nil, p.env, bin, "run", "-c", path)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +148,7 @@ stats_period = 3600
 			return nil, err
 		}
 	}
-	proc, err := startProcess(name, filepath.Join(p.dir, name+".log"), cred, bin, path)
+	proc, err := startProcess(name, filepath.Join(p.dir, name+".log"), cred, nil, bin, path)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +214,7 @@ listen primary
 		stopAPI()
 		return nil, nil, err
 	}
-	proc, err := startProcess(HAProxy, filepath.Join(p.dir, "haproxy.log"), nil, bin, "-f", path, "-db")
+	proc, err := startProcess(HAProxy, filepath.Join(p.dir, "haproxy.log"), nil, nil, bin, "-f", path, "-db")
 	if err != nil {
 		stopAPI()
 		return nil, nil, err

@@ -43,6 +43,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the temporary work directory")
 	fs.StringVar(&cfg.Markdown, "out", "bench/RESULTS.md", "markdown file for the results (empty: none)")
 	fs.StringVar(&cfg.ProfileDir, "profile", "", "directory for perf profiles of each proxy (empty: no profiling)")
+	pgbastionEnv := fs.String("pgbastion-env", "", "space-separated KEY=VALUE settings added to PGBastion's environment (e.g. GOMAXPROCS=1)")
 	quick := fs.Bool("quick", false, "smoke test: one short round of everything")
 	verbose := fs.Bool("v", false, "log the harness's PostgreSQL control")
 	if err := fs.Parse(args); err != nil {
@@ -50,6 +51,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *quick {
 		cfg.ApplyQuick()
+	}
+	if *pgbastionEnv != "" {
+		cfg.PGBastionEnv = strings.Fields(*pgbastionEnv)
 	}
 	if *scenarios != "" {
 		cfg.Scenarios = strings.Split(*scenarios, ",")
