@@ -2,11 +2,13 @@ package admin
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -74,6 +76,8 @@ type Cluster interface {
 	Failover(ctx context.Context, candidate string, force bool) (uint64, error)
 	WaitOperation(ctx context.Context, id uint64) (fsm.Operation, error)
 	SetPause(ctx context.Context, paused bool) error
+	Backup(ctx context.Context, w io.Writer) (ha.BackupInfo, error)
+	Restore(ctx context.Context, r io.Reader) (ha.BackupInfo, error)
 }
 
 // Sources are where the API reads from. Cluster is nil for a standalone proxy.
@@ -115,6 +119,8 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.GET("/events", s.events)
 	r.POST("/switchover", s.auth(s.switchover))
 	r.POST("/failover", s.auth(s.failover))
+	r.GET("/raft/backup", s.auth(s.backup))
+	r.POST("/raft/restore", s.auth(s.restore))
 	r.POST("/pause", s.auth(s.pause(true)))
 	r.POST("/resume", s.auth(s.pause(false)))
 	// Patroni-compatible role checks for HAProxy and friends (GET, HEAD and OPTIONS).
@@ -138,8 +144,8 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 		Name:               "pgbastion",
 		ReadTimeout:        30 * time.Second,
 		IdleTimeout:        60 * time.Second,
-		WriteTimeout:       0, // server-sent events stream indefinitely
-		MaxRequestBodySize: 1 << 20,
+		WriteTimeout:       0,        // server-sent events stream indefinitely
+		MaxRequestBodySize: 64 << 20, // a raft restore uploads the whole state
 		Logger:             fasthttpLogger{log},
 	}
 	if cfg.MetricsListen != "" {
@@ -365,6 +371,36 @@ func (s *Server) awaitOperation(ctx *fasthttp.RequestCtx, id uint64) {
 	default:
 		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"operation": op, "message": fmt.Sprintf("%s finished: %s is the primary", op.Kind, op.NewPrimary)})
 	}
+}
+
+// backup streams a backup of the replicated state (taken on the Raft leader).
+func (s *Server) backup(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	var buf bytes.Buffer
+	info, err := s.src.Cluster.Backup(ctx, &buf)
+	if err != nil {
+		writeFSMError(ctx, "backup", err)
+		return
+	}
+	ctx.Response.Header.Set("X-PGBastion-Backup-Index", strconv.FormatUint(info.Index, 10))
+	ctx.Response.Header.Set("X-PGBastion-Backup-SHA256", info.SHA256)
+	ctx.SetContentType("application/octet-stream")
+	ctx.SetBody(buf.Bytes())
+}
+
+// restore replaces the cluster's replicated state with the uploaded backup.
+func (s *Server) restore(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	info, err := s.src.Cluster.Restore(ctx, bytes.NewReader(ctx.PostBody()))
+	if err != nil {
+		writeFSMError(ctx, "restore", err)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"restored": info})
 }
 
 func (s *Server) pause(paused bool) fasthttp.RequestHandler {

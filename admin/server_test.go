@@ -62,6 +62,15 @@ func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation
 	return fsm.Operation{ID: id, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDone, NewPrimary: "n2"}, c.waitErr
 }
 func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
+func (c *fakeCluster) Backup(_ context.Context, w io.Writer) (ha.BackupInfo, error) {
+	_, err := w.Write([]byte("backup-bytes"))
+	return ha.BackupInfo{Index: 42}, err
+}
+func (c *fakeCluster) Restore(_ context.Context, r io.Reader) (ha.BackupInfo, error) {
+	b, _ := io.ReadAll(r)
+	c.lastOp = []string{"restore", string(b)}
+	return ha.BackupInfo{Index: 42}, nil
+}
 
 func newCluster(t *testing.T, self string) *fakeCluster {
 	c := &fakeCluster{f: fsm.New(slog.Default(), nil), name: self, lease: true}
@@ -162,6 +171,15 @@ func TestMutationsNeedTheToken(t *testing.T) {
 	}
 	if code, _ := do(t, "POST", u+"/switchover", "s3cret", `{"candidat":"n2"}`); code != 400 {
 		t.Errorf("unknown JSON field: %d, want 400", code)
+	}
+	if code, body := do(t, "GET", u+"/raft/backup", "s3cret", ""); code != 200 || body != "backup-bytes" {
+		t.Errorf("backup: %d %q", code, body)
+	}
+	if code, _ := do(t, "GET", u+"/raft/backup", "", ""); code != 401 {
+		t.Errorf("backup without token: %d", code)
+	}
+	if code, _ := do(t, "POST", u+"/raft/restore", "s3cret", "backup-bytes"); code != 200 || strings.Join(c.lastOp, ",") != "restore,backup-bytes" {
+		t.Errorf("restore: %d %v", code, c.lastOp)
 	}
 	c.waitErr = context.DeadlineExceeded
 	if code, _ := do(t, "POST", u+"/failover", "s3cret", `{"candidate":"n2"}`); code != 202 {

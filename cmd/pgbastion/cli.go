@@ -19,6 +19,8 @@ Usage:
                                    start a local three-node demo cluster; Ctrl-C stops and removes it
   pgbastion ctl [--api URL] [--token T] list|switchover|failover|pause|resume
                                    operate a cluster through its API
+  pgbastion raft backup -o FILE | raft restore FILE
+                                   save or restore the replicated state through the API
   pgbastion version                print the version
 
 Run "pgbastion COMMAND -h" for the options of a command.
@@ -41,6 +43,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = cmdDemo(rest, stdout, stderr)
 	case "ctl":
 		err = cmdCtl(rest, stdout, stderr)
+	case "raft":
+		err = cmdRaft(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "pgbastion", version)
 		return 0

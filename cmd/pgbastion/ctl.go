@@ -150,3 +150,73 @@ func envOr(k, def string) string {
 	}
 	return def
 }
+
+const raftUsage = `Usage:
+  pgbastion raft backup  [--api URL] [--token T] -o FILE   save the replicated state (taken on the Raft leader)
+  pgbastion raft restore [--api URL] [--token T] FILE      replace the cluster's replicated state (disaster recovery)
+`
+
+func cmdRaft(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, raftUsage)
+		return fmt.Errorf("missing raft command")
+	}
+	fs := flag.NewFlagSet("raft "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, raftUsage) }
+	api := fs.String("api", envOr("PGBASTION_API", "http://127.0.0.1:8080"), "API base URL")
+	token := fs.String("token", os.Getenv("PGBASTION_API_TOKEN"), "API token")
+	out := fs.String("o", "", "backup file to write")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	base := strings.TrimRight(*api, "/")
+	client := &http.Client{Timeout: 2 * time.Minute}
+	switch args[0] {
+	case "backup":
+		if *out == "" {
+			return fmt.Errorf("raft backup: -o FILE is required")
+		}
+		req, _ := http.NewRequest(http.MethodGet, base+"/raft/backup", nil)
+		req.Header.Set("Authorization", "Bearer "+*token)
+		resp, err := client.Do(req)
+		if err != nil {
+			return fmt.Errorf("cannot reach the API at %s: %w", base, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("backup: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+		}
+		if err := os.WriteFile(*out, body, 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s (%d bytes, log index %s, sha256 %s)\n", *out, len(body),
+			resp.Header.Get("X-PGBastion-Backup-Index"), resp.Header.Get("X-PGBastion-Backup-SHA256"))
+		return nil
+	case "restore":
+		if fs.NArg() != 1 {
+			return fmt.Errorf("raft restore: give the backup file")
+		}
+		data, err := os.ReadFile(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		c := &ctlClient{base: base, token: *token, out: stdout}
+		req, _ := http.NewRequest(http.MethodPost, base+"/raft/restore", bytes.NewReader(data))
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		resp, err := client.Do(req)
+		if err != nil {
+			return fmt.Errorf("cannot reach the API at %s: %w", base, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		fmt.Fprint(stdout, string(body))
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("restore: %s", resp.Status)
+		}
+		return nil
+	}
+	fs.Usage()
+	return fmt.Errorf("unknown raft command %q", args[0])
+}
