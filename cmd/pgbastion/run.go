@@ -11,6 +11,9 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/pgbastion/pgbastion/admin"
 	"github.com/pgbastion/pgbastion/engine"
 )
 
@@ -94,8 +97,29 @@ func (d *daemon) run(ctx context.Context) error {
 		err = d.runCluster(ctx, hc)
 	} else {
 		d.log.Info("pgbastion starting", "version", version, "mode", "standalone proxy")
-		err = d.proxy.Run(ctx)
+		err = d.runStandalone(ctx)
 	}
 	d.log.Info("pgbastion stopped", "err", err)
+	return err
+}
+
+// runStandalone runs the proxy and the API (metrics, /nodes) of a standalone proxy.
+func (d *daemon) runStandalone(ctx context.Context) error {
+	api, err := admin.New(d.cfg.API, admin.Sources{
+		Local:   d.localStatus(nil),
+		Metrics: []*metrics.Set{d.proxy.Metrics().Set()},
+	}, d.log.With("component", "api"))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	apiErr := make(chan error, 1)
+	go func() { apiErr <- api.Run(ctx) }()
+	err = d.proxy.Run(ctx)
+	cancel()
+	if aerr := <-apiErr; err == nil && aerr != nil {
+		err = aerr
+	}
 	return err
 }
