@@ -114,12 +114,16 @@ func (d *daemon) runStandalone(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	apiErr := make(chan error, 1)
-	go func() { apiErr <- api.Run(ctx) }()
+	apiDone := make(chan struct{})
+	go func() {
+		defer close(apiDone)
+		// The proxy is what a standalone PGBastion is for: it keeps running without its API.
+		if err := api.Run(ctx); err != nil {
+			d.log.Error("API not available; the proxy keeps running (set api.listen to a free address)", "err", err)
+		}
+	}()
 	err = d.proxy.Run(ctx)
 	cancel()
-	if aerr := <-apiErr; err == nil && aerr != nil {
-		err = aerr
-	}
+	<-apiDone
 	return err
 }
