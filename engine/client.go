@@ -741,7 +741,13 @@ msgs:
 			}
 			if cl.sessStmts != nil || cl.sessPortals != nil {
 				if portal, stmt, _, ok := pgwire.BindNames(buf[pos+pgwire.HeaderLen : pos+avail]); ok {
-					cl.noteBind(portal, stmt)
+					if cl.noteBind(portal, stmt) == qDeallocate {
+						tr.Sent(pool.Entry{Expect: pool.ExpectBind, Action: pool.Fake, Reply: replyBindComplete})
+						cl.drainFakes(tr, &fakes)
+						cl.dropMessage(total, avail)
+						pos += avail
+						continue
+					}
 				}
 			}
 			tr.Sent(pool.Entry{Expect: pool.ExpectBind})
@@ -782,6 +788,13 @@ msgs:
 				delete(cl.sessStmts, string(name))
 			} else if typ == pgwire.MsgClose {
 				delete(cl.sessPortals, string(name))
+			} else if cl.sessStmts == nil && cl.sessPortals == nil {
+				// the common case: nothing the proxy answers itself
+			} else if reply, ok := cl.describesDeallocate(kind, name); ok {
+				tr.Sent(pool.Entry{Expect: exp, Action: pool.Fake, Reply: reply})
+				cl.drainFakes(tr, &fakes)
+				pos += total
+				continue
 			}
 			tr.Sent(pool.Entry{Expect: exp})
 			em.pass(pos, pos+total)
@@ -794,7 +807,9 @@ msgs:
 				}
 			}
 			tr.Sent(e)
-			em.pass(pos, pos+total)
+			if e.Action != pool.Fake {
+				em.pass(pos, pos+total)
+			}
 			pos += total
 		case pgwire.MsgSync:
 			tr.Sent(pool.Entry{Expect: pool.ExpectSync})
@@ -864,6 +879,10 @@ var (
 	replyParseComplete = pgwire.AppendEmpty(nil, pgwire.MsgParseComplete)
 	replyCloseComplete = pgwire.AppendEmpty(nil, pgwire.MsgCloseComplete)
 	replyDeallocate    = pgwire.AppendCommandComplete(nil, "DEALLOCATE")
+	replyBindComplete  = pgwire.AppendEmpty(nil, pgwire.MsgBindComplete)
+	replyNoData        = pgwire.AppendEmpty(nil, pgwire.MsgNoData)
+	// replyDescribeNoParams describes a statement without parameters or result columns.
+	replyDescribeNoParams = append([]byte{pgwire.MsgParameterDescription, 0, 0, 0, 6, 0, 0}, replyNoData...)
 )
 
 // appendFake appends the answer to an absorbed request; a Query also gets its ReadyForQuery.
@@ -906,7 +925,10 @@ func (cl *client) parse(s *server, body []byte, em *emitter, whole []byte) error
 	}
 	tr := s.tr
 	if len(p.Name) == 0 {
-		cl.noteParse(p.Name, p.Query)
+		if cl.noteParse(p.Name, p.Query) == qDeallocate {
+			tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: pool.Fake, Reply: replyParseComplete})
+			return nil
+		}
 		tr.Sent(pool.Entry{Expect: pool.ExpectParse})
 		em.add(whole)
 		return nil
@@ -1007,14 +1029,22 @@ func (cl *client) inspectQuery(s *server, body []byte, em *emitter, fakes *[]byt
 // noteParse records whether executing the statement the client names (unnamed: "") changes
 // session state, so that its Execute can be followed like a simple-query SET (extended
 // protocol: pgjdbc sends every statement so, psycopg in pipeline mode too).
-func (cl *client) noteParse(name, query []byte) {
+//
+// An unnamed "DEALLOCATE name" of one of the client's virtual statements is recorded too
+// (kind qDeallocate) and the caller answers its Parse, Bind, Describe and Execute itself: the
+// server knows the statement by another name (psycopg sends its DEALLOCATEs so).
+func (cl *client) noteParse(name, query []byte) queryKind {
 	if mayChangeSession(query) {
-		if c := classifyQuery(query); c.kind == qSet || c.kind == qSessionState {
+		c := classifyQuery(query)
+		if c.kind == qDeallocate && (len(name) > 0 || cl.stmts[c.name] == nil) {
+			c.kind = qOther // PostgreSQL's to answer
+		}
+		if c.kind == qSet || c.kind == qSessionState || c.kind == qDeallocate {
 			if cl.sessStmts == nil {
 				cl.sessStmts = make(map[string]queryClass)
 			}
 			cl.sessStmts[string(name)] = c
-			return
+			return c.kind
 		}
 	}
 	if cl.sessStmts != nil {
@@ -1023,21 +1053,38 @@ func (cl *client) noteParse(name, query []byte) {
 			cl.sessStmts = nil // back to the fast path for Bind and Execute
 		}
 	}
+	return qOther
 }
 
-// noteBind follows a portal bound from a statement noteParse recorded.
-func (cl *client) noteBind(portal, stmt []byte) {
+// noteBind follows a portal bound from a statement noteParse recorded, and returns what the
+// statement does.
+func (cl *client) noteBind(portal, stmt []byte) queryKind {
 	if c, ok := cl.sessStmts[string(stmt)]; ok {
 		if cl.sessPortals == nil {
 			cl.sessPortals = make(map[string]queryClass)
 		}
 		cl.sessPortals[string(portal)] = c
+		return c.kind
 	} else if cl.sessPortals != nil {
 		delete(cl.sessPortals, string(portal))
 		if len(cl.sessPortals) == 0 {
 			cl.sessPortals = nil
 		}
 	}
+	return qOther
+}
+
+// describesDeallocate reports whether a Describe targets an absorbed DEALLOCATE (statement
+// 'S' or portal 'P') and returns PostgreSQL's answer for it.
+func (cl *client) describesDeallocate(kind byte, name []byte) ([]byte, bool) {
+	if kind == 'S' {
+		if c, ok := cl.sessStmts[string(name)]; ok && c.kind == qDeallocate {
+			return replyDescribeNoParams, true
+		}
+	} else if c, ok := cl.sessPortals[string(name)]; ok && c.kind == qDeallocate {
+		return replyNoData, true
+	}
+	return nil, false
 }
 
 // noteExecute applies what executing portal does to the session: a recognised SET or RESET
@@ -1049,6 +1096,11 @@ func (cl *client) noteExecute(s *server, portal []byte, e *pool.Entry) {
 	case !ok:
 	case c.kind == qSet:
 		e.Set = c.setting()
+	case c.kind == qDeallocate:
+		// Answered by the proxy; the statement is the client's alone to forget.
+		e.Action, e.Reply = pool.Fake, replyDeallocate
+		delete(cl.stmts, c.name)
+		delete(cl.sessStmts, c.name)
 	default:
 		s.dirty = true
 	}

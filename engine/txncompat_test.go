@@ -211,3 +211,45 @@ func TestTxnResetOneSetting(t *testing.T) {
 		t.Fatalf("b sees a's pgb.c = %q", got)
 	}
 }
+
+// DEALLOCATE of a client's protocol-level statement sent with the extended protocol (psycopg
+// sends its DEALLOCATEs so once it has more than prepared_max statements) is the client's own
+// business: the server knows the statement under another name and answered "does not exist".
+func TestTxnExtendedProtocolDeallocate(t *testing.T) {
+	p := onePoolProxy(t, nil)
+	c := connect(t, p.dsn(p.rw))
+	pc := c.PgConn()
+	ctx := context.Background()
+	if _, err := pc.Prepare(ctx, "_pg3_0", "SELECT 41 + $1::int", nil); err != nil {
+		t.Fatal(err)
+	}
+	// Parse, Bind, Describe portal, Execute, Sync, as libpq's PQsendQueryParams sends it; and
+	// then the statement-describing form.
+	res := pc.ExecParams(ctx, "DEALLOCATE _pg3_0", nil, nil, nil, nil).Read()
+	if res.Err != nil || res.CommandTag.String() != "DEALLOCATE" {
+		t.Fatalf("DEALLOCATE (extended protocol): tag %q, %v", res.CommandTag, res.Err)
+	}
+	err := pc.ExecPrepared(ctx, "_pg3_0", [][]byte{[]byte("1")}, nil, nil).Read().Err
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "26000" {
+		t.Fatalf("the deallocated statement: got %v, want 26000", err)
+	}
+	if _, err := pc.Prepare(ctx, "_pg3_0", "SELECT 40 + $1::int", nil); err != nil {
+		t.Fatalf("prepare the name again: %v", err)
+	}
+	sd, err := pc.Prepare(ctx, "", "DEALLOCATE _pg3_0", nil)
+	if err != nil || len(sd.Fields) != 0 || len(sd.ParamOIDs) != 0 {
+		t.Fatalf("describe DEALLOCATE: %+v %v", sd, err)
+	}
+	if res := pc.ExecPrepared(ctx, "", nil, nil, nil).Read(); res.Err != nil || res.CommandTag.String() != "DEALLOCATE" {
+		t.Fatalf("execute the unnamed DEALLOCATE: tag %q, %v", res.CommandTag, res.Err)
+	}
+	// A DEALLOCATE of a name the client does not have is PostgreSQL's to answer.
+	err = pc.ExecParams(ctx, "DEALLOCATE _pg3_0", nil, nil, nil, nil).Read().Err
+	if !errors.As(err, &pe) || pe.Code != "26000" {
+		t.Fatalf("DEALLOCATE of an unknown name: got %v, want 26000", err)
+	}
+	if got := queryInt(t, c, "SELECT 1"); got != 1 {
+		t.Fatalf("after: %d", got)
+	}
+}

@@ -6,7 +6,8 @@ import (
 )
 
 // TestPsycopg runs python/psycopg_client.py (Debian's python3-psycopg): simple and extended
-// queries, server-side prepared statements, pipeline mode with an error inside, COPY in and
+// queries, server-side prepared statements (more than prepared_max, so psycopg DEALLOCATEs
+// with the extended protocol), pipeline mode with an error inside, COPY in and
 // out, transactions, settings that follow the client.
 func TestPsycopg(t *testing.T) {
 	py := python(t, "psycopg")

@@ -1,7 +1,7 @@
 """psycopg 3 through the proxy in transaction mode: DRIVER_CLIENTS concurrent connections.
 
 Normal queries (simple and extended protocol), server-side prepared statements (prepare=True
-and prepare_threshold), pipeline mode with many statements and an error inside the pipeline,
+and prepare_threshold, with more statements than prepared_max so psycopg DEALLOCATEs), pipeline mode with many statements and an error inside the pipeline,
 COPY in and out, transactions, and session settings that must follow each client.
 
 Prints one JSON summary line; exits non-zero with the reason on any failure.
@@ -41,6 +41,9 @@ def client(i, out):
     tz = f"Etc/GMT-{i % 12}"
     with psycopg.connect(DSN, application_name=f"psy{i}", autocommit=True) as conn:
         conn.prepare_threshold = 2
+        # Fewer than the statements below: psycopg evicts with DEALLOCATE, sent with the
+        # extended protocol (inside and outside pipelines).
+        conn.prepared_max = 5
         conn.execute(f"SET TimeZone = '{tz}'")
         conn.execute(f"SET pgb.client = 'c{i}'")
         for r in range(ROUNDS):
