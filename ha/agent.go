@@ -105,6 +105,7 @@ type Agent struct {
 	started       time.Time
 	last          *PGStatus // last successful probe
 	failures      int
+	downSince     time.Time // when failures reached the threshold
 	probeErr      error
 	fenced        bool
 	fenceReason   string
@@ -194,6 +195,7 @@ func (a *Agent) probe(ctx context.Context) {
 		a.failures++
 		a.probeErr = err
 		if a.failures == a.cfg.Health.FailureThreshold {
+			a.downSince = time.Now()
 			a.log.Warn("postgresql is not responding", "failures", a.failures, "error", err)
 		}
 		return
@@ -201,7 +203,7 @@ func (a *Agent) probe(ctx context.Context) {
 	if a.failures >= a.cfg.Health.FailureThreshold {
 		a.log.Info("postgresql is responding again", "role", st.Role)
 	}
-	a.failures, a.probeErr, a.startFailures = 0, nil, 0
+	a.failures, a.probeErr, a.startFailures, a.downSince = 0, nil, 0, time.Time{}
 	a.last = &st
 }
 
@@ -383,7 +385,7 @@ func (a *Agent) execute(ctx context.Context, st *fsm.State, d fsm.Directive) fsm
 
 // maybeStart starts a PostgreSQL that is down when nobody else will: at the bootstrap of a new
 // cluster (no primary ever), or on the primary that still holds its write lease when no
-// failover began although it has already reported PostgreSQL down (local crash recovery: the
+// failover began within primary_timeout of PostgreSQL going down (local crash recovery: the
 // controller found no replica to promote). Replicas are started by the controller's DEMOTE
 // (Follow), which also points them at the primary.
 func (a *Agent) maybeStart(ctx context.Context) {
@@ -392,9 +394,9 @@ func (a *Agent) maybeStart(ctx context.Context) {
 	}
 	st := a.c.State()
 	bootstrap := st.Primary == "" && len(st.History) == 0
-	// The report of the probe that crossed the threshold gave the controller one probe
-	// interval to start a failover; only then is a local restart considered.
-	reported := a.failures > a.cfg.Health.FailureThreshold
+	// The controller learnt of the crash from the report of the probe that crossed the
+	// threshold; it gets primary_timeout to start a failover before a local restart.
+	reported := !a.downSince.IsZero() && time.Since(a.downSince) >= a.cfg.Failover.PrimaryTimeout
 	recovery := reported && st.Primary == a.c.Name() && st.Operation == nil && a.c.HoldsWriteLease()
 	if !bootstrap && !recovery {
 		return

@@ -13,8 +13,8 @@ import (
 
 func TestBackupRestoresTheSameState(t *testing.T) {
 	a := newTestCluster(t, 3, nil)
-	a.settle(10 * time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	a.settle(30 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	id, err := a.nodes["n3"].Switchover(ctx, "n1", "n2")
 	if err != nil {
@@ -23,7 +23,7 @@ func TestBackupRestoresTheSameState(t *testing.T) {
 	if op, err := a.nodes["n3"].WaitOperation(ctx, id); err != nil || op.Phase != fsm.PhaseDone {
 		t.Fatalf("switchover: %+v %v", op, err)
 	}
-	if err := a.nodes["n2"].SetPause(ctx, true); err != nil {
+	if err := retry(ctx, func() error { return a.nodes["n2"].SetPause(ctx, true) }); err != nil {
 		t.Fatal(err)
 	}
 	// Taken on a follower: forwarded to the leader.
@@ -55,7 +55,7 @@ func TestBackupRestoresTheSameState(t *testing.T) {
 
 	// A fresh cluster (no agents, so nothing else changes its state) restores it.
 	b := newBareCluster(t, 3)
-	await.True(t, 10*time.Second, func() bool { return b.leader() != nil }, "leader in the new cluster")
+	await.True(t, 30*time.Second, func() bool { return b.leader() != nil }, "leader in the new cluster")
 	var bf *testNode
 	for _, n := range b.nodes {
 		if !n.IsLeader() {
@@ -66,7 +66,7 @@ func TestBackupRestoresTheSameState(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, n := range b.nodes {
-		await.True(t, 5*time.Second, func() bool {
+		await.True(t, 15*time.Second, func() bool {
 			st := n.State()
 			return st.Primary == "n2" && st.Epoch > want.Epoch
 		}, "%s has the restored state and a new epoch", name)

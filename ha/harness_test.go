@@ -67,12 +67,14 @@ func fastConfig(name string, peers []Peer) Config {
 	c.Raft.Bind = "127.0.0.1:0"
 	c.Raft.DataDir = "unused"
 	c.Raft.Peers = peers
-	c.Raft.HeartbeatTimeout = 150 * time.Millisecond
-	c.Raft.ElectionTimeout = 150 * time.Millisecond
-	c.Raft.LeaderLeaseTimeout = 75 * time.Millisecond
+	// Short, but not so short that a loaded test machine (race detector, parallel packages)
+	// flaps Raft leadership all the time.
+	c.Raft.HeartbeatTimeout = 250 * time.Millisecond
+	c.Raft.ElectionTimeout = 250 * time.Millisecond
+	c.Raft.LeaderLeaseTimeout = 125 * time.Millisecond
 	c.Raft.CommitTimeout = 5 * time.Millisecond
-	c.Failover.LeaseTimeout = 500 * time.Millisecond
-	c.Failover.PrimaryTimeout = time.Second
+	c.Failover.LeaseTimeout = 600 * time.Millisecond
+	c.Failover.PrimaryTimeout = 1200 * time.Millisecond
 	c.Failover.SafetyMargin = 100 * time.Millisecond
 	c.Failover.QuorumLossTimeout = 2 * time.Second
 	c.Failover.DirectiveTimeout = 3 * time.Second

@@ -78,7 +78,7 @@ func TestMutualTLSClusterRefusesForeignCertificates(t *testing.T) {
 		}
 		return nil
 	}
-	await.True(t, 15*time.Second, func() bool {
+	await.True(t, 30*time.Second, func() bool {
 		if leader() == nil {
 			return false
 		}
@@ -96,7 +96,7 @@ func TestMutualTLSClusterRefusesForeignCertificates(t *testing.T) {
 			follower = n
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := retry(ctx, func() error { return follower.SetPause(ctx, true) }); err != nil {
 		t.Fatalf("forwarded write over TLS: %v", err)
@@ -130,8 +130,9 @@ func TestMutualTLSClusterRefusesForeignCertificates(t *testing.T) {
 	xcfg.Raft.TLSCA = filepath.Join(dir, "n1-ca.crt")
 	x := openNode(t, xcfg)
 	defer x.Close()
-	l := leader()
-	if err := l.AddVoter(ctx, "x", xaddr); err != nil {
+	l := nodes["n1"] // any member: leader-only operations are forwarded
+	await.True(t, 30*time.Second, func() bool { id, _ := l.Leader(); return id != "" }, "a known leader")
+	if err := retry(ctx, func() error { return l.AddVoter(ctx, "x", xaddr) }); err != nil {
 		t.Logf("AddVoter: %v", err)
 	}
 	// Two seconds is many heartbeat intervals: the leader keeps trying to replicate to x.

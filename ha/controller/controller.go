@@ -343,15 +343,42 @@ func (st *step) rank(old string, excluded []string, force bool) (string, string)
 }
 
 func (st *step) ineligible(m fsm.Member, excluded []string) string {
+	if why := st.unfit(m, excluded); why != "" {
+		return why
+	}
+	return st.unheard(m)
+}
+
+// unheard says why a member cannot be counted alive right now, or "".
+func (st *step) unheard(m fsm.Member) string {
+	switch {
+	case !st.fresh(m):
+		return "no recent status report"
+	case !st.reachable(m):
+		return "renewed no lease recently (unreachable?)"
+	}
+	return ""
+}
+
+// settling reports whether this leader began its epoch less than PrimaryTimeout ago: the nodes
+// may not have reported or renewed in the new epoch yet, so their silence proves nothing. A
+// decision already under way waits rather than give up on a node for that reason.
+func (st *step) settling() bool {
+	end := st.obs.LeaderSince.Add(st.cfg.PrimaryTimeout)
+	if st.obs.Now.Before(end) {
+		st.d.wake(end)
+		return true
+	}
+	return false
+}
+
+// unfit says why a member's last known state rules it out as a candidate, or "".
+func (st *step) unfit(m fsm.Member, excluded []string) string {
 	switch {
 	case slices.Contains(excluded, m.Name):
 		return "its promotion failed in this operation"
 	case !m.Tags.Promotable():
 		return "tags forbid promotion"
-	case !st.fresh(m):
-		return "no recent status report"
-	case !st.reachable(m):
-		return "renewed no lease recently (unreachable?)"
 	case !m.Status.Healthy || m.Status.Role != fsm.RoleReplica || m.Status.State != fsm.StateRunningReplica:
 		return fmt.Sprintf("not a healthy running replica (%s)", m.Status.State)
 	case st.cfg.SynchronousMode != "" && st.cfg.SynchronousMode != "off" && !slices.Contains(st.s.SyncStandbys, m.Name):
@@ -567,6 +594,10 @@ func (st *step) promoting(op fsm.Operation) {
 		c := st.s.Members[op.Candidate]
 		promoted := c.Status.Role == fsm.RolePrimary && c.Status.Healthy && st.fresh(c)
 		if why := st.candidateProblem(op, op.Candidate); why != "" && !promoted {
+			if st.unfit(c, op.Excluded) == "" && st.settling() {
+				st.d.wait("new epoch: waiting to hear from candidate %q (%s)", op.Candidate, why)
+				return
+			}
 			msg := fmt.Sprintf("candidate %q cannot be promoted any more: %s", op.Candidate, why)
 			if op.Kind == fsm.OpSwitchover || op.Requested {
 				st.d.add(fsm.FinishOperation{ID: op.ID, Message: msg})
@@ -684,10 +715,11 @@ func (st *step) drain(op fsm.Operation) {
 		return
 	}
 	var busy []string
+	settling := st.settling()
 	for _, name := range st.s.MemberNames() {
 		m := st.s.Members[name]
-		if !st.fresh(m) {
-			continue
+		if !st.fresh(m) && !settling {
+			continue // a silent node's proxy is not waited for (beyond DrainTimeout)
 		}
 		if m.Status.ReportIndex <= wp.SinceIndex || m.Status.InflightWrites > 0 {
 			busy = append(busy, name)
@@ -711,6 +743,10 @@ func (st *step) drain(op fsm.Operation) {
 		why := "not a member"
 		if ok {
 			why = st.ineligible(m, nil)
+			if st.unfit(m, nil) == "" && st.settling() {
+				st.d.wait("new epoch: waiting to hear from candidate %q (%s)", candidate, why)
+				return
+			}
 		}
 		st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("candidate %q cannot be promoted: %s", candidate, why)})
 		return

@@ -30,9 +30,9 @@ import (
 // A partitioned node keeps running: its PostgreSQL stays up and its proxy keeps routing on its
 // stale view until its lease runs out. That is the split-brain case the lease exists for.
 func TestSimulatedSafety(t *testing.T) {
-	runs := 300
+	runs := 120
 	if testing.Short() {
-		runs = 40
+		runs = 30
 	}
 	if n, err := strconv.Atoi(os.Getenv("HA_SIM_RUNS")); err == nil && n > 0 {
 		runs = n // e.g. HA_SIM_RUNS=20000 for a long soak
