@@ -151,7 +151,7 @@ log: {level: %s}
 func (c *Cluster) cleanup() {
 	for _, n := range c.Nodes {
 		if n.D != nil {
-			_ = n.D.Signal(syscall.SIGKILL)
+			n.D.Kill(c.t)
 		}
 	}
 	for _, n := range c.Nodes {
@@ -209,8 +209,7 @@ func (n *Node) KillPostgres(t testing.TB) {
 func (n *Node) KillNode(t testing.TB) {
 	t.Helper()
 	pid := n.PostmasterPID()
-	_ = n.D.Signal(syscall.SIGKILL)
-	<-n.D.Exited()
+	n.D.Kill(t)
 	if pid != 0 {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
@@ -401,4 +400,67 @@ func (c *Cluster) WaitOneWritablePrimary(timeout time.Duration) (*Node, time.Dur
 	}
 	c.t.Fatalf("no single writable primary through every live proxy within %s: %v", timeout, lastErr)
 	return nil, 0
+}
+
+// Switchover asks a live node's API to move the primary to candidate and waits for the answer.
+func (c *Cluster) Switchover(t testing.TB, candidate string) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		if !n.Alive() {
+			continue
+		}
+		req, _ := http.NewRequest(http.MethodPost, "http://"+n.API+"/switchover", strings.NewReader(`{"candidate":"`+candidate+`"}`))
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		client := http.Client{Timeout: 3 * time.Minute}
+		resp, err := client.Do(req)
+		if err != nil {
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("switchover to %s: %s: %s", candidate, resp.Status, body)
+		}
+		return
+	}
+	t.Fatal("switchover: no node answered")
+}
+
+// WaitPrimaryOtherThan waits until the cluster names a healthy primary other than old.
+func (c *Cluster) WaitPrimaryOtherThan(t testing.TB, old *Node, timeout time.Duration) *Node {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if v, err := c.AnyView(); err == nil && v.Primary != "" && v.Primary != old.Name {
+			if _, state, healthy, _ := v.Status(v.Primary); healthy && state == "RUNNING_PRIMARY" {
+				return c.Node(v.Primary)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no primary other than %s within %s", old.Name, timeout)
+	return nil
+}
+
+// WaitRejoined waits until old runs as a healthy replica again, or reports FENCED with a reason
+// (the acceptable outcomes for a deposed primary).
+func (c *Cluster) WaitRejoined(t testing.TB, old *Node, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var role, state, reason string
+	for time.Now().Before(deadline) {
+		if v, err := c.AnyView(); err == nil {
+			var healthy bool
+			role, state, healthy, reason = v.Status(old.Name)
+			if state == "RUNNING_REPLICA" && healthy {
+				return
+			}
+			if state == "FENCED" && reason != "" {
+				t.Logf("%s stays fenced: %s", old.Name, reason)
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s did not rejoin as a replica within %s (last: role=%s state=%s reason=%q)", old.Name, timeout, role, state, reason)
 }
