@@ -77,6 +77,11 @@ type client struct {
 	// Both stay nil until the client prepares such a statement (transaction mode).
 	sessStmts   map[string]queryClass
 	sessPortals map[string]queryClass
+	// unnamedParse is a copy of the client's last unnamed Parse (empty: none, or longer than
+	// maxUnnamedCopy), so that a Bind or Describe of the unnamed statement in a later round
+	// trip (pgx's describe-exec mode, libpq's PQprepare("") then PQexecPrepared("")) can
+	// prepare it again on a server that holds someone else's; see restoreUnnamed.
+	unnamedParse []byte
 
 	// remain counts the bytes still to come of a client message being streamed to the server;
 	// remainDrop discards them instead.
@@ -694,10 +699,17 @@ msgs:
 				}
 				pos += total
 			} else {
-				if complete && cl.txnMode() {
+				if complete {
 					if p, err := pgwire.DecodeParse(buf[pos+pgwire.HeaderLen : pos+total]); err == nil {
-						cl.noteParse(p.Name, p.Query)
+						if cl.txnMode() {
+							cl.noteParse(p.Name, p.Query)
+						}
+						if len(p.Name) == 0 {
+							cl.keepUnnamed(s, buf[pos:pos+total])
+						}
 					}
+				} else if avail == pgwire.HeaderLen || buf[pos+pgwire.HeaderLen] == 0 {
+					cl.keepUnnamed(s, nil) // (perhaps) an unnamed Parse, too long to keep
 				}
 				tr.Sent(pool.Entry{Expect: pool.ExpectParse})
 				pos += cl.passStreaming(em, pos, total, avail)
@@ -750,6 +762,11 @@ msgs:
 					}
 				}
 			}
+			if s.unnamedBy != cl {
+				if _, stmt, _, ok := pgwire.BindNames(buf[pos+pgwire.HeaderLen : pos+avail]); ok && len(stmt) == 0 {
+					cl.restoreUnnamed(s, em)
+				}
+			}
 			tr.Sent(pool.Entry{Expect: pool.ExpectBind})
 			pos += cl.passStreaming(em, pos, total, avail)
 		case pgwire.MsgDescribe, pgwire.MsgClose:
@@ -784,8 +801,14 @@ msgs:
 				pos += total
 				continue
 			}
+			if typ == pgwire.MsgDescribe && kind == 'S' && len(name) == 0 && s.unnamedBy != cl {
+				cl.restoreUnnamed(s, em)
+			}
 			if typ == pgwire.MsgClose && kind == 'S' {
 				delete(cl.sessStmts, string(name))
+				if len(name) == 0 {
+					cl.unnamedParse = cl.unnamedParse[:0]
+				}
 			} else if typ == pgwire.MsgClose {
 				delete(cl.sessPortals, string(name))
 			} else if cl.sessStmts == nil && cl.sessPortals == nil {
@@ -929,6 +952,7 @@ func (cl *client) parse(s *server, body []byte, em *emitter, whole []byte) error
 			tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: pool.Fake, Reply: replyParseComplete})
 			return nil
 		}
+		cl.keepUnnamed(s, whole)
 		tr.Sent(pool.Entry{Expect: pool.ExpectParse})
 		em.add(whole)
 		return nil
@@ -948,6 +972,37 @@ func (cl *client) parse(s *server, body []byte, em *emitter, whole []byte) error
 	}
 	cl.prepareOn(s, st, em, pool.Forward)
 	return nil
+}
+
+// maxUnnamedCopy bounds the copy of a client's unnamed Parse kept for restoreUnnamed (memory
+// per client); a longer one cannot be restored and its late Bind fails with 26000 instead.
+const maxUnnamedCopy = 4096
+
+// keepUnnamed records that the client's unnamed Parse (whole; nil when it is being streamed)
+// goes to s, and keeps a copy of it for restoreUnnamed.
+func (cl *client) keepUnnamed(s *server, whole []byte) {
+	if len(whole) <= maxUnnamedCopy {
+		cl.unnamedParse = append(cl.unnamedParse[:0], whole...)
+	} else {
+		cl.unnamedParse = nil
+	}
+	s.unnamedBy = cl
+}
+
+// restoreUnnamed makes the client's unnamed statement the server's again before a Bind or
+// Describe of it that comes without a Parse in this attachment: the server holds another
+// client's, or none (a settings replay, a reset). It injects the client's last unnamed Parse
+// (its ParseComplete is swallowed), or, without a copy, closes the server's unnamed statement
+// so that the Bind fails as it would against PostgreSQL instead of running someone else's SQL.
+func (cl *client) restoreUnnamed(s *server, em *emitter) {
+	if len(cl.unnamedParse) > 0 {
+		em.add(cl.unnamedParse)
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: pool.Swallow})
+	} else {
+		em.setBuf(pgwire.AppendTarget(em.buf(), pgwire.MsgClose, 'S', nil))
+		s.tr.Sent(pool.Entry{Expect: pool.ExpectClose, Action: pool.Swallow})
+	}
+	s.unnamedBy = cl
 }
 
 // ensurePrepared injects a Parse when the server lacks st (its ParseComplete is swallowed).
@@ -1199,6 +1254,7 @@ func (cl *client) attach(s *server) {
 		panic(fmt.Sprintf("engine: attaching a server on loop %d to a client on loop %d", s.lp.idx, cl.lp.idx))
 	}
 	cl.srv, s.client = s, cl
+	s.unnamedBy = nil // whatever unnamed statement the server holds is not this client's (yet)
 	s.out = s.writer()
 	s.b.active.Add(1)
 	s.lastUsed = time.Now()

@@ -59,6 +59,9 @@ type server struct {
 	// prepared there (their cached plan went stale, or a Close of them was skipped after an
 	// error); they are closed when idle, or just before they are prepared again.
 	dirtyStmts []*pool.Stmt
+	// unnamedBy is the attached client whose unnamed statement the server holds (it parsed
+	// one during this attachment); nil when the unnamed statement is anyone else's or gone.
+	unnamedBy *client
 	// reading: a stream-path goroutine is reading this server (release waits for it).
 	reading bool
 

@@ -253,3 +253,32 @@ func TestTxnExtendedProtocolDeallocate(t *testing.T) {
 		t.Fatalf("after: %d", got)
 	}
 }
+
+// The unnamed statement belongs to the client that parsed it, also when it binds it in a later
+// round trip (pgx's QueryExecModeDescribeExec, sqlx, libpq's PQprepare("") then
+// PQexecPrepared("")): another client's unnamed statement or a settings replay on that server
+// in between must not make it run someone else's SQL, nor fail.
+func TestTxnUnnamedStatementAcrossSyncs(t *testing.T) {
+	p := onePoolProxy(t, nil)
+	a, b := connect(t, p.dsn(p.rw)), connect(t, p.dsn(p.rw))
+	ctx := context.Background()
+	execOK(t, b, "SET pgb.b = 'b'") // so that a's next attach replays settings (a simple Query)
+	if _, err := a.PgConn().Prepare(ctx, "", "SELECT 'a'::text || $1::text", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.PgConn().Prepare(ctx, "", "SELECT 'b'::text || $1::text", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		conn *pgx.Conn
+		want string
+	}{{a, "a1"}, {b, "b1"}, {a, "a1"}} {
+		res := c.conn.PgConn().ExecPrepared(ctx, "", [][]byte{[]byte("1")}, nil, nil).Read()
+		if res.Err != nil {
+			t.Fatalf("execute the unnamed statement: %v", res.Err)
+		}
+		if len(res.Rows) != 1 || string(res.Rows[0][0]) != c.want {
+			t.Fatalf("execute the unnamed statement: got %q, want %q", res.Rows, c.want)
+		}
+	}
+}

@@ -35,10 +35,11 @@ func (r *pgxRuns) add(pids map[uint32]bool, checks int) {
 }
 
 // TestPgx drives the proxy with pgx v5 in its default mode (QueryExecModeCacheStatement: named
-// prepared statements from its statement cache), plus its describe-cache and exec modes,
-// batches with a failing query in the middle, CopyFrom, transactions, and session settings
-// that must follow each client. The proxy keeps only 8 statements per server while the clients
-// use more, so statements are also evicted and prepared again.
+// prepared statements from its statement cache), plus its describe-cache, describe-exec, exec
+// and simple-protocol modes, batches with a failing query in the middle, CopyFrom,
+// transactions, and session settings that must follow each client. The proxy keeps only 8
+// statements per server while the clients use more, so statements are also evicted and
+// prepared again.
 func TestPgx(t *testing.T) {
 	h := start(t, func(c *engine.Config) { c.Pool.MaxPreparedStatements = 8 })
 	h.pg.Exec(t, `CREATE TABLE pgx_batch (client int, batch int, seq int)`)
@@ -151,8 +152,11 @@ func pgxClient(ctx context.Context, h *harness, i, rounds int, runs *pgxRuns) er
 
 		// 2. More distinct statements than the proxy keeps per server (8), in every mode.
 		for k := 0; k < 12; k++ {
+			// (Describe-exec parses the unnamed statement in one round trip and binds it in
+			// the next, which may run on another server.)
 			mode := []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheStatement,
-				pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol}[k%5]
+				pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec,
+				pgx.QueryExecModeSimpleProtocol}[k%6]
 			var v int64
 			var s string
 			q := fmt.Sprintf("SELECT $1::bigint * %d, $2::text || '-%d'", k+1, k)
