@@ -148,6 +148,9 @@ func mayChangeSession(q []byte) bool {
 					i++
 				}
 			case '$':
+				if i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9' {
+					break // a parameter ($1): no dollar-quote tag starts with a digit
+				}
 				// Dollar quoting may hide anything: classify the text properly.
 				return true
 			}

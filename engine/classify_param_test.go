@@ -1,0 +1,27 @@
+package engine
+
+import "testing"
+
+// Extended-protocol drivers (psycopg, pgjdbc, pgbench -M extended) send a Parse with $n
+// parameters for every query; its text is classified each time, so the common case must stay
+// on the allocation-free path, while dollar-quoted text is still classified in full.
+func TestClassifyParameterisedQuery(t *testing.T) {
+	q := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = $1 AND bid = $12")
+	if mayChangeSession(q) {
+		t.Fatalf("%q: parameters taken for dollar quoting", q)
+	}
+	if a := testing.AllocsPerRun(100, func() { classifyQuery(q) }); a != 0 {
+		t.Fatalf("classifying %q: %v allocations, want 0", q, a)
+	}
+	for _, c := range []struct {
+		q    string
+		kind queryKind
+	}{
+		{"SELECT $1::int; SET x = 1", qSessionState},
+		{"DO $body$ BEGIN PERFORM pg_advisory_lock(1); END $body$", qSessionState},
+	} {
+		if got := classifyQuery([]byte(c.q)); got.kind != c.kind {
+			t.Errorf("%q: kind %d, want %d", c.q, got.kind, c.kind)
+		}
+	}
+}
