@@ -1,10 +1,20 @@
 package cluster
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgbastion/pgbastion/test/daemon"
+	"github.com/pgbastion/pgbastion/test/pgtest"
 )
 
 func TestMain(m *testing.M) { daemon.Main(m) }
@@ -115,4 +125,97 @@ func TestStopRaftLeaderNotPrimary(t *testing.T) {
 	t.Logf("stopped Raft leader %s; writes through the others after %s", leader.Name, took.Round(time.Millisecond))
 	leader.Restart(t)
 	c.WaitHealthy(2, 2*time.Minute)
+}
+
+// TestQuorumLossStopsWrites: two of three pgbastion processes stop. The primary can no longer
+// renew its lease through a Raft quorum, so its proxy stops routing writes (clients get a clear
+// error once query_wait_timeout passes) and, after quorum_loss_timeout, PostgreSQL is fenced.
+func TestQuorumLossStopsWrites(t *testing.T) {
+	c := Start(t, Options{QueryWaitTimeout: 3 * time.Second, Extra: "failover:\n  quorum_loss_timeout: 6s\n"})
+	primary, _ := c.WaitOneWritablePrimary(time.Minute)
+	stopped := time.Now()
+	for _, n := range c.Nodes {
+		if n != primary {
+			n.StopDaemon(t)
+		}
+	}
+	// Writes through the primary's own proxy stop.
+	var lastErr error
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, lastErr = c.WritableThrough(ctx, primary.RW)
+		cancel()
+		if lastErr != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if lastErr == nil {
+		t.Fatal("the primary's proxy kept taking writes without a Raft quorum")
+	}
+	var pe *pgconn.PgError
+	if !errors.As(lastErr, &pe) || pe.Code != "57P03" {
+		t.Fatalf("write without quorum failed with %v, want SQLSTATE 57P03 and a clear message", lastErr)
+	}
+	t.Logf("writes refused %s after losing quorum: %s", time.Since(stopped).Round(time.Millisecond), pe.Message)
+	// PostgreSQL itself is fenced after quorum_loss_timeout: direct connections fail.
+	deadline = time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) && primary.PostmasterPID() != 0 {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if pid := primary.PostmasterPID(); pid != 0 {
+		t.Fatalf("PostgreSQL on %s still running (pid %d) %s after quorum loss", primary.Name, pid, time.Since(stopped))
+	}
+	t.Logf("PostgreSQL on %s fenced %s after losing quorum", primary.Name, time.Since(stopped).Round(time.Millisecond))
+}
+
+// TestSwitchoverUnderPgbenchLoad: a switchover while pgbench writes through a node's proxy in
+// transaction mode completes with 0 client errors.
+func TestSwitchoverUnderPgbenchLoad(t *testing.T) {
+	pgbench := pgtest.Program(t, "pgbench")
+	c := Start(t, Options{})
+	primary, _ := c.WaitOneWritablePrimary(time.Minute)
+	entry := c.Nodes[2]
+	if entry == primary {
+		entry = c.Nodes[1]
+	}
+	host, port, _ := net.SplitHostPort(entry.RW)
+	env := append(os.Environ(), "PGPASSWORD="+c.Password)
+	init := exec.Command(pgbench, "-i", "-s", "2", "-h", host, "-p", port, "-U", "postgres", "postgres")
+	init.Env = env
+	if out, err := init.CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	run := exec.Command(pgbench, "-c", "8", "-j", "2", "-T", "25", "-P", "1", "-h", host, "-p", port, "-U", "postgres", "postgres")
+	run.Env = env
+	var out bytes.Buffer
+	run.Stdout, run.Stderr = &out, &out
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(8 * time.Second) // let the load settle before moving the primary
+	var cand *Node
+	for _, n := range c.Nodes {
+		if n != primary {
+			cand = n
+			break
+		}
+	}
+	began := time.Now()
+	c.Switchover(t, cand.Name)
+	t.Logf("switchover %s -> %s took %s", primary.Name, cand.Name, time.Since(began).Round(time.Millisecond))
+	err := run.Wait()
+	text := out.String()
+	if err != nil || !strings.Contains(text, "number of failed transactions: 0") || strings.Contains(text, "error") {
+		t.Fatalf("pgbench saw errors during the switchover (%v):\n%s", err, text)
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "progress:") || strings.Contains(line, "tps =") || strings.Contains(line, "processed") {
+			t.Log(line)
+		}
+	}
+	if p, _ := c.WaitOneWritablePrimary(time.Minute); p != cand {
+		t.Fatalf("primary is %s, want %s", p.Name, cand.Name)
+	}
 }
