@@ -94,7 +94,7 @@ func (n *Node) tryApply(ctx context.Context, b []byte) (fsm.Result, bool, error)
 
 // applyLocal proposes b on this node, which believes it is the leader.
 func (n *Node) applyLocal(ctx context.Context, b []byte) (fsm.Result, bool, error) {
-	stamped, err := fsm.Stamp(b, time.Now())
+	stamped, err := fsm.Stamp(b, n.now())
 	if err != nil {
 		return fsm.Result{}, false, err
 	}

@@ -73,7 +73,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 	defer timer.Stop()
 	for {
 		st := n.fsm.State()
-		d := controller.Step(st, controller.Observations{Now: time.Now(), LeaderSince: leaderSince}, cfg)
+		d := controller.Step(st, controller.Observations{Now: n.now(), LeaderSince: leaderSince}, cfg)
 		if len(d.Commands) > 0 {
 			if !n.applyDecision(ctx, log, d.Commands) {
 				// A command failed or was rejected: the state moved under us or Raft is in
@@ -126,7 +126,7 @@ func (n *Node) establishLeadership(ctx context.Context) (time.Time, bool) {
 			b, _ := fsm.Encode(fsm.LeaderEstablished{Leader: n.name}, time.Time{})
 			res, _, err = n.applyLocal(ctx, b)
 			if err == nil && res.Err == nil {
-				since := time.Now()
+				since := n.now()
 				n.established.Store(true)
 				n.log.Info("leadership established", "epoch", res.ID)
 				return since, true

@@ -83,6 +83,9 @@ type Node struct {
 	reestablish chan struct{}
 	established atomic.Bool // this node is the leader and its epoch has begun
 
+	// started anchors now(): see there.
+	started time.Time
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -190,6 +193,7 @@ func newNode(cfg Config, opts NodeOptions, d deps) (*Node, error) {
 		observeCh:   make(chan raft.Observation, 16),
 		reestablish: make(chan struct{}, 1),
 		ctx:         ctx, cancel: cancel, done: make(chan struct{}),
+		started: time.Now(),
 	}
 	n.fsm = fsm.New(logger.With("component", "fsm"), n.onHalt)
 	n.lease = newLeaseKeeper(n)
@@ -273,6 +277,12 @@ func (n *Node) onHalt(err error) {
 	n.haltErr.Store(&err)
 	go n.Close()
 }
+
+// now is the clock the leader stamps commands with and runs the controller on: the wall time
+// at start plus the monotonic time elapsed since. The controller compares times stamped in
+// this leader's epoch with its own now; a step of the system clock (NTP) in between would
+// otherwise shorten or stretch the waits that keep promotions safe.
+func (n *Node) now() time.Time { return n.started.Add(time.Since(n.started)) }
 
 // Name is this node's name.
 func (n *Node) Name() string { return n.name }
