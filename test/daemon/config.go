@@ -17,7 +17,15 @@ import (
 // trip (durations are written as "1s").
 type FileConfig struct {
 	Proxy engine.Config `yaml:"proxy"`
+	API   APIConfig     `yaml:"api"`
 	Log   LogConfig     `yaml:"log"`
+}
+
+// APIConfig is the listener part of the file's api section (admin.Config, which nothing but
+// cmd imports). Empty MetricsListen turns the separate metrics port off.
+type APIConfig struct {
+	Listen        string `yaml:"listen"`
+	MetricsListen string `yaml:"metrics_listen"`
 }
 
 // LogConfig is the file's log section.
@@ -27,9 +35,9 @@ type LogConfig struct {
 }
 
 // NewConfig returns a standalone proxy configuration in front of backends: the engine's
-// defaults, listen_rw and listen_ro on free loopback ports, two event loops, and the
-// PostgreSQL superuser (with the first backend's password) as the server login. The log level
-// is info, or debug when PGBASTION_TEST_DEBUG is set.
+// defaults, listen_rw, listen_ro and the API on free loopback ports (no separate metrics
+// port), two event loops, and the PostgreSQL superuser (with the first backend's password) as
+// the server login. The log level is info, or debug when PGBASTION_TEST_DEBUG is set.
 func NewConfig(t testing.TB, backends ...*pgtest.Instance) *FileConfig {
 	t.Helper()
 	c := &FileConfig{Proxy: engine.DefaultConfig(), Log: LogConfig{Level: "info", Format: "text"}}
@@ -38,6 +46,7 @@ func NewConfig(t testing.TB, backends ...*pgtest.Instance) *FileConfig {
 	}
 	c.Proxy.ListenRW = FreeAddr(t)
 	c.Proxy.ListenRO = FreeAddr(t)
+	c.API.Listen = FreeAddr(t)
 	c.Proxy.EventLoops = 2
 	if len(backends) > 0 {
 		c.Proxy.Server = engine.ServerConfig{User: pgtest.Superuser, Password: backends[0].Password()}

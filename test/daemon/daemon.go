@@ -42,8 +42,9 @@ type Daemon struct {
 	ended atomic.Bool
 }
 
-// Start writes cfg to a file, runs `pgbastion run -c FILE` and returns once listen_rw and
-// listen_ro (those that are set) accept TCP connections. The daemon is killed in t.Cleanup.
+// Start writes cfg to a file, runs `pgbastion run -c FILE` and returns once listen_rw,
+// listen_ro and the API (those that are set) accept TCP connections. The daemon is stopped in
+// t.Cleanup.
 func Start(t testing.TB, cfg *FileConfig) *Daemon {
 	t.Helper()
 	data, err := cfg.Marshal()
@@ -51,7 +52,7 @@ func Start(t testing.TB, cfg *FileConfig) *Daemon {
 		t.Fatalf("daemon: marshal configuration: %v", err)
 	}
 	var wait []string
-	for _, a := range []string{cfg.Proxy.ListenRW, cfg.Proxy.ListenRO} {
+	for _, a := range []string{cfg.Proxy.ListenRW, cfg.Proxy.ListenRO, cfg.API.Listen} {
 		if a != "" {
 			wait = append(wait, a)
 		}
@@ -314,6 +315,14 @@ func (d *Daemon) RW() string {
 		return ""
 	}
 	return d.cfg.Proxy.ListenRW
+}
+
+// API returns the REST API's listen address ("" for StartYAML).
+func (d *Daemon) API() string {
+	if d.cfg == nil {
+		return ""
+	}
+	return d.cfg.API.Listen
 }
 
 // RO returns the read-only listen address ("" for StartYAML).

@@ -2,7 +2,9 @@ package daemon_test
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,6 +42,16 @@ func TestLifecycle(t *testing.T) {
 	ctx := t.Context()
 	if v, err := queryInt(ctx, daemon.ConnString(d.RW()), "SELECT 6 * 7"); err != nil || v != 42 {
 		t.Fatalf("query through rw: %d, %v", v, err)
+	}
+	// The API of a standalone proxy answers on its own port.
+	resp, err := http.Get("http://" + d.API() + "/metrics")
+	if err != nil {
+		t.Fatalf("API: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || len(body) == 0 {
+		t.Fatalf("GET /metrics: %s, %d bytes", resp.Status, len(body))
 	}
 	rss, err := d.RSS()
 	if err != nil || rss < 1<<20 || rss > 4<<30 {
@@ -103,6 +115,7 @@ proxy:
   auth: {method: trust}
   backends: [{host: 127.0.0.1, port: `+strconv.Itoa(primary.Port())+`, name: primary}]
   server: {user: postgres, password: `+primary.Password()+`}
+api: {listen: "`+daemon.FreeAddr(t)+`", metrics_listen: ""}
 log: {level: debug, format: json}
 `, rw)
 	if v, err := queryInt(t.Context(), daemon.ConnString(rw), "SELECT 7"); err != nil || v != 7 {
