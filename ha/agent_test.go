@@ -32,17 +32,22 @@ type fakeCluster struct {
 }
 
 func newFakeCluster(t *testing.T, name string) *fakeCluster {
-	c := &fakeCluster{t: t, name: name, f: fsm.New(testLogger(t), nil)}
-	now := time.Now()
-	c.contact.Store(&now)
-	return c
+	return &fakeCluster{t: t, name: name, f: fsm.New(testLogger(t), nil)}
 }
 
-func (c *fakeCluster) Name() string                   { return c.name }
-func (c *fakeCluster) State() *fsm.State              { return c.f.State() }
-func (c *fakeCluster) Subscribe() *fsm.Subscription   { return c.f.Subscribe() }
+func (c *fakeCluster) Name() string                 { return c.name }
+func (c *fakeCluster) State() *fsm.State            { return c.f.State() }
+func (c *fakeCluster) Subscribe() *fsm.Subscription { return c.f.Subscribe() }
+
+// LastQuorumContact is "now" (in contact all along) until setContact fixes it in the past.
+func (c *fakeCluster) LastQuorumContact() time.Time {
+	if t := c.contact.Load(); t != nil {
+		return *t
+	}
+	return time.Now()
+}
+
 func (c *fakeCluster) HoldsWriteLease() bool          { return c.lease.Load() }
-func (c *fakeCluster) LastQuorumContact() time.Time   { return *c.contact.Load() }
 func (c *fakeCluster) setContact(t time.Time)         { c.contact.Store(&t) }
 func (c *fakeCluster) ackCount() int                  { c.mu.Lock(); defer c.mu.Unlock(); return c.acks }
 func (c *fakeCluster) failNextAcks(n int)             { c.mu.Lock(); c.failAcks = n; c.mu.Unlock() }
@@ -314,7 +319,6 @@ func TestAgentSelfFencesAfterQuorumLoss(t *testing.T) {
 		cfg := agentConfig()
 		cfg.Failover.SplitBrainProtection = protect
 		var hook atomic.Value
-		c.setContact(time.Now())
 		runAgent(t, c, pg, cfg, AgentOptions{OnSelfFence: func(reason string) { hook.Store(reason) }})
 		await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateRunningPrimary }, "running")
 		if !pg.writable() {
