@@ -222,7 +222,7 @@ type loop struct {
 	scratch  []byte
 	scratch2 []byte
 	em       emitter
-	deferred []func()
+	deferred []task
 	clients  map[*client]struct{}
 	servers  map[*server]struct{}
 }
@@ -244,6 +244,22 @@ func (e *Engine) loopOf(c gnet.Conn) *loop {
 	return lp
 }
 
+// connLoop returns the loop of a connection that is already open: its context knows it, so
+// the hot path takes no lock.
+func (e *Engine) connLoop(c gnet.Conn) *loop {
+	switch x := c.Context().(type) {
+	case *client:
+		if x.lp != nil {
+			return x.lp
+		}
+	case *server:
+		if x.lp != nil && x.conn == c {
+			return x.lp
+		}
+	}
+	return e.loopOf(c)
+}
+
 func (e *Engine) loopAt(i int) *loop {
 	e.loopMu.Lock()
 	defer e.loopMu.Unlock()
@@ -258,18 +274,52 @@ func (e *Engine) loopAt(i int) *loop {
 	return nil
 }
 
+// task is deferred work for a loop. The common kinds carry their operands instead of a
+// closure, so handing a server to the next client allocates nothing.
+type task struct {
+	kind taskKind
+	cl   *client
+	s    *server
+	f    func()
+}
+
+type taskKind uint8
+
+const (
+	taskFunc     taskKind = iota
+	taskProcess           // run cl's handler on its buffered input
+	taskHandover          // attach s to cl if cl still waits, else release s
+)
+
 // later queues f to run on this loop once the current callback has finished with its
 // connection, which keeps hand-overs between connections free of re-entrancy.
-func (lp *loop) later(f func()) { lp.deferred = append(lp.deferred, f) }
+func (lp *loop) later(f func()) { lp.deferred = append(lp.deferred, task{kind: taskFunc, f: f}) }
+
+// laterTask queues a typed task.
+func (lp *loop) laterTask(t task) { lp.deferred = append(lp.deferred, t) }
 
 func (lp *loop) runDeferred() {
-	for len(lp.deferred) > 0 {
-		f := lp.deferred[0]
-		lp.deferred[0] = nil
-		lp.deferred = lp.deferred[1:]
-		lp.e.guard(nil, f)
+	for i := 0; i < len(lp.deferred); i++ {
+		t := lp.deferred[i]
+		lp.deferred[i] = task{}
+		lp.e.guard(nil, func() { t.run() })
 	}
 	lp.deferred = lp.deferred[:0]
+}
+
+func (t task) run() {
+	switch t.kind {
+	case taskFunc:
+		t.f()
+	case taskProcess:
+		t.cl.process()
+	case taskHandover:
+		if t.cl.waitingFor() {
+			t.cl.attachAndResume(t.s)
+		} else {
+			t.s.release()
+		}
+	}
 }
 
 // exec runs f on the loop's goroutine (from any goroutine).
@@ -341,7 +391,7 @@ func (e *Engine) OnOpen(c gnet.Conn) (out []byte, action gnet.Action) {
 
 // OnTraffic implements gnet.EventHandler.
 func (e *Engine) OnTraffic(c gnet.Conn) (action gnet.Action) {
-	lp := e.loopOf(c)
+	lp := e.connLoop(c)
 	if e.guard(c, func() {
 		switch x := c.Context().(type) {
 		case *client:
@@ -362,7 +412,7 @@ func (e *Engine) OnTraffic(c gnet.Conn) (action gnet.Action) {
 
 // OnClose implements gnet.EventHandler.
 func (e *Engine) OnClose(c gnet.Conn, err error) gnet.Action {
-	lp := e.loopOf(c)
+	lp := e.connLoop(c)
 	e.guard(nil, func() {
 		switch x := c.Context().(type) {
 		case *client:

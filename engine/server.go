@@ -575,7 +575,7 @@ func (s *server) afterReadyForQuery(cl *client) {
 		if cl.hasPendingInput() {
 			// The client already sent its next transaction.
 			if cl.lp != nil {
-				cl.lp.later(cl.process)
+				cl.lp.laterTask(task{kind: taskProcess, cl: cl})
 			}
 		}
 		return
@@ -651,13 +651,7 @@ func (s *server) handTo(cl *client) {
 	switch {
 	case s.conn != nil && cl.lp == s.lp:
 		lp := s.lp
-		lp.later(func() {
-			if cl.waitingFor() {
-				cl.attachAndResume(s)
-			} else {
-				s.release()
-			}
-		})
+		lp.laterTask(task{kind: taskHandover, cl: cl, s: s})
 	case s.conn != nil:
 		s.moveTo = cl
 		s.detachFromLoop(func(nc net.Conn) {
