@@ -15,6 +15,10 @@
 // lock — and prove that other clients, which must share the same two server connections, never
 // see it.
 //
+// The tests run in parallel with each other (each has its own PostgreSQL and proxy) and take
+// a few seconds to a few tens of seconds each; PGBASTION_DRIVERS_DIRECT=1 points the clients at
+// PostgreSQL itself, to tell a bug in a driver program from a bug in the proxy.
+//
 // Tools that are missing (python3 modules, node/npm, javac, psql, pgbench) skip the test with a
 // reason, and fail it when CI=true. node-postgres is installed with `npm ci` from the committed
 // lockfile into node/node_modules (git-ignored) the first time it is needed.

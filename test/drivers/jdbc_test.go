@@ -27,6 +27,7 @@ func pgjdbcJar(t *testing.T) string {
 // savepoints, a few types, settings that follow the client. The JVM runs in a time zone other
 // than the server's, which pgjdbc sends as a startup parameter.
 func TestPgjdbc(t *testing.T) {
+	t.Parallel()
 	pgtest.Require(t, pgtest.Commands("java", "javac"))
 	jar := pgjdbcJar(t)
 	classes := t.TempDir()

@@ -99,6 +99,7 @@ func ownSetting(name, want string) func(ctx context.Context, c *pgx.Conn) error 
 // until each of the two servers, including the one the leaking client used last, has served
 // them several times.
 func TestNoStateLeaks(t *testing.T) {
+	t.Parallel()
 	h := start(t, nil)
 	h.pg.Exec(t, `CREATE TABLE leak_t (v text)`)
 	h.pg.Exec(t, `CREATE ROLE leak_role NOLOGIN`)

@@ -18,6 +18,7 @@ import (
 // prepared statements ({name, text, values}), unnamed parameterised queries, transactions,
 // errors, settings that follow the client, and a pg.Pool.
 func TestNodePostgres(t *testing.T) {
+	t.Parallel()
 	nodeModules(t)
 	h := start(t, nil)
 	h.pg.Exec(t, `CREATE TABLE node_tx (client int, n int, committed bool)`)

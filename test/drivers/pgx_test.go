@@ -41,6 +41,7 @@ func (r *pgxRuns) add(pids map[uint32]bool, checks int) {
 // statements per server while the clients use more, so statements are also evicted and
 // prepared again.
 func TestPgx(t *testing.T) {
+	t.Parallel()
 	h := start(t, func(c *engine.Config) { c.Pool.MaxPreparedStatements = 8 })
 	h.pg.Exec(t, `CREATE TABLE pgx_batch (client int, batch int, seq int)`)
 	h.pg.Exec(t, `CREATE TABLE pgx_copy (client int, n int, label text, at timestamptz)`)

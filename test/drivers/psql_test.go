@@ -18,6 +18,7 @@ import (
 // covers settings that follow the client, multi-round-trip and multi-statement transactions,
 // COPY in both directions, \gset, errors inside a transaction, and SQL-level PREPARE.
 func TestPsql(t *testing.T) {
+	t.Parallel()
 	psql := pgtest.Program(t, "psql")
 	h := start(t, nil)
 	h.pg.Exec(t, `CREATE TABLE psql_t (client int DEFAULT current_setting('pgb.client')::int, n int)`)
@@ -98,6 +99,7 @@ func TestPsql(t *testing.T) {
 // modes (and one short TPC-B-like run in prepared mode, which has transactions) and requires
 // that no transaction failed and none aborted a client.
 func TestPgbench(t *testing.T) {
+	t.Parallel()
 	pgbench := pgtest.Program(t, "pgbench")
 	h := start(t, nil)
 	direct := append(os.Environ(), "PGHOST="+h.pg.Host(), "PGPORT="+strconv.Itoa(h.pg.Port()),

@@ -10,6 +10,7 @@ import (
 // with the extended protocol), pipeline mode with an error inside, COPY in and
 // out, transactions, settings that follow the client.
 func TestPsycopg(t *testing.T) {
+	t.Parallel()
 	py := python(t, "psycopg")
 	h := start(t, nil)
 	h.pg.Exec(t, `CREATE TABLE psy_pipe (client int, round int, n int)`)
@@ -38,6 +39,7 @@ func TestPsycopg(t *testing.T) {
 // transactions and savepoints, a few binary types, an asyncpg pool, many concurrent
 // connections.
 func TestAsyncpg(t *testing.T) {
+	t.Parallel()
 	py := python(t, "asyncpg")
 	h := start(t, nil)
 	h.pg.Exec(t, `CREATE TABLE apg_many (client int, round int, n int)`)
