@@ -83,7 +83,7 @@ func DefaultConfig() Config {
 func (c *Config) ApplyQuick() {
 	c.Quick = true
 	c.Rounds = 1
-	c.Duration = 2 * time.Second
+	c.Duration = 3 * time.Second
 	c.Warmup = time.Second
 	c.Scale = 1
 	if c.IdleClients > 1000 {

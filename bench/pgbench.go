@@ -109,12 +109,14 @@ func runPgbench(ctx context.Context, binDir, workDir string, t *target, w Worklo
 	start := time.Now()
 	runErr := cmd.Run()
 	elapsed := time.Since(start)
-	host1 := readHostCPU()
-	pg1 := treeTicks(pgPID)
 	var proxy1 int64
 	if pid != 0 {
 		proxy1 = cpuTicks(pid)
 	}
+	// PostgreSQL and the host are sampled together once the backends of direct clients are gone.
+	waitSettled(pgPID, 5*time.Second)
+	pg1 := treeTicks(pgPID)
+	host1 := readHostCPU()
 
 	r := &Measurement{Target: t.name, Round: round, Elapsed: elapsed, HostBusy: busyFraction(host0, host1)}
 	parseOutput(r, stdout.String(), stderr.String(), runErr)

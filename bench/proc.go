@@ -156,6 +156,41 @@ func treeTicks(root int) int64 {
 	return total
 }
 
+// childCount counts the processes whose parent is root, zombies included (they are not yet
+// reaped, so their CPU time is not yet in root's cutime).
+func childCount(root int) int {
+	n := 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == root {
+			continue
+		}
+		if _, ppid, err := readProcTimes(pid); err == nil && ppid == root {
+			n++
+		}
+	}
+	return n
+}
+
+// waitSettled waits until root's children stop exiting: the count has not changed for 100 ms,
+// or timeout has passed. After direct clients disconnect, their backends exit and are reaped
+// over a few milliseconds; sampling in the middle of that would lose the CPU time of backends
+// reaped between reading root's cutime and scanning its children.
+func waitSettled(root int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	last, stable := childCount(root), 0
+	for stable < 5 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		n := childCount(root)
+		if n == last {
+			stable++
+		} else {
+			last, stable = n, 0
+		}
+	}
+}
+
 // memKiB returns VmRSS and VmHWM (peak RSS) of a process in KiB.
 func memKiB(pid int) (rss, hwm int64) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))

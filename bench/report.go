@@ -162,6 +162,9 @@ func scenarioTable(res *Results, sr *ScenarioResult) string {
 		for _, e := range sums[t].Errors {
 			fmt.Fprintf(&b, "\n%s: `%s`\n", label(t), e)
 		}
+		if s := sums[t]; s.Runs > 0 && s.OKRuns == 0 {
+			fmt.Fprintf(&b, "\n%s: no run completed without errors, so its row is the median of failed runs (the clients that survived, over a shortened run); its ratios and CPU figures do not compare with the others.\n", label(t))
+		}
 	}
 	for _, p := range sr.Profiles {
 		b.WriteString("\n" + p.Markdown())
