@@ -241,6 +241,17 @@ func goals(res *Results) []string {
 			res.Config.ManyClients, b.Failed, b.Aborted, verdict(b.Failed == 0 && b.Aborted == 0 && b.OKRuns > 0), b.P99, p.P99, verdict(b.P99 > 0 && b.P99 <= p.P99))
 		if own := sum(ScenarioTxn, PGBastionTxn); own != nil {
 			line += fmt.Sprintf(" Throughput %.0f vs its own `-c 50` %.0f (%s; goal ≥ 0.90×): %s.", b.TPS, own.TPS, ratio(b.TPS, own.TPS), verdict(b.TPS >= 0.9*own.TPS))
+			// The same ratio for the others shows how much of the drop is the machine's: pgbench
+			// itself spends more CPU per transaction on 1,000 connections, on the same cores.
+			var ctx []string
+			for _, t := range []string{Direct, PgBouncerTxn} {
+				if m, c := sum(ScenarioMany, t), sum(ScenarioTxn, t); m != nil && c != nil {
+					ctx = append(ctx, fmt.Sprintf("%s %s", label(t), ratio(m.TPS, c.TPS)))
+				}
+			}
+			if len(ctx) > 0 {
+				line += " Same ratio for " + strings.Join(ctx, ", ") + "."
+			}
 		}
 		out = append(out, line)
 	}
