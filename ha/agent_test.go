@@ -98,6 +98,7 @@ func agentConfig() Config {
 	c := fastConfig("n1", nil)
 	c.Health.Interval = 20 * time.Millisecond
 	c.Health.MaxBackoff = 160 * time.Millisecond
+	c.Failover.LeaseTimeout, c.Failover.PrimaryTimeout = 600*time.Millisecond, 1200*time.Millisecond
 	c.Failover.QuorumLossTimeout = c.Failover.LeaseTimeout
 	return c
 }

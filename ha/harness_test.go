@@ -69,21 +69,21 @@ func fastConfig(name string, peers []Peer) Config {
 	c.Raft.Peers = peers
 	// Short, but not so short that a loaded test machine (race detector, parallel packages)
 	// flaps Raft leadership all the time.
-	c.Raft.HeartbeatTimeout = 250 * time.Millisecond
-	c.Raft.ElectionTimeout = 250 * time.Millisecond
-	c.Raft.LeaderLeaseTimeout = 125 * time.Millisecond
+	c.Raft.HeartbeatTimeout = 300 * time.Millisecond
+	c.Raft.ElectionTimeout = 300 * time.Millisecond
+	c.Raft.LeaderLeaseTimeout = 150 * time.Millisecond
 	c.Raft.CommitTimeout = 5 * time.Millisecond
-	c.Failover.LeaseTimeout = 600 * time.Millisecond
-	c.Failover.PrimaryTimeout = 1200 * time.Millisecond
-	c.Failover.SafetyMargin = 100 * time.Millisecond
-	c.Failover.QuorumLossTimeout = 2 * time.Second
+	c.Failover.LeaseTimeout = time.Second
+	c.Failover.PrimaryTimeout = 2 * time.Second
+	c.Failover.SafetyMargin = 200 * time.Millisecond
+	c.Failover.QuorumLossTimeout = 3 * time.Second
 	c.Failover.DirectiveTimeout = 3 * time.Second
 	c.Failover.SwitchoverTimeout = 10 * time.Second
 	c.Failover.DrainTimeout = 500 * time.Millisecond
-	c.Health.Interval = 50 * time.Millisecond
-	c.Health.Timeout = 300 * time.Millisecond
+	c.Health.Interval = 100 * time.Millisecond
+	c.Health.Timeout = 500 * time.Millisecond
 	c.Health.FailureThreshold = 2
-	c.Health.MaxBackoff = 400 * time.Millisecond
+	c.Health.MaxBackoff = 800 * time.Millisecond
 	return c
 }
 
