@@ -38,6 +38,9 @@
 //     failover.lease_timeout ago was committed by a Raft quorum and named the primary its state
 //     still names (lease.go). Config.Validate rejects timings under which a replica could be
 //     promoted before every such lease has run out: lease·(1+drift) + margin < primary_timeout·(1−drift).
+//     Leases are timed on each node's monotonic clock; the leader stamps commands and runs the
+//     controller on a clock that system-clock steps do not move (Node.now), and times stamped by
+//     an earlier leader are measured from the start of the current leader's epoch.
 //  2. Lease loss is published at once (a timer fires at expiry; WatchRoute), and a primary cut
 //     off from the quorum stops PostgreSQL itself after quorum_loss_timeout (Agent).
 //  3. The controller publishes FENCE to the old primary before PROMOTE and promotes only after
