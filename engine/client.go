@@ -1215,6 +1215,13 @@ func (cl *client) needServer() bool {
 	kind, s, from := pe.p.Acquire(loopIdx, cl, now)
 	switch kind {
 	case pool.GrantIdle:
+		if d := cl.e.cfg.Pool.ServerCheckDelay; d > 0 && now.Sub(s.lastUsed) > d && s.conn != nil {
+			// Idle for long: make sure the server still answers before handing it over
+			// (PgBouncer's server_check_query, with the empty query).
+			cl.waiting, cl.waitSince = true, now
+			s.check(cl)
+			return cl.streamWait()
+		}
 		cl.attach(s)
 		return true
 	case pool.GrantSteal:

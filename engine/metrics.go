@@ -28,6 +28,8 @@ type Metrics struct {
 	slowReaders           *metrics.Counter
 	cancelRequests        *metrics.Counter
 	cancelsDropped        *metrics.Counter
+	serverChecks          *metrics.Counter
+	serverCheckFailures   *metrics.Counter
 }
 
 // NewMetrics registers the proxy's metrics in set (a new set when nil).
@@ -57,6 +59,8 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		slowReaders:           c("pgbastion_proxy_slow_readers_total"),
 		cancelRequests:        c("pgbastion_proxy_cancel_requests_total"),
 		cancelsDropped:        c("pgbastion_proxy_cancel_requests_dropped_total"),
+		serverChecks:          c("pgbastion_proxy_server_checks_total"),
+		serverCheckFailures:   c("pgbastion_proxy_server_check_failures_total"),
 	}
 }
 

@@ -204,3 +204,49 @@ func TestTransactionModeManyClients(t *testing.T) {
 		}
 	}
 }
+
+// TestServerCheckDelay: an idle server unused for longer than server_check_delay answers the
+// empty query before a client gets it; a server that died while idle is replaced without the
+// client seeing an error.
+func TestServerCheckDelay(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.Pool.DefaultPoolSize = 1
+		c.EventLoops = 1
+		c.Pool.ServerCheckDelay = time.Millisecond
+	}, primary)
+	c := connect(t, p.dsn(p.rw))
+	before := metricValue(t, p.e, "pgbastion_proxy_server_checks_total")
+	for i := 0; i < 5; i++ {
+		time.Sleep(5 * time.Millisecond) // let the server sit idle past the delay
+		if got := queryInt(t, c, "SELECT 1"); got != 1 {
+			t.Fatal(got)
+		}
+	}
+	if n := metricValue(t, p.e, "pgbastion_proxy_server_checks_total") - before; n < 4 {
+		t.Fatalf("%v checks for 5 uses of an idle server", n)
+	}
+	// Kill the pooled server behind the proxy's back; the next query still succeeds.
+	primary.Exec(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name = ''")
+	time.Sleep(5 * time.Millisecond)
+	if got := queryInt(t, c, "SELECT 2"); got != 2 {
+		t.Fatal(got)
+	}
+}
+
+func metricValue(t *testing.T, e *engine.Engine, name string) float64 {
+	t.Helper()
+	var b strings.Builder
+	e.Metrics().Set().WritePrometheus(&b)
+	for _, line := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			var v float64
+			fmt.Sscan(strings.TrimPrefix(line, name+" "), &v)
+			return v
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}

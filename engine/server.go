@@ -70,6 +70,8 @@ type server struct {
 
 	// home is where the pool accounts for this server: a loop index, or -1 for the stream path.
 	home int
+	// checkFor is the client waiting for this idle server to pass its empty-query check.
+	checkFor *client
 
 	// moveTo is the client the server is being moved for (nil: back to the pool);
 	// detachFor is set while a move off this loop is pending.
@@ -564,10 +566,19 @@ func (s *server) afterReadyForQuery(cl *client) {
 		return
 	}
 	if cl == nil {
-		if s.tr.Idle() {
-			s.resetting = false
-			s.release()
+		if !s.tr.Idle() {
+			return
 		}
+		s.resetting = false
+		if w := s.checkFor; w != nil {
+			s.checkFor = nil
+			s.lastUsed = time.Now()
+			if w.waitingFor() {
+				w.attachAndResume(s)
+				return
+			}
+		}
+		s.release()
 		return
 	}
 	if cl.txnMode() && s.tr.Idle() && cl.state == csReady && s.cancelPending.Load() == 0 {
@@ -800,6 +811,12 @@ func (s *server) lost(err error) {
 		s.b.active.Add(-1)
 		cl.serverLost(err)
 	}
+	if w := s.checkFor; w != nil {
+		// The idle server failed its check: the client asks the pool again.
+		s.checkFor = nil
+		s.e.m.serverCheckFailures.Inc()
+		w.deliverFailure(errRetry)
+	}
 	if w, loop, ok := s.pe.p.ServerGone(s.home); ok {
 		s.e.dial(s.pe, w, loop)
 	}
@@ -856,3 +873,14 @@ func (s *server) checkBackpressure() {
 		s.startSlowReader(s.client)
 	}
 }
+
+// check sends the empty query to an idle server before it is handed to cl; cl gets it when the
+// answer arrives (afterReadyForQuery), or asks the pool again if the server is gone.
+func (s *server) check(cl *client) {
+	s.checkFor = cl
+	s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
+	s.e.m.serverChecks.Inc()
+	s.write(emptyQuery)
+}
+
+var emptyQuery = pgwire.AppendQuery(nil, "")
