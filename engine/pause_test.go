@@ -80,7 +80,7 @@ func TestPauseSwitchResumeNoClientErrors(t *testing.T) {
 	}
 	waitFor(t, "traffic before the switch", func() bool { return total.Load() > 200 })
 
-	pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	start := time.Now()
 	if err := p.e.PauseWrites(pctx); err != nil {
 		t.Fatalf("pause: %v", err)
@@ -107,7 +107,7 @@ func TestPauseSwitchResumeNoClientErrors(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

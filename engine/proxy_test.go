@@ -79,6 +79,17 @@ func startProxyWith(t testing.TB, mutate func(*engine.Config), opts engine.Optio
 			t.Error("proxy did not stop in 10s")
 		}
 	})
+	if len(cfg.Backends) > 0 {
+		// The role checker's first probe can miss on a loaded machine; it retries every
+		// health_check_interval. Tests start once a primary is known.
+		deadline := time.Now().Add(60 * time.Second)
+		for e.Stats().Primary == "" {
+			if time.Now().After(deadline) {
+				t.Fatal("the proxy found no primary within 60s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	return &proxy{e: e, rw: cfg.ListenRW, ro: cfg.ListenRO}
 }
 
