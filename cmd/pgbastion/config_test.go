@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigUnknownKeyNamesFileAndLine(t *testing.T) {
+	_, err := ParseConfig("pgbastion.yaml", []byte(`proxy:
+  listen_rw: 127.0.0.1:5432
+  pool:
+    mode: transaction
+    defualt_pool_size: 20
+`))
+	if err == nil || !strings.Contains(err.Error(), `pgbastion.yaml:5: unknown key "defualt_pool_size"`) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestConfigTypeErrorNamesFileAndLine(t *testing.T) {
+	_, err := ParseConfig("x.yaml", []byte("proxy:\n  pool:\n    default_pool_size: lots\n"))
+	if err == nil || !strings.Contains(err.Error(), "x.yaml:3:") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestConfigValidationListsEveryProblem(t *testing.T) {
+	_, err := ParseConfig("x.yaml", []byte(`proxy:
+  pool: {mode: statement}
+  auth: {method: md5}
+log: {level: loud}
+`))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{"pool.mode", "auth_file", "log.level"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}
+
+func TestConfigStandaloneAndCluster(t *testing.T) {
+	c, err := ParseConfig("s.yaml", []byte(`proxy:
+  backends: [{host: 127.0.0.1, port: 5434}]
+  pool: {query_wait_timeout: 7s}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, cluster := c.HA(); cluster {
+		t.Fatal("no raft section but cluster mode")
+	}
+	if c.Proxy.Pool.QueryWaitTimeout != 7*time.Second || c.Proxy.Pool.DefaultPoolSize != 20 || c.API.Listen != "127.0.0.1:8080" {
+		t.Fatalf("defaults or durations wrong: %+v", c.Proxy.Pool)
+	}
+
+	c, err = ParseConfig("c.yaml", []byte(`raft:
+  node_name: n1
+  bind: 127.0.0.1:8300
+  data_dir: /var/lib/pgbastion/raft
+  peers: [{name: n1, address: 127.0.0.1:8300}]
+postgresql:
+  data_dir: /var/lib/postgresql/data
+  port: 5434
+  password: secret
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, cluster := c.HA()
+	if !cluster || !hc.Failover.FencingEnabled || !hc.Failover.SplitBrainProtection || hc.Failover.LeaseTimeout == 0 {
+		t.Fatalf("cluster defaults: %+v", hc.Failover)
+	}
+
+	_, err = ParseConfig("c.yaml", []byte(`raft: {node_name: n1, data_dir: /tmp/r, peers: [{name: n1, address: 127.0.0.1:8300}]}
+postgresql: {data_dir: /tmp/d, port: 5434}
+proxy:
+  backends: [{host: 127.0.0.1, port: 5434}]
+`))
+	if err == nil || !strings.Contains(err.Error(), "proxy.backends must be empty") {
+		t.Fatalf("backends with raft: %v", err)
+	}
+	_, err = ParseConfig("v.yaml", []byte("proxy: {backends: [{host: h, port: 1}]}\nvip: {address: 198.18.0.200/24, interface: eth0}\n"))
+	if err == nil || !strings.Contains(err.Error(), "vip needs a raft section") {
+		t.Fatalf("vip without raft: %v", err)
+	}
+}
+
+func TestCheckCommand(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(path, []byte("proxy: {backends: [{host: 127.0.0.1, port: 5434}]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"check", "-c", path}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "valid") {
+		t.Fatalf("check: %d %q %q", code, out.String(), errOut.String())
+	}
+	if code := Main([]string{"check", "-c", filepath.Join(t.TempDir(), "missing.yaml")}, &out, &errOut); code != 1 {
+		t.Fatalf("missing file exit %d", code)
+	}
+	if code := Main([]string{"frobnicate"}, &out, &errOut); code != 2 {
+		t.Fatalf("unknown command exit %d", code)
+	}
+}
