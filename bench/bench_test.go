@@ -33,7 +33,7 @@ pgbench: error: Run was aborted; the above results are incomplete.
 func TestParseOutput(t *testing.T) {
 	var r Measurement
 	parseOutput(&r, pgbenchOut, pgbenchErr, errors.New("exit status 2"))
-	if r.TPS != 12168.123456 || r.Txns != 241234 || r.Failed != 3 || r.LatAvg != 4.109 || r.Aborted != 2 {
+	if r.TPS != 12168.123456 || r.Txns != 241234 || r.Failed != 3 || r.LatAvg != 4.109 || r.Aborted != 2 || r.ConnTime != 12.345 {
 		t.Fatalf("parsed %+v", r)
 	}
 	if !strings.Contains(r.ExitErr, `prepared statement "P_0" already exists`) || r.OK() {

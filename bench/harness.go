@@ -347,7 +347,7 @@ func (h *harness) setup(ctx context.Context, res *Results) error {
 	h.bin = bin
 	res.Notes = append(res.Notes,
 		fmt.Sprintf("Session-mode pools have default_pool_size %d (a session pool smaller than the 50 clients would leave clients waiting for the whole run); transaction-mode pools %d.", sessionPool, cfg.PoolSize),
-		fmt.Sprintf("PostgreSQL has max_connections 1300, so direct PostgreSQL also takes the %d-client run (one backend process per client).", cfg.ManyClients),
+		fmt.Sprintf("PostgreSQL has max_connections 1300, so direct PostgreSQL also takes the %d-client run (one backend process per client). pgbench's -T clock includes connecting, and forking that many backends can take most of a run on a busy machine (see the connect column of the raw figures); a direct run that connected too late to run a transaction counts as failed.", cfg.ManyClients),
 		fmt.Sprintf("PostgreSQL, pgbench and the proxy share the same %d cores; every figure is relative to the others on this machine.", runtime.NumCPU()),
 	)
 	// One unmeasured run warms PostgreSQL's buffers.

@@ -58,6 +58,9 @@ type Measurement struct {
 	// ExitErr is pgbench's failure, with the first error line it printed.
 	ExitErr string
 	Elapsed time.Duration
+	// ConnTime is pgbench's "initial connection time" in milliseconds: its -T clock includes
+	// it, so slow logins (1,000 direct backends to fork) shorten the measured part of the run.
+	ConnTime float64
 }
 
 // OK reports whether the run produced a usable throughput figure.
@@ -68,6 +71,7 @@ var (
 	reTxns    = regexp.MustCompile(`(?m)^number of transactions actually processed: (\d+)`)
 	reFailed  = regexp.MustCompile(`(?m)^number of failed transactions: (\d+)`)
 	reLatency = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
+	reConn    = regexp.MustCompile(`(?m)^initial connection time = ([0-9.]+) ms`)
 	reAborted = regexp.MustCompile(`client \d+ (?:script \d+ )?aborted`)
 )
 
@@ -165,6 +169,9 @@ func parseOutput(r *Measurement, out, errText string, runErr error) {
 	}
 	if m := reLatency.FindStringSubmatch(out); m != nil {
 		r.LatAvg, _ = strconv.ParseFloat(m[1], 64)
+	}
+	if m := reConn.FindStringSubmatch(out); m != nil {
+		r.ConnTime, _ = strconv.ParseFloat(m[1], 64)
 	}
 	r.Aborted = len(reAborted.FindAllString(errText, -1))
 	if runErr != nil {

@@ -303,13 +303,13 @@ func Markdown(res *Results) string {
 		b.WriteString(idleTable(res) + "\n")
 	}
 	b.WriteString("## Every run\n\n<details><summary>raw figures</summary>\n\n")
-	b.WriteString("| scenario | round | target | TPS | txns | failed | aborted | lat avg ms | p50 ms | p99 ms | samples | proxy µs/tx | PG µs/tx | pgbench µs/tx | busy | other | RSS KiB | error |\n")
-	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| scenario | round | target | TPS | txns | failed | aborted | lat avg ms | p50 ms | p99 ms | samples | proxy µs/tx | PG µs/tx | pgbench µs/tx | busy | other | RSS KiB | connect ms | error |\n")
+	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, sr := range res.Scenarios {
 		for _, r := range sr.Runs {
-			fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %d | %d | %d | %.3f | %.3f | %.3f | %d | %.1f | %.1f | %.1f | %.0f%% | %.0f%% | %d | %s |\n",
+			fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %d | %d | %d | %.3f | %.3f | %.3f | %d | %.1f | %.1f | %.1f | %.0f%% | %.0f%% | %d | %.0f | %s |\n",
 				sr.Scenario.Name, r.Round, r.Target, r.TPS, r.Txns, r.Failed, r.Aborted, r.LatAvg, r.P50, r.P99, r.Samples,
-				r.ProxyCPU, r.PGCPU, r.ClientCPU, r.HostBusy*100, r.Foreign*100, r.ProxyRSS, strings.ReplaceAll(r.ExitErr, "|", "\\|"))
+				r.ProxyCPU, r.PGCPU, r.ClientCPU, r.HostBusy*100, r.Foreign*100, r.ProxyRSS, r.ConnTime, strings.ReplaceAll(r.ExitErr, "|", "\\|"))
 		}
 	}
 	b.WriteString("\n</details>\n")
