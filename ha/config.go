@@ -88,8 +88,11 @@ type FailoverConfig struct {
 	// paused, for in-flight write transactions.
 	SwitchoverTimeout time.Duration `yaml:"switchover_timeout"`
 	DrainTimeout      time.Duration `yaml:"drain_timeout"`
-	// Synchronous replication (issue 6): "off", "on" or "quorum". In "on" and "quorum" only a
-	// recorded synchronous standby may be promoted automatically.
+	// Synchronous replication: "off", "on" (FIRST n) or "quorum" (ANY n). In "on" and
+	// "quorum" PGBastion manages the primary's synchronous_standby_names and only a standby
+	// proven to hold every acknowledged transaction is promoted automatically; n is
+	// SynchronousNodeCount. Strict: commits wait for a standby rather than run asynchronously
+	// when none is left.
 	SynchronousMode       string `yaml:"synchronous_mode"`
 	SynchronousNodeCount  int    `yaml:"synchronous_node_count"`
 	SynchronousModeStrict bool   `yaml:"synchronous_mode_strict"`
@@ -320,5 +323,7 @@ func (c Config) controllerConfig() controller.Config {
 		SwitchoverTimeout: f.SwitchoverTimeout,
 		DrainTimeout:      f.DrainTimeout,
 		SynchronousMode:   f.SynchronousMode,
+		SyncNodeCount:     f.SynchronousNodeCount,
+		SyncStrict:        f.SynchronousModeStrict,
 	}
 }

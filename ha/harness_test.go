@@ -243,7 +243,7 @@ func (p *fakePG) Stop(ctx context.Context) (StopResult, error) {
 	}
 	var res StopResult
 	if p.running && p.role == fsm.RolePrimary {
-		res.CheckpointLSN = p.lsn
+		res.CheckpointLSN = p.shutdownCheckpoint()
 	}
 	p.running = false
 	return res, nil
@@ -274,10 +274,19 @@ func (p *fakePG) Follow(ctx context.Context, up Upstream) (StopResult, error) {
 	}
 	var res StopResult
 	if p.running && p.role == fsm.RolePrimary {
-		res.CheckpointLSN = p.lsn
+		res.CheckpointLSN = p.shutdownCheckpoint()
 	}
 	p.running, p.role, p.upstream = true, fsm.RoleReplica, up.Host
 	return res, nil
+}
+
+// shutdownCheckpoint writes a primary's shutdown checkpoint record (one byte here) and
+// returns where it begins, as pg_controldata reports it. Standbys that stream it replay past
+// that position.
+func (p *fakePG) shutdownCheckpoint() fsm.LSN {
+	at := p.lsn
+	p.lsn++
+	return at
 }
 
 func (p *fakePG) Checkpoint(ctx context.Context) error {

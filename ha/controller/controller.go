@@ -32,10 +32,21 @@ type Config struct {
 	// DrainTimeout bounds how long a switchover waits, with writes paused, for the proxies'
 	// in-flight write transactions to finish before it demotes the primary.
 	DrainTimeout time.Duration
-	// SynchronousMode is "off", "on" or "quorum". In the latter two only a member of the
-	// recorded synchronous standby set may be promoted automatically (invariant 4).
+	// SynchronousMode is "off", "on" or "quorum". In the latter two the controller manages the
+	// primary's synchronous_standby_names and only a standby the synchronous record proves to
+	// hold every acknowledged transaction may be promoted automatically (invariant 4).
 	SynchronousMode string
+	// SyncNodeCount is synchronous_node_count: how many standbys must confirm a commit (at
+	// most; fewer when fewer are healthy).
+	SyncNodeCount int
+	// SyncStrict: never let the primary acknowledge commits without a standby (writes block
+	// rather than fall back to asynchronous replication).
+	SyncStrict bool
 }
+
+func (c Config) syncMode() bool { return c.SynchronousMode == "on" || c.SynchronousMode == "quorum" }
+
+func (st *step) syncMode() bool { return st.cfg.syncMode() }
 
 // Observations is what the controller's shell knows besides the replicated state.
 type Observations struct {
@@ -103,6 +114,7 @@ func Step(s *fsm.State, obs Observations, cfg Config) Decision {
 		return st.d
 	}
 	st.reconcileFollowers()
+	st.manageSync()
 	return st.d
 }
 
@@ -200,9 +212,8 @@ func (st *step) checkPrimary() bool {
 		st.d.wait("%s, but automatic failover is paused", reason)
 		return true
 	}
-	best, rejected := st.rank(old, nil, false)
-	if best == "" {
-		st.d.wait("%s, and no replica can be promoted: %s", reason, rejected)
+	if r := st.rank(old, nil, false, liveData{}); r.best == "" {
+		st.d.wait("%s, and no replica can be promoted: %s", reason, r.why())
 		return true
 	}
 	st.d.add(fsm.StartOperation{Kind: fsm.OpFailover, Reason: reason, OldPrimary: old})
@@ -268,7 +279,7 @@ func (st *step) adopt() bool {
 		return true
 	}
 	st.d.add(fsm.SetPrimary{Node: m.Name, Reason: "bootstrap: adopted the running primary",
-		Timeline: m.Status.Timeline, LSN: m.Status.FlushLSN})
+		Timeline: m.Status.Timeline, LSN: m.Status.FlushLSN, SystemID: m.Status.SystemID})
 	return true
 }
 
@@ -287,19 +298,45 @@ func primaryProblem(ns fsm.NodeStatus) string {
 	return ""
 }
 
-// rank returns the best candidate to promote instead of old, and a description of why the
-// others were rejected. Eligible: a fresh, healthy, running replica whose tags allow promotion,
-// in the synchronous standby set when a synchronous mode is on, within MaxLagOnFailover of the
-// best known position (unless force). Ties on WAL position go to the higher failover_priority,
-// then to the lower name.
-func (st *step) rank(old string, excluded []string, force bool) (string, string) {
+// liveData says which status reports carry positions the replicas hold now: those applied
+// after index idx (the failover began, or its FENCE was acknowledged). Until deadline the
+// decision waits for members that could be candidates to report; after it, members that did
+// not count as unheard.
+type liveData struct {
+	idx      uint64
+	deadline time.Time
+	passed   bool
+}
+
+// ranking is what rank found.
+type ranking struct {
+	best     string
+	rejected []string
+	// pending: members that could be candidates but have not reported since live.idx.
+	pending []string
+}
+
+func (r ranking) why() string {
+	if len(r.rejected) == 0 {
+		return "no other members"
+	}
+	return strings.Join(r.rejected, "; ")
+}
+
+// rank finds the best candidate to promote instead of old. Eligible: a fresh, healthy,
+// running replica whose tags allow promotion and, unless force: in synchronous modes one that
+// the synchronous standby record proves holds every acknowledged transaction (syncProblem),
+// otherwise one within MaxLagOnFailover of the best known position. Ties on WAL position go to
+// the higher failover_priority, then to the lower name. With live.idx set, positions must come
+// from reports applied after it, and rank waits (pending) for members that have not sent one.
+func (st *step) rank(old string, excluded []string, force bool, live liveData) ranking {
 	type cand struct {
 		name string
 		pos  fsm.LSN
 		prio int
 	}
+	var r ranking
 	var cands []cand
-	var rejected []string
 	ref := st.bestKnown(old)
 	for _, name := range st.s.MemberNames() {
 		if name == old {
@@ -307,25 +344,44 @@ func (st *step) rank(old string, excluded []string, force bool) (string, string)
 		}
 		m := st.s.Members[name]
 		if why := st.ineligible(m, excluded); why != "" {
-			rejected = append(rejected, name+": "+why)
+			r.rejected = append(r.rejected, name+": "+why)
+			continue
+		}
+		if live.idx > 0 && m.Status.ReportIndex <= live.idx {
+			if !live.passed {
+				r.pending = append(r.pending, name)
+				continue
+			}
+			r.rejected = append(r.rejected, name+": no status report since the primary was deposed")
 			continue
 		}
 		cands = append(cands, cand{name, m.Status.Position(), m.Tags.FailoverPriority})
 	}
+	if len(r.pending) > 0 {
+		return r
+	}
 	var ok []cand
 	for _, c := range cands {
-		if lag := ref.Sub(c.pos); lag > st.cfg.MaxLagOnFailover && !force {
-			rejected = append(rejected, fmt.Sprintf("%s: %d bytes behind the best known position %s (maximum_lag_on_failover %d)",
+		if force {
+			ok = append(ok, c)
+			continue
+		}
+		if st.syncMode() {
+			// The record proves the candidate holds every acknowledged transaction; WAL beyond
+			// that was never acknowledged, so maximum_lag_on_failover does not apply.
+			if why := st.syncProblem(old, c.name, live.idx); why != "" {
+				r.rejected = append(r.rejected, c.name+": "+why)
+				continue
+			}
+		} else if lag := ref.Sub(c.pos); lag > st.cfg.MaxLagOnFailover {
+			r.rejected = append(r.rejected, fmt.Sprintf("%s: %d bytes behind the best known position %s (maximum_lag_on_failover %d)",
 				c.name, lag, ref, st.cfg.MaxLagOnFailover))
 			continue
 		}
 		ok = append(ok, c)
 	}
 	if len(ok) == 0 {
-		if len(rejected) == 0 {
-			rejected = []string{"no other members"}
-		}
-		return "", strings.Join(rejected, "; ")
+		return r
 	}
 	slices.SortFunc(ok, func(a, b cand) int {
 		switch {
@@ -339,7 +395,8 @@ func (st *step) rank(old string, excluded []string, force bool) (string, string)
 		}
 		return strings.Compare(a.name, b.name)
 	})
-	return ok[0].name, strings.Join(rejected, "; ")
+	r.best = ok[0].name
+	return r
 }
 
 func (st *step) ineligible(m fsm.Member, excluded []string) string {
@@ -381,10 +438,15 @@ func (st *step) unfit(m fsm.Member, excluded []string) string {
 		return "tags forbid promotion"
 	case !m.Status.Healthy || m.Status.Role != fsm.RoleReplica || m.Status.State != fsm.StateRunningReplica:
 		return fmt.Sprintf("not a healthy running replica (%s)", m.Status.State)
-	case st.cfg.SynchronousMode != "" && st.cfg.SynchronousMode != "off" && !slices.Contains(st.s.SyncStandbys, m.Name):
-		return "not in the recorded synchronous standby set"
+	case st.foreign(m):
+		return fmt.Sprintf("its data directory belongs to another cluster (system identifier %s, the cluster's is %s)", m.Status.SystemID, st.s.SystemID)
 	}
 	return ""
+}
+
+// foreign reports whether m runs a database of another cluster.
+func (st *step) foreign(m fsm.Member) bool {
+	return st.s.SystemID != "" && m.Status.SystemID != "" && m.Status.SystemID != st.s.SystemID
 }
 
 // bestKnown is the furthest WAL position known to hold acknowledged writes: the old primary's
@@ -523,13 +585,20 @@ func (st *step) elect(op fsm.Operation) {
 			return
 		}
 	}
+	live := st.liveSince(op)
 	candidate := op.Candidate
 	if candidate != "" {
-		if _, ok := st.s.Members[candidate]; !ok {
+		c, ok := st.s.Members[candidate]
+		if !ok {
 			st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("candidate %q is no longer a member", candidate)})
 			return
 		}
-		if why := st.candidateProblem(op, candidate); why != "" {
+		if c.Status.ReportIndex <= live.idx && !live.passed && st.ineligible(c, op.Excluded) == "" {
+			st.d.wake(live.deadline)
+			st.d.wait("waiting for candidate %q to report its position since the primary was deposed", candidate)
+			return
+		}
+		if why := st.candidateProblem(op, candidate, live.idx); why != "" {
 			msg := fmt.Sprintf("candidate %q cannot be promoted: %s", candidate, why)
 			st.d.wait("%s", msg)
 			if op.Message != msg {
@@ -538,16 +607,25 @@ func (st *step) elect(op fsm.Operation) {
 			return
 		}
 	} else {
-		best, rejected := st.rank(op.OldPrimary, op.Excluded, op.Force)
-		if best == "" {
-			msg := "no replica can be promoted: " + rejected
+		r := st.rank(op.OldPrimary, op.Excluded, op.Force, live)
+		if len(r.pending) > 0 {
+			st.d.wake(live.deadline)
+			msg := fmt.Sprintf("waiting for %s to report current WAL positions (their last reports predate the failover)", strings.Join(r.pending, ", "))
 			st.d.wait("%s", msg)
 			if op.Message != msg {
 				st.d.add(fsm.UpdateOperation{ID: op.ID, Message: &msg})
 			}
 			return
 		}
-		candidate = best
+		if r.best == "" {
+			msg := "no replica can be promoted: " + r.why()
+			st.d.wait("%s", msg)
+			if op.Message != msg {
+				st.d.add(fsm.UpdateOperation{ID: op.ID, Message: &msg})
+			}
+			return
+		}
+		candidate = r.best
 	}
 	ok, until, why := st.leaseGate(candidate)
 	if !ok {
@@ -561,14 +639,63 @@ func (st *step) elect(op fsm.Operation) {
 	}
 	lose := st.lagOf(candidate, op.OldPrimary)
 	msg := fmt.Sprintf("promoting %q", candidate)
+	upd := fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhasePromoting, Candidate: strp(candidate), MayLoseBytes: &lose, Message: &msg}
+	if op.Force {
+		if what := st.forcedLoss(op, candidate, lose, live.idx); what != "" {
+			upd.MayLose = &what
+		}
+	}
 	st.d.add(
-		fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhasePromoting, Candidate: strp(candidate), MayLoseBytes: &lose, Message: &msg},
+		upd,
 		fsm.IssueDirective{Type: fsm.DirectivePromote, Target: candidate, Params: fsm.DirectiveParams{OperationID: op.ID, Reason: op.Reason}},
 	)
 }
 
-// candidateProblem says why name cannot be promoted by op now, or "".
-func (st *step) candidateProblem(op fsm.Operation, name string) string {
+// liveSince returns which reports count as current for op: those applied after it began, and
+// after the last acknowledged FENCE of it (from then on the old primary writes nothing more).
+// Members get PrimaryTimeout from then to report.
+func (st *step) liveSince(op fsm.Operation) liveData {
+	idx, at := op.StartedIndex, op.StartedAt
+	for _, d := range st.s.Directives {
+		if d.Type == fsm.DirectiveFence && d.Params.OperationID == op.ID && d.Status == fsm.DirectiveDone && d.FinishedIndex > idx {
+			idx, at = d.FinishedIndex, d.FinishedAt
+		}
+	}
+	passed, deadline := st.elapsed(at, idx, st.cfg.PrimaryTimeout)
+	return liveData{idx: idx, deadline: deadline, passed: passed}
+}
+
+// forcedLoss describes what promoting candidate by force may lose, or "" when nothing is
+// known to be at risk.
+func (st *step) forcedLoss(op fsm.Operation, candidate string, lose uint64, live uint64) string {
+	var parts []string
+	c := st.s.Members[candidate]
+	if st.syncMode() {
+		if why := st.syncProblem(op.OldPrimary, candidate, live); why != "" {
+			stand, _ := st.s.SyncPromise(op.OldPrimary)
+			var seen []string
+			for _, n := range stand {
+				if m, ok := st.s.Members[n]; ok {
+					seen = append(seen, fmt.Sprintf("%s last seen at %s", n, m.Status.Position()))
+				}
+			}
+			p := fmt.Sprintf("%q is not shown to hold every transaction %q acknowledged (%s); those beyond its position %s may be lost",
+				candidate, op.OldPrimary, why, c.Status.Position())
+			if len(seen) > 0 {
+				p += " (the synchronous standbys had them: " + strings.Join(seen, ", ") + ")"
+			}
+			parts = append(parts, p)
+		}
+	}
+	if lose > 0 {
+		parts = append(parts, fmt.Sprintf("%d bytes of WAL beyond %q's position %s are known to exist (best known position %s) and are lost",
+			lose, candidate, c.Status.Position(), st.bestKnown(op.OldPrimary)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// candidateProblem says why name cannot be promoted by op now, or "". live: see liveData.
+func (st *step) candidateProblem(op fsm.Operation, name string, live uint64) string {
 	m, ok := st.s.Members[name]
 	if !ok {
 		return "not a member"
@@ -577,6 +704,9 @@ func (st *step) candidateProblem(op fsm.Operation, name string) string {
 		return why
 	}
 	if op.Kind == fsm.OpFailover && !op.Force {
+		if st.syncMode() {
+			return st.syncProblem(op.OldPrimary, name, live)
+		}
 		if lag := st.lagOf(name, op.OldPrimary); lag > st.cfg.MaxLagOnFailover {
 			return fmt.Sprintf("%d bytes behind (maximum_lag_on_failover %d; force to accept the loss)", lag, st.cfg.MaxLagOnFailover)
 		}
@@ -595,7 +725,7 @@ func (st *step) promoting(op fsm.Operation) {
 		// acknowledgement was lost just acknowledges again).
 		c := st.s.Members[op.Candidate]
 		promoted := c.Status.Role == fsm.RolePrimary && c.Status.Healthy && st.fresh(c)
-		if why := st.candidateProblem(op, op.Candidate); why != "" && !promoted {
+		if why := st.candidateProblem(op, op.Candidate, 0); why != "" && !promoted {
 			if st.unfit(c, op.Excluded) == "" && st.settling() {
 				st.d.wait("new epoch: waiting to hear from candidate %q (%s)", op.Candidate, why)
 				return
@@ -635,7 +765,8 @@ func (st *step) promoting(op fsm.Operation) {
 		st.d.wait("waiting for %q to acknowledge PROMOTE %d", op.Candidate, d.ID)
 	case fsm.DirectiveDone:
 		st.d.add(
-			fsm.SetPrimary{Node: op.Candidate, OperationID: op.ID, Reason: op.Reason, Timeline: d.Result.Timeline, LSN: d.Result.LSN},
+			fsm.SetPrimary{Node: op.Candidate, OperationID: op.ID, Reason: op.Reason, Timeline: d.Result.Timeline, LSN: d.Result.LSN,
+				SystemID: st.s.Members[op.Candidate].Status.SystemID},
 			fsm.FinishOperation{ID: op.ID, Success: true, Message: fmt.Sprintf("%q is the primary", op.Candidate)},
 		)
 	default:
@@ -735,12 +866,14 @@ func (st *step) drain(op fsm.Operation) {
 	}
 	candidate := op.Candidate
 	if candidate == "" {
-		best, rejected := st.rank(op.OldPrimary, op.Excluded, true)
-		if best == "" {
-			st.d.add(fsm.FinishOperation{ID: op.ID, Message: "no good candidates: " + rejected})
+		// Any caught-up replica loses nothing (catchup waits for the shutdown checkpoint), so
+		// neither the lag limit nor the synchronous record restricts the choice.
+		r := st.rank(op.OldPrimary, op.Excluded, true, liveData{})
+		if r.best == "" {
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: "no good candidates: " + r.why()})
 			return
 		}
-		candidate = best
+		candidate = r.best
 	} else if m, ok := st.s.Members[candidate]; !ok || st.ineligible(m, nil) != "" {
 		why := "not a member"
 		if ok {
@@ -774,7 +907,14 @@ func (st *step) demoting(op fsm.Operation) {
 		st.d.wait("waiting for %q to acknowledge DEMOTE %d", op.OldPrimary, d.ID)
 	case fsm.DirectiveDone:
 		final := d.Result.LSN
-		msg := fmt.Sprintf("waiting for %q to replay up to %s", op.Candidate, final)
+		if final == 0 {
+			// No shutdown checkpoint: the old primary was not running when it was demoted (it
+			// crashed meanwhile), so nothing says how far the candidate must catch up. Leave
+			// the choice to a failover, with its rules.
+			st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("%q reported no shutdown checkpoint (it was not running when demoted); a failover takes over", op.OldPrimary)})
+			return
+		}
+		msg := fmt.Sprintf("waiting for %q to replay the shutdown checkpoint at %s", op.Candidate, final)
 		st.d.add(fsm.UpdateOperation{ID: op.ID, Phase: fsm.PhaseCatchup, FinalLSN: &final, Message: &msg})
 	default:
 		// The old primary may still be a writable primary. If it says so, reinstate it and
@@ -806,12 +946,11 @@ func (st *step) catchup(op fsm.Operation) {
 		st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("candidate %q is no longer a member", op.Candidate)})
 		return
 	}
+	// FinalLSN is where the old primary's shutdown checkpoint record begins; the candidate has
+	// everything once it has replayed past it (the record is the last the old primary wrote).
 	target := op.FinalLSN
-	if target == 0 {
-		target = st.s.Members[op.OldPrimary].Status.FlushLSN
-	}
-	if c.Status.ReportIndex <= demote.FinishedIndex || c.Status.ReplayedLSN < target {
-		st.d.wait("waiting for %q to replay up to %s (replayed %s)", op.Candidate, target, c.Status.ReplayedLSN)
+	if target == 0 || c.Status.ReportIndex <= demote.FinishedIndex || c.Status.ReplayedLSN <= target {
+		st.d.wait("waiting for %q to replay the shutdown checkpoint at %s (replayed %s)", op.Candidate, target, c.Status.ReplayedLSN)
 		return
 	}
 	ok, until, why := st.leaseGate(op.Candidate)

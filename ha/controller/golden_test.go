@@ -185,6 +185,10 @@ func (h *harness) run(line string) (string, error) {
 				h.cfg.MaxLagOnFailover, err = strconv.ParseUint(v, 10, 64)
 			case "sync":
 				h.cfg.SynchronousMode = v
+			case "sync_count":
+				h.cfg.SyncNodeCount, err = strconv.Atoi(v)
+			case "strict":
+				h.cfg.SyncStrict = v == "on"
 			default:
 				return "", fmt.Errorf("unknown config key %q", k)
 			}
@@ -211,13 +215,29 @@ func (h *harness) run(line string) (string, error) {
 		}
 		tags := fsm.Tags{FailoverPriority: prio}
 		for _, p := range pos[1:] {
-			if p == "nofailover" {
+			switch p {
+			case "nofailover":
 				tags.NoFailover = true
+			case "nosync":
+				tags.NoSync = true
 			}
 		}
 		return h.mustApply(fsm.RegisterMember{Name: arg(0), RaftAddress: arg(0) + ":8300", PGHost: arg(0), PGPort: 5432, Tags: tags})
 	case "report":
 		return h.report(arg(0), arg(1), opts)
+	case "rereport":
+		// The named agents report again what they reported last (their periodic report, or
+		// the prompt one an agent sends when a failover begins).
+		for _, n := range pos {
+			m, ok := h.s.Members[n]
+			if !ok {
+				return "", fmt.Errorf("no member %q", n)
+			}
+			if out, err := h.mustApply(fsm.ReportStatus{Node: n, Status: m.Status}); out != "" || err != nil {
+				return out, err
+			}
+		}
+		return "", nil
 	case "renew":
 		for _, n := range pos {
 			res := h.apply(fsm.RenewLease{Node: n, Routing: opts["routing"]})
@@ -251,7 +271,15 @@ func (h *harness) run(line string) (string, error) {
 		}
 		return fmt.Sprintf("operation %d", res.ID), nil
 	case "failover":
-		res := h.apply(fsm.RequestFailover{Candidate: arg(0), Force: arg(1) == "force"})
+		req := fsm.RequestFailover{}
+		for _, p := range pos {
+			if p == "force" {
+				req.Force = true
+			} else {
+				req.Candidate = p
+			}
+		}
+		res := h.apply(req)
 		if res.Err != nil {
 			return "rejected: " + res.Err.Error(), nil
 		}
@@ -279,6 +307,19 @@ func (h *harness) report(node, kind string, opts map[string]string) (string, err
 	switch kind {
 	case "primary":
 		st = fsm.NodeStatus{Role: fsm.RolePrimary, State: fsm.StateRunningPrimary, Healthy: true, FlushLSN: lsn, Timeline: 1}
+		// sync=wanted: synchronous_standby_names as the controller wants it; sync=star: "*".
+		switch opts["sync"] {
+		case "wanted":
+			if h.s.SyncWanted == nil {
+				return "", fmt.Errorf("nothing wanted")
+			}
+			st.SyncStandbyNames = h.s.SyncWanted.Value
+		case "star":
+			st.SyncStandbyNames = "*"
+		}
+		if st.SyncSince, err = lsnArg(orDefault(opts["since"], "0")); err != nil {
+			return "", err
+		}
 	case "replica":
 		st = fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true, ReceivedLSN: lsn, ReplayedLSN: lsn,
 			Following: opts["following"], Timeline: 1}
@@ -294,6 +335,7 @@ func (h *harness) report(node, kind string, opts map[string]string) (string, err
 	default:
 		return "", fmt.Errorf("unknown report kind %q", kind)
 	}
+	st.SystemID = opts["sysid"]
 	if n, ok := opts["inflight"]; ok {
 		st.InflightWrites, _ = strconv.Atoi(n)
 	}
@@ -376,6 +418,13 @@ func (h *harness) summary() string {
 		line := fmt.Sprintf("directive %d %s %s epoch %d %s", d.ID, d.Type, d.Target, d.Epoch, d.Status)
 		if d.Message != "" {
 			line += ": " + d.Message
+		}
+		out = append(out, line)
+	}
+	if len(s.SyncStandbys) > 0 || s.SyncWanted != nil {
+		line := fmt.Sprintf("sync record of %s: %v count %d", orDefault(s.SyncPrimary, "-"), s.SyncStandbys, s.SyncCount)
+		if w := s.SyncWanted; w != nil {
+			line += fmt.Sprintf("; wanted %q", w.Value)
 		}
 		out = append(out, line)
 	}

@@ -89,18 +89,69 @@ func (s *State) apply(cmd Command, m Meta) Result {
 		s.Paused = c.Paused
 		return Result{}
 	case SetSyncStandbys:
-		nodes := slices.Clone(c.Nodes)
-		slices.Sort(nodes)
-		nodes = slices.Compact(nodes)
-		for _, n := range nodes {
-			if _, ok := s.Members[n]; !ok {
-				return fail(CodeNotFound, "member %q is not registered", n)
-			}
+		nodes, res := s.syncNodes(c.Nodes, "")
+		if res.Err != nil {
+			return res
 		}
-		s.SyncStandbys = nodes
+		s.SyncStandbys, s.SyncCount = nodes, len(nodes)
+		s.SyncPrimary = s.Primary
+		if s.SyncPrimary == "" && len(s.History) > 0 {
+			s.SyncPrimary = s.History[len(s.History)-1].NewPrimary
+		}
 		return Result{}
+	case SetSyncState:
+		return s.setSyncState(c)
 	}
 	return fail(CodeInvalid, "unhandled command %T", cmd)
+}
+
+// syncNodes returns nodes sorted and without duplicates, or a rejection when one is not a
+// member or is primary.
+func (s *State) syncNodes(nodes []string, primary string) ([]string, Result) {
+	nodes = slices.Clone(nodes)
+	slices.Sort(nodes)
+	nodes = slices.Compact(nodes)
+	for _, n := range nodes {
+		if _, ok := s.Members[n]; !ok {
+			return nil, fail(CodeNotFound, "member %q is not registered", n)
+		}
+		if n == primary {
+			return nil, fail(CodeInvalid, "%q is the primary, not a standby", n)
+		}
+	}
+	return nodes, Result{}
+}
+
+func (s *State) setSyncState(c SetSyncState) Result {
+	if c.Primary == "" || c.Primary != s.Primary {
+		return fail(CodeConflict, "synchronous state for %q, but the primary is %q", c.Primary, s.Primary)
+	}
+	nodes, res := s.syncNodes(c.Standbys, c.Primary)
+	if res.Err != nil {
+		return res
+	}
+	if c.Count < 0 || c.Count > len(nodes) {
+		return fail(CodeInvalid, "synchronous count %d for %d standbys", c.Count, len(nodes))
+	}
+	var wanted *SyncTarget
+	if w := c.Wanted; w != nil {
+		if w.Primary != c.Primary {
+			return fail(CodeInvalid, "wanted synchronous configuration is for %q, not %q", w.Primary, c.Primary)
+		}
+		ws, res := s.syncNodes(w.Standbys, c.Primary)
+		if res.Err != nil {
+			return res
+		}
+		if w.Count < 0 || w.Count > len(ws) {
+			return fail(CodeInvalid, "wanted synchronous count %d for %d standbys", w.Count, len(ws))
+		}
+		wanted = &SyncTarget{Primary: w.Primary, Standbys: w.Standbys, Count: w.Count, Value: w.Value}
+	}
+	s.SyncPrimary, s.SyncStandbys, s.SyncCount = c.Primary, nodes, c.Count
+	if wanted != nil {
+		s.SyncWanted = wanted
+	}
+	return Result{}
 }
 
 func fail(code ErrorCode, format string, args ...any) Result {
@@ -155,7 +206,12 @@ func (s *State) removeMember(c RemoveMember, m Meta) Result {
 	if len(s.Departed) > maxDeparted {
 		s.Departed = s.Departed[len(s.Departed)-maxDeparted:]
 	}
-	s.SyncStandbys = slices.DeleteFunc(s.SyncStandbys, func(n string) bool { return n == c.Name })
+	// Every acknowledged transaction is on SyncCount of SyncStandbys, so on one fewer of the
+	// others.
+	if i := slices.Index(s.SyncStandbys, c.Name); i >= 0 {
+		s.SyncStandbys = slices.Delete(s.SyncStandbys, i, i+1)
+		s.SyncCount = max(0, min(s.SyncCount-1, len(s.SyncStandbys)))
+	}
 	for i, d := range s.Directives {
 		if d.Target == c.Name && !d.Finished() {
 			s.finishDirective(i, DirectiveExpired, "member removed", m)
@@ -186,6 +242,9 @@ func (s *State) reportStatus(c ReportStatus, m Meta) Result {
 		return fail(CodeInvalid, "invalid role %q or state %q", c.Status.Role, c.Status.State)
 	}
 	st := c.Status
+	if st.SystemID == "" {
+		st.SystemID = mem.Status.SystemID
+	}
 	if st.Position() == 0 {
 		// PostgreSQL is down or unreadable: keep the last known WAL positions, which the
 		// controller needs to judge how much a failover would lose.
@@ -381,6 +440,9 @@ func (s *State) updateOperation(c UpdateOperation, m Meta) Result {
 	if c.MayLoseBytes != nil {
 		op.MayLoseBytes = *c.MayLoseBytes
 	}
+	if c.MayLose != nil {
+		op.MayLose = *c.MayLose
+	}
 	if c.Exclude != "" && !slices.Contains(op.Excluded, c.Exclude) {
 		op.Excluded = append(op.Excluded, c.Exclude)
 	}
@@ -426,12 +488,20 @@ func (s *State) setPrimary(c SetPrimary, m Meta) Result {
 	if _, ok := s.Members[c.Node]; !ok {
 		return fail(CodeNotFound, "member %q is not registered", c.Node)
 	}
+	if c.SystemID != "" && s.SystemID != "" && c.SystemID != s.SystemID {
+		return fail(CodeConflict, "%q runs a database with system identifier %s, not the cluster's %s", c.Node, c.SystemID, s.SystemID)
+	}
+	if s.SystemID == "" {
+		s.SystemID = c.SystemID
+	}
 	if s.Primary == c.Node {
 		return Result{}
 	}
 	if s.Primary != "" {
 		return fail(CodeConflict, "%q is the primary: depose it first", s.Primary)
 	}
+	// Nothing is synchronous with a new primary yet.
+	s.SyncPrimary, s.SyncStandbys, s.SyncCount, s.SyncWanted = c.Node, nil, 0, nil
 	h := HistoryEntry{At: m.At, Index: m.Index, NewPrimary: c.Node, Timeline: c.Timeline, LSN: c.LSN, Reason: c.Reason}
 	if op := s.Operation; op != nil {
 		h.OldPrimary, h.Kind, h.OperationID = op.OldPrimary, op.Kind, op.ID
@@ -501,30 +571,38 @@ func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
 }
 
 func (s *State) requestFailover(c RequestFailover, m Meta) Result {
-	if c.Candidate == "" {
-		return fail(CodeInvalid, "failover needs a candidate")
+	if c.Candidate == "" && !c.Force {
+		return fail(CodeInvalid, "failover needs a candidate (or force, to let the controller choose one that may lose data)")
 	}
-	mem, ok := s.Members[c.Candidate]
-	if !ok {
-		return fail(CodePrecondition, "candidate %q does not exist", c.Candidate)
-	}
-	if !mem.Tags.Promotable() {
-		return fail(CodePrecondition, "candidate %q cannot be promoted: its tags forbid promotion", c.Candidate)
-	}
-	if s.Primary == c.Candidate {
-		return fail(CodeInvalid, "candidate %q is already the primary", c.Candidate)
+	var mem Member
+	if c.Candidate != "" {
+		var ok bool
+		if mem, ok = s.Members[c.Candidate]; !ok {
+			return fail(CodePrecondition, "candidate %q does not exist", c.Candidate)
+		}
+		if !mem.Tags.Promotable() {
+			return fail(CodePrecondition, "candidate %q cannot be promoted: its tags forbid promotion", c.Candidate)
+		}
+		if s.Primary == c.Candidate {
+			return fail(CodeInvalid, "candidate %q is already the primary", c.Candidate)
+		}
 	}
 	if op := s.Operation; op != nil {
 		// A failover still looking for a candidate adopts the operator's choice.
 		if op.Kind == OpFailover && op.Phase == PhaseElecting {
 			op.Candidate, op.Force, op.Requested = c.Candidate, c.Force, true
 			op.Message = fmt.Sprintf("operator chose %q", c.Candidate)
+			if c.Candidate == "" {
+				op.Message = "operator forced a failover"
+			}
 			return Result{ID: op.ID}
 		}
 		return fail(CodeConflict, "operation %d (%s) is in progress", op.ID, op.Kind)
 	}
-	if p, ok := s.Members[s.Primary]; ok && p.Status.Healthy && p.Status.Role == RolePrimary && p.Status.State == StateRunningPrimary {
-		// With a healthy primary in place a failover is a switchover: graceful, nothing lost.
+	if p, ok := s.Members[s.Primary]; ok && !c.Force && p.Status.Healthy && p.Status.Role == RolePrimary && p.Status.State == StateRunningPrimary {
+		// With a primary that last reported itself healthy, a failover is a switchover:
+		// graceful, nothing lost. (Force always fails over: the operator may know better than
+		// a last report, of a node that has since gone silent, say.)
 		if why := healthyReplica(mem); why != "" {
 			return fail(CodePrecondition, "candidate %q cannot be promoted: %s", c.Candidate, why)
 		}
@@ -535,7 +613,7 @@ func (s *State) requestFailover(c RequestFailover, m Meta) Result {
 		op.Requested, op.Force = true, c.Force
 		return Result{ID: op.ID}
 	}
-	// No primary, or one that reports trouble: depose it and fail over to the candidate.
+	// No primary, one that reports trouble, or force: depose it and fail over to the candidate.
 	op := s.newOperation(OpFailover, "failover requested", m)
 	op.Phase = PhaseElecting
 	op.OldPrimary = s.Primary

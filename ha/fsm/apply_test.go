@@ -274,10 +274,82 @@ func TestRemoveMember(t *testing.T) {
 	if d, _ := m.s.Directive(id); d.Status != DirectiveExpired {
 		t.Fatalf("directive to removed member %+v", d)
 	}
-	if got := fmt.Sprint(m.s.SyncStandbys); got != "[n2]" {
+	// Every acknowledged transaction was on both; now it is known to be on one of the rest.
+	if got := fmt.Sprint(m.s.SyncStandbys, m.s.SyncCount); got != "[n2] 1" {
 		t.Fatalf("sync set %s", got)
 	}
 	m.rejects(RenewLease{Node: "n3"}, ErrNotFound)
+}
+
+func TestRemoveMemberWeakensTheSyncPromise(t *testing.T) {
+	m := threeNodes(t)
+	// ANY 1 (n2, n3): a transaction may be on n3 alone. Without n3 the record promises
+	// nothing about n2.
+	m.ok(SetSyncState{Primary: "n1", Standbys: []string{"n2", "n3"}, Count: 1})
+	m.ok(RemoveMember{Name: "n3"})
+	if got := fmt.Sprint(m.s.SyncStandbys, m.s.SyncCount); got != "[n2] 0" {
+		t.Fatalf("sync record after removing n3: %s", got)
+	}
+}
+
+func TestSetSyncState(t *testing.T) {
+	m := threeNodes(t)
+	w := &SyncTarget{Primary: "n1", Standbys: []string{"n2"}, Count: 1, Value: `FIRST 1 ("n2")`}
+	m.rejects(SetSyncState{Primary: "n2", Standbys: []string{"n3"}, Count: 1}, ErrConflict) // not the primary
+	m.rejects(SetSyncState{Primary: "n1", Standbys: []string{"n1"}, Count: 1}, ErrInvalid)  // the primary itself
+	m.rejects(SetSyncState{Primary: "n1", Standbys: []string{"n9"}, Count: 1}, ErrNotFound)
+	m.rejects(SetSyncState{Primary: "n1", Standbys: []string{"n2"}, Count: 2}, ErrInvalid)
+	m.rejects(SetSyncState{Primary: "n1", Wanted: &SyncTarget{Primary: "n2"}}, ErrInvalid)
+	m.ok(SetSyncState{Primary: "n1", Standbys: []string{"n3", "n2"}, Count: 0, Wanted: w})
+	if got := fmt.Sprintf("%s %v %d %s", m.s.SyncPrimary, m.s.SyncStandbys, m.s.SyncCount, m.s.SyncWanted.Value); got != `n1 [n2 n3] 0 FIRST 1 ("n2")` {
+		t.Fatalf("sync state %s", got)
+	}
+	// Without Wanted the wanted configuration stays.
+	m.ok(SetSyncState{Primary: "n1", Standbys: []string{"n2"}, Count: 1})
+	if got := fmt.Sprint(m.s.SyncStandbys, m.s.SyncCount, m.s.SyncWanted != nil); got != "[n2] 1 true" {
+		t.Fatalf("sync state %s", got)
+	}
+	if st, n := m.s.SyncPromise("n1"); len(st) != 1 || n != 1 {
+		t.Fatalf("promise %v %d", st, n)
+	}
+	// Deposing keeps the promise about n1 (a failover needs it); a new primary clears it.
+	m.ok(SetPrimary{Node: ""})
+	if st, n := m.s.SyncPromise("n1"); len(st) != 1 || n != 1 {
+		t.Fatalf("promise after deposing %v %d", st, n)
+	}
+	m.ok(SetPrimary{Node: "n2"})
+	if st, n := m.s.SyncPromise("n1"); st != nil || n != 0 || m.s.SyncPrimary != "n2" || m.s.SyncWanted != nil || m.s.SyncStandbys != nil {
+		t.Fatalf("sync state after a new primary: %+v %d %q %+v", st, n, m.s.SyncPrimary, m.s.SyncWanted)
+	}
+}
+
+func TestSystemIDRecordedWithTheFirstPrimary(t *testing.T) {
+	m := newMachine(t)
+	m.ok(RegisterMember{Name: "n1", RaftAddress: "n1:8300"})
+	m.ok(RegisterMember{Name: "n2", RaftAddress: "n2:8300"})
+	m.ok(ReportStatus{Node: "n2", Status: NodeStatus{Role: RoleReplica, State: StateRunningReplica, Healthy: true, ReplayedLSN: 5, SystemID: "42"}})
+	// A report without a system identifier (PostgreSQL down) keeps the known one.
+	m.ok(ReportStatus{Node: "n2", Status: NodeStatus{State: StateStopped}})
+	if got := m.s.Members["n2"].Status.SystemID; got != "42" {
+		t.Fatalf("system id %q", got)
+	}
+	m.ok(SetPrimary{Node: "n1", SystemID: "41"})
+	if m.s.SystemID != "41" {
+		t.Fatalf("cluster system id %q", m.s.SystemID)
+	}
+	m.ok(SetPrimary{Node: ""})
+	m.rejects(SetPrimary{Node: "n2", SystemID: "42"}, ErrConflict)
+	m.ok(SetPrimary{Node: "n2", SystemID: "41"})
+}
+
+func TestForcedFailoverWithoutCandidate(t *testing.T) {
+	m := threeNodes(t)
+	m.rejects(RequestFailover{}, ErrInvalid)
+	// Even with a primary that last said it was healthy (its node may have gone silent since).
+	id := m.ok(RequestFailover{Force: true}).ID
+	if op := m.s.Operation; op.ID != id || op.Kind != OpFailover || op.Candidate != "" || !op.Force || m.s.Primary != "" {
+		t.Fatalf("op %+v primary %q", op, m.s.Primary)
+	}
 }
 
 func TestReportWithoutPositionKeepsTheLastKnown(t *testing.T) {

@@ -39,6 +39,7 @@ const (
 	TypeRequestFailover   CommandType = 16
 	TypeSetPause          CommandType = 17
 	TypeSetSyncStandbys   CommandType = 18
+	TypeSetSyncState      CommandType = 19
 )
 
 // Envelope layout: type (1 byte), version (1 byte), time (8 bytes, Unix nanoseconds, big
@@ -130,12 +131,14 @@ type StartOperation struct {
 }
 
 // UpdateOperation changes fields of the operation in progress. Nil fields are left alone.
+// Version 2 added MayLose.
 type UpdateOperation struct {
 	ID           uint64  `json:"id"`
 	Phase        Phase   `json:"phase,omitempty"`
 	Candidate    *string `json:"candidate,omitempty"`
 	FinalLSN     *LSN    `json:"final_lsn,omitempty"`
 	MayLoseBytes *uint64 `json:"may_lose_bytes,omitempty"`
+	MayLose      *string `json:"may_lose,omitempty"`
 	Exclude      string  `json:"exclude,omitempty"`
 	Message      *string `json:"message,omitempty"`
 }
@@ -147,13 +150,17 @@ type FinishOperation struct {
 	Message string `json:"message,omitempty"`
 }
 
-// SetPrimary names the primary ("" deposes it). Naming a primary appends a history entry.
+// SetPrimary names the primary ("" deposes it). Naming a primary appends a history entry and
+// clears the synchronous standby record. SystemID (version 2) is the new primary's database
+// system identifier: the first one named is recorded as the cluster's, and a primary with
+// another one is refused.
 type SetPrimary struct {
 	Node        string `json:"node"`
 	OperationID uint64 `json:"operation_id,omitempty"`
 	Reason      string `json:"reason,omitempty"`
 	Timeline    uint32 `json:"timeline,omitempty"`
 	LSN         LSN    `json:"lsn,omitempty"`
+	SystemID    string `json:"system_id,omitempty"`
 }
 
 // SetWritePause sets or clears the switchover write pause.
@@ -173,7 +180,8 @@ type RequestSwitchover struct {
 // RequestFailover asks for a manual failover to Candidate. With a primary that reports itself
 // healthy it becomes a switchover; otherwise the primary is deposed and the candidate promoted
 // (after the same FENCE and lease checks as an automatic failover). Force allows a candidate
-// beyond maximum_lag_on_failover.
+// beyond maximum_lag_on_failover or, in synchronous modes, outside the recorded synchronous
+// standby set; with Force the candidate may be empty (the controller picks the best one).
 type RequestFailover struct {
 	Candidate string `json:"candidate"`
 	Force     bool   `json:"force,omitempty"`
@@ -184,9 +192,20 @@ type SetPause struct {
 	Paused bool `json:"paused"`
 }
 
-// SetSyncStandbys records the synchronous standby set.
+// SetSyncStandbys records, by hand, that every transaction the current primary acknowledged is
+// on every one of Nodes (count = len(Nodes)). The controller uses SetSyncState.
 type SetSyncStandbys struct {
 	Nodes []string `json:"nodes"`
+}
+
+// SetSyncState records the synchronous replication promise about Primary, which must be the
+// primary (see State.SyncStandbys), and, when Wanted is not nil, the configuration its agent
+// must apply.
+type SetSyncState struct {
+	Primary  string      `json:"primary"`
+	Standbys []string    `json:"standbys,omitempty"`
+	Count    int         `json:"count"`
+	Wanted   *SyncTarget `json:"wanted,omitempty"`
 }
 
 func (LeaderEstablished) CommandType() CommandType { return TypeLeaderEstablished }
@@ -207,25 +226,27 @@ func (RequestSwitchover) CommandType() CommandType { return TypeRequestSwitchove
 func (RequestFailover) CommandType() CommandType   { return TypeRequestFailover }
 func (SetPause) CommandType() CommandType          { return TypeSetPause }
 func (SetSyncStandbys) CommandType() CommandType   { return TypeSetSyncStandbys }
+func (SetSyncState) CommandType() CommandType      { return TypeSetSyncState }
 
 func (LeaderEstablished) CommandVersion() uint8 { return 1 }
 func (RegisterMember) CommandVersion() uint8    { return 1 }
 func (RemoveMember) CommandVersion() uint8      { return 1 }
 func (SetTags) CommandVersion() uint8           { return 1 }
-func (ReportStatus) CommandVersion() uint8      { return 1 }
+func (ReportStatus) CommandVersion() uint8      { return 2 } // 2: system_id, synchronous_standby_names, sync_since
 func (RenewLease) CommandVersion() uint8        { return 1 }
 func (IssueDirective) CommandVersion() uint8    { return 1 }
 func (AckDirective) CommandVersion() uint8      { return 1 }
 func (ExpireDirective) CommandVersion() uint8   { return 1 }
 func (StartOperation) CommandVersion() uint8    { return 1 }
-func (UpdateOperation) CommandVersion() uint8   { return 1 }
+func (UpdateOperation) CommandVersion() uint8   { return 2 } // 2: may_lose
 func (FinishOperation) CommandVersion() uint8   { return 1 }
-func (SetPrimary) CommandVersion() uint8        { return 1 }
+func (SetPrimary) CommandVersion() uint8        { return 2 } // 2: system_id
 func (SetWritePause) CommandVersion() uint8     { return 1 }
 func (RequestSwitchover) CommandVersion() uint8 { return 1 }
 func (RequestFailover) CommandVersion() uint8   { return 1 }
 func (SetPause) CommandVersion() uint8          { return 1 }
 func (SetSyncStandbys) CommandVersion() uint8   { return 1 }
+func (SetSyncState) CommandVersion() uint8      { return 1 }
 
 // newCommand returns a pointer to a zero command of type t and the newest body version this
 // binary understands, or nil for an unknown type.
@@ -268,6 +289,8 @@ func newCommand(t CommandType) (Command, uint8) {
 		c = &SetPause{}
 	case TypeSetSyncStandbys:
 		c = &SetSyncStandbys{}
+	case TypeSetSyncState:
+		c = &SetSyncState{}
 	default:
 		return nil, 0
 	}
@@ -385,6 +408,8 @@ func deref(c Command) Command {
 	case *SetPause:
 		return *c
 	case *SetSyncStandbys:
+		return *c
+	case *SetSyncState:
 		return *c
 	}
 	return c

@@ -35,6 +35,9 @@ func Describe(c Command) string {
 		if c.MayLoseBytes != nil {
 			parts = append(parts, fmt.Sprintf("may_lose=%d", *c.MayLoseBytes))
 		}
+		if c.MayLose != nil {
+			parts = append(parts, fmt.Sprintf("may_lose_what=%q", *c.MayLose))
+		}
 		if c.Exclude != "" {
 			parts = append(parts, "exclude="+c.Exclude)
 		}
@@ -58,6 +61,12 @@ func Describe(c Command) string {
 			return fmt.Sprintf("pause writes (op %d)", c.OperationID)
 		}
 		return "resume writes"
+	case SetSyncState:
+		s := fmt.Sprintf("record sync state of %s: standbys %v count %d", c.Primary, c.Standbys, c.Count)
+		if c.Wanted != nil {
+			s += fmt.Sprintf("; want synchronous_standby_names = %q", c.Wanted.Value)
+		}
+		return s
 	case ExpireDirective:
 		return fmt.Sprintf("expire directive %d: %s", c.ID, c.Message)
 	}

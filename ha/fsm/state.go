@@ -38,7 +38,7 @@ type Tags struct {
 	// FailoverPriority breaks ties between candidates with the same WAL position; higher wins.
 	// 0 means "never promote", as in Patroni. Config defaults set it to 1.
 	FailoverPriority int `json:"failover_priority" yaml:"failover_priority"`
-	// NoSync: never a synchronous standby (honoured once synchronous modes exist, issue 6).
+	// NoSync: never a synchronous standby.
 	NoSync bool `json:"nosync,omitempty" yaml:"nosync"`
 	// NoLoadBalance: the proxy's read-only port skips this node.
 	NoLoadBalance bool `json:"noloadbalance,omitempty" yaml:"noloadbalance"`
@@ -69,6 +69,14 @@ type NodeStatus struct {
 	InflightWrites int `json:"inflight_writes,omitempty"`
 	// Reason explains the state in words (why FENCED, why unhealthy).
 	Reason string `json:"reason,omitempty"`
+	// SystemID is the database system identifier of the node's data directory (pg_control).
+	// A report without one (PostgreSQL down) keeps the last known one.
+	SystemID string `json:"system_id,omitempty"`
+	// SyncStandbyNames is a primary's synchronous_standby_names as PostgreSQL runs with it,
+	// and SyncSince a WAL flush position at which that value was already in effect: every
+	// transaction acknowledged under an earlier value ends at or before SyncSince.
+	SyncStandbyNames string `json:"synchronous_standby_names,omitempty"`
+	SyncSince        LSN    `json:"sync_since,omitempty"`
 
 	// Set by the FSM from the command envelope, not by the reporter.
 	ReportedAt  time.Time `json:"reported_at"`
@@ -232,6 +240,9 @@ type Operation struct {
 	// MayLoseBytes: for a forced failover, how far the candidate was behind the best known
 	// WAL position when it was chosen.
 	MayLoseBytes uint64 `json:"may_lose_bytes,omitempty"`
+	// MayLose says in words what a forced failover may lose (which synchronous standbys it
+	// passed over and where they were last seen).
+	MayLose string `json:"may_lose,omitempty"`
 
 	StartedAt    time.Time `json:"started_at"`
 	StartedIndex uint64    `json:"started_index"`
@@ -317,9 +328,44 @@ type State struct {
 	Paused bool `json:"paused"`
 	// WritePause is set while a switchover holds writes; nil otherwise.
 	WritePause *WritePause `json:"write_pause,omitempty"`
-	// SyncStandbys is the recorded synchronous standby set (synchronous modes, issue 6): in
-	// those modes only a node listed here may be promoted automatically.
+	// Synchronous replication (synchronous modes). The record is a promise about SyncPrimary:
+	// every transaction it acknowledged is on at least SyncCount of SyncStandbys. SyncCount 0
+	// promises nothing (nobody may be promoted automatically). The controller keeps the
+	// promise true at every instant: a standby is added to the record before PostgreSQL may
+	// count on it, and removed (or the count raised) only after PostgreSQL stopped counting
+	// on it and the new set has caught up (see package controller). Naming a new primary
+	// clears the record.
 	SyncStandbys []string `json:"sync_standbys,omitempty"`
+	SyncCount    int      `json:"sync_count,omitempty"`
+	SyncPrimary  string   `json:"sync_primary,omitempty"`
+	// SyncWanted is the synchronous_standby_names the controller wants SyncPrimary's agent to
+	// set; nil when it wants nothing (yet).
+	SyncWanted *SyncTarget `json:"sync_wanted,omitempty"`
+
+	// SystemID is the database system identifier of the cluster's data, recorded when the
+	// first primary is named. A node whose data directory has another one belongs to another
+	// cluster: it is never started, promoted or routed to.
+	SystemID string `json:"system_id,omitempty"`
+}
+
+// SyncTarget is a synchronous replication configuration for a primary: PostgreSQL waits for
+// Count of Standbys (FIRST or ANY) before it acknowledges a commit. Value is the
+// synchronous_standby_names setting that says so ("" waits for nobody, "*" for any one
+// standby).
+type SyncTarget struct {
+	Primary  string   `json:"primary"`
+	Standbys []string `json:"standbys,omitempty"`
+	Count    int      `json:"count"`
+	Value    string   `json:"value"`
+}
+
+// SyncPromise returns the recorded synchronous standbys and count when they are about
+// primary (nothing otherwise).
+func (s *State) SyncPromise(primary string) ([]string, int) {
+	if primary == "" || s.SyncPrimary != primary {
+		return nil, 0
+	}
+	return s.SyncStandbys, s.SyncCount
 }
 
 // NewState returns the empty state of a new cluster.
@@ -350,6 +396,11 @@ func (s *State) clone() *State {
 		c.WritePause = &wp
 	}
 	c.SyncStandbys = slices.Clone(s.SyncStandbys)
+	if s.SyncWanted != nil {
+		w := *s.SyncWanted
+		w.Standbys = slices.Clone(w.Standbys)
+		c.SyncWanted = &w
+	}
 	return &c
 }
 
