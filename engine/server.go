@@ -82,6 +82,23 @@ type server struct {
 
 	closing bool
 	gone    bool
+
+	// closer is the connection closeAsync closes from other goroutines (conn and nc belong to
+	// the server's owner of the moment): the gnet.Conn or net.Conn of its current home,
+	// published by whoever gave it that home. retired is set by closeAsync.
+	closer  atomic.Pointer[connHandle]
+	retired atomic.Bool
+}
+
+type connHandle struct{ io.Closer }
+
+// publish makes c the connection closeAsync closes. A server retired meanwhile (closeAsync
+// may have looked before c was published) has c closed at once.
+func (s *server) publish(c io.Closer) {
+	s.closer.Store(&connHandle{c})
+	if s.retired.Load() {
+		_ = c.Close()
+	}
 }
 
 func (s *server) writer() io.Writer {
@@ -139,6 +156,7 @@ func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 		s.moveTo = cl
 		if cl != nil && cl.stream != nil {
 			s.nc = nc
+			s.publish(nc)
 			cl.stream.give(s)
 			return
 		}
@@ -220,6 +238,17 @@ func (s *server) onEnrolled(c gnet.Conn, lp *loop) {
 	s.out = c
 	s.detaching = false
 	lp.servers[s] = struct{}{}
+	s.closer.Store(&connHandle{c})
+	if s.retired.Load() {
+		// Its backend left its role while the server moved here: never attach it (the client
+		// would reach a deposed primary); the client it moved for asks the pools again.
+		if cl := s.moveTo; cl != nil {
+			s.moveTo = nil
+			cl.deliverFailure(errRetry)
+		}
+		s.closeNow(nil)
+		return
+	}
 	if len(s.carry) > 0 {
 		carry := s.carry
 		s.carry = nil
@@ -668,6 +697,7 @@ func (s *server) handTo(cl *client) {
 		s.detachFromLoop(func(nc net.Conn) {
 			if cl.stream != nil {
 				s.nc = nc
+				s.publish(nc)
 				cl.stream.give(s)
 				return
 			}
@@ -769,14 +799,13 @@ func (s *server) closeNow(err error) {
 	}
 }
 
-// closeAsync closes the server from any goroutine (routing change).
+// closeAsync closes the server from any goroutine (routing change). It reads only the
+// published handle: a server between homes has none yet and is closed on arrival (publish,
+// onEnrolled).
 func (s *server) closeAsync() {
-	if c := s.conn; c != nil {
-		_ = c.Close()
-		return
-	}
-	if nc := s.nc; nc != nil {
-		_ = nc.Close()
+	s.retired.Store(true)
+	if h := s.closer.Load(); h != nil {
+		_ = h.Close()
 	}
 }
 

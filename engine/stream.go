@@ -411,6 +411,7 @@ func (s *server) startSlowReader(cl *client) {
 	lp := s.lp
 	s.detachFromLoop(func(nc net.Conn) {
 		s.nc = nc
+		s.publish(nc)
 		s.out = nc
 		// Wait until what gnet queued for the client has left, then take the client too.
 		go st.drainThenMove(lp)
