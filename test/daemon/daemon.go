@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	vnetns "github.com/vishvananda/netns"
 )
 
 // Timeouts. Generous because CI machines are slow (and the daemon may carry the race
@@ -58,17 +61,39 @@ func Start(t testing.TB, cfg *FileConfig) *Daemon {
 		}
 	}
 	c := *cfg
-	return start(t, data, &c, wait)
+	return start(t, data, &c, wait, Options{})
 }
 
 // StartYAML runs the daemon with a configuration given as YAML text and returns once every
 // address in waitFor accepts TCP connections.
 func StartYAML(t testing.TB, yamlText string, waitFor ...string) *Daemon {
 	t.Helper()
-	return start(t, []byte(yamlText), nil, waitFor)
+	return start(t, []byte(yamlText), nil, waitFor, Options{})
 }
 
-func start(t testing.TB, config []byte, cfg *FileConfig, waitFor []string) *Daemon {
+// Options change where and how StartYAMLWith runs the daemon. The zero value is StartYAML's
+// behaviour.
+type Options struct {
+	// Netns is the path of a network namespace file (e.g. /run/netns/NAME) to run the daemon
+	// in; empty means the test's own namespace.
+	Netns string
+	// Wrapper is a command line that ends by exec'ing its trailing arguments, put in front of
+	// the daemon's, e.g. {"setpriv", "--bounding-set=-net_admin", "--"}. It must keep the PID
+	// (exec, not fork) so that signals and Pdeathsig still reach the daemon.
+	Wrapper []string
+	// Dial checks that the waitFor addresses accept connections; it must work from where the
+	// daemon listens (with Netns, a dialer inside that namespace). Default: net.Dialer.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// StartYAMLWith is StartYAML with Options: the daemon can run in another network namespace
+// and under a wrapper command (for example one that drops capabilities).
+func StartYAMLWith(t testing.TB, yamlText string, opts Options, waitFor ...string) *Daemon {
+	t.Helper()
+	return start(t, []byte(yamlText), nil, waitFor, opts)
+}
+
+func start(t testing.TB, config []byte, cfg *FileConfig, waitFor []string, opts Options) *Daemon {
 	t.Helper()
 	bin := Binary(t)
 	dir := t.TempDir() // removed after the cleanup below, which reads the log
@@ -82,7 +107,8 @@ func start(t testing.TB, config []byte, cfg *FileConfig, waitFor []string) *Daem
 	if err != nil {
 		t.Fatalf("daemon: %v", err)
 	}
-	cmd := exec.Command(bin, "run", "-c", confPath)
+	argv := append(append([]string(nil), opts.Wrapper...), bin, "run", "-c", confPath)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group, so signals reach everything it starts; killed with the test binary.
@@ -92,8 +118,16 @@ func start(t testing.TB, config []byte, cfg *FileConfig, waitFor []string) *Daem
 	// thread that lives until the child is reaped.
 	go func() {
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		// A thread moved into another namespace stays locked: it ends with this goroutine,
+		// so no other goroutine ever runs in the daemon's namespace.
+		if opts.Netns == "" {
+			defer runtime.UnlockOSThread()
+		}
 		defer logf.Close()
+		if err := enterNetns(opts.Netns); err != nil {
+			started <- err
+			return
+		}
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
@@ -107,18 +141,24 @@ func start(t testing.TB, config []byte, cfg *FileConfig, waitFor []string) *Daem
 		t.Fatalf("daemon: start %s: %v", bin, err)
 	}
 	t.Cleanup(func() { d.cleanup(t) })
-	if err := d.waitListening(waitFor); err != nil {
+	if err := d.waitListening(waitFor, opts.Dial); err != nil {
 		t.Fatalf("daemon: %v\n%s", err, d.LogTail())
 	}
 	return d
 }
 
 // waitListening polls until every address accepts a TCP connection, or the daemon exits.
-func (d *Daemon) waitListening(addrs []string) error {
+func (d *Daemon) waitListening(addrs []string, dial func(ctx context.Context, network, address string) (net.Conn, error)) error {
+	if dial == nil {
+		var dialer net.Dialer
+		dial = dialer.DialContext
+	}
 	deadline := time.Now().Add(readyTimeout)
 	for _, a := range addrs {
 		for {
-			c, err := net.DialTimeout("tcp", a, time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			c, err := dial(ctx, "tcp", a)
+			cancel()
 			if err == nil {
 				_ = c.Close()
 				break
@@ -343,4 +383,21 @@ func ConnString(addr string, extra ...string) string {
 		s += " " + strings.Join(extra, " ")
 	}
 	return s
+}
+
+// enterNetns moves the calling (locked) thread into the network namespace at path; "" is a
+// no-op.
+func enterNetns(path string) error {
+	if path == "" {
+		return nil
+	}
+	ns, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("daemon: opening network namespace %s: %w", path, err)
+	}
+	defer ns.Close()
+	if err := vnetns.Set(ns); err != nil {
+		return fmt.Errorf("daemon: entering network namespace %s: %w", path, err)
+	}
+	return nil
 }

@@ -283,6 +283,10 @@ func (c *Cluster) Holders(ip netip.Addr) ([]string, error) {
 // Member methods may be called from several goroutines: each member's netlink handle serialises
 // its own requests.
 
+// Path returns the file that names the member's namespace (/run/netns/NS), for tools and
+// APIs that take a path.
+func (n *Node) Path() string { return netnsDir + "/" + n.NS }
+
 // Handle returns the member's namespace as an open handle (for netlink.NewHandleAt and similar).
 // It stays open until the cluster is removed; do not close it.
 func (n *Node) Handle() vnetns.NsHandle { return n.handle }
