@@ -115,24 +115,32 @@ func (e *Engine) handleCancel(pid uint32, key []byte) {
 	}()
 }
 
-// cancelLanded lets a server whose cancel was delivered be released again.
+// cancelLanded lets a server whose cancel was delivered be released again. It runs off the
+// server's owner, so the re-check is handed to the owner named by the server's handle; a
+// server in transit is released by its next owner at its next ReadyForQuery.
 func (e *Engine) cancelLanded(s *server) {
 	if s.cancelPending.Add(-1) != 0 {
 		return
 	}
+	h := s.closer.Load()
+	if h == nil {
+		return
+	}
 	recheck := func() {
+		if s.closer.Load() != h {
+			return // it changed owner meanwhile
+		}
 		if cl := s.client; cl != nil && s.tr.Idle() {
 			s.afterReadyForQuery(cl)
 		}
 	}
-	if lp := s.lp; lp != nil && s.conn != nil {
-		lp.exec(recheck)
-		return
-	}
-	if cl := s.client; cl != nil {
-		cl.mu.Lock()
+	switch {
+	case h.lp != nil:
+		h.lp.exec(recheck)
+	case h.cl != nil:
+		h.cl.mu.Lock()
 		recheck()
-		cl.mu.Unlock()
+		h.cl.mu.Unlock()
 	}
 }
 

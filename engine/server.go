@@ -85,20 +85,37 @@ type server struct {
 
 	// closer is the connection closeAsync closes from other goroutines (conn and nc belong to
 	// the server's owner of the moment): the gnet.Conn or net.Conn of its current home,
-	// published by whoever gave it that home. retired is set by closeAsync.
+	// published by whoever gave it that home, together with that owner. retired is set by
+	// closeAsync.
 	closer  atomic.Pointer[connHandle]
 	retired atomic.Bool
 }
 
-type connHandle struct{ io.Closer }
+// connHandle names a server's connection and its owner of the moment: an event loop (lp), a
+// client's stream goroutine (cl, which serialises on cl.mu), or neither while the server is
+// in transit between owners. Only the owner touches the server's fields; another goroutine
+// that must act on the server hands the work to the owner named here and, once there,
+// checks that the handle is still the current one.
+type connHandle struct {
+	io.Closer
+	lp *loop
+	cl *client
+}
 
-// publish makes c the connection closeAsync closes. A server retired meanwhile (closeAsync
-// may have looked before c was published) has c closed at once.
-func (s *server) publish(c io.Closer) {
-	s.closer.Store(&connHandle{c})
+// publish makes c, owned by the stream goroutine of cl, the connection closeAsync closes. A
+// server retired meanwhile (closeAsync may have looked before c was published) has c closed
+// at once.
+func (s *server) publish(c io.Closer, cl *client) {
+	s.closer.Store(&connHandle{Closer: c, cl: cl})
 	if s.retired.Load() {
 		_ = c.Close()
 	}
+}
+
+// inTransit marks the server as leaving its owner: until the next owner publishes itself,
+// work from other goroutines is not delivered to anyone.
+func (s *server) inTransit(c io.Closer) {
+	s.closer.Store(&connHandle{Closer: c})
 }
 
 func (s *server) writer() io.Writer {
@@ -156,7 +173,7 @@ func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 		s.moveTo = cl
 		if cl != nil && cl.stream != nil {
 			s.nc = nc
-			s.publish(nc)
+			s.publish(nc, cl)
 			cl.stream.give(s)
 			return
 		}
@@ -217,6 +234,7 @@ func (s *server) enroll(nc net.Conn, loopIdx int) {
 		s.lost(errors.New("no event loop to enroll the server on"))
 		return
 	}
+	s.inTransit(nc)
 	s.nc = nil
 	ch, err := lp.el.Enroll(gnet.NewContext(context.Background(), s), nc)
 	if err != nil {
@@ -238,7 +256,7 @@ func (s *server) onEnrolled(c gnet.Conn, lp *loop) {
 	s.out = c
 	s.detaching = false
 	lp.servers[s] = struct{}{}
-	s.closer.Store(&connHandle{c})
+	s.closer.Store(&connHandle{Closer: c, lp: lp})
 	if s.retired.Load() {
 		// Its backend left its role while the server moved here: never attach it (the client
 		// would reach a deposed primary); the client it moved for asks the pools again.
@@ -697,7 +715,7 @@ func (s *server) handTo(cl *client) {
 		s.detachFromLoop(func(nc net.Conn) {
 			if cl.stream != nil {
 				s.nc = nc
-				s.publish(nc)
+				s.publish(nc, cl)
 				cl.stream.give(s)
 				return
 			}
@@ -734,6 +752,7 @@ func (s *server) migrateTo(cl *client, from, toHome int) {
 // cannot read in between. cb receives a blocking net.Conn on the same socket.
 func (s *server) detachFromLoop(cb func(net.Conn)) {
 	s.detaching = true
+	s.inTransit(s.conn)
 	s.detachCb = cb
 	if err := s.conn.Wake(nil); err != nil {
 		s.detaching = false

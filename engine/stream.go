@@ -411,7 +411,7 @@ func (s *server) startSlowReader(cl *client) {
 	lp := s.lp
 	s.detachFromLoop(func(nc net.Conn) {
 		s.nc = nc
-		s.publish(nc)
+		s.publish(nc, nil) // the stream owns it once it has taken the client too
 		s.out = nc
 		// Wait until what gnet queued for the client has left, then take the client too.
 		go st.drainThenMove(lp)
