@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +39,12 @@ type Options struct {
 	Extra string
 	// QueryWaitTimeout bounds how long the proxy holds a client without a primary.
 	QueryWaitTimeout time.Duration
+	// NodeExtra is YAML appended to the configuration of the named node only (for example
+	// its tags section).
+	NodeExtra map[string]string
+	// Parameters override or add to the PostgreSQL parameters every node runs with (the
+	// defaults are fsync off, synchronous_commit off and wal_keep_size 512MB).
+	Parameters map[string]string
 }
 
 // Cluster is a running cluster.
@@ -110,6 +118,14 @@ func (c *Cluster) configFor(n *Node) string {
 	for _, p := range c.Nodes {
 		peers = append(peers, fmt.Sprintf("    - {name: %s, address: %s}", p.Name, p.Raft))
 	}
+	params := map[string]string{"fsync": "off", "synchronous_commit": "off", "wal_keep_size": "512MB"}
+	for k, v := range c.opts.Parameters {
+		params[k] = v
+	}
+	var kv []string
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		kv = append(kv, fmt.Sprintf("%s: %q", k, params[k]))
+	}
 	level := "info"
 	if os.Getenv("PGBASTION_TEST_DEBUG") != "" {
 		level = "debug"
@@ -140,11 +156,12 @@ postgresql:
   password: %s
   remove_data_directory_on_rewind_failure: true
   bootstrap: %t
-  parameters: {fsync: "off", synchronous_commit: "off", wal_keep_size: "512MB"}
+  parameters: {%s}
 log: {level: %s}
 %s
+%s
 `, n.RW, n.RO, c.opts.PoolMode, c.opts.QueryWaitTimeout, c.Password, n.API, c.Token, n.Name, n.Raft, n.Raft, n.Dir,
-		strings.Join(peers, "\n"), n.Dir, n.PGPort, c.Password, n.Index == 0, level, c.opts.Extra)
+		strings.Join(peers, "\n"), n.Dir, n.PGPort, c.Password, n.Index == 0, strings.Join(kv, ", "), level, c.opts.Extra, c.opts.NodeExtra[n.Name])
 }
 
 // cleanup stops every daemon (the test/daemon harness does that too) and every PostgreSQL.
