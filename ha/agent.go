@@ -181,6 +181,11 @@ func resetTimer(t *time.Timer, d time.Duration) {
 func (a *Agent) nextProbe() time.Duration {
 	h := a.cfg.Health
 	d := h.Interval
+	if a.failures > 0 && a.failures < h.FailureThreshold {
+		// One probe failed: confirm (or clear) it quickly rather than a whole interval later,
+		// so a crashed primary is known after failure_threshold quick probes.
+		return min(d/5, 200*time.Millisecond)
+	}
 	for i := h.FailureThreshold; i < a.failures && d < h.MaxBackoff; i++ {
 		d *= 2
 	}

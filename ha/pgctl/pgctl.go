@@ -316,6 +316,11 @@ func (i *Instance) Start(ctx context.Context) error {
 	i.proc, i.done, i.err = cmd, done, nil
 	go func() {
 		err := cmd.Wait()
+		// Backends outlive a postmaster that died (kill -9, OOM killer) until they notice, and
+		// one in the middle of a transaction can still commit. They are in the postmaster's
+		// process group: end them now. After a clean stop the group is empty and this is a
+		// no-op; a group with a live member cannot have its id reused.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		lf.Close()
 		i.mu.Lock()
 		i.err = err
@@ -424,7 +429,15 @@ func (i *Instance) Stop(ctx context.Context, mode StopMode) error {
 
 // stopForeign stops a postmaster this process did not start (found through postmaster.pid).
 func (i *Instance) stopForeign(ctx context.Context, mode StopMode) error {
-	if _, err := os.Stat(filepath.Join(i.cfg.DataDir, "postmaster.pid")); err != nil {
+	pidFile := filepath.Join(i.cfg.DataDir, "postmaster.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil
+	}
+	if pid, ok := postmasterPID(b); ok && syscall.Kill(pid, 0) == syscall.ESRCH {
+		// A postmaster that died and left its pid file behind (crash, kill -9): nothing runs,
+		// so it is stopped. pg_ctl would fail on it ("could not send stop signal"), and a
+		// fence that fails makes a failover wait for the old primary's lease to run out.
 		return nil
 	}
 	m := "fast"
@@ -432,6 +445,13 @@ func (i *Instance) stopForeign(ctx context.Context, mode StopMode) error {
 		m = "immediate"
 	}
 	return i.run(ctx, "pg_ctl", "stop", "-D", i.cfg.DataDir, "-m", m, "-w", "-t", "60")
+}
+
+// postmasterPID reads the postmaster's process id from the first line of postmaster.pid.
+func postmasterPID(b []byte) (int, bool) {
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	return pid, err == nil && pid > 0
 }
 
 // Kill sends SIGKILL to the postmaster (tests and fencing of last resort).
