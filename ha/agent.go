@@ -158,13 +158,29 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.onState(ctx, a.c.State())
 			probe.Reset(a.nextProbe())
 		case <-quick.C:
+			if a.catchingUp(a.c.State()) {
+				a.probe(ctx)
+			}
 			a.report(ctx)
+		}
+		if a.catchingUp(a.c.State()) {
+			// A switchover waits for us to replay the old primary's shutdown checkpoint:
+			// report our replay position as soon as it gets there, not at the next probe.
+			resetTimer(quick, 25*time.Millisecond)
 		}
 		// While a switchover holds writes, report promptly until our proxy has drained.
 		if wp := a.c.State().WritePause; wp != nil && (a.lastReport <= wp.SinceIndex || a.lastInflight > 0) {
 			resetTimer(quick, 20*time.Millisecond)
 		}
 	}
+}
+
+// catchingUp reports whether a switchover waits for this node, its candidate, to replay the
+// old primary's shutdown checkpoint, and our last probe has not seen it replayed yet.
+func (a *Agent) catchingUp(st *fsm.State) bool {
+	op := st.Operation
+	return op != nil && op.Kind == fsm.OpSwitchover && op.Phase == fsm.PhaseCatchup && op.Candidate == a.c.Name() &&
+		(a.last == nil || a.last.ReplayedLSN < op.FinalLSN)
 }
 
 func resetTimer(t *time.Timer, d time.Duration) {
