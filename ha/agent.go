@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
@@ -51,6 +54,59 @@ type PGStatus struct {
 	// (pg_stat_wal_receiver.sender_host/port), empty when it is not streaming.
 	UpstreamHost string
 	UpstreamPort int
+	// SystemID is the database system identifier (pg_control_system()).
+	SystemID string
+	// SyncStandbyNames is the synchronous_standby_names the server runs with.
+	SyncStandbyNames string
+	// Streaming lists, on a primary, the application_name of every standby streaming from
+	// it (pg_stat_replication, state streaming), sorted.
+	Streaming []string
+}
+
+// Replication is what the agent needs to manage replication on its PostgreSQL: physical
+// replication slots (one per other member on the primary) and synchronous_standby_names.
+// pgctl.Controller implements it; a PostgreSQL without it is not managed.
+type Replication interface {
+	// Slots lists the physical replication slots.
+	Slots(ctx context.Context) ([]Slot, error)
+	// CreateSlot creates a physical slot that reserves WAL at once; an existing one is fine.
+	CreateSlot(ctx context.Context, name string) error
+	// DropSlot drops a slot; terminate first ends the WAL sender using it (a removed member
+	// still streaming). A missing slot is fine.
+	DropSlot(ctx context.Context, name string, terminate bool) error
+	// SetSyncStandbyNames sets synchronous_standby_names (ALTER SYSTEM and reload) and
+	// returns once every WAL sender runs with it: standbys named in want.Standbys (all of
+	// them when want.Value is "*") count as synchronous, no other does. The result is the WAL
+	// flush position at that moment (0 on a standby).
+	SetSyncStandbyNames(ctx context.Context, want SyncNames) (fsm.LSN, error)
+}
+
+// SyncNames is a synchronous_standby_names value and the standbys it names.
+type SyncNames struct {
+	Value    string
+	Standbys []string
+}
+
+// Slot is a physical replication slot.
+type Slot struct {
+	Name   string
+	Active bool
+}
+
+// SlotName is the replication slot of a member on the primary: its name in lower case, with
+// every character other than a-z, 0-9 and _ replaced by _, at most 63 bytes (PostgreSQL's
+// rules for slot names).
+func SlotName(member string) string {
+	b := []byte(strings.ToLower(member))
+	for i, c := range b {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 63 {
+		b = b[:63]
+	}
+	return string(b)
 }
 
 // StopResult is what stopping a primary leaves behind.
@@ -88,6 +144,12 @@ type AgentOptions struct {
 	// OnSelfFence is called after the agent stopped PostgreSQL because this node, believing
 	// itself the primary, heard from no Raft quorum for failover.quorum_loss_timeout.
 	OnSelfFence func(reason string)
+	// SlotCleanupInterval is how often the agent drops inactive physical slots that belong to
+	// no member (postgresql.slot_cleanup_interval; default an hour). Slots of members that
+	// were removed are dropped at once.
+	SlotCleanupInterval time.Duration
+	// PermanentSlots are slots the agent never drops.
+	PermanentSlots []string
 }
 
 // Agent runs on every node. It probes the local PostgreSQL every health.interval (backing off
@@ -117,6 +179,17 @@ type Agent struct {
 	lastReport    uint64 // log index of our last accepted report
 	lastInflight  int
 	startFailures int
+	// lastErr: why the last Start or Follow failed (shown while PostgreSQL is down).
+	lastErr string
+
+	// Replication management (rep is nil when pg does not implement Replication).
+	rep         Replication
+	syncValue   string  // synchronous_standby_names as last seen or set
+	syncSince   fsm.LSN // flush position at which syncValue was in effect
+	syncKnown   bool
+	lastSyncTry time.Time
+	lastCleanup time.Time
+	liveKey     string // the failover state last reported promptly for
 }
 
 // NewAgent returns an agent for cluster c and PostgreSQL pg.
@@ -125,9 +198,13 @@ func NewAgent(c Cluster, pg PostgreSQL, cfg Config, opts AgentOptions) *Agent {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.SlotCleanupInterval <= 0 {
+		opts.SlotCleanupInterval = time.Hour
+	}
+	rep, _ := pg.(Replication)
 	return &Agent{
 		c: c, pg: pg, cfg: cfg, opts: opts, log: logger.With("component", "agent"),
-		done: map[uint64]bool{}, acks: map[uint64]fsm.AckDirective{},
+		done: map[uint64]bool{}, acks: map[uint64]fsm.AckDirective{}, rep: rep,
 	}
 }
 
@@ -156,6 +233,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.maybeSelfFence(ctx)
 			a.report(ctx)
 			a.onState(ctx, a.c.State())
+			a.manageSlots(ctx, a.c.State(), time.Now(), false)
 			probe.Reset(a.nextProbe())
 		case <-quick.C:
 			if a.catchingUp(a.c.State()) {
@@ -224,8 +302,12 @@ func (a *Agent) probe(ctx context.Context) {
 	if a.failures >= a.cfg.Health.FailureThreshold {
 		a.log.Info("postgresql is responding again", "role", st.Role)
 	}
-	a.failures, a.probeErr, a.startFailures, a.downSince = 0, nil, 0, time.Time{}
+	a.failures, a.probeErr, a.startFailures, a.downSince, a.lastErr = 0, nil, 0, time.Time{}, ""
 	a.last = &st
+	if st.Role == fsm.RolePrimary && (!a.syncKnown || st.SyncStandbyNames != a.syncValue) {
+		// Changed behind our back (or first seen): in effect at least since now.
+		a.syncValue, a.syncSince, a.syncKnown = st.SyncStandbyNames, st.FlushLSN, true
+	}
 }
 
 // down reports whether PostgreSQL counts as not running.
@@ -235,9 +317,16 @@ func (a *Agent) down() bool { return a.failures >= a.cfg.Health.FailureThreshold
 func (a *Agent) status(st *fsm.State) fsm.NodeStatus {
 	var ns fsm.NodeStatus
 	if p := a.last; p != nil {
-		ns = fsm.NodeStatus{Role: p.Role, Timeline: p.Timeline, FlushLSN: p.FlushLSN, ReceivedLSN: p.ReceivedLSN, ReplayedLSN: p.ReplayedLSN}
+		ns = fsm.NodeStatus{Role: p.Role, Timeline: p.Timeline, FlushLSN: p.FlushLSN, ReceivedLSN: p.ReceivedLSN, ReplayedLSN: p.ReplayedLSN,
+			SystemID: p.SystemID}
 		if p.Role == fsm.RoleReplica {
 			ns.Following = a.upstreamName(st, p)
+		}
+		if p.Role == fsm.RolePrimary {
+			ns.Streaming = p.Streaming
+			if a.syncKnown {
+				ns.SyncStandbyNames, ns.SyncSince = a.syncValue, a.syncSince
+			}
 		}
 	}
 	if a.opts.InflightWrites != nil {
@@ -250,11 +339,19 @@ func (a *Agent) status(st *fsm.State) fsm.NodeStatus {
 		ns.State = a.busy
 	case a.down():
 		ns.State, ns.Healthy = fsm.StateStopped, false
-		if a.probeErr != nil {
+		if a.lastErr != "" {
+			ns.Reason = a.lastErr
+		} else if a.probeErr != nil {
 			ns.Reason = a.probeErr.Error()
 		}
 	case a.last == nil:
 		ns.State = fsm.StateInitializing
+		ns.Reason = a.lastErr
+	case st.SystemID != "" && a.last.SystemID != "" && a.last.SystemID != st.SystemID:
+		// Someone else's database: never counted healthy, so never routed to or promoted.
+		ns.State, ns.Healthy = fsm.StateStopped, false
+		ns.Reason = fmt.Sprintf("the running PostgreSQL belongs to another cluster: system identifier %s, the cluster's is %s",
+			a.last.SystemID, st.SystemID)
 	case a.last.Role == fsm.RolePrimary:
 		ns.State, ns.Healthy = fsm.StateRunningPrimary, true
 	default:
@@ -295,9 +392,19 @@ func (a *Agent) report(ctx context.Context) {
 	a.lastReport, a.lastInflight = res.Index, ns.InflightWrites
 }
 
-// onState retries pending acknowledgements and executes new directives for this node.
+// onState retries pending acknowledgements, reports at once when a failover needs current
+// positions, applies the wanted synchronous configuration, and executes new directives for
+// this node.
 func (a *Agent) onState(ctx context.Context, st *fsm.State) {
 	a.flushAcks(ctx, st)
+	if key := failoverKey(st); key != "" && key != a.liveKey {
+		// The controller chooses the candidate from positions reported after the primary
+		// was deposed (and after its FENCE): send ours now rather than at the next probe.
+		a.liveKey = key
+		a.probe(ctx)
+		a.report(ctx)
+	}
+	a.applySync(ctx, st)
 	for _, d := range st.PendingDirectives(a.c.Name()) {
 		if a.done[d.ID] || ctx.Err() != nil {
 			continue
@@ -363,7 +470,10 @@ func (a *Agent) execute(ctx context.Context, st *fsm.State, d fsm.Directive) fsm
 	case fsm.DirectivePromote:
 		a.busy = fsm.StatePromoting
 		a.report(ctx)
-		err = a.pg.Promote(dctx)
+		err = a.prepareSyncForPromotion(dctx)
+		if err == nil {
+			err = a.pg.Promote(dctx)
+		}
 		a.busy = ""
 		if err == nil {
 			a.fenced, a.following = false, ""
@@ -371,6 +481,8 @@ func (a *Agent) execute(ctx context.Context, st *fsm.State, d fsm.Directive) fsm
 			if a.last != nil {
 				ack.Result = fsm.DirectiveResult{LSN: a.last.FlushLSN, Timeline: a.last.Timeline}
 			}
+			// The others' slots exist before anyone is told to follow us.
+			a.manageSlots(ctx, a.c.State(), time.Now(), true)
 		}
 	case fsm.DirectiveDemote:
 		m, ok := st.Member(d.Params.Upstream)
@@ -384,8 +496,13 @@ func (a *Agent) execute(ctx context.Context, st *fsm.State, d fsm.Directive) fsm
 		res, err = a.pg.Follow(dctx, Upstream{Name: m.Name, Host: m.PGHost, Port: m.PGPort})
 		a.busy = ""
 		if err == nil {
-			a.fenced, a.fenceReason, a.following = false, "", m.Name
+			a.fenced, a.fenceReason, a.following, a.lastErr = false, "", m.Name, ""
 			ack.Result.LSN = res.CheckpointLSN
+			a.probe(ctx)
+		} else {
+			// PostgreSQL may be stopped now (a rewind that failed, another cluster's data):
+			// say why in the status until something works.
+			a.lastErr = fmt.Sprintf("cannot follow %s: %v", m.Name, err)
 			a.probe(ctx)
 		}
 	case fsm.DirectiveCheckpoint:
@@ -432,8 +549,10 @@ func (a *Agent) maybeStart(ctx context.Context) {
 	a.log.Info("starting postgresql", "bootstrap", bootstrap, "crash_recovery", recovery)
 	if err := a.pg.Start(sctx); err != nil {
 		a.log.Warn("postgresql did not start", "error", err)
+		a.lastErr = "postgresql did not start: " + err.Error()
 		return
 	}
+	a.lastErr = ""
 	a.probe(ctx)
 }
 
@@ -469,4 +588,164 @@ func (a *Agent) maybeSelfFence(ctx context.Context) {
 	if a.opts.OnSelfFence != nil {
 		a.opts.OnSelfFence(reason)
 	}
+}
+
+// failoverKey identifies the progress of a failover that is choosing its candidate (the
+// operation and how many of its FENCE directives were acknowledged), or "" when none is.
+func failoverKey(st *fsm.State) string {
+	op := st.Operation
+	if op == nil || op.Kind != fsm.OpFailover || op.Phase != fsm.PhaseElecting {
+		return ""
+	}
+	fenced := 0
+	for _, d := range st.Directives {
+		if d.Type == fsm.DirectiveFence && d.Params.OperationID == op.ID && d.Status == fsm.DirectiveDone {
+			fenced++
+		}
+	}
+	return fmt.Sprintf("%d/%d", op.ID, fenced)
+}
+
+// syncMode reports whether PGBastion manages synchronous replication.
+func (a *Agent) syncMode() bool {
+	m := a.cfg.Failover.SynchronousMode
+	return m == "on" || m == "quorum"
+}
+
+// applySync sets synchronous_standby_names on this node's PostgreSQL when the controller wants
+// a value for it as the primary that it does not run with yet, then reports at once.
+func (a *Agent) applySync(ctx context.Context, st *fsm.State) {
+	w := st.SyncWanted
+	if a.rep == nil || !a.syncMode() || w == nil || w.Primary != a.c.Name() || st.Primary != a.c.Name() ||
+		a.fenced || a.busy != "" || a.down() || a.last == nil || a.last.Role != fsm.RolePrimary {
+		return
+	}
+	if a.syncKnown && a.syncValue == w.Value {
+		return
+	}
+	now := time.Now()
+	if now.Sub(a.lastSyncTry) < a.cfg.Health.Interval {
+		return // failed a moment ago: try again at the next probe, not on every state change
+	}
+	a.lastSyncTry = now
+	sctx, cancel := context.WithTimeout(ctx, a.cfg.Failover.DirectiveTimeout)
+	defer cancel()
+	lsn, err := a.rep.SetSyncStandbyNames(sctx, SyncNames{Value: w.Value, Standbys: w.Standbys})
+	if err != nil {
+		a.log.Warn("cannot set synchronous_standby_names", "value", w.Value, "error", err)
+		return
+	}
+	a.log.Info("synchronous_standby_names set", "value", w.Value, "since", lsn)
+	a.syncValue, a.syncSince, a.syncKnown, a.lastSyncTry = w.Value, lsn, true, time.Time{}
+	a.report(ctx)
+}
+
+// prepareSyncForPromotion sets synchronous_standby_names before a standby is promoted: nothing
+// is synchronous with a new primary yet, so "" (asynchronous until the controller picks
+// standbys), or "*" in strict mode (no commit returns before some standby has it).
+func (a *Agent) prepareSyncForPromotion(ctx context.Context) error {
+	if a.rep == nil || !a.syncMode() {
+		return nil
+	}
+	want := SyncNames{}
+	if a.cfg.Failover.SynchronousModeStrict {
+		want.Value = "*"
+	}
+	if _, err := a.rep.SetSyncStandbyNames(ctx, want); err != nil {
+		return fmt.Errorf("setting synchronous_standby_names before promotion: %w", err)
+	}
+	a.syncKnown = false // read it again from the promoted server
+	return nil
+}
+
+// manageSlots keeps the physical replication slots of this node's PostgreSQL: on the primary,
+// one per other member (created ahead of need, kept while the member exists, even when it is
+// down); slots of removed members, and on a standby those of any member, are dropped at once;
+// every SlotCleanupInterval, inactive slots that belong to no member are dropped too.
+// PermanentSlots are never touched. promoted: PostgreSQL was just promoted and the FSM does
+// not name it the primary yet; only create.
+func (a *Agent) manageSlots(ctx context.Context, st *fsm.State, now time.Time, promoted bool) {
+	if a.rep == nil || a.fenced || a.busy != "" || a.down() || a.last == nil {
+		return
+	}
+	primary := a.last.Role == fsm.RolePrimary
+	if primary && st.Primary != a.c.Name() && !promoted {
+		return // a deposed or not yet named primary: leave its slots alone
+	}
+	sctx, cancel := context.WithTimeout(ctx, a.cfg.Health.Timeout)
+	defer cancel()
+	slots, err := a.rep.Slots(sctx)
+	if err != nil {
+		a.log.Debug("cannot list replication slots", "error", err)
+		return
+	}
+	cleanup := now.Sub(a.lastCleanup) >= a.opts.SlotCleanupInterval && !promoted
+	create, drop := slotPlan(st, a.c.Name(), primary, slots, cleanup, a.opts.PermanentSlots)
+	if promoted {
+		drop = nil
+	}
+	for _, name := range create {
+		if err := a.rep.CreateSlot(sctx, name); err != nil {
+			a.log.Warn("cannot create replication slot", "slot", name, "error", err)
+			continue
+		}
+		a.log.Info("created replication slot", "slot", name)
+	}
+	for _, d := range drop {
+		if err := a.rep.DropSlot(sctx, d.name, d.terminate); err != nil {
+			a.log.Warn("cannot drop replication slot", "slot", d.name, "error", err)
+			continue
+		}
+		a.log.Info("dropped replication slot", "slot", d.name, "why", d.why)
+	}
+	if cleanup {
+		a.lastCleanup = now
+	}
+}
+
+type slotDrop struct {
+	name      string
+	terminate bool
+	why       string
+}
+
+// slotPlan decides which slots to create and drop (see manageSlots).
+func slotPlan(st *fsm.State, self string, primary bool, slots []Slot, cleanup bool, permanent []string) ([]string, []slotDrop) {
+	want := map[string]bool{}
+	members := map[string]bool{}
+	for _, name := range st.MemberNames() {
+		members[SlotName(name)] = true
+		if primary && name != self {
+			want[SlotName(name)] = true
+		}
+	}
+	departed := map[string]bool{}
+	for _, m := range st.Departed {
+		if !members[SlotName(m.Name)] {
+			departed[SlotName(m.Name)] = true
+		}
+	}
+	have := map[string]bool{}
+	var drop []slotDrop
+	for _, sl := range slots {
+		have[sl.Name] = true
+		switch {
+		case want[sl.Name] || slices.Contains(permanent, sl.Name):
+		case departed[sl.Name]:
+			// A removed member must not stream any more, nor hold WAL back.
+			drop = append(drop, slotDrop{sl.Name, true, "its member was removed"})
+		case sl.Active:
+		case members[sl.Name]:
+			drop = append(drop, slotDrop{sl.Name, false, "a member's slot on a node that is not the primary (it would only hold WAL back)"})
+		case cleanup:
+			drop = append(drop, slotDrop{sl.Name, false, "belongs to no member"})
+		}
+	}
+	var create []string
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		if !have[name] {
+			create = append(create, name)
+		}
+	}
+	return create, drop
 }

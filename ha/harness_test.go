@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -128,6 +130,12 @@ type fakePG struct {
 	calls    []string
 	// promotedAt is when Promote last turned a standby into a primary.
 	promotedAt time.Time
+	// Replication: physical slots (name → active), synchronous_standby_names, and a log of
+	// the replication calls (kept apart from calls).
+	slots   map[string]bool
+	ssn     string
+	sysid   string
+	replLog []string
 }
 
 type fakePGNet struct {
@@ -138,7 +146,8 @@ type fakePGNet struct {
 func newFakePGNet() *fakePGNet { return &fakePGNet{pgs: map[string]*fakePG{}} }
 
 func (n *fakePGNet) add(name string, role fsm.Role, lsn fsm.LSN, upstream string) *fakePG {
-	pg := &fakePG{net: n, name: name, running: true, role: role, lsn: lsn, timeline: 1, upstream: upstream, failOn: map[string]error{}}
+	pg := &fakePG{net: n, name: name, running: true, role: role, lsn: lsn, timeline: 1, upstream: upstream, failOn: map[string]error{},
+		slots: map[string]bool{}}
 	n.mu.Lock()
 	n.pgs[name] = pg
 	n.mu.Unlock()
@@ -149,6 +158,23 @@ func (n *fakePGNet) get(host string) *fakePG {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.pgs[host]
+}
+
+// streamingFrom lists, sorted, the running standbys whose upstream is host (what
+// pg_stat_replication shows on it).
+func (n *fakePGNet) streamingFrom(host string) []string {
+	n.mu.Lock()
+	pgs := slices.Collect(maps.Values(n.pgs))
+	n.mu.Unlock()
+	var out []string
+	for _, pg := range pgs {
+		running, role, _, upstream := pg.snapshot()
+		if running && role == fsm.RoleReplica && upstream == host {
+			out = append(out, pg.name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (p *fakePG) record(call string) error {
@@ -201,8 +227,10 @@ func (p *fakePG) Probe(ctx context.Context) (PGStatus, error) {
 		return PGStatus{}, err
 	}
 	if p.role == fsm.RolePrimary {
-		defer p.mu.Unlock()
-		return PGStatus{Role: fsm.RolePrimary, Timeline: p.timeline, FlushLSN: p.lsn}, nil
+		st := PGStatus{Role: fsm.RolePrimary, Timeline: p.timeline, FlushLSN: p.lsn, SyncStandbyNames: p.ssn, SystemID: p.sysid}
+		p.mu.Unlock()
+		st.Streaming = p.net.streamingFrom(p.name)
+		return st, nil
 	}
 	upHost := p.upstream
 	p.mu.Unlock()
@@ -218,7 +246,7 @@ func (p *fakePG) Probe(ctx context.Context) (PGStatus, error) {
 	if streaming && upLSN > p.lsn {
 		p.lsn = upLSN
 	}
-	st := PGStatus{Role: fsm.RoleReplica, Timeline: p.timeline, ReceivedLSN: p.lsn, ReplayedLSN: p.lsn}
+	st := PGStatus{Role: fsm.RoleReplica, Timeline: p.timeline, ReceivedLSN: p.lsn, ReplayedLSN: p.lsn, SystemID: p.sysid}
 	if streaming {
 		st.UpstreamHost, st.UpstreamPort = upHost, 5432
 	}
@@ -278,6 +306,72 @@ func (p *fakePG) Follow(ctx context.Context, up Upstream) (StopResult, error) {
 	}
 	p.running, p.role, p.upstream = true, fsm.RoleReplica, up.Host
 	return res, nil
+}
+
+var _ Replication = (*fakePG)(nil)
+
+func (p *fakePG) Slots(ctx context.Context) ([]Slot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.running {
+		return nil, errors.New("connection refused")
+	}
+	var out []Slot
+	for _, name := range slices.Sorted(maps.Keys(p.slots)) {
+		out = append(out, Slot{Name: name, Active: p.slots[name]})
+	}
+	return out, nil
+}
+
+func (p *fakePG) CreateSlot(ctx context.Context, name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.running {
+		return errors.New("connection refused")
+	}
+	p.replLog = append(p.replLog, "create "+name)
+	if _, ok := p.slots[name]; !ok {
+		p.slots[name] = false
+	}
+	return nil
+}
+
+func (p *fakePG) DropSlot(ctx context.Context, name string, terminate bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.running {
+		return errors.New("connection refused")
+	}
+	if p.slots[name] && !terminate {
+		return errors.New("in use")
+	}
+	p.replLog = append(p.replLog, "drop "+name)
+	delete(p.slots, name)
+	return nil
+}
+
+func (p *fakePG) SetSyncStandbyNames(ctx context.Context, want SyncNames) (fsm.LSN, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.running {
+		return 0, errors.New("connection refused")
+	}
+	if err := p.failOn["sync"]; err != nil {
+		return 0, err
+	}
+	p.replLog = append(p.replLog, fmt.Sprintf("sync %q", want.Value))
+	p.ssn = want.Value
+	if p.role != fsm.RolePrimary {
+		return 0, nil
+	}
+	return p.lsn, nil
+}
+
+// ReplLog returns the replication calls made so far.
+func (p *fakePG) ReplLog() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.replLog)
 }
 
 // shutdownCheckpoint writes a primary's shutdown checkpoint record (one byte here) and

@@ -320,6 +320,19 @@ func (h *harness) report(node, kind string, opts map[string]string) (string, err
 		if st.SyncSince, err = lsnArg(orDefault(opts["since"], "0")); err != nil {
 			return "", err
 		}
+		// streaming=n2,n3 (or streaming= for none): the standbys streaming from it. Default:
+		// the members whose last report says they follow it.
+		if v, ok := opts["streaming"]; ok {
+			if v != "" {
+				st.Streaming = strings.Split(v, ",")
+			}
+		} else {
+			for _, name := range h.s.MemberNames() {
+				if m := h.s.Members[name]; m.Status.Role == fsm.RoleReplica && m.Status.Following == node {
+					st.Streaming = append(st.Streaming, name)
+				}
+			}
+		}
 	case "replica":
 		st = fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true, ReceivedLSN: lsn, ReplayedLSN: lsn,
 			Following: opts["following"], Timeline: 1}

@@ -159,24 +159,35 @@ func (st *step) syncTarget(primary string, w *fsm.SyncTarget) *fsm.SyncTarget {
 	return t
 }
 
-// syncCandidates returns the standbys that may be synchronous, best first: fresh, reachable,
-// healthy replicas streaming from the primary, without the nosync tag; those in prefer first
-// (stability), then those within maximum_lag_on_failover, then by WAL position and name.
+// syncCandidates returns the standbys that may be synchronous, best first. Every one streams
+// from the primary by the primary's own last report (NodeStatus.Streaming), has no nosync tag,
+// and its agent is alive and in contact (fresh, reachable). A standby not in prefer must also
+// say so itself: a healthy running replica following the primary. One in prefer (already
+// wanted) stays while the primary still reports it streaming, whatever its own report says: a
+// standby that lost its upstream is what the primary's death looks like from the standby,
+// and dropping it from the record then would leave nobody the failover may promote. Those
+// in prefer come first (stability), then those within maximum_lag_on_failover, then by WAL
+// position and name.
 func (st *step) syncCandidates(primary string, prefer []string) []string {
 	type cand struct {
 		name       string
 		cur, lagOK bool
 		pos        fsm.LSN
 	}
+	streaming := st.s.Members[primary].Status.Streaming
 	var cands []cand
 	for _, name := range st.s.MemberNames() {
 		m := st.s.Members[name]
 		ns := m.Status
-		if name == primary || m.Tags.NoSync || !ns.Healthy || ns.Role != fsm.RoleReplica || ns.State != fsm.StateRunningReplica ||
-			ns.Following != primary || ns.ReportIndex <= st.s.PrimaryIndex || st.foreign(m) || !st.fresh(m) || !st.reachable(m) {
+		if name == primary || m.Tags.NoSync || !slices.Contains(streaming, name) || st.foreign(m) || !st.fresh(m) || !st.reachable(m) {
 			continue
 		}
-		cands = append(cands, cand{name, slices.Contains(prefer, name), ns.LagBytes <= st.cfg.MaxLagOnFailover, ns.Position()})
+		cur := slices.Contains(prefer, name)
+		if !cur && (!ns.Healthy || ns.Role != fsm.RoleReplica || ns.State != fsm.StateRunningReplica ||
+			ns.Following != primary || ns.ReportIndex <= st.s.PrimaryIndex) {
+			continue
+		}
+		cands = append(cands, cand{name, cur, ns.LagBytes <= st.cfg.MaxLagOnFailover, ns.Position()})
 	}
 	slices.SortFunc(cands, func(a, b cand) int {
 		switch {

@@ -77,6 +77,12 @@ type NodeStatus struct {
 	// transaction acknowledged under an earlier value ends at or before SyncSince.
 	SyncStandbyNames string `json:"synchronous_standby_names,omitempty"`
 	SyncSince        LSN    `json:"sync_since,omitempty"`
+	// Streaming lists, on a primary, the standbys streaming from it by application_name
+	// (their member names; pg_stat_replication, state streaming), sorted. The controller
+	// drops a synchronous standby only on this, the primary's own word: a standby's report
+	// that it lost its upstream may just mean the primary died, and weakening the synchronous
+	// record then would block the failover it exists for.
+	Streaming []string `json:"streaming,omitempty"`
 
 	// Set by the FSM from the command envelope, not by the reporter.
 	ReportedAt  time.Time `json:"reported_at"`

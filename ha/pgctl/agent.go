@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -25,13 +26,20 @@ type Controller struct {
 	Bootstrap bool
 	// Self is this node's member name (used as application_name and slot name).
 	Self string
-	// State returns the current cluster state (to find a primary to clone from).
+	// State returns the current cluster state (to find a primary to clone from, and the
+	// cluster's system identifier).
 	State func() *fsm.State
 
 	mu sync.Mutex
+	// lastCheckpoint is the shutdown checkpoint of the last clean stop of this server as a
+	// primary, returned again by a repeated Follow of the same upstream.
+	lastCheckpoint fsm.LSN
 }
 
-var _ ha.PostgreSQL = (*Controller)(nil)
+var (
+	_ ha.PostgreSQL  = (*Controller)(nil)
+	_ ha.Replication = (*Controller)(nil)
+)
 
 // NewController wraps an Instance.
 func NewController(inst *Instance, self string, bootstrap bool, state func() *fsm.State) *Controller {
@@ -56,12 +64,15 @@ func (c *Controller) Probe(ctx context.Context) (ha.PGStatus, error) {
 	  THEN COALESCE((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver), (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()))
 	  ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int END,
 	(SELECT sender_host FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming'),
-	(SELECT sender_port FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming')`
+	(SELECT sender_port FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming'),
+	(SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
+	pg_catalog.current_setting('synchronous_standby_names'),
+	(SELECT pg_catalog.json_agg(application_name ORDER BY application_name)::text FROM pg_catalog.pg_stat_replication WHERE state = 'streaming')`
 	res := conn.ExecParams(ctx, q, nil, nil, nil, nil).Read()
 	if res.Err != nil {
 		return st, res.Err
 	}
-	if len(res.Rows) != 1 || len(res.Rows[0]) != 7 {
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 10 {
 		return st, errors.New("unexpected probe result")
 	}
 	r := res.Rows[0]
@@ -79,6 +90,13 @@ func (c *Controller) Probe(ctx context.Context) (ha.PGStatus, error) {
 	st.UpstreamHost = string(r[5])
 	if p, err := strconv.Atoi(string(r[6])); err == nil {
 		st.UpstreamPort = p
+	}
+	st.SystemID = string(r[7])
+	st.SyncStandbyNames = string(r[8])
+	if r[9] != nil {
+		if err := json.Unmarshal(r[9], &st.Streaming); err != nil {
+			return st, fmt.Errorf("reading pg_stat_replication: %w", err)
+		}
 	}
 	return st, nil
 }
@@ -105,13 +123,37 @@ func (c *Controller) Start(ctx context.Context) error {
 		if err := c.bootstrap(ctx); err != nil {
 			return err
 		}
+	} else if err := c.checkSystemID(ctx); err != nil {
+		return err
 	}
 	return c.inst.Start(ctx)
 }
 
+// checkSystemID refuses a data directory that belongs to another cluster: its database
+// system identifier differs from the one the cluster recorded when its first primary was
+// named. Such a directory is never started, rewound or removed: it is someone else's data.
+func (c *Controller) checkSystemID(ctx context.Context) error {
+	if c.State == nil {
+		return nil
+	}
+	want := c.State().SystemID
+	if want == "" {
+		return nil
+	}
+	got, err := c.inst.SystemID(ctx)
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("the data directory %s belongs to another cluster (database system identifier %s, this cluster's is %s): "+
+			"refusing to start, rewind or replace it; move it away to let this node clone the cluster", c.inst.cfg.DataDir, got, want)
+	}
+	return nil
+}
+
 func (c *Controller) bootstrap(ctx context.Context) error {
 	if p, ok := c.primary(); ok {
-		return c.inst.BaseBackup(ctx, p.PGHost, p.PGPort, c.Self, "")
+		return c.clone(ctx, p.PGHost, p.PGPort)
 	}
 	if !c.Bootstrap {
 		return errors.New("the data directory is empty and there is no primary to clone from yet; waiting")
@@ -144,7 +186,11 @@ func (c *Controller) stop(ctx context.Context) (ha.StopResult, error) {
 	if err := c.inst.Stop(ctx, Fast); err != nil {
 		return ha.StopResult{}, err
 	}
-	return c.shutdownCheckpoint(ctx)
+	res, err := c.shutdownCheckpoint(ctx)
+	if err == nil && res.CheckpointLSN != 0 {
+		c.lastCheckpoint = res.CheckpointLSN
+	}
+	return res, err
 }
 
 // shutdownCheckpoint reads pg_controldata of a stopped server: the shutdown checkpoint of a
@@ -181,8 +227,15 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var res ha.StopResult
+	if c.inst.HasData() {
+		if err := c.checkSystemID(ctx); err != nil {
+			return res, err
+		}
+	}
 	if c.inst.Running() {
 		if st, err := c.Probe(ctx); err == nil && st.Role == fsm.RoleReplica && c.followsAlready(up) {
+			// Done before (the acknowledgement was lost): report the same checkpoint.
+			res.CheckpointLSN = c.lastCheckpoint
 			return res, nil
 		}
 		r, err := c.stop(ctx)
@@ -196,38 +249,72 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 			res = r
 		}
 	}
+	c.lastCheckpoint = res.CheckpointLSN
 	if !c.inst.HasData() {
-		if err := c.inst.BaseBackup(ctx, up.Host, up.Port, c.Self, ""); err != nil {
+		if err := c.clone(ctx, up.Host, up.Port); err != nil {
 			return res, err
 		}
 	} else if res.CheckpointLSN != 0 || c.inst.wasPrimary(ctx) {
 		// A former primary may have written WAL its successor never received. pg_rewind
 		// needs a cleanly shut down target: finish crash recovery first (a killed primary).
-		if err := c.inst.recoverIfCrashed(ctx); err != nil {
-			return res, err
+		err := c.inst.recoverIfCrashed(ctx)
+		if err == nil {
+			err = c.inst.Rewind(ctx, up.Host, up.Port)
 		}
-		if err := c.inst.Rewind(ctx, up.Host, up.Port); err != nil {
+		if err != nil {
 			if !c.inst.cfg.RemoveDataDirectoryOnRewindFailure {
-				return res, fmt.Errorf("pg_rewind from %s failed and postgresql.remove_data_directory_on_rewind_failure is off, so the node stays out of the cluster: %w", up.Name, err)
+				return res, fmt.Errorf("pg_rewind from %s failed and postgresql.remove_data_directory_on_rewind_failure is off, so the node stays out of the cluster "+
+					"(set it to true to let PGBastion re-clone this node, or move %s away by hand): %w", up.Name, c.inst.cfg.DataDir, err)
 			}
-			if err := c.inst.BaseBackup(ctx, up.Host, up.Port, c.Self, ""); err != nil {
+			c.inst.log.Warn("pg_rewind failed; re-cloning (postgresql.remove_data_directory_on_rewind_failure)", "upstream", up.Name, "error", err)
+			if err := c.clone(ctx, up.Host, up.Port); err != nil {
 				return res, fmt.Errorf("pg_rewind failed and re-cloning from %s failed too: %w", up.Name, err)
 			}
 		}
 	}
-	if err := c.inst.Follow(up.Host, up.Port, c.Self, ""); err != nil {
+	slot := ha.SlotName(c.Self)
+	c.ensureSlotOn(ctx, up.Host, up.Port, slot)
+	if err := c.inst.Follow(up.Host, up.Port, c.Self, slot); err != nil {
 		return res, err
 	}
 	return res, c.inst.Start(ctx)
 }
 
-// followsAlready reports whether primary_conninfo already names up.
+// clone replaces the data directory with a base backup of host:port, streaming through this
+// node's replication slot there (created first when it is missing).
+func (c *Controller) clone(ctx context.Context, host string, port int) error {
+	slot := ha.SlotName(c.Self)
+	if !c.ensureSlotOn(ctx, host, port, slot) {
+		slot = "" // stream without it; primary_slot_name is set when the server starts following
+	}
+	return c.inst.BaseBackup(ctx, host, port, c.Self, slot)
+}
+
+// ensureSlotOn creates this node's physical slot on the upstream if it is missing, so that the
+// upstream keeps the WAL this node needs from the moment it clones or follows. The upstream's
+// agent creates the slots of every member too; this just does not wait for it.
+func (c *Controller) ensureSlotOn(ctx context.Context, host string, port int, slot string) bool {
+	conn, err := c.inst.ConnectTo(ctx, host, port)
+	if err != nil {
+		c.inst.log.Warn("cannot reach the upstream to create this node's replication slot", "host", host, "port", port, "error", err)
+		return false
+	}
+	defer conn.Close(context.Background())
+	if err := createSlot(ctx, conn, slot); err != nil {
+		c.inst.log.Warn("cannot create this node's replication slot on the upstream", "slot", slot, "error", err)
+		return false
+	}
+	return true
+}
+
+// followsAlready reports whether primary_conninfo already names up, through this node's slot.
 func (c *Controller) followsAlready(up ha.Upstream) bool {
 	b, err := os.ReadFile(filepath.Join(c.inst.cfg.DataDir, "postgresql.auto.conf"))
 	if err != nil {
 		return false
 	}
-	return bytes.Contains(b, []byte(fmt.Sprintf("host=%s port=%d ", up.Host, up.Port)))
+	return bytes.Contains(b, []byte(fmt.Sprintf("host=%s port=%d ", up.Host, up.Port))) &&
+		bytes.Contains(b, []byte(fmt.Sprintf("primary_slot_name = '%s'", ha.SlotName(c.Self))))
 }
 
 // Checkpoint implements ha.PostgreSQL.
