@@ -76,6 +76,9 @@ type Cluster interface {
 	Failover(ctx context.Context, candidate string, force bool) (uint64, error)
 	WaitOperation(ctx context.Context, id uint64) (fsm.Operation, error)
 	SetPause(ctx context.Context, paused bool) error
+	// RemoveMember removes a node from the cluster for good: its member record (the
+	// primary's agent then drops its replication slot) and its Raft membership.
+	RemoveMember(ctx context.Context, name string) error
 	Backup(ctx context.Context, w io.Writer) (ha.BackupInfo, error)
 	Restore(ctx context.Context, r io.Reader) (ha.BackupInfo, error)
 }
@@ -123,6 +126,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.POST("/raft/restore", s.auth(s.restore))
 	r.POST("/pause", s.auth(s.pause(true)))
 	r.POST("/resume", s.auth(s.pause(false)))
+	r.DELETE("/members/{name}", s.auth(s.removeMember))
 	// Patroni-compatible role checks for HAProxy and friends (GET, HEAD and OPTIONS).
 	for path, check := range map[string]func(*fasthttp.RequestCtx) (bool, map[string]any){
 		"/primary": s.isPrimary, "/master": s.isPrimary, "/leader": s.isPrimary, "/read-write": s.isPrimary,
@@ -414,6 +418,25 @@ func (s *Server) pause(paused bool) fasthttp.RequestHandler {
 		}
 		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": paused})
 	}
+}
+
+// removeMember removes a member for good (DELETE /members/{name}). The primary cannot be
+// removed: switch over first.
+func (s *Server) removeMember(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	name, _ := ctx.UserValue("name").(string)
+	if name == "" {
+		writeError(ctx, fasthttp.StatusBadRequest, "DELETE /members/{name}: the member's name is required")
+		return
+	}
+	if err := s.src.Cluster.RemoveMember(ctx, name); err != nil {
+		writeFSMError(ctx, "remove member", err)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"removed": name,
+		"message": "removed from the cluster; its replication slot is dropped on the primary. Stop its pgbastion and PostgreSQL before reusing the host"})
 }
 
 // Role checks, Patroni-style: the status code is the answer; the body shows the node.

@@ -62,6 +62,13 @@ func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation
 	return fsm.Operation{ID: id, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDone, NewPrimary: "n2"}, c.waitErr
 }
 func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
+func (c *fakeCluster) RemoveMember(_ context.Context, name string) error {
+	c.lastOp = []string{"remove", name}
+	if name == "n1" {
+		return &fsm.Error{Code: fsm.CodePrecondition, Message: "n1 is the primary"}
+	}
+	return nil
+}
 func (c *fakeCluster) Backup(_ context.Context, w io.Writer) (ha.BackupInfo, error) {
 	_, err := w.Write([]byte("backup-bytes"))
 	return ha.BackupInfo{Index: 42}, err
@@ -180,6 +187,16 @@ func TestMutationsNeedTheToken(t *testing.T) {
 	}
 	if code, _ := do(t, "POST", u+"/raft/restore", "s3cret", "backup-bytes"); code != 200 || strings.Join(c.lastOp, ",") != "restore,backup-bytes" {
 		t.Errorf("restore: %d %v", code, c.lastOp)
+	}
+	if code, _ := do(t, "DELETE", u+"/members/n2", "", ""); code != 401 {
+		t.Errorf("remove member without token: %d", code)
+	}
+	if code, body := do(t, "DELETE", u+"/members/n2", "s3cret", ""); code != 200 || strings.Join(c.lastOp, ",") != "remove,n2" ||
+		!strings.Contains(body, "replication slot") {
+		t.Errorf("remove member: %d %s %v", code, body, c.lastOp)
+	}
+	if code, _ := do(t, "DELETE", u+"/members/n1", "s3cret", ""); code != 412 {
+		t.Errorf("removing the primary: %d, want 412", code)
 	}
 	c.waitErr = context.DeadlineExceeded
 	if code, _ := do(t, "POST", u+"/failover", "s3cret", `{"candidate":"n2"}`); code != 202 {

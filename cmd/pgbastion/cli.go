@@ -15,9 +15,9 @@ const usage = `pgbastion — PostgreSQL high availability, routing and pooling i
 Usage:
   pgbastion run [-c FILE]          run the daemon (default config /etc/pgbastion/pgbastion.yaml)
   pgbastion check [-c FILE]        validate a configuration file and exit
-  pgbastion demo [--dir D] [--base-port P]
+  pgbastion demo [--dir D] [--base-port P] [--synchronous-mode off|on|quorum]
                                    start a local three-node demo cluster; Ctrl-C stops and removes it
-  pgbastion ctl [--api URL] [--token T] list|switchover|failover|pause|resume
+  pgbastion ctl [--api URL] [--token T] list|switchover|failover|pause|resume|remove
                                    operate a cluster through its API
   pgbastion raft backup -o FILE | raft restore FILE
                                    save or restore the replicated state through the API

@@ -43,8 +43,10 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 
 	ctl := pgctl.NewController(inst, node.Name(), cfg.PostgreSQL.Bootstrap, node.State)
 	agent := ha.NewAgent(node, ctl, hc, ha.AgentOptions{
-		Logger:         log,
-		InflightWrites: d.proxy.WritesInFlight,
+		Logger:              log,
+		InflightWrites:      d.proxy.WritesInFlight,
+		SlotCleanupInterval: cfg.PostgreSQL.SlotCleanupInterval,
+		PermanentSlots:      cfg.PostgreSQL.PermanentSlots,
 		OnSelfFence: func(reason string) {
 			log.Error("PostgreSQL fenced itself", "reason", reason)
 		},

@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -41,6 +42,12 @@ type PostgreSQLConfig struct {
 	Bootstrap bool `yaml:"bootstrap"`
 	// AdvertiseHost is how other nodes reach this PostgreSQL (default: host).
 	AdvertiseHost string `yaml:"advertise_host"`
+	// SlotCleanupInterval is how often the primary drops inactive physical replication slots
+	// that belong to no member (default 1h). Slots of removed members go at once.
+	SlotCleanupInterval time.Duration `yaml:"slot_cleanup_interval"`
+	// PermanentSlots are physical replication slots PGBastion never drops (for tools such as
+	// pg_receivewal or a backup system).
+	PermanentSlots []string `yaml:"permanent_slots"`
 }
 
 // HA returns the HA core's configuration, or false for a standalone proxy.
@@ -65,7 +72,7 @@ type LogConfig struct {
 func DefaultConfig() Config {
 	hd := ha.DefaultConfig()
 	return Config{Proxy: engine.DefaultConfig(), API: admin.DefaultConfig(), Failover: hd.Failover, Health: hd.Health,
-		Tags: hd.Tags, PostgreSQL: PostgreSQLConfig{Config: pgctl.Config{Superuser: "postgres", Port: 5434}},
+		Tags: hd.Tags, PostgreSQL: PostgreSQLConfig{Config: pgctl.Config{Superuser: "postgres", Port: 5434}, SlotCleanupInterval: time.Hour},
 		VIP: netlink.DefaultConfig(), Log: LogConfig{Level: "info", Format: "text"}}
 }
 
@@ -87,6 +94,9 @@ func (c *Config) Validate() error {
 		}
 		if err := c.PostgreSQL.Validate(); err != nil {
 			errs = append(errs, err)
+		}
+		if c.PostgreSQL.SlotCleanupInterval <= 0 {
+			errs = append(errs, fmt.Errorf("postgresql.slot_cleanup_interval %s: must be positive (default 1h)", c.PostgreSQL.SlotCleanupInterval))
 		}
 		if len(c.Proxy.Backends) > 0 {
 			errs = append(errs, errors.New("proxy.backends must be empty with a raft section: the cluster state says where the primary and replicas are"))

@@ -107,3 +107,60 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatalf("unknown command exit %d", code)
 	}
 }
+
+func TestConfigReplicationSettings(t *testing.T) {
+	c, err := ParseConfig("r.yaml", []byte(`raft: {node_name: n1, data_dir: /tmp/r, peers: [{name: n1, address: 127.0.0.1:8300}]}
+failover: {synchronous_mode: quorum, synchronous_node_count: 2, synchronous_mode_strict: true}
+tags: {nofailover: true, failover_priority: 3, nosync: true, noloadbalance: true}
+postgresql:
+  data_dir: /tmp/d
+  port: 5434
+  remove_data_directory_on_rewind_failure: true
+  slot_cleanup_interval: 10m
+  permanent_slots: [backup]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, _ := c.HA()
+	f := hc.Failover
+	if f.SynchronousMode != "quorum" || f.SynchronousNodeCount != 2 || !f.SynchronousModeStrict {
+		t.Errorf("failover: %+v", f)
+	}
+	if tg := hc.Tags; !tg.NoFailover || tg.FailoverPriority != 3 || !tg.NoSync || !tg.NoLoadBalance {
+		t.Errorf("tags: %+v", tg)
+	}
+	p := c.PostgreSQL
+	if !p.RemoveDataDirectoryOnRewindFailure || p.SlotCleanupInterval != 10*time.Minute || len(p.PermanentSlots) != 1 {
+		t.Errorf("postgresql: %+v", p)
+	}
+	for yaml, want := range map[string]string{
+		"failover: {synchronous_mode: always}":                                  "failover.synchronous_mode",
+		"failover: {synchronous_node_count: -1}":                                "failover.synchronous_node_count",
+		"postgresql: {data_dir: /tmp/d, port: 5434, slot_cleanup_interval: 0s}": "postgresql.slot_cleanup_interval",
+	} {
+		base := "raft: {node_name: n1, data_dir: /tmp/r, peers: [{name: n1, address: 127.0.0.1:8300}]}\n"
+		if !strings.HasPrefix(yaml, "postgresql") {
+			base += "postgresql: {data_dir: /tmp/d, port: 5434}\n"
+		}
+		if _, err := ParseConfig("bad.yaml", []byte(base+yaml+"\n")); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error about %s", yaml, err, want)
+		}
+	}
+}
+
+func TestDemoConfigCarriesTheSynchronousMode(t *testing.T) {
+	for _, mode := range []string{"off", "on", "quorum"} {
+		c, err := ParseConfig("demo.yaml", []byte(demoConfig(1, 16000, t.TempDir(), "pw", "tok", mode)))
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		if hc, _ := c.HA(); hc.Failover.SynchronousMode != mode || hc.Failover.SynchronousNodeCount != 1 {
+			t.Errorf("%s: %+v", mode, hc.Failover)
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"demo", "--synchronous-mode", "always"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "off, on or quorum") {
+		t.Errorf("bad mode: exit %d, %q", code, errOut.String())
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -39,6 +40,7 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   switchover [--leader N] --candidate N  move the primary to N without losing data
   failover --candidate N [--force]       promote N (force: even if it may lose data)
   pause | resume                         stop / restart automatic failover
+  remove NODE                            remove a member for good (its replication slot is dropped)
 The token defaults to $PGBASTION_API_TOKEN, the API to $PGBASTION_API or http://127.0.0.1:8080.
 `
 
@@ -78,6 +80,11 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 		return c.post("/"+cmd, body)
 	case "pause", "resume":
 		return c.post("/"+cmd, nil)
+	case "remove":
+		if len(rest) != 1 {
+			return fmt.Errorf("usage: pgbastion ctl remove NODE")
+		}
+		return c.do(http.MethodDelete, "/members/"+url.PathEscape(rest[0]), nil)
 	}
 	fs.Usage()
 	return fmt.Errorf("unknown ctl command %q", cmd)
@@ -117,12 +124,14 @@ func (c *ctlClient) list() error {
 	return tw.Flush()
 }
 
-func (c *ctlClient) post(path string, body any) error {
+func (c *ctlClient) post(path string, body any) error { return c.do(http.MethodPost, path, body) }
+
+func (c *ctlClient) do(method, path string, body any) error {
 	var buf bytes.Buffer
 	if body != nil {
 		_ = json.NewEncoder(&buf).Encode(body)
 	}
-	req, err := http.NewRequest(http.MethodPost, c.base+path, &buf)
+	req, err := http.NewRequest(method, c.base+path, &buf)
 	if err != nil {
 		return err
 	}

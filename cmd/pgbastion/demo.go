@@ -37,8 +37,14 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("dir", "", "working directory (default: a new directory under /tmp, removed on exit)")
 	base := fs.Int("base-port", 15400, "first port; node N uses base+10(N-1) .. base+10(N-1)+4 (proxy rw, proxy ro, PostgreSQL, API, Raft)")
 	keep := fs.Bool("keep", false, "keep the working directory on exit")
+	syncMode := fs.String("synchronous-mode", "off", "failover.synchronous_mode: off, on (FIRST 1: one synchronous standby) or quorum (ANY 1 of the replicas)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	switch *syncMode {
+	case "off", "on", "quorum":
+	default:
+		return fmt.Errorf("--synchronous-mode %q: use off, on or quorum", *syncMode)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -95,7 +101,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		conf := filepath.Join(nodeDir, "pgbastion.yaml")
-		if err := os.WriteFile(conf, []byte(demoConfig(i, *base, nodeDir, password, token)), 0o600); err != nil {
+		if err := os.WriteFile(conf, []byte(demoConfig(i, *base, nodeDir, password, token, *syncMode)), 0o600); err != nil {
 			return err
 		}
 		logf, err := os.Create(filepath.Join(nodeDir, "pgbastion.log"))
@@ -118,7 +124,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	}
 	// All three start together (a Raft group of three needs two to elect a leader); node1
 	// initialises PostgreSQL, the others wait for it and clone it with pg_basebackup.
-	fmt.Fprintf(stdout, "starting 3 nodes in %s: node1 runs initdb, node2 and node3 clone it ...\n", abs)
+	fmt.Fprintf(stdout, "starting 3 nodes in %s (synchronous_mode %s): node1 runs initdb, node2 and node3 clone it ...\n", abs, *syncMode)
 	if err := waitCluster(ctx, portsFor(*base, 0).api, 1, 0, exitc); err != nil {
 		return err
 	}
@@ -153,7 +159,7 @@ Logs and data: %s
 	}
 }
 
-func demoConfig(i, base int, nodeDir, password, token string) string {
+func demoConfig(i, base int, nodeDir, password, token, syncMode string) string {
 	p := portsFor(base, i)
 	var peers []string
 	for j := 0; j < demoNodes; j++ {
@@ -186,8 +192,11 @@ postgresql:
   replication_password: %[9]s
   remove_data_directory_on_rewind_failure: true
   bootstrap: %[11]t
+failover:
+  synchronous_mode: %[12]s
+  synchronous_node_count: 1
 log: {level: info}
-`, i+1, p.rw, p.ro, p.api, p.raft, nodeDir, strings.Join(peers, "\n"), p.pg, password, token, i == 0)
+`, i+1, p.rw, p.ro, p.api, p.raft, nodeDir, strings.Join(peers, "\n"), p.pg, password, token, i == 0, syncMode)
 }
 
 // waitCluster polls a node's API until the cluster has a healthy primary and at least
