@@ -106,7 +106,12 @@ func (c *Controller) SetSyncStandbyNames(ctx context.Context, want ha.SyncNames)
 	if err != nil {
 		return 0, err
 	}
-	_, err = conn.Exec(ctx, "ALTER SYSTEM SET synchronous_standby_names = "+quoteLiteral(want.Value)+"; SELECT pg_catalog.pg_reload_conf()").ReadAll()
+	// Two queries: ALTER SYSTEM cannot run in the implicit transaction of a multi-statement
+	// query.
+	_, err = conn.Exec(ctx, "ALTER SYSTEM SET synchronous_standby_names = "+quoteLiteral(want.Value)).ReadAll()
+	if err == nil {
+		_, err = conn.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()").ReadAll()
+	}
 	conn.Close(context.Background())
 	if err != nil {
 		return 0, fmt.Errorf("setting synchronous_standby_names: %w", err)
