@@ -264,11 +264,16 @@ func (s *Server) nodes(ctx *fasthttp.RequestCtx) {
 		}
 		out = append(out, v)
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{
+	view := map[string]any{
 		"primary": st.Primary, "paused": st.Paused, "write_pause": st.WritePause,
 		"operation": st.Operation, "sync_standbys": st.SyncStandbys, "raft_leader": leader,
 		"this_node": c.Name(), "nodes": out,
-	})
+	}
+	// On the Raft leader: what the failover controller waits for (why nobody is promoted).
+	if w, ok := c.(interface{ ControllerWaiting() string }); ok && leader == c.Name() {
+		view["controller_waiting"] = w.ControllerWaiting()
+	}
+	writeJSON(ctx, fasthttp.StatusOK, view)
 }
 
 func (s *Server) cluster(ctx *fasthttp.RequestCtx) {

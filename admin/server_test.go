@@ -62,6 +62,7 @@ func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation
 	return fsm.Operation{ID: id, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDone, NewPrimary: "n2"}, c.waitErr
 }
 func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
+func (c *fakeCluster) ControllerWaiting() string            { return "no replica can be promoted" }
 func (c *fakeCluster) RemoveMember(_ context.Context, name string) error {
 	c.lastOp = []string{"remove", name}
 	if name == "n1" {
@@ -210,12 +211,14 @@ func TestNodesAndEvents(t *testing.T) {
 	code, body := do(t, "GET", u+"/nodes", "", "")
 	var got struct {
 		Primary string `json:"primary"`
+		Waiting string `json:"controller_waiting"`
 		Nodes   []struct {
 			Name      string `json:"name"`
 			IsPrimary bool   `json:"is_primary"`
 		} `json:"nodes"`
 	}
-	if code != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Primary != "n1" || len(got.Nodes) != 2 || !got.Nodes[0].IsPrimary {
+	if code != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Primary != "n1" || len(got.Nodes) != 2 || !got.Nodes[0].IsPrimary ||
+		got.Waiting != "no replica can be promoted" {
 		t.Fatalf("/nodes: %d %s", code, body)
 	}
 	resp, err := http.Get(u + "/events")

@@ -69,6 +69,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 	cfg := n.cfg.controllerConfig()
 	log := n.log.With("role", "controller")
 	var lastWaiting string
+	defer n.waiting.Store(nil)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -89,6 +90,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 				log.Info("controller waiting", "reason", d.Waiting)
 			}
 			lastWaiting = d.Waiting
+			n.waiting.Store(&lastWaiting)
 		}
 		wait := maxControllerPeriod
 		if !d.WakeAt.IsZero() {

@@ -82,6 +82,8 @@ type Node struct {
 	observer    *raft.Observer
 	reestablish chan struct{}
 	established atomic.Bool // this node is the leader and its epoch has begun
+	// waiting is what this node's controller last said it waits for (while it leads).
+	waiting atomic.Pointer[string]
 
 	// started anchors now(): see there.
 	started time.Time
@@ -283,6 +285,15 @@ func (n *Node) onHalt(err error) {
 // this leader's epoch with its own now; a step of the system clock (NTP) in between would
 // otherwise shorten or stretch the waits that keep promotions safe.
 func (n *Node) now() time.Time { return n.started.Add(time.Since(n.started)) }
+
+// ControllerWaiting returns what the failover controller waits for ("" when it waits for
+// nothing, or when this node does not lead): for example why no replica can be promoted.
+func (n *Node) ControllerWaiting() string {
+	if p := n.waiting.Load(); p != nil && n.IsLeader() {
+		return *p
+	}
+	return ""
+}
 
 // Name is this node's name.
 func (n *Node) Name() string { return n.name }

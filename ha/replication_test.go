@@ -258,6 +258,12 @@ func TestSyncModeNoPromotionWhenPrimaryAndSyncStandbyAreLost(t *testing.T) {
 	// has no PostgreSQL worth promoting. Simpler: restart n1's daemon without PostgreSQL.
 	c.pgs.get("n1").set(func(p *fakePG) { p.failOn["start"] = errors.New("disk gone") })
 	c.start("n1", c.peers, true)
+	// The controller says why it promotes nobody...
+	await.True(t, 30*time.Second, func() bool {
+		l := c.leader()
+		return l != nil && strings.Contains(l.ControllerWaiting(), other+": not a recorded synchronous standby")
+	}, "the controller waiting because %s is not a synchronous standby", other)
+	// ... and keeps to it.
 	deadline := time.Now().Add(4 * c.nodes[other].cfg.Failover.PrimaryTimeout)
 	for time.Now().Before(deadline) {
 		if st := c.nodes[other].State(); st.Primary == other || c.pgs.get(other).writable() {
