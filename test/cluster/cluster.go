@@ -45,6 +45,10 @@ type Options struct {
 	// Parameters override or add to the PostgreSQL parameters every node runs with (the
 	// defaults are fsync off, synchronous_commit off and wal_keep_size 512MB).
 	Parameters map[string]string
+	// PostgreSQLExtra is YAML added to every node's postgresql section, one setting per line
+	// without indentation (for example "slot_cleanup_interval: 3s"). Extra cannot carry these:
+	// a second postgresql section would be a duplicate key.
+	PostgreSQLExtra string
 }
 
 // Cluster is a running cluster.
@@ -157,11 +161,24 @@ postgresql:
   remove_data_directory_on_rewind_failure: true
   bootstrap: %t
   parameters: {%s}
+%s
 log: {level: %s}
 %s
 %s
 `, n.RW, n.RO, c.opts.PoolMode, c.opts.QueryWaitTimeout, c.Password, n.API, c.Token, n.Name, n.Raft, n.Raft, n.Dir,
-		strings.Join(peers, "\n"), n.Dir, n.PGPort, c.Password, n.Index == 0, strings.Join(kv, ", "), level, c.opts.Extra, c.opts.NodeExtra[n.Name])
+		strings.Join(peers, "\n"), n.Dir, n.PGPort, c.Password, n.Index == 0, strings.Join(kv, ", "), indent(c.opts.PostgreSQLExtra, "  "), level,
+		c.opts.Extra, c.opts.NodeExtra[n.Name])
+}
+
+// indent prefixes every non-empty line of s.
+func indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		if l != "" {
+			lines[i] = prefix + l
+		}
+	}
+	return strings.Join(lines, "\n")
 }
 
 // cleanup stops every daemon (the test/daemon harness does that too) and every PostgreSQL.
