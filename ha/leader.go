@@ -90,7 +90,8 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 				log.Info("controller waiting", "reason", d.Waiting)
 			}
 			lastWaiting = d.Waiting
-			n.waiting.Store(&lastWaiting)
+			w := d.Waiting // a copy: the API reads it while this loop goes on
+			n.waiting.Store(&w)
 		}
 		wait := maxControllerPeriod
 		if !d.WakeAt.IsZero() {
