@@ -1,0 +1,393 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
+)
+
+// TestSyncPrimaryAndSyncStandbyLostTogether is issue 6's done-when #2. In synchronous_mode on
+// with three nodes and synchronous_node_count 1 there is one synchronous standby. The primary
+// and that standby are killed together (kill -9 of both nodes). The remaining replica may lack
+// commits the primary acknowledged, so it is not promoted: the controller says so and keeps
+// to it. The sync standby's host comes back without its data (so that Raft has a majority
+// again and the operator can act); an operator's forced failover then promotes the replica,
+// and the answer says what may have been lost. The returning node is re-cloned from the new
+// primary and becomes its synchronous standby.
+func TestSyncPrimaryAndSyncStandbyLostTogether(t *testing.T) {
+	c := Start(t, Options{
+		Extra:      "failover: {synchronous_mode: \"on\", synchronous_node_count: 1}",
+		Parameters: map[string]string{"synchronous_commit": "on"},
+	})
+	primary, _ := c.WaitOneWritablePrimary(2 * time.Minute)
+	c.WaitHealthy(2, 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+
+	syncName := replWaitSyncStandby(ctx, t, c, primary, 2*time.Minute)
+	syncNode := c.Node(syncName)
+	var replica *Node
+	for _, n := range c.Nodes {
+		if n != primary && n != syncNode {
+			replica = n
+		}
+	}
+	t.Logf("primary %s, synchronous standby %s, asynchronous replica %s", primary.Name, syncName, replica.Name)
+
+	// Acknowledged commits: each is on the synchronous standby.
+	conn, err := c.Connect(ctx, primary.RW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE sync_acked (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 100; i++ {
+		if _, err := conn.Exec(ctx, "INSERT INTO sync_acked VALUES ($1)", i); err != nil {
+			t.Fatalf("insert %d: %v", i, err)
+		}
+	}
+	conn.Close(ctx)
+
+	// The primary and its only synchronous standby die together. The standby's host comes
+	// back without its data directory: its daemon restores the Raft majority, its
+	// PostgreSQL is gone.
+	primary.KillNode(t)
+	syncNode.KillNode(t)
+	lost := filepath.Join(syncNode.Dir, "pgdata")
+	if err := os.Rename(lost, lost+".lost"); err != nil {
+		t.Fatal(err)
+	}
+	syncNode.Restart(t)
+
+	// The controller refuses to promote the replica, and says why.
+	want := replica.Name + ": not a recorded synchronous standby"
+	waiting := replWaitControllerWaiting(t, c, want, 3*time.Minute)
+	t.Logf("controller: %s", waiting)
+	// It keeps to that: several primary_timeouts (3 s by default) of decisions later, nobody
+	// was promoted and the replica's PostgreSQL is still a standby.
+	until := time.Now().Add(15 * time.Second)
+	for time.Now().Before(until) {
+		if st, err := replClusterState(c); err == nil {
+			if st.Primary == replica.Name || (st.Operation != nil && st.Operation.Candidate == replica.Name) {
+				t.Fatalf("%s is being promoted although it may lack acknowledged commits: primary %q, operation %+v", replica.Name, st.Primary, st.Operation)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if inRecovery := replInRecovery(ctx, t, c, replica); !inRecovery {
+		t.Fatalf("%s's PostgreSQL was promoted", replica.Name)
+	}
+
+	// An operator forces it; the answer says what may be lost.
+	code, body := replAPI(t, c, replica, http.MethodPost, "/failover", fmt.Sprintf(`{"candidate": %q, "force": true}`, replica.Name))
+	var res struct {
+		Operation fsm.Operation `json:"operation"`
+		Message   string        `json:"message"`
+	}
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &res) != nil {
+		t.Fatalf("forced failover: %d %s", code, body)
+	}
+	op := res.Operation
+	if op.Phase != fsm.PhaseDone || op.NewPrimary != replica.Name || !op.Force || !strings.Contains(op.MayLose, "not a recorded synchronous standby") {
+		t.Fatalf("forced failover: phase %s, new primary %q, force %v, may lose %q", op.Phase, op.NewPrimary, op.Force, op.MayLose)
+	}
+	t.Logf("forced failover to %s: %s; may lose: %s", replica.Name, res.Message, op.MayLose)
+	if p, _ := c.WaitOneWritablePrimary(2 * time.Minute); p != replica {
+		t.Fatalf("writable primary %s, want %s", p.Name, replica.Name)
+	}
+	if n := replCount(ctx, t, c, replica, "SELECT count(*) FROM sync_acked"); n != 100 {
+		t.Logf("%s has %d of the 100 acknowledged rows (it was not a synchronous standby: nothing was promised)", replica.Name, n)
+	}
+
+	// The node that lost its data is cloned from the new primary and becomes its synchronous
+	// standby.
+	if got := replWaitSyncStandby(ctx, t, c, replica, 4*time.Minute); got != syncName {
+		t.Fatalf("synchronous standby of %s is %s, want %s (the only other live node)", replica.Name, got, syncName)
+	}
+}
+
+// TestRemovedMemberLosesItsSlot is issue 6's done-when #5. The primary keeps one physical slot
+// per member, also for a replica that is stopped, across cleanups (slot_cleanup_interval is
+// 3 s here: every cleanup stands for an hour); the cleanups drop slots of nobody and keep
+// permanent ones; removing the stopped member (DELETE /members/{name}) drops its slot.
+// Pause and resume are shown in GET /nodes.
+func TestRemovedMemberLosesItsSlot(t *testing.T) {
+	c := Start(t, Options{PostgreSQLExtra: "slot_cleanup_interval: 3s\npermanent_slots: [backup_tool]"})
+	primary, _ := c.WaitOneWritablePrimary(2 * time.Minute)
+	c.WaitHealthy(2, 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var replicas []*Node
+	for _, n := range c.Nodes {
+		if n != primary {
+			replicas = append(replicas, n)
+		}
+	}
+	kept, stopped := replicas[0], replicas[1]
+	keptSlot, stoppedSlot := ha.SlotName(kept.Name), ha.SlotName(stopped.Name)
+
+	// One slot per other member, used by its replica.
+	replAwait(t, time.Minute, "a slot per replica, in use", func() (bool, string) {
+		s := replSlots(ctx, t, c, primary)
+		return s[keptSlot] == "active" && s[stoppedSlot] == "active", fmt.Sprint(s)
+	})
+
+	// Pause and resume show in /nodes.
+	for _, paused := range []bool{true, false} {
+		path := map[bool]string{true: "/pause", false: "/resume"}[paused]
+		if code, body := replAPI(t, c, primary, http.MethodPost, path, ""); code != http.StatusOK {
+			t.Fatalf("%s: %d %s", path, code, body)
+		}
+		replAwait(t, 30*time.Second, fmt.Sprintf("/nodes showing paused %v", paused), func() (bool, string) {
+			_, body := replAPI(t, c, kept, http.MethodGet, "/nodes", "")
+			var v struct {
+				Paused bool `json:"paused"`
+			}
+			return json.Unmarshal([]byte(body), &v) == nil && v.Paused == paused, body
+		})
+	}
+
+	// A replica stopped for a long time keeps its slot while it is a member.
+	stopped.KillNode(t)
+	replSQL(ctx, t, c, primary, "SELECT pg_create_physical_replication_slot('backup_tool', true)")
+	for i := 1; i <= 2; i++ {
+		ghost := fmt.Sprintf("ghost_%d", i)
+		replSQL(ctx, t, c, primary, fmt.Sprintf("SELECT pg_create_physical_replication_slot('%s', true)", ghost))
+		replAwait(t, time.Minute, "a cleanup dropping "+ghost+", a slot of nobody", func() (bool, string) {
+			s := replSlots(ctx, t, c, primary)
+			return s[ghost] == "", fmt.Sprint(s)
+		})
+		s := replSlots(ctx, t, c, primary)
+		if s[stoppedSlot] != "inactive" || s[keptSlot] != "active" || s["backup_tool"] == "" {
+			t.Fatalf("after cleanup %d: slots %v, want %s kept inactive, %s in use, backup_tool kept", i, s, stoppedSlot, keptSlot)
+		}
+	}
+
+	// Removing it drops its slot.
+	code, body := replAPI(t, c, primary, http.MethodDelete, "/members/"+stopped.Name, "")
+	if code != http.StatusOK {
+		t.Fatalf("DELETE /members/%s: %d %s", stopped.Name, code, body)
+	}
+	replAwait(t, time.Minute, "the removed member's slot dropped", func() (bool, string) {
+		s := replSlots(ctx, t, c, primary)
+		return s[stoppedSlot] == "" && s[keptSlot] == "active" && s["backup_tool"] != "", fmt.Sprint(s)
+	})
+	st, err := replClusterState(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Members[stopped.Name]; ok {
+		t.Fatalf("%s is still a member", stopped.Name)
+	}
+	_, body = replAPI(t, c, primary, http.MethodGet, "/members", "")
+	if strings.Contains(body, `"`+stopped.Name+`"`) {
+		t.Fatalf("%s is still in the Raft configuration: %s", stopped.Name, body)
+	}
+	if p, _ := c.WaitOneWritablePrimary(time.Minute); p != primary {
+		t.Fatalf("primary moved to %s", p.Name)
+	}
+}
+
+// replAwait polls cond every 200 ms until it holds; on timeout it fails with cond's last
+// description.
+func replAwait(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		ok, desc := cond()
+		if ok {
+			return
+		}
+		last = desc
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s (last: %s)", timeout, what, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// replAPI sends a request with the bearer token to n's API, or to any live node's when n is
+// not alive.
+func replAPI(t *testing.T, c *Cluster, n *Node, method, path, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+n.API+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: 3 * time.Minute}).Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// replClusterState reads GET /cluster (the replicated state) from a live node.
+func replClusterState(c *Cluster) (*fsm.State, error) {
+	var last error
+	for _, n := range c.Nodes {
+		if !n.Alive() {
+			continue
+		}
+		resp, err := (&http.Client{Timeout: 3 * time.Second}).Get("http://" + n.API + "/cluster")
+		if err != nil {
+			last = err
+			continue
+		}
+		var st fsm.State
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil {
+			last = err
+			continue
+		}
+		return &st, nil
+	}
+	return nil, fmt.Errorf("no live node answered GET /cluster: %v", last)
+}
+
+// replWaitSyncStandby waits until the record names one synchronous standby of primary with
+// count 1, the primary runs with FIRST 1 of it, and PostgreSQL reports it as the synchronous
+// standby; it returns its name.
+func replWaitSyncStandby(ctx context.Context, t *testing.T, c *Cluster, primary *Node, timeout time.Duration) string {
+	t.Helper()
+	var name string
+	replAwait(t, timeout, "a synchronous standby of "+primary.Name+" recorded and in effect", func() (bool, string) {
+		st, err := replClusterState(c)
+		if err != nil {
+			return false, err.Error()
+		}
+		desc := fmt.Sprintf("record of %q: %v count %d", st.SyncPrimary, st.SyncStandbys, st.SyncCount)
+		if st.SyncPrimary != primary.Name || st.SyncCount != 1 || len(st.SyncStandbys) != 1 {
+			return false, desc
+		}
+		name = st.SyncStandbys[0]
+		want := `FIRST 1 ("` + name + `")`
+		conn, err := replDirect(ctx, c, primary)
+		if err != nil {
+			return false, err.Error()
+		}
+		defer conn.Close(context.Background())
+		var ssn, syncState string
+		if err := conn.QueryRow(ctx, "SHOW synchronous_standby_names").Scan(&ssn); err != nil {
+			return false, err.Error()
+		}
+		err = conn.QueryRow(ctx, "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1", name).Scan(&syncState)
+		desc += fmt.Sprintf("; synchronous_standby_names %q, %s is %q (%v)", ssn, name, syncState, err)
+		return ssn == want && syncState == "sync", desc
+	})
+	return name
+}
+
+// replWaitControllerWaiting waits until the Raft leader's controller says it waits for
+// something containing want, and returns what it says.
+func replWaitControllerWaiting(t *testing.T, c *Cluster, want string, timeout time.Duration) string {
+	t.Helper()
+	var waiting string
+	replAwait(t, timeout, "the controller waiting with "+want, func() (bool, string) {
+		v, err := c.AnyView()
+		if err != nil || v.RaftLeader == "" {
+			return false, fmt.Sprintf("no Raft leader (%v)", err)
+		}
+		leader := c.Node(v.RaftLeader)
+		_, body := replAPI(t, c, leader, http.MethodGet, "/nodes", "")
+		var nv struct {
+			Waiting string `json:"controller_waiting"`
+		}
+		if err := json.Unmarshal([]byte(body), &nv); err != nil {
+			return false, body
+		}
+		waiting = nv.Waiting
+		return strings.Contains(waiting, want), waiting
+	})
+	return waiting
+}
+
+// replDirect connects to n's PostgreSQL, not through a proxy.
+func replDirect(ctx context.Context, c *Cluster, n *Node) (*pgx.Conn, error) {
+	return pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=5", n.PGPort, c.Password))
+}
+
+func replInRecovery(ctx context.Context, t *testing.T, c *Cluster, n *Node) bool {
+	t.Helper()
+	conn, err := replDirect(ctx, c, n)
+	if err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	defer conn.Close(context.Background())
+	var rec bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	return rec
+}
+
+func replCount(ctx context.Context, t *testing.T, c *Cluster, n *Node, q string) int {
+	t.Helper()
+	conn, err := replDirect(ctx, c, n)
+	if err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	defer conn.Close(context.Background())
+	var cnt int
+	if err := conn.QueryRow(ctx, q).Scan(&cnt); err != nil {
+		t.Fatalf("%s: %s: %v", n.Name, q, err)
+	}
+	return cnt
+}
+
+func replSQL(ctx context.Context, t *testing.T, c *Cluster, n *Node, q string) {
+	t.Helper()
+	conn, err := replDirect(ctx, c, n)
+	if err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, q); err != nil {
+		t.Fatalf("%s: %s: %v", n.Name, q, err)
+	}
+}
+
+// replSlots returns n's physical replication slots: name → "active" or "inactive".
+func replSlots(ctx context.Context, t *testing.T, c *Cluster, n *Node) map[string]string {
+	t.Helper()
+	conn, err := replDirect(ctx, c, n)
+	if err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, "SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'")
+	if err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	out := map[string]string{}
+	for rows.Next() {
+		var name string
+		var active bool
+		if err := rows.Scan(&name, &active); err != nil {
+			t.Fatal(err)
+		}
+		out[name] = map[bool]string{true: "active", false: "inactive"}[active]
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
