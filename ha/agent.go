@@ -335,6 +335,10 @@ func (a *Agent) status(st *fsm.State) fsm.NodeStatus {
 	switch {
 	case a.fenced:
 		ns.State, ns.Healthy, ns.Reason = fsm.StateFenced, false, a.fenceReason
+		if a.lastErr != "" {
+			// Why it is still out (a failed rewind, say) matters more than why it was fenced.
+			ns.Reason = a.lastErr + "; " + a.fenceReason
+		}
 	case a.busy != "":
 		ns.State = a.busy
 	case a.down():

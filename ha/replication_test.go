@@ -185,6 +185,25 @@ func TestAgentShowsWhyItCannotFollow(t *testing.T) {
 	}, "the reason in the status")
 }
 
+func TestAgentShowsWhyAFencedPrimaryCannotFollow(t *testing.T) {
+	c := newFakeCluster(t, "n1")
+	c.setup()
+	pgs := newFakePGNet()
+	pgs.add("n2", fsm.RolePrimary, 100, "")
+	pg := pgs.add("n1", fsm.RolePrimary, 100, "")
+	pg.set(func(p *fakePG) {
+		p.failOn["follow n2"] = errors.New("pg_rewind failed and postgresql.remove_data_directory_on_rewind_failure is off")
+	})
+	runAgent(t, c, pg, agentConfig(), AgentOptions{})
+	fence := c.must(fsm.IssueDirective{Type: fsm.DirectiveFence, Target: "n1"}).ID
+	await.True(t, 2*time.Second, func() bool { d, _ := c.State().Directive(fence); return d.Status == fsm.DirectiveDone }, "fenced")
+	c.must(fsm.IssueDirective{Type: fsm.DirectiveDemote, Target: "n1", Params: fsm.DirectiveParams{Upstream: "n2"}})
+	await.True(t, 2*time.Second, func() bool {
+		st := c.status("n1")
+		return st.State == fsm.StateFenced && strings.Contains(st.Reason, "cannot follow n2: pg_rewind failed")
+	}, "the reason it stays out in the status of the fenced node")
+}
+
 func TestAgentRefusesAnotherClustersDatabase(t *testing.T) {
 	c := newFakeCluster(t, "n1")
 	c.setup()
