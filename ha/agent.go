@@ -211,6 +211,9 @@ func NewAgent(c Cluster, pg PostgreSQL, cfg Config, opts AgentOptions) *Agent {
 // Run runs the agent until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	a.started = time.Now()
+	if err := a.waitCaughtUp(ctx); err != nil {
+		return err
+	}
 	if m, ok := a.c.State().Member(a.c.Name()); ok && m.Status.State == fsm.StateFenced {
 		// Fenced before a restart: stay fenced until a directive says otherwise.
 		a.fenced, a.fenceReason = true, m.Status.Reason
@@ -259,6 +262,35 @@ func (a *Agent) catchingUp(st *fsm.State) bool {
 	op := st.Operation
 	return op != nil && op.Kind == fsm.OpSwitchover && op.Phase == fsm.PhaseCatchup && op.Candidate == a.c.Name() &&
 		(a.last == nil || a.last.ReplayedLSN < op.FinalLSN)
+}
+
+// waitCaughtUp waits until the cluster state has caught up with this node's Raft log (after a
+// restart the log is applied again and the state shows old primaries and directives; acting
+// on them would, say, promote this node on a PROMOTE of long ago). Meanwhile PostgreSQL is
+// only probed, and stopped if it runs as a primary cut off from the quorum too long.
+func (a *Agent) waitCaughtUp(ctx context.Context) error {
+	cu, ok := a.c.(interface{ CaughtUp() bool })
+	if !ok || cu.CaughtUp() {
+		return nil
+	}
+	a.log.Info("waiting for the cluster state to catch up before acting on it")
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	probe := time.NewTimer(0)
+	defer probe.Stop()
+	for !cu.CaughtUp() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		case <-probe.C:
+			a.probe(ctx)
+			a.maybeSelfFence(ctx)
+			probe.Reset(a.nextProbe())
+		}
+	}
+	a.log.Info("cluster state caught up", "index", a.c.State().Index)
+	return nil
 }
 
 func resetTimer(t *time.Timer, d time.Duration) {

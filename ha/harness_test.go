@@ -409,6 +409,8 @@ type testCluster struct {
 	log   *slog.Logger
 	// tweak adjusts each node's configuration before it starts.
 	tweak func(*Config)
+	// stores keeps each node's Raft log and stable store across restarts.
+	stores map[string]*raft.InmemStore
 }
 
 // newTestCluster starts n nodes (n1..nN) that bootstrap together. n1's PostgreSQL is a
@@ -434,6 +436,28 @@ func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
 
 func (c *testCluster) start(name string, peers []Peer, agent bool) *testNode {
 	c.t.Helper()
+	return c.startWithStore(name, peers, agent, raft.NewInmemStore())
+}
+
+// restart starts a node that was stopped again on its old Raft log, as a restarted daemon
+// would: its state is replayed from the log.
+func (c *testCluster) restart(name string) *testNode {
+	c.t.Helper()
+	store := c.stores[name]
+	if store == nil {
+		c.t.Fatalf("restart %s: no earlier log", name)
+	}
+	tn := c.startWithStore(name, c.peers, true, store)
+	c.heal(name)
+	return tn
+}
+
+func (c *testCluster) startWithStore(name string, peers []Peer, agent bool, store *raft.InmemStore) *testNode {
+	c.t.Helper()
+	if c.stores == nil {
+		c.stores = map[string]*raft.InmemStore{}
+	}
+	c.stores[name] = store
 	cfg := fastConfig(name, peers)
 	if c.tweak != nil {
 		c.tweak(&cfg)
@@ -447,7 +471,6 @@ func (c *testCluster) start(name string, peers []Peer, agent bool) *testNode {
 		trans.Connect(other.trans.LocalAddr(), other.trans)
 		other.trans.Connect(trans.LocalAddr(), trans)
 	}
-	store := raft.NewInmemStore()
 	d := deps{
 		logs: store, stable: store, snaps: raft.NewInmemSnapshotStore(), trans: trans,
 		fwd: memCaller{net: c.net, from: addr},

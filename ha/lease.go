@@ -194,6 +194,9 @@ func (lk *leaseKeeper) publish(r WriteRoute) {
 
 // leaseValid reports whether the lease covers writes to the primary st names, at now.
 func (n *Node) leaseValid(st *fsm.State, now time.Time) (bool, time.Time) {
+	if !n.CaughtUp() {
+		return false, time.Time{} // a lease replayed from the log after a restart is history
+	}
 	g := n.lease.grant.Load()
 	rs := n.raft.State()
 	if g.primary != "" && g.primary == st.Primary && now.Before(g.until) && (rs == raft.Leader || rs == raft.Follower) {

@@ -72,10 +72,14 @@ type Node struct {
 	log    *slog.Logger
 	member MemberInfo
 
-	raft  *raft.Raft
-	fsm   *fsm.FSM
-	deps  deps
-	lease *leaseKeeper
+	raft *raft.Raft
+	fsm  *fsm.FSM
+	// startIndex is the last index of the local Raft log when the node started; caughtUp is
+	// set once that much has been applied again.
+	startIndex uint64
+	caughtUp   atomic.Bool
+	deps       deps
+	lease      *leaseKeeper
 
 	notifyCh    chan bool
 	observeCh   chan raft.Observation
@@ -232,6 +236,12 @@ func newNode(cfg Config, opts NodeOptions, d deps) (*Node, error) {
 		n.log.Info("bootstrapped raft cluster", "peers", len(conf.Servers))
 	}
 
+	// Entries up to here are history: after a restart they are applied again one by one once
+	// a leader confirms them, and the state passes through every old primary and directive.
+	// Nothing acts on the state before it has caught up (CaughtUp).
+	if last, err := d.logs.LastIndex(); err == nil {
+		n.startIndex = last
+	}
 	r, err := raft.NewRaft(rc, n.fsm, d.logs, d.stable, d.snaps, d.trans)
 	if err != nil {
 		cancel()
@@ -285,6 +295,20 @@ func (n *Node) onHalt(err error) {
 // this leader's epoch with its own now; a step of the system clock (NTP) in between would
 // otherwise shorten or stretch the waits that keep promotions safe.
 func (n *Node) now() time.Time { return n.started.Add(time.Since(n.started)) }
+
+// CaughtUp reports whether the state has caught up with what this node's Raft log held when
+// it started. Before that the state is being replayed: it shows old primaries, old leases and
+// old directives, and neither the agent nor the proxy's write routing may act on it.
+func (n *Node) CaughtUp() bool {
+	if n.caughtUp.Load() {
+		return true
+	}
+	if n.raft == nil || n.raft.AppliedIndex() < n.startIndex {
+		return false
+	}
+	n.caughtUp.Store(true)
+	return true
+}
 
 // ControllerWaiting returns what the failover controller waits for ("" when it waits for
 // nothing, or when this node does not lead): for example why no replica can be promoted.
