@@ -22,13 +22,16 @@ func SkipOrFail(t testing.TB, format string, args ...any) {
 func mustNotSkip(ci string) bool { return ci == "true" }
 
 // Require checks what every test of this package needs: root (network namespaces, veth and
-// bridges) and iproute2's ip. It calls SkipOrFail when one is missing.
+// bridges) and iproute2's ip with its netns command. It calls SkipOrFail when one is missing.
 func Require(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		SkipOrFail(t, "needs root to create network namespaces (run the tests as root, e.g. sudo -E go test)")
 	}
 	RequireCommand(t, "ip", "iproute2")
+	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
+		SkipOrFail(t, "needs `ip netns` (iproute2 with network namespace support; a busybox ip lacks it): ip netns list: %v: %s", err, out)
+	}
 }
 
 // RequireCommand checks that an executable is on PATH; pkg names the package that provides it.
