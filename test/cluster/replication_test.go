@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -123,9 +124,13 @@ func TestSyncPrimaryAndSyncStandbyLostTogether(t *testing.T) {
 // per member, also for a replica that is stopped, across cleanups (slot_cleanup_interval is
 // 3 s here: every cleanup stands for an hour); the cleanups drop slots of nobody and keep
 // permanent ones; removing the stopped member (DELETE /members/{name}) drops its slot.
-// Pause and resume are shown in GET /nodes.
+// Pause and resume are shown in GET /nodes. A noloadbalance replica gets no reads through
+// the proxies' read-only ports.
 func TestRemovedMemberLosesItsSlot(t *testing.T) {
-	c := Start(t, Options{PostgreSQLExtra: "slot_cleanup_interval: 3s\npermanent_slots: [backup_tool]"})
+	c := Start(t, Options{
+		PostgreSQLExtra: "slot_cleanup_interval: 3s\npermanent_slots: [backup_tool]",
+		NodeExtra:       map[string]string{"node3": "tags: {noloadbalance: true}"},
+	})
 	primary, _ := c.WaitOneWritablePrimary(2 * time.Minute)
 	c.WaitHealthy(2, 3*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -138,6 +143,24 @@ func TestRemovedMemberLosesItsSlot(t *testing.T) {
 	}
 	kept, stopped := replicas[0], replicas[1]
 	keptSlot, stoppedSlot := ha.SlotName(kept.Name), ha.SlotName(stopped.Name)
+
+	// Reads through every read-only port reach the load-balanced replica, never node3. The
+	// proxy sends a read to the replica with the fewest transactions in progress, so the
+	// reads are held open together: without the tag, node3 would get some of them.
+	noLB := c.Node("node3")
+	replAwait(t, time.Minute, "reads through "+primary.Name+"'s read-only port reaching a replica", func() (bool, string) {
+		ports, err := replReadPorts(ctx, c, primary.RO, 1)
+		return err == nil && ports[0] != primary.PGPort, fmt.Sprint(ports, err)
+	})
+	for _, n := range c.Nodes {
+		ports, err := replReadPorts(ctx, c, n.RO, 6)
+		if err != nil {
+			t.Fatalf("reads through %s: %v", n.Name, err)
+		}
+		if slices.Contains(ports, noLB.PGPort) || slices.Contains(ports, primary.PGPort) {
+			t.Fatalf("reads through %s's read-only port reached PostgreSQL ports %v: %s (port %d) is tagged noloadbalance", n.Name, ports, noLB.Name, noLB.PGPort)
+		}
+	}
 
 	// One slot per other member, used by its replica.
 	replAwait(t, time.Minute, "a slot per replica, in use", func() (bool, string) {
@@ -318,6 +341,30 @@ func replWaitControllerWaiting(t *testing.T, c *Cluster, want string, timeout ti
 		return strings.Contains(waiting, want), waiting
 	})
 	return waiting
+}
+
+// replReadPorts opens n connections through a proxy address, each in a read transaction held
+// open until all have started, and returns the PostgreSQL port each reached.
+func replReadPorts(ctx context.Context, c *Cluster, addr string, n int) ([]int, error) {
+	var ports []int
+	for range n {
+		conn, err := c.Connect(ctx, addr)
+		if err != nil {
+			return ports, err
+		}
+		defer conn.Close(context.Background())
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			return ports, err
+		}
+		defer tx.Rollback(context.Background())
+		var port int
+		if err := tx.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+			return ports, err
+		}
+		ports = append(ports, port)
+	}
+	return ports, nil
 }
 
 // replDirect connects to n's PostgreSQL, not through a proxy.
