@@ -224,6 +224,81 @@ func TestRemovedMemberLosesItsSlot(t *testing.T) {
 	}
 }
 
+// TestRewindFailureKeepsTheNodeOut: a former primary whose pg_rewind fails stays out of the
+// cluster, with the reason in GET /nodes, while postgresql.remove_data_directory_on_rewind_failure
+// is off; once an operator turns it on, the node is re-cloned from the new primary and streams.
+// pg_rewind is made to fail by a directory it cannot read in the old primary's data directory
+// (PostgreSQL itself ignores it).
+func TestRewindFailureKeepsTheNodeOut(t *testing.T) {
+	c := Start(t, Options{})
+	old, _ := c.WaitOneWritablePrimary(2 * time.Minute)
+	c.WaitHealthy(2, 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+
+	old.KillNode(t)
+	primary := c.WaitPrimaryOtherThan(t, old, 2*time.Minute)
+	if p, _ := c.WaitOneWritablePrimary(2 * time.Minute); p != primary {
+		t.Fatalf("writable primary %s, the cluster names %s", p.Name, primary.Name)
+	}
+	unreadable := filepath.Join(old.Dir, "pgdata", "pgbastion_test_unreadable")
+	if err := os.Mkdir(unreadable, 0o700); err != nil { // owned by root: PostgreSQL's OS user cannot list it
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(unreadable, "f"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const on, off = "remove_data_directory_on_rewind_failure: true", "remove_data_directory_on_rewind_failure: false"
+	if !strings.Contains(old.config, on) {
+		t.Fatalf("the harness no longer sets %q", on)
+	}
+	old.config = strings.Replace(old.config, on, off, 1)
+	old.Restart(t)
+
+	// It stays out and says why.
+	var reason string
+	replAwait(t, 3*time.Minute, old.Name+" out of the cluster with the reason", func() (bool, string) {
+		v, err := c.AnyView()
+		if err != nil {
+			return false, err.Error()
+		}
+		_, state, healthy, r := v.Status(old.Name)
+		reason = r
+		return !healthy && strings.Contains(r, "remove_data_directory_on_rewind_failure is off"), state + ": " + r
+	})
+	t.Logf("%s: %s", old.Name, reason)
+	if !strings.Contains(reason, "pg_rewind") {
+		t.Fatalf("reason %q does not say that pg_rewind failed", reason)
+	}
+	if conn, err := replDirect(ctx, c, old); err == nil {
+		conn.Close(ctx)
+		t.Fatalf("%s's PostgreSQL runs although it could not be rewound", old.Name)
+	}
+	v, _ := c.AnyView()
+	if v.Primary != primary.Name {
+		t.Fatalf("primary %q, want %s", v.Primary, primary.Name)
+	}
+
+	// The operator allows re-cloning: it rejoins from a fresh copy of the new primary.
+	old.StopDaemon(t)
+	old.config = strings.Replace(old.config, off, on, 1)
+	old.Restart(t)
+	replAwait(t, 4*time.Minute, old.Name+" streaming from "+primary.Name, func() (bool, string) {
+		st, err := replClusterState(c)
+		if err != nil {
+			return false, err.Error()
+		}
+		m := st.Members[old.Name].Status
+		return m.State == fsm.StateRunningReplica && m.Healthy && m.Following == primary.Name, fmt.Sprintf("%s following %q: %s", m.State, m.Following, m.Reason)
+	})
+	if _, err := os.Stat(unreadable); !os.IsNotExist(err) {
+		t.Fatalf("%s was not re-cloned: %s still exists (%v)", old.Name, unreadable, err)
+	}
+	if !replInRecovery(ctx, t, c, old) {
+		t.Fatalf("%s runs as a primary", old.Name)
+	}
+}
+
 // replAwait polls cond every 200 ms until it holds; on timeout it fails with cond's last
 // description.
 func replAwait(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
