@@ -999,9 +999,11 @@ func (st *step) reconcileFollowers() {
 		if why == "" {
 			continue
 		}
-		// After a DEMOTE, give the node DirectiveTimeout to settle (a restarted standby takes a
-		// moment to stream) before asking again, whatever the outcome.
-		if last, ok := st.lastDirective(fsm.DirectiveDemote, name, 0); ok {
+		// After a DEMOTE towards this primary, give the node DirectiveTimeout to settle (a
+		// restarted standby takes a moment to stream) before asking again, whatever the
+		// outcome. One towards an earlier primary does not hold back re-pointing it at this one
+		// (a replica left following the old primary after a switchover).
+		if last, ok := st.lastDirective(fsm.DirectiveDemote, name, 0); ok && last.IssuedIndex > s.PrimaryIndex {
 			if settled, until := st.elapsed(last.FinishedAt, last.FinishedIndex, st.cfg.DirectiveTimeout); !settled {
 				st.d.wake(until)
 				continue
