@@ -98,15 +98,22 @@ func TestOldPrimaryRefusesWritesBeforePromotion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var promotion time.Time // when the new primary's PostgreSQL was first seen taking writes
+	// The promotion is when a replica's PostgreSQL was first seen out of recovery: the new
+	// primary's, or another's if one was promoted earlier (and, say, fenced again).
+	var promotion time.Time
+	promotedFirst := primary
 	for n, stop := range writable {
 		at, err := stop()
-		if n == primary {
-			if err != nil {
-				t.Fatal(err)
-			}
-			promotion = at
+		switch {
+		case err != nil && n == primary:
+			t.Fatal(err)
+		case err != nil:
+		case promotion.IsZero() || at.Before(promotion):
+			promotion, promotedFirst = at, n
 		}
+	}
+	if promotedFirst != primary {
+		t.Logf("note: %s's PostgreSQL left recovery at %s, before the new primary %s's did: two replicas were promoted", promotedFirst.Name, promotion.Format(timeFormat), primary.Name)
 	}
 	firstNew, _ := FirstOn(remoteAttempts, primary.Addr, cut)
 	lastOK, firstRefused := refusals(t, old.Name+"'s proxy", localAttempts, cut)
@@ -134,7 +141,7 @@ func TestOldPrimaryRefusesWritesBeforePromotion(t *testing.T) {
 		t.Logf("  +%s  %s's log: stopping postgresql: split-brain protection", ms(fenced.Sub(cut)), old.Name)
 	}
 	t.Logf("  +%s  first direct write %s's PostgreSQL refused began; it ended +%s: %v", ms(firstDirectRefused.Start.Sub(cut)), old.Name, ms(firstDirectRefused.End.Sub(cut)), firstDirectRefused.Err)
-	t.Logf("  +%s  %s's PostgreSQL out of recovery (polled directly every 10 ms)", ms(promotion.Sub(cut)), primary.Name)
+	t.Logf("  +%s  %s's PostgreSQL out of recovery (polled directly every 10 ms)", ms(promotion.Sub(cut)), promotedFirst.Name)
 	if !acked.IsZero() {
 		t.Logf("  +%s  %s acknowledged PROMOTE", ms(acked.Sub(cut)), primary.Name)
 	}
@@ -142,6 +149,7 @@ func TestOldPrimaryRefusesWritesBeforePromotion(t *testing.T) {
 	t.Logf("  +%s  first write through %s committed on %s", ms(firstNew.End.Sub(cut)), survivor.Name, primary.Name)
 	t.Logf("writes through %s's own proxy since the cut:%s", old.Name, Summary(localAttempts, cut))
 	t.Logf("writes straight to %s's PostgreSQL since the cut:%s", old.Name, Summary(directAttempts, cut))
+	t.Logf("writes through %s since the cut:%s", survivor.Name, Summary(remoteAttempts, cut))
 	t.Logf("%s refused writes %s (proxy) and %s (PostgreSQL) before %s's PostgreSQL left recovery", old.Name,
 		ms(promotion.Sub(firstRefused.Start)), ms(promotion.Sub(firstDirectRefused.End)), primary.Name)
 
