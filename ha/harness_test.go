@@ -471,6 +471,14 @@ func (c *testCluster) startWithStore(name string, peers []Peer, agent bool, stor
 		trans.Connect(other.trans.LocalAddr(), other.trans)
 		other.trans.Connect(trans.LocalAddr(), trans)
 	}
+	// A node started again after stop (which isolated it) is connected to all: forwarding too.
+	c.net.mu.Lock()
+	for k := range c.net.cut {
+		if k[0] == addr || k[1] == addr {
+			delete(c.net.cut, k)
+		}
+	}
+	c.net.mu.Unlock()
 	d := deps{
 		logs: store, stable: store, snaps: raft.NewInmemSnapshotStore(), trans: trans,
 		fwd: memCaller{net: c.net, from: addr},
