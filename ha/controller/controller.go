@@ -725,6 +725,16 @@ func (st *step) promoting(op fsm.Operation) {
 		// acknowledgement was lost just acknowledges again).
 		c := st.s.Members[op.Candidate]
 		promoted := c.Status.Role == fsm.RolePrimary && c.Status.Healthy && st.fresh(c)
+		if ok && c.Status.State == fsm.StatePromoting && st.fresh(c) {
+			// It is executing the PROMOTE of the earlier epoch right now: starting over would
+			// fence a primary that may already have taken writes and promote another node on
+			// the same timeline. Wait for its report as a primary (or its silence).
+			if done, until := st.elapsed(d.IssuedAt, d.IssuedIndex, st.cfg.DirectiveTimeout); !done {
+				st.d.wake(until)
+				st.d.wait("new epoch: candidate %q is executing the PROMOTE of the earlier epoch; waiting for its report", op.Candidate)
+				return
+			}
+		}
 		if why := st.candidateProblem(op, op.Candidate, 0); why != "" && !promoted {
 			if st.unfit(c, op.Excluded) == "" && st.settling() {
 				st.d.wait("new epoch: waiting to hear from candidate %q (%s)", op.Candidate, why)

@@ -345,6 +345,9 @@ func (h *harness) report(node, kind string, opts map[string]string) (string, err
 		st = fsm.NodeStatus{Role: fsm.Role(opts["role"]), State: fsm.StateStopped, Reason: opts["reason"]}
 	case "fenced":
 		st = fsm.NodeStatus{State: fsm.StateFenced, Reason: opts["reason"]}
+	case "promoting":
+		// A replica executing PROMOTE: the agent reports its busy state, not healthy.
+		st = fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StatePromoting, ReceivedLSN: lsn, ReplayedLSN: lsn, Timeline: 1}
 	default:
 		return "", fmt.Errorf("unknown report kind %q", kind)
 	}
