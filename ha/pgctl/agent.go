@@ -271,6 +271,16 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 				return res, fmt.Errorf("pg_rewind failed and re-cloning from %s failed too: %w", up.Name, err)
 			}
 		}
+	} else if c.inst.shutDownCleanly(ctx) {
+		// A standby can have replayed WAL of the old timeline beyond the point where the new
+		// primary's timeline forked off (it was ahead of the node that was promoted, or it
+		// followed a primary that was lost); PostgreSQL then refuses to start as a standby of
+		// the new primary ("requested timeline is not a child of this server's history").
+		// pg_rewind finds that out and does nothing when the histories agree. A failure here
+		// is not final: the start below says whether the standby can follow as it is.
+		if err := c.inst.Rewind(ctx, up.Host, up.Port); err != nil {
+			c.inst.log.Warn("pg_rewind of a standby before following failed; starting it as it is", "upstream", up.Name, "error", err)
+		}
 	}
 	slot := ha.SlotName(c.Self)
 	c.ensureSlotOn(ctx, up.Host, up.Port, slot)
@@ -351,6 +361,20 @@ func (i *Instance) controlData(ctx context.Context) (map[string]string, error) {
 func (i *Instance) wasPrimary(context.Context) bool {
 	_, err := os.Stat(filepath.Join(i.cfg.DataDir, "standby.signal"))
 	return errors.Is(err, os.ErrNotExist)
+}
+
+// shutDownCleanly reports whether the data directory was shut down cleanly (as a primary or
+// as a standby), as pg_rewind requires of its target.
+func (i *Instance) shutDownCleanly(ctx context.Context) bool {
+	m, err := i.controlData(ctx)
+	if err != nil {
+		return false
+	}
+	switch m["Database cluster state"] {
+	case "shut down", "shut down in recovery":
+		return true
+	}
+	return false
 }
 
 // recoverIfCrashed runs crash recovery in single-user mode when the data directory was not
