@@ -299,6 +299,70 @@ func TestRewindFailureKeepsTheNodeOut(t *testing.T) {
 	}
 }
 
+// TestForeignDataDirectoryIsRefused: a node whose data directory holds another cluster
+// (another database system identifier) refuses to start, rewind or replace it, although
+// remove_data_directory_on_rewind_failure is on, and says so in GET /nodes; once an operator
+// moves the directory away, the node clones the cluster and streams.
+func TestForeignDataDirectoryIsRefused(t *testing.T) {
+	c := Start(t, Options{})
+	primary, _ := c.WaitOneWritablePrimary(2 * time.Minute)
+	c.WaitHealthy(2, 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	x := c.Nodes[0]
+	if x == primary {
+		x = c.Nodes[1]
+	}
+	ours, err := x.pg().SystemID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.KillNode(t)
+	data := filepath.Join(x.Dir, "pgdata")
+	if err := os.Rename(data, data+".ours"); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.pg().InitDB(ctx); err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := x.pg().SystemID(ctx)
+	if err != nil || foreign == ours {
+		t.Fatalf("the new data directory's system identifier %q (ours %q): %v", foreign, ours, err)
+	}
+	x.Restart(t)
+	replAwait(t, 3*time.Minute, x.Name+" refusing the other cluster's data directory", func() (bool, string) {
+		v, err := c.AnyView()
+		if err != nil {
+			return false, err.Error()
+		}
+		_, state, healthy, reason := v.Status(x.Name)
+		return !healthy && strings.Contains(reason, "belongs to another cluster") && strings.Contains(reason, foreign), state + ": " + reason
+	})
+	if id, err := x.pg().SystemID(ctx); err != nil || id != foreign {
+		t.Fatalf("the other cluster's data directory was changed: system identifier %q, %v", id, err)
+	}
+	if conn, err := replDirect(ctx, c, x); err == nil {
+		conn.Close(ctx)
+		t.Fatalf("%s runs the other cluster's PostgreSQL", x.Name)
+	}
+
+	// Moved away by the operator: the node clones the cluster.
+	if err := os.Rename(data, data+".foreign"); err != nil {
+		t.Fatal(err)
+	}
+	replAwait(t, 4*time.Minute, x.Name+" streaming from "+primary.Name, func() (bool, string) {
+		st, err := replClusterState(c)
+		if err != nil {
+			return false, err.Error()
+		}
+		m := st.Members[x.Name].Status
+		return m.State == fsm.StateRunningReplica && m.Healthy && m.Following == primary.Name, fmt.Sprintf("%s following %q: %s", m.State, m.Following, m.Reason)
+	})
+	if id, err := x.pg().SystemID(ctx); err != nil || id != ours {
+		t.Fatalf("%s's system identifier after cloning %q, want the cluster's %q (%v)", x.Name, id, ours, err)
+	}
+}
+
 // replAwait polls cond every 200 ms until it holds; on timeout it fails with cond's last
 // description.
 func replAwait(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
