@@ -267,7 +267,10 @@ func (s *Server) nodes(ctx *fasthttp.RequestCtx) {
 	view := map[string]any{
 		"primary": st.Primary, "paused": st.Paused, "write_pause": st.WritePause,
 		"operation": st.Operation, "sync_standbys": st.SyncStandbys, "raft_leader": leader,
-		"this_node": c.Name(), "nodes": out,
+		"this_node": c.Name(), "nodes": out, "caught_up": !s.catchingUp(),
+	}
+	if s.catchingUp() {
+		view["warning"] = catchingUpMessage
 	}
 	// On the Raft leader: what the failover controller waits for (why nobody is promoted).
 	if w, ok := c.(interface{ ControllerWaiting() string }); ok && leader == c.Name() {
@@ -447,7 +450,13 @@ func (s *Server) removeMember(ctx *fasthttp.RequestCtx) {
 // Role checks, Patroni-style: the status code is the answer; the body shows the node.
 func (s *Server) roleCheck(check func(*fasthttp.RequestCtx) (bool, map[string]any)) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		ok, body := check(ctx)
+		var ok bool
+		var body map[string]any
+		if s.catchingUp() {
+			ok, body = false, map[string]any{"error": catchingUpMessage}
+		} else {
+			ok, body = check(ctx)
+		}
 		code := fasthttp.StatusOK
 		if !ok {
 			code = fasthttp.StatusServiceUnavailable
@@ -458,6 +467,19 @@ func (s *Server) roleCheck(check func(*fasthttp.RequestCtx) (bool, map[string]an
 		}
 		writeJSON(ctx, code, body)
 	}
+}
+
+// catchingUpMessage explains a view that is not current yet.
+const catchingUpMessage = "this node is replaying the cluster's Raft log after a restart; its view of the cluster is not current yet (ask another node, or wait a moment)"
+
+// catchingUp reports whether this node's state is still being replayed from its Raft log after
+// a restart: it then shows the past (old primaries, old statuses) and answers no role check.
+func (s *Server) catchingUp() bool {
+	if s.src.Cluster == nil {
+		return false
+	}
+	cu, ok := s.src.Cluster.(interface{ CaughtUp() bool })
+	return ok && !cu.CaughtUp()
 }
 
 func (s *Server) self() (fsm.Member, *fsm.State, bool) {

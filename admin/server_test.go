@@ -25,7 +25,11 @@ type fakeCluster struct {
 	lease   bool
 	lastOp  []string
 	waitErr error
+	// replaying: the node is still applying its Raft log after a restart.
+	replaying bool
 }
+
+func (c *fakeCluster) CaughtUp() bool { return !c.replaying }
 
 func (c *fakeCluster) apply(t *testing.T, cmd fsm.Command) {
 	t.Helper()
@@ -151,6 +155,20 @@ func TestRoleChecksFollowTheStateAndTheLease(t *testing.T) {
 	c1.lease = false
 	if code, _ := do(t, "GET", u1+"/primary", "", ""); code != 503 {
 		t.Errorf("/primary without the lease: %d, want 503", code)
+	}
+	// A node replaying its log after a restart answers no role check, and /nodes says its view
+	// is the past.
+	c1.lease, c2.replaying = true, true
+	for _, path := range []string{"/replica", "/read-only", "/health"} {
+		if code, body := do(t, "GET", u2+path, "", ""); code != 503 || !strings.Contains(body, "replaying") {
+			t.Errorf("%s while replaying: %d %s, want 503 saying why", path, code, body)
+		}
+	}
+	if code, body := do(t, "GET", u2+"/nodes", "", ""); code != 200 || !strings.Contains(body, `"caught_up": false`) || !strings.Contains(body, "not current") {
+		t.Errorf("/nodes while replaying: %d %s", code, body)
+	}
+	if code, body := do(t, "GET", u1+"/nodes", "", ""); code != 200 || !strings.Contains(body, `"caught_up": true`) {
+		t.Errorf("/nodes when current: %d %s", code, body)
 	}
 }
 

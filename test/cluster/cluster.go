@@ -276,7 +276,10 @@ type View struct {
 	Primary    string `json:"primary"`
 	RaftLeader string `json:"raft_leader"`
 	ThisNode   string `json:"this_node"`
-	Nodes      []struct {
+	// CaughtUp is false while the node replays its Raft log after a restart (its view is
+	// the past then).
+	CaughtUp bool `json:"caught_up"`
+	Nodes    []struct {
 		Name   string `json:"name"`
 		Status struct {
 			Role     string `json:"role"`
@@ -322,7 +325,8 @@ func (c *Cluster) Node(name string) *Node {
 	return nil
 }
 
-// AnyView reads /nodes from the first live node that answers.
+// AnyView reads /nodes from the first live node that answers with a current view (not one
+// still replaying its log after a restart).
 func (c *Cluster) AnyView() (View, error) {
 	var last error
 	for _, n := range c.Nodes {
@@ -330,8 +334,11 @@ func (c *Cluster) AnyView() (View, error) {
 			continue
 		}
 		v, err := n.View()
-		if err == nil {
+		if err == nil && v.CaughtUp {
 			return v, nil
+		}
+		if err == nil {
+			err = fmt.Errorf("%s is catching up with the cluster state", n.Name)
 		}
 		last = err
 	}
