@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -142,8 +143,8 @@ func checkNeverTwo(t *testing.T, sampler *netns.Sampler, watch *Watcher) {
 }
 
 // TestSwitchoverMovesVIP is issue 5's second acceptance test: a switchover moves the VIP to
-// the new primary within 1 s of its promotion. Three switchovers (n1 -> n2 -> n1 -> n2); for
-// each the test prints when the candidate's PostgreSQL became writable (polled directly every 10
+// the new primary within 1 s of its promotion. Three switchovers round the cluster (n1 -> n2
+// -> n3 -> n1); for each the test prints when the candidate's PostgreSQL became writable (polled directly every 10
 // ms), when it acknowledged PROMOTE and when the cluster named it the primary, when the VIP
 // appeared on it and when the client's neighbour entry flipped to its MAC (polled every 10
 // ms), and the first write through the VIP that committed on it. Each time the VIP must be on
@@ -158,14 +159,9 @@ func TestSwitchoverMovesVIP(t *testing.T) {
 
 	var fromWritable, fromPromoted, neighFromWritable []time.Duration
 	for i := range rounds {
-		// Back and forth between n1 and n2: the candidate is always a replica that streams
-		// from the primary itself. (After a switchover the third node keeps streaming from the
-		// old primary, cascaded, until the controller re-points it, which it does not do within
-		// failover.directive_timeout of that node's previous DEMOTE.)
-		cand := c.Nodes[0]
-		if primary == cand {
-			cand = c.Nodes[1]
-		}
+		// Round the cluster: the second candidate is the node that streamed from neither
+		// party of the first switchover, so it must have been re-pointed at the new primary.
+		cand := c.Nodes[(slices.Index(c.Nodes, primary)+1)%len(c.Nodes)]
 		waitStreaming(t, c, cand, primary, time.Minute)
 		c.WaitHealthy(2, time.Minute, cand)
 		writer := c.StartWriter(c.Client, VIP.String(), ProxyRWPort, 50*time.Millisecond, 5*time.Second)
