@@ -3,8 +3,10 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -364,6 +366,11 @@ func (w *workload) run(k int, addrs []string) {
 			conn.Close(context.Background())
 			conn = nil
 		}
+		// Pace retries while there is no primary (not a wait for a condition).
+		select {
+		case <-w.ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
@@ -404,10 +411,17 @@ func (w *workload) report(present map[int64]bool) durabilityReport {
 	return r
 }
 
-// switchoverCandidate picks the replica to switch over to: in synchronous mode a standby that
-// the primary's PostgreSQL counts as synchronous, otherwise any streaming replica.
+// switchoverCandidate picks the replica to switch over to: in synchronous mode a standby of
+// the synchronous record, otherwise the first streaming replica.
 func switchoverCandidate(t testing.TB, c *Cluster, primary *Node, sync bool) *Node {
 	t.Helper()
+	if sync {
+		st, err := c.syncRecord()
+		if err != nil || st.SyncPrimary != primary.Name || len(st.SyncStandbys) == 0 {
+			t.Fatalf("choosing a switchover candidate: synchronous record %+v (%v)", st, err)
+		}
+		return c.Node(st.SyncStandbys[0])
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := directConn(ctx, primary)
@@ -415,12 +429,8 @@ func switchoverCandidate(t testing.TB, c *Cluster, primary *Node, sync bool) *No
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	q := "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY application_name"
-	if sync {
-		q = "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum') ORDER BY application_name"
-	}
 	var name string
-	if err := conn.QueryRow(ctx, q).Scan(&name); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY application_name").Scan(&name); err != nil {
 		t.Fatalf("choosing a switchover candidate on %s: %v", primary.Name, err)
 	}
 	return c.Node(name)
@@ -440,23 +450,52 @@ func syncStandby(c *Cluster, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for time.Now().Before(deadline) {
-		v, err := c.fullView()
+		st, err := c.syncRecord()
 		if err != nil {
 			last = err.Error()
-		} else if v.Primary == "" || len(v.SyncStandbys) == 0 {
-			last = fmt.Sprintf("primary %q, recorded synchronous standbys %v", v.Primary, v.SyncStandbys)
+		} else if st.Primary == "" || st.SyncPrimary != st.Primary || st.SyncCount < 1 || len(st.SyncStandbys) == 0 {
+			last = fmt.Sprintf("primary %q, synchronous record: primary %q standbys %v count %d", st.Primary, st.SyncPrimary, st.SyncStandbys, st.SyncCount)
 		} else {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			n, err := countSyncStandbys(ctx, c.Node(v.Primary))
+			n, err := countSyncStandbys(ctx, c.Node(st.Primary))
 			cancel()
 			if err == nil && n > 0 {
 				return nil
 			}
-			last = fmt.Sprintf("primary %s: %d synchronous standbys streaming (%v)", v.Primary, n, err)
+			last = fmt.Sprintf("primary %s: %d synchronous standbys streaming (%v)", st.Primary, n, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("no synchronous standby within %s: %s", timeout, last)
+}
+
+// syncState is the synchronous replication record of the cluster state (GET /cluster).
+type syncState struct {
+	Primary      string   `json:"primary"`
+	SyncStandbys []string `json:"sync_standbys"`
+	SyncCount    int      `json:"sync_count"`
+	SyncPrimary  string   `json:"sync_primary"`
+}
+
+func (c *Cluster) syncRecord() (syncState, error) {
+	var st syncState
+	err := errors.New("no live node")
+	for _, n := range c.Nodes {
+		if !n.Alive() {
+			continue
+		}
+		var resp *http.Response
+		client := http.Client{Timeout: 2 * time.Second}
+		if resp, err = client.Get("http://" + n.API + "/cluster"); err != nil {
+			continue
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err == nil {
+			return st, nil
+		}
+	}
+	return st, err
 }
 
 // streaming waits until primary's PostgreSQL streams to n standbys.
