@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,11 @@ type poolEntry struct {
 	epoch   uint64
 	p       *pool.Pool[*server, *client]
 	welcome atomic.Pointer[pool.Params]
+	// gone is cancelled when the backend is retired (it left its role): dials still under way
+	// to it give up at once instead of running into server_connect_timeout against a host
+	// that may be unreachable, and their clients route again.
+	gone       context.Context
+	cancelGone context.CancelFunc
 }
 
 func (b *backend) pool(e *Engine, k poolKey) *poolEntry {
@@ -78,6 +84,7 @@ func (b *backend) pool(e *Engine, k poolKey) *poolEntry {
 	if pe == nil {
 		pe = &poolEntry{key: k, b: b, epoch: b.epoch,
 			p: pool.New[*server, *client](e.cfg.EventLoops, e.limits.Load().pool, e.dbCounter(b, k.database))}
+		pe.gone, pe.cancelGone = context.WithCancel(context.Background())
 		b.pools[k] = pe
 	}
 	return pe
@@ -112,6 +119,7 @@ func (b *backend) retire() (servers []*server, waiters []*client) {
 	clear(b.servers)
 	b.mu.Unlock()
 	for _, pe := range pools {
+		pe.cancelGone()
 		_, w := pe.p.Close()
 		waiters = append(waiters, w...)
 	}

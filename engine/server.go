@@ -139,9 +139,17 @@ func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 	timeout := e.cfg.Pool.ServerConnectTimeout
 	epoch := pe.epoch
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		ctx, cancel := context.WithTimeout(pe.gone, timeout)
 		defer cancel()
 		s, nc, err := e.connect(ctx, pe, user)
+		if err != nil && pe.gone.Err() != nil {
+			// The backend left its role while we dialed it: the client routes again.
+			pe.p.DialFailed(loopIdx)
+			if cl != nil {
+				cl.deliverFailure(errRetry)
+			}
+			return
+		}
 		if err != nil {
 			pe.p.DialFailed(loopIdx)
 			e.m.serverConnectFailures.Inc()
