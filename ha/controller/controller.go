@@ -811,6 +811,13 @@ func (st *step) driveSwitchover(op fsm.Operation) {
 			return
 		}
 		if op.Phase == fsm.PhaseCheckpoint {
+			if c := op.Candidate; c != "" && !slices.Contains(s.Members[op.OldPrimary].Status.Streaming, c) {
+				// Only a candidate that streams from the primary receives its last WAL, up
+				// to the shutdown checkpoint (one that has just been re-pointed or restarted
+				// may still be connecting). Writes are not paused before it does.
+				st.d.wait("waiting for candidate %q to stream from %q before pausing writes", c, op.OldPrimary)
+				return
+			}
 			st.checkpoint(op)
 		} else {
 			st.drain(op)
