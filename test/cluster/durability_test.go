@@ -24,9 +24,9 @@ import (
 const faultTime = 2*time.Minute + 10*time.Second
 
 // TestDurabilitySynchronous is issue 6's done-when #1 in synchronous_mode on: unique-integer
-// inserts through the proxies while the primary is failed over and over (kill -9 of its
-// PostgreSQL, kill -9 of the whole node, switchover, in rotation). Every acknowledged insert
-// must be on the final primary and nothing that was never attempted may be.
+// inserts through the proxies while the primary is failed over and over (switchover, kill -9
+// of its PostgreSQL, kill -9 of the whole node, in rotation, each on a steady cluster). Every
+// acknowledged insert must be on the final primary and nothing that was never attempted may be.
 func TestDurabilitySynchronous(t *testing.T) {
 	testDurability(t, "on")
 }
@@ -79,7 +79,7 @@ func testDurability(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 
-	kinds := []string{"postgres", "node", "switchover"}
+	kinds := []string{"switchover", "postgres", "node"}
 	began := time.Now()
 	var faults []string
 	degraded := false
