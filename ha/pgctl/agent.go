@@ -233,7 +233,7 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 		}
 	}
 	if c.inst.Running() {
-		if st, err := c.Probe(ctx); err == nil && st.Role == fsm.RoleReplica && c.followsAlready(up) {
+		if st, err := c.Probe(ctx); err == nil && st.Role == fsm.RoleReplica && st.UpstreamHost != "" && c.followsAlready(up) {
 			// Done before (the acknowledgement was lost): report the same checkpoint.
 			res.CheckpointLSN = c.lastCheckpoint
 			return res, nil
@@ -259,7 +259,7 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 		// needs a cleanly shut down target: finish crash recovery first (a killed primary).
 		err := c.inst.recoverIfCrashed(ctx)
 		if err == nil {
-			err = c.inst.Rewind(ctx, up.Host, up.Port)
+			err = c.rewind(ctx, up)
 		}
 		if err != nil {
 			if !c.inst.cfg.RemoveDataDirectoryOnRewindFailure {
@@ -278,7 +278,7 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 		// the new primary ("requested timeline is not a child of this server's history").
 		// pg_rewind finds that out and does nothing when the histories agree. A failure here
 		// is not final: the start below says whether the standby can follow as it is.
-		if err := c.inst.Rewind(ctx, up.Host, up.Port); err != nil {
+		if err := c.rewind(ctx, up); err != nil {
 			c.inst.log.Warn("pg_rewind of a standby before following failed; starting it as it is", "upstream", up.Name, "error", err)
 		}
 	}
@@ -288,6 +288,24 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 		return res, err
 	}
 	return res, c.inst.Start(ctx)
+}
+
+// rewind runs pg_rewind from up after a checkpoint there. pg_rewind before PostgreSQL 16 takes
+// the source's timeline from its last checkpoint, and for seconds after a promotion (until the
+// checkpoint the promotion requested completes) that still names the old timeline: pg_rewind
+// then reports "no rewind required", and the node, holding WAL of the old timeline beyond the
+// fork, can never stream from the new primary.
+func (c *Controller) rewind(ctx context.Context, up ha.Upstream) error {
+	conn, err := c.inst.ConnectTo(ctx, up.Host, up.Port)
+	if err != nil {
+		return fmt.Errorf("connecting to %s for a checkpoint before pg_rewind: %w", up.Name, err)
+	}
+	_, err = conn.Exec(ctx, "CHECKPOINT").ReadAll()
+	conn.Close(context.Background())
+	if err != nil {
+		return fmt.Errorf("checkpoint on %s before pg_rewind: %w", up.Name, err)
+	}
+	return c.inst.Rewind(ctx, up.Host, up.Port)
 }
 
 // clone replaces the data directory with a base backup of host:port, streaming through this
