@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -361,6 +363,179 @@ func TestForeignDataDirectoryIsRefused(t *testing.T) {
 	if id, err := x.pg().SystemID(ctx); err != nil || id != ours {
 		t.Fatalf("%s's system identifier after cloning %q, want the cluster's %q (%v)", x.Name, id, ours, err)
 	}
+}
+
+// TestQuorumModeFailoverKeepsAcknowledgedWrites: in synchronous_mode quorum with three nodes
+// the primary runs with ANY 1 of both replicas, so each acknowledged commit is on one of them,
+// not a known one. Writers insert unique ids through the replicas' proxies while the primary's
+// node is killed (kill -9 of pgbastion and PostgreSQL); the controller must promote the
+// replica with the most WAL among positions from both. Every acknowledged insert is on the new
+// primary afterwards, nothing that was never attempted is, and the old node rejoins.
+func TestQuorumModeFailoverKeepsAcknowledgedWrites(t *testing.T) {
+	c := Start(t, Options{
+		Extra:      "failover: {synchronous_mode: quorum, synchronous_node_count: 1}",
+		Parameters: map[string]string{"synchronous_commit": "on"},
+	})
+	replLogsOnFailure(t, c)
+	primary, _ := c.WaitOneWritablePrimary(2 * time.Minute)
+	c.WaitHealthy(2, 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	var replicas []*Node
+	for _, n := range c.Nodes {
+		if n != primary {
+			replicas = append(replicas, n)
+		}
+	}
+	want := fmt.Sprintf(`ANY 1 ("%s", "%s")`, replicas[0].Name, replicas[1].Name)
+	replAwait(t, 2*time.Minute, primary.Name+" running with "+want+", recorded", func() (bool, string) {
+		st, err := replClusterState(c)
+		if err != nil {
+			return false, err.Error()
+		}
+		var ssn string
+		if conn, err := replDirect(ctx, c, primary); err == nil {
+			_ = conn.QueryRow(ctx, "SHOW synchronous_standby_names").Scan(&ssn)
+			conn.Close(ctx)
+		}
+		return st.SyncPrimary == primary.Name && st.SyncCount == 1 && len(st.SyncStandbys) == 2 && ssn == want,
+			fmt.Sprintf("record of %q: %v count %d; synchronous_standby_names %q", st.SyncPrimary, st.SyncStandbys, st.SyncCount, ssn)
+	})
+	conn, err := c.Connect(ctx, primary.RW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE quorum_rows (id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	// Writers through the replicas' proxies (they outlive the primary's node).
+	var (
+		mu        sync.Mutex
+		attempted = map[int64]bool{}
+		acked     = map[int64]bool{}
+		next      atomic.Int64
+		wg        sync.WaitGroup
+	)
+	wctx, stopWriters := context.WithCancel(ctx)
+	defer stopWriters()
+	for k := 0; k < 4; k++ {
+		addr := replicas[k%2].RW
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var conn *pgx.Conn
+			for wctx.Err() == nil {
+				if conn == nil {
+					cctx, ccancel := context.WithTimeout(wctx, 5*time.Second)
+					conn, _ = c.Connect(cctx, addr)
+					ccancel()
+					if conn == nil {
+						time.Sleep(50 * time.Millisecond)
+						continue
+					}
+				}
+				id := next.Add(1)
+				mu.Lock()
+				attempted[id] = true
+				mu.Unlock()
+				ictx, icancel := context.WithTimeout(wctx, 10*time.Second)
+				_, err := conn.Exec(ictx, "INSERT INTO quorum_rows VALUES ($1)", id)
+				icancel()
+				if err != nil {
+					conn.Close(context.Background())
+					conn = nil
+					continue
+				}
+				mu.Lock()
+				acked[id] = true
+				mu.Unlock()
+			}
+			if conn != nil {
+				conn.Close(context.Background())
+			}
+		}()
+	}
+	ackedCount := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	replAwait(t, 2*time.Minute, "200 inserts acknowledged", func() (bool, string) { return ackedCount() >= 200, fmt.Sprint(ackedCount()) })
+
+	primary.KillNode(t)
+	killedAt, before := time.Now(), ackedCount()
+	newPrimary := c.WaitPrimaryOtherThan(t, primary, 2*time.Minute)
+	replAwait(t, 2*time.Minute, "inserts acknowledged by the new primary", func() (bool, string) {
+		return ackedCount() >= before+100, fmt.Sprint(ackedCount())
+	})
+	stopWriters()
+	wg.Wait()
+	t.Logf("killed %s with %d inserts acknowledged; %s promoted, writes acknowledged again within %s", primary.Name, before, newPrimary.Name,
+		time.Since(killedAt).Round(time.Millisecond))
+
+	conn, err = replDirect(ctx, c, newPrimary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := conn.Query(ctx, "SELECT id FROM quorum_rows")
+	if err != nil {
+		t.Fatal(err)
+	}
+	present := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		present[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	var lost, unexpected []int64
+	for id := range acked {
+		if !present[id] {
+			lost = append(lost, id)
+		}
+	}
+	for id := range present {
+		if !attempted[id] {
+			unexpected = append(unexpected, id)
+		}
+	}
+	t.Logf("acknowledged %d, present on %s %d, lost %d, unexpected %d", len(acked), newPrimary.Name, len(present), len(lost), len(unexpected))
+	if len(lost) > 0 || len(unexpected) > 0 {
+		slices.Sort(lost)
+		slices.Sort(unexpected)
+		t.Fatalf("lost acknowledged inserts %v; present but never attempted %v", lost[:min(len(lost), 20)], unexpected[:min(len(unexpected), 20)])
+	}
+
+	// The old node rejoins, and the new primary's quorum covers both again.
+	primary.Restart(t)
+	replAwait(t, 4*time.Minute, primary.Name+" streaming from "+newPrimary.Name+" and in the quorum", func() (bool, string) {
+		st, err := replClusterState(c)
+		if err != nil {
+			return false, err.Error()
+		}
+		m := st.Members[primary.Name].Status
+		return m.State == fsm.StateRunningReplica && m.Following == newPrimary.Name && st.SyncPrimary == newPrimary.Name &&
+				slices.Contains(st.SyncStandbys, primary.Name) && len(st.SyncStandbys) == 2,
+			fmt.Sprintf("%s following %q (%s); record of %q: %v", m.State, m.Following, m.Reason, st.SyncPrimary, st.SyncStandbys)
+	})
+}
+
+// replLogsOnFailure logs the end of every node's pgbastion log when the test fails (before
+// the harness removes them).
+func replLogsOnFailure(t *testing.T, c *Cluster) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, n := range c.Nodes {
+			if n.D != nil {
+				t.Logf("%s log (%s), tail:\n%s", n.Name, n.D.LogPath(), n.D.LogTail())
+			}
+		}
+	})
 }
 
 // replAwait polls cond every 200 ms until it holds; on timeout it fails with cond's last
