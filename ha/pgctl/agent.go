@@ -300,7 +300,17 @@ func (c *Controller) rewind(ctx context.Context, up ha.Upstream) error {
 	if err != nil {
 		return fmt.Errorf("connecting to %s for a checkpoint before pg_rewind: %w", up.Name, err)
 	}
-	_, err = conn.Exec(ctx, "CHECKPOINT").ReadAll()
+	// Only a primary whose last checkpoint predates its timeline needs one. A standby source
+	// (the candidate of a switchover, before its promotion) is on the old timeline anyway, and
+	// a CHECKPOINT there is a restartpoint that can take seconds — inside the write pause.
+	const q = `SELECT NOT pg_catalog.pg_is_in_recovery() AND
+	  (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()) <>
+	  ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int`
+	res := conn.ExecParams(ctx, q, nil, nil, nil, nil).Read()
+	err = res.Err
+	if err == nil && len(res.Rows) == 1 && string(res.Rows[0][0]) == "t" {
+		_, err = conn.Exec(ctx, "CHECKPOINT").ReadAll()
+	}
 	conn.Close(context.Background())
 	if err != nil {
 		return fmt.Errorf("checkpoint on %s before pg_rewind: %w", up.Name, err)
