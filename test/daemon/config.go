@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 
 	"gopkg.in/yaml.v3"
@@ -63,13 +64,28 @@ func (c *FileConfig) Marshal() ([]byte, error) { return yaml.Marshal(c) }
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("daemon: free port: %v", err)
+	// The kernel may hand out a port it just gave us again once the listener is closed; never
+	// return the same one twice in a process (two listeners of one daemon got the same port).
+	givenMu.Lock()
+	defer givenMu.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("daemon: free port: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !given[port] {
+			given[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
+
+var (
+	givenMu sync.Mutex
+	given   = map[int]bool{}
+)
 
 // FreeAddr returns "127.0.0.1:port" for a port that was free a moment ago.
 func FreeAddr(t testing.TB) string {
