@@ -487,3 +487,6 @@ const timeFormat = "15:04:05.000"
 
 // errNotYet is what polling conditions return while waiting.
 var errNotYet = errors.New("not yet")
+
+// ms formats a duration in whole milliseconds.
+func ms(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }

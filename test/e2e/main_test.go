@@ -90,7 +90,6 @@ func waitRejoined(t *testing.T, via, old *Node, timeout time.Duration) {
 }
 
 // ms formats a duration in milliseconds.
-func ms(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
 
 // msList formats durations in milliseconds: "[125 234 105] ms".
 func msList(ds []time.Duration) string {
