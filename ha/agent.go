@@ -257,11 +257,13 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // catchingUp reports whether a switchover waits for this node, its candidate, to replay the
-// old primary's shutdown checkpoint, and our last probe has not seen it replayed yet.
+// old primary's shutdown checkpoint, and the controller has not had a report of ours since
+// the wait began or our last probe has not seen it replayed yet. (Already replayed when the
+// wait began: one prompt report, rather than the controller waiting for the next probe.)
 func (a *Agent) catchingUp(st *fsm.State) bool {
 	op := st.Operation
 	return op != nil && op.Kind == fsm.OpSwitchover && op.Phase == fsm.PhaseCatchup && op.Candidate == a.c.Name() &&
-		(a.last == nil || a.last.ReplayedLSN < op.FinalLSN)
+		(a.last == nil || a.last.ReplayedLSN < op.FinalLSN || a.lastReport <= op.PhaseIndex)
 }
 
 // waitCaughtUp waits until the cluster state has caught up with this node's Raft log (after a

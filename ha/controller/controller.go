@@ -811,10 +811,11 @@ func (st *step) driveSwitchover(op fsm.Operation) {
 			return
 		}
 		if op.Phase == fsm.PhaseCheckpoint {
-			if c := op.Candidate; c != "" && !slices.Contains(s.Members[op.OldPrimary].Status.Streaming, c) {
-				// Only a candidate that streams from the primary receives its last WAL, up
-				// to the shutdown checkpoint (one that has just been re-pointed or restarted
-				// may still be connecting). Writes are not paused before it does.
+			if c := op.Candidate; c != "" && !st.receivesFrom(c, op.OldPrimary) {
+				// Only a candidate that streams from the primary (directly or through
+				// another standby) receives its last WAL, up to the shutdown checkpoint;
+				// one that has just been re-pointed or restarted may still be connecting.
+				// Writes are not paused before it does.
 				st.d.wait("waiting for candidate %q to stream from %q before pausing writes", c, op.OldPrimary)
 				return
 			}
@@ -835,6 +836,24 @@ func (st *step) driveSwitchover(op fsm.Operation) {
 	default:
 		st.d.add(fsm.FinishOperation{ID: op.ID, Message: fmt.Sprintf("switchover in unexpected phase %q", op.Phase)})
 	}
+}
+
+// receivesFrom reports whether standby name streams WAL from primary: the primary lists it
+// among its streaming standbys, or it streams from a standby that does (cascading).
+func (st *step) receivesFrom(name, primary string) bool {
+	seen := map[string]bool{}
+	for name != "" && !seen[name] {
+		seen[name] = true
+		if slices.Contains(st.s.Members[primary].Status.Streaming, name) {
+			return true
+		}
+		m := st.s.Members[name]
+		if m.Status.Role != fsm.RoleReplica || !st.fresh(m) {
+			return false
+		}
+		name = m.Status.Following
+	}
+	return false
 }
 
 // checkpoint runs CHECKPOINT on the primary while writes still flow, so that the shutdown
