@@ -132,6 +132,7 @@ type fakePG struct {
 	promotedAt time.Time
 	// Replication: physical slots (name → active), synchronous_standby_names, and a log of
 	// the replication calls (kept apart from calls).
+	probes  int // how many times Probe was called
 	slots   map[string]bool
 	ssn     string
 	sysid   string
@@ -218,6 +219,7 @@ func (p *fakePG) write(n fsm.LSN) {
 
 func (p *fakePG) Probe(ctx context.Context) (PGStatus, error) {
 	p.mu.Lock()
+	p.probes++
 	if !p.running {
 		p.mu.Unlock()
 		return PGStatus{}, errors.New("connection refused")
@@ -773,3 +775,10 @@ func jsonOf(t testing.TB, v any) string {
 }
 
 func jsonEqual(t testing.TB, a, b any) bool { return jsonOf(t, a) == jsonOf(t, b) }
+
+// Probes returns how many times Probe was called.
+func (p *fakePG) Probes() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.probes
+}

@@ -3,8 +3,11 @@ package ha
 import (
 	"context"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
 	"github.com/pgbastion/pgbastion/ha/internal/await"
@@ -33,6 +36,10 @@ func TestRestartedNodeDoesNotActOnReplayedHistory(t *testing.T) {
 		m := c.nodes["n1"].State().Members["n3"]
 		return c.nodes["n1"].State().Primary == "n1" && m.Status.State == fsm.StateRunningReplica && m.Status.Following == "n1"
 	}, "n3 follows n1 again")
+	// Every directive n3 executed is acknowledged: a directive whose acknowledgement was
+	// lost is legitimately executed again after a restart (they are idempotent).
+	await.True(t, 30*time.Second, func() bool { return len(c.nodes["n1"].State().PendingDirectives("n3")) == 0 },
+		"n3 has acknowledged its directives")
 
 	pg := c.pgs.get("n3")
 	before := len(pg.Calls())
@@ -69,4 +76,66 @@ func TestRestartedNodeDoesNotActOnReplayedHistory(t *testing.T) {
 	if calls := pg.Calls()[before:]; len(calls) > 0 {
 		t.Fatalf("the restarted node acted on replayed directives: %v", calls)
 	}
+}
+
+// replayingCluster is a Cluster on a bare FSM whose "caught up" flag the test sets: it stands
+// for a restarted node whose state is still being replayed from its log.
+type replayingCluster struct {
+	f      *fsm.FSM
+	index  uint64
+	caught atomic.Bool
+}
+
+func (c *replayingCluster) Name() string                 { return "n1" }
+func (c *replayingCluster) State() *fsm.State            { return c.f.State() }
+func (c *replayingCluster) Subscribe() *fsm.Subscription { return c.f.Subscribe() }
+func (c *replayingCluster) HoldsWriteLease() bool        { return false }
+func (c *replayingCluster) LastQuorumContact() time.Time { return time.Now() }
+func (c *replayingCluster) CaughtUp() bool               { return c.caught.Load() }
+func (c *replayingCluster) Apply(_ context.Context, cmd fsm.Command) (fsm.Result, error) {
+	b, err := fsm.Encode(cmd, time.Now())
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	c.index++
+	r, _ := c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result)
+	return r, nil
+}
+
+// TestAgentWaitsForTheReplayBeforeActing: while the state is a replay of the past (it shows a
+// PROMOTE for this node that is still pending at that point of the log), the agent only probes;
+// once the node has caught up, what is pending then is executed.
+func TestAgentWaitsForTheReplayBeforeActing(t *testing.T) {
+	c := &replayingCluster{f: fsm.New(nil, nil)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, cmd := range []fsm.Command{
+		fsm.LeaderEstablished{Leader: "n2"},
+		fsm.RegisterMember{Name: "n1", RaftAddress: "n1:8300", PGHost: "n1", PGPort: 5432},
+		fsm.RegisterMember{Name: "n2", RaftAddress: "n2:8300", PGHost: "n2", PGPort: 5432},
+		fsm.IssueDirective{Type: fsm.DirectivePromote, Target: "n1", Params: fsm.DirectiveParams{Reason: "long ago"}},
+	} {
+		if r, err := c.Apply(ctx, cmd); err != nil || r.Err != nil {
+			t.Fatalf("%T: %v %v", cmd, err, r.Err)
+		}
+	}
+	if len(c.State().PendingDirectives("n1")) != 1 {
+		t.Fatal("setup: no pending PROMOTE for n1")
+	}
+	net := newFakePGNet()
+	pg := net.add("n1", fsm.RoleReplica, 1000, "n2")
+	net.add("n2", fsm.RolePrimary, 1000, "")
+	cfg := fastConfig("n1", []Peer{{Name: "n1", Address: "n1:8300"}, {Name: "n2", Address: "n2:8300"}})
+	a := NewAgent(c, pg, cfg, AgentOptions{Logger: testLogger(t)})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+
+	await.True(t, 30*time.Second, func() bool { return pg.Probes() >= 5 }, "the agent probes while it waits")
+	if calls := pg.Calls(); len(calls) > 0 {
+		t.Fatalf("the agent acted on a replayed state: %v", calls)
+	}
+	c.caught.Store(true)
+	await.True(t, 30*time.Second, func() bool { return slices.Contains(pg.Calls(), "promote") }, "the agent executes what is pending once caught up")
+	cancel()
+	<-done
 }
