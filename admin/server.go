@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hashicorp/raft"
 	"io"
 	"log/slog"
 	"net"
@@ -637,8 +638,23 @@ func writeFSMError(ctx *fasthttp.RequestCtx, what string, err error) {
 		code = fasthttp.StatusConflict
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, fsm.ErrHalted):
 		code = fasthttp.StatusServiceUnavailable
+	case leaderChanged(err):
+		// Nothing was decided: the request can simply be sent again.
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeError(ctx, fasthttp.StatusServiceUnavailable, what+": the Raft leader changed while the request was being committed ("+err.Error()+"); nothing was changed, send it again")
+		return
 	}
 	writeError(ctx, code, what+": "+err.Error())
+}
+
+// leaderChanged reports whether err says the Raft leader changed or was unknown while a
+// command was being committed (errors forwarded from another node arrive as text).
+func leaderChanged(err error) bool {
+	if errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, raft.ErrLeadershipLost.Error()) || strings.Contains(msg, raft.ErrNotLeader.Error())
 }
 
 type fasthttpLogger struct{ l *slog.Logger }

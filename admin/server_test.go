@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -55,6 +56,9 @@ func (c *fakeCluster) Switchover(_ context.Context, leader, candidate string) (u
 	c.lastOp = []string{"switchover", leader, candidate}
 	if candidate == "nope" {
 		return 0, fsm.ErrPrecondition
+	}
+	if candidate == "flap" {
+		return 0, fmt.Errorf("forwarded to n2: %s", raft.ErrLeadershipLost.Error())
 	}
 	return 7, nil
 }
@@ -191,6 +195,9 @@ func TestMutationsNeedTheToken(t *testing.T) {
 	}
 	if strings.Join(c.lastOp, ",") != "switchover,n1,n2" {
 		t.Errorf("switchover called with %v", c.lastOp)
+	}
+	if code, body := do(t, "POST", u+"/switchover", "s3cret", `{"candidate":"flap"}`); code != 503 || !strings.Contains(body, "send it again") {
+		t.Errorf("switchover while the Raft leader changes: %d %s, want 503 saying to retry", code, body)
 	}
 	if code, _ := do(t, "POST", u+"/switchover", "s3cret", `{"candidate":"nope"}`); code != 412 {
 		t.Errorf("precondition failure: %d, want 412", code)
