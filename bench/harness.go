@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pgbastion/pgbastion/engine"
 	"io"
 	"log/slog"
 	"os"
@@ -34,7 +35,7 @@ type Config struct {
 	// client count (a session pool smaller than the client count leaves clients waiting for
 	// the whole run).
 	SessionPoolSize int
-	// EventLoops is PGBastion's proxy.event_loops.
+	// EventLoops is PGBastion's proxy.event_loops (default: the product's default).
 	EventLoops int
 	// IdleClients is the number of idle client connections of the idle scenario.
 	IdleClients int
@@ -75,7 +76,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Rounds: 5, Duration: 20 * time.Second, Warmup: 5 * time.Second, Scale: 10, Threads: 2,
-		PoolSize: 20, EventLoops: 2, IdleClients: 10000, ManyClients: 1000, LogSampling: 0.1,
+		PoolSize: 20, EventLoops: engine.DefaultConfig().EventLoops, IdleClients: 10000, ManyClients: 1000, LogSampling: 0.1,
 	}
 }
 
