@@ -409,6 +409,17 @@ func (c *Cluster) WritableThrough(ctx context.Context, addr string) (int, error)
 // names. It returns the primary and how long it took.
 func (c *Cluster) WaitOneWritablePrimary(timeout time.Duration) (*Node, time.Duration) {
 	c.t.Helper()
+	p, took, err := c.WritablePrimary(timeout)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return p, took
+}
+
+// WritablePrimary is WaitOneWritablePrimary returning an error when no single primary becomes
+// writable in time (two writable primaries still fail the test at once).
+func (c *Cluster) WritablePrimary(timeout time.Duration) (*Node, time.Duration, error) {
+	c.t.Helper()
 	start := time.Now()
 	deadline := start.Add(timeout)
 	var lastErr error
@@ -433,14 +444,13 @@ func (c *Cluster) WaitOneWritablePrimary(timeout time.Duration) (*Node, time.Dur
 		if ok && port != 0 {
 			v, err := c.AnyView()
 			if err == nil && v.Primary != "" && c.Node(v.Primary).PGPort == port {
-				return c.Node(v.Primary), time.Since(start)
+				return c.Node(v.Primary), time.Since(start), nil
 			}
 			lastErr = fmt.Errorf("writes reach port %d but the cluster names %q the primary", port, v.Primary)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	c.t.Fatalf("no single writable primary through every live proxy within %s: %v", timeout, lastErr)
-	return nil, 0
+	return nil, 0, fmt.Errorf("no single writable primary through every live proxy within %s: %v", timeout, lastErr)
 }
 
 // Switchover asks a live node's API to move the primary to candidate and waits for the answer.

@@ -87,7 +87,7 @@ func testDurability(t *testing.T, mode string) {
 		// A fault hits a steady cluster: a writable primary, two streaming replicas (in
 		// synchronous mode one of them synchronous), and writes acknowledged by this primary.
 		var err error
-		if primary, _, err = writablePrimary(t, c, 3*time.Minute); err == nil {
+		if primary, _, err = c.WritablePrimary(3 * time.Minute); err == nil {
 			err = healthy(c, 2, 3*time.Minute)
 		}
 		if err == nil {
@@ -122,7 +122,7 @@ func testDurability(t *testing.T, mode string) {
 			next = cand
 		}
 		want := next
-		if next, _, err = writablePrimary(t, c, 3*time.Minute); err != nil {
+		if next, _, err = c.WritablePrimary(3 * time.Minute); err != nil {
 			t.Errorf("%s of %s: %v", kind, primary.Name, err)
 			if kind == "node" {
 				primary.Restart(t)
@@ -155,7 +155,7 @@ func testDurability(t *testing.T, mode string) {
 			t.Errorf("after the faults: %v", err)
 		}
 	}
-	final, _, err := writablePrimary(t, c, 3*time.Minute)
+	final, _, err := c.WritablePrimary(3 * time.Minute)
 	if err != nil {
 		t.Fatalf("after the faults: %v", err)
 	}
@@ -167,21 +167,7 @@ func testDurability(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, "SELECT id FROM durability")
-	if err != nil {
-		t.Fatal(err)
-	}
-	present := map[int64]bool{}
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		present[id] = true
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
+	present := presentIDs(ctx, t, conn, "durability")
 	r := w.report(present)
 	t.Logf("synchronous_mode %s: %d faults in %s; final primary %s", mode, len(faults), faultFor.Round(time.Second), final.Name)
 	t.Logf("attempted %d, acknowledged %d, lost %d, unexpected %d, in-doubt (not acknowledged, present) %d, failed (not acknowledged, absent) %d, acknowledged with a synchronous-replication warning %d",
@@ -584,39 +570,23 @@ func healthy(c *Cluster, replicas int, timeout time.Duration) error {
 	return fmt.Errorf("cluster not healthy within %s (want a primary and %d replicas); last view: %+v (%v)", timeout, replicas, last, lastErr)
 }
 
-// writablePrimary is Cluster.WaitOneWritablePrimary returning an error instead of failing the
-// test when no primary becomes writable (two writable primaries still fail it at once).
-func writablePrimary(t testing.TB, c *Cluster, timeout time.Duration) (*Node, time.Duration, error) {
+// presentIDs reads every id in table.
+func presentIDs(ctx context.Context, t testing.TB, conn *pgx.Conn, table string) map[int64]bool {
 	t.Helper()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	var lastErr error
-	for time.Now().Before(deadline) {
-		ok, port := true, 0
-		for _, n := range c.Nodes {
-			if !n.Alive() {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			p, err := c.WritableThrough(ctx, n.RW)
-			cancel()
-			if err != nil {
-				ok, lastErr = false, fmt.Errorf("write through %s: %w", n.Name, err)
-				break
-			}
-			if port != 0 && p != port {
-				t.Fatalf("TWO WRITABLE PRIMARIES: writes through different nodes reached PostgreSQL ports %d and %d", port, p)
-			}
-			port = p
-		}
-		if ok && port != 0 {
-			v, err := c.AnyView()
-			if err == nil && v.Primary != "" && c.Node(v.Primary).PGPort == port {
-				return c.Node(v.Primary), time.Since(start), nil
-			}
-			lastErr = fmt.Errorf("writes reach port %d but the cluster names %q the primary", port, v.Primary)
-		}
-		time.Sleep(50 * time.Millisecond)
+	rows, err := conn.Query(ctx, "SELECT id FROM "+table)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return nil, 0, fmt.Errorf("no single writable primary through every live proxy within %s: %v", timeout, lastErr)
+	present := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		present[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return present
 }

@@ -92,7 +92,7 @@ func TestRejoinThroughRewind(t *testing.T) {
 
 	restarted := time.Now()
 	old.Restart(t)
-	waitReplica(t, c, old, 3*time.Minute)
+	c.WaitRejoined(t, old, 3*time.Minute)
 	t.Logf("%s running as a replica %s after its restart", old.Name, time.Since(restarted).Round(time.Millisecond))
 
 	label := ""
@@ -225,8 +225,8 @@ func TestFailoverCandidateChoice(t *testing.T) {
 	}
 	old.Restart(t)
 	c.WaitHealthy(2, 3*time.Minute)
-	waitReplica(t, c, old, time.Minute)
-	waitReplica(t, c, tagged, time.Minute)
+	c.WaitRejoined(t, old, time.Minute)
+	c.WaitRejoined(t, tagged, time.Minute)
 	if v := watch.violations(); len(v) > 0 {
 		t.Fatalf("nofailover node promoted: %v", v)
 	}
@@ -440,24 +440,6 @@ func waitReported(t testing.TB, c *Cluster, n *Node, want fsm.LSN, timeout time.
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("the cluster state has %s at %s, want %s, within %s", n.Name, got, want, timeout)
-}
-
-// waitReplica waits until n runs as a healthy replica; a node fenced with a reason fails.
-func waitReplica(t testing.TB, c *Cluster, n *Node, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var role, state, reason string
-	for time.Now().Before(deadline) {
-		if v, err := c.AnyView(); err == nil {
-			var healthy bool
-			role, state, healthy, reason = v.Status(n.Name)
-			if state == "RUNNING_REPLICA" && healthy {
-				return
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s is not a running replica within %s (role=%s state=%s reason=%q)", n.Name, timeout, role, state, reason)
 }
 
 // clusterView is GET /nodes with the whole member records and the current operation.

@@ -272,7 +272,7 @@ func TestRewindFailureKeepsTheNodeOut(t *testing.T) {
 	if !strings.Contains(reason, "pg_rewind") {
 		t.Fatalf("reason %q does not say that pg_rewind failed", reason)
 	}
-	if conn, err := replDirect(ctx, c, old); err == nil {
+	if conn, err := directConn(ctx, old); err == nil {
 		conn.Close(ctx)
 		t.Fatalf("%s's PostgreSQL runs although it could not be rewound", old.Name)
 	}
@@ -343,7 +343,7 @@ func TestForeignDataDirectoryIsRefused(t *testing.T) {
 	if id, err := x.pg().SystemID(ctx); err != nil || id != foreign {
 		t.Fatalf("the other cluster's data directory was changed: system identifier %q, %v", id, err)
 	}
-	if conn, err := replDirect(ctx, c, x); err == nil {
+	if conn, err := directConn(ctx, x); err == nil {
 		conn.Close(ctx)
 		t.Fatalf("%s runs the other cluster's PostgreSQL", x.Name)
 	}
@@ -394,7 +394,7 @@ func TestQuorumModeFailoverKeepsAcknowledgedWrites(t *testing.T) {
 			return false, err.Error()
 		}
 		var ssn string
-		if conn, err := replDirect(ctx, c, primary); err == nil {
+		if conn, err := directConn(ctx, primary); err == nil {
 			_ = conn.QueryRow(ctx, "SHOW synchronous_standby_names").Scan(&ssn)
 			conn.Close(ctx)
 		}
@@ -471,25 +471,11 @@ func TestQuorumModeFailoverKeepsAcknowledgedWrites(t *testing.T) {
 	t.Logf("killed %s with %d inserts acknowledged; %s promoted, writes acknowledged again within %s", primary.Name, before, newPrimary.Name,
 		time.Since(killedAt).Round(time.Millisecond))
 
-	conn, err = replDirect(ctx, c, newPrimary)
+	conn, err = directConn(ctx, newPrimary)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := conn.Query(ctx, "SELECT id FROM quorum_rows")
-	if err != nil {
-		t.Fatal(err)
-	}
-	present := map[int64]bool{}
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		present[id] = true
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
+	present := presentIDs(ctx, t, conn, "quorum_rows")
 	conn.Close(ctx)
 	var lost, unexpected []int64
 	for id := range acked {
@@ -617,7 +603,7 @@ func replWaitSyncStandby(ctx context.Context, t *testing.T, c *Cluster, primary 
 		}
 		name = st.SyncStandbys[0]
 		want := `FIRST 1 ("` + name + `")`
-		conn, err := replDirect(ctx, c, primary)
+		conn, err := directConn(ctx, primary)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -681,14 +667,9 @@ func replReadPorts(ctx context.Context, c *Cluster, addr string, n int) ([]int, 
 	return ports, nil
 }
 
-// replDirect connects to n's PostgreSQL, not through a proxy.
-func replDirect(ctx context.Context, c *Cluster, n *Node) (*pgx.Conn, error) {
-	return pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable connect_timeout=5", n.PGPort, c.Password))
-}
-
 func replInRecovery(ctx context.Context, t *testing.T, c *Cluster, n *Node) bool {
 	t.Helper()
-	conn, err := replDirect(ctx, c, n)
+	conn, err := directConn(ctx, n)
 	if err != nil {
 		t.Fatalf("%s: %v", n.Name, err)
 	}
@@ -702,7 +683,7 @@ func replInRecovery(ctx context.Context, t *testing.T, c *Cluster, n *Node) bool
 
 func replCount(ctx context.Context, t *testing.T, c *Cluster, n *Node, q string) int {
 	t.Helper()
-	conn, err := replDirect(ctx, c, n)
+	conn, err := directConn(ctx, n)
 	if err != nil {
 		t.Fatalf("%s: %v", n.Name, err)
 	}
@@ -716,7 +697,7 @@ func replCount(ctx context.Context, t *testing.T, c *Cluster, n *Node, q string)
 
 func replSQL(ctx context.Context, t *testing.T, c *Cluster, n *Node, q string) {
 	t.Helper()
-	conn, err := replDirect(ctx, c, n)
+	conn, err := directConn(ctx, n)
 	if err != nil {
 		t.Fatalf("%s: %v", n.Name, err)
 	}
@@ -729,7 +710,7 @@ func replSQL(ctx context.Context, t *testing.T, c *Cluster, n *Node, q string) {
 // replSlots returns n's physical replication slots: name → "active" or "inactive".
 func replSlots(ctx context.Context, t *testing.T, c *Cluster, n *Node) map[string]string {
 	t.Helper()
-	conn, err := replDirect(ctx, c, n)
+	conn, err := directConn(ctx, n)
 	if err != nil {
 		t.Fatalf("%s: %v", n.Name, err)
 	}
