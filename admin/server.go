@@ -242,6 +242,20 @@ type nodeView struct {
 	IsPrimary bool           `json:"is_primary"`
 	IsLeader  bool           `json:"is_raft_leader"`
 	Local     map[string]any `json:"local,omitempty"`
+	// StatusAge and LeaseAge: seconds since the node's last status report and lease renewal
+	// were committed (by this node's clock against the Raft leader's; absent when never). A
+	// status a minute old describes the past: the node's agent or link is down.
+	StatusAge *float64 `json:"status_age_seconds,omitempty"`
+	LeaseAge  *float64 `json:"lease_age_seconds,omitempty"`
+}
+
+func ageSeconds(now, at time.Time) *float64 {
+	if at.IsZero() {
+		return nil
+	}
+	a := max(0, now.Sub(at).Seconds())
+	a = float64(int64(a*10)) / 10
+	return &a
 }
 
 func (s *Server) nodes(ctx *fasthttp.RequestCtx) {
@@ -257,9 +271,11 @@ func (s *Server) nodes(ctx *fasthttp.RequestCtx) {
 	st := c.State()
 	leader, _ := c.Leader()
 	out := make([]nodeView, 0, len(st.Members))
+	now := time.Now()
 	for _, name := range st.MemberNames() {
 		m := st.Members[name]
-		v := nodeView{Member: m, IsPrimary: st.Primary == name, IsLeader: leader == name}
+		v := nodeView{Member: m, IsPrimary: st.Primary == name, IsLeader: leader == name,
+			StatusAge: ageSeconds(now, m.Status.ReportedAt), LeaseAge: ageSeconds(now, m.Lease.RenewedAt)}
 		if name == c.Name() && s.src.Local != nil {
 			v.Local = s.src.Local()
 		}

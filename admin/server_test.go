@@ -34,7 +34,12 @@ func (c *fakeCluster) CaughtUp() bool { return !c.replaying }
 
 func (c *fakeCluster) apply(t *testing.T, cmd fsm.Command) {
 	t.Helper()
-	b, err := fsm.Encode(cmd, time.Now())
+	c.applyAt(t, cmd, time.Now())
+}
+
+func (c *fakeCluster) applyAt(t *testing.T, cmd fsm.Command, at time.Time) {
+	t.Helper()
+	b, err := fsm.Encode(cmd, at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,19 +237,29 @@ func TestMutationsNeedTheToken(t *testing.T) {
 
 func TestNodesAndEvents(t *testing.T) {
 	c := newCluster(t, "n1")
+	// n2 last reported 90 s ago: /nodes must show that its status is old.
+	c.applyAt(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true, ReceivedLSN: 900, ReplayedLSN: 900}},
+		time.Now().Add(-90*time.Second))
+	c.apply(t, fsm.RenewLease{Node: "n1"})
 	u := startAPI(t, "", c)
 	code, body := do(t, "GET", u+"/nodes", "", "")
 	var got struct {
 		Primary string `json:"primary"`
 		Waiting string `json:"controller_waiting"`
 		Nodes   []struct {
-			Name      string `json:"name"`
-			IsPrimary bool   `json:"is_primary"`
+			Name      string   `json:"name"`
+			IsPrimary bool     `json:"is_primary"`
+			StatusAge *float64 `json:"status_age_seconds"`
+			LeaseAge  *float64 `json:"lease_age_seconds"`
 		} `json:"nodes"`
 	}
 	if code != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Primary != "n1" || len(got.Nodes) != 2 || !got.Nodes[0].IsPrimary ||
 		got.Waiting != "no replica can be promoted" {
 		t.Fatalf("/nodes: %d %s", code, body)
+	}
+	if n1, n2 := got.Nodes[0], got.Nodes[1]; n1.StatusAge == nil || *n1.StatusAge > 30 || n1.LeaseAge == nil || *n1.LeaseAge > 30 ||
+		n2.StatusAge == nil || *n2.StatusAge < 90 || n2.LeaseAge != nil {
+		t.Fatalf("/nodes status and lease ages: %s", body)
 	}
 	resp, err := http.Get(u + "/events")
 	if err != nil {

@@ -32,8 +32,13 @@ type nodesView struct {
 			Following string `json:"following"`
 			Reason    string `json:"reason"`
 		} `json:"status"`
+		StatusAge *float64 `json:"status_age_seconds"`
 	} `json:"nodes"`
 }
+
+// staleAfter: a status older than this is flagged in ctl list (agents report every
+// health.interval, a second by default).
+const staleAfter = 10.0
 
 const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   list                                   show the nodes, their roles and lag
@@ -114,6 +119,10 @@ func (c *ctlClient) list() error {
 		}
 		if n.Name == v.RaftLeader {
 			note = strings.TrimSpace(note + " raft-leader")
+		}
+		if n.StatusAge != nil && *n.StatusAge >= staleAfter {
+			// The status is the past: the agent or its link is down.
+			note = strings.TrimSpace(fmt.Sprintf("%s (no report for %.0fs)", note, *n.StatusAge))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%d\t%s:%d\t%s\n", n.Name, n.Status.Role, n.Status.State, n.Status.Healthy,
 			n.Status.Timeline, n.Status.LagBytes, n.PGHost, n.PGPort, note)

@@ -35,3 +35,20 @@ func TestCtlRemoveSendsAnAuthenticatedDelete(t *testing.T) {
 		t.Fatalf("missing name: exit %d, %q", code, errOut.String())
 	}
 }
+
+func TestCtlListFlagsASilentNode(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"primary": "n2", "raft_leader": "n2", "nodes": [
+			{"name": "n1", "status": {"role": "primary", "state": "RUNNING_PRIMARY", "healthy": true}, "status_age_seconds": 42.3},
+			{"name": "n2", "status": {"role": "primary", "state": "RUNNING_PRIMARY", "healthy": true}, "status_age_seconds": 0.4}]}`))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "list"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	lines := strings.Split(out.String(), "\n")
+	if len(lines) < 3 || !strings.Contains(lines[1], "no report for 42s") || strings.Contains(lines[2], "no report") {
+		t.Fatalf("ctl list:\n%s", out.String())
+	}
+}

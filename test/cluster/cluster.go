@@ -74,6 +74,9 @@ type Node struct {
 	D       *daemon.Daemon
 	config  string
 	stopped bool
+	// back is when the node's daemon was last restarted or resumed: a status it reported
+	// before then is stale (it may still say RUNNING_REPLICA from before the failure).
+	back time.Time
 }
 
 // Start launches a cluster and waits until it has a primary and streaming replicas.
@@ -260,13 +263,14 @@ func (n *Node) StopDaemon(t testing.TB) {
 // Restart starts the node's pgbastion again with the same configuration.
 func (n *Node) Restart(t testing.TB) {
 	t.Helper()
+	n.back = time.Now()
 	n.D = daemon.StartYAML(t, n.config, n.API)
 	n.stopped = false
 }
 
 // Pause and Resume send SIGSTOP and SIGCONT to the node's pgbastion.
 func (n *Node) Pause(t testing.TB)  { n.D.Pause(t) }
-func (n *Node) Resume(t testing.TB) { n.D.Resume(t) }
+func (n *Node) Resume(t testing.TB) { n.back = time.Now(); n.D.Resume(t) }
 
 // Alive reports whether the node's daemon is meant to be running.
 func (n *Node) Alive() bool { return !n.stopped }
@@ -287,6 +291,8 @@ type View struct {
 			Healthy  bool   `json:"healthy"`
 			Timeline uint32 `json:"timeline"`
 			Reason   string `json:"reason"`
+			// ReportedAt: when the status was applied (the Raft leader's clock).
+			ReportedAt time.Time `json:"reported_at"`
 		} `json:"status"`
 	} `json:"nodes"`
 }
@@ -312,6 +318,27 @@ func (v View) Status(name string) (role, state string, healthy bool, reason stri
 		}
 	}
 	return "", "", false, ""
+}
+
+// ReportedAt is when a node's status in the view was reported.
+func (v View) ReportedAt(name string) time.Time {
+	for _, n := range v.Nodes {
+		if n.Name == name {
+			return n.Status.ReportedAt
+		}
+	}
+	return time.Time{}
+}
+
+// current reports whether a status of node name reported at `at` comes from its current
+// run: one reported before the node was restarted or resumed describes the past.
+func (c *Cluster) current(name string, at time.Time) bool {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return !at.Before(n.back)
+		}
+	}
+	return true
 }
 
 // Node returns the member called name.
@@ -361,6 +388,7 @@ func (c *Cluster) WaitHealthy(replicas int, timeout time.Duration) *Node {
 			p, r := 0, 0
 			for _, n := range v.Nodes {
 				switch {
+				case !c.current(n.Name, n.Status.ReportedAt):
 				case n.Name == v.Primary && n.Status.Healthy && n.Status.State == "RUNNING_PRIMARY":
 					p++
 				case n.Status.Healthy && n.Status.State == "RUNNING_REPLICA":
@@ -504,7 +532,7 @@ func (c *Cluster) WaitRejoined(t testing.TB, old *Node, timeout time.Duration) {
 		if v, err := c.AnyView(); err == nil {
 			var healthy bool
 			role, state, healthy, reason = v.Status(old.Name)
-			if state == "RUNNING_REPLICA" && healthy {
+			if state == "RUNNING_REPLICA" && healthy && c.current(old.Name, v.ReportedAt(old.Name)) {
 				return
 			}
 		}
