@@ -74,9 +74,13 @@ type Node struct {
 
 	raft *raft.Raft
 	fsm  *fsm.FSM
-	// startIndex is the last index of the local Raft log when the node started; caughtUp is
-	// set once that much has been applied again.
+	// startIndex is the last index of the local Raft log when the node started. A node with
+	// a past (startIndex > 0) has caught up once it applied that much again *and* its first
+	// registration after the start (regIndex): the leader appended that entry after everything
+	// committed while this node was away, so until it is applied the state may show the
+	// moment this node went down (itself the primary, the others its replicas).
 	startIndex uint64
+	regIndex   atomic.Uint64
 	caughtUp   atomic.Bool
 	deps       deps
 	lease      *leaseKeeper
@@ -303,8 +307,14 @@ func (n *Node) CaughtUp() bool {
 	if n.caughtUp.Load() {
 		return true
 	}
-	if n.raft == nil || n.raft.AppliedIndex() < n.startIndex {
+	if n.raft == nil {
 		return false
+	}
+	if n.startIndex > 0 {
+		reg := n.regIndex.Load()
+		if reg == 0 || n.raft.AppliedIndex() < max(n.startIndex, reg) {
+			return false
+		}
 	}
 	n.caughtUp.Store(true)
 	return true
@@ -409,7 +419,7 @@ func (n *Node) registerSelf() {
 		st := n.fsm.State()
 		if first || !n.registered(st) {
 			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-			_, err := n.applyChecked(ctx, fsm.RegisterMember{
+			res, err := n.applyChecked(ctx, fsm.RegisterMember{
 				Name: n.name, RaftAddress: n.advertise(), APIAddress: n.member.APIAddress,
 				ProxyRWAddress: n.member.ProxyRWAddress, ProxyROAddress: n.member.ProxyROAddress,
 				PGHost: n.member.PGHost, PGPort: n.member.PGPort, Tags: n.cfg.Tags,
@@ -428,6 +438,7 @@ func (n *Node) registerSelf() {
 				backoff = min(2*backoff, 2*time.Second)
 				continue
 			}
+			n.regIndex.CompareAndSwap(0, res.Index)
 			n.log.Info("registered member", "name", n.name)
 			backoff, first = 50*time.Millisecond, false
 		}

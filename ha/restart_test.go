@@ -3,6 +3,7 @@ package ha
 import (
 	"context"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -138,4 +139,54 @@ func TestAgentWaitsForTheReplayBeforeActing(t *testing.T) {
 	await.True(t, 30*time.Second, func() bool { return slices.Contains(pg.Calls(), "promote") }, "the agent executes what is pending once caught up")
 	cancel()
 	<-done
+}
+
+// TestRestartedNodeCatchesUpWithWhatHappenedWhileAway: a node that was down while the primary
+// moved must not call itself caught up with the state of the moment it went down (its own log
+// ends there): its API would show the old primary and the agent would act on it. It has
+// caught up only once it has applied its first registration after the restart, which the
+// leader appended after everything committed in its absence.
+func TestRestartedNodeCatchesUpWithWhatHappenedWhileAway(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	if p := c.settle(30 * time.Second); p != "n1" {
+		t.Fatalf("setup: primary %s, want n1", p)
+	}
+	c.stop("n3")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	id, err := c.nodes["n1"].Switchover(ctx, "n1", "n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op, err := c.nodes["n1"].WaitOperation(ctx, id); err != nil || op.Phase != fsm.PhaseDone {
+		t.Fatalf("switchover to n2 while n3 is down: %+v %v", op, err)
+	}
+	// Plenty of entries after the switchover (as status reports are in a real cluster), so
+	// that n3 receives them in many batches and its state passes through the past for a while.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 100 {
+				if _, err := c.nodes["n1"].Apply(ctx, fsm.SetTags{Name: "n1", Tags: fsm.Tags{FailoverPriority: 1}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	n3 := c.restart("n3")
+	var stale atomic.Value
+	await.True(t, 30*time.Second, func() bool {
+		if !n3.CaughtUp() {
+			return false
+		}
+		if p := n3.State().Primary; p != "n2" {
+			stale.Store(p)
+		}
+		return true
+	}, "n3 caught up")
+	if p := stale.Load(); p != nil {
+		t.Fatalf("n3 called itself caught up while its state named %q the primary (n2 was promoted while it was down)", p)
+	}
 }
