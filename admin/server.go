@@ -89,8 +89,10 @@ type Sources struct {
 	Cluster Cluster
 	// Local returns facts about this node that are not in the replicated state (VIP, proxy).
 	Local func() map[string]any
-	// Metrics are written to /metrics, in order.
+	// Metrics are written to /metrics, in order, then Writers (gauges computed at scrape
+	// time: pools, the VIP).
 	Metrics []*metrics.Set
+	Writers []func(io.Writer)
 }
 
 // Server is the admin HTTP server.
@@ -335,9 +337,16 @@ func (s *Server) history(ctx *fasthttp.RequestCtx) {
 func (s *Server) metrics(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("text/plain; version=0.0.4")
 	w := ctx.Response.BodyWriter()
+	_, _ = io.WriteString(w, metricHelp)
 	metrics.WriteProcessMetrics(w)
 	for _, set := range s.src.Metrics {
 		set.WritePrometheus(w)
+	}
+	if s.src.Cluster != nil {
+		writeClusterMetrics(w, s.src.Cluster, s.catchingUp(), time.Now())
+	}
+	for _, f := range s.src.Writers {
+		f(w)
 	}
 }
 

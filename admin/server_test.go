@@ -112,6 +112,12 @@ func startAPI(t *testing.T, token string, c Cluster) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startServer(t, s)
+}
+
+// startServer runs s until the test ends and returns its base URL.
+func startServer(t *testing.T, s *Server) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = s.Run(ctx); close(done) }()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -65,6 +66,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		Cluster: node,
 		Local:   d.localStatus(vip),
 		Metrics: []*metrics.Set{d.proxy.Metrics().Set(), set},
+		Writers: []func(io.Writer){d.writeMetrics(vip)},
 	}, log.With("component", "api"))
 	if err != nil {
 		return err
@@ -161,5 +163,39 @@ func (d *daemon) localStatus(vip *netlink.Manager) func() map[string]any {
 			out["vip"] = vip.Status()
 		}
 		return out
+	}
+}
+
+// writeMetrics writes the gauges computed at scrape time: the proxy's clients and pools, and
+// the VIP (vip may be nil).
+func (d *daemon) writeMetrics(vip *netlink.Manager) func(io.Writer) {
+	return func(w io.Writer) {
+		st := d.proxy.Stats()
+		metrics.WriteGaugeUint64(w, "pgbastion_proxy_clients", uint64(max(0, st.Clients)))
+		metrics.WriteGaugeUint64(w, "pgbastion_proxy_routes_writes", admin.Bool(st.Primary != ""))
+		for _, p := range st.Pools {
+			kv := []string{"backend", p.Backend, "database", p.Database, "user", p.User}
+			idle := min(p.Idle, p.Open)
+			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_server_connections", append(kv, "state", "active")...), uint64(p.Open-idle))
+			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_server_connections", append(kv, "state", "idle")...), uint64(idle))
+			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_waiting_clients", kv...), uint64(p.Waiting))
+			metrics.WriteGaugeFloat64(w, admin.Label("pgbastion_pool_max_wait_seconds", kv...), p.MaxWait.Seconds())
+			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_paused", kv...), admin.Bool(p.Paused))
+		}
+		if vip == nil {
+			return
+		}
+		vs := vip.Status()
+		metrics.WriteGaugeUint64(w, "pgbastion_vip_held", admin.Bool(vs.Held))
+		metrics.WriteGaugeUint64(w, "pgbastion_vip_entitled", admin.Bool(vs.Entitled))
+		if !vs.Since.IsZero() {
+			metrics.WriteGaugeFloat64(w, "pgbastion_vip_held_changed_timestamp_seconds", float64(vs.Since.UnixMilli())/1000)
+		}
+		metrics.WriteGaugeUint64(w, "pgbastion_vip_error", admin.Bool(vs.Error != ""))
+		metrics.WriteGaugeUint64(w, "pgbastion_vip_privileges_missing", admin.Bool(vs.PrivilegeProblem != ""))
+		metrics.WriteCounterUint64(w, "pgbastion_vip_acquisitions_total", vs.Acquisitions)
+		metrics.WriteCounterUint64(w, "pgbastion_vip_releases_total", vs.Releases)
+		metrics.WriteCounterUint64(w, "pgbastion_vip_foreign_removals_total", vs.ForeignRemovals)
+		metrics.WriteCounterUint64(w, "pgbastion_vip_announcements_total", vs.Announcements)
 	}
 }

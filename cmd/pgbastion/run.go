@@ -108,6 +108,7 @@ func (d *daemon) runStandalone(ctx context.Context) error {
 	api, err := admin.New(d.cfg.API, admin.Sources{
 		Local:   d.localStatus(nil),
 		Metrics: []*metrics.Set{d.proxy.Metrics().Set()},
+		Writers: []func(io.Writer){d.writeMetrics(nil)},
 	}, d.log.With("component", "api"))
 	if err != nil {
 		return err

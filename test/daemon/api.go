@@ -92,6 +92,23 @@ func (a APIClient) Get(path string, into any) error {
 	return json.Unmarshal(b, into)
 }
 
+// Text reads a plain-text document from the API (GET /metrics).
+func (a APIClient) Text(path string) (string, error) {
+	resp, err := a.client().Get("http://" + a.Addr + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s from %s: %s: %s", path, a.Addr, resp.Status, b)
+	}
+	return string(b), nil
+}
+
 // Nodes reads GET /nodes.
 func (a APIClient) Nodes() (Nodes, error) {
 	var v Nodes

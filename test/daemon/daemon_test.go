@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,6 +55,23 @@ func TestLifecycle(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || len(body) == 0 {
 		t.Fatalf("GET /metrics: %s, %d bytes", resp.Status, len(body))
 	}
+	// A client inside a transaction: /metrics counts it and the server connection it holds.
+	held, err := pgx.Connect(ctx, daemon.ConnString(d.RW()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := held.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	api := daemon.APIClient{Addr: d.API()}
+	text, err := api.Text("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text, "pgbastion_proxy_clients 1\n") || !regexp.MustCompile(`(?m)^pgbastion_pool_server_connections\{backend="[^"]+",database="postgres",user="postgres",state="active"\} 1$`).MatchString(text) {
+		t.Fatalf("/metrics does not show the client and the server connection it holds:\n%s", text)
+	}
+	_ = held.Close(ctx)
 	rss, err := d.RSS()
 	if err != nil || rss < 1<<20 || rss > 4<<30 {
 		t.Fatalf("RSS %d bytes, %v", rss, err)

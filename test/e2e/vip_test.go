@@ -179,6 +179,7 @@ func TestSwitchoverMovesVIP(t *testing.T) {
 		}
 		netns.Eventually(t, 10*time.Second, "the VIP on the new primary "+cand.Name, holds(cand, true))
 		netns.Eventually(t, 10*time.Second, "the client's neighbour entry to name "+cand.Name, neighbourIs(c, cand))
+		netns.Eventually(t, 10*time.Second, "/metrics to show the VIP on "+cand.Name+" only", vipMetrics(map[*Node]bool{cand: true, primary: false}))
 		netns.Eventually(t, 30*time.Second, "a write through the VIP to commit on "+cand.Name, func() error {
 			if _, ok := FirstOn(writer.Attempts(), cand.Addr, began); !ok {
 				return errNotYet
@@ -347,4 +348,27 @@ func TestVIPWithoutCapNetAdmin(t *testing.T) {
 		t.Errorf("n1's pgbastion did not shut down cleanly: %v", err)
 	}
 	t.Logf("n1 served writes and reads without the VIP, retried adding it for 2 s, and stopped cleanly")
+}
+
+// vipMetrics checks each node's /metrics: pgbastion_vip_held and pgbastion_node_is_primary are
+// 1 on the nodes mapped to true and 0 on the others.
+func vipMetrics(want map[*Node]bool) func() error {
+	return func() error {
+		for n, held := range want {
+			body, err := n.api.Text("/metrics")
+			if err != nil {
+				return err
+			}
+			v := "0"
+			if held {
+				v = "1"
+			}
+			for _, line := range []string{"pgbastion_vip_held " + v + "\n", "pgbastion_node_is_primary " + v + "\n"} {
+				if !strings.Contains(body, line) {
+					return fmt.Errorf("%s's /metrics lacks %q", n.Name, strings.TrimSpace(line))
+				}
+			}
+		}
+		return nil
+	}
 }
