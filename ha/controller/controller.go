@@ -1002,9 +1002,36 @@ func (st *step) catchup(op fsm.Operation) {
 	)
 }
 
+// rejoinRetryBase is how long the controller waits before asking again a node whose DEMOTE
+// failed (a rewind or clone that could not run, say); the wait doubles with each failure in a
+// row, up to DirectiveTimeout. An operator who fixes the cause sees the node rejoin within
+// seconds of the fix at first, and a node that keeps failing is not retried more than once
+// per DirectiveTimeout for long.
+const rejoinRetryBase = 5 * time.Second
+
+// rejoinRetry is the wait before the next DEMOTE to name after its last one failed.
+func (st *step) rejoinRetry(name string) time.Duration {
+	failures := 0
+	for i := len(st.s.Directives) - 1; i >= 0; i-- {
+		d := st.s.Directives[i]
+		if d.Type != fsm.DirectiveDemote || d.Target != name || d.IssuedIndex <= st.s.PrimaryIndex {
+			continue
+		}
+		if d.Status != fsm.DirectiveFailed && d.Status != fsm.DirectiveExpired {
+			break
+		}
+		failures++
+	}
+	wait := rejoinRetryBase
+	for i := 1; i < failures && wait < st.cfg.DirectiveTimeout; i++ {
+		wait *= 2
+	}
+	return min(wait, st.cfg.DirectiveTimeout)
+}
+
 // reconcileFollowers tells every fresh replica that is not following the primary, and every
-// fenced or rogue primary, to follow the primary. A node whose last DEMOTE failed is left
-// alone for DirectiveTimeout before it is asked again.
+// fenced or rogue primary, to follow the primary. A node whose last DEMOTE failed is asked
+// again after rejoinRetry (5 s, doubling up to DirectiveTimeout).
 func (st *step) reconcileFollowers() {
 	s := st.s
 	if s.Paused || s.Primary == "" {
@@ -1036,11 +1063,15 @@ func (st *step) reconcileFollowers() {
 			continue
 		}
 		// After a DEMOTE towards this primary, give the node DirectiveTimeout to settle (a
-		// restarted standby takes a moment to stream) before asking again, whatever the
-		// outcome. One towards an earlier primary does not hold back re-pointing it at this one
+		// restarted standby takes a moment to stream) before asking again; after a failed one,
+		// rejoinRetry. One towards an earlier primary does not hold back re-pointing it at this one
 		// (a replica left following the old primary after a switchover).
 		if last, ok := st.lastDirective(fsm.DirectiveDemote, name, 0); ok && last.IssuedIndex > s.PrimaryIndex {
-			if settled, until := st.elapsed(last.FinishedAt, last.FinishedIndex, st.cfg.DirectiveTimeout); !settled {
+			wait := st.cfg.DirectiveTimeout
+			if last.Status == fsm.DirectiveFailed || last.Status == fsm.DirectiveExpired {
+				wait = st.rejoinRetry(name)
+			}
+			if settled, until := st.elapsed(last.FinishedAt, last.FinishedIndex, wait); !settled {
 				st.d.wake(until)
 				continue
 			}
