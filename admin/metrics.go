@@ -72,11 +72,11 @@ func writeClusterMetrics(w io.Writer, c Cluster, catchingUp bool, now time.Time)
 		}
 		metrics.WriteGaugeUint64(w, Label("pgbastion_member_timeline", "member", name), uint64(s.Timeline))
 		metrics.WriteGaugeUint64(w, Label("pgbastion_member_lag_bytes", "member", name), s.LagBytes)
-		if !s.ReportedAt.IsZero() {
-			metrics.WriteGaugeFloat64(w, Label("pgbastion_member_status_age_seconds", "member", name), max(0, now.Sub(s.ReportedAt).Seconds()))
+		if a := ageSeconds(now, s.ReportedAt); a != nil {
+			metrics.WriteGaugeFloat64(w, Label("pgbastion_member_status_age_seconds", "member", name), *a)
 		}
-		if !m.Lease.RenewedAt.IsZero() {
-			metrics.WriteGaugeFloat64(w, Label("pgbastion_member_lease_age_seconds", "member", name), max(0, now.Sub(m.Lease.RenewedAt).Seconds()))
+		if a := ageSeconds(now, m.Lease.RenewedAt); a != nil {
+			metrics.WriteGaugeFloat64(w, Label("pgbastion_member_lease_age_seconds", "member", name), *a)
 		}
 	}
 }

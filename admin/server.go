@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/hashicorp/raft"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/fasthttp/router"
+	"github.com/hashicorp/raft"
 	"github.com/valyala/fasthttp"
 
 	"github.com/pgbastion/pgbastion/ha"
@@ -251,6 +251,8 @@ type nodeView struct {
 	LeaseAge  *float64 `json:"lease_age_seconds,omitempty"`
 }
 
+// ageSeconds is now-at in seconds, to a tenth, never negative (clocks differ); nil when at is
+// zero (never happened).
 func ageSeconds(now, at time.Time) *float64 {
 	if at.IsZero() {
 		return nil

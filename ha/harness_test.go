@@ -782,3 +782,16 @@ func (p *fakePG) Probes() int {
 	defer p.mu.Unlock()
 	return p.probes
 }
+
+// switchover asks node via for a switchover from leader to candidate and fails the test unless
+// it completes.
+func (c *testCluster) switchover(ctx context.Context, via, leader, candidate string) {
+	c.t.Helper()
+	id, err := c.nodes[via].Switchover(ctx, leader, candidate)
+	if err != nil {
+		c.t.Fatalf("switchover %s → %s: %v", leader, candidate, err)
+	}
+	if op, err := c.nodes[via].WaitOperation(ctx, id); err != nil || op.Phase != fsm.PhaseDone {
+		c.t.Fatalf("switchover %s → %s: %+v %v", leader, candidate, op, err)
+	}
+}

@@ -24,15 +24,8 @@ func TestRestartedNodeDoesNotActOnReplayedHistory(t *testing.T) {
 	c.settle(30 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	for _, move := range [][2]string{{"n1", "n3"}, {"n3", "n1"}} {
-		id, err := c.nodes["n2"].Switchover(ctx, move[0], move[1])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if op, err := c.nodes["n2"].WaitOperation(ctx, id); err != nil || op.Phase != fsm.PhaseDone {
-			t.Fatalf("switchover %s → %s: %+v %v", move[0], move[1], op, err)
-		}
-	}
+	c.switchover(ctx, "n2", "n1", "n3")
+	c.switchover(ctx, "n2", "n3", "n1")
 	await.True(t, 30*time.Second, func() bool {
 		m := c.nodes["n1"].State().Members["n3"]
 		return c.nodes["n1"].State().Primary == "n1" && m.Status.State == fsm.StateRunningReplica && m.Status.Following == "n1"
@@ -154,13 +147,7 @@ func TestRestartedNodeCatchesUpWithWhatHappenedWhileAway(t *testing.T) {
 	c.stop("n3")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	id, err := c.nodes["n1"].Switchover(ctx, "n1", "n2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if op, err := c.nodes["n1"].WaitOperation(ctx, id); err != nil || op.Phase != fsm.PhaseDone {
-		t.Fatalf("switchover to n2 while n3 is down: %+v %v", op, err)
-	}
+	c.switchover(ctx, "n1", "n1", "n2") // while n3 is down
 	// Plenty of entries after the switchover (as status reports are in a real cluster), so
 	// that n3 receives them in many batches and its state passes through the past for a while.
 	var wg sync.WaitGroup

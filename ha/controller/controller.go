@@ -1009,8 +1009,10 @@ func (st *step) catchup(op fsm.Operation) {
 // per DirectiveTimeout for long.
 const rejoinRetryBase = 5 * time.Second
 
-// rejoinRetry is the wait before the next DEMOTE to name after its last one failed.
-func (st *step) rejoinRetry(name string) time.Duration {
+// demoteWait is how long after its last DEMOTE towards this primary finished name is left
+// alone: DirectiveTimeout to settle after one that succeeded, rejoinRetryBase doubled for each
+// failure in a row (capped at DirectiveTimeout) after one that failed or expired.
+func (st *step) demoteWait(name string) time.Duration {
 	failures := 0
 	for i := len(st.s.Directives) - 1; i >= 0; i-- {
 		d := st.s.Directives[i]
@@ -1022,6 +1024,9 @@ func (st *step) rejoinRetry(name string) time.Duration {
 		}
 		failures++
 	}
+	if failures == 0 {
+		return st.cfg.DirectiveTimeout
+	}
 	wait := rejoinRetryBase
 	for i := 1; i < failures && wait < st.cfg.DirectiveTimeout; i++ {
 		wait *= 2
@@ -1031,7 +1036,7 @@ func (st *step) rejoinRetry(name string) time.Duration {
 
 // reconcileFollowers tells every fresh replica that is not following the primary, and every
 // fenced or rogue primary, to follow the primary. A node whose last DEMOTE failed is asked
-// again after rejoinRetry (5 s, doubling up to DirectiveTimeout).
+// again after demoteWait (5 s, doubling up to DirectiveTimeout).
 func (st *step) reconcileFollowers() {
 	s := st.s
 	if s.Paused || s.Primary == "" {
@@ -1064,14 +1069,10 @@ func (st *step) reconcileFollowers() {
 		}
 		// After a DEMOTE towards this primary, give the node DirectiveTimeout to settle (a
 		// restarted standby takes a moment to stream) before asking again; after a failed one,
-		// rejoinRetry. One towards an earlier primary does not hold back re-pointing it at this one
+		// less (demoteWait). One towards an earlier primary does not hold back re-pointing it at this one
 		// (a replica left following the old primary after a switchover).
 		if last, ok := st.lastDirective(fsm.DirectiveDemote, name, 0); ok && last.IssuedIndex > s.PrimaryIndex {
-			wait := st.cfg.DirectiveTimeout
-			if last.Status == fsm.DirectiveFailed || last.Status == fsm.DirectiveExpired {
-				wait = st.rejoinRetry(name)
-			}
-			if settled, until := st.elapsed(last.FinishedAt, last.FinishedIndex, wait); !settled {
+			if settled, until := st.elapsed(last.FinishedAt, last.FinishedIndex, st.demoteWait(name)); !settled {
 				st.d.wake(until)
 				continue
 			}

@@ -282,19 +282,22 @@ type View struct {
 	ThisNode   string `json:"this_node"`
 	// CaughtUp is false while the node replays its Raft log after a restart (its view is
 	// the past then).
-	CaughtUp bool `json:"caught_up"`
-	Nodes    []struct {
-		Name   string `json:"name"`
-		Status struct {
-			Role     string `json:"role"`
-			State    string `json:"state"`
-			Healthy  bool   `json:"healthy"`
-			Timeline uint32 `json:"timeline"`
-			Reason   string `json:"reason"`
-			// ReportedAt: when the status was applied (the Raft leader's clock).
-			ReportedAt time.Time `json:"reported_at"`
-		} `json:"status"`
-	} `json:"nodes"`
+	CaughtUp bool       `json:"caught_up"`
+	Nodes    []NodeView `json:"nodes"`
+}
+
+// NodeView is one member in GET /nodes.
+type NodeView struct {
+	Name   string `json:"name"`
+	Status struct {
+		Role     string `json:"role"`
+		State    string `json:"state"`
+		Healthy  bool   `json:"healthy"`
+		Timeline uint32 `json:"timeline"`
+		Reason   string `json:"reason"`
+		// ReportedAt: when the status was applied (the Raft leader's clock).
+		ReportedAt time.Time `json:"reported_at"`
+	} `json:"status"`
 }
 
 // View reads GET /nodes from this node's API.
@@ -310,25 +313,24 @@ func (n *Node) View() (View, error) {
 	return v, json.Unmarshal(b, &v)
 }
 
-// Status of one node in a view.
-func (v View) Status(name string) (role, state string, healthy bool, reason string) {
+// node returns the status of the node called name in the view (zero when it is not listed).
+func (v View) node(name string) NodeView {
 	for _, n := range v.Nodes {
 		if n.Name == name {
-			return n.Status.Role, n.Status.State, n.Status.Healthy, n.Status.Reason
+			return n
 		}
 	}
-	return "", "", false, ""
+	return NodeView{}
+}
+
+// Status of one node in a view.
+func (v View) Status(name string) (role, state string, healthy bool, reason string) {
+	s := v.node(name).Status
+	return s.Role, s.State, s.Healthy, s.Reason
 }
 
 // ReportedAt is when a node's status in the view was reported.
-func (v View) ReportedAt(name string) time.Time {
-	for _, n := range v.Nodes {
-		if n.Name == name {
-			return n.Status.ReportedAt
-		}
-	}
-	return time.Time{}
-}
+func (v View) ReportedAt(name string) time.Time { return v.node(name).Status.ReportedAt }
 
 // current reports whether a status of node name reported at `at` comes from its current
 // run: one reported before the node was restarted or resumed describes the past.

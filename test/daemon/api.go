@@ -75,38 +75,36 @@ func (a APIClient) client() *http.Client {
 	return &http.Client{Timeout: 5 * time.Second}
 }
 
-// Get reads a JSON document from the API into into.
-func (a APIClient) Get(path string, into any) error {
+// fetch reads path from the API; an answer other than 200 is an error carrying the body.
+func (a APIClient) fetch(path string) ([]byte, error) {
 	resp, err := a.client().Get("http://" + a.Addr + path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s from %s: %s: %s", path, a.Addr, resp.Status, b)
+		return nil, fmt.Errorf("GET %s from %s: %s: %s", path, a.Addr, resp.Status, b)
+	}
+	return b, nil
+}
+
+// Get reads a JSON document from the API into into.
+func (a APIClient) Get(path string, into any) error {
+	b, err := a.fetch(path)
+	if err != nil {
+		return err
 	}
 	return json.Unmarshal(b, into)
 }
 
 // Text reads a plain-text document from the API (GET /metrics).
 func (a APIClient) Text(path string) (string, error) {
-	resp, err := a.client().Get("http://" + a.Addr + path)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s from %s: %s: %s", path, a.Addr, resp.Status, b)
-	}
-	return string(b), nil
+	b, err := a.fetch(path)
+	return string(b), err
 }
 
 // Nodes reads GET /nodes.

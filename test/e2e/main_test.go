@@ -89,8 +89,6 @@ func waitRejoined(t *testing.T, via, old *Node, timeout time.Duration) {
 	})
 }
 
-// ms formats a duration in milliseconds.
-
 // msList formats durations in milliseconds: "[125 234 105] ms".
 func msList(ds []time.Duration) string {
 	var b strings.Builder
