@@ -282,22 +282,8 @@ type View struct {
 	ThisNode   string `json:"this_node"`
 	// CaughtUp is false while the node replays its Raft log after a restart (its view is
 	// the past then).
-	CaughtUp bool       `json:"caught_up"`
-	Nodes    []NodeView `json:"nodes"`
-}
-
-// NodeView is one member in GET /nodes.
-type NodeView struct {
-	Name   string `json:"name"`
-	Status struct {
-		Role     string `json:"role"`
-		State    string `json:"state"`
-		Healthy  bool   `json:"healthy"`
-		Timeline uint32 `json:"timeline"`
-		Reason   string `json:"reason"`
-		// ReportedAt: when the status was applied (the Raft leader's clock).
-		ReportedAt time.Time `json:"reported_at"`
-	} `json:"status"`
+	CaughtUp bool                `json:"caught_up"`
+	Nodes    []daemon.NodeStatus `json:"nodes"`
 }
 
 // View reads GET /nodes from this node's API.
@@ -314,13 +300,8 @@ func (n *Node) View() (View, error) {
 }
 
 // node returns the status of the node called name in the view (zero when it is not listed).
-func (v View) node(name string) NodeView {
-	for _, n := range v.Nodes {
-		if n.Name == name {
-			return n
-		}
-	}
-	return NodeView{}
+func (v View) node(name string) daemon.NodeStatus {
+	return daemon.Nodes{Nodes: v.Nodes}.Node(name)
 }
 
 // Status of one node in a view.

@@ -35,6 +35,8 @@ type NodeStatus struct {
 		Healthy  bool   `json:"healthy"`
 		Timeline uint32 `json:"timeline"`
 		Reason   string `json:"reason"`
+		// ReportedAt: when the status was applied (the Raft leader's clock).
+		ReportedAt time.Time `json:"reported_at"`
 	} `json:"status"`
 	// Local holds the answering member's own facts (proxy, vip), decoded by whoever needs them.
 	Local map[string]json.RawMessage `json:"local"`
