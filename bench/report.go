@@ -234,6 +234,10 @@ func goals(res *Results) []string {
 				line += fmt.Sprintf(" PgBouncer ran without errors at %.0f TPS.", p.TPS)
 			}
 		}
+		if h := sum(ScenarioPrepared, HAProxy); h != nil && h.OKRuns > 0 {
+			line += fmt.Sprintf(" A plain TCP relay (HAProxy, which parses nothing) reaches %s of direct on these cores, and PGBastion %s of HAProxy: two more loopback TCP hops per query cost more CPU than the goal leaves room for.",
+				ratio(h.TPS, d.TPS), ratio(b.TPS, h.TPS))
+		}
 		out = append(out, line)
 	}
 	if b, p := sum(ScenarioMany, PGBastionTxn), sum(ScenarioMany, PgBouncerTxn); b != nil && p != nil {

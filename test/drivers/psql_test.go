@@ -112,17 +112,21 @@ func TestPgbench(t *testing.T) {
 	for _, tc := range []struct {
 		name, mode string
 		args       []string
+		min        int // transactions that show the clients got through, not a speed goal
 	}{
-		{"select-only/simple", "simple", []string{"-S", "-j", "2", "-T", "5"}},
-		{"select-only/extended", "extended", []string{"-S", "-j", "2", "-T", "5"}},
-		{"select-only/prepared", "prepared", []string{"-S", "-j", "2", "-T", "5"}},
+		{"select-only/simple", "simple", []string{"-S", "-j", "2", "-T", "5"}, 100},
+		{"select-only/extended", "extended", []string{"-S", "-j", "2", "-T", "5"}, 100},
+		{"select-only/prepared", "prepared", []string{"-S", "-j", "2", "-T", "5"}, 100},
 		// TPC-B-like (BEGIN, updates, END: servers stay attached over several round trips),
 		// one thread per client. With fewer threads than clients pgbench deadlocks itself in
 		// prepared mode behind any transaction pooler smaller than its client count: it
 		// prepares each statement with the synchronous PQprepare, which blocks the whole
 		// thread (and so the other clients of the thread, which hold the servers in their
-		// open transactions) until a server is free.
-		{"tpcb/prepared", "prepared", []string{"-j", strconv.Itoa(clients), "-T", "3"}},
+		// open transactions) until a server is free. Every transaction updates the one branch
+		// row, so they run one at a time: on a CI machine busy with other tests this did 99 in
+		// 3 s where a quiet one does 3,500. A deadlock does none; each client committing once
+		// shows there is none.
+		{"tpcb/prepared", "prepared", []string{"-j", strconv.Itoa(clients), "-T", "3"}, clients},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"-n", "-c", strconv.Itoa(clients), "-M", tc.mode}, tc.args...)
@@ -131,8 +135,8 @@ func TestPgbench(t *testing.T) {
 			if m == nil {
 				t.Fatalf("pgbench printed no transaction count:\n%s", out)
 			}
-			if n, _ := strconv.Atoi(m[1]); n < 100 {
-				t.Errorf("only %d transactions in %s mode", n, tc.mode)
+			if n, _ := strconv.Atoi(m[1]); n < tc.min {
+				t.Errorf("only %d transactions in %s mode (want at least %d)", n, tc.mode, tc.min)
 			}
 			if f := failed.FindStringSubmatch(out); f == nil || f[1] != "0" {
 				t.Errorf("pgbench reports failed transactions (%v):\n%s", f, out)
