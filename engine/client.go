@@ -43,7 +43,6 @@ type client struct {
 	stream *stream
 	mu     sync.Mutex
 	out    io.Writer
-	lw     loopWriter // out while the client is on an event loop
 
 	state    clientState
 	user     string
@@ -120,8 +119,7 @@ func (cl *client) limits() *pgwire.Limits {
 }
 
 func (cl *client) onAccept(c gnet.Conn, lp *loop) {
-	cl.lw.c = c
-	cl.lp, cl.conn, cl.out = lp, c, &cl.lw
+	cl.lp, cl.conn, cl.out = lp, c, c
 	c.SetContext(cl)
 	lp.clients[cl] = struct{}{}
 	n := cl.e.clients.Add(1)
