@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 
 	"github.com/pgbastion/pgbastion/pool"
@@ -22,6 +23,8 @@ type queryClass struct {
 	name  string
 	sql   string
 	reset bool
+	// tag confirms a qSet that is not a SET or RESET statement (set_config: "SELECT 1").
+	tag string
 }
 
 // setting returns the session setting a qSet statement changes.
@@ -29,7 +32,7 @@ func (c queryClass) setting() *pool.Setting {
 	if c.reset {
 		return &pool.Setting{Name: c.name}
 	}
-	return &pool.Setting{Name: c.name, SQL: c.sql}
+	return &pool.Setting{Name: c.name, SQL: c.sql, Tag: c.tag}
 }
 
 // classifyQuery recognises, in a short simple Query, the statements that change session state a
@@ -45,10 +48,15 @@ func classifyQuery(q []byte) queryClass {
 	s = strings.TrimSuffix(s, ";")
 	s = strings.TrimSpace(s)
 	if s == "" || strings.Contains(s, ";") {
-		if hasSessionKeyword(s) || holdsAdvisoryLock(q) {
+		if hasSessionKeyword(s) || holdsAdvisoryLock(q) || hasSetConfig(q) && !onlyLocalSetConfig(s) {
 			return queryClass{kind: qSessionState}
 		}
 		return queryClass{}
+	}
+	if hasSetConfig(q) {
+		if c, ok := classifySetConfig(s); ok {
+			return c
+		}
 	}
 	words := strings.Fields(s)
 	first := strings.ToUpper(words[0])
@@ -109,6 +117,71 @@ func classifyQuery(q []byte) queryClass {
 	return queryClass{}
 }
 
+// setConfigSession matches a statement that is just one set_config call with literal
+// arguments, as applications and ORMs send it: SELECT [pg_catalog.]set_config('name', 'value',
+// is_local) [AS alias]. Literals with backslashes are left out (their meaning depends on
+// standard_conforming_strings).
+var setConfigSession = regexp.MustCompile(`(?is)^select\s+(?:pg_catalog\s*\.\s*)?set_config\s*\(\s*'((?:[^'\\]|'')*)'\s*,\s*'((?:[^'\\]|'')*)'\s*,\s*(true|false|'(?:t|f|true|false|on|off|yes|no|1|0)')\s*\)\s*(?:as\s+(?:\w+|"[^"]*"))?$`)
+
+// setConfigLocal matches one set_config call whose is_local argument is a literal true: its
+// change ends with the transaction (the common row-level-security idiom).
+var setConfigLocal = regexp.MustCompile(`(?is)\bset_config\s*\((?:[^()';]|'(?:[^']|'')*')*,\s*(?:true|'(?:t|true|on|yes|1)')\s*\)`)
+
+var setConfigWord = regexp.MustCompile(`(?i)\bset_config\b`)
+
+// classifySetConfig follows set_config(name, value, false), which changes the session like a
+// SET does but completes as "SELECT 1". A single call with literal arguments is followed
+// (replayed on the client's next servers as the same call); one with is_local true is
+// transaction-local and changes nothing afterwards; any other use (arguments the proxy cannot
+// read, several calls, other statements around it) makes the server need a reset before
+// reuse, so that the setting cannot leak to another client. ok is false when s does not
+// concern set_config after all.
+func classifySetConfig(s string) (queryClass, bool) {
+	if m := setConfigSession.FindStringSubmatch(s); m != nil {
+		switch strings.ToLower(strings.Trim(m[3], "'")) {
+		case "true", "t", "on", "yes", "1":
+			return queryClass{}, false // transaction-local: other statements decide
+		}
+		name := strings.ToLower(strings.ReplaceAll(m[1], "''", "'"))
+		value := strings.ReplaceAll(m[2], "''", "'")
+		if name == "" {
+			return queryClass{kind: qSessionState}, true
+		}
+		return queryClass{kind: qSet, name: name, tag: "SELECT 1",
+			sql: "SELECT pg_catalog.set_config(" + pool.QuoteLiteral(name) + ", " + pool.QuoteLiteral(value) + ", false)"}, true
+	}
+	if onlyLocalSetConfig(s) {
+		return queryClass{}, false
+	}
+	return queryClass{kind: qSessionState}, true
+}
+
+// onlyLocalSetConfig reports whether every set_config in s is a transaction-local call.
+func onlyLocalSetConfig(s string) bool {
+	return len(setConfigWord.FindAllStringIndex(s, -1)) == len(setConfigLocal.FindAllStringIndex(s, -1))
+}
+
+// hasSetConfig is the cheap, allocation-free test for the word set_config in any letter case.
+func hasSetConfig(q []byte) bool {
+	for i := 3; i+7 <= len(q); i++ {
+		j := bytes.IndexByte(q[i:], '_')
+		if j < 0 {
+			return false
+		}
+		i += j
+		if i+7 <= len(q) && asciiEqualFold(q[i-3:i+7], setConfigName) && (i == 3 || !isWordByte(q[i-4])) {
+			return true
+		}
+	}
+	return false
+}
+
+var setConfigName = []byte("SET_CONFIG")
+
+func isWordByte(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
 // holdsAdvisoryLock reports a call of a session-level advisory lock function
 // (pg_advisory_lock, pg_try_advisory_lock and their _shared forms; the _xact_ forms end with
 // the transaction and do not match). The lock outlives the client's transaction on that
@@ -158,7 +231,7 @@ func mayChangeSession(q []byte) bool {
 		}
 		i++
 	}
-	return holdsAdvisoryLock(q)
+	return holdsAdvisoryLock(q) || hasSetConfig(q)
 }
 
 // hasSessionKeyword reports statements whose effects outlive the transaction on that server.

@@ -38,3 +38,49 @@ func TestClassifyQuery(t *testing.T) {
 		}
 	}
 }
+
+// set_config(name, value, false) changes the session as SET does: followed when the proxy can
+// read it, a reset before reuse when it cannot, nothing when it is transaction-local.
+func TestClassifySetConfig(t *testing.T) {
+	cases := []struct {
+		q      string
+		kind   queryKind
+		name   string
+		sql    string
+		notice bool // mayChangeSession must notice it
+	}{
+		{"SELECT set_config('app.tenant', '42', false)", qSet, "app.tenant",
+			"SELECT pg_catalog.set_config(E'app.tenant', E'42', false)", true},
+		{"select PG_CATALOG.Set_Config( 'App.Tenant' , 'it''s' , 'off' ) as x;", qSet, "app.tenant",
+			"SELECT pg_catalog.set_config(E'app.tenant', E'it''s', false)", true},
+		{"SELECT set_config('search_path', 'a, b', false)", qSet, "search_path",
+			"SELECT pg_catalog.set_config(E'search_path', E'a, b', false)", true},
+		// Transaction-local: nothing outlives the transaction.
+		{"SELECT set_config('app.tenant', '42', true)", qOther, "", "", true},
+		{"SELECT set_config('app.tenant', $1, true), * FROM t WHERE id = $2", qOther, "", "", true},
+		{"SELECT 1; SELECT set_config('a.b', 'c', 't')", qOther, "", "", true},
+		// What the proxy cannot read: the server is reset before reuse.
+		{"SELECT set_config('app.tenant', $1, false)", qSessionState, "", "", true},
+		{"SELECT set_config($1, $2, $3)", qSessionState, "", "", true},
+		{"SELECT set_config('a.b', 'c', false), set_config('a.c', 'd', false)", qSessionState, "", "", true},
+		{"SELECT 1; SELECT set_config('a.b', 'c', false)", qSessionState, "", "", true},
+		{"SELECT set_config('a.b', current_setting('x.y'), true)", qSessionState, "", "", true},
+		{"SELECT set_config('a.b', E'c\\d', false)", qSessionState, "", "", true},
+		{"SELECT set_config('a.b', 'c\\d', false)", qSessionState, "", "", true},
+		{"SELECT set_config('', 'c', false)", qSessionState, "", "", true},
+		{"SELECT * FROM settings_config", qOther, "", "", false},
+		{"SELECT reset_config FROM t", qOther, "", "", false},
+	}
+	for _, c := range cases {
+		if got := mayChangeSession([]byte(c.q)); got != c.notice {
+			t.Errorf("%q: mayChangeSession = %v", c.q, got)
+		}
+		got := classifyQuery([]byte(c.q))
+		if got.kind != c.kind || got.name != c.name || got.sql != c.sql {
+			t.Errorf("%q: got kind %d name %q sql %q, want %d %q %q", c.q, got.kind, got.name, got.sql, c.kind, c.name, c.sql)
+		}
+		if got.kind == qSet && got.setting().Tag != "SELECT 1" {
+			t.Errorf("%q: setting tag %q, want SELECT 1", c.q, got.setting().Tag)
+		}
+	}
+}

@@ -485,7 +485,8 @@ func (s *server) putScratch(cl *client, b []byte) {
 // setting the proxy recognised in the completed statement (SET name or RESET name), if any.
 func (s *server) onCommandComplete(cl *client, tag []byte, set *pool.Setting) {
 	switch {
-	case set != nil && (bytes.Equal(tag, []byte("SET")) || bytes.Equal(tag, []byte("RESET"))):
+	case set != nil && set.Tag == "" && (bytes.Equal(tag, []byte("SET")) || bytes.Equal(tag, []byte("RESET"))),
+		set != nil && set.Tag != "" && string(tag) == set.Tag:
 		s.pendingSets = append(s.pendingSets, set)
 	case bytes.Equal(tag, []byte("DISCARD ALL")):
 		s.stmts.Clear()

@@ -50,6 +50,9 @@ type Setting struct {
 	Name string
 	// SQL is the statement to replay on another server; empty for RESET.
 	SQL string
+	// Tag is the command tag that confirms the change; empty means SET or RESET (a
+	// set_config call completes as "SELECT 1").
+	Tag string
 }
 
 // Verdict is the tracker's answer for one server message.
