@@ -23,8 +23,9 @@ type queryClass struct {
 	name  string
 	sql   string
 	reset bool
-	// tag confirms a qSet that is not a SET or RESET statement (set_config: "SELECT 1").
-	tag string
+	// config marks a qSet made by set_config(name, value, false).
+	config bool
+	value  string
 }
 
 // setting returns the session setting a qSet statement changes.
@@ -32,7 +33,7 @@ func (c queryClass) setting() *pool.Setting {
 	if c.reset {
 		return &pool.Setting{Name: c.name}
 	}
-	return &pool.Setting{Name: c.name, SQL: c.sql, Tag: c.tag}
+	return &pool.Setting{Name: c.name, SQL: c.sql, Config: c.config, Value: c.value}
 }
 
 // classifyQuery recognises, in a short simple Query, the statements that change session state a
@@ -131,7 +132,7 @@ var setConfigWord = regexp.MustCompile(`(?i)\bset_config\b`)
 
 // classifySetConfig follows set_config(name, value, false), which changes the session like a
 // SET does but completes as "SELECT 1". A single call with literal arguments is followed
-// (replayed on the client's next servers as the same call); one with is_local true is
+// (its value is replayed on the client's next servers like a reported setting's); one with is_local true is
 // transaction-local and changes nothing afterwards; any other use (arguments the proxy cannot
 // read, several calls, other statements around it) makes the server need a reset before
 // reuse, so that the setting cannot leak to another client. ok is false when s does not
@@ -147,8 +148,7 @@ func classifySetConfig(s string) (queryClass, bool) {
 		if name == "" {
 			return queryClass{kind: qSessionState}, true
 		}
-		return queryClass{kind: qSet, name: name, tag: "SELECT 1",
-			sql: "SELECT pg_catalog.set_config(" + pool.QuoteLiteral(name) + ", " + pool.QuoteLiteral(value) + ", false)"}, true
+		return queryClass{kind: qSet, name: name, config: true, value: value}, true
 	}
 	if onlyLocalSetConfig(s) {
 		return queryClass{}, false

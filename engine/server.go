@@ -482,11 +482,12 @@ func (s *server) putScratch(cl *client, b []byte) {
 }
 
 // onCommandComplete follows commands that change session state the pooler tracks. set is the
-// setting the proxy recognised in the completed statement (SET name or RESET name), if any.
+// setting the proxy recognised in the completed statement (SET name, RESET name or a
+// set_config), if any.
 func (s *server) onCommandComplete(cl *client, tag []byte, set *pool.Setting) {
 	switch {
-	case set != nil && set.Tag == "" && (bytes.Equal(tag, []byte("SET")) || bytes.Equal(tag, []byte("RESET"))),
-		set != nil && set.Tag != "" && string(tag) == set.Tag:
+	case set != nil && !set.Config && (bytes.Equal(tag, []byte("SET")) || bytes.Equal(tag, []byte("RESET"))),
+		set != nil && set.Config && bytes.Equal(tag, []byte("SELECT 1")):
 		s.pendingSets = append(s.pendingSets, set)
 	case bytes.Equal(tag, []byte("DISCARD ALL")):
 		s.stmts.Clear()
@@ -549,6 +550,11 @@ func (s *server) applySetting(cl *client, set *pool.Setting, status byte) {
 	if s.login.Has(set.Name) || s.login.Canonical(set.Name) != set.Name {
 		// Reported by the server (whatever the case the client spelt it in: "timezone" is
 		// "TimeZone"): ParameterStatus already updated both sides.
+		return
+	}
+	if set.Config {
+		cl.params.Set(set.Name, set.Value)
+		s.params.Set(set.Name, set.Value)
 		return
 	}
 	if set.SQL == "" {

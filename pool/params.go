@@ -163,7 +163,7 @@ func SyncSQL(want, server *Params) string {
 			stmts = append(stmts, value[1:])
 			return
 		}
-		sets = append(sets, "pg_catalog.set_config("+QuoteLiteral(name)+", "+QuoteLiteral(value)+", false)")
+		sets = append(sets, "pg_catalog.set_config("+quoteLiteral(name)+", "+quoteLiteral(value)+", false)")
 	})
 	var resets []string
 	server.Each(func(name, _ string) {
@@ -201,9 +201,7 @@ func SyncSQL(want, server *Params) string {
 
 // quoteLiteral quotes s as an escape-string literal, correct whatever the server's
 // standard_conforming_strings.
-// QuoteLiteral quotes s as an SQL string literal (E'…', so backslashes are safe whatever
-// standard_conforming_strings says).
-func QuoteLiteral(s string) string {
+func quoteLiteral(s string) string {
 	var b strings.Builder
 	b.WriteString("E'")
 	for i := 0; i < len(s); i++ {

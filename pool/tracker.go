@@ -48,11 +48,12 @@ type Entry struct {
 // Setting is a session setting changed by SQL (SET name ... or RESET name).
 type Setting struct {
 	Name string
-	// SQL is the statement to replay on another server; empty for RESET.
+	// SQL is the SET statement to replay on another server; empty for RESET and set_config.
 	SQL string
-	// Tag is the command tag that confirms the change; empty means SET or RESET (a
-	// set_config call completes as "SELECT 1").
-	Tag string
+	// Config marks set_config(Name, Value, false): it completes as "SELECT 1" instead of SET,
+	// and Value is replayed like a reported setting's (SyncSQL's set_config).
+	Config bool
+	Value  string
 }
 
 // Verdict is the tracker's answer for one server message.
