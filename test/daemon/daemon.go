@@ -282,11 +282,55 @@ func (d *Daemon) Stop(t testing.TB) error {
 
 // Pause stops the daemon with SIGSTOP: it keeps its sockets (the kernel still completes TCP
 // handshakes on its listeners) but runs no code.
+//
+// SIGSTOP takes effect asynchronously: Pause returns once every thread of the process is in
+// the stopped state, so that nothing the daemon does afterwards can be mistaken for running
+// while paused.
 func (d *Daemon) Pause(t testing.TB) {
 	t.Helper()
 	if err := d.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatalf("daemon: %v", err)
 	}
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		running, err := d.runningThreads()
+		if err != nil {
+			t.Fatalf("daemon: %v", err)
+		}
+		if running == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon: %d threads of pid %d still not stopped %s after SIGSTOP", running, d.pid, readyTimeout)
+		}
+		time.Sleep(pollInterval) // poll: /proc has no notification of a stop
+	}
+}
+
+// runningThreads counts the daemon's threads that are not stopped (state T in
+// /proc/PID/task/TID/stat).
+func (d *Daemon) runningThreads() (int, error) {
+	dir := "/proc/" + strconv.Itoa(d.pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, task.Name(), "stat"))
+		if err != nil {
+			continue // the thread exited
+		}
+		// The state follows the command name, which is in parentheses and may contain spaces.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) {
+			return 0, fmt.Errorf("unexpected %s/%s/stat: %q", dir, task.Name(), b)
+		}
+		if b[i+2] != 'T' {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // Resume continues a paused daemon with SIGCONT.
