@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 )
@@ -101,6 +102,10 @@ func (s *State) apply(cmd Command, m Meta) Result {
 		return Result{}
 	case SetSyncState:
 		return s.setSyncState(c)
+	case UpdatePGConfig:
+		return s.updatePGConfig(c, m)
+	case ReportPGConfig:
+		return s.reportPGConfig(c, m)
 	}
 	return fail(CodeInvalid, "unhandled command %T", cmd)
 }
@@ -215,6 +220,14 @@ func (s *State) removeMember(c RemoveMember, m Meta) Result {
 	for i, d := range s.Directives {
 		if d.Target == c.Name && !d.Finished() {
 			s.finishDirective(i, DirectiveExpired, "member removed", m)
+		}
+	}
+	if pc := s.PGConfig; pc != nil {
+		if _, ok := pc.Nodes[c.Name]; ok {
+			n := *pc
+			n.Nodes = maps.Clone(pc.Nodes)
+			delete(n.Nodes, c.Name)
+			s.PGConfig = &n
 		}
 	}
 	return Result{}

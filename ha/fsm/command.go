@@ -291,6 +291,10 @@ func newCommand(t CommandType) (Command, uint8) {
 		c = &SetSyncStandbys{}
 	case TypeSetSyncState:
 		c = &SetSyncState{}
+	case TypeUpdatePGConfig:
+		c = &UpdatePGConfig{}
+	case TypeReportPGConfig:
+		c = &ReportPGConfig{}
 	default:
 		return nil, 0
 	}
@@ -410,6 +414,10 @@ func deref(c Command) Command {
 	case *SetSyncStandbys:
 		return *c
 	case *SetSyncState:
+		return *c
+	case *UpdatePGConfig:
+		return *c
+	case *ReportPGConfig:
 		return *c
 	}
 	return c

@@ -352,6 +352,10 @@ type State struct {
 	// first primary is named. A node whose data directory has another one belongs to another
 	// cluster: it is never started, promoted or routed to.
 	SystemID string `json:"system_id,omitempty"`
+
+	// PGConfig is the cluster-wide PostgreSQL configuration; nil until one is set. It is
+	// replaced, never modified, when it changes.
+	PGConfig *PGConfig `json:"pg_config,omitempty"`
 }
 
 // SyncTarget is a synchronous replication configuration for a primary: PostgreSQL waits for
