@@ -77,6 +77,9 @@ type Cluster interface {
 	Failover(ctx context.Context, candidate string, force bool) (uint64, error)
 	WaitOperation(ctx context.Context, id uint64) (fsm.Operation, error)
 	SetPause(ctx context.Context, paused bool) error
+	// UpdatePGConfig changes the cluster-wide PostgreSQL configuration and returns its new
+	// version.
+	UpdatePGConfig(ctx context.Context, set map[string]string, reset []string, ifVersion uint64) (uint64, error)
 	// RemoveMember removes a node from the cluster for good: its member record (the
 	// primary's agent then drops its replication slot) and its Raft membership.
 	RemoveMember(ctx context.Context, name string) error
@@ -93,6 +96,10 @@ type Sources struct {
 	// time: pools, the VIP).
 	Metrics []*metrics.Set
 	Writers []func(io.Writer)
+	// CheckPGParams, when set, checks parameters for the cluster-wide configuration against
+	// this node's PostgreSQL before the change is committed. ok is false when PostgreSQL could
+	// not be asked; err says what it refused.
+	CheckPGParams func(ctx context.Context, set map[string]string) (ok bool, err error)
 }
 
 // Server is the admin HTTP server.
@@ -130,6 +137,9 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.POST("/pause", s.auth(s.pause(true)))
 	r.POST("/resume", s.auth(s.pause(false)))
 	r.DELETE("/members/{name}", s.auth(s.removeMember))
+	r.GET("/cluster/postgresql", s.getPGConfig)
+	r.PATCH("/cluster/postgresql", s.auth(s.patchPGConfig))
+	r.DELETE("/cluster/postgresql", s.auth(s.deletePGConfig))
 	// Patroni-compatible role checks for HAProxy and friends (GET, HEAD and OPTIONS).
 	for path, check := range map[string]func(*fasthttp.RequestCtx) (bool, map[string]any){
 		"/primary": s.isPrimary, "/master": s.isPrimary, "/leader": s.isPrimary, "/read-write": s.isPrimary,

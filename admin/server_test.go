@@ -75,6 +75,15 @@ func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation
 	return fsm.Operation{ID: id, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDone, NewPrimary: "n2"}, c.waitErr
 }
 func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
+func (c *fakeCluster) UpdatePGConfig(_ context.Context, set map[string]string, reset []string, ifVersion uint64) (uint64, error) {
+	b, err := fsm.Encode(fsm.UpdatePGConfig{Set: set, Reset: reset, IfVersion: ifVersion}, time.Now())
+	if err != nil {
+		return 0, err
+	}
+	c.index++
+	r := c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result)
+	return r.ID, r.Error()
+}
 func (c *fakeCluster) ControllerWaiting() string            { return "no replica can be promoted" }
 func (c *fakeCluster) RemoveMember(_ context.Context, name string) error {
 	c.lastOp = []string{"remove", name}

@@ -190,6 +190,11 @@ type Agent struct {
 	lastSyncTry time.Time
 	lastCleanup time.Time
 	liveKey     string // the failover state last reported promptly for
+
+	// Cluster-wide PostgreSQL configuration (settings is nil when pg does not implement
+	// Settings).
+	settings Settings
+	pgc      pgConfigState
 }
 
 // NewAgent returns an agent for cluster c and PostgreSQL pg.
@@ -202,9 +207,10 @@ func NewAgent(c Cluster, pg PostgreSQL, cfg Config, opts AgentOptions) *Agent {
 		opts.SlotCleanupInterval = time.Hour
 	}
 	rep, _ := pg.(Replication)
+	settings, _ := pg.(Settings)
 	return &Agent{
 		c: c, pg: pg, cfg: cfg, opts: opts, log: logger.With("component", "agent"),
-		done: map[uint64]bool{}, acks: map[uint64]fsm.AckDirective{}, rep: rep,
+		done: map[uint64]bool{}, acks: map[uint64]fsm.AckDirective{}, rep: rep, settings: settings,
 	}
 }
 
@@ -326,6 +332,7 @@ func (a *Agent) probe(ctx context.Context) {
 	st, err := a.pg.Probe(pctx)
 	if err != nil {
 		a.failures++
+		a.forgetPGConfig()
 		a.probeErr = err
 		if a.failures == a.cfg.Health.FailureThreshold {
 			a.downSince = time.Now()
@@ -443,6 +450,7 @@ func (a *Agent) onState(ctx context.Context, st *fsm.State) {
 		a.report(ctx)
 	}
 	a.applySync(ctx, st)
+	a.applyPGConfig(ctx, st)
 	for _, d := range st.PendingDirectives(a.c.Name()) {
 		if a.done[d.ID] || ctx.Err() != nil {
 			continue
@@ -548,6 +556,9 @@ func (a *Agent) execute(ctx context.Context, st *fsm.State, d fsm.Directive) fsm
 	default:
 		err = fmt.Errorf("unknown directive type %q", d.Type)
 	}
+	if d.Type != fsm.DirectiveCheckpoint {
+		a.forgetPGConfig()
+	}
 	if err != nil {
 		ack.Message = err.Error()
 		log.Warn("directive failed", "error", err)
@@ -591,6 +602,7 @@ func (a *Agent) maybeStart(ctx context.Context) {
 		return
 	}
 	a.lastErr = ""
+	a.forgetPGConfig()
 	a.probe(ctx)
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -67,6 +68,11 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		Local:   d.localStatus(vip),
 		Metrics: []*metrics.Set{d.proxy.Metrics().Set(), set},
 		Writers: []func(io.Writer){d.writeMetrics(vip)},
+		CheckPGParams: func(ctx context.Context, set map[string]string) (bool, error) {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return ctl.CheckSettings(cctx, set)
+		},
 	}, log.With("component", "api"))
 	if err != nil {
 		return err

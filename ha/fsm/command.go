@@ -444,7 +444,8 @@ func getTime(b []byte) time.Time {
 type Result struct {
 	// Err is set when the command was rejected; the state did not change.
 	Err *Error `json:"error,omitempty"`
-	// ID is the new directive's or operation's ID.
+	// ID is the new directive's or operation's ID, or the new cluster-wide configuration
+	// version (UpdatePGConfig).
 	ID uint64 `json:"id,omitempty"`
 	// Primary is the primary when the command was applied (RenewLease).
 	Primary string `json:"primary,omitempty"`

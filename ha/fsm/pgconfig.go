@@ -202,7 +202,7 @@ func (s *State) updatePGConfig(c UpdatePGConfig, m Meta) Result {
 		n.Reset = n.Reset[len(n.Reset)-maxPGConfigResets:]
 	}
 	s.PGConfig = n
-	return Result{}
+	return Result{ID: n.Version}
 }
 
 func (s *State) reportPGConfig(c ReportPGConfig, m Meta) Result {

@@ -524,17 +524,51 @@ func (i *Instance) BaseBackup(ctx context.Context, host string, port int, appNam
 }
 
 // Follow configures the server as a standby of host:port (standby.signal and
-// primary_conninfo); the caller restarts it.
+// primary_conninfo); the caller restarts it. Other settings in postgresql.auto.conf (the
+// cluster-wide configuration, applied with ALTER SYSTEM) stay; synchronous_standby_names,
+// which only a primary has a use for, goes.
 func (i *Instance) Follow(host string, port int, appName, slot string) error {
-	conf := fmt.Sprintf("# written by PGBastion\nprimary_conninfo = '%s'\nrecovery_target_timeline = 'latest'\n",
+	path := filepath.Join(i.cfg.DataDir, "postgresql.auto.conf")
+	cur, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	conf := keepAutoConf(string(cur))
+	conf += fmt.Sprintf("primary_conninfo = '%s'\nrecovery_target_timeline = 'latest'\n",
 		strings.ReplaceAll(i.Conninfo(host, port, appName), "'", "''"))
 	if slot != "" {
 		conf += fmt.Sprintf("primary_slot_name = '%s'\n", slot)
 	}
-	if err := i.writeOwned(filepath.Join(i.cfg.DataDir, "postgresql.auto.conf"), []byte(conf)); err != nil {
+	if err := i.writeOwned(path, []byte(conf)); err != nil {
 		return err
 	}
 	return i.writeOwned(filepath.Join(i.cfg.DataDir, "standby.signal"), nil)
+}
+
+// followOwned are the postgresql.auto.conf settings Follow writes or removes.
+var followOwned = map[string]bool{
+	"primary_conninfo": true, "primary_slot_name": true, "recovery_target_timeline": true, "synchronous_standby_names": true,
+}
+
+// keepAutoConf returns the lines of postgresql.auto.conf that Follow keeps: comments and every
+// setting it does not own.
+func keepAutoConf(cur string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(cur, "\n") {
+		t := strings.TrimSpace(line)
+		if t == "" || t == "# written by PGBastion" {
+			continue
+		}
+		if !strings.HasPrefix(t, "#") {
+			name, _, _ := strings.Cut(t, "=")
+			if followOwned[strings.ToLower(strings.TrimSpace(name))] {
+				continue
+			}
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String()
 }
 
 // Rewind synchronises the (stopped) data directory with a new primary.

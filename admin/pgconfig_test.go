@@ -1,0 +1,127 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/pgbastion/pgbastion/ha/fsm"
+)
+
+func TestClusterPostgreSQLConfig(t *testing.T) {
+	c := newCluster(t, "n1")
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", "s3cret"
+	var checked map[string]string
+	pgDown := false
+	s, err := New(cfg, Sources{Cluster: c, CheckPGParams: func(_ context.Context, set map[string]string) (bool, error) {
+		checked = set
+		if pgDown {
+			return false, nil
+		}
+		if v, ok := set["work_mem"]; ok && v == "lots" {
+			return true, errors.New(`invalid value for parameter "work_mem": "lots"`)
+		}
+		return true, nil
+	}}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := startServer(t, s)
+	url := base + "/cluster/postgresql"
+	view := func() pgConfigView {
+		t.Helper()
+		code, body := do(t, "GET", url, "", "")
+		if code != 200 {
+			t.Fatalf("GET: %d %s", code, body)
+		}
+		var v pgConfigView
+		if err := json.Unmarshal([]byte(body), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+
+	if v := view(); v.Version != 0 || len(v.Parameters) != 0 || !v.AllApplied || len(v.Nodes) != 2 {
+		t.Fatalf("before any change: %+v", v)
+	}
+
+	// Mutations need the token.
+	if code, _ := do(t, "PATCH", url, "", `{"parameters":{"work_mem":"64MB"}}`); code != 401 {
+		t.Fatalf("PATCH without token: %d", code)
+	}
+	if code, _ := do(t, "DELETE", url+"?name=work_mem", "wrong", ""); code != 401 {
+		t.Fatalf("DELETE with a wrong token: %d", code)
+	}
+
+	code, body := do(t, "PATCH", url, "s3cret", `{"parameters":{"work_mem":"64MB","shared_buffers":"256MB"}}`)
+	if code != 200 || !strings.Contains(body, `"version": 1`) {
+		t.Fatalf("PATCH: %d %s", code, body)
+	}
+	if checked["work_mem"] != "64MB" {
+		t.Fatalf("the values were not checked against PostgreSQL first: %v", checked)
+	}
+	v := view()
+	if v.Version != 1 || v.Parameters["work_mem"] != "64MB" || v.Parameters["shared_buffers"] != "256MB" || v.AllApplied {
+		t.Fatalf("after PATCH: %+v", v)
+	}
+
+	// Nodes report; one of them needs a restart, the other refused a value.
+	c.apply(t, fsm.ReportPGConfig{Node: "n1", Version: 1, PendingRestart: []string{"shared_buffers"}})
+	c.apply(t, fsm.ReportPGConfig{Node: "n2", Version: 1, Error: `shared_buffers: invalid value`})
+	v = view()
+	if !v.Nodes[0].Applied || v.Nodes[0].PendingRestart[0] != "shared_buffers" || v.Nodes[1].Applied || v.Nodes[1].Error == "" ||
+		v.AllApplied || len(v.Pending) != 1 || v.Pending[0] != "n1" {
+		t.Fatalf("after the reports: %+v", v)
+	}
+
+	// What PostgreSQL refuses, or the core rejects, changes nothing and says why.
+	for _, c := range []struct {
+		body string
+		code int
+		want string
+	}{
+		{`{"parameters":{"work_mem":"lots"}}`, 400, `refuses it, nothing was changed: invalid value for parameter`},
+		{`{"parameters":{"port":"6000"}}`, 400, "postgresql.port"},
+		{`{"parameters":{"Work Mem":"1"}}`, 400, "not a PostgreSQL parameter name"},
+		{`{"parameters":{}}`, 400, "the body needs"},
+		{`{"params":{"work_mem":"1MB"}}`, 400, "unknown field"},
+		{`{"parameters":{"work_mem":"1MB"},"if_version":7}`, 409, "changed meanwhile"},
+	} {
+		code, body := do(t, "PATCH", url, "s3cret", c.body)
+		if code != c.code || !strings.Contains(body, c.want) {
+			t.Errorf("PATCH %s: %d %s, want %d mentioning %q", c.body, code, body, c.code, c.want)
+		}
+	}
+	if v := view(); v.Version != 1 || v.Parameters["work_mem"] != "64MB" {
+		t.Fatalf("a refused change was applied: %+v", v)
+	}
+
+	// null removes; DELETE removes; both are remembered as resets for the agents.
+	if code, body := do(t, "PATCH", url, "s3cret", `{"parameters":{"shared_buffers":null},"if_version":1}`); code != 200 {
+		t.Fatalf("PATCH null: %d %s", code, body)
+	}
+	if code, body := do(t, "DELETE", url+"?name=work_mem", "s3cret", ""); code != 200 {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	if code, body := do(t, "DELETE", url, "s3cret", ""); code != 400 || !strings.Contains(body, "?name=") {
+		t.Fatalf("DELETE without a name: %d %s", code, body)
+	}
+	if v := view(); v.Version != 3 || len(v.Parameters) != 0 {
+		t.Fatalf("after removing both: %+v", v)
+	}
+	if r := c.State().PGConfig.Reset; len(r) != 2 {
+		t.Fatalf("resets remembered: %v", r)
+	}
+
+	// With this node's PostgreSQL down the change still goes through, and says it was not
+	// checked.
+	pgDown = true
+	code, body = do(t, "PATCH", url, "s3cret", `{"parameters":{"work_mem":"8MB"}}`)
+	if code != 200 || !strings.Contains(body, "not reachable") {
+		t.Fatalf("PATCH with PostgreSQL down: %d %s", code, body)
+	}
+}
