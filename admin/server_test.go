@@ -84,7 +84,7 @@ func (c *fakeCluster) UpdatePGConfig(_ context.Context, set map[string]string, r
 	r := c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result)
 	return r.ID, r.Error()
 }
-func (c *fakeCluster) ControllerWaiting() string            { return "no replica can be promoted" }
+func (c *fakeCluster) ControllerWaiting() string { return "no replica can be promoted" }
 func (c *fakeCluster) RemoveMember(_ context.Context, name string) error {
 	c.lastOp = []string{"remove", name}
 	if name == "n1" {
