@@ -52,3 +52,45 @@ func TestCtlListFlagsASilentNode(t *testing.T) {
 		t.Fatalf("ctl list:\n%s", out.String())
 	}
 }
+
+func TestCtlConfigSetWaitsAndReportsRefusals(t *testing.T) {
+	var patched string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPatch:
+			if r.Header.Get("Authorization") != "Bearer tok" {
+				w.WriteHeader(http.StatusUnauthorized)
+				_, _ = w.Write([]byte(`{"error": "missing or wrong bearer token"}`))
+				return
+			}
+			b, _ := io.ReadAll(r.Body)
+			patched = string(b)
+			_, _ = w.Write([]byte(`{"version": 2}`))
+		case http.MethodGet:
+			_, _ = w.Write([]byte(`{"version": 2, "parameters": {"work_mem": "64MB"}, "nodes": [
+				{"name": "n1", "applied_version": 2, "applied": true, "pending_restart": ["shared_buffers"]},
+				{"name": "n2", "applied_version": 2, "applied": false, "error": "work_mem: invalid value"}]}`))
+		}
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	code := Main([]string{"ctl", "--api", srv.URL, "--token", "tok", "config", "set", "work_mem=64MB", "shared_buffers=1GB"}, &out, &errOut)
+	if code == 0 || !strings.Contains(errOut.String(), "refused part of the configuration on n2") {
+		t.Fatalf("exit %d, stderr %s", code, errOut.String())
+	}
+	if !strings.Contains(patched, `"work_mem":"64MB"`) || !strings.Contains(patched, `"shared_buffers":"1GB"`) {
+		t.Fatalf("PATCH body %s", patched)
+	}
+	if s := out.String(); !strings.Contains(s, "version 2 accepted") || !strings.Contains(s, "shared_buffers") || !strings.Contains(s, "work_mem: invalid value") {
+		t.Fatalf("output:\n%s", s)
+	}
+
+	out.Reset()
+	errOut.Reset()
+	if code := Main([]string{"ctl", "--api", srv.URL, "config", "set", "work_mem"}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "not NAME=VALUE") {
+		t.Fatalf("a bare name: exit %d, %s", code, errOut.String())
+	}
+	if code := Main([]string{"ctl", "--api", srv.URL, "config", "reset", "work_mem"}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "bearer token") {
+		t.Fatalf("without the token: exit %d, %s", code, errOut.String())
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -154,6 +155,9 @@ func (c *Controller) CheckSettings(ctx context.Context, set map[string]string) (
 		switch {
 		case !known && !strings.Contains(name, "."):
 			errs = append(errs, fmt.Errorf("%s: PostgreSQL %s has no such parameter", name, serverVersion(conn)))
+		case !known && serverVersionNum(conn) < 170000:
+			// Before PostgreSQL 17, ALTER SYSTEM refuses a custom parameter nobody defined.
+			errs = append(errs, fmt.Errorf("%s: PostgreSQL %s does not know it yet; load the extension that defines it first (shared_preload_libraries, then a restart)", name, serverVersion(conn)))
 		case ctxName == "internal":
 			errs = append(errs, fmt.Errorf("%s is read-only: PostgreSQL fixes it when it is built or initialised", name))
 		case ctxName == "user" || ctxName == "superuser":
@@ -173,6 +177,21 @@ func (c *Controller) CheckSettings(ctx context.Context, set map[string]string) (
 		}
 	}
 	return true, errors.Join(errs...)
+}
+
+func serverVersionNum(conn *pgconn.PgConn) int {
+	v := serverVersion(conn)
+	major, rest, _ := strings.Cut(v, ".")
+	n, err := strconv.Atoi(major)
+	if err != nil {
+		return 0
+	}
+	if n >= 10 {
+		return n * 10000
+	}
+	minor, _, _ := strings.Cut(rest, ".")
+	m, _ := strconv.Atoi(minor)
+	return n*10000 + m*100
 }
 
 func serverVersion(conn *pgconn.PgConn) string {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os/exec"
@@ -14,7 +15,8 @@ import (
 
 // TestCLIAgainstLiveCluster drives the operator's commands against a running cluster through
 // the built binary: `ctl list`, `raft backup`, `ctl pause`, `raft restore` (the pause taken
-// after the backup is undone by restoring it) and `ctl switchover`.
+// after the backup is undone by restoring it), `ctl config` (the cluster-wide PostgreSQL
+// configuration) and `ctl switchover`.
 func TestCLIAgainstLiveCluster(t *testing.T) {
 	c := Start(t, Options{})
 	old := c.WaitHealthy(2, 2*time.Minute)
@@ -33,6 +35,16 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 		out, err := exec.Command(bin, args...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("pgbastion %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	// fails runs a command that must fail and returns its output.
+	fails := func(args ...string) string {
+		t.Helper()
+		args = append([]string{"ctl", "--api", api, "--token", c.Token}, args...)
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err == nil {
+			t.Fatalf("pgbastion %s succeeded:\n%s", strings.Join(args, " "), out)
 		}
 		return string(out)
 	}
@@ -74,6 +86,41 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 		t.Fatalf("after restore the primary is %s, want %s", p.Name, old.Name)
 	}
 
+	// Cluster-wide configuration: set waits until every node's PostgreSQL runs with it.
+	out := run("ctl", "config", "set", "work_mem=12MB", "shared_buffers=24MB")
+	if !strings.Contains(out, "version 1 accepted") || strings.Count(out, "true") != 3 {
+		t.Fatalf("ctl config set:\n%s", out)
+	}
+	for _, n := range c.Nodes {
+		if v := show(t, n, "work_mem"); v != "12MB" {
+			t.Fatalf("%s runs with work_mem %s, want 12MB", n.Name, v)
+		}
+		// shared_buffers takes a restart: every node says so.
+		if v := show(t, n, "shared_buffers"); v == "24MB" {
+			t.Fatalf("%s runs with shared_buffers 24MB without a restart", n.Name)
+		}
+	}
+	if out := run("ctl", "config", "show"); strings.Count(out, "shared_buffers") != 4 {
+		t.Fatalf("ctl config show: want shared_buffers listed and pending a restart on 3 nodes:\n%s", out)
+	}
+	// What PostgreSQL refuses is refused before anything changes, in its words.
+	if out := fails("config", "set", "work_mem=lots"); !strings.Contains(out, `invalid value for parameter \"work_mem\"`) &&
+		!strings.Contains(out, `invalid value for parameter "work_mem"`) {
+		t.Fatalf("a bad value: %s", out)
+	}
+	if out := fails("config", "set", "port=6000"); !strings.Contains(out, "postgresql.port") {
+		t.Fatalf("a protected parameter: %s", out)
+	}
+	if out := fails("config", "set", "wrok_mem=1MB"); !strings.Contains(out, "no such parameter") {
+		t.Fatalf("a misspelt parameter: %s", out)
+	}
+	if out := fails("config", "set", "pg_stat_statements.max=5000"); !strings.Contains(out, "load the extension") {
+		t.Fatalf("an extension's parameter before the extension is loaded: %s", out)
+	}
+	if out := run("ctl", "config", "show"); !strings.Contains(out, "version 1") || strings.Contains(out, "lots") {
+		t.Fatalf("a refused change reached the configuration:\n%s", out)
+	}
+
 	var cand *Node
 	for _, n := range c.Nodes {
 		if n != old {
@@ -85,6 +132,38 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 	if p, _ := c.WaitOneWritablePrimary(2 * time.Minute); p != cand {
 		t.Fatalf("after ctl switchover the primary is %s, want %s", p.Name, cand.Name)
 	}
+	// The old primary was restarted as a standby: it kept the cluster-wide settings through
+	// the rewrite of its recovery configuration, and the restart applied shared_buffers.
+	c.WaitRejoined(t, old, 2*time.Minute)
+	waitTrue(t, 30*time.Second, func() bool { return show(t, old, "shared_buffers") == "24MB" }, old.Name+" runs with shared_buffers 24MB after its restart")
+	if v := show(t, old, "work_mem"); v != "12MB" {
+		t.Fatalf("%s lost work_mem when it became a standby: %s", old.Name, v)
+	}
+
+	// reset removes a parameter everywhere.
+	run("ctl", "config", "reset", "work_mem")
+	for _, n := range c.Nodes {
+		if v := show(t, n, "work_mem"); v != "4MB" {
+			t.Fatalf("%s runs with work_mem %s after the reset, want the default 4MB", n.Name, v)
+		}
+	}
+}
+
+// show returns a setting of the node's PostgreSQL as a new session sees it.
+func show(t testing.TB, n *Node, name string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := n.pg().Connect(ctx)
+	if err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	defer conn.Close(context.Background())
+	res := conn.ExecParams(ctx, "SELECT current_setting($1)", [][]byte{[]byte(name)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		t.Fatalf("%s: SHOW %s: %v", n.Name, name, res.Err)
+	}
+	return string(res.Rows[0][0])
 }
 
 // waitTrue polls cond until it holds or fails the test after timeout.

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+const ctlConfigUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] config COMMAND
+  show                              the cluster-wide PostgreSQL parameters and, per node, whether its PostgreSQL runs with them
+  set [--no-wait] NAME=VALUE ...    add or change parameters on every node (ALTER SYSTEM and a reload)
+  reset [--no-wait] NAME ...        remove parameters from the cluster-wide configuration
+set and reset wait up to 30s for every node to apply the change and print the outcome; a value
+PostgreSQL refuses, or a node that refused it, makes the command fail.
+`
+
+// pgConfigView is GET /cluster/postgresql as the CLI reads it.
+type pgConfigView struct {
+	Version    uint64            `json:"version"`
+	Parameters map[string]string `json:"parameters"`
+	AllApplied bool              `json:"all_applied"`
+	Nodes      []struct {
+		Name           string   `json:"name"`
+		AppliedVersion uint64   `json:"applied_version"`
+		Applied        bool     `json:"applied"`
+		PendingRestart []string `json:"pending_restart"`
+		Error          string   `json:"error"`
+	} `json:"nodes"`
+}
+
+func (c *ctlClient) config(args []string, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, ctlConfigUsage)
+		return fmt.Errorf("missing config command")
+	}
+	fs := flag.NewFlagSet("config "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, ctlConfigUsage) }
+	noWait := fs.Bool("no-wait", false, "do not wait for the nodes to apply the change")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	switch args[0] {
+	case "show":
+		v, err := c.getConfig()
+		if err != nil {
+			return err
+		}
+		c.printConfig(v)
+		return nil
+	case "set", "reset":
+		if fs.NArg() == 0 {
+			fs.Usage()
+			return fmt.Errorf("config %s: name at least one parameter", args[0])
+		}
+		params := map[string]*string{}
+		for _, a := range fs.Args() {
+			if args[0] == "reset" {
+				params[a] = nil
+				continue
+			}
+			name, value, ok := strings.Cut(a, "=")
+			if !ok || name == "" {
+				return fmt.Errorf("config set: %q is not NAME=VALUE", a)
+			}
+			params[strings.TrimSpace(name)] = &value
+		}
+		var resp struct {
+			Version uint64 `json:"version"`
+		}
+		if err := c.call(http.MethodPatch, "/cluster/postgresql", map[string]any{"parameters": params}, &resp); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "configuration version %d accepted\n", resp.Version)
+		if *noWait {
+			return nil
+		}
+		return c.awaitConfig(resp.Version, 30*time.Second)
+	}
+	fs.Usage()
+	return fmt.Errorf("unknown config command %q", args[0])
+}
+
+func (c *ctlClient) getConfig() (pgConfigView, error) {
+	var v pgConfigView
+	err := c.call(http.MethodGet, "/cluster/postgresql", nil, &v)
+	return v, err
+}
+
+// awaitConfig waits until every node reports version (or a later one) and prints the outcome.
+func (c *ctlClient) awaitConfig(version uint64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		v, err := c.getConfig()
+		if err != nil {
+			return err
+		}
+		done, refused := true, []string{}
+		for _, n := range v.Nodes {
+			if n.AppliedVersion < version {
+				done = false
+			}
+			if n.Error != "" && n.AppliedVersion >= version {
+				refused = append(refused, n.Name)
+			}
+		}
+		if done || time.Now().After(deadline) {
+			c.printConfig(v)
+			switch {
+			case len(refused) > 0:
+				return fmt.Errorf("PostgreSQL refused part of the configuration on %s (see ERROR above)", strings.Join(refused, ", "))
+			case !done:
+				return fmt.Errorf("not every node applied version %d within %s: a node whose PostgreSQL is down applies it when it is back", version, timeout)
+			}
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (c *ctlClient) printConfig(v pgConfigView) {
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "cluster-wide PostgreSQL configuration, version %d\n", v.Version)
+	names := make([]string, 0, len(v.Parameters))
+	for n := range v.Parameters {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	if len(names) == 0 {
+		fmt.Fprintln(tw, "  (no parameters)")
+	}
+	for _, n := range names {
+		fmt.Fprintf(tw, "  %s\t= %s\n", n, v.Parameters[n])
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "NODE\tAPPLIED\tVERSION\tPENDING RESTART\tERROR")
+	for _, n := range v.Nodes {
+		fmt.Fprintf(tw, "%s\t%v\t%d\t%s\t%s\n", n.Name, n.Applied, n.AppliedVersion, strings.Join(n.PendingRestart, ","), n.Error)
+	}
+	_ = tw.Flush()
+}
+
+// call sends a request and decodes a JSON answer into out; an error status becomes an error
+// carrying the API's message.
+func (c *ctlClient) call(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	client := &http.Client{Timeout: time.Minute}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the API at %s: %w (is pgbastion running? use --api)", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s %s: %s", method, path, e.Error)
+		}
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(data)))
+	}
+	if out != nil {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
