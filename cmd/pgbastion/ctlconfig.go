@@ -186,4 +186,3 @@ func (c *ctlClient) call(method, path string, body, out any) error {
 	}
 	return nil
 }
-
