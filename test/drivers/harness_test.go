@@ -126,8 +126,40 @@ func start(t *testing.T, mutate func(*engine.Config)) *harness {
 	if bypass() {
 		t.Logf("%s set: clients connect to PostgreSQL directly, not through the proxy", bypassEnv)
 		h.host, h.port = pg.Host(), pg.Port()
+		return h
 	}
+	h.disturb(t, ctx)
 	return h
+}
+
+// disturb keeps taking one of the pool's servers for 20 ms at a time, with 20 ms gaps, until
+// ctx ends. The pool hands out the server released last, so clients that happen to run one
+// after another (a loaded machine starts driver processes slowly) would otherwise all stay on
+// the same server, and the run would prove nothing about statements and settings following a
+// client to another one.
+func (h *harness) disturb(t testing.TB, parent context.Context) {
+	ctx, cancel := context.WithCancel(parent)
+	conn, err := pgx.Connect(ctx, h.dsn())
+	if err != nil {
+		cancel()
+		t.Fatalf("disturber: %v", err)
+	}
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		defer conn.Close(context.Background())
+		for ctx.Err() == nil {
+			if _, err := conn.Exec(ctx, "SELECT pg_sleep(0.02)"); err != nil {
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	// Cleanups run last-registered first: this one before the proxy stops.
+	t.Cleanup(func() { cancel(); <-stopped })
 }
 
 // bypassEnv, when set, points every client at PostgreSQL itself instead of the proxy: a
