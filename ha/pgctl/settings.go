@@ -36,10 +36,20 @@ func paramSQL(name string) string {
 	return strings.Join(parts, ".")
 }
 
+// settingLiteral quotes s as an SQL string literal that means the same whatever
+// standard_conforming_strings is (the cluster-wide configuration may change it): with a
+// backslash in it, an E'' literal with the backslashes doubled.
+func settingLiteral(s string) string {
+	if !strings.Contains(s, `\`) {
+		return quoteLiteral(s)
+	}
+	return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
+}
+
 // valueSQL is the right-hand side of ALTER SYSTEM SET name = ... for value.
 func valueSQL(name, value string) string {
 	if !listQuoteParams[name] || strings.TrimSpace(value) == "" {
-		return quoteLiteral(value)
+		return settingLiteral(value)
 	}
 	var elems []string
 	for _, e := range strings.Split(value, ",") {
@@ -47,7 +57,7 @@ func valueSQL(name, value string) string {
 		if len(e) >= 2 && e[0] == '"' && e[len(e)-1] == '"' {
 			e = strings.ReplaceAll(e[1:len(e)-1], `""`, `"`)
 		}
-		elems = append(elems, quoteLiteral(e))
+		elems = append(elems, settingLiteral(e))
 	}
 	return strings.Join(elems, ", ")
 }

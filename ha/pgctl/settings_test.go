@@ -23,6 +23,9 @@ func TestSettingSQL(t *testing.T) {
 		{"shared_preload_libraries", "pg_stat_statements, auto_explain", `'pg_stat_statements', 'auto_explain'`},
 		{"search_path", `"$user", public`, `'$user', 'public'`},
 		{"shared_preload_libraries", "", `''`},
+		// A backslash before a quote must not end the literal, whatever
+		// standard_conforming_strings says.
+		{"log_line_prefix", `x\'; DROP TABLE t; --`, `E'x\\''; DROP TABLE t; --'`},
 	} {
 		if got := valueSQL(c.name, c.value); got != c.want {
 			t.Errorf("valueSQL(%s, %q) = %s, want %s", c.name, c.value, got, c.want)
