@@ -120,7 +120,12 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, src: src}
+	ui, err := newWebUI(uiPage)
+	if err != nil {
+		return nil, err
+	}
 	r := router.New()
+	r.GET("/ui/", ui.serve) // the router redirects /ui here (RedirectTrailingSlash)
 	r.GET("/nodes", s.nodes)
 	r.GET("/cluster", s.cluster)
 	r.GET("/members", s.members)

@@ -1,0 +1,622 @@
+package admin
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pgbastion/pgbastion/ha/fsm"
+)
+
+// The web UI is checked in a real browser: headless Chromium driven over the DevTools protocol.
+// `chromium --dump-dom --virtual-time-budget` cannot do it: the page keeps an EventSource open,
+// and Chromium's virtual time does not advance while a request is pending, so the dump never
+// comes.
+
+// findBrowser returns a Chromium-like browser, or skips the test (fails it in CI, which must
+// have one: .ci/run installs it).
+func findBrowser(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("no chromium, chromium-browser or google-chrome in PATH; CI must have one (.ci/run installs chromium)")
+	}
+	t.Skip("no chromium, chromium-browser or google-chrome in PATH")
+	return ""
+}
+
+// runAPI serves c on addr until stop is called or the test ends.
+func runAPI(t *testing.T, addr string, c Cluster) (stop func(), url string) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen, cfg.Token = addr, "", "s3cret"
+	s, err := New(cfg, Sources{Cluster: c}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = s.Run(ctx); close(done) }()
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Addr() == "" {
+		select {
+		case <-done:
+			t.Fatalf("the API did not start on %s", addr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the API did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return stop, "http://" + s.Addr()
+}
+
+// recordingCluster counts the operator's mutations the page sends.
+type recordingCluster struct {
+	*fakeCluster
+	mu          sync.Mutex
+	switchovers [][2]string // leader, candidate
+	failovers   []string    // "candidate force=bool"
+	pauses      []bool
+}
+
+func (c *recordingCluster) Switchover(ctx context.Context, leader, candidate string) (uint64, error) {
+	c.mu.Lock()
+	c.switchovers = append(c.switchovers, [2]string{leader, candidate})
+	c.mu.Unlock()
+	return c.fakeCluster.Switchover(ctx, leader, candidate)
+}
+
+func (c *recordingCluster) Failover(ctx context.Context, candidate string, force bool) (uint64, error) {
+	c.mu.Lock()
+	c.failovers = append(c.failovers, fmt.Sprintf("%s force=%v", candidate, force))
+	c.mu.Unlock()
+	return c.fakeCluster.Failover(ctx, candidate, force)
+}
+
+func (c *recordingCluster) SetPause(ctx context.Context, paused bool) error {
+	c.mu.Lock()
+	c.pauses = append(c.pauses, paused)
+	c.mu.Unlock()
+	return c.fakeCluster.SetPause(ctx, paused)
+}
+
+func (c *recordingCluster) calls() (sw [][2]string, fo []string, pauses []bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append(sw, c.switchovers...), append(fo, c.failovers...), append(pauses, c.pauses...)
+}
+
+func TestWebUIInBrowser(t *testing.T) {
+	bin := findBrowser(t)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	fc := newCluster(t, "n1")
+	// n2's agent last reported 90 s ago, with a reason that is markup: it must show as text.
+	const markup = `<img src=x id=injected> & "quotes"`
+	fc.applyAt(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true,
+		ReceivedLSN: 900, ReplayedLSN: 900, Reason: markup}}, time.Now().Add(-90*time.Second))
+	if _, err := fc.UpdatePGConfig(ctx, map[string]string{"work_mem": "64MB"}, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	c := &recordingCluster{fakeCluster: fc}
+	stop, base := runAPI(t, "127.0.0.1:0", c)
+
+	b := startBrowser(ctx, t, bin)
+	b.navigate(ctx, base+"/ui/")
+
+	if !t.Run("renders the cluster", func(t *testing.T) {
+		b.waitText(ctx, t, "#nodes tr[data-node=n1] td", "n1")
+		b.waitText(ctx, t, "#nodes tr[data-node=n2] td", "n2")
+		b.waitText(ctx, t, "#ov-primary", "n1")
+		b.waitText(ctx, t, "#ov-leader", "n1")
+		b.waitText(ctx, t, "#pg-params tr[data-param=work_mem]", "work_mem64MB")
+		b.waitText(ctx, t, "#ov-failover", "active")
+		// The stale node is flagged, the fresh one is not; lag is in words.
+		b.waitContains(ctx, t, "#nodes tr[data-node=n2]", "no report for 9")
+		if got := b.text(ctx, t, "#nodes tr[data-node=n1]"); strings.Contains(got, "no report") {
+			t.Errorf("n1 reported just now but is flagged: %q", got)
+		}
+		b.waitContains(ctx, t, "#nodes tr[data-node=n2]", "100 B")
+		// API text is inserted as text, never parsed as markup.
+		b.waitContains(ctx, t, "#nodes tr[data-node=n2]", markup)
+		if n := b.eval(ctx, t, `document.querySelectorAll('#injected, main img').length`); string(n) != "0" {
+			t.Errorf("a node's reason became markup: %s elements", n)
+		}
+		b.waitContains(ctx, t, "#history", "bootstrap")
+		b.waitText(ctx, t, "#live", "live")
+	}) {
+		return
+	}
+
+	if !t.Run("follows the events", func(t *testing.T) {
+		// The page is live, so it does not poll. The first change may still be picked up by
+		// the refresh the page makes when its event stream opens; the second can only come
+		// through the stream (the page's safety refresh is every 30 s).
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer wcancel()
+		fc.apply(t, fsm.SetPause{Paused: true})
+		b.waitContains(wctx, t, "#ov-failover", "PAUSED")
+		b.waitContains(wctx, t, "#alerts", "Maintenance mode")
+		fc.apply(t, fsm.RequestSwitchover{Leader: "n1", Candidate: "n2"})
+		b.waitContains(wctx, t, "#ov-operation", "switchover #1: checkpoint")
+		b.waitContains(wctx, t, "#alerts", "Switchover #1 in progress")
+	}) {
+		return
+	}
+
+	t.Run("mutations", func(t *testing.T) {
+		b.eval(ctx, t, `document.getElementById('pause').click()`)
+		b.waitContains(ctx, t, "#result", "enter the API token first")
+
+		// A wrong token: the API's message is shown as it is.
+		b.setToken(ctx, t, "wrong")
+		b.eval(ctx, t, `document.getElementById('pause').click()`)
+		b.waitContains(ctx, t, "#result", "Pause failed (HTTP 401")
+		b.waitContains(ctx, t, "#result", "missing or wrong bearer token (send 'Authorization: Bearer <api.token>')")
+
+		b.setToken(ctx, t, "s3cret")
+		if got := string(b.eval(ctx, t, `[sessionStorage.getItem('pgbastion.api-token'), localStorage.length, location.href.includes('s3cret')]`)); got != `["s3cret",0,false]` {
+			t.Errorf("token storage [sessionStorage, localStorage entries, in URL]: %s", got)
+		}
+		b.eval(ctx, t, `document.getElementById('resume').click()`)
+		b.waitContains(ctx, t, "#result", "Resume: done.")
+
+		// Switchover asks first; declining sends nothing.
+		b.waitContains(ctx, t, "#sw-candidate", "n2")
+		b.answerDialogs(false, "")
+		b.eval(ctx, t, `document.getElementById('sw-go').click()`)
+		b.waitDialog(ctx, t, "Switch over from n1 to n2?")
+		b.answerDialogs(true, "")
+		b.eval(ctx, t, `document.getElementById('sw-go').click()`)
+		b.waitContains(ctx, t, "#result", "switchover finished: n2 is the primary")
+
+		// A forced failover goes ahead only when the candidate's name is typed.
+		b.eval(ctx, t, `document.getElementById('fo-force').click(); document.getElementById('fo-candidate').value = 'n2'`)
+		b.waitVisible(ctx, t, "#fo-force-warning")
+		b.answerDialogs(true, "n3")
+		b.eval(ctx, t, `document.getElementById('fo-go').click()`)
+		b.waitContains(ctx, t, "#result", `Forced failover cancelled: you typed "n3", not "n2".`)
+		b.answerDialogs(true, "n2")
+		b.eval(ctx, t, `document.getElementById('fo-go').click()`)
+		b.waitContains(ctx, t, "#result", "Forced failover to n2: done.")
+
+		sw, fo, pauses := c.calls()
+		if fmt.Sprint(sw) != "[[n1 n2]]" || fmt.Sprint(fo) != "[n2 force=true]" || fmt.Sprint(pauses) != "[false]" {
+			t.Errorf("the API received switchovers %v, failovers %v, pauses %v; want [[n1 n2]], [n2 force=true], [false]", sw, fo, pauses)
+		}
+	})
+
+	t.Run("reconnects", func(t *testing.T) {
+		// The API goes away (pgbastion restarts): the page says so at once and keeps
+		// showing the last figures; when the API is back, it is live again.
+		b.allowNetworkErrors(true)
+		stop()
+		b.waitText(ctx, t, "#live", "disconnected — retrying")
+		b.waitContains(ctx, t, "#alerts", "API error (GET /nodes")
+		b.waitText(ctx, t, "#ov-primary", "n1")
+		_, again := runAPI(t, strings.TrimPrefix(base, "http://"), c)
+		if again != base {
+			t.Fatalf("restarted on %s, not %s", again, base)
+		}
+		b.waitText(ctx, t, "#live", "live")
+		b.waitUntil(ctx, t, "#alerts", "no API error", func(got string) bool { return !strings.Contains(got, "API error") })
+		b.allowNetworkErrors(false)
+	})
+
+	t.Run("a standalone proxy", func(t *testing.T) {
+		// No cluster: its cluster endpoints and the event stream answer 501.
+		b.allowNetworkErrors(true)
+		_, solo := runAPI(t, "127.0.0.1:0", nil)
+		b.navigate(ctx, solo+"/ui/")
+		b.waitContains(ctx, t, "#alerts", "Standalone proxy")
+		b.waitText(ctx, t, "#live", "no live updates — polling every 5 s")
+		b.allowNetworkErrors(false)
+	})
+
+	// Nothing was refused by the page's own Content-Security-Policy, and nothing threw.
+	if p := b.problems(); len(p) > 0 {
+		t.Errorf("browser console:\n%s", strings.Join(p, "\n"))
+	}
+	t.Logf("browser test took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// browser is headless Chromium with one page, driven over the DevTools protocol through
+// --remote-debugging-pipe: JSON messages ended by a NUL byte, commands to the browser's fd 3,
+// answers and events from its fd 4.
+type browser struct {
+	t       *testing.T
+	toPipe  *os.File
+	wmu     sync.Mutex
+	done    chan struct{} // closed when the browser's output ends
+	session string
+
+	mu       sync.Mutex
+	nextID   int
+	waiting  map[int]chan cdpMessage
+	console  []string
+	dialogs  []string
+	accept   bool
+	typeText string
+	// offline: the test stopped the API; failed requests are expected.
+	offline bool
+}
+
+type cdpMessage struct {
+	ID        int             `json:"id,omitempty"`
+	Method    string          `json:"method,omitempty"`
+	SessionID string          `json:"sessionId,omitempty"`
+	Params    json.RawMessage `json:"params,omitempty"`
+	Result    json.RawMessage `json:"result,omitempty"`
+	Error     *struct {
+		Message string `json:"message"`
+	} `json:"error,omitempty"`
+}
+
+func startBrowser(ctx context.Context, t *testing.T, bin string) *browser {
+	t.Helper()
+	cmdR, cmdW, err := os.Pipe() // we write commands; the browser reads fd 3
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, outW, err := os.Pipe() // the browser writes fd 4; we read
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+		"--disable-extensions", "--no-first-run", "--user-data-dir="+t.TempDir(), "--remote-debugging-pipe", "about:blank")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.ExtraFiles = []*os.File{cmdR, outW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // renderers and helpers go with it
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cmdR.Close()
+	outW.Close()
+	b := &browser{t: t, toPipe: cmdW, done: make(chan struct{}), waiting: map[int]chan cdpMessage{}}
+	go b.read(outR)
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = b.call(cctx, "", "Browser.close", nil, nil)
+		select {
+		case <-exited:
+		case <-cctx.Done():
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		cmdW.Close()
+		if t.Failed() {
+			t.Logf("browser stderr (last 2000 bytes):\n%s", tail(stderr.String(), 2000))
+		}
+	})
+	var target struct {
+		TargetID string `json:"targetId"`
+	}
+	if err := b.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"}, &target); err != nil {
+		t.Fatalf("starting %s: %v\n%s", bin, err, tail(stderr.String(), 2000))
+	}
+	var attached struct {
+		SessionID string `json:"sessionId"`
+	}
+	if err := b.call(ctx, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true}, &attached); err != nil {
+		t.Fatal(err)
+	}
+	b.session = attached.SessionID
+	for _, domain := range []string{"Page", "Runtime", "Log"} {
+		if err := b.call(ctx, b.session, domain+".enable", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// call sends a command (to the browser, or to the page when session is set) and waits for its
+// answer.
+func (b *browser) call(ctx context.Context, session, method string, params, result any) error {
+	b.mu.Lock()
+	b.nextID++
+	id := b.nextID
+	ch := make(chan cdpMessage, 1)
+	b.waiting[id] = ch
+	b.mu.Unlock()
+	msg, err := json.Marshal(map[string]any{"id": id, "method": method, "params": orEmpty(params), "sessionId": session})
+	if err != nil {
+		return err
+	}
+	b.wmu.Lock()
+	_, err = b.toPipe.Write(append(msg, 0))
+	b.wmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("%s: %w", method, err)
+	}
+	select {
+	case m := <-ch:
+		if m.Error != nil {
+			return fmt.Errorf("%s: %s", method, m.Error.Message)
+		}
+		if result != nil {
+			return json.Unmarshal(m.Result, result)
+		}
+		return nil
+	case <-b.done:
+		return fmt.Errorf("%s: the browser exited", method)
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w", method, ctx.Err())
+	}
+}
+
+func orEmpty(params any) any {
+	if params == nil {
+		return struct{}{}
+	}
+	return params
+}
+
+// read dispatches answers to their callers and handles events: dialogs are answered as
+// answerDialogs says; console errors, exceptions and CSP violations are kept.
+func (b *browser) read(r *os.File) {
+	defer close(b.done)
+	br := bufio.NewReader(r)
+	for {
+		raw, err := br.ReadBytes(0)
+		if err != nil {
+			return
+		}
+		var m cdpMessage
+		if json.Unmarshal(raw[:len(raw)-1], &m) != nil {
+			continue
+		}
+		if m.ID != 0 {
+			b.mu.Lock()
+			ch := b.waiting[m.ID]
+			delete(b.waiting, m.ID)
+			b.mu.Unlock()
+			if ch != nil {
+				ch <- m
+			}
+			continue
+		}
+		b.event(m)
+	}
+}
+
+func (b *browser) event(m cdpMessage) {
+	switch m.Method {
+	case "Page.javascriptDialogOpening":
+		var p struct {
+			Message string `json:"message"`
+		}
+		_ = json.Unmarshal(m.Params, &p)
+		b.mu.Lock()
+		b.dialogs = append(b.dialogs, p.Message)
+		answer := map[string]any{"accept": b.accept, "promptText": b.typeText}
+		b.mu.Unlock()
+		// Not from this goroutine: the answer to the command comes through it.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = b.call(ctx, m.SessionID, "Page.handleJavaScriptDialog", answer, nil)
+		}()
+	case "Runtime.exceptionThrown":
+		var p struct {
+			Details struct {
+				Text      string `json:"text"`
+				Exception struct {
+					Description string `json:"description"`
+				} `json:"exception"`
+			} `json:"exceptionDetails"`
+		}
+		_ = json.Unmarshal(m.Params, &p)
+		b.keep("exception: " + p.Details.Text + " " + p.Details.Exception.Description)
+	case "Runtime.consoleAPICalled":
+		var p struct {
+			Type string `json:"type"`
+			Args []struct {
+				Value any `json:"value"`
+			} `json:"args"`
+		}
+		_ = json.Unmarshal(m.Params, &p)
+		if p.Type == "error" || p.Type == "warning" || p.Type == "assert" {
+			b.keep(fmt.Sprintf("console.%s: %v", p.Type, p.Args))
+		}
+	case "Log.entryAdded":
+		var p struct {
+			Entry struct {
+				Source string `json:"source"`
+				Level  string `json:"level"`
+				Text   string `json:"text"`
+				URL    string `json:"url"`
+			} `json:"entry"`
+		}
+		_ = json.Unmarshal(m.Params, &p)
+		e := p.Entry
+		// The 401 is the test's doing; the browser asks for a favicon there is none of.
+		b.mu.Lock()
+		expected := e.Source == "network" && (b.offline || strings.HasSuffix(e.URL, "/pause") || strings.HasSuffix(e.URL, "/favicon.ico"))
+		b.mu.Unlock()
+		if (e.Level == "error" || e.Level == "warning") && !expected {
+			b.keep(fmt.Sprintf("%s %s: %s %s", e.Source, e.Level, e.Text, e.URL))
+		}
+	}
+}
+
+func (b *browser) keep(s string) {
+	b.mu.Lock()
+	b.console = append(b.console, s)
+	b.mu.Unlock()
+}
+
+func (b *browser) problems() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.console...)
+}
+
+func (b *browser) allowNetworkErrors(offline bool) {
+	b.mu.Lock()
+	b.offline = offline
+	b.mu.Unlock()
+}
+
+// answerDialogs sets how the next confirm and prompt dialogs are answered.
+func (b *browser) answerDialogs(accept bool, typeText string) {
+	b.mu.Lock()
+	b.accept, b.typeText = accept, typeText
+	b.mu.Unlock()
+}
+
+func (b *browser) navigate(ctx context.Context, url string) {
+	b.t.Helper()
+	if err := b.call(ctx, b.session, "Page.navigate", map[string]any{"url": url}, nil); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// eval runs a JavaScript expression in the page and returns its value as JSON.
+func (b *browser) eval(ctx context.Context, t *testing.T, expr string) json.RawMessage {
+	t.Helper()
+	v, err := b.evalErr(ctx, expr)
+	if err != nil {
+		t.Fatalf("evaluating %s: %v", expr, err)
+	}
+	return v
+}
+
+func (b *browser) evalErr(ctx context.Context, expr string) (json.RawMessage, error) {
+	var res struct {
+		Result struct {
+			Value json.RawMessage `json:"value"`
+		} `json:"result"`
+		Exception *struct {
+			Text string `json:"text"`
+		} `json:"exceptionDetails"`
+	}
+	if err := b.call(ctx, b.session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true}, &res); err != nil {
+		return nil, err
+	}
+	if res.Exception != nil {
+		return nil, errors.New(res.Exception.Text)
+	}
+	return res.Result.Value, nil
+}
+
+// text returns the text of the element selector matches ("" when none does).
+func (b *browser) text(ctx context.Context, t *testing.T, selector string) string {
+	t.Helper()
+	var s string
+	sel, _ := json.Marshal(selector)
+	_ = json.Unmarshal(b.eval(ctx, t, fmt.Sprintf(`(document.querySelector(%s) || {textContent: ''}).textContent`, sel)), &s)
+	return s
+}
+
+// waitUntil polls the page until ok holds for the selector's text, failing at ctx's deadline.
+func (b *browser) waitUntil(ctx context.Context, t *testing.T, selector, want string, ok func(string) bool) {
+	t.Helper()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var got string
+	for {
+		got = b.text(ctx, t, selector)
+		if ok(got) {
+			return
+		}
+		if p := b.problems(); len(p) > 0 {
+			// A refused script or style, or an exception: no point waiting.
+			t.Fatalf("%s: got %q, want %s; browser console:\n%s", selector, got, want, strings.Join(p, "\n"))
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: got %q, want %s (%v)\npage text:\n%s", selector, got, want, ctx.Err(), b.pageText())
+		case <-tick.C:
+		}
+	}
+}
+
+func (b *browser) pageText() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	v, err := b.evalErr(ctx, `document.body.innerText`)
+	if err != nil {
+		return err.Error()
+	}
+	var s string
+	_ = json.Unmarshal(v, &s)
+	return s
+}
+
+func (b *browser) waitText(ctx context.Context, t *testing.T, selector, want string) {
+	t.Helper()
+	b.waitUntil(ctx, t, selector, fmt.Sprintf("%q", want), func(got string) bool { return strings.TrimSpace(got) == want })
+}
+
+func (b *browser) waitContains(ctx context.Context, t *testing.T, selector, want string) {
+	t.Helper()
+	b.waitUntil(ctx, t, selector, fmt.Sprintf("text containing %q", want), func(got string) bool { return strings.Contains(got, want) })
+}
+
+func (b *browser) waitVisible(ctx context.Context, t *testing.T, selector string) {
+	t.Helper()
+	sel, _ := json.Marshal(selector)
+	expr := fmt.Sprintf(`(() => { const e = document.querySelector(%s); return !!e && !e.hidden && e.getClientRects().length > 0; })()`, sel)
+	b.waitUntil(ctx, t, selector, "visible", func(string) bool { return string(b.eval(ctx, t, expr)) == "true" })
+}
+
+// waitDialog waits for a dialog whose message contains want.
+func (b *browser) waitDialog(ctx context.Context, t *testing.T, want string) {
+	t.Helper()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		b.mu.Lock()
+		seen := append([]string(nil), b.dialogs...)
+		b.mu.Unlock()
+		for _, d := range seen {
+			if strings.Contains(d, want) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no dialog saying %q; dialogs: %q", want, seen)
+		case <-tick.C:
+		}
+	}
+}
+
+// setToken types the API token as the operator would.
+func (b *browser) setToken(ctx context.Context, t *testing.T, token string) {
+	t.Helper()
+	v, _ := json.Marshal(token)
+	b.eval(ctx, t, fmt.Sprintf(`(() => { const e = document.getElementById('token'); e.value = %s; e.dispatchEvent(new Event('input')); })()`, v))
+}
