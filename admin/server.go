@@ -80,6 +80,8 @@ type Cluster interface {
 	// UpdatePGConfig changes the cluster-wide PostgreSQL configuration and returns its new
 	// version.
 	UpdatePGConfig(ctx context.Context, set map[string]string, reset []string, ifVersion uint64) (uint64, error)
+	// RequestRestart asks node's agent to restart its PostgreSQL; it returns the request ID.
+	RequestRestart(ctx context.Context, node, reason string) (uint64, error)
 	// RemoveMember removes a node from the cluster for good: its member record (the
 	// primary's agent then drops its replication slot) and its Raft membership.
 	RemoveMember(ctx context.Context, name string) error
@@ -142,6 +144,8 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.POST("/pause", s.auth(s.pause(true)))
 	r.POST("/resume", s.auth(s.pause(false)))
 	r.DELETE("/members/{name}", s.auth(s.removeMember))
+	r.POST("/restart", s.auth(s.restart))
+	r.GET("/restarts", s.restarts)
 	r.GET("/cluster/postgresql", s.getPGConfig)
 	r.PATCH("/cluster/postgresql", s.auth(s.patchPGConfig))
 	r.DELETE("/cluster/postgresql", s.auth(s.deletePGConfig))

@@ -28,6 +28,8 @@ type fakeCluster struct {
 	waitErr error
 	// replaying: the node is still applying its Raft log after a restart.
 	replaying bool
+	// onRestart plays the target's agent for a restart request.
+	onRestart func(id uint64)
 }
 
 func (c *fakeCluster) CaughtUp() bool { return !c.replaying }
@@ -75,6 +77,18 @@ func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation
 	return fsm.Operation{ID: id, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDone, NewPrimary: "n2"}, c.waitErr
 }
 func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
+func (c *fakeCluster) RequestRestart(_ context.Context, node, reason string) (uint64, error) {
+	b, err := fsm.Encode(fsm.RequestRestart{Node: node, Reason: reason}, time.Now())
+	if err != nil {
+		return 0, err
+	}
+	c.index++
+	r := c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result)
+	if r.Err == nil && c.onRestart != nil {
+		go c.onRestart(r.ID)
+	}
+	return r.ID, r.Error()
+}
 func (c *fakeCluster) UpdatePGConfig(_ context.Context, set map[string]string, reset []string, ifVersion uint64) (uint64, error) {
 	b, err := fsm.Encode(fsm.UpdatePGConfig{Set: set, Reset: reset, IfVersion: ifVersion}, time.Now())
 	if err != nil {

@@ -195,6 +195,9 @@ type Agent struct {
 	// Settings).
 	settings Settings
 	pgc      pgConfigState
+	// Operator-requested restarts; restarting explains the state while one runs.
+	rst        restartState
+	restarting string
 }
 
 // NewAgent returns an agent for cluster c and PostgreSQL pg.
@@ -381,7 +384,7 @@ func (a *Agent) status(st *fsm.State) fsm.NodeStatus {
 			ns.Reason = a.lastErr + "; " + a.fenceReason
 		}
 	case a.busy != "":
-		ns.State = a.busy
+		ns.State, ns.Reason = a.busy, a.restarting
 	case a.down():
 		ns.State, ns.Healthy = fsm.StateStopped, false
 		if a.lastErr != "" {
@@ -451,6 +454,8 @@ func (a *Agent) onState(ctx context.Context, st *fsm.State) {
 	}
 	a.applySync(ctx, st)
 	a.applyPGConfig(ctx, st)
+	a.maybeRestart(ctx, st)
+	st = a.c.State()
 	for _, d := range st.PendingDirectives(a.c.Name()) {
 		if a.done[d.ID] || ctx.Err() != nil {
 			continue

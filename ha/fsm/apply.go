@@ -106,6 +106,10 @@ func (s *State) apply(cmd Command, m Meta) Result {
 		return s.updatePGConfig(c, m)
 	case ReportPGConfig:
 		return s.reportPGConfig(c, m)
+	case RequestRestart:
+		return s.requestRestart(c, m)
+	case FinishRestart:
+		return s.finishRestart(c, m)
 	}
 	return fail(CodeInvalid, "unhandled command %T", cmd)
 }
@@ -220,6 +224,11 @@ func (s *State) removeMember(c RemoveMember, m Meta) Result {
 	for i, d := range s.Directives {
 		if d.Target == c.Name && !d.Finished() {
 			s.finishDirective(i, DirectiveExpired, "member removed", m)
+		}
+	}
+	for i, r := range s.Restarts {
+		if r.Node == c.Name && r.Status == RestartPending {
+			s.Restarts[i].Status, s.Restarts[i].Message, s.Restarts[i].FinishedAt = RestartFailed, "member removed", m.At
 		}
 	}
 	if pc := s.PGConfig; pc != nil {

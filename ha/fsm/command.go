@@ -295,6 +295,10 @@ func newCommand(t CommandType) (Command, uint8) {
 		c = &UpdatePGConfig{}
 	case TypeReportPGConfig:
 		c = &ReportPGConfig{}
+	case TypeRequestRestart:
+		c = &RequestRestart{}
+	case TypeFinishRestart:
+		c = &FinishRestart{}
 	default:
 		return nil, 0
 	}
@@ -418,6 +422,10 @@ func deref(c Command) Command {
 	case *UpdatePGConfig:
 		return *c
 	case *ReportPGConfig:
+		return *c
+	case *RequestRestart:
+		return *c
+	case *FinishRestart:
 		return *c
 	}
 	return c

@@ -39,6 +39,8 @@ func allCommands() []Command {
 			Wanted: &SyncTarget{Primary: "n1", Standbys: []string{"n2"}, Count: 1, Value: `FIRST 1 ("n2")`}},
 		UpdatePGConfig{Set: map[string]string{"work_mem": "64MB", "pg_stat_statements.max": "10000"}, Reset: []string{"shared_buffers"}, IfVersion: 2},
 		ReportPGConfig{Node: "n1", Version: 3, PendingRestart: []string{"shared_buffers"}, Error: `invalid value for parameter "work_mem"`},
+		RequestRestart{Node: "n2", Reason: "pending restart"},
+		FinishRestart{ID: 4, Node: "n2", Success: false, Message: "n2 is the primary"},
 	}
 }
 

@@ -356,6 +356,9 @@ type State struct {
 	// PGConfig is the cluster-wide PostgreSQL configuration; nil until one is set. It is
 	// replaced, never modified, when it changes.
 	PGConfig *PGConfig `json:"pg_config,omitempty"`
+	// Restarts are operators' requests to restart a node's PostgreSQL: every pending one and
+	// the most recent finished ones, oldest first.
+	Restarts []RestartRequest `json:"restarts,omitempty"`
 }
 
 // SyncTarget is a synchronous replication configuration for a primary: PostgreSQL waits for
@@ -406,6 +409,7 @@ func (s *State) clone() *State {
 		c.WritePause = &wp
 	}
 	c.SyncStandbys = slices.Clone(s.SyncStandbys)
+	c.Restarts = slices.Clone(s.Restarts)
 	if s.SyncWanted != nil {
 		w := *s.SyncWanted
 		w.Standbys = slices.Clone(w.Standbys)

@@ -38,7 +38,7 @@ func paramSQL(name string) string {
 
 // settingLiteral quotes s as an SQL string literal that means the same whatever
 // standard_conforming_strings is (the cluster-wide configuration may change it): with a
-// backslash in it, an E'' literal with the backslashes doubled.
+// backslash in it, an escape string literal (E prefix) with the backslashes doubled.
 func settingLiteral(s string) string {
 	if !strings.Contains(s, `\`) {
 		return quoteLiteral(s)

@@ -140,6 +140,39 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 		t.Fatalf("%s lost work_mem when it became a standby: %s", old.Name, v)
 	}
 
+	// A new shared_buffers waits for a restart everywhere; restart --pending restarts the
+	// replicas one at a time and tells what to do about the primary instead of restarting it.
+	var third *Node
+	for _, n := range c.Nodes {
+		if n != old && n != cand {
+			third = n
+		}
+	}
+	out = run("ctl", "config", "set", "shared_buffers=32MB")
+	if strings.Count(out, "shared_buffers") != 4 {
+		t.Fatalf("ctl config set shared_buffers: want every node pending a restart:\n%s", out)
+	}
+	out = run("ctl", "restart", "--pending")
+	if !strings.Contains(out, "restarting "+third.Name) || !strings.Contains(out, "restarting "+old.Name) ||
+		strings.Count(out, "running again as a replica") != 2 ||
+		!strings.Contains(out, cand.Name+" is the primary") || strings.Contains(out, "restarting "+cand.Name) {
+		t.Fatalf("ctl restart --pending:\n%s", out)
+	}
+	for _, n := range []*Node{old, third} {
+		if v := show(t, n, "shared_buffers"); v != "32MB" {
+			t.Fatalf("%s after its restart: shared_buffers %s", n.Name, v)
+		}
+	}
+	if v := show(t, cand, "shared_buffers"); v == "32MB" {
+		t.Fatalf("the primary %s was restarted", cand.Name)
+	}
+	if out := fails("restart", cand.Name); !strings.Contains(out, "switch over first") {
+		t.Fatalf("restart of the primary: %s", out)
+	}
+	if p, _ := c.WaitOneWritablePrimary(time.Minute); p != cand {
+		t.Fatalf("a refused restart moved the primary to %s", p.Name)
+	}
+
 	// reset removes a parameter everywhere.
 	run("ctl", "config", "reset", "work_mem")
 	for _, n := range c.Nodes {

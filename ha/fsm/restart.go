@@ -1,0 +1,123 @@
+package fsm
+
+import (
+	"time"
+)
+
+// Restarts of a node's PostgreSQL requested by an operator (POST /restart), executed by that
+// node's agent. They live apart from directives, in ignorable commands: a node of an older
+// version skips them without its directive IDs drifting from the others'.
+const (
+	TypeRequestRestart CommandType = IgnorableFlag | 22
+	TypeFinishRestart  CommandType = IgnorableFlag | 23
+)
+
+const maxRestarts = 32 // finished requests kept
+
+// RestartStatus is the state of a restart request.
+type RestartStatus string
+
+// Restart statuses: pending → done | failed.
+const (
+	RestartPending RestartStatus = "pending"
+	RestartDone    RestartStatus = "done"
+	RestartFailed  RestartStatus = "failed"
+)
+
+// RestartRequest asks Node's agent to restart its PostgreSQL.
+type RestartRequest struct {
+	ID          uint64        `json:"id"`
+	Node        string        `json:"node"`
+	Reason      string        `json:"reason,omitempty"`
+	Status      RestartStatus `json:"status"`
+	Message     string        `json:"message,omitempty"`
+	RequestedAt time.Time     `json:"requested_at"`
+	Index       uint64        `json:"index"`
+	FinishedAt  time.Time     `json:"finished_at"`
+}
+
+// RequestRestart asks for a restart of Node's PostgreSQL.
+type RequestRestart struct {
+	Node   string `json:"node"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// FinishRestart is the agent's report that restart ID ended.
+type FinishRestart struct {
+	ID      uint64 `json:"id"`
+	Node    string `json:"node"`
+	Success bool   `json:"success"`
+	Message string `json:"message,omitempty"`
+}
+
+func (RequestRestart) CommandType() CommandType { return TypeRequestRestart }
+func (FinishRestart) CommandType() CommandType  { return TypeFinishRestart }
+func (RequestRestart) CommandVersion() uint8    { return 1 }
+func (FinishRestart) CommandVersion() uint8     { return 1 }
+
+// PendingRestart returns the pending restart request for node, if any.
+func (s *State) PendingRestart(node string) (RestartRequest, bool) {
+	for _, r := range s.Restarts {
+		if r.Node == node && r.Status == RestartPending {
+			return r, true
+		}
+	}
+	return RestartRequest{}, false
+}
+
+// Restart returns restart request id, if it is still retained.
+func (s *State) Restart(id uint64) (RestartRequest, bool) {
+	for _, r := range s.Restarts {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return RestartRequest{}, false
+}
+
+func (s *State) requestRestart(c RequestRestart, m Meta) Result {
+	if _, ok := s.Members[c.Node]; !ok {
+		return fail(CodeNotFound, "member %q is not registered", c.Node)
+	}
+	if r, ok := s.PendingRestart(c.Node); ok {
+		return fail(CodeConflict, "a restart of %s (request %d) is already pending", c.Node, r.ID)
+	}
+	var id uint64 = 1
+	if n := len(s.Restarts); n > 0 {
+		id = s.Restarts[n-1].ID + 1
+	}
+	s.Restarts = append(s.Restarts, RestartRequest{ID: id, Node: c.Node, Reason: c.Reason, Status: RestartPending, RequestedAt: m.At, Index: m.Index})
+	// Keep every pending request and the newest finished ones.
+	for len(s.Restarts) > maxRestarts {
+		i := 0
+		for i < len(s.Restarts) && s.Restarts[i].Status == RestartPending {
+			i++
+		}
+		if i == len(s.Restarts) {
+			break
+		}
+		s.Restarts = append(s.Restarts[:i:i], s.Restarts[i+1:]...)
+	}
+	return Result{ID: id}
+}
+
+func (s *State) finishRestart(c FinishRestart, m Meta) Result {
+	for i, r := range s.Restarts {
+		if r.ID != c.ID {
+			continue
+		}
+		if r.Node != c.Node {
+			return fail(CodeInvalid, "restart %d is for %s, not %s", c.ID, r.Node, c.Node)
+		}
+		if r.Status != RestartPending {
+			return fail(CodeConflict, "restart %d is already %s", c.ID, r.Status)
+		}
+		r.Status, r.Message, r.FinishedAt = RestartFailed, c.Message, m.At
+		if c.Success {
+			r.Status = RestartDone
+		}
+		s.Restarts[i] = r // clone copied the slice
+		return Result{}
+	}
+	return fail(CodeNotFound, "restart %d not found", c.ID)
+}
