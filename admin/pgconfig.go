@@ -124,6 +124,13 @@ func (s *Server) changePGConfig(ctx *fasthttp.RequestCtx, set map[string]string,
 			return
 		}
 	}
+	for _, name := range reset {
+		if fsm.StandbyMinimums[name] {
+			writeError(ctx, fasthttp.StatusBadRequest, "cluster configuration: "+name+" cannot be reset: the value it falls back to may be lower than "+
+				"what the primary runs with, and a standby cannot start with less than its primary. Set the value you want instead")
+			return
+		}
+	}
 	notValidated := ""
 	if s.src.CheckPGParams != nil && len(set) > 0 {
 		ok, err := s.src.CheckPGParams(ctx, set)
@@ -132,6 +139,13 @@ func (s *Server) changePGConfig(ctx *fasthttp.RequestCtx, set map[string]string,
 			return
 		}
 		if !ok {
+			for name := range set {
+				if fsm.StandbyMinimums[name] {
+					writeError(ctx, fasthttp.StatusServiceUnavailable, "cluster configuration: this node's PostgreSQL is not reachable, so it cannot check that "+
+						name+" is not lowered below what the cluster runs with (a standby cannot start with less than its primary); send the change to a node whose PostgreSQL is up")
+					return
+				}
+			}
 			notValidated = "this node's PostgreSQL is not reachable, so names and values were not checked before the change; each node reports what its PostgreSQL refused"
 		}
 	}

@@ -117,11 +117,21 @@ func TestClusterPostgreSQLConfig(t *testing.T) {
 		t.Fatalf("resets remembered: %v", r)
 	}
 
+	// A parameter a standby needs at least the primary's value of cannot be reset (it may
+	// fall back to less).
+	if code, body := do(t, "DELETE", url+"?name=max_connections", "s3cret", ""); code != 400 || !strings.Contains(body, "cannot start with less than its primary") {
+		t.Fatalf("DELETE max_connections: %d %s", code, body)
+	}
+
 	// With this node's PostgreSQL down the change still goes through, and says it was not
-	// checked.
+	// checked; except for those parameters, which cannot be checked against the running value.
 	pgDown = true
 	code, body = do(t, "PATCH", url, "s3cret", `{"parameters":{"work_mem":"8MB"}}`)
 	if code != 200 || !strings.Contains(body, "not reachable") {
 		t.Fatalf("PATCH with PostgreSQL down: %d %s", code, body)
+	}
+	code, body = do(t, "PATCH", url, "s3cret", `{"parameters":{"max_connections":"300"}}`)
+	if code != 503 || !strings.Contains(body, "send the change to a node whose PostgreSQL is up") {
+		t.Fatalf("PATCH max_connections with PostgreSQL down: %d %s", code, body)
 	}
 }

@@ -147,9 +147,13 @@ Look at the cluster and move the primary:
   %s ctl --api http://127.0.0.1:%d list
   %s ctl --api http://127.0.0.1:%d --token %s switchover --candidate node2
   curl -s http://127.0.0.1:%d/nodes
+  http://127.0.0.1:%d/ui/ in a browser (token %s for the actions)
+
+Change a PostgreSQL setting on every node:
+  %s ctl --api http://127.0.0.1:%d --token %s config set work_mem=64MB
 
 Logs and data: %s
-`, p.rw, password, self, p.api, self, p.api, token, p.api, abs)
+`, p.rw, password, self, p.api, self, p.api, token, p.api, p.api, token, self, p.api, token, abs)
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(stdout, "\nstopping ...")

@@ -98,6 +98,18 @@ var protectedPGParams = map[string]string{
 	"synchronous_standby_names": "PGBastion (failover.synchronous_mode)",
 }
 
+// StandbyMinimums are the parameters a hot standby must run with at least the primary's value
+// of: it refuses to start otherwise. Raising them is safe in any order (replicas first, then
+// the primary through a switchover); lowering them below what the primary runs with would
+// leave a restarted standby unable to start, so the API refuses it.
+var StandbyMinimums = map[string]bool{
+	"max_connections":           true,
+	"max_prepared_transactions": true,
+	"max_locks_per_transaction": true,
+	"max_wal_senders":           true,
+	"max_worker_processes":      true,
+}
+
 // ValidPGParamName reports whether name has the form of a PostgreSQL parameter name: a
 // lower-case identifier, or two joined by a dot (an extension's custom parameter).
 func ValidPGParamName(name string) bool {

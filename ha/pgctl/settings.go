@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
 )
 
 var _ ha.Settings = (*Controller)(nil)
@@ -150,14 +151,14 @@ func (c *Controller) CheckSettings(ctx context.Context, set map[string]string) (
 	}
 	defer conn.Close(context.Background())
 	names := slices.Sorted(maps.Keys(set))
-	r := conn.ExecParams(ctx, `SELECT name, context FROM pg_catalog.pg_settings WHERE name = ANY($1::text[])`,
+	r := conn.ExecParams(ctx, `SELECT name, context, setting FROM pg_catalog.pg_settings WHERE name = ANY($1::text[])`,
 		[][]byte{[]byte("{" + strings.Join(names, ",") + "}")}, nil, nil, nil).Read()
 	if r.Err != nil {
 		return false, nil
 	}
-	contexts := map[string]string{}
+	contexts, running := map[string]string{}, map[string]string{}
 	for _, row := range r.Rows {
-		contexts[string(row[0])] = string(row[1])
+		contexts[string(row[0])], running[string(row[0])] = string(row[1]), string(row[2])
 	}
 	var errs []error
 	for _, name := range names {
@@ -168,6 +169,9 @@ func (c *Controller) CheckSettings(ctx context.Context, set map[string]string) (
 		case !known && serverVersionNum(conn) < 170000:
 			// Before PostgreSQL 17, ALTER SYSTEM refuses a custom parameter nobody defined.
 			errs = append(errs, fmt.Errorf("%s: PostgreSQL %s does not know it yet; load the extension that defines it first (shared_preload_libraries, then a restart)", name, serverVersion(conn)))
+		case fsm.StandbyMinimums[name] && lowers(set[name], running[name]):
+			errs = append(errs, fmt.Errorf("%s = %s is lower than the %s this cluster runs with: a standby cannot start with less than its primary, "+
+				"so a restarted replica would stay down. Lowering it is not supported through the cluster configuration; raise it, or leave it", name, set[name], running[name]))
 		case ctxName == "internal":
 			errs = append(errs, fmt.Errorf("%s is read-only: PostgreSQL fixes it when it is built or initialised", name))
 		case ctxName == "user" || ctxName == "superuser":
@@ -187,6 +191,14 @@ func (c *Controller) CheckSettings(ctx context.Context, set map[string]string) (
 		}
 	}
 	return true, errors.Join(errs...)
+}
+
+// lowers reports whether value, an integer, is below current; a value that is not an integer
+// is left to PostgreSQL to refuse.
+func lowers(value, current string) bool {
+	v, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+	c, err2 := strconv.ParseInt(current, 10, 64)
+	return err == nil && err2 == nil && v < c
 }
 
 func serverVersionNum(conn *pgconn.PgConn) int {

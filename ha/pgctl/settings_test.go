@@ -35,3 +35,16 @@ func TestSettingSQL(t *testing.T) {
 		t.Errorf("paramSQL: %s", got)
 	}
 }
+
+func TestLowers(t *testing.T) {
+	for _, c := range []struct {
+		value, current string
+		want           bool
+	}{
+		{"150", "200", true}, {" 150 ", "200", true}, {"200", "200", false}, {"300", "200", false}, {"lots", "200", false}, {"150", "", false},
+	} {
+		if got := lowers(c.value, c.current); got != c.want {
+			t.Errorf("lowers(%q, %q) = %v", c.value, c.current, got)
+		}
+	}
+}

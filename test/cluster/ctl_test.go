@@ -114,6 +114,10 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 	if out := fails("config", "set", "wrok_mem=1MB"); !strings.Contains(out, "no such parameter") {
 		t.Fatalf("a misspelt parameter: %s", out)
 	}
+	// A standby cannot start with fewer connections than its primary: lowering is refused.
+	if out := fails("config", "set", "max_connections=150"); !strings.Contains(out, "cannot start with less than its primary") {
+		t.Fatalf("lowering max_connections: %s", out)
+	}
 	if out := fails("config", "set", "pg_stat_statements.max=5000"); !strings.Contains(out, "load the extension") {
 		t.Fatalf("an extension's parameter before the extension is loaded: %s", out)
 	}
