@@ -455,7 +455,6 @@ func (a *Agent) onState(ctx context.Context, st *fsm.State) {
 	a.applySync(ctx, st)
 	a.applyPGConfig(ctx, st)
 	a.maybeRestart(ctx, st)
-	st = a.c.State()
 	for _, d := range st.PendingDirectives(a.c.Name()) {
 		if a.done[d.ID] || ctx.Err() != nil {
 			continue

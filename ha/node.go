@@ -312,7 +312,10 @@ func (n *Node) CaughtUp() bool {
 	}
 	if n.startIndex > 0 {
 		reg := n.regIndex.Load()
-		if reg == 0 || n.raft.AppliedIndex() < max(n.startIndex, reg) {
+		// raft's AppliedIndex moves when entries are handed to the state machine, before it
+		// has applied them: the state itself must have reached the registration (a command,
+		// so its index is the state's), or it may still show the past for a moment.
+		if reg == 0 || n.raft.AppliedIndex() < max(n.startIndex, reg) || n.fsm.State().Index < reg {
 			return false
 		}
 	}
