@@ -10,11 +10,15 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
 )
@@ -69,13 +73,49 @@ func runAPI(t *testing.T, addr string, c Cluster) (stop func(), url string) {
 	return stop, "http://" + s.Addr()
 }
 
-// recordingCluster counts the operator's mutations the page sends.
+// recordingCluster counts the operator's mutations the page sends, and plays the agents that
+// execute restart requests.
 type recordingCluster struct {
 	*fakeCluster
 	mu          sync.Mutex
 	switchovers [][2]string // leader, candidate
 	failovers   []string    // "candidate force=bool"
 	pauses      []bool
+	restarts    []string // "node: reason"
+	// holdRestart, when set, keeps the agents from answering until it is closed.
+	holdRestart chan struct{}
+	// refuseRestart: the agent of a node listed refuses, with this message.
+	refuseRestart map[string]string
+}
+
+// RequestRestart holds mu while it changes the FSM: the agent's answer (playAgent) changes it
+// from another goroutine.
+func (c *recordingCluster) RequestRestart(ctx context.Context, node, reason string) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.restarts = append(c.restarts, node+": "+reason)
+	return c.fakeCluster.RequestRestart(ctx, node, reason)
+}
+
+// playAgent is the restarted node's agent: it answers restart id when holdRestart allows,
+// successfully unless refuseRestart says otherwise.
+func (c *recordingCluster) playAgent(id uint64) {
+	c.mu.Lock()
+	hold := c.holdRestart
+	c.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, _ := c.State().Restart(id)
+	fin := fsm.FinishRestart{ID: id, Node: r.Node, Success: true}
+	if msg := c.refuseRestart[r.Node]; msg != "" {
+		fin.Success, fin.Message = false, msg
+	}
+	b, _ := fsm.Encode(fin, time.Now())
+	c.index++
+	c.f.Apply(&raft.Log{Index: c.index, Data: b})
 }
 
 func (c *recordingCluster) Switchover(ctx context.Context, leader, candidate string) (uint64, error) {
@@ -105,6 +145,12 @@ func (c *recordingCluster) calls() (sw [][2]string, fo []string, pauses []bool) 
 	return append(sw, c.switchovers...), append(fo, c.failovers...), append(pauses, c.pauses...)
 }
 
+func (c *recordingCluster) restartCalls() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.restarts...)
+}
+
 func TestWebUIInBrowser(t *testing.T) {
 	bin := findBrowser(t)
 	start := time.Now()
@@ -119,7 +165,12 @@ func TestWebUIInBrowser(t *testing.T) {
 	if _, err := fc.UpdatePGConfig(ctx, map[string]string{"work_mem": "64MB"}, nil, 0); err != nil {
 		t.Fatal(err)
 	}
+	// Both nodes wait for a restart to apply shared_buffers.
+	for _, n := range []string{"n1", "n2"} {
+		fc.apply(t, fsm.ReportPGConfig{Node: n, Version: 1, PendingRestart: []string{"shared_buffers"}})
+	}
 	c := &recordingCluster{fakeCluster: fc}
+	fc.onRestart = c.playAgent
 	stop, base := runAPI(t, "127.0.0.1:0", c)
 
 	b := startBrowser(ctx, t, bin)
@@ -133,7 +184,16 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.waitText(ctx, t, "#pg-params tr[data-param=work_mem]", "work_mem64MB")
 		b.waitText(ctx, t, "#ov-failover", "active")
 		// The stale node is flagged, the fresh one is not; lag is in words.
-		b.waitContains(ctx, t, "#nodes tr[data-node=n2]", "no report for 9")
+		// (At least 90 s: on a loaded machine the page may take more than 10 s to come.)
+		noReport := regexp.MustCompile(`no report for (\d+)s`)
+		b.waitUntil(ctx, t, "#nodes tr[data-node=n2]", "no report for 90 s or more", func(got string) bool {
+			m := noReport.FindStringSubmatch(got)
+			if m == nil {
+				return false
+			}
+			n, _ := strconv.Atoi(m[1])
+			return n >= 90
+		})
 		if got := b.text(ctx, t, "#nodes tr[data-node=n1]"); strings.Contains(got, "no report") {
 			t.Errorf("n1 reported just now but is flagged: %q", got)
 		}
@@ -179,6 +239,11 @@ func TestWebUIInBrowser(t *testing.T) {
 		if got := string(b.eval(ctx, t, `[sessionStorage.getItem('pgbastion.api-token'), localStorage.length, location.href.includes('s3cret')]`)); got != `["s3cret",0,false]` {
 			t.Errorf("token storage [sessionStorage, localStorage entries, in URL]: %s", got)
 		}
+		// Resume asks first; declining sends nothing.
+		b.answerDialogs(false, "")
+		b.eval(ctx, t, `document.getElementById('resume').click()`)
+		b.waitDialog(ctx, t, "Automatic failover resumes at once; if the primary is down, a failover may start immediately.")
+		b.answerDialogs(true, "")
 		b.eval(ctx, t, `document.getElementById('resume').click()`)
 		b.waitContains(ctx, t, "#result", "Resume: done.")
 
@@ -207,6 +272,65 @@ func TestWebUIInBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("restarts", func(t *testing.T) {
+		const n2 = "#nodes tr[data-node=n2] button[data-restart]"
+		isDisabled := fmt.Sprintf(`document.querySelector(%q).disabled`, n2)
+		// The replica can be restarted; the primary cannot, and the alert says what to do.
+		b.waitText(ctx, t, n2, "Restart…")
+		b.waitContains(ctx, t, "#nodes tr[data-node=n1]", "switch over first")
+		if n := b.eval(ctx, t, `document.querySelectorAll('#nodes tr[data-node=n1] button').length`); string(n) != "0" {
+			t.Errorf("the primary's row has %s buttons, want none", n)
+		}
+		b.waitContains(ctx, t, "#alerts", "n1 is the primary: switch over first, then restart it as a replica.")
+		b.waitText(ctx, t, "#restarts tbody", "no restart requested")
+
+		// Declining sends nothing.
+		b.answerDialogs(false, "")
+		b.eval(ctx, t, fmt.Sprintf(`document.querySelector(%q).click()`, n2))
+		b.waitDialog(ctx, t, "Restart PostgreSQL on n2?\n\nIt applies the pending parameters: shared_buffers.")
+
+		// Accepted: the button is disabled until the agent has answered.
+		release := make(chan struct{})
+		c.mu.Lock()
+		c.holdRestart = release
+		c.mu.Unlock()
+		defer func() {
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+		}()
+		b.answerDialogs(true, "")
+		b.eval(ctx, t, fmt.Sprintf(`document.querySelector(%q).click()`, n2))
+		b.waitContains(ctx, t, "#result", "Restart of n2: waiting for the cluster")
+		b.waitUntil(ctx, t, n2, "disabled", func(string) bool { return string(b.eval(ctx, t, isDisabled)) == "true" })
+		b.waitContains(ctx, t, "#restarts tr[data-restart-id='1']", "pending")
+		close(release)
+		b.waitContains(ctx, t, "#result", "Restart of n2: done.")
+		b.waitUntil(ctx, t, n2, "enabled", func(string) bool { return string(b.eval(ctx, t, isDisabled)) == "false" })
+		b.waitContains(ctx, t, "#restarts tr[data-restart-id='1']", "n2done")
+		b.waitContains(ctx, t, "#restarts tr[data-restart-id='1']", "from the web UI to apply shared_buffers")
+
+		// Refused by the agent: its reason is shown as the API gives it.
+		const refusal = "a switchover is in progress (operation 1); ask again when it has finished"
+		c.mu.Lock()
+		c.holdRestart, c.refuseRestart = nil, map[string]string{"n2": refusal}
+		c.mu.Unlock()
+		b.eval(ctx, t, fmt.Sprintf(`document.querySelector(%q).click()`, n2))
+		b.waitContains(ctx, t, "#result", "Restart of n2 failed (HTTP 409")
+		b.waitContains(ctx, t, "#result", "restart of n2: "+refusal)
+		// Newest first.
+		b.waitContains(ctx, t, "#restarts tbody tr:first-child", "2n2failed")
+		b.waitContains(ctx, t, "#restarts tbody tr:first-child", refusal)
+		b.waitContains(ctx, t, "#restarts tbody tr:nth-child(2)", "1n2done")
+
+		if got := c.restartCalls(); fmt.Sprint(got) != "[n2: from the web UI to apply shared_buffers n2: from the web UI to apply shared_buffers]" {
+			t.Errorf("the API received restarts %q, want two of n2 (the declined one sent nothing)", got)
+		}
+	})
+
+	outer := t
 	t.Run("reconnects", func(t *testing.T) {
 		// The API goes away (pgbastion restarts): the page says so at once and keeps
 		// showing the last figures; when the API is back, it is live again.
@@ -215,7 +339,9 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.waitText(ctx, t, "#live", "disconnected — retrying")
 		b.waitContains(ctx, t, "#alerts", "API error (GET /nodes")
 		b.waitText(ctx, t, "#ov-primary", "n1")
-		_, again := runAPI(t, strings.TrimPrefix(base, "http://"), c)
+		// Until the test ends, not this subtest: the page stays on it until it navigates away,
+		// and its requests failing meanwhile would be reported as the browser's problems.
+		_, again := runAPI(outer, strings.TrimPrefix(base, "http://"), c)
 		if again != base {
 			t.Fatalf("restarted on %s, not %s", again, base)
 		}
@@ -225,13 +351,14 @@ func TestWebUIInBrowser(t *testing.T) {
 	})
 
 	t.Run("a standalone proxy", func(t *testing.T) {
-		// No cluster: its cluster endpoints and the event stream answer 501.
+		// No cluster: its cluster endpoints and the event stream answer 501. The page keeps
+		// polling them until the test ends, so their failures stay expected (and the proxy
+		// stays up until then: a refused connection is no better).
 		b.allowNetworkErrors(true)
-		_, solo := runAPI(t, "127.0.0.1:0", nil)
+		_, solo := runAPI(outer, "127.0.0.1:0", nil)
 		b.navigate(ctx, solo+"/ui/")
 		b.waitContains(ctx, t, "#alerts", "Standalone proxy")
 		b.waitText(ctx, t, "#live", "no live updates — polling every 5 s")
-		b.allowNetworkErrors(false)
 	})
 
 	// Nothing was refused by the page's own Content-Security-Policy, and nothing threw.
@@ -461,9 +588,11 @@ func (b *browser) event(m cdpMessage) {
 		}
 		_ = json.Unmarshal(m.Params, &p)
 		e := p.Entry
-		// The 401 is the test's doing; the browser asks for a favicon there is none of.
+		// The 401 and the 409 are the test's doing; the browser asks for a favicon there is
+		// none of.
 		b.mu.Lock()
-		expected := e.Source == "network" && (b.offline || strings.HasSuffix(e.URL, "/pause") || strings.HasSuffix(e.URL, "/favicon.ico"))
+		expected := e.Source == "network" && (b.offline || strings.HasSuffix(e.URL, "/pause") || strings.HasSuffix(e.URL, "/restart") ||
+			strings.HasSuffix(e.URL, "/favicon.ico"))
 		b.mu.Unlock()
 		if (e.Level == "error" || e.Level == "warning") && !expected {
 			b.keep(fmt.Sprintf("%s %s: %s %s", e.Source, e.Level, e.Text, e.URL))
