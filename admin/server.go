@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -137,6 +138,9 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.GET("/history", s.history)
 	r.GET("/metrics", s.metrics)
 	r.GET("/events", s.events)
+	// Liveness (Kubernetes, Patroni's /liveness): the process serves requests. Nothing else:
+	// a node cut off from its peers or with PostgreSQL down must not be restarted for it.
+	r.GET("/liveness", func(ctx *fasthttp.RequestCtx) { writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "alive"}) })
 	r.POST("/switchover", s.auth(s.switchover))
 	r.POST("/failover", s.auth(s.failover))
 	r.GET("/raft/backup", s.auth(s.backup))
@@ -153,6 +157,8 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	for path, check := range map[string]func(*fasthttp.RequestCtx) (bool, map[string]any){
 		"/primary": s.isPrimary, "/master": s.isPrimary, "/leader": s.isPrimary, "/read-write": s.isPrimary,
 		"/replica": s.isReplica, "/read-only": s.isReadable, "/health": s.isHealthy, "/": s.isPrimary,
+		"/readiness": s.isReadable, "/sync": s.isSync(true), "/synchronous": s.isSync(true),
+		"/async": s.isSync(false), "/asynchronous": s.isSync(false),
 	} {
 		h := s.roleCheck(check)
 		r.GET(path, h)
@@ -581,6 +587,23 @@ func (s *Server) isReadable(ctx *fasthttp.RequestCtx) (bool, map[string]any) {
 		return true, body
 	}
 	return s.isReplica(ctx)
+}
+
+// isSync: 200 on a healthy replica that the cluster counts as a synchronous standby of the
+// current primary (want true), or on one it does not (want false), as Patroni's /sync and
+// /async.
+func (s *Server) isSync(want bool) func(*fasthttp.RequestCtx) (bool, map[string]any) {
+	return func(ctx *fasthttp.RequestCtx) (bool, map[string]any) {
+		ok, body := s.isReplica(ctx)
+		if !ok {
+			return false, body
+		}
+		m, st, _ := s.self()
+		standbys, _ := st.SyncPromise(st.Primary)
+		sync := slices.Contains(standbys, m.Name)
+		body["sync_standby"] = sync
+		return sync == want, body
+	}
 }
 
 func (s *Server) isHealthy(ctx *fasthttp.RequestCtx) (bool, map[string]any) {

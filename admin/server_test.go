@@ -208,6 +208,43 @@ func TestRoleChecksFollowTheStateAndTheLease(t *testing.T) {
 	if code, body := do(t, "GET", u1+"/nodes", "", ""); code != 200 || !strings.Contains(body, `"caught_up": true`) {
 		t.Errorf("/nodes when current: %d %s", code, body)
 	}
+	// Liveness does not depend on the cluster: a replaying node is alive.
+	if code, _ := do(t, "GET", u2+"/liveness", "", ""); code != 200 {
+		t.Errorf("/liveness while replaying: %d", code)
+	}
+	if code, _ := do(t, "GET", u2+"/readiness", "", ""); code != 503 {
+		t.Errorf("/readiness while replaying: %d", code)
+	}
+}
+
+func TestPatroniReadinessAndSyncChecks(t *testing.T) {
+	c1 := newCluster(t, "n1")
+	u1 := startAPI(t, "", c1)
+	c2 := newCluster(t, "n2")
+	u2 := startAPI(t, "", c2)
+	check := func(url, path string, want int) {
+		t.Helper()
+		if code, body := do(t, "GET", url+path, "", ""); code != want {
+			t.Errorf("%s on %s: %d, want %d (%s)", path, url, code, want, body)
+		}
+	}
+	check(u1, "/liveness", 200)
+	check(u1, "/readiness", 200) // the primary with its lease
+	check(u2, "/readiness", 200) // a healthy replica
+	// No synchronous standby recorded: n2 is asynchronous; the primary is neither.
+	check(u2, "/sync", 503)
+	check(u2, "/async", 200)
+	check(u1, "/sync", 503)
+	check(u1, "/async", 503)
+	c2.apply(t, fsm.SetSyncStandbys{Nodes: []string{"n2"}})
+	check(u2, "/sync", 200)
+	check(u2, "/synchronous", 200)
+	check(u2, "/asynchronous", 503)
+	// An unhealthy replica is not ready, and neither sync nor async.
+	c2.apply(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateStopped}})
+	check(u2, "/readiness", 503)
+	check(u2, "/sync", 503)
+	check(u2, "/async", 503)
 }
 
 func TestMutationsNeedTheToken(t *testing.T) {
