@@ -140,7 +140,9 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.GET("/events", s.events)
 	// Liveness (Kubernetes, Patroni's /liveness): the process serves requests. Nothing else:
 	// a node cut off from its peers or with PostgreSQL down must not be restarted for it.
-	r.GET("/liveness", func(ctx *fasthttp.RequestCtx) { writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "alive"}) })
+	r.GET("/liveness", func(ctx *fasthttp.RequestCtx) {
+		writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "alive"})
+	})
 	r.POST("/switchover", s.auth(s.switchover))
 	r.POST("/failover", s.auth(s.failover))
 	r.GET("/raft/backup", s.auth(s.backup))
