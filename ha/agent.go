@@ -453,8 +453,6 @@ func (a *Agent) onState(ctx context.Context, st *fsm.State) {
 		a.report(ctx)
 	}
 	a.applySync(ctx, st)
-	a.applyPGConfig(ctx, st)
-	a.maybeRestart(ctx, st)
 	for _, d := range st.PendingDirectives(a.c.Name()) {
 		if a.done[d.ID] || ctx.Err() != nil {
 			continue
@@ -479,6 +477,9 @@ func (a *Agent) onState(ctx context.Context, st *fsm.State) {
 			}
 		}
 	}
+	// Operators' requests come after the directives, so that they never delay a failover.
+	a.applyPGConfig(ctx, st)
+	a.maybeRestart(ctx, st)
 }
 
 func (a *Agent) flushAcks(ctx context.Context, st *fsm.State) {
