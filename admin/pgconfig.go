@@ -3,7 +3,7 @@ package admin
 import (
 	"maps"
 	"slices"
-	"sort"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -15,7 +15,7 @@ import (
 type pgConfigView struct {
 	Version      uint64            `json:"version"`
 	Parameters   map[string]string `json:"parameters"`
-	UpdatedAt    any               `json:"updated_at,omitempty"`
+	UpdatedAt    *time.Time        `json:"updated_at,omitempty"`
 	Nodes        []pgConfigNode    `json:"nodes"`
 	AllApplied   bool              `json:"all_applied"`
 	Pending      []string          `json:"pending_restart_nodes,omitempty"`
@@ -43,7 +43,7 @@ func pgConfigOf(st *fsm.State) pgConfigView {
 	v := pgConfigView{Parameters: map[string]string{}, AllApplied: true}
 	pc := st.PGConfig
 	if pc != nil {
-		v.Version, v.Parameters, v.UpdatedAt = pc.Version, maps.Clone(pc.Params), pc.UpdatedAt
+		v.Version, v.Parameters, v.UpdatedAt = pc.Version, maps.Clone(pc.Params), &pc.UpdatedAt
 	}
 	for _, name := range st.MemberNames() {
 		n := pgConfigNode{Name: name}
@@ -95,7 +95,7 @@ func (s *Server) patchPGConfig(ctx *fasthttp.RequestCtx) {
 			set[name] = *v
 		}
 	}
-	sort.Strings(reset)
+	slices.Sort(reset)
 	s.changePGConfig(ctx, set, reset, p.IfVersion)
 }
 

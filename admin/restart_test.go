@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/pgbastion/pgbastion/ha/fsm"
 )
 
@@ -19,9 +17,7 @@ func TestRestartWaitsForTheAgentsAnswer(t *testing.T) {
 		if !fin.Success {
 			fin.Message = "this node is the primary: switch over first"
 		}
-		b, _ := fsm.Encode(fin, time.Now())
-		c.index++
-		c.f.Apply(&raft.Log{Index: c.index, Data: b})
+		_, _ = c.propose(fin, time.Now())
 	}
 	base := startAPI(t, "tok", c)
 

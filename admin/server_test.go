@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 // fakeCluster is a real FSM driven by hand, standing in for *ha.Node.
 type fakeCluster struct {
 	f       *fsm.FSM
+	applyMu sync.Mutex // serialises propose
 	index   uint64
 	name    string
 	lease   bool
@@ -41,14 +43,25 @@ func (c *fakeCluster) apply(t *testing.T, cmd fsm.Command) {
 
 func (c *fakeCluster) applyAt(t *testing.T, cmd fsm.Command, at time.Time) {
 	t.Helper()
+	r, err := c.propose(cmd, at)
+	if err == nil {
+		err = r.Error()
+	}
+	if err != nil {
+		t.Fatalf("apply %T: %v", cmd, err)
+	}
+}
+
+// propose applies cmd as the next log entry, as Raft would, and returns the FSM's result.
+func (c *fakeCluster) propose(cmd fsm.Command, at time.Time) (fsm.Result, error) {
 	b, err := fsm.Encode(cmd, at)
 	if err != nil {
-		t.Fatal(err)
+		return fsm.Result{}, err
 	}
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
 	c.index++
-	if r, ok := c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result); ok && r.Err != nil {
-		t.Fatalf("apply %T: %v", cmd, r.Err)
-	}
+	return c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result), nil
 }
 
 func (c *fakeCluster) Name() string                 { return c.name }
@@ -78,24 +91,20 @@ func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation
 }
 func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
 func (c *fakeCluster) RequestRestart(_ context.Context, node, reason string) (uint64, error) {
-	b, err := fsm.Encode(fsm.RequestRestart{Node: node, Reason: reason}, time.Now())
+	r, err := c.propose(fsm.RequestRestart{Node: node, Reason: reason}, time.Now())
 	if err != nil {
 		return 0, err
 	}
-	c.index++
-	r := c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result)
 	if r.Err == nil && c.onRestart != nil {
 		go c.onRestart(r.ID)
 	}
 	return r.ID, r.Error()
 }
 func (c *fakeCluster) UpdatePGConfig(_ context.Context, set map[string]string, reset []string, ifVersion uint64) (uint64, error) {
-	b, err := fsm.Encode(fsm.UpdatePGConfig{Set: set, Reset: reset, IfVersion: ifVersion}, time.Now())
+	r, err := c.propose(fsm.UpdatePGConfig{Set: set, Reset: reset, IfVersion: ifVersion}, time.Now())
 	if err != nil {
 		return 0, err
 	}
-	c.index++
-	r := c.f.Apply(&raft.Log{Index: c.index, Data: b}).(fsm.Result)
 	return r.ID, r.Error()
 }
 func (c *fakeCluster) ControllerWaiting() string { return "no replica can be promoted" }

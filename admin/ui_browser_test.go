@@ -18,8 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/pgbastion/pgbastion/ha/fsm"
 )
 
@@ -113,9 +111,7 @@ func (c *recordingCluster) playAgent(id uint64) {
 	if msg := c.refuseRestart[r.Node]; msg != "" {
 		fin.Success, fin.Message = false, msg
 	}
-	b, _ := fsm.Encode(fin, time.Now())
-	c.index++
-	c.f.Apply(&raft.Log{Index: c.index, Data: b})
+	_, _ = c.propose(fin, time.Now())
 }
 
 func (c *recordingCluster) Switchover(ctx context.Context, leader, candidate string) (uint64, error) {

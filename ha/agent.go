@@ -195,8 +195,9 @@ type Agent struct {
 	// Settings).
 	settings Settings
 	pgc      pgConfigState
-	// Operator-requested restarts; restarting explains the state while one runs.
-	rst        restartState
+	// Operator-requested restarts: restartAck is an executed one whose report was not
+	// accepted yet; restarting explains the state while one runs.
+	restartAck *fsm.FinishRestart
 	restarting string
 }
 

@@ -142,14 +142,31 @@ func (c *ctlClient) list() error {
 
 func (c *ctlClient) post(path string, body any) error { return c.do(http.MethodPost, path, body) }
 
+// do sends a request and prints the API's answer as it is.
 func (c *ctlClient) do(method, path string, body any) error {
+	status, data, err := c.send(method, path, body)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(c.out, string(data))
+	if status >= 300 {
+		return fmt.Errorf("%s: %d %s", path, status, http.StatusText(status))
+	}
+	return nil
+}
+
+// send sends a JSON request with the token and returns the answer's status and body. Long
+// waits are the API's (a switchover, a restart), so the timeout is generous.
+func (c *ctlClient) send(method, path string, body any) (int, []byte, error) {
 	var buf bytes.Buffer
 	if body != nil {
-		_ = json.NewEncoder(&buf).Encode(body)
+		if err := json.NewEncoder(&buf).Encode(body); err != nil {
+			return 0, nil, err
+		}
 	}
 	req, err := http.NewRequest(method, c.base+path, &buf)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if c.token != "" {
@@ -158,15 +175,11 @@ func (c *ctlClient) do(method, path string, body any) error {
 	client := &http.Client{Timeout: 5 * time.Minute}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the API at %s: %w", c.base, err)
+		return 0, nil, fmt.Errorf("cannot reach the API at %s: %w (is pgbastion running? use --api)", c.base, err)
 	}
 	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	fmt.Fprint(c.out, string(out))
-	if resp.StatusCode >= 300 {
-		return fmt.Errorf("%s: %s", path, resp.Status)
-	}
-	return nil
+	data, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, data, err
 }
 
 func envOr(k, def string) string {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/ha"
@@ -29,13 +30,7 @@ var listQuoteParams = map[string]bool{
 }
 
 // paramSQL is a parameter name as SQL: each dot-separated part quoted.
-func paramSQL(name string) string {
-	parts := strings.Split(name, ".")
-	for i, p := range parts {
-		parts[i] = `"` + strings.ReplaceAll(p, `"`, `""`) + `"`
-	}
-	return strings.Join(parts, ".")
-}
+func paramSQL(name string) string { return pgx.Identifier(strings.Split(name, ".")).Sanitize() }
 
 // settingLiteral quotes s as an SQL string literal that means the same whatever
 // standard_conforming_strings is (the cluster-wide configuration may change it): with a
@@ -151,7 +146,9 @@ func (c *Controller) CheckSettings(ctx context.Context, set map[string]string) (
 	}
 	defer conn.Close(context.Background())
 	names := slices.Sorted(maps.Keys(set))
-	r := conn.ExecParams(ctx, `SELECT name, context, setting FROM pg_catalog.pg_settings WHERE name = ANY($1::text[])`,
+	// server_version and server_version_num come along for the messages and the version check.
+	r := conn.ExecParams(ctx, `SELECT name, context, setting FROM pg_catalog.pg_settings
+	WHERE name = ANY($1::text[]) OR name IN ('server_version', 'server_version_num')`,
 		[][]byte{[]byte("{" + strings.Join(names, ",") + "}")}, nil, nil, nil).Read()
 	if r.Err != nil {
 		return false, nil
@@ -160,15 +157,17 @@ func (c *Controller) CheckSettings(ctx context.Context, set map[string]string) (
 	for _, row := range r.Rows {
 		contexts[string(row[0])], running[string(row[0])] = string(row[1]), string(row[2])
 	}
+	version := running["server_version"]
+	versionNum, _ := strconv.Atoi(running["server_version_num"])
 	var errs []error
 	for _, name := range names {
 		ctxName, known := contexts[name]
 		switch {
 		case !known && !strings.Contains(name, "."):
-			errs = append(errs, fmt.Errorf("%s: PostgreSQL %s has no such parameter", name, serverVersion(conn)))
-		case !known && serverVersionNum(conn) < 170000:
+			errs = append(errs, fmt.Errorf("%s: PostgreSQL %s has no such parameter", name, version))
+		case !known && versionNum < 170000:
 			// Before PostgreSQL 17, ALTER SYSTEM refuses a custom parameter nobody defined.
-			errs = append(errs, fmt.Errorf("%s: PostgreSQL %s does not know it yet; load the extension that defines it first (shared_preload_libraries, then a restart)", name, serverVersion(conn)))
+			errs = append(errs, fmt.Errorf("%s: PostgreSQL %s does not know it yet; load the extension that defines it first (shared_preload_libraries, then a restart)", name, version))
 		case fsm.StandbyMinimums[name] && lowers(set[name], running[name]):
 			errs = append(errs, fmt.Errorf("%s = %s is lower than the %s this cluster runs with: a standby cannot start with less than its primary, "+
 				"so a restarted replica would stay down. Lowering it is not supported through the cluster configuration; raise it, or leave it", name, set[name], running[name]))
@@ -199,26 +198,4 @@ func lowers(value, current string) bool {
 	v, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
 	c, err2 := strconv.ParseInt(current, 10, 64)
 	return err == nil && err2 == nil && v < c
-}
-
-func serverVersionNum(conn *pgconn.PgConn) int {
-	v := serverVersion(conn)
-	major, rest, _ := strings.Cut(v, ".")
-	n, err := strconv.Atoi(major)
-	if err != nil {
-		return 0
-	}
-	if n >= 10 {
-		return n * 10000
-	}
-	minor, _, _ := strings.Cut(rest, ".")
-	m, _ := strconv.Atoi(minor)
-	return n*10000 + m*100
-}
-
-func serverVersion(conn *pgconn.PgConn) string {
-	if v := conn.ParameterStatus("server_version"); v != "" {
-		return v
-	}
-	return "here"
 }
