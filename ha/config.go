@@ -29,6 +29,9 @@ type Peer struct {
 
 // RaftConfig configures the embedded Raft group and its port.
 type RaftConfig struct {
+	// ClusterName names the cluster in events and callbacks (Patroni's scope; default
+	// pgbastion). It has no effect on Raft.
+	ClusterName string `yaml:"cluster_name"`
 	// NodeName is this node's unique name: its Raft server ID and its member name.
 	NodeName string `yaml:"node_name"`
 	// Bind is the Raft listener (default 0.0.0.0:8300); Advertise the address peers dial
@@ -129,6 +132,7 @@ func DefaultConfig() Config {
 // split_brain_protection true) come from DefaultConfig.
 func (c *Config) ApplyDefaults() {
 	r := &c.Raft
+	setStr(&r.ClusterName, "pgbastion")
 	setStr(&r.Bind, fmt.Sprintf("0.0.0.0:%d", DefaultRaftPort))
 	setDur(&r.HeartbeatTimeout, 500*time.Millisecond)
 	setDur(&r.ElectionTimeout, 500*time.Millisecond)

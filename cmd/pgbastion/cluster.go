@@ -16,6 +16,7 @@ import (
 	"github.com/pgbastion/pgbastion/engine"
 	"github.com/pgbastion/pgbastion/ha"
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/notify"
 	"github.com/pgbastion/pgbastion/ha/pgctl"
 	"github.com/pgbastion/pgbastion/netlink"
 )
@@ -43,6 +44,11 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	}
 	defer node.Close()
 
+	set := metrics.NewSet()
+	notifier := notify.New(cfg.PostgreSQL.Callbacks, cfg.Webhooks, notify.Options{
+		Cluster: hc.Raft.ClusterName, Node: node.Name(), IsLeader: node.IsLeader, Logger: log, Metrics: set,
+	})
+
 	ctl := pgctl.NewController(inst, node.Name(), cfg.PostgreSQL.Bootstrap, node.State)
 	agent := ha.NewAgent(node, ctl, hc, ha.AgentOptions{
 		Logger:              log,
@@ -51,6 +57,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		PermanentSlots:      cfg.PostgreSQL.PermanentSlots,
 		OnSelfFence: func(reason string) {
 			log.Error("PostgreSQL fenced itself", "reason", reason)
+			notifier.SelfFenced(reason)
 		},
 	})
 
@@ -62,7 +69,6 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		}
 	}
 
-	set := metrics.NewSet()
 	api, err := admin.New(cfg.API, admin.Sources{
 		Cluster: node,
 		Local:   d.localStatus(vip),
@@ -93,6 +99,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	}
 	run("proxy", d.proxy.Run)
 	run("agent", agent.Run)
+	run("notify", func(ctx context.Context) error { return notifier.Run(ctx, node) })
 	run("api", api.Run)
 	run("routing", func(ctx context.Context) error { return followCluster(ctx, node, d.proxy, vip) })
 	if vip != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/pgbastion/pgbastion/engine"
 	"github.com/pgbastion/pgbastion/ha"
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/notify"
 	"github.com/pgbastion/pgbastion/ha/pgctl"
 	"github.com/pgbastion/pgbastion/netlink"
 )
@@ -31,7 +32,10 @@ type Config struct {
 	Tags       fsm.Tags          `yaml:"tags"`
 	PostgreSQL PostgreSQLConfig  `yaml:"postgresql"`
 	VIP        netlink.Config    `yaml:"vip"`
-	Log        LogConfig         `yaml:"log"`
+	// Webhooks receive the cluster's events (a new primary, a failover, a node down...),
+	// sent by the Raft leader.
+	Webhooks []notify.Webhook `yaml:"webhooks"`
+	Log      LogConfig        `yaml:"log"`
 }
 
 // PostgreSQLConfig is the local PostgreSQL server this node manages (HA mode).
@@ -48,6 +52,9 @@ type PostgreSQLConfig struct {
 	// PermanentSlots are physical replication slots PGBastion never drops (for tools such as
 	// pg_receivewal or a backup system).
 	PermanentSlots []string `yaml:"permanent_slots"`
+	// Callbacks are programs run when this node's PostgreSQL starts, stops, restarts or
+	// changes role (Patroni's postgresql.callbacks).
+	Callbacks notify.Callbacks `yaml:"callbacks"`
 }
 
 // HA returns the HA core's configuration, or false for a standalone proxy.
@@ -98,11 +105,24 @@ func (c *Config) Validate() error {
 		if c.PostgreSQL.SlotCleanupInterval <= 0 {
 			errs = append(errs, fmt.Errorf("postgresql.slot_cleanup_interval %s: must be positive (default 1h)", c.PostgreSQL.SlotCleanupInterval))
 		}
+		if err := c.PostgreSQL.Callbacks.Validate("postgresql.callbacks"); err != nil {
+			errs = append(errs, err)
+		}
+		for i := range c.Webhooks {
+			if err := c.Webhooks[i].Validate(fmt.Sprintf("webhooks[%d]", i)); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		if len(c.Proxy.Backends) > 0 {
 			errs = append(errs, errors.New("proxy.backends must be empty with a raft section: the cluster state says where the primary and replicas are"))
 		}
-	} else if c.VIP.Enabled() {
-		errs = append(errs, errors.New("vip needs a raft section: only a cluster member with a write lease may hold the floating IP"))
+	} else {
+		if c.VIP.Enabled() {
+			errs = append(errs, errors.New("vip needs a raft section: only a cluster member with a write lease may hold the floating IP"))
+		}
+		if len(c.Webhooks) > 0 || c.PostgreSQL.Callbacks.Any() {
+			errs = append(errs, errors.New("webhooks and postgresql.callbacks need a raft section: a standalone proxy has no cluster events"))
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -164,3 +164,61 @@ func TestDemoConfigCarriesTheSynchronousMode(t *testing.T) {
 		t.Errorf("bad mode: exit %d, %q", code, errOut.String())
 	}
 }
+
+func TestConfigWebhooksAndCallbacks(t *testing.T) {
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "role-change")
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := `raft: {node_name: n1, cluster_name: main, data_dir: /tmp/r, peers: [{name: n1, address: 127.0.0.1:8300}]}
+`
+	c, err := ParseConfig("c.yaml", []byte(base+`postgresql:
+  data_dir: /tmp/d
+  port: 5434
+  callbacks: {on_role_change: "`+prog+` --quiet", timeout: 5s}
+webhooks:
+  - url: https://hooks.example.com/services/T0/B0/xyz
+    format: slack
+    min_severity: warning
+  - {url: "http://127.0.0.1:9000/alerts", events: [primary_changed, no_primary], headers: {Authorization: Bearer t}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, _ := c.HA()
+	if hc.Raft.ClusterName != "main" || c.PostgreSQL.Callbacks.Timeout != 5*time.Second || len(c.Webhooks) != 2 ||
+		c.Webhooks[0].Format != "slack" || c.Webhooks[1].Format != "json" || c.Webhooks[1].Timeout != 10*time.Second {
+		t.Fatalf("parsed: %+v %+v", c.PostgreSQL.Callbacks, c.Webhooks)
+	}
+
+	_, err = ParseConfig("c.yaml", []byte(base+`postgresql:
+  data_dir: /tmp/d
+  port: 5434
+  callbacks: {on_stop: notify-me}
+webhooks:
+  - {url: "https://hooks.example.com/secret-token", events: [failover]}
+  - {url: "", format: teams}
+`))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{`postgresql.callbacks.on_stop: "notify-me" must be an absolute path`,
+		`webhooks[0].events: "failover" is not an event type`, "webhooks[1].url: required", `webhooks[1].format: "teams" is not json or slack`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %s:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "secret-token") {
+		t.Errorf("the error shows the webhook URL:\n%v", err)
+	}
+
+	_, err = ParseConfig("s.yaml", []byte("proxy: {backends: [{host: h, port: 1}]}\nwebhooks: [{url: http://x/y}]\n"))
+	if err == nil || !strings.Contains(err.Error(), "webhooks and postgresql.callbacks need a raft section") {
+		t.Fatalf("webhooks without raft: %v", err)
+	}
+	_, err = ParseConfig("s.yaml", []byte(base+"postgresql: {data_dir: /tmp/d, port: 5434}\nwebhooks: [{url: http://x/y, retries: 3}]\n"))
+	if err == nil || !strings.Contains(err.Error(), `unknown key "retries"`) {
+		t.Fatalf("unknown webhook key: %v", err)
+	}
+}

@@ -167,10 +167,12 @@ func TestQuorumLossStopsWrites(t *testing.T) {
 }
 
 // TestSwitchoverUnderPgbenchLoad: a switchover while pgbench writes through a node's proxy in
-// transaction mode completes with 0 client errors.
+// transaction mode completes with 0 client errors; the cluster's webhook hears of it once
+// and each node's on_role_change callback runs.
 func TestSwitchoverUnderPgbenchLoad(t *testing.T) {
 	pgbench := pgtest.Program(t, "pgbench")
-	c := Start(t, Options{})
+	hooks := newHookWatch(t)
+	c := Start(t, Options{Extra: hooks.webhooks(), PostgreSQLExtra: hooks.callbacks()})
 	primary, _ := c.WaitOneWritablePrimary(time.Minute)
 	entry := c.Nodes[2]
 	if entry == primary {
@@ -214,4 +216,5 @@ func TestSwitchoverUnderPgbenchLoad(t *testing.T) {
 	if p, _ := c.WaitOneWritablePrimary(time.Minute); p != cand {
 		t.Fatalf("primary is %s, want %s", p.Name, cand.Name)
 	}
+	hooks.checkSwitchover(t, primary.Name, cand.Name)
 }

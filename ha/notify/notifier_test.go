@@ -1,0 +1,466 @@
+package notify
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/pgbastion/pgbastion/ha/fsm"
+)
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func counter(set *metrics.Set, name string) uint64 {
+	return set.GetOrCreateCounter(name).Get()
+}
+
+// failover returns a state pair in which db1's primaryship passes to db2.
+func failover() (*fsm.State, *fsm.State) {
+	s0 := cluster(10)
+	s1 := next(s0, 14)
+	setStatus(s1, "db1", fsm.StateFenced, fsm.RolePrimary, false, 11)
+	setStatus(s1, "db2", fsm.StateRunningPrimary, fsm.RolePrimary, true, 13)
+	s1.Primary, s1.PrimaryIndex = "db2", 14
+	s1.History = append(s1.History, fsm.HistoryEntry{At: t0, Index: 14, NewPrimary: "db2", OldPrimary: "db1", Kind: fsm.OpFailover, Timeline: 2})
+	return s0, s1
+}
+
+type received struct {
+	header http.Header
+	body   []byte
+}
+
+type receiver struct {
+	mu    sync.Mutex
+	got   []received
+	codes []int // answered in turn; 200 once they run out
+	srv   *httptest.Server
+}
+
+func newReceiver(t *testing.T, codes ...int) *receiver {
+	r := &receiver{codes: codes}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		code := 200
+		if len(r.codes) > 0 {
+			code, r.codes = r.codes[0], r.codes[1:]
+		}
+		if code == 200 {
+			r.got = append(r.got, received{req.Header.Clone(), body})
+		}
+		r.mu.Unlock()
+		w.WriteHeader(code)
+		_, _ = io.WriteString(w, http.StatusText(code))
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *receiver) received() []received {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]received(nil), r.got...)
+}
+
+func TestWebhooksDeliverEventsFromTheLeaderOnly(t *testing.T) {
+	all := newReceiver(t)
+	critical := newReceiver(t, 503, 429) // fails twice, then takes it
+	slack := newReceiver(t)
+	hooks := []Webhook{
+		{URL: all.srv.URL + "/all", Headers: map[string]string{"Authorization": "Bearer s3cret"}},
+		{URL: critical.srv.URL, Name: "pager", MinSeverity: "critical"},
+		{URL: slack.srv.URL, Format: "slack", Events: []string{"primary_changed"}},
+	}
+	for i := range hooks {
+		if err := hooks[i].Validate("webhooks"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var leader atomic.Bool
+	set := metrics.NewSet()
+	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db3", IsLeader: leader.Load, Metrics: set, RetryBase: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer n.startWorkers(ctx).Wait()
+	defer cancel()
+
+	s0, s1 := failover()
+	n.observe(s0, s1) // not the leader: nothing is sent
+	leader.Store(true)
+	s2 := next(s1, 20)
+	s2.Paused = true // one more event, a warning
+	n.observe(s1, s2)
+	waitFor(t, "the maintenance event", func() bool { return len(all.received()) == 1 })
+	if got := all.received()[0]; got.header.Get("Authorization") != "Bearer s3cret" || got.header.Get("X-PGBastion-Event") != "maintenance" {
+		t.Errorf("headers: %v", got.header)
+	}
+
+	leader.Store(true)
+	n.observe(s0, s1)
+	waitFor(t, "the failover's events", func() bool { return len(all.received()) == 4 })
+	var evs []Event
+	for _, r := range all.received() {
+		var e Event
+		if err := json.Unmarshal(r.body, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Cluster != "main" || e.Sender != "db3" || r.header.Get("X-PGBastion-Event-Id") != e.ID {
+			t.Errorf("event %+v, header id %q", e, r.header.Get("X-PGBastion-Event-Id"))
+		}
+		evs = append(evs, e)
+	}
+	if got, want := types(evs), "maintenance node_state node_state primary_changed"; got != want {
+		t.Errorf("all: %s, want %s", got, want)
+	}
+
+	// The critical-only webhook got db1's fencing (it was the primary), after two retries.
+	waitFor(t, "the critical event", func() bool { return len(critical.received()) == 1 })
+	var e Event
+	_ = json.Unmarshal(critical.received()[0].body, &e)
+	if e.Type != EvNodeState || e.Node != "db1" || e.Severity != SevCritical {
+		t.Errorf("critical: %+v", e)
+	}
+	// Slack got one message, with a text.
+	waitFor(t, "the slack message", func() bool { return len(slack.received()) == 1 })
+	var msg map[string]string
+	_ = json.Unmarshal(slack.received()[0].body, &msg)
+	if msg["text"] != "[warning] main: db2 is the primary, replacing db1 (failover), timeline 2" {
+		t.Errorf("slack: %q", msg)
+	}
+	waitFor(t, "the counters", func() bool {
+		return counter(set, `pgbastion_webhook_deliveries_total{webhook="pager",result="ok"}`) == 1 &&
+			counter(set, `pgbastion_webhook_deliveries_total{webhook="0",result="ok"}`) == 4
+	})
+}
+
+func TestWebhookFailuresAreLoggedWithoutTheURLOrHeaders(t *testing.T) {
+	refuses := newReceiver(t, 401)
+	gone := httptest.NewServer(http.NotFoundHandler())
+	goneURL := gone.URL
+	gone.Close() // connections are refused from now on
+	hooks := []Webhook{
+		{URL: refuses.srv.URL + "/services/T000/B000/secret-path-token", Headers: map[string]string{"X-Api-Key": "header-secret"}},
+		{URL: goneURL + "/hooks/secret-path-token?token=query-secret", Name: "chat"},
+	}
+	for i := range hooks {
+		if err := hooks[i].Validate("webhooks"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs syncBuffer
+	set := metrics.NewSet()
+	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db1", IsLeader: func() bool { return true }, Metrics: set,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), RetryBase: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer n.startWorkers(ctx).Wait()
+	defer cancel()
+	s0 := cluster(10)
+	s1 := next(s0, 11)
+	s1.Paused = true
+	n.observe(s0, s1)
+	waitFor(t, "both failures", func() bool {
+		return counter(set, `pgbastion_webhook_deliveries_total{webhook="0",result="failed"}`) == 1 &&
+			counter(set, `pgbastion_webhook_deliveries_total{webhook="chat",result="failed"}`) == 1
+	})
+	out := logs.String()
+	for _, secret := range []string{"secret-path-token", "query-secret", "header-secret", "T000"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the log shows %q:\n%s", secret, out)
+		}
+	}
+	// A 4xx is not retried; a refused connection is, five times.
+	if !strings.Contains(out, "HTTP 401 Unauthorized") || !strings.Contains(out, "check the url, headers and format") {
+		t.Errorf("the 401 is not explained:\n%s", out)
+	}
+	if strings.Count(out, "will retry") != 4 || !strings.Contains(out, "gave up after 5 attempts") || !strings.Contains(out, "webhook=chat") {
+		t.Errorf("the refused connection's retries:\n%s", out)
+	}
+}
+
+func TestWebhookQueueDropsTheOldestWhenFull(t *testing.T) {
+	q := newQueue[int](3)
+	for i := range 5 {
+		if dropped := q.push(i); dropped != (i >= 3) {
+			t.Errorf("push %d: dropped %v", i, dropped)
+		}
+	}
+	ctx := context.Background()
+	for _, want := range []int{2, 3, 4} {
+		if got, _ := q.pop(ctx); got != want {
+			t.Errorf("pop %d, want %d", got, want)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, ok := q.pop(cctx); ok {
+		t.Error("pop from an empty queue with an ended context returned an item")
+	}
+}
+
+func TestWebhookValidation(t *testing.T) {
+	for _, tc := range []struct {
+		w    Webhook
+		want string
+	}{
+		{Webhook{}, "webhooks[0].url: required"},
+		{Webhook{URL: "ftp://x/y"}, `scheme "ftp" is not http or https`},
+		{Webhook{URL: "http:///x"}, "has no host"},
+		{Webhook{URL: "http://x", Events: []string{"failover"}}, `"failover" is not an event type (primary_changed, no_primary`},
+		{Webhook{URL: "http://x", MinSeverity: "high"}, `"high" is not info, warning or critical`},
+		{Webhook{URL: "http://x", Format: "teams"}, `"teams" is not json or slack`},
+		{Webhook{URL: "http://x", Headers: map[string]string{"X-A": "a\r\nEvil: 1"}}, `"X-A" is not a valid header name`},
+		{Webhook{URL: "http://x", Timeout: -1}, "timeout: must not be negative"},
+	} {
+		err := tc.w.Validate("webhooks[0]")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.w, err, tc.want)
+		}
+	}
+	w := Webhook{URL: "https://hooks.example.com/x"}
+	if err := w.Validate("w"); err != nil || w.Format != "json" || w.MinSeverity != "info" || w.Timeout != 10*time.Second {
+		t.Errorf("defaults: %v %+v", err, w)
+	}
+}
+
+// script writes an executable that appends its arguments and PGBASTION_EVENT's type to a
+// file, one line per run.
+func script(t *testing.T, body string) (path, out string) {
+	dir := t.TempDir()
+	out = filepath.Join(dir, "calls")
+	path = filepath.Join(dir, "cb.sh")
+	src := "#!/bin/sh\n" + body + "\n"
+	if err := os.WriteFile(path, []byte(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path, out
+}
+
+func lines(path string) []string {
+	b, _ := os.ReadFile(path)
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+func TestCallbacksFollowThisNodesPostgreSQL(t *testing.T) {
+	prog, out := script(t, `echo "$* $(echo "$PGBASTION_EVENT" | grep -o '"type":"[a-z_]*"')" >> `+"'%OUT%'")
+	body, _ := os.ReadFile(prog)
+	_ = os.WriteFile(prog, bytes.ReplaceAll(body, []byte("%OUT%"), []byte(out)), 0o755)
+	cb := Callbacks{OnStart: prog + " --tag x", OnStop: prog, OnRestart: prog, OnRoleChange: prog}
+	if err := cb.Validate("postgresql.callbacks"); err != nil {
+		t.Fatal(err)
+	}
+	set := metrics.NewSet()
+	n := New(cb, nil, Options{Cluster: "main", Node: "db2", Metrics: set})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer n.startWorkers(ctx).Wait()
+	defer cancel()
+
+	steps := []struct {
+		change func(s *fsm.State)
+		want   string // the callback line it adds, "" for none
+	}{
+		// The first state is the starting point: db2 runs as a replica.
+		{func(s *fsm.State) {}, ""},
+		{func(s *fsm.State) { setStatus(s, "db2", fsm.StatePromoting, fsm.RoleReplica, true, 20) }, ""},
+		{func(s *fsm.State) { setStatus(s, "db2", fsm.StateRunningPrimary, fsm.RolePrimary, true, 21) },
+			`on_role_change primary main "type":"node_state"`},
+		{func(s *fsm.State) { setStatus(s, "db2", fsm.StateFenced, fsm.RolePrimary, false, 22) },
+			`on_stop primary main "type":"node_state"`},
+		// Back after pg_rewind as a replica: a role change, not a start.
+		{func(s *fsm.State) { setStatus(s, "db2", fsm.StateRunningReplica, fsm.RoleReplica, true, 23) },
+			`on_role_change replica main "type":"node_state"`},
+		{func(s *fsm.State) { setStatus(s, "db2", fsm.StateStopped, fsm.RoleReplica, false, 24) },
+			`on_stop replica main "type":"node_state"`},
+		{func(s *fsm.State) { setStatus(s, "db2", fsm.StateRunningReplica, fsm.RoleReplica, true, 25) },
+			`--tag x on_start replica main "type":"node_state"`},
+		// An operator's restart: stopped and started, but only on_restart runs.
+		{func(s *fsm.State) {
+			s.Restarts = []fsm.RestartRequest{{ID: 1, Node: "db2", Status: fsm.RestartPending}}
+			setStatus(s, "db2", fsm.StateStopped, fsm.RoleReplica, false, 26)
+		}, ""},
+		{func(s *fsm.State) {
+			s.Restarts = []fsm.RestartRequest{{ID: 1, Node: "db2", Status: fsm.RestartDone}}
+			setStatus(s, "db2", fsm.StateRunningReplica, fsm.RoleReplica, true, 27)
+		}, `on_restart replica main "type":"restart_finished"`},
+		// Other nodes' changes run nothing here.
+		{func(s *fsm.State) { setStatus(s, "db3", fsm.StateStopped, fsm.RoleReplica, false, 28) }, ""},
+	}
+	var prev *fsm.State
+	cur := cluster(10)
+	var want []string
+	for i, st := range steps {
+		if prev != nil {
+			cur = next(prev, prev.Index+1)
+		}
+		st.change(cur)
+		n.observe(prev, cur)
+		prev = cur
+		if st.want != "" {
+			want = append(want, st.want)
+		}
+		waitFor(t, "the callbacks of step "+string(rune('0'+i)), func() bool { return len(lines(out)) == len(want) })
+	}
+	if got := strings.Join(lines(out), "\n"); got != strings.Join(want, "\n") {
+		t.Errorf("callbacks:\n%s\nwant\n%s", got, strings.Join(want, "\n"))
+	}
+
+	// Self-fencing (no quorum to tell) runs on_stop at once, and not again when the cluster
+	// hears of it.
+	n.SelfFenced("no quorum for 30s")
+	waitFor(t, "on_stop after self-fencing", func() bool { return len(lines(out)) == len(want)+1 })
+	if l := lines(out); l[len(l)-1] != `on_stop replica main "type":"node_state"` {
+		t.Errorf("self-fence: %q", l[len(l)-1])
+	}
+	fenced := next(prev, prev.Index+1)
+	setStatus(fenced, "db2", fsm.StateFenced, fsm.RoleReplica, false, 40)
+	n.observe(prev, fenced)
+	waitFor(t, "all runs counted", func() bool {
+		return counter(set, `pgbastion_callback_runs_total{result="ok"}`) == uint64(len(want)+1)
+	})
+	if l := lines(out); len(l) != len(want)+1 {
+		t.Errorf("on_stop ran again when the cluster heard of the fencing: %q", l)
+	}
+}
+
+func TestCallbackTimeoutKillsTheProcessGroup(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child")
+	prog, _ := script(t, "sleep 60 &\necho $! > '"+pidFile+"'\nsleep 60")
+	cb := Callbacks{OnStop: prog, Timeout: 200 * time.Millisecond}
+	if err := cb.Validate("postgresql.callbacks"); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	set := metrics.NewSet()
+	n := New(cb, nil, Options{Cluster: "main", Node: "db1", Metrics: set, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer n.startWorkers(ctx).Wait()
+	defer cancel()
+	s0 := cluster(10)
+	n.observe(nil, s0)
+	s1 := next(s0, 11)
+	setStatus(s1, "db1", fsm.StateStopped, fsm.RolePrimary, false, 11)
+	start := time.Now()
+	n.observe(s0, s1)
+	waitFor(t, "the timeout", func() bool { return counter(set, `pgbastion_callback_runs_total{result="failed"}`) == 1 })
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the callback ran %v with a 200ms timeout", took)
+	}
+	if !strings.Contains(logs.String(), "callback killed after 200ms (postgresql.callbacks.timeout)") {
+		t.Errorf("log:\n%s", logs.String())
+	}
+	// The background child was in the callback's process group and dies with it.
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strings.TrimSpace(string(b))
+	waitFor(t, "the callback's child "+pid+" to be killed", func() bool {
+		st, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			return true
+		}
+		f := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
+		return len(f) > 0 && f[0] == "Z"
+	})
+}
+
+func TestCallbackValidation(t *testing.T) {
+	dir := t.TempDir()
+	plain := filepath.Join(dir, "plain")
+	_ = os.WriteFile(plain, []byte("x"), 0o644)
+	for _, tc := range []struct {
+		cb   Callbacks
+		want string
+	}{
+		{Callbacks{OnStart: "notify.sh"}, `on_start: "notify.sh" must be an absolute path`},
+		{Callbacks{OnStop: filepath.Join(dir, "missing")}, "on_stop: stat"},
+		{Callbacks{OnRestart: plain}, "is not an executable file (chmod +x it)"},
+		{Callbacks{OnRoleChange: dir}, "is not an executable file"},
+	} {
+		err := tc.cb.Validate("postgresql.callbacks")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.cb, err, tc.want)
+		}
+	}
+}
+
+// A new member's first start runs on_start; a node whose PostgreSQL was already reported
+// running when the daemon started (a restart of pgbastion alone) runs nothing.
+func TestCallbacksOnStartOfANewMember(t *testing.T) {
+	prog, out := script(t, "")
+	_ = os.WriteFile(prog, []byte("#!/bin/sh\necho \"$PGBASTION_NODE $*\" >> '"+out+"'\n"), 0o755)
+	cb := Callbacks{OnStart: prog}
+	if err := cb.Validate("postgresql.callbacks"); err != nil {
+		t.Fatal(err)
+	}
+	set := metrics.NewSet()
+	ctx, cancel := context.WithCancel(context.Background())
+	fresh := New(cb, nil, Options{Cluster: "main", Node: "db4", Metrics: set})
+	running := New(cb, nil, Options{Cluster: "main", Node: "db1", Metrics: set})
+	wf, wr := fresh.startWorkers(ctx), running.startWorkers(ctx)
+	defer wr.Wait()
+	defer wf.Wait()
+	defer cancel()
+
+	s0 := cluster(10)
+	s0.Members["db4"] = fsm.Member{Name: "db4", RegisteredAt: t0}
+	fresh.observe(nil, s0)
+	running.observe(nil, s0)
+	s1 := next(s0, 11)
+	setStatus(s1, "db4", fsm.StateInitializing, fsm.RoleUnknown, false, 11)
+	s2 := next(s1, 12)
+	setStatus(s2, "db4", fsm.StateRunningReplica, fsm.RoleReplica, true, 12)
+	for _, p := range [][2]*fsm.State{{s0, s1}, {s1, s2}} {
+		fresh.observe(p[0], p[1])
+		running.observe(p[0], p[1])
+	}
+	waitFor(t, "db4's on_start", func() bool { return counter(set, `pgbastion_callback_runs_total{result="ok"}`) == 1 })
+	if got := lines(out); len(got) != 1 || got[0] != "db4 on_start replica main" {
+		t.Errorf("callbacks: %q", got)
+	}
+}
