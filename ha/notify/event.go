@@ -208,10 +208,16 @@ func Diff(prev, cur *fsm.State) []Event {
 		}
 	}
 
+	// A switchover takes the primary away on purpose: what would page someone otherwise is
+	// only a warning while one runs (its failure is critical).
+	planned := cur.Operation != nil && cur.Operation.Kind == fsm.OpSwitchover
 	if cur.Primary == "" && prev.Primary != "" {
-		add(Event{ID: fmt.Sprintf("no_primary:%d", cur.PrimaryIndex), Type: EvNoPrimary, Severity: SevCritical,
-			At: cur.PrimarySince, Index: cur.PrimaryIndex, OldPrimary: prev.Primary, Node: prev.Primary,
-			Message: fmt.Sprintf("no primary: %s no longer takes writes; writes wait or fail until a new primary is named", prev.Primary)})
+		sev, msg := SevCritical, fmt.Sprintf("no primary: %s no longer takes writes; writes wait or fail until a new primary is named", prev.Primary)
+		if planned {
+			sev, msg = SevWarning, fmt.Sprintf("no primary while switchover %d moves it from %s: writes wait", cur.Operation.ID, prev.Primary)
+		}
+		add(Event{ID: fmt.Sprintf("no_primary:%d", cur.PrimaryIndex), Type: EvNoPrimary, Severity: sev,
+			At: cur.PrimarySince, Index: cur.PrimaryIndex, OldPrimary: prev.Primary, Node: prev.Primary, Message: msg})
 	}
 
 	// Nodes.
@@ -226,11 +232,13 @@ func Diff(prev, cur *fsm.State) []Event {
 			continue
 		}
 		healthy := b.Healthy
+		// Down, or running but not answering, is bad; PROMOTING, DEMOTING and INITIALIZING
+		// are steps on the way somewhere.
+		running := b.State == fsm.StateRunningPrimary || b.State == fsm.StateRunningReplica
 		sev := SevInfo
-		switch {
-		case b.State == fsm.StateFenced || b.State == fsm.StateStopped || !b.Healthy:
+		if b.State == fsm.StateFenced || b.State == fsm.StateStopped || (running && !b.Healthy) {
 			sev = SevWarning
-			if name == cur.Primary || name == prev.Primary {
+			if (name == cur.Primary || name == prev.Primary) && !planned {
 				sev = SevCritical
 			}
 		}

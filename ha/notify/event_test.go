@@ -211,3 +211,35 @@ func TestDiffMembersMaintenanceLeaderConfigRestarts(t *testing.T) {
 		t.Errorf("resume: %+v", evs)
 	}
 }
+
+// A switchover takes the primary away on purpose: nothing about it is critical unless it fails.
+func TestDiffSwitchoverIsNotCritical(t *testing.T) {
+	s0 := cluster(10)
+	s0.Operation = &fsm.Operation{ID: 2, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDraining, Requested: true, Candidate: "db2", OldPrimary: "db1"}
+	s0.NextOperationID = 3
+	s1 := next(s0, 11)
+	s1.Primary, s1.PrimaryIndex = "", 11
+	setStatus(s1, "db1", fsm.StateDemoting, fsm.RolePrimary, false, 11)
+	for _, e := range Diff(s0, s1) {
+		if e.Severity == SevCritical {
+			t.Errorf("critical during a switchover: %+v", e)
+		}
+		if e.Type == EvNoPrimary && e.Message != "no primary while switchover 2 moves it from db1: writes wait" {
+			t.Errorf("no_primary: %q", e.Message)
+		}
+		if e.Type == EvNodeState && e.Severity != SevInfo {
+			t.Errorf("DEMOTING is a step, not a fault: %+v", e)
+		}
+	}
+	// The same loss without a switchover is critical.
+	s0.Operation, s1.Operation = nil, nil
+	crit := 0
+	for _, e := range Diff(s0, s1) {
+		if e.Severity == SevCritical {
+			crit++
+		}
+	}
+	if crit != 1 {
+		t.Errorf("%d critical events for losing the primary, want 1 (no_primary)", crit)
+	}
+}
