@@ -19,6 +19,18 @@ type restartBody struct {
 // primary is refused with what to do instead). It answers when the restart ended, or 202
 // after api.operation_wait.
 func (s *Server) restart(ctx *fasthttp.RequestCtx) {
+	s.restartOrReinit(ctx, "restart", s.src.Cluster.RequestRestart)
+}
+
+// reinit is POST /reinitialize (Patroni's name): the named replica's agent replaces its data
+// directory with a fresh clone of the primary and starts it as a standby. Refused on the
+// primary and while there is none. Answers like POST /restart; a large database takes long:
+// follow a 202 with GET /restarts.
+func (s *Server) reinit(ctx *fasthttp.RequestCtx) {
+	s.restartOrReinit(ctx, "reinitialisation", s.src.Cluster.RequestReinit)
+}
+
+func (s *Server) restartOrReinit(ctx *fasthttp.RequestCtx, what string, request func(context.Context, string, string) (uint64, error)) {
 	if !s.needCluster(ctx) {
 		return
 	}
@@ -34,9 +46,9 @@ func (s *Server) restart(ctx *fasthttp.RequestCtx) {
 	}
 	sub := s.src.Cluster.Subscribe()
 	defer sub.Close()
-	id, err := s.src.Cluster.RequestRestart(ctx, b.Node, b.Reason)
+	id, err := request(ctx, b.Node, b.Reason)
 	if err != nil {
-		writeFSMError(ctx, "restart", err)
+		writeFSMError(ctx, what, err)
 		return
 	}
 	wctx, cancel := context.WithTimeout(context.Background(), s.cfg.OperationWait)
@@ -44,7 +56,7 @@ func (s *Server) restart(ctx *fasthttp.RequestCtx) {
 	for {
 		if r, ok := s.src.Cluster.State().Restart(id); ok && r.Status != fsm.RestartPending {
 			if r.Status == fsm.RestartFailed {
-				writeJSON(ctx, fasthttp.StatusConflict, map[string]any{"restart": r, "error": fmt.Sprintf("restart of %s: %s", r.Node, r.Message)})
+				writeJSON(ctx, fasthttp.StatusConflict, map[string]any{"restart": r, "error": fmt.Sprintf("%s of %s: %s", what, r.Node, r.Message)})
 				return
 			}
 			writeJSON(ctx, fasthttp.StatusOK, map[string]any{"restart": r})
@@ -53,7 +65,7 @@ func (s *Server) restart(ctx *fasthttp.RequestCtx) {
 		select {
 		case <-sub.C:
 		case <-wctx.Done():
-			writeJSON(ctx, fasthttp.StatusAccepted, map[string]any{"id": id, "message": "restart still running; follow it with GET /restarts"})
+			writeJSON(ctx, fasthttp.StatusAccepted, map[string]any{"id": id, "message": what + " still running; follow it with GET /restarts"})
 			return
 		}
 	}

@@ -41,3 +41,31 @@ func TestRestartWaitsForTheAgentsAnswer(t *testing.T) {
 		t.Fatalf("GET /restarts: %d %s", code, body)
 	}
 }
+
+func TestReinitializeWaitsForTheAgentsAnswer(t *testing.T) {
+	c := newCluster(t, "n2")
+	// Play the agents: n1 is the primary and refuses; others clone.
+	c.onRestart = func(id uint64) {
+		r, _ := c.State().Restart(id)
+		fin := fsm.FinishRestart{ID: id, Node: r.Node, Success: r.Node != "n1" && r.Reinit}
+		if !fin.Success {
+			fin.Message = "this node is the primary: its data is the cluster's; switch over first"
+		}
+		_, _ = c.propose(fin, time.Now())
+	}
+	base := startAPI(t, "tok", c)
+	if code, _ := do(t, "POST", base+"/reinitialize", "", `{"node":"n2"}`); code != 401 {
+		t.Fatalf("reinitialize without the token: %d", code)
+	}
+	code, body := do(t, "POST", base+"/reinitialize", "tok", `{"node":"n2","reason":"diverged"}`)
+	if code != 200 || !strings.Contains(body, `"reinit": true`) || !strings.Contains(body, `"status": "done"`) {
+		t.Fatalf("reinitialize n2: %d %s", code, body)
+	}
+	code, body = do(t, "POST", base+"/reinitialize", "tok", `{"node":"n1"}`)
+	if code != 409 || !strings.Contains(body, "reinitialisation of n1: this node is the primary") {
+		t.Fatalf("reinitialize the primary: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", base+"/reinitialize", "tok", `{"node":"n2","force":true}`); code != 400 || !strings.Contains(body, "force") {
+		t.Fatalf("unknown field: %d %s", code, body)
+	}
+}

@@ -83,6 +83,9 @@ type Cluster interface {
 	UpdatePGConfig(ctx context.Context, set map[string]string, reset []string, ifVersion uint64) (uint64, error)
 	// RequestRestart asks node's agent to restart its PostgreSQL; it returns the request ID.
 	RequestRestart(ctx context.Context, node, reason string) (uint64, error)
+	// RequestReinit asks node's agent to replace its data directory with a fresh clone of
+	// the primary; it returns the request ID.
+	RequestReinit(ctx context.Context, node, reason string) (uint64, error)
 	// RemoveMember removes a node from the cluster for good: its member record (the
 	// primary's agent then drops its replication slot) and its Raft membership.
 	RemoveMember(ctx context.Context, name string) error
@@ -151,6 +154,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.POST("/resume", s.auth(s.pause(false)))
 	r.DELETE("/members/{name}", s.auth(s.removeMember))
 	r.POST("/restart", s.auth(s.restart))
+	r.POST("/reinitialize", s.auth(s.reinit))
 	r.GET("/restarts", s.restarts)
 	r.GET("/cluster/postgresql", s.getPGConfig)
 	r.PATCH("/cluster/postgresql", s.auth(s.patchPGConfig))

@@ -90,6 +90,17 @@ func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation
 	return fsm.Operation{ID: id, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDone, NewPrimary: "n2"}, c.waitErr
 }
 func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
+func (c *fakeCluster) RequestReinit(_ context.Context, node, reason string) (uint64, error) {
+	r, err := c.propose(fsm.RequestReinit{Node: node, Reason: reason}, time.Now())
+	if err != nil {
+		return 0, err
+	}
+	if r.Err == nil && c.onRestart != nil {
+		go c.onRestart(r.ID)
+	}
+	return r.ID, r.Error()
+}
+
 func (c *fakeCluster) RequestRestart(_ context.Context, node, reason string) (uint64, error) {
 	r, err := c.propose(fsm.RequestRestart{Node: node, Reason: reason}, time.Now())
 	if err != nil {

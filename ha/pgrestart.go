@@ -15,6 +15,23 @@ func (n *Node) RequestRestart(ctx context.Context, node, reason string) (uint64,
 	return res.ID, err
 }
 
+// RequestReinit asks node's agent to replace its data directory with a fresh clone of the
+// primary (Patroni's reinit) and returns the request's ID. The agent refuses on the primary,
+// and when there is no primary to clone from.
+func (n *Node) RequestReinit(ctx context.Context, node, reason string) (uint64, error) {
+	res, err := n.applyChecked(ctx, fsm.RequestReinit{Node: node, Reason: reason})
+	return res.ID, err
+}
+
+// Reinitializer is implemented by a PostgreSQL that can replace its data directory with a
+// clone of the primary.
+type Reinitializer interface {
+	// Reinit stops the server, replaces its data directory with a base backup of up, and
+	// starts it as up's standby. It changes nothing when up cannot be reached or the data
+	// directory belongs to another cluster.
+	Reinit(ctx context.Context, up Upstream) error
+}
+
 // maybeRestart executes a pending restart request for this node (one at a time) and reports
 // its end.
 func (a *Agent) maybeRestart(ctx context.Context, st *fsm.State) {
@@ -31,24 +48,43 @@ func (a *Agent) maybeRestart(ctx context.Context, st *fsm.State) {
 		return
 	}
 	ack := fsm.FinishRestart{ID: r.ID, Node: a.c.Name()}
-	if refusal := a.restartRefusal(st); refusal != "" {
+	what, do := "restart", a.restart
+	if r.Reinit {
+		what, do = "reinitialisation", a.reinit
+	}
+	if refusal := a.restartRefusal(st, r); refusal != "" {
 		ack.Message = refusal
-		a.log.Warn("restart refused", "request", r.ID, "reason", refusal)
-	} else if err := a.restart(ctx, r); err != nil {
-		ack.Message = "restart failed: " + err.Error()
+		a.log.Warn(what+" refused", "request", r.ID, "reason", refusal)
+	} else if err := do(ctx, st, r); err != nil {
+		ack.Message = what + " failed: " + err.Error()
 		a.lastErr = ack.Message
-		a.log.Warn("restart failed", "request", r.ID, "error", err)
+		a.log.Warn(what+" failed", "request", r.ID, "error", err)
 	} else {
 		ack.Success = true
-		a.log.Info("postgresql restarted", "request", r.ID)
+		a.log.Info("postgresql "+map[bool]string{false: "restarted", true: "reinitialised"}[r.Reinit], "request", r.ID)
 	}
 	a.restartAck = &ack
 	a.finishRestart(ctx, ack)
 }
 
-// restartRefusal says why this node's PostgreSQL may not be restarted now, with what to do
-// instead, or "".
-func (a *Agent) restartRefusal(st *fsm.State) string {
+// restartRefusal says why this node's PostgreSQL may not be restarted (or reinitialised) now,
+// with what to do instead, or "".
+func (a *Agent) restartRefusal(st *fsm.State, r fsm.RestartRequest) string {
+	if r.Reinit {
+		_, reinits := a.pg.(Reinitializer)
+		switch {
+		case st.Primary == a.c.Name():
+			return "this node is the primary: its data is the cluster's; switch over first (pgbastion ctl switchover), then reinitialise it as a replica"
+		case st.Operation != nil:
+			return fmt.Sprintf("a %s is in progress (operation %d); ask again when it has finished", st.Operation.Kind, st.Operation.ID)
+		case st.Primary == "":
+			return "the cluster has no primary to clone from; nothing was changed"
+		case !reinits:
+			return "this node's PostgreSQL controller cannot reinitialise"
+		}
+		// A fenced or stopped replica is what reinit is for.
+		return ""
+	}
 	switch {
 	case st.Primary == a.c.Name():
 		return "this node is the primary: restarting it would stop every write; switch over first (pgbastion ctl switchover), then restart it as a replica"
@@ -62,8 +98,33 @@ func (a *Agent) restartRefusal(st *fsm.State) string {
 	return ""
 }
 
+// reinit replaces the data directory with a clone of the primary, reporting the node STOPPED
+// with the reason meanwhile. A clone takes as long as the database is large: no timeout but
+// the agent's own end.
+func (a *Agent) reinit(ctx context.Context, st *fsm.State, r fsm.RestartRequest) error {
+	m, ok := st.Members[st.Primary]
+	if !ok || m.PGHost == "" {
+		return fmt.Errorf("the primary %s has no PostgreSQL address registered", st.Primary)
+	}
+	up := Upstream{Name: m.Name, Host: m.PGHost, Port: m.PGPort}
+	a.log.Info("reinitialising postgresql from the primary", "request", r.ID, "primary", up.Name, "reason", r.Reason)
+	a.busy, a.restarting = fsm.StateStopped, fmt.Sprintf("reinitialising at an operator's request (%d): cloning from %s", r.ID, up.Name)
+	a.report(ctx)
+	err := a.pg.(Reinitializer).Reinit(ctx, up)
+	if err == nil {
+		a.following = up.Name
+		// A fenced node is fenced no more: its data is a fresh copy of the primary's.
+		a.fenced, a.fenceReason = false, ""
+	}
+	a.busy, a.restarting = "", ""
+	a.forgetPGConfig()
+	a.probe(ctx)
+	a.report(ctx)
+	return err
+}
+
 // restart stops and starts PostgreSQL, reporting the node STOPPED with the reason meanwhile.
-func (a *Agent) restart(ctx context.Context, r fsm.RestartRequest) error {
+func (a *Agent) restart(ctx context.Context, _ *fsm.State, r fsm.RestartRequest) error {
 	a.log.Info("restarting postgresql", "request", r.ID, "reason", r.Reason)
 	a.busy, a.restarting = fsm.StateStopped, fmt.Sprintf("restarting at an operator's request (%d)", r.ID)
 	a.report(ctx)

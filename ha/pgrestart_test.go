@@ -1,6 +1,8 @@
 package ha
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -66,4 +68,96 @@ func TestAgentRestartsAReplicaOnRequestAndRefusesThePrimary(t *testing.T) {
 	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "not running") {
 		t.Fatalf("restart of a stopped server: %+v", r)
 	}
+}
+
+// reinitPG is a fake PostgreSQL that can reinitialise: a clone of the upstream.
+type reinitPG struct{ *fakePG }
+
+func (p reinitPG) Reinit(_ context.Context, up Upstream) error {
+	src := p.net.get(up.Host)
+	var lsn fsm.LSN
+	if src != nil {
+		_, _, lsn, _ = src.snapshot()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.record("reinit " + up.Name); err != nil {
+		return err
+	}
+	p.running, p.role, p.upstream, p.lsn = true, fsm.RoleReplica, up.Host, lsn
+	return nil
+}
+
+func TestAgentReinitialisesAReplicaOnRequest(t *testing.T) {
+	c := newFakeCluster(t, "n1")
+	c.setup()
+	pgs := newFakePGNet()
+	pgs.add("n2", fsm.RolePrimary, 5000, "")
+	pg := reinitPG{pgs.add("n1", fsm.RoleReplica, 4000, "n2")}
+	runAgent(t, c, pg, agentConfig(), AgentOptions{})
+	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateRunningReplica }, "agent running")
+	finished := func(id uint64) fsm.RestartRequest {
+		t.Helper()
+		var r fsm.RestartRequest
+		await.True(t, 2*time.Second, func() bool {
+			r, _ = c.State().Restart(id)
+			return r.Status != fsm.RestartPending
+		}, "request %d finished", id)
+		return r
+	}
+
+	// A replica that cannot start any more (down, say after a failed pg_rewind) is what
+	// reinit is for: it is not refused like a restart.
+	pg.set(func(p *fakePG) { p.running = false })
+	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateStopped }, "down reported")
+	id := c.must(fsm.RequestReinit{Node: "n1", Reason: "diverged"}).ID
+	if r := finished(id); r.Status != fsm.RestartDone || !r.Reinit {
+		t.Fatalf("reinit of a stopped replica: %+v", r)
+	}
+	if calls := pg.Calls(); !slices.Contains(calls, "reinit n2") {
+		t.Fatalf("no clone from the primary: %v", calls)
+	}
+	await.True(t, 2*time.Second, func() bool {
+		s := c.status("n1")
+		return s.State == fsm.StateRunningReplica && s.Healthy && s.Following == "n2"
+	}, "a running replica of n2 again")
+
+	// A failed clone is reported with its reason.
+	pg.set(func(p *fakePG) {
+		p.failOn = map[string]error{"reinit n2": errors.New("pg_basebackup: could not connect")}
+	})
+	id = c.must(fsm.RequestReinit{Node: "n1"}).ID
+	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "reinitialisation failed: pg_basebackup: could not connect") {
+		t.Fatalf("failed reinit: %+v", r)
+	}
+	pg.set(func(p *fakePG) { p.failOn = nil })
+
+	// The primary is refused and not touched; so is a cluster without a primary.
+	c.must(fsm.SetPrimary{Node: ""})
+	before := len(pg.Calls())
+	id = c.must(fsm.RequestReinit{Node: "n1"}).ID
+	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "no primary to clone from") {
+		t.Fatalf("reinit without a primary: %+v", r)
+	}
+	c.must(fsm.SetPrimary{Node: "n1"})
+	id = c.must(fsm.RequestReinit{Node: "n1"}).ID
+	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "switch over first") {
+		t.Fatalf("reinit of the primary: %+v", r)
+	}
+	if calls := pg.Calls()[before:]; slices.ContainsFunc(calls, func(s string) bool { return strings.HasPrefix(s, "reinit") || s == "stop" }) {
+		t.Fatalf("refused requests touched PostgreSQL: %v", calls)
+	}
+}
+
+func TestAgentWithoutReinitRefusesIt(t *testing.T) {
+	c := newFakeCluster(t, "n1")
+	c.setup()
+	pgs := newFakePGNet()
+	pgs.add("n2", fsm.RolePrimary, 5000, "")
+	runAgent(t, c, pgs.add("n1", fsm.RoleReplica, 4000, "n2"), agentConfig(), AgentOptions{})
+	id := c.must(fsm.RequestReinit{Node: "n1"}).ID
+	await.True(t, 2*time.Second, func() bool {
+		r, _ := c.State().Restart(id)
+		return r.Status == fsm.RestartFailed && strings.Contains(r.Message, "cannot reinitialise")
+	}, "reinit refused")
 }

@@ -47,6 +47,7 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   pause | resume                         stop / restart automatic failover
   remove NODE                            remove a member for good (its replication slot is dropped)
   restart NODE... | restart --pending    restart replicas' PostgreSQL one at a time (ctl restart for details)
+  reinit --yes NODE...                   re-clone replicas from the primary (ctl reinit for details)
   config show | set NAME=VALUE... | reset NAME...
                                          the cluster-wide PostgreSQL configuration (ctl config for details)
 The token defaults to $PGBASTION_API_TOKEN, the API to $PGBASTION_API or http://127.0.0.1:8080.
@@ -92,6 +93,8 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 		return c.config(rest, stderr)
 	case "restart":
 		return c.restart(rest, stderr)
+	case "reinit":
+		return c.reinit(rest, stderr)
 	case "remove":
 		if len(rest) != 1 {
 			return fmt.Errorf("usage: pgbastion ctl remove NODE")

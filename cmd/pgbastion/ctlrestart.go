@@ -60,7 +60,7 @@ func (c *ctlClient) restart(args []string, stderr io.Writer) error {
 	for _, n := range nodes {
 		fmt.Fprintf(c.out, "restarting %s ... ", n)
 		start := time.Now()
-		if err := c.call(http.MethodPost, "/restart", map[string]string{"node": n, "reason": "pgbastion ctl restart"}, nil); err != nil {
+		if err := c.request("/restart", n, "pgbastion ctl restart", 2*time.Minute); err != nil {
 			fmt.Fprintln(c.out, "failed")
 			return err
 		}
@@ -71,6 +71,87 @@ func (c *ctlClient) restart(args []string, stderr io.Writer) error {
 		fmt.Fprintf(c.out, "running again as a replica (%.1fs)\n", time.Since(start).Seconds())
 	}
 	return nil
+}
+
+const ctlReinitUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] reinit --yes [--wait DURATION] NODE...
+  Replace each replica's data directory with a fresh clone of the primary (pg_basebackup) and
+  start it as a standby again, one node after the other: for a replica that cannot follow the
+  primary any more (diverged timeline, failed pg_rewind, damaged files). Its data directory is
+  removed; --yes confirms that. --wait bounds the wait for each node (default 1h).
+The primary is never reinitialised: switch over first.
+`
+
+// reinit is Patroni's reinit.
+func (c *ctlClient) reinit(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reinit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, ctlReinitUsage) }
+	yes := fs.Bool("yes", false, "confirm that the nodes' data directories are removed")
+	wait := fs.Duration("wait", time.Hour, "how long to wait for each node")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return fmt.Errorf("reinit: name the nodes to reinitialise")
+	}
+	if !*yes {
+		return fmt.Errorf("reinit removes the data directory of %s and clones the primary again; add --yes to go ahead", strings.Join(fs.Args(), ", "))
+	}
+	for _, n := range fs.Args() {
+		fmt.Fprintf(c.out, "reinitialising %s from the primary ... ", n)
+		start := time.Now()
+		if err := c.request("/reinitialize", n, "pgbastion ctl reinit", *wait); err != nil {
+			fmt.Fprintln(c.out, "failed")
+			return err
+		}
+		if err := c.awaitReplica(n, 2*time.Minute); err != nil {
+			fmt.Fprintln(c.out, "cloned, but not streaming")
+			return err
+		}
+		fmt.Fprintf(c.out, "running again as a replica (%.1fs)\n", time.Since(start).Seconds())
+	}
+	return nil
+}
+
+// request posts a restart or reinit request for node and waits up to timeout for the agent's
+// answer: the API answers 202 with the request's ID when it takes longer than its own wait.
+func (c *ctlClient) request(path, node, reason string, timeout time.Duration) error {
+	var res struct {
+		ID      uint64 `json:"id"`
+		Restart *struct {
+			ID uint64 `json:"id"`
+		} `json:"restart"`
+	}
+	if err := c.call(http.MethodPost, path, map[string]string{"node": node, "reason": reason}, &res); err != nil {
+		return err
+	}
+	if res.Restart != nil {
+		return nil // it ended, successfully (a failure is an error status)
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		var rs struct {
+			Restarts []struct {
+				ID      uint64 `json:"id"`
+				Status  string `json:"status"`
+				Message string `json:"message"`
+			} `json:"restarts"`
+		}
+		if err := c.call(http.MethodGet, "/restarts", nil, &rs); err == nil {
+			for _, r := range rs.Restarts {
+				switch {
+				case r.ID != res.ID:
+				case r.Status == "done":
+					return nil
+				case r.Status == "failed":
+					return fmt.Errorf("%s of %s: %s", strings.TrimPrefix(path, "/"), node, r.Message)
+				}
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	return fmt.Errorf("request %d for %s has not ended within %s; follow it with GET /restarts or ctl list", res.ID, node, timeout)
 }
 
 // awaitReplica waits until node reports itself a healthy running replica.

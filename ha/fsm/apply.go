@@ -107,7 +107,9 @@ func (s *State) apply(cmd Command, m Meta) Result {
 	case ReportPGConfig:
 		return s.reportPGConfig(c, m)
 	case RequestRestart:
-		return s.requestRestart(c, m)
+		return s.requestRestart(c, false, m)
+	case RequestReinit:
+		return s.requestRestart(RequestRestart(c), true, m)
 	case FinishRestart:
 		return s.finishRestart(c, m)
 	}

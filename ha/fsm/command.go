@@ -299,6 +299,8 @@ func newCommand(t CommandType) (Command, uint8) {
 		c = &RequestRestart{}
 	case TypeFinishRestart:
 		c = &FinishRestart{}
+	case TypeRequestReinit:
+		c = &RequestReinit{}
 	default:
 		return nil, 0
 	}
@@ -426,6 +428,8 @@ func deref(c Command) Command {
 	case *RequestRestart:
 		return *c
 	case *FinishRestart:
+		return *c
+	case *RequestReinit:
 		return *c
 	}
 	return c

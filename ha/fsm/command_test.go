@@ -41,6 +41,7 @@ func allCommands() []Command {
 		ReportPGConfig{Node: "n1", Version: 3, PendingRestart: []string{"shared_buffers"}, Error: `invalid value for parameter "work_mem"`},
 		RequestRestart{Node: "n2", Reason: "pending restart"},
 		FinishRestart{ID: 4, Node: "n2", Success: false, Message: "n2 is the primary"},
+		RequestReinit{Node: "n3", Reason: "diverged"},
 	}
 }
 

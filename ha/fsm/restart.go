@@ -7,9 +7,15 @@ import (
 // Restarts of a node's PostgreSQL requested by an operator (POST /restart), executed by that
 // node's agent. They live apart from directives, in ignorable commands: a node of an older
 // version skips them without its directive IDs drifting from the others'.
+//
+// A reinitialisation (POST /reinit, Patroni's reinit) is a restart request with Reinit set:
+// the agent replaces the data directory with a fresh clone of the primary. It has its own
+// command type so that a node of an older version, which knows RequestRestart but not this,
+// skips it rather than restarting without the clone (or halting on an unknown field).
 const (
 	TypeRequestRestart CommandType = IgnorableFlag | 22
 	TypeFinishRestart  CommandType = IgnorableFlag | 23
+	TypeRequestReinit  CommandType = IgnorableFlag | 24
 )
 
 const maxRestarts = 32 // finished requests kept
@@ -26,9 +32,11 @@ const (
 
 // RestartRequest asks Node's agent to restart its PostgreSQL.
 type RestartRequest struct {
-	ID          uint64        `json:"id"`
-	Node        string        `json:"node"`
-	Reason      string        `json:"reason,omitempty"`
+	ID     uint64 `json:"id"`
+	Node   string `json:"node"`
+	Reason string `json:"reason,omitempty"`
+	// Reinit: replace the data directory with a new clone of the primary, not just restart.
+	Reinit      bool          `json:"reinit,omitempty"`
 	Status      RestartStatus `json:"status"`
 	Message     string        `json:"message,omitempty"`
 	RequestedAt time.Time     `json:"requested_at"`
@@ -42,6 +50,13 @@ type RequestRestart struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// RequestReinit asks for a reinitialisation of Node: its data directory is replaced by a
+// clone of the primary. The request's end is reported with FinishRestart.
+type RequestReinit struct {
+	Node   string `json:"node"`
+	Reason string `json:"reason,omitempty"`
+}
+
 // FinishRestart is the agent's report that restart ID ended.
 type FinishRestart struct {
 	ID      uint64 `json:"id"`
@@ -51,6 +66,8 @@ type FinishRestart struct {
 }
 
 func (RequestRestart) CommandType() CommandType { return TypeRequestRestart }
+func (RequestReinit) CommandType() CommandType  { return TypeRequestReinit }
+func (RequestReinit) CommandVersion() uint8     { return 1 }
 func (FinishRestart) CommandType() CommandType  { return TypeFinishRestart }
 func (RequestRestart) CommandVersion() uint8    { return 1 }
 func (FinishRestart) CommandVersion() uint8     { return 1 }
@@ -75,18 +92,22 @@ func (s *State) Restart(id uint64) (RestartRequest, bool) {
 	return RestartRequest{}, false
 }
 
-func (s *State) requestRestart(c RequestRestart, m Meta) Result {
+func (s *State) requestRestart(c RequestRestart, reinit bool, m Meta) Result {
 	if _, ok := s.Members[c.Node]; !ok {
 		return fail(CodeNotFound, "member %q is not registered", c.Node)
 	}
 	if r, ok := s.PendingRestart(c.Node); ok {
-		return fail(CodeConflict, "a restart of %s (request %d) is already pending", c.Node, r.ID)
+		what := "restart"
+		if r.Reinit {
+			what = "reinitialisation"
+		}
+		return fail(CodeConflict, "a %s of %s (request %d) is already pending", what, c.Node, r.ID)
 	}
 	var id uint64 = 1
 	if n := len(s.Restarts); n > 0 {
 		id = s.Restarts[n-1].ID + 1
 	}
-	s.Restarts = append(s.Restarts, RestartRequest{ID: id, Node: c.Node, Reason: c.Reason, Status: RestartPending, RequestedAt: m.At, Index: m.Index})
+	s.Restarts = append(s.Restarts, RestartRequest{ID: id, Node: c.Node, Reason: c.Reason, Reinit: reinit, Status: RestartPending, RequestedAt: m.At, Index: m.Index})
 	// Keep every pending request and the newest finished ones.
 	for len(s.Restarts) > maxRestarts {
 		i := 0

@@ -45,3 +45,25 @@ func TestRestartRequests(t *testing.T) {
 		t.Fatal("the pending request was dropped to make room")
 	}
 }
+
+func TestReinitRequests(t *testing.T) {
+	m := threeNodes(t)
+	id := m.ok(RequestReinit{Node: "n2", Reason: "replica diverged"}).ID
+	if r, ok := m.s.PendingRestart("n2"); !ok || r.ID != id || !r.Reinit || r.Reason != "replica diverged" {
+		t.Fatalf("pending reinit: %+v %v", r, ok)
+	}
+	// One request at a time per node, whatever its kind.
+	if err := m.apply(RequestRestart{Node: "n2"}).Error(); err == nil || err.Error() != "a reinitialisation of n2 (request 1) is already pending" {
+		t.Fatalf("restart while a reinit is pending: %v", err)
+	}
+	m.rejects(RequestReinit{Node: "n9"}, ErrNotFound)
+	m.ok(FinishRestart{ID: id, Node: "n2", Success: true})
+	if r, _ := m.s.Restart(id); r.Status != RestartDone || !r.Reinit {
+		t.Fatalf("finished: %+v", r)
+	}
+	// A plain restart is not a reinit.
+	r := m.ok(RequestRestart{Node: "n2"})
+	if got, _ := m.s.Restart(r.ID); got.Reinit {
+		t.Fatal("a restart request says reinit")
+	}
+}

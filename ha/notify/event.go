@@ -35,7 +35,8 @@ const (
 	EvLeaderChanged EventType = "leader_changed"
 	// EvConfigChanged: the cluster-wide PostgreSQL configuration changed.
 	EvConfigChanged EventType = "pg_config_changed"
-	// EvRestartFinished: an operator's restart of a node's PostgreSQL ended.
+	// EvRestartFinished: an operator's restart (or reinitialisation) of a node's PostgreSQL
+	// ended.
 	EvRestartFinished EventType = "restart_finished"
 )
 
@@ -97,6 +98,8 @@ type Event struct {
 	Epoch uint64 `json:"epoch,omitempty"`
 	// Result is done or failed (operation_finished, restart_finished).
 	Result string `json:"result,omitempty"`
+	// Reinit: the restart_finished was a reinitialisation (a new clone of the primary).
+	Reinit bool `json:"reinit,omitempty"`
 }
 
 // OperationInfo is the part of a failover or switchover an event carries.
@@ -277,12 +280,16 @@ func Diff(prev, cur *fsm.State) []Event {
 		if r.Status == fsm.RestartPending || !(pending[r.ID] || r.ID > maxPrev) {
 			continue
 		}
-		sev, msg := SevInfo, fmt.Sprintf("restart of %s's PostgreSQL done", r.Node)
+		what := "restart"
+		if r.Reinit {
+			what = "reinitialisation"
+		}
+		sev, msg := SevInfo, fmt.Sprintf("%s of %s's PostgreSQL done", what, r.Node)
 		if r.Status == fsm.RestartFailed {
-			sev, msg = SevWarning, fmt.Sprintf("restart of %s's PostgreSQL failed: %s", r.Node, r.Message)
+			sev, msg = SevWarning, fmt.Sprintf("%s of %s's PostgreSQL failed: %s", what, r.Node, r.Message)
 		}
 		add(Event{ID: fmt.Sprintf("restart_finished:%d", r.ID), Type: EvRestartFinished, Severity: sev,
-			At: r.FinishedAt, Node: r.Node, Reason: r.Reason, Result: string(r.Status), Message: msg})
+			At: r.FinishedAt, Node: r.Node, Reason: r.Reason, Result: string(r.Status), Reinit: r.Reinit, Message: msg})
 	}
 	slices.SortStableFunc(out, func(a, b Event) int { return cmp.Compare(a.Index, b.Index) })
 	return out

@@ -171,7 +171,7 @@ func TestDiffMembersMaintenanceLeaderConfigRestarts(t *testing.T) {
 	s1.Paused = true
 	s1.Epoch, s1.EpochIndex, s1.EpochLeader = 2, 15, "db3"
 	s1.PGConfig = &fsm.PGConfig{Version: 4, UpdatedIndex: 18}
-	s1.Restarts = []fsm.RestartRequest{{ID: 1, Node: "db3", Status: fsm.RestartDone}, {ID: 2, Node: "db4", Status: fsm.RestartFailed, Message: "not streaming"}}
+	s1.Restarts = []fsm.RestartRequest{{ID: 1, Node: "db3", Status: fsm.RestartDone}, {ID: 2, Node: "db4", Status: fsm.RestartFailed, Reinit: true, Message: "not streaming"}}
 	evs := Diff(s0, s1)
 	got := map[EventType]Event{}
 	for _, e := range evs {
@@ -196,6 +196,11 @@ func TestDiffMembersMaintenanceLeaderConfigRestarts(t *testing.T) {
 	for _, e := range evs {
 		if e.Type == EvRestartFinished {
 			restarts = append(restarts, e.Node+"="+e.Result)
+		}
+	}
+	for _, e := range evs {
+		if e.Type == EvRestartFinished && e.Node == "db4" && (!e.Reinit || e.Message != "reinitialisation of db4's PostgreSQL failed: not streaming") {
+			t.Errorf("reinit event: %+v", e)
 		}
 	}
 	if strings.Join(restarts, " ") != "db3=done db4=failed" {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/pgbastion/pgbastion/ha"
 	"github.com/pgbastion/pgbastion/ha/fsm"
@@ -288,6 +289,43 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 		return res, err
 	}
 	return res, c.inst.Start(ctx)
+}
+
+// Reinit implements ha.Reinitializer (Patroni's reinit): it stops the server, replaces the
+// data directory with a base backup of up and starts it as up's standby. Nothing is touched
+// when up cannot be reached, or when the data directory belongs to another cluster.
+func (c *Controller) Reinit(ctx context.Context, up ha.Upstream) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	conn, err := c.inst.ConnectTo(ctx, up.Host, up.Port)
+	if err != nil {
+		return fmt.Errorf("cannot reach the primary %s at %s:%d, so nothing was changed: %w", up.Name, up.Host, up.Port, err)
+	}
+	conn.Close(context.Background())
+	if c.inst.HasData() {
+		if err := c.checkSystemID(ctx); err != nil {
+			return err
+		}
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := c.inst.Stop(sctx, Fast)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("stopping PostgreSQL before removing its data directory: %w", err)
+		}
+	}
+	c.lastCheckpoint = 0
+	if err := c.clone(ctx, up.Host, up.Port); err != nil {
+		// Leave no half copy that could be mistaken for data: an empty directory is cloned
+		// again when the node next starts.
+		if rerr := os.RemoveAll(c.inst.cfg.DataDir); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return fmt.Errorf("cloning from %s: %w (the data directory is left empty: the node clones it again when it next starts)", up.Name, err)
+	}
+	if err := c.inst.Follow(up.Host, up.Port, c.Self, ha.SlotName(c.Self)); err != nil {
+		return err
+	}
+	return c.inst.Start(ctx)
 }
 
 // rewind runs pg_rewind from up after a checkpoint there. pg_rewind before PostgreSQL 16 takes

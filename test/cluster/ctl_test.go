@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -184,6 +185,50 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 			t.Fatalf("%s runs with work_mem %s after the reset, want the default 4MB", n.Name, v)
 		}
 	}
+
+	// reinit replaces a replica's data directory with a new clone of the primary: a file
+	// left in the old one is gone, the replica streams again, and it runs with the cluster's
+	// settings. It needs --yes, and the primary is refused.
+	if out := fails("reinit", third.Name); !strings.Contains(out, "add --yes") {
+		t.Fatalf("reinit without --yes: %s", out)
+	}
+	if out := fails("reinit", "--yes", cand.Name); !strings.Contains(out, "switch over first") {
+		t.Fatalf("reinit of the primary: %s", out)
+	}
+	marker := filepath.Join(third.Dir, "pgdata", "left-behind")
+	if err := os.WriteFile(marker, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out = run("ctl", "reinit", "--yes", third.Name)
+	if !strings.Contains(out, "reinitialising "+third.Name+" from the primary ... running again as a replica") {
+		t.Fatalf("ctl reinit:\n%s", out)
+	}
+	t.Logf("ctl reinit: %s", strings.TrimSpace(out))
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatalf("%s's data directory was not replaced (%s is still there)", third.Name, marker)
+	}
+	if v := show(t, third, "shared_buffers"); v != "32MB" {
+		t.Fatalf("%s after reinit: shared_buffers %s, want the cluster's 32MB", third.Name, v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pc, err := c.Connect(ctx, cand.RW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(context.Background())
+	if _, err := pc.Exec(ctx, "CREATE TABLE after_reinit AS SELECT 42 AS v"); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, 30*time.Second, func() bool {
+		conn, err := third.pg().Connect(ctx)
+		if err != nil {
+			return false
+		}
+		defer conn.Close(context.Background())
+		res := conn.ExecParams(ctx, "SELECT v FROM after_reinit", nil, nil, nil, nil).Read()
+		return res.Err == nil && len(res.Rows) == 1 && string(res.Rows[0][0]) == "42"
+	}, third.Name+" replays what the primary writes after its reinit")
 }
 
 // show returns a setting of the node's PostgreSQL as a new session sees it.
