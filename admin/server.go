@@ -24,6 +24,7 @@ import (
 
 	"github.com/pgbastion/pgbastion/ha"
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/notify"
 )
 
 // Config is the API's configuration (YAML section "api").
@@ -106,6 +107,9 @@ type Sources struct {
 	// this node's PostgreSQL before the change is committed. ok is false when PostgreSQL could
 	// not be asked; err says what it refused.
 	CheckPGParams func(ctx context.Context, set map[string]string) (ok bool, err error)
+	// Events, when set, returns the cluster events this node derived since it started,
+	// oldest first (GET /cluster/events).
+	Events func() []notify.Event
 }
 
 // Server is the admin HTTP server.
@@ -156,6 +160,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.POST("/restart", s.auth(s.restart))
 	r.POST("/reinitialize", s.auth(s.reinit))
 	r.GET("/restarts", s.restarts)
+	r.GET("/cluster/events", s.clusterEvents)
 	r.GET("/cluster/postgresql", s.getPGConfig)
 	r.PATCH("/cluster/postgresql", s.auth(s.patchPGConfig))
 	r.DELETE("/cluster/postgresql", s.auth(s.deletePGConfig))

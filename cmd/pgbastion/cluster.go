@@ -74,6 +74,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		Local:   d.localStatus(vip),
 		Metrics: []*metrics.Set{d.proxy.Metrics().Set(), set},
 		Writers: []func(io.Writer){d.writeMetrics(vip)},
+		Events:  notifier.Recent,
 		CheckPGParams: func(ctx context.Context, set map[string]string) (bool, error) {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()

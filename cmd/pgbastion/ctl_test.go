@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCtlRemoveSendsAnAuthenticatedDelete(t *testing.T) {
@@ -92,5 +93,29 @@ func TestCtlConfigSetWaitsAndReportsRefusals(t *testing.T) {
 	}
 	if code := Main([]string{"ctl", "--api", srv.URL, "config", "reset", "work_mem"}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "bearer token") {
 		t.Fatalf("without the token: exit %d, %s", code, errOut.String())
+	}
+}
+
+func TestCtlEventsPrintsATimeline(t *testing.T) {
+	var query string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		query = r.URL.RawQuery
+		_, _ = w.Write([]byte(`{"events": [
+			{"at": "2026-11-26T03:00:01Z", "severity": "critical", "type": "no_primary", "message": "no primary: db1 no longer takes writes"},
+			{"at": "2026-11-26T03:00:02Z", "severity": "warning", "type": "primary_changed", "message": "db2 is the primary, replacing db1 (failover), timeline 2"}]}`))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "events", "--severity", "warning"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if query != "limit=50&severity=warning" {
+		t.Errorf("query %q", query)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "TIME") ||
+		!strings.Contains(lines[2], "warning   primary_changed  db2 is the primary, replacing db1 (failover), timeline 2") ||
+		!strings.HasPrefix(lines[1], time.Date(2026, 11, 26, 3, 0, 1, 0, time.UTC).Local().Format("2006-01-02 15:04:05 MST")+"  critical") {
+		t.Errorf("output:\n%s", out.String())
 	}
 }

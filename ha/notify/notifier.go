@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +25,9 @@ import (
 
 // queueLimit bounds the events waiting for one webhook, and the callbacks waiting to run.
 const queueLimit = 256
+
+// recentLimit is how many events Recent keeps.
+const recentLimit = 500
 
 // Source is where the replicated state comes from (*ha.Node).
 type Source interface {
@@ -62,6 +66,29 @@ type Notifier struct {
 	// Owned by Run's goroutine, except through SelfFenced (mu).
 	mu   sync.Mutex
 	self selfState
+
+	recentMu sync.Mutex
+	recent   []Event // the newest recentLimit events, oldest first
+}
+
+// Recent returns the events derived since this process started (the newest 500), oldest
+// first. Every node derives the same ones from the replicated log.
+func (n *Notifier) Recent() []Event {
+	n.recentMu.Lock()
+	defer n.recentMu.Unlock()
+	return slices.Clone(n.recent)
+}
+
+func (n *Notifier) remember(evs []Event) {
+	if len(evs) == 0 {
+		return
+	}
+	n.recentMu.Lock()
+	defer n.recentMu.Unlock()
+	n.recent = append(n.recent, evs...)
+	if over := len(n.recent) - recentLimit; over > 0 {
+		n.recent = slices.Delete(n.recent, 0, over)
+	}
 }
 
 // selfState is what the callbacks know of this node's PostgreSQL.
@@ -165,8 +192,11 @@ func (n *Notifier) observe(prev, cur *fsm.State) {
 	events := Diff(prev, cur)
 	leader := n.opts.IsLeader()
 	for i := range events {
+		events[i].Cluster, events[i].Sender = n.opts.Cluster, n.opts.Node
+	}
+	n.remember(events)
+	for i := range events {
 		e := &events[i]
-		e.Cluster, e.Sender = n.opts.Cluster, n.opts.Node
 		n.log.Info("cluster event", "type", e.Type, "severity", e.Severity, "id", e.ID, "message", e.Message)
 		if !leader {
 			continue

@@ -464,3 +464,24 @@ func TestCallbacksOnStartOfANewMember(t *testing.T) {
 		t.Errorf("callbacks: %q", got)
 	}
 }
+
+func TestRecentKeepsTheNewestEvents(t *testing.T) {
+	n := New(Callbacks{}, nil, Options{Cluster: "main", Node: "db1"})
+	prev := cluster(10)
+	for i := range recentLimit + 20 {
+		cur := next(prev, prev.Index+1)
+		cur.Paused = i%2 == 0
+		n.observe(prev, cur)
+		prev = cur
+	}
+	r := n.Recent()
+	if len(r) != recentLimit {
+		t.Fatalf("%d events kept, want %d", len(r), recentLimit)
+	}
+	if last := r[len(r)-1]; last.Index != prev.Index || last.Cluster != "main" || last.Sender != "db1" {
+		t.Errorf("newest: %+v", last)
+	}
+	if first := r[0]; first.Index != 10+21 {
+		t.Errorf("oldest kept: index %d, want %d", first.Index, 10+21)
+	}
+}

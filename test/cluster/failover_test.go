@@ -216,5 +216,5 @@ func TestSwitchoverUnderPgbenchLoad(t *testing.T) {
 	if p, _ := c.WaitOneWritablePrimary(time.Minute); p != cand {
 		t.Fatalf("primary is %s, want %s", p.Name, cand.Name)
 	}
-	hooks.checkSwitchover(t, primary.Name, cand.Name)
+	hooks.checkSwitchover(t, c, primary.Name, cand.Name)
 }

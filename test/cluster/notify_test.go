@@ -99,7 +99,7 @@ func (h *hookWatch) callLines() []string {
 // checkSwitchover waits for the webhook events and callbacks of a switchover from old to
 // cand: the switchover's start and end and the new primary, each delivered once, and the
 // role changes on both nodes.
-func (h *hookWatch) checkSwitchover(t *testing.T, old, cand string) {
+func (h *hookWatch) checkSwitchover(t *testing.T, c *Cluster, old, cand string) {
 	t.Helper()
 	find := func(typ string) []hookEvent {
 		var out []hookEvent
@@ -126,6 +126,21 @@ func (h *hookWatch) checkSwitchover(t *testing.T, old, cand string) {
 	}
 	for _, e := range h.received() {
 		t.Logf("webhook event %s: %s", e.ID, e.Message)
+	}
+	// Every node derived the same event (GET /cluster/events; ctl events reads it).
+	for _, n := range c.Nodes {
+		waitTrue(t, 30*time.Second, func() bool {
+			resp, err := http.Get("http://" + n.API + "/cluster/events?type=primary_changed")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			var v struct{ Events []hookEvent }
+			if json.NewDecoder(resp.Body).Decode(&v) != nil {
+				return false
+			}
+			return slices.ContainsFunc(v.Events, func(x hookEvent) bool { return x.ID == e.ID && x.Message == e.Message })
+		}, n.Name+" lists "+e.ID+" in GET /cluster/events")
 	}
 
 	want := []string{cand + " on_role_change primary pgbastion", old + " on_role_change replica pgbastion"}
