@@ -119,3 +119,25 @@ func TestCtlEventsPrintsATimeline(t *testing.T) {
 		t.Errorf("output:\n%s", out.String())
 	}
 }
+
+func TestCtlHistory(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/history" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte(`{"history": [
+			{"at": "2026-11-26T03:00:00Z", "index": 5, "new_primary": "db1", "reason": "bootstrap"},
+			{"at": "2026-11-26T03:10:00Z", "index": 90, "new_primary": "db2", "old_primary": "db1", "kind": "failover", "timeline": 2, "lsn": 50331816, "reason": "primary db1 is down"}]}`))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "history"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[1], "-   -          db1      -         -         bootstrap") ||
+		!strings.HasSuffix(lines[2], "  2   0/30000A8  db2      db1       failover  primary db1 is down") {
+		t.Errorf("output:\n%s", out.String())
+	}
+}

@@ -69,3 +69,44 @@ func (c *ctlClient) events(args []string, stderr io.Writer) error {
 	}
 	return w.Flush()
 }
+
+// history is Patroni's `patronictl history`: every change of primary the cluster recorded.
+func (c *ctlClient) history() error {
+	var v struct {
+		History []struct {
+			At         time.Time `json:"at"`
+			NewPrimary string    `json:"new_primary"`
+			OldPrimary string    `json:"old_primary"`
+			Kind       string    `json:"kind"`
+			Timeline   uint32    `json:"timeline"`
+			LSN        uint64    `json:"lsn"`
+			Reason     string    `json:"reason"`
+		} `json:"history"`
+	}
+	if err := c.call(http.MethodGet, "/history", nil, &v); err != nil {
+		return err
+	}
+	if len(v.History) == 0 {
+		fmt.Fprintln(c.out, "no primary was named yet")
+		return nil
+	}
+	w := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "TIME\tTL\tLSN\tPRIMARY\tREPLACED\tBY\tREASON")
+	for _, h := range v.History {
+		tl, lsn, kind, old := "-", "-", "-", "-"
+		if h.Timeline != 0 {
+			tl = strconv.FormatUint(uint64(h.Timeline), 10)
+		}
+		if h.LSN != 0 {
+			lsn = fmt.Sprintf("%X/%X", h.LSN>>32, uint32(h.LSN))
+		}
+		if h.Kind != "" {
+			kind = h.Kind
+		}
+		if h.OldPrimary != "" {
+			old = h.OldPrimary
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.At.Local().Format("2006-01-02 15:04:05 MST"), tl, lsn, h.NewPrimary, old, kind, h.Reason)
+	}
+	return w.Flush()
+}
