@@ -146,6 +146,7 @@ Connect through any node's proxy (the read-write port always reaches the primary
 Look at the cluster and move the primary:
   %s ctl --api http://127.0.0.1:%d list
   %s ctl --api http://127.0.0.1:%d --token %s switchover --candidate node2
+  %s ctl --api http://127.0.0.1:%d events      (what happened, newest last)
   curl -s http://127.0.0.1:%d/nodes
   http://127.0.0.1:%d/ui/ in a browser (token %s for the actions)
 
@@ -153,7 +154,7 @@ Change a PostgreSQL setting on every node:
   %s ctl --api http://127.0.0.1:%d --token %s config set work_mem=64MB
 
 Logs and data: %s
-`, p.rw, password, self, p.api, self, p.api, token, p.api, p.api, token, self, p.api, token, abs)
+`, p.rw, password, self, p.api, self, p.api, token, self, p.api, p.api, p.api, token, self, p.api, token, abs)
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(stdout, "\nstopping ...")
