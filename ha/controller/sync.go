@@ -95,6 +95,10 @@ func (st *step) manageSync() {
 		w = nil
 	}
 	if target := st.syncTarget(p.Name, w); target != nil && (w == nil || !sameTarget(*w, *target)) {
+		if why := st.holdRecord(p, stand, target); why != "" {
+			st.d.wait("%s", why)
+			return
+		}
 		// Step 1: record first.
 		union := slices.Concat(stand, target.Standbys)
 		slices.Sort(union)
@@ -127,6 +131,35 @@ func (st *step) manageSync() {
 		return
 	}
 	st.d.add(fsm.SetSyncState{Primary: p.Name, Standbys: w.Standbys, Count: w.Count})
+}
+
+// holdRecord says why the record must not lose a recorded standby now, or "". A standby the
+// primary still reports streaming drops out of the candidates when its own agent goes quiet
+// (its report or lease is stale). That is what a loaded or failing standby host looks like,
+// but also what the controller sees while the primary itself is dying: its last streaming
+// list is still there, its report still fresh for a moment. Dropping the standby then would
+// leave a record that lets nobody be promoted, for good. So a standby is dropped for its own
+// silence only once the primary has renewed its lease after that silence began: the primary
+// is alive and needs the change to go on committing.
+func (st *step) holdRecord(p fsm.Member, stand []string, target *fsm.SyncTarget) string {
+	for _, name := range stand {
+		if slices.Contains(target.Standbys, name) || !slices.Contains(p.Status.Streaming, name) {
+			continue
+		}
+		m, ok := st.s.Members[name]
+		if !ok || m.Tags.NoSync || st.foreign(m) {
+			continue
+		}
+		quiet := m.Lease.RenewedAt.Add(st.cfg.LeaseTimeout / 2)
+		if r := m.Status.ReportedAt.Add(st.cfg.PrimaryTimeout); r.Before(quiet) {
+			quiet = r
+		}
+		if !p.Lease.RenewedAt.After(quiet) {
+			return fmt.Sprintf("keeping %s in the synchronous record of %q: it went quiet at %s, and %q has renewed no lease since",
+				name, p.Name, quiet.UTC().Format("15:04:05.000"), p.Name)
+		}
+	}
+	return ""
 }
 
 // syncTarget is the configuration the primary should run with now, or nil to keep the wanted
