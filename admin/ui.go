@@ -18,9 +18,9 @@ import (
 var uiPage []byte
 
 // webUI serves the operator's page at /ui/. The page reads the unauthenticated endpoints
-// (/nodes, /cluster, /cluster/postgresql, /history, /restarts), follows /events, and sends
-// mutations with the bearer token the operator types in; the token is kept in the tab's
-// sessionStorage only.
+// (/nodes, /cluster, /cluster/postgresql, /history, /restarts, /cluster/events), follows
+// /events, and sends mutations with the bearer token the operator types in; the token is kept
+// in the tab's sessionStorage only.
 type webUI struct {
 	page []byte
 	// csp allows the page's inline style and script by their sha256 hashes and nothing else:

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/notify"
 )
 
 // The web UI is checked in a real browser: headless Chromium driven over the DevTools protocol.
@@ -42,12 +44,12 @@ func findBrowser(t *testing.T) string {
 	return ""
 }
 
-// runAPI serves c on addr until stop is called or the test ends.
-func runAPI(t *testing.T, addr string, c Cluster) (stop func(), url string) {
+// runAPI serves src on addr until stop is called or the test ends.
+func runAPI(t *testing.T, addr string, src Sources) (stop func(), url string) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Listen, cfg.MetricsListen, cfg.Token = addr, "", "s3cret"
-	s, err := New(cfg, Sources{Cluster: c}, slog.Default())
+	s, err := New(cfg, src, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +82,7 @@ type recordingCluster struct {
 	failovers   []string    // "candidate force=bool"
 	pauses      []bool
 	restarts    []string // "node: reason"
+	reinits     []string // "node: reason"
 	// holdRestart, when set, keeps the agents from answering until it is closed.
 	holdRestart chan struct{}
 	// refuseRestart: the agent of a node listed refuses, with this message.
@@ -93,6 +96,13 @@ func (c *recordingCluster) RequestRestart(ctx context.Context, node, reason stri
 	defer c.mu.Unlock()
 	c.restarts = append(c.restarts, node+": "+reason)
 	return c.fakeCluster.RequestRestart(ctx, node, reason)
+}
+
+func (c *recordingCluster) RequestReinit(ctx context.Context, node, reason string) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reinits = append(c.reinits, node+": "+reason)
+	return c.fakeCluster.RequestReinit(ctx, node, reason)
 }
 
 // playAgent is the restarted node's agent: it answers restart id when holdRestart allows,
@@ -147,6 +157,30 @@ func (c *recordingCluster) restartCalls() []string {
 	return append([]string(nil), c.restarts...)
 }
 
+func (c *recordingCluster) reinitCalls() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.reinits...)
+}
+
+// eventLog plays the notifier's record of cluster events (Sources.Events).
+type eventLog struct {
+	mu     sync.Mutex
+	events []notify.Event
+}
+
+func (l *eventLog) add(evs ...notify.Event) {
+	l.mu.Lock()
+	l.events = append(l.events, evs...)
+	l.mu.Unlock()
+}
+
+func (l *eventLog) recent() []notify.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
+}
+
 func TestWebUIInBrowser(t *testing.T) {
 	bin := findBrowser(t)
 	start := time.Now()
@@ -167,7 +201,22 @@ func TestWebUIInBrowser(t *testing.T) {
 	}
 	c := &recordingCluster{fakeCluster: fc}
 	fc.onRestart = c.playAgent
-	stop, base := runAPI(t, "127.0.0.1:0", c)
+	// What the notifier recorded, oldest first; one message is markup, which must show as text.
+	const eventMarkup = `no primary: <img src=x onerror=alert(1)> & "n1" no longer takes writes`
+	now := time.Now()
+	evlog := &eventLog{}
+	evlog.add(
+		notify.Event{ID: "leader_changed:1", Type: notify.EvLeaderChanged, Severity: notify.SevInfo, At: now.Add(-20 * time.Minute), Index: 1,
+			Node: "n1", Message: "n1 is the Raft leader (epoch 1)"},
+		notify.Event{ID: "primary_changed:3", Type: notify.EvPrimaryChanged, Severity: notify.SevInfo, At: now.Add(-19 * time.Minute), Index: 3,
+			Node: "n1", Primary: "n1", Message: "n1 is the primary"},
+		notify.Event{ID: "no_primary:7", Type: notify.EvNoPrimary, Severity: notify.SevCritical, At: now.Add(-10 * time.Minute), Index: 7,
+			Node: "n1", OldPrimary: "n1", Message: eventMarkup},
+		notify.Event{ID: "node_state:n2:9", Type: notify.EvNodeState, Severity: notify.SevWarning, At: now.Add(-5 * time.Minute), Index: 9,
+			Node: "n2", Message: "n2: RUNNING_REPLICA → STOPPED, PostgreSQL does not accept connections"},
+	)
+	src := Sources{Cluster: c, Events: evlog.recent}
+	stop, base := runAPI(t, "127.0.0.1:0", src)
 
 	b := startBrowser(ctx, t, bin)
 	b.navigate(ctx, base+"/ui/")
@@ -205,15 +254,48 @@ func TestWebUIInBrowser(t *testing.T) {
 		return
 	}
 
+	t.Run("cluster events", func(t *testing.T) {
+		// Newest first, each with its time, a severity that stands out when it is not info,
+		// and the message as text. The page has rendered: a failure here leaves the later
+		// subtests time to run.
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		rows := `[...document.querySelectorAll('#cluster-events tbody tr')].map((r) => [r.dataset.event, r.className,
+			r.cells[1].querySelector('.badge').className, r.cells[1].textContent, r.cells[2].textContent])`
+		want := `[["node_state:n2:9","","badge warn","warning","node_state"],` +
+			`["no_primary:7","critical","badge bad","critical","no_primary"],` +
+			`["primary_changed:3","","badge","info","primary_changed"],` +
+			`["leader_changed:1","","badge","info","leader_changed"]]`
+		b.waitUntil(ctx, t, "#cluster-events tbody", "the four events, newest first: "+want, func(string) bool {
+			return string(b.eval(ctx, t, rows)) == want
+		})
+		b.waitContains(ctx, t, "#cluster-events tr[data-event='node_state:n2:9']", "n2: RUNNING_REPLICA → STOPPED, PostgreSQL does not accept connections")
+		b.waitContains(ctx, t, "#cluster-events tr[data-event='no_primary:7']", eventMarkup)
+		if n := b.eval(ctx, t, `document.querySelectorAll('img').length`); string(n) != "0" {
+			t.Errorf("an event's message became markup: %s img elements", n)
+		}
+		when := regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$`)
+		if got := b.text(ctx, t, "#cluster-events tr[data-event='no_primary:7'] td"); !when.MatchString(got) {
+			t.Errorf("event time %q, want YYYY-MM-DD hh:mm:ss", got)
+		}
+		if got := b.eval(ctx, t, `document.getElementById('events-note').hidden`); string(got) != "true" {
+			t.Errorf("the events card shows a note: %s", b.text(ctx, t, "#events-note"))
+		}
+	})
+
 	if !t.Run("follows the events", func(t *testing.T) {
 		// The page is live, so it does not poll. The first change may still be picked up by
 		// the refresh the page makes when its event stream opens; the second can only come
 		// through the stream (the page's safety refresh is every 30 s).
 		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 		defer wcancel()
+		// The notifier records its event as the state changes: the events card follows too.
+		evlog.add(notify.Event{ID: "maintenance:20", Type: notify.EvMaintenance, Severity: notify.SevWarning, At: time.Now(), Index: 20,
+			Message: "maintenance mode on: no automatic failover until it is resumed"})
 		fc.apply(t, fsm.SetPause{Paused: true})
 		b.waitContains(wctx, t, "#ov-failover", "PAUSED")
 		b.waitContains(wctx, t, "#alerts", "Maintenance mode")
+		b.waitContains(wctx, t, "#cluster-events tbody tr:first-child", "warningmaintenancemaintenance mode on: no automatic failover")
 		fc.apply(t, fsm.RequestSwitchover{Leader: "n1", Candidate: "n2"})
 		b.waitContains(wctx, t, "#ov-operation", "switchover #1: checkpoint")
 		b.waitContains(wctx, t, "#alerts", "Switchover #1 in progress")
@@ -326,6 +408,71 @@ func TestWebUIInBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("reinitialisation", func(t *testing.T) {
+		const n2 = "#nodes tr[data-node=n2] button[data-reinit]"
+		click := fmt.Sprintf(`document.querySelector(%q).click()`, n2)
+		state := fmt.Sprintf(`(() => { const b = document.querySelector(%q); return b.disabled + ' ' + b.title; })()`, n2)
+		// Offered for the replica, never for the primary.
+		b.waitText(ctx, t, n2, "Reinitialize…")
+		if n := b.eval(ctx, t, `document.querySelectorAll('#nodes tr[data-node=n1] button').length`); string(n) != "0" {
+			t.Errorf("the primary's row has %s buttons, want none", n)
+		}
+
+		// Declining the prompt sends nothing, and neither does typing another name.
+		b.answerDialogs(false, "")
+		b.eval(ctx, t, click)
+		b.waitDialog(ctx, t, "REINITIALIZE n2 from the primary n1?\n\nThis DELETES the data directory of n2")
+		b.waitDialog(ctx, t, `Type "n2" to go ahead.`)
+		b.answerDialogs(true, "n1")
+		b.eval(ctx, t, click)
+		b.waitContains(ctx, t, "#result", `Reinitialisation of n2 cancelled: you typed "n1", not "n2".`)
+		if got := c.reinitCalls(); len(got) != 0 {
+			t.Fatalf("the API received reinitialisations %q before the name was typed", got)
+		}
+
+		// The name typed: the request goes; n2's buttons wait for its agent, which refuses
+		// (an operation is in progress). Its answer is shown as the API gives it.
+		const refusal = "a switchover is in progress (operation 1); ask again when it has finished"
+		release := make(chan struct{})
+		c.mu.Lock()
+		c.holdRestart, c.refuseRestart = release, map[string]string{"n2": refusal}
+		c.mu.Unlock()
+		defer func() {
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+		}()
+		b.answerDialogs(true, "n2")
+		b.eval(ctx, t, click)
+		b.waitContains(ctx, t, "#result", "Reinitialisation of n2: waiting for the cluster")
+		b.waitContains(ctx, t, "#restarts tr[data-restart-id='3']", "n2 reinitpending")
+		b.waitUntil(ctx, t, n2, "disabled while reinitialisation #3 is pending", func(string) bool {
+			return string(b.eval(ctx, t, state)) == `"true reinitialisation #3 is running"`
+		})
+		close(release)
+		b.waitContains(ctx, t, "#result", "Reinitialisation of n2 failed (HTTP 409")
+		b.waitContains(ctx, t, "#result", "reinitialisation of n2: "+refusal)
+		b.waitContains(ctx, t, "#restarts tr[data-restart-id='3']", "n2 reinitfailed")
+
+		// Accepted.
+		c.mu.Lock()
+		c.holdRestart, c.refuseRestart = nil, nil
+		c.mu.Unlock()
+		b.waitUntil(ctx, t, n2, "enabled", func(string) bool { return string(b.eval(ctx, t, state)) == `"false "` })
+		b.eval(ctx, t, click)
+		b.waitContains(ctx, t, "#result", "Reinitialisation of n2: done.")
+		b.waitContains(ctx, t, "#restarts tbody tr:first-child", "4n2 reinitdone")
+
+		if got := c.reinitCalls(); fmt.Sprint(got) != "[n2: from the web UI n2: from the web UI]" {
+			t.Errorf("the API received reinitialisations %q, want two of n2", got)
+		}
+		if got := c.restartCalls(); len(got) != 2 {
+			t.Errorf("the API received restarts %q, want the two of the restarts test", got)
+		}
+	})
+
 	outer := t
 	t.Run("reconnects", func(t *testing.T) {
 		// The API goes away (pgbastion restarts): the page says so at once and keeps
@@ -337,7 +484,7 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.waitText(ctx, t, "#ov-primary", "n1")
 		// Until the test ends, not this subtest: the page stays on it until it navigates away,
 		// and its requests failing meanwhile would be reported as the browser's problems.
-		_, again := runAPI(outer, strings.TrimPrefix(base, "http://"), c)
+		_, again := runAPI(outer, strings.TrimPrefix(base, "http://"), src)
 		if again != base {
 			t.Fatalf("restarted on %s, not %s", again, base)
 		}
@@ -346,14 +493,32 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.allowNetworkErrors(false)
 	})
 
+	t.Run("a node without an event log", func(t *testing.T) {
+		// Its GET /cluster/events answers 503 (an older node's, 404): the card says so and the
+		// rest of the page works, without an API error.
+		b.expectFailures("/cluster/events?")
+		_, bare := runAPI(outer, "127.0.0.1:0", Sources{Cluster: c})
+		b.navigate(ctx, bare+"/ui/")
+		b.waitText(ctx, t, "#ov-primary", "n1")
+		b.waitText(ctx, t, "#events-note", "This node has no cluster events to show: this node does not record cluster events.")
+		if got := string(b.eval(ctx, t, `[document.getElementById('events-body').hidden, document.getElementById('cluster-events').getClientRects().length]`)); got != "[true,0]" {
+			t.Errorf("the events table [hidden, boxes]: %s, want [true,0]", got)
+		}
+		b.waitText(ctx, t, "#live", "live")
+		if got := b.text(ctx, t, "#alerts"); strings.Contains(got, "API error") {
+			t.Errorf("alerts: %q", got)
+		}
+	})
+
 	t.Run("a standalone proxy", func(t *testing.T) {
 		// No cluster: its cluster endpoints and the event stream answer 501. The page keeps
 		// polling them until the test ends, so their failures stay expected (and the proxy
 		// stays up until then: a refused connection is no better).
 		b.allowNetworkErrors(true)
-		_, solo := runAPI(outer, "127.0.0.1:0", nil)
+		_, solo := runAPI(outer, "127.0.0.1:0", Sources{})
 		b.navigate(ctx, solo+"/ui/")
 		b.waitContains(ctx, t, "#alerts", "Standalone proxy")
+		b.waitContains(ctx, t, "#events-note", "runs as a standalone proxy")
 		b.waitText(ctx, t, "#live", "no live updates — polling every 5 s")
 	})
 
@@ -383,6 +548,8 @@ type browser struct {
 	typeText string
 	// offline: the test stopped the API; failed requests are expected.
 	offline bool
+	// failing: requests whose URL contains one of these fail on purpose.
+	failing []string
 }
 
 type cdpMessage struct {
@@ -584,11 +751,12 @@ func (b *browser) event(m cdpMessage) {
 		}
 		_ = json.Unmarshal(m.Params, &p)
 		e := p.Entry
-		// The 401 and the 409 are the test's doing; the browser asks for a favicon there is
+		// The 401 and the 409s are the test's doing; the browser asks for a favicon there is
 		// none of.
 		b.mu.Lock()
 		expected := e.Source == "network" && (b.offline || strings.HasSuffix(e.URL, "/pause") || strings.HasSuffix(e.URL, "/restart") ||
-			strings.HasSuffix(e.URL, "/favicon.ico"))
+			strings.HasSuffix(e.URL, "/reinitialize") || strings.HasSuffix(e.URL, "/favicon.ico") ||
+			slices.ContainsFunc(b.failing, func(s string) bool { return strings.Contains(e.URL, s) }))
 		b.mu.Unlock()
 		if (e.Level == "error" || e.Level == "warning") && !expected {
 			b.keep(fmt.Sprintf("%s %s: %s %s", e.Source, e.Level, e.Text, e.URL))
@@ -611,6 +779,13 @@ func (b *browser) problems() []string {
 func (b *browser) allowNetworkErrors(offline bool) {
 	b.mu.Lock()
 	b.offline = offline
+	b.mu.Unlock()
+}
+
+// expectFailures says that requests whose URL contains one of parts fail on purpose.
+func (b *browser) expectFailures(parts ...string) {
+	b.mu.Lock()
+	b.failing = append(b.failing, parts...)
 	b.mu.Unlock()
 }
 

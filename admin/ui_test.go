@@ -140,3 +140,23 @@ func TestWebUIRefusesPagesItsPolicyCannotCover(t *testing.T) {
 		t.Errorf("CSP %q does not allow exactly the inline script and style", ui.csp)
 	}
 }
+
+// TestWebUIScriptFindsItsElements checks that every element the script looks up by id
+// ($('…')) is in the page's markup: a missing one throws only when its code runs.
+func TestWebUIScriptFindsItsElements(t *testing.T) {
+	page := string(uiPage)
+	script := regexp.MustCompile(`(?s)<script>(.*?)</script>`).FindStringSubmatch(page)[1]
+	ids := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\sid="([^"]+)"`).FindAllStringSubmatch(page, -1) {
+		ids[m[1]] = true
+	}
+	used := regexp.MustCompile(`\$\('([^']+)'\)`).FindAllStringSubmatch(script, -1)
+	if len(used) < 10 {
+		t.Fatalf("found %d $('…') look-ups in the script; has its helper changed?", len(used))
+	}
+	for _, m := range used {
+		if !ids[m[1]] {
+			t.Errorf("the script looks up #%s, which the page does not have", m[1])
+		}
+	}
+}
