@@ -27,6 +27,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	cfg := d.cfg
 	log := d.log
 	pgc := cfg.PostgreSQL.Config
+	pgc.Scope = hc.Raft.ClusterName
 	inst, err := pgctl.New(pgc, log.With("component", "postgresql"))
 	if err != nil {
 		return err

@@ -356,14 +356,15 @@ func (c *Controller) rewind(ctx context.Context, up ha.Upstream) error {
 	return c.inst.Rewind(ctx, up.Host, up.Port)
 }
 
-// clone replaces the data directory with a base backup of host:port, streaming through this
-// node's replication slot there (created first when it is missing).
+// clone replaces the data directory with a copy of the primary at host:port, made by the
+// configured replica methods (pg_basebackup streaming through this node's replication slot
+// there, created first when it is missing, unless another method is listed first).
 func (c *Controller) clone(ctx context.Context, host string, port int) error {
 	slot := ha.SlotName(c.Self)
 	if !c.ensureSlotOn(ctx, host, port, slot) {
 		slot = "" // stream without it; primary_slot_name is set when the server starts following
 	}
-	return c.inst.BaseBackup(ctx, host, port, c.Self, slot)
+	return c.inst.CreateReplica(ctx, host, port, c.Self, slot)
 }
 
 // ensureSlotOn creates this node's physical slot on the upstream if it is missing, so that the

@@ -52,6 +52,10 @@ type Config struct {
 	Parameters map[string]string `yaml:"parameters"`
 	// RemoveDataDirectoryOnRewindFailure allows re-cloning when pg_rewind cannot rejoin.
 	RemoveDataDirectoryOnRewindFailure bool `yaml:"remove_data_directory_on_rewind_failure"`
+	// ReplicaMethods are the ways to create a replica, tried in order (default: basebackup).
+	ReplicaMethods []ReplicaMethod `yaml:"replica_methods"`
+	// Scope is the cluster's name, for replica methods' --scope (set from raft.cluster_name).
+	Scope string `yaml:"-"`
 }
 
 // Validate checks the settings.
@@ -68,6 +72,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Superuser == "" {
 		errs = append(errs, errors.New("postgresql.superuser must be set"))
+	}
+	if err := validateReplicaMethods(c.ReplicaMethods); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

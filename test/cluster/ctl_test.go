@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgbastion/pgbastion/test/daemon"
+	"github.com/pgbastion/pgbastion/test/pgtest"
 )
 
 // TestCLIAgainstLiveCluster drives the operator's commands against a running cluster through
@@ -19,8 +20,14 @@ import (
 // after the backup is undone by restoring it), `ctl config` (the cluster-wide PostgreSQL
 // configuration) and `ctl switchover`.
 func TestCLIAgainstLiveCluster(t *testing.T) {
-	c := Start(t, Options{})
+	// Replicas are created by a replica method of our own (a script that runs pg_basebackup
+	// itself, as a restore from a backup tool would fill the directory), basebackup after it.
+	methods := newReplicaMethod(t)
+	c := Start(t, Options{PostgreSQLExtra: methods.config()})
 	old := c.WaitHealthy(2, 2*time.Minute)
+	if got := methods.runs(); len(got) != 2 {
+		t.Fatalf("the replica method ran for %q, want both replicas", got)
+	}
 	bin := daemon.Binary(t)
 	api := "http://" + c.Node("node1").API
 	// pgbastion ctl [flags] COMMAND …; pgbastion raft VERB [flags] …
@@ -204,6 +211,9 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 		t.Fatalf("ctl reinit:\n%s", out)
 	}
 	t.Logf("ctl reinit: %s", strings.TrimSpace(out))
+	if got := methods.runs(); len(got) != 3 || got[2] != filepath.Join(third.Dir, "pgdata") {
+		t.Fatalf("reinit did not use the replica method: %q", got)
+	}
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatalf("%s's data directory was not replaced (%s is still there)", third.Name, marker)
 	}
@@ -258,4 +268,47 @@ func waitTrue(t testing.TB, timeout time.Duration, cond func() bool, what string
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// replicaMethod is a postgresql.replica_methods command for the tests: it records the data
+// directory it fills and runs pg_basebackup with the --datadir and --connstring it is given.
+type replicaMethod struct {
+	script, record string
+}
+
+func newReplicaMethod(t *testing.T) *replicaMethod {
+	basebackup := pgtest.Program(t, "pg_basebackup")
+	dir, err := os.MkdirTemp("", "pgbastion-method-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := &replicaMethod{script: filepath.Join(dir, "clone"), record: filepath.Join(dir, "runs")}
+	if err := os.WriteFile(m.record, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chmod(m.record, 0o666)
+	src := `#!/bin/sh
+for a in "$@"; do
+  case "$a" in --datadir=*) d="${a#--datadir=}";; --connstring=*) c="${a#--connstring=}";; esac
+done
+echo "$d" >> '` + m.record + `'
+exec '` + basebackup + `' -D "$d" -d "$c" -X stream -c fast
+`
+	if err := os.WriteFile(m.script, []byte(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func (m *replicaMethod) config() string {
+	return "replica_methods: [{name: script, command: " + m.script + "}, {name: basebackup}]\n"
+}
+
+func (m *replicaMethod) runs() []string {
+	b, _ := os.ReadFile(m.record)
+	return strings.Fields(string(b))
 }
