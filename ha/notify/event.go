@@ -57,7 +57,9 @@ const (
 
 // Event is one thing that happened to the cluster, as webhooks receive it.
 type Event struct {
-	// ID is the same on every node for the same event: a receiver may drop an ID it saw.
+	// ID identifies the event: a receiver may drop an ID it saw. It is the same on every node
+	// for every type but maintenance, whose ID carries the log index at which the node
+	// noticed the change.
 	ID       string    `json:"id"`
 	Type     EventType `json:"type"`
 	Severity Severity  `json:"severity"`
@@ -154,7 +156,7 @@ func Diff(prev, cur *fsm.State) []Event {
 	}
 	for _, name := range sortedKeys(prev.Members) {
 		if _, ok := cur.Members[name]; !ok {
-			add(Event{ID: fmt.Sprintf("member_removed:%s:%d", name, cur.Index), Type: EvMemberRemoved,
+			add(Event{ID: fmt.Sprintf("member_removed:%s:%d", name, prev.Members[name].RegisteredAt.UnixNano()), Type: EvMemberRemoved,
 				Severity: SevWarning, Node: name, Message: name + " was removed from the cluster"})
 		}
 	}
