@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -85,6 +86,11 @@ type Webhook struct {
 	Headers map[string]string `yaml:"headers"`
 	// Timeout bounds each attempt (default 10s).
 	Timeout time.Duration `yaml:"timeout"`
+	// CAFile is a PEM bundle of the certificate authorities that sign an https receiver's
+	// certificate (an internal CA); the system's roots otherwise.
+	CAFile string `yaml:"ca_file"`
+
+	roots *x509.CertPool
 }
 
 var severities = map[string]int{"info": 0, "warning": 1, "critical": 2}
@@ -135,6 +141,18 @@ func (w *Webhook) Validate(prefix string) error {
 	}
 	if w.Timeout == 0 {
 		w.Timeout = 10 * time.Second
+	}
+	if w.CAFile != "" {
+		pem, err := os.ReadFile(w.CAFile)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s.ca_file: %v", prefix, err))
+		default:
+			w.roots = x509.NewCertPool()
+			if !w.roots.AppendCertsFromPEM(pem) {
+				errs = append(errs, fmt.Errorf("%s.ca_file: %s holds no PEM certificate", prefix, w.CAFile))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

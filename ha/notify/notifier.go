@@ -3,6 +3,7 @@ package notify
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -141,6 +142,11 @@ func New(cb Callbacks, webhooks []Webhook, opts Options) *Notifier {
 		client := opts.Client
 		if client == nil {
 			client = &http.Client{Timeout: w.Timeout}
+			if w.roots != nil {
+				tr := http.DefaultTransport.(*http.Transport).Clone()
+				tr.TLSClientConfig = &tls.Config{RootCAs: w.roots, MinVersion: tls.VersionTLS12}
+				client.Transport = tr
+			}
 		}
 		name := w.Name
 		if name == "" {
@@ -471,6 +477,10 @@ func (h *hookWorker) post(ctx context.Context, e Event, body []byte) error {
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
+		}
+		var cv *tls.CertificateVerificationError
+		if errors.As(err, &cv) {
+			return permanent{fmt.Errorf("%w (the receiver's certificate is not trusted: set the webhook's ca_file to the CA that signed it)", err)}
 		}
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"log/slog"
 	"net/http"
@@ -483,5 +484,52 @@ func TestRecentKeepsTheNewestEvents(t *testing.T) {
 	}
 	if first := r[0]; first.Index != 10+21 {
 		t.Errorf("oldest kept: index %d, want %d", first.Index, 10+21)
+	}
+}
+
+func TestWebhookWithAnInternalCA(t *testing.T) {
+	var got atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got.Add(1) }))
+	defer srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hooks := []Webhook{{URL: srv.URL + "/trusted", Name: "trusted", CAFile: ca}, {URL: srv.URL + "/untrusted", Name: "untrusted"}}
+	for i := range hooks {
+		if err := hooks[i].Validate("webhooks"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs syncBuffer
+	set := metrics.NewSet()
+	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db1", IsLeader: func() bool { return true }, Metrics: set,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), RetryBase: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer n.startWorkers(ctx).Wait()
+	defer cancel()
+	s0 := cluster(10)
+	s1 := next(s0, 11)
+	s1.Paused = true
+	n.observe(s0, s1)
+	waitFor(t, "both deliveries to end", func() bool {
+		return counter(set, `pgbastion_webhook_deliveries_total{webhook="trusted",result="ok"}`) == 1 &&
+			counter(set, `pgbastion_webhook_deliveries_total{webhook="untrusted",result="failed"}`) == 1
+	})
+	if got.Load() != 1 {
+		t.Errorf("the receiver got %d requests, want 1", got.Load())
+	}
+	if out := logs.String(); !strings.Contains(out, "set the webhook's ca_file") || strings.Contains(out, "will retry") {
+		t.Errorf("an untrusted certificate is not retried and says what to do:\n%s", out)
+	}
+
+	bad := Webhook{URL: "https://x", CAFile: filepath.Join(t.TempDir(), "none.pem")}
+	if err := bad.Validate("webhooks[0]"); err == nil || !strings.Contains(err.Error(), "webhooks[0].ca_file") {
+		t.Errorf("missing ca_file: %v", err)
+	}
+	_ = os.WriteFile(ca, []byte("not a certificate"), 0o644)
+	bad = Webhook{URL: "https://x", CAFile: ca}
+	if err := bad.Validate("webhooks[0]"); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Errorf("ca_file without a certificate: %v", err)
 	}
 }
