@@ -108,8 +108,10 @@ type Sources struct {
 	// not be asked; err says what it refused.
 	CheckPGParams func(ctx context.Context, set map[string]string) (ok bool, err error)
 	// Events, when set, returns the cluster events this node derived since it started,
-	// oldest first (GET /cluster/events).
-	Events func() []notify.Event
+	// oldest first (GET /cluster/events); SubscribeEvents delivers new ones as they come
+	// (GET /events streams them as cluster_event).
+	Events          func() []notify.Event
+	SubscribeEvents func() (<-chan notify.Event, func())
 }
 
 // Server is the admin HTTP server.
@@ -654,8 +656,14 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
 	done := ctx.Done()
 	sub := s.src.Cluster.Subscribe()
+	var evc <-chan notify.Event
+	stopEvents := func() {}
+	if s.src.SubscribeEvents != nil {
+		evc, stopEvents = s.src.SubscribeEvents()
+	}
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer sub.Close()
+		defer stopEvents()
 		keepalive := time.NewTicker(15 * time.Second)
 		defer keepalive.Stop()
 		for {
@@ -668,6 +676,12 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 					return
 				}
 				fmt.Fprintf(w, "event: state\nid: %d\ndata: %s\n\n", st.Index, b)
+			case e := <-evc:
+				b, err := json.Marshal(e)
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(w, "event: cluster_event\ndata: %s\n\n", b)
 			case <-keepalive.C:
 				fmt.Fprint(w, ": keepalive\n\n")
 			}

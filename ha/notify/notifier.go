@@ -70,6 +70,25 @@ type Notifier struct {
 
 	recentMu sync.Mutex
 	recent   []Event // the newest recentLimit events, oldest first
+	subs     map[chan Event]struct{}
+}
+
+// Subscribe returns a channel that receives each event as it is derived, and a function that
+// ends the subscription. A subscriber that falls more than 64 events behind misses the
+// excess (GET /cluster/events still has them).
+func (n *Notifier) Subscribe() (<-chan Event, func()) {
+	ch := make(chan Event, 64)
+	n.recentMu.Lock()
+	if n.subs == nil {
+		n.subs = map[chan Event]struct{}{}
+	}
+	n.subs[ch] = struct{}{}
+	n.recentMu.Unlock()
+	return ch, func() {
+		n.recentMu.Lock()
+		delete(n.subs, ch)
+		n.recentMu.Unlock()
+	}
 }
 
 // Recent returns the events derived since this process started (the newest 500), oldest
@@ -89,6 +108,14 @@ func (n *Notifier) remember(evs []Event) {
 	n.recent = append(n.recent, evs...)
 	if over := len(n.recent) - recentLimit; over > 0 {
 		n.recent = slices.Delete(n.recent, 0, over)
+	}
+	for ch := range n.subs {
+		for _, e := range evs {
+			select {
+			case ch <- e:
+			default:
+			}
+		}
 	}
 }
 

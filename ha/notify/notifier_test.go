@@ -533,3 +533,42 @@ func TestWebhookWithAnInternalCA(t *testing.T) {
 		t.Errorf("ca_file without a certificate: %v", err)
 	}
 }
+
+func TestSubscribeDeliversNewEvents(t *testing.T) {
+	n := New(Callbacks{}, nil, Options{Cluster: "main", Node: "db1"})
+	ch, stop := n.Subscribe()
+	s0 := cluster(10)
+	s1 := next(s0, 11)
+	s1.Paused = true
+	n.observe(s0, s1)
+	select {
+	case e := <-ch:
+		if e.Type != EvMaintenance || e.Cluster != "main" {
+			t.Errorf("event %+v", e)
+		}
+	default:
+		t.Fatal("no event delivered")
+	}
+	stop()
+	s2 := next(s1, 12)
+	n.observe(s1, s2)
+	s3 := next(s2, 13)
+	s3.Paused = false
+	n.observe(s2, s3)
+	if len(ch) != 0 {
+		t.Error("an ended subscription still receives events")
+	}
+	// A subscriber that does not read loses the excess, and nothing blocks.
+	ch2, stop2 := n.Subscribe()
+	defer stop2()
+	prev := s3
+	for i := range 100 {
+		cur := next(prev, prev.Index+1)
+		cur.Paused = i%2 == 0
+		n.observe(prev, cur)
+		prev = cur
+	}
+	if len(ch2) != cap(ch2) {
+		t.Errorf("%d of %d buffered", len(ch2), cap(ch2))
+	}
+}
