@@ -85,5 +85,7 @@ func writeClusterMetrics(w io.Writer, c Cluster, catchingUp bool, now time.Time)
 const metricHelp = `# PGBastion metrics. pgbastion_node_*: this node; pgbastion_member_*{member}: every member as
 # the replicated state shows it (status_age_seconds large = the member's agent or link is down);
 # pgbastion_proxy_*: this node's proxy; pgbastion_pool_*{backend,database,user}: its pools;
-# pgbastion_vip_*: the floating IP on this node.
+# pgbastion_vip_*: the floating IP on this node; pgbastion_cluster_events_total{type,severity}: the
+# cluster events this node derived (GET /cluster/events); pgbastion_webhook_deliveries_total and
+# pgbastion_callback_runs_total: their delivery.
 `

@@ -226,6 +226,7 @@ func (n *Notifier) observe(prev, cur *fsm.State) {
 	leader := n.opts.IsLeader()
 	for i := range events {
 		events[i].Cluster, events[i].Sender = n.opts.Cluster, n.opts.Node
+		n.opts.Metrics.GetOrCreateCounter(fmt.Sprintf(`pgbastion_cluster_events_total{type=%q,severity=%q}`, events[i].Type, events[i].Severity)).Inc()
 	}
 	n.remember(events)
 	for i := range events {

@@ -169,6 +169,14 @@ func TestWebhooksDeliverEventsFromTheLeaderOnly(t *testing.T) {
 	if msg["text"] != "[warning] main: db2 is the primary, replacing db1 (failover), timeline 2" {
 		t.Errorf("slack: %q", msg)
 	}
+	// Every node counts the events it derives, leader or not (each observe above: two node
+	// states and a primary change; one maintenance).
+	if got := counter(set, `pgbastion_cluster_events_total{type="node_state",severity="critical"}`); got != 2 {
+		t.Errorf("critical node_state events counted: %d, want 2 (db1's fencing, seen twice)", got)
+	}
+	if got := counter(set, `pgbastion_cluster_events_total{type="primary_changed",severity="warning"}`); got != 2 {
+		t.Errorf("primary_changed counted: %d, want 2", got)
+	}
 	waitFor(t, "the counters", func() bool {
 		return counter(set, `pgbastion_webhook_deliveries_total{webhook="pager",result="ok"}`) == 1 &&
 			counter(set, `pgbastion_webhook_deliveries_total{webhook="0",result="ok"}`) == 4
