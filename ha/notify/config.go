@@ -26,6 +26,8 @@ type Callbacks struct {
 	// OnRoleChange: PostgreSQL runs in another role than before (promoted, or back as a
 	// replica after it was the primary).
 	OnRoleChange string `yaml:"on_role_change"`
+	// OnReload: PostgreSQL reloaded a new cluster-wide configuration (ctl config set).
+	OnReload string `yaml:"on_reload"`
 	// Timeout bounds each run (default 30s); a program still running then is killed with
 	// its process group.
 	Timeout time.Duration `yaml:"timeout"`
@@ -33,17 +35,18 @@ type Callbacks struct {
 
 // Any reports whether a callback is configured.
 func (c Callbacks) Any() bool {
-	return c.OnStart != "" || c.OnStop != "" || c.OnRestart != "" || c.OnRoleChange != ""
+	return c.OnStart != "" || c.OnStop != "" || c.OnRestart != "" || c.OnRoleChange != "" || c.OnReload != ""
 }
 
 func (c Callbacks) byAction() map[string]string {
-	return map[string]string{"on_start": c.OnStart, "on_stop": c.OnStop, "on_restart": c.OnRestart, "on_role_change": c.OnRoleChange}
+	return map[string]string{"on_start": c.OnStart, "on_stop": c.OnStop, "on_restart": c.OnRestart, "on_role_change": c.OnRoleChange,
+		"on_reload": c.OnReload}
 }
 
 // Validate checks the callbacks; prefix names the configuration section in messages.
 func (c *Callbacks) Validate(prefix string) error {
 	var errs []error
-	for _, action := range []string{"on_start", "on_stop", "on_restart", "on_role_change"} {
+	for _, action := range []string{"on_start", "on_stop", "on_restart", "on_role_change", "on_reload"} {
 		cmd := c.byAction()[action]
 		if cmd == "" {
 			continue

@@ -8,7 +8,7 @@
 // may use Event.ID to drop the rare duplicate sent around a change of leader).
 //
 // Callbacks are Patroni's: programs run on a node when its own PostgreSQL starts, stops,
-// restarts or changes role, called as `PROGRAM ACTION ROLE CLUSTER` (for example
+// restarts, reloads a new cluster configuration or changes role, called as `PROGRAM ACTION ROLE CLUSTER` (for example
 // `/usr/local/bin/on-role-change on_role_change primary main`) with the event as JSON in
 // PGBASTION_EVENT. They run one at a time, in order, each bounded by a timeout.
 //

@@ -124,6 +124,7 @@ type selfState struct {
 	known   bool
 	running bool
 	role    string
+	applied uint64 // the cluster configuration version this node last reported applied
 }
 
 type callRun struct {
@@ -277,11 +278,15 @@ func roleOf(s fsm.NodeStatus) string {
 func (n *Notifier) selfCallbacks(cur *fsm.State, events []Event) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	var applied uint64
+	if cur.PGConfig != nil {
+		applied = cur.PGConfig.Nodes[n.opts.Node].Version
+	}
 	m, ok := cur.Members[n.opts.Node]
 	if !ok || m.Status.ReportIndex == 0 {
 		// A new member: its PostgreSQL has not been reported running, so its first start
 		// runs on_start.
-		n.self = selfState{known: true}
+		n.self = selfState{known: true, applied: applied}
 		return
 	}
 	st := m.Status
@@ -298,8 +303,16 @@ func (n *Notifier) selfCallbacks(cur *fsm.State, events []Event) {
 	}
 	s := &n.self
 	if !s.known {
-		*s = selfState{known: true, running: running, role: role}
+		*s = selfState{known: true, running: running, role: role, applied: applied}
 		return
+	}
+	if applied > s.applied {
+		// The agent applied a new cluster configuration with ALTER SYSTEM and a reload.
+		s.applied = applied
+		n.call("on_reload", role, Event{ID: fmt.Sprintf("pg_config_applied:%s:%d", n.opts.Node, applied), Type: EvConfigChanged,
+			Severity: SevInfo, At: cur.PGConfig.Nodes[n.opts.Node].ReportedAt, Index: cur.Index, Node: n.opts.Node, Version: applied,
+			Cluster: n.opts.Cluster, Sender: n.opts.Node,
+			Message: fmt.Sprintf("%s reloaded PostgreSQL with cluster configuration version %d", n.opts.Node, applied)})
 	}
 	// An operator's restart stops and starts PostgreSQL: that is on_restart alone.
 	restarting := false
@@ -380,16 +393,17 @@ func (n *Notifier) runCallback(ctx context.Context, c callRun) {
 	if s := strings.TrimSpace(out.String()); s != "" {
 		attrs = append(attrs, "output", s)
 	}
+	// Logged before counted: whoever sees the count finds the log line.
 	switch {
 	case cctx.Err() == context.DeadlineExceeded:
-		n.cbFailed.Inc()
 		n.log.Error(fmt.Sprintf("callback killed after %s (postgresql.callbacks.timeout); make it return sooner or run its slow part in the background", n.cb.Timeout), attrs...)
-	case err != nil && ctx.Err() == nil:
 		n.cbFailed.Inc()
+	case err != nil && ctx.Err() == nil:
 		n.log.Error("callback failed: "+err.Error(), attrs...)
+		n.cbFailed.Inc()
 	case err == nil:
-		n.cbOK.Inc()
 		n.log.Info("callback ran", attrs...)
+		n.cbOK.Inc()
 	}
 }
 
@@ -434,8 +448,8 @@ func (h *hookWorker) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			h.failed.Inc()
 			h.log.Error("webhook delivery failed: "+err.Error(), "event", e.ID)
+			h.failed.Inc()
 		} else {
 			h.ok.Inc()
 		}

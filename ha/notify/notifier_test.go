@@ -298,7 +298,7 @@ func TestCallbacksFollowThisNodesPostgreSQL(t *testing.T) {
 	prog, out := script(t, `echo "$* $(echo "$PGBASTION_EVENT" | grep -o '"type":"[a-z_]*"')" >> `+"'%OUT%'")
 	body, _ := os.ReadFile(prog)
 	_ = os.WriteFile(prog, bytes.ReplaceAll(body, []byte("%OUT%"), []byte(out)), 0o755)
-	cb := Callbacks{OnStart: prog + " --tag x", OnStop: prog, OnRestart: prog, OnRoleChange: prog}
+	cb := Callbacks{OnStart: prog + " --tag x", OnStop: prog, OnRestart: prog, OnRoleChange: prog, OnReload: prog}
 	if err := cb.Validate("postgresql.callbacks"); err != nil {
 		t.Fatal(err)
 	}
@@ -337,6 +337,18 @@ func TestCallbacksFollowThisNodesPostgreSQL(t *testing.T) {
 		}, `on_restart replica main "type":"restart_finished"`},
 		// Other nodes' changes run nothing here.
 		{func(s *fsm.State) { setStatus(s, "db3", fsm.StateStopped, fsm.RoleReplica, false, 28) }, ""},
+		// A new cluster configuration: nothing until this node reports it applied; another
+		// node's report runs nothing here either.
+		{func(s *fsm.State) {
+			s.PGConfig = &fsm.PGConfig{Version: 2, Nodes: map[string]fsm.PGConfigStatus{"db3": {Version: 2}}}
+		}, ""},
+		{func(s *fsm.State) {
+			s.PGConfig = &fsm.PGConfig{Version: 2, Nodes: map[string]fsm.PGConfigStatus{"db3": {Version: 2}, "db2": {Version: 2}}}
+		}, `on_reload replica main "type":"pg_config_changed"`},
+		// The same version reported again (after a restart) is no reload.
+		{func(s *fsm.State) {
+			s.PGConfig = &fsm.PGConfig{Version: 2, Nodes: map[string]fsm.PGConfigStatus{"db2": {Version: 2, PendingRestart: []string{"shared_buffers"}}}}
+		}, ""},
 	}
 	var prev *fsm.State
 	cur := cluster(10)
