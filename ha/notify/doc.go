@@ -8,9 +8,9 @@
 // may use Event.ID to drop the rare duplicate sent around a change of leader).
 //
 // Callbacks are Patroni's: programs run on a node when its own PostgreSQL starts, stops,
-// restarts, reloads a new cluster configuration or changes role, called as `PROGRAM ACTION ROLE CLUSTER` (for example
-// `/usr/local/bin/on-role-change on_role_change primary main`) with the event as JSON in
-// PGBASTION_EVENT. They run one at a time, in order, each bounded by a timeout.
+// restarts, reloads a new cluster configuration or changes role, called as
+// `PROGRAM ACTION ROLE CLUSTER` (for example `/usr/local/bin/on-role-change on_role_change
+// primary main`) with the event as JSON in PGBASTION_EVENT. They run one at a time, in order, each bounded by a timeout.
 //
 // Delivery never holds up the HA core: events wait in bounded queues, the oldest is dropped
 // (and counted) when a receiver cannot keep up, and webhook URLs and headers, which often
