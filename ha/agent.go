@@ -199,6 +199,9 @@ type Agent struct {
 	// accepted yet; restarting explains the state while one runs.
 	restartAck *fsm.FinishRestart
 	restarting string
+	// lastRestart is the log index of the last request this agent executed: a request is
+	// executed once (log indexes only grow, also across a restore of the state).
+	lastRestart uint64
 }
 
 // NewAgent returns an agent for cluster c and PostgreSQL pg.

@@ -44,9 +44,11 @@ func (a *Agent) maybeRestart(ctx context.Context, st *fsm.State) {
 		}
 	}
 	r, ok := st.PendingRestart(a.c.Name())
-	if !ok || ctx.Err() != nil || a.busy != "" {
+	// st may predate the acknowledgement of the request just executed: never run one twice.
+	if !ok || r.Index <= a.lastRestart || ctx.Err() != nil || a.busy != "" {
 		return
 	}
+	a.lastRestart = r.Index
 	ack := fsm.FinishRestart{ID: r.ID, Node: a.c.Name()}
 	what, do := "restart", a.restart
 	if r.Reinit {

@@ -161,3 +161,31 @@ func TestAgentWithoutReinitRefusesIt(t *testing.T) {
 		return r.Status == fsm.RestartFailed && strings.Contains(r.Message, "cannot reinitialise")
 	}, "reinit refused")
 }
+
+// The agent's loop may hand maybeRestart a state taken before the request it just executed
+// was acknowledged: the request must not run again (a reinit cloned twice in CI).
+func TestAgentRunsARequestOnceWhateverStateItIsShown(t *testing.T) {
+	c := newFakeCluster(t, "n1")
+	c.setup()
+	pgs := newFakePGNet()
+	pgs.add("n2", fsm.RolePrimary, 5000, "")
+	pg := reinitPG{pgs.add("n1", fsm.RoleReplica, 4000, "n2")}
+	a := NewAgent(c, pg, agentConfig(), AgentOptions{})
+	c.must(fsm.RequestReinit{Node: "n1"})
+	before := c.State() // the request is pending here, and stays so in this snapshot
+	ctx := context.Background()
+	a.maybeRestart(ctx, before)
+	if r, _ := c.State().PendingRestart("n1"); r.ID != 0 {
+		t.Fatalf("the request is still pending after it ran: %+v", r)
+	}
+	a.maybeRestart(ctx, before)
+	n := 0
+	for _, call := range pg.Calls() {
+		if strings.HasPrefix(call, "reinit") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the reinit ran %d times: %v", n, pg.Calls())
+	}
+}

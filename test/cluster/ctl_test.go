@@ -23,7 +23,8 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 	// Replicas are created by a replica method of our own (a script that runs pg_basebackup
 	// itself, as a restore from a backup tool would fill the directory), basebackup after it.
 	methods := newReplicaMethod(t)
-	c := Start(t, Options{PostgreSQLExtra: methods.config()})
+	hooks := newHookWatch(t)
+	c := Start(t, Options{PostgreSQLExtra: methods.config() + hooks.callbacks()})
 	old := c.WaitHealthy(2, 2*time.Minute)
 	if got := methods.runs(); len(got) != 2 {
 		t.Fatalf("the replica method ran for %q, want both replicas", got)
@@ -108,6 +109,16 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 			t.Fatalf("%s runs with shared_buffers 24MB without a restart", n.Name)
 		}
 	}
+	// Every node ran its on_reload callback for the new configuration.
+	var reloads []string
+	for _, n := range c.Nodes {
+		role := "replica"
+		if n == old {
+			role = "primary"
+		}
+		reloads = append(reloads, n.Name+" on_reload "+role+" pgbastion")
+	}
+	hooks.waitCalls(t, reloads...)
 	if out := run("ctl", "config", "show"); strings.Count(out, "shared_buffers") != 4 {
 		t.Fatalf("ctl config show: want shared_buffers listed and pending a restart on 3 nodes:\n%s", out)
 	}

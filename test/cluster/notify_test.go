@@ -39,6 +39,20 @@ type hookEvent struct {
 	} `json:"operation"`
 }
 
+// waitCalls waits until every line in want is among the callbacks' runs.
+func (h *hookWatch) waitCalls(t *testing.T, want ...string) {
+	t.Helper()
+	waitTrue(t, time.Minute, func() bool {
+		lines := h.callLines()
+		for _, w := range want {
+			if !slices.Contains(lines, w) {
+				return false
+			}
+		}
+		return true
+	}, fmt.Sprintf("callbacks %q", want))
+}
+
 func newHookWatch(t *testing.T) *hookWatch {
 	h := &hookWatch{}
 	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -82,7 +96,7 @@ func (h *hookWatch) webhooks() string {
 
 // callbacks is the postgresql.callbacks setting.
 func (h *hookWatch) callbacks() string {
-	return fmt.Sprintf("callbacks: {on_start: %s, on_stop: %s, on_role_change: %s, on_restart: %s}\n", h.prog, h.prog, h.prog, h.prog)
+	return fmt.Sprintf("callbacks: {on_start: %s, on_stop: %s, on_role_change: %s, on_restart: %s, on_reload: %s}\n", h.prog, h.prog, h.prog, h.prog, h.prog)
 }
 
 func (h *hookWatch) received() []hookEvent {
