@@ -42,7 +42,7 @@ const staleAfter = 10.0
 
 const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   list                                   show the nodes, their roles and lag
-  events [--severity S] [--limit N]      what happened: failovers, nodes down and back... (ctl events for details)
+  events [--severity S] [--follow]       what happened: failovers, nodes down and back... (ctl events for details)
   history                                every change of primary (timeline, LSN, failover or switchover, why)
   switchover [--leader N] --candidate N  move the primary to N without losing data
   failover --candidate N [--force]       promote N (force: even if it may lose data)

@@ -141,3 +141,29 @@ func TestCtlHistory(t *testing.T) {
 		t.Errorf("output:\n%s", out.String())
 	}
 }
+
+func TestCtlEventsFollow(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/cluster/events":
+			_, _ = w.Write([]byte(`{"events": [{"at": "2026-11-26T03:00:01Z", "severity": "warning", "type": "maintenance", "message": "maintenance mode on"}]}`))
+		case "/events":
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = w.Write([]byte("event: state\nid: 7\ndata: {\"index\": 7}\n\n" +
+				"event: cluster_event\ndata: {\"at\": \"2026-11-26T03:00:02Z\", \"severity\": \"info\", \"type\": \"node_state\", \"message\": \"db3: STOPPED → RUNNING_REPLICA\"}\n\n" +
+				": keepalive\n\n" +
+				"event: cluster_event\ndata: {\"at\": \"2026-11-26T03:00:03Z\", \"severity\": \"critical\", \"type\": \"no_primary\", \"message\": \"no primary: db1 no longer takes writes\"}\n\n"))
+		}
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	code := Main([]string{"ctl", "--api", srv.URL, "events", "--follow", "--severity", "warning"}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "the event stream ended") {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[1], "maintenance mode on") ||
+		!strings.HasSuffix(lines[2], "critical  no_primary          no primary: db1 no longer takes writes") {
+		t.Errorf("output:\n%s", out.String())
+	}
+}

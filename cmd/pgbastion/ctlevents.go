@@ -1,20 +1,24 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
 
-const ctlEventsUsage = `Usage: pgbastion ctl [--api URL] events [--severity info|warning|critical] [--type TYPE] [--limit N]
+const ctlEventsUsage = `Usage: pgbastion ctl [--api URL] events [--severity info|warning|critical] [--type TYPE] [--limit N] [--follow]
   What happened to the cluster since the node you ask started: new primaries, failovers and
   switchovers, nodes going down and coming back, maintenance mode, configuration changes,
   restarts. The same events the webhooks receive; the newest last (default: the last 50).
+  --follow then prints new events as they happen, until Ctrl-C.
 `
 
 type eventView struct {
@@ -31,6 +35,7 @@ func (c *ctlClient) events(args []string, stderr io.Writer) error {
 	severity := fs.String("severity", "", "only this severity and worse")
 	typ := fs.String("type", "", "only this event type")
 	limit := fs.Int("limit", 50, "the newest N (0: all the node kept)")
+	follow := fs.Bool("follow", false, "then print new events as they happen")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,9 +63,17 @@ func (c *ctlClient) events(args []string, stderr io.Writer) error {
 	if err := c.call(http.MethodGet, path, nil, &v); err != nil {
 		return err
 	}
-	if len(v.Events) == 0 {
+	if len(v.Events) == 0 && !*follow {
 		fmt.Fprintln(c.out, "no events (since this node started)")
 		return nil
+	}
+	if *follow {
+		// Fixed columns: rows come one at a time.
+		fmt.Fprintf(c.out, "%-23s  %-8s  %-18s  %s\n", "TIME", "SEVERITY", "TYPE", "WHAT")
+		for _, e := range v.Events {
+			printEvent(c.out, e)
+		}
+		return c.followEvents(*severity, *typ)
 	}
 	w := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "TIME\tSEVERITY\tTYPE\tWHAT")
@@ -68,6 +81,49 @@ func (c *ctlClient) events(args []string, stderr io.Writer) error {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", e.At.Local().Format("2006-01-02 15:04:05 MST"), e.Severity, e.Type, e.Message)
 	}
 	return w.Flush()
+}
+
+func printEvent(out io.Writer, e eventView) {
+	fmt.Fprintf(out, "%-23s  %-8s  %-18s  %s\n", e.At.Local().Format("2006-01-02 15:04:05 MST"), e.Severity, e.Type, e.Message)
+}
+
+var severityRank = map[string]int{"info": 0, "warning": 1, "critical": 2}
+
+// followEvents prints the cluster events GET /events streams until the stream ends.
+func (c *ctlClient) followEvents(severity, typ string) error {
+	resp, err := http.Get(c.base + "/events")
+	if err != nil {
+		return fmt.Errorf("cannot reach the API at %s: %w (is pgbastion running? use --api)", c.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /events: %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20) // state events carry the whole cluster state
+	isEvent := false
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "event: cluster_event":
+			isEvent = true
+		case line == "":
+			isEvent = false
+		case isEvent && strings.HasPrefix(line, "data: "):
+			var e eventView
+			if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &e) != nil {
+				continue
+			}
+			if severityRank[e.Severity] < severityRank[severity] || (typ != "" && e.Type != typ) {
+				continue
+			}
+			printEvent(c.out, e)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("the event stream broke: %w", err)
+	}
+	return fmt.Errorf("the event stream ended (the node's pgbastion stopped?)")
 }
 
 // history is Patroni's `patronictl history`: every change of primary the cluster recorded.
