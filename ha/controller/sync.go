@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
 )
@@ -95,10 +96,6 @@ func (st *step) manageSync() {
 		w = nil
 	}
 	if target := st.syncTarget(p.Name, w); target != nil && (w == nil || !sameTarget(*w, *target)) {
-		if why := st.holdRecord(p, stand, target); why != "" {
-			st.d.wait("%s", why)
-			return
-		}
 		// Step 1: record first.
 		union := slices.Concat(stand, target.Standbys)
 		slices.Sort(union)
@@ -131,35 +128,6 @@ func (st *step) manageSync() {
 		return
 	}
 	st.d.add(fsm.SetSyncState{Primary: p.Name, Standbys: w.Standbys, Count: w.Count})
-}
-
-// holdRecord says why the record must not lose a recorded standby now, or "". A standby the
-// primary still reports streaming drops out of the candidates when its own agent goes quiet
-// (its report or lease is stale). That is what a loaded or failing standby host looks like,
-// but also what the controller sees while the primary itself is dying: its last streaming
-// list is still there, its report still fresh for a moment. Dropping the standby then would
-// leave a record that lets nobody be promoted, for good. So a standby is dropped for its own
-// silence only once the primary has renewed its lease after that silence began: the primary
-// is alive and needs the change to go on committing.
-func (st *step) holdRecord(p fsm.Member, stand []string, target *fsm.SyncTarget) string {
-	for _, name := range stand {
-		if slices.Contains(target.Standbys, name) || !slices.Contains(p.Status.Streaming, name) {
-			continue
-		}
-		m, ok := st.s.Members[name]
-		if !ok || m.Tags.NoSync || st.foreign(m) {
-			continue
-		}
-		quiet := m.Lease.RenewedAt.Add(st.cfg.LeaseTimeout / 2)
-		if r := m.Status.ReportedAt.Add(st.cfg.PrimaryTimeout); r.Before(quiet) {
-			quiet = r
-		}
-		if !p.Lease.RenewedAt.After(quiet) {
-			return fmt.Sprintf("keeping %s in the synchronous record of %q: it went quiet at %s, and %q has renewed no lease since",
-				name, p.Name, quiet.UTC().Format("15:04:05.000"), p.Name)
-		}
-	}
-	return ""
 }
 
 // syncTarget is the configuration the primary should run with now, or nil to keep the wanted
@@ -198,24 +166,29 @@ func (st *step) syncTarget(primary string, w *fsm.SyncTarget) *fsm.SyncTarget {
 // say so itself: a healthy running replica following the primary. One in prefer (already
 // wanted) stays while the primary still reports it streaming, whatever its own report says: a
 // standby that lost its upstream is what the primary's death looks like from the standby,
-// and dropping it from the record then would leave nobody the failover may promote. Those
-// in prefer come first (stability), then those within maximum_lag_on_failover, then by WAL
-// position and name.
+// and dropping it from the record then would leave nobody the failover may promote. For the
+// same reason it stays while its agent is silent (a loaded host) until the primary has
+// renewed its lease after that silence began: until then the silence may as well be the
+// primary's own death, seen through its last, still fresh report. Those in prefer come first
+// (stability), then those within maximum_lag_on_failover, then by WAL position and name.
 func (st *step) syncCandidates(primary string, prefer []string) []string {
 	type cand struct {
 		name       string
 		cur, lagOK bool
 		pos        fsm.LSN
 	}
-	streaming := st.s.Members[primary].Status.Streaming
+	p := st.s.Members[primary]
 	var cands []cand
 	for _, name := range st.s.MemberNames() {
 		m := st.s.Members[name]
 		ns := m.Status
-		if name == primary || m.Tags.NoSync || !slices.Contains(streaming, name) || st.foreign(m) || !st.fresh(m) || !st.reachable(m) {
+		if name == primary || m.Tags.NoSync || !slices.Contains(p.Status.Streaming, name) || st.foreign(m) {
 			continue
 		}
 		cur := slices.Contains(prefer, name)
+		if (!st.fresh(m) || !st.reachable(m)) && (!cur || p.Lease.RenewedAt.After(st.quietSince(m))) {
+			continue
+		}
 		if !cur && (!ns.Healthy || ns.Role != fsm.RoleReplica || ns.State != fsm.StateRunningReplica ||
 			ns.Following != primary || ns.ReportIndex <= st.s.PrimaryIndex) {
 			continue
@@ -247,6 +220,16 @@ func (st *step) syncCandidates(primary string, prefer []string) []string {
 		out[i] = c.name
 	}
 	return out
+}
+
+// quietSince is when m's agent went quiet: its last lease renewal plus half the lease timeout
+// (reachable) or its last report plus primary_timeout (fresh), whichever came first.
+func (st *step) quietSince(m fsm.Member) time.Time {
+	quiet := m.Lease.RenewedAt.Add(st.cfg.LeaseTimeout / 2)
+	if r := m.Status.ReportedAt.Add(st.cfg.PrimaryTimeout); r.Before(quiet) {
+		quiet = r
+	}
+	return quiet
 }
 
 func sameTarget(a, b fsm.SyncTarget) bool {
