@@ -10,8 +10,6 @@ import (
 	"github.com/pgbastion/pgbastion/ha/notify"
 )
 
-var severityRank = map[string]int{"info": 0, "warning": 1, "critical": 2}
-
 // clusterEvents is GET /cluster/events: what happened to the cluster since this node's
 // process started (the newest 500 events, oldest first), as the webhooks receive it.
 // ?severity=warning keeps warnings and worse, ?type=primary_changed one type (repeatable),
@@ -25,14 +23,13 @@ func (s *Server) clusterEvents(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	args := ctx.QueryArgs()
-	minSev := 0
+	minSev := notify.SevInfo
 	if v := string(args.Peek("severity")); v != "" {
-		r, ok := severityRank[v]
-		if !ok {
+		if !notify.ValidSeverity(v) {
 			writeError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("severity %q is not info, warning or critical", v))
 			return
 		}
-		minSev = r
+		minSev = notify.Severity(v)
 	}
 	var types []string
 	for _, v := range args.PeekMulti("type") {
@@ -54,7 +51,7 @@ func (s *Server) clusterEvents(ctx *fasthttp.RequestCtx) {
 	}
 	out := []notify.Event{}
 	for _, e := range s.src.Events() {
-		if severityRank[string(e.Severity)] >= minSev && (len(types) == 0 || slices.Contains(types, string(e.Type))) {
+		if e.Severity.AtLeast(minSev) && (len(types) == 0 || slices.Contains(types, string(e.Type))) {
 			out = append(out, e)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/pgbastion/pgbastion/ha/notify"
 )
 
 const ctlEventsUsage = `Usage: pgbastion ctl [--api URL] events [--severity info|warning|critical] [--type TYPE] [--limit N] [--follow]
@@ -87,8 +89,6 @@ func printEvent(out io.Writer, e eventView) {
 	fmt.Fprintf(out, "%-23s  %-8s  %-18s  %s\n", e.At.Local().Format("2006-01-02 15:04:05 MST"), e.Severity, e.Type, e.Message)
 }
 
-var severityRank = map[string]int{"info": 0, "warning": 1, "critical": 2}
-
 // followEvents prints the cluster events GET /events streams until the stream ends.
 func (c *ctlClient) followEvents(severity, typ string) error {
 	resp, err := http.Get(c.base + "/events")
@@ -114,7 +114,7 @@ func (c *ctlClient) followEvents(severity, typ string) error {
 			if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &e) != nil {
 				continue
 			}
-			if severityRank[e.Severity] < severityRank[severity] || (typ != "" && e.Type != typ) {
+			if !notify.Severity(e.Severity).AtLeast(notify.Severity(severity)) || (typ != "" && e.Type != typ) {
 				continue
 			}
 			printEvent(c.out, e)

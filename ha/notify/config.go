@@ -96,7 +96,16 @@ type Webhook struct {
 	roots *x509.CertPool
 }
 
-var severities = map[string]int{"info": 0, "warning": 1, "critical": 2}
+var severities = map[Severity]int{SevInfo: 0, SevWarning: 1, SevCritical: 2}
+
+// AtLeast reports whether s is min or worse; an unknown min counts as info.
+func (s Severity) AtLeast(min Severity) bool { return severities[s] >= severities[min] }
+
+// ValidSeverity reports whether s is info, warning or critical.
+func ValidSeverity(s string) bool {
+	_, ok := severities[Severity(s)]
+	return ok
+}
 
 // Validate checks a webhook; prefix names it in messages. It fills in defaults.
 func (w *Webhook) Validate(prefix string) error {
@@ -125,7 +134,7 @@ func (w *Webhook) Validate(prefix string) error {
 	if w.MinSeverity == "" {
 		w.MinSeverity = "info"
 	}
-	if _, ok := severities[w.MinSeverity]; !ok {
+	if !ValidSeverity(w.MinSeverity) {
 		errs = append(errs, fmt.Errorf("%s.min_severity: %q is not info, warning or critical", prefix, w.MinSeverity))
 	}
 	if w.Format == "" {
@@ -186,7 +195,7 @@ func (w *Webhook) label() string {
 }
 
 func (w *Webhook) wants(e Event) bool {
-	if severities[string(e.Severity)] < severities[w.MinSeverity] {
+	if !e.Severity.AtLeast(Severity(w.MinSeverity)) {
 		return false
 	}
 	return len(w.Events) == 0 || slices.Contains(w.Events, string(e.Type))
