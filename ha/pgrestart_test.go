@@ -24,15 +24,7 @@ func TestAgentRestartsAReplicaOnRequestAndRefusesThePrimary(t *testing.T) {
 	await.True(t, 2*time.Second, func() bool { return c.State().PGConfig.Nodes["n1"].Version == 1 }, "configuration applied")
 	_, applies := pg.snapshot()
 
-	finished := func(id uint64) fsm.RestartRequest {
-		t.Helper()
-		var r fsm.RestartRequest
-		await.True(t, 2*time.Second, func() bool {
-			r, _ = c.State().Restart(id)
-			return r.Status != fsm.RestartPending
-		}, "restart %d finished", id)
-		return r
-	}
+	finished := func(id uint64) fsm.RestartRequest { t.Helper(); return awaitRequest(t, c, id) }
 
 	id := c.must(fsm.RequestRestart{Node: "n1", Reason: "pending restart"}).ID
 	if r := finished(id); r.Status != fsm.RestartDone {
@@ -96,15 +88,7 @@ func TestAgentReinitialisesAReplicaOnRequest(t *testing.T) {
 	pg := reinitPG{pgs.add("n1", fsm.RoleReplica, 4000, "n2")}
 	runAgent(t, c, pg, agentConfig(), AgentOptions{})
 	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateRunningReplica }, "agent running")
-	finished := func(id uint64) fsm.RestartRequest {
-		t.Helper()
-		var r fsm.RestartRequest
-		await.True(t, 2*time.Second, func() bool {
-			r, _ = c.State().Restart(id)
-			return r.Status != fsm.RestartPending
-		}, "request %d finished", id)
-		return r
-	}
+	finished := func(id uint64) fsm.RestartRequest { t.Helper(); return awaitRequest(t, c, id) }
 
 	// A replica that cannot start any more (down, say after a failed pg_rewind) is what
 	// reinit is for: it is not refused like a restart.
@@ -188,4 +172,15 @@ func TestAgentRunsARequestOnceWhateverStateItIsShown(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("the reinit ran %d times: %v", n, pg.Calls())
 	}
+}
+
+// awaitRequest waits until restart (or reinit) request id has ended and returns it.
+func awaitRequest(t *testing.T, c *fakeCluster, id uint64) fsm.RestartRequest {
+	t.Helper()
+	var r fsm.RestartRequest
+	await.True(t, 2*time.Second, func() bool {
+		r, _ = c.State().Restart(id)
+		return r.Status != fsm.RestartPending
+	}, "request %d finished", id)
+	return r
 }

@@ -183,6 +183,29 @@ func TestWebhooksDeliverEventsFromTheLeaderOnly(t *testing.T) {
 	})
 }
 
+// sendMaintenanceEvent validates hooks, has a leader's notifier derive one event (maintenance
+// mode on) for them, and returns its metrics and log; the senders stop when the test ends.
+func sendMaintenanceEvent(t *testing.T, hooks []Webhook) (*metrics.Set, *syncBuffer) {
+	t.Helper()
+	for i := range hooks {
+		if err := hooks[i].Validate("webhooks"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := &syncBuffer{}
+	set := metrics.NewSet()
+	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db1", IsLeader: func() bool { return true }, Metrics: set,
+		Logger: slog.New(slog.NewTextHandler(logs, nil)), RetryBase: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	workers := n.startWorkers(ctx)
+	t.Cleanup(func() { cancel(); workers.Wait() })
+	s0 := cluster(10)
+	s1 := next(s0, 11)
+	s1.Paused = true
+	n.observe(s0, s1)
+	return set, logs
+}
+
 func TestWebhookFailuresAreLoggedWithoutTheURLOrHeaders(t *testing.T) {
 	refuses := newReceiver(t, 401)
 	gone := httptest.NewServer(http.NotFoundHandler())
@@ -192,22 +215,7 @@ func TestWebhookFailuresAreLoggedWithoutTheURLOrHeaders(t *testing.T) {
 		{URL: refuses.srv.URL + "/services/T000/B000/secret-path-token", Headers: map[string]string{"X-Api-Key": "header-secret"}},
 		{URL: goneURL + "/hooks/secret-path-token?token=query-secret", Name: "chat"},
 	}
-	for i := range hooks {
-		if err := hooks[i].Validate("webhooks"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var logs syncBuffer
-	set := metrics.NewSet()
-	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db1", IsLeader: func() bool { return true }, Metrics: set,
-		Logger: slog.New(slog.NewTextHandler(&logs, nil)), RetryBase: time.Millisecond})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer n.startWorkers(ctx).Wait()
-	defer cancel()
-	s0 := cluster(10)
-	s1 := next(s0, 11)
-	s1.Paused = true
-	n.observe(s0, s1)
+	set, logs := sendMaintenanceEvent(t, hooks)
 	waitFor(t, "both failures", func() bool {
 		return counter(set, `pgbastion_webhook_deliveries_total{webhook="0",result="failed"}`) == 1 &&
 			counter(set, `pgbastion_webhook_deliveries_total{webhook="chat",result="failed"}`) == 1
@@ -516,22 +524,7 @@ func TestWebhookWithAnInternalCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	hooks := []Webhook{{URL: srv.URL + "/trusted", Name: "trusted", CAFile: ca}, {URL: srv.URL + "/untrusted", Name: "untrusted"}}
-	for i := range hooks {
-		if err := hooks[i].Validate("webhooks"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var logs syncBuffer
-	set := metrics.NewSet()
-	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db1", IsLeader: func() bool { return true }, Metrics: set,
-		Logger: slog.New(slog.NewTextHandler(&logs, nil)), RetryBase: time.Millisecond})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer n.startWorkers(ctx).Wait()
-	defer cancel()
-	s0 := cluster(10)
-	s1 := next(s0, 11)
-	s1.Paused = true
-	n.observe(s0, s1)
+	set, logs := sendMaintenanceEvent(t, hooks)
 	waitFor(t, "both deliveries to end", func() bool {
 		return counter(set, `pgbastion_webhook_deliveries_total{webhook="trusted",result="ok"}`) == 1 &&
 			counter(set, `pgbastion_webhook_deliveries_total{webhook="untrusted",result="failed"}`) == 1
