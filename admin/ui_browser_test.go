@@ -105,6 +105,19 @@ func (c *recordingCluster) RequestReinit(ctx context.Context, node, reason strin
 	return c.fakeCluster.RequestReinit(ctx, node, reason)
 }
 
+// holdAgents keeps the agents from answering until release is called (at the latest when the
+// test ends); the agents of the nodes in refuse then refuse, with that message.
+func (c *recordingCluster) holdAgents(t *testing.T, refuse map[string]string) (release func()) {
+	hold := make(chan struct{})
+	c.mu.Lock()
+	c.holdRestart, c.refuseRestart = hold, refuse
+	c.mu.Unlock()
+	var once sync.Once
+	release = func() { once.Do(func() { close(hold) }) }
+	t.Cleanup(release)
+	return release
+}
+
 // playAgent is the restarted node's agent: it answers restart id when holdRestart allows,
 // successfully unless refuseRestart says otherwise.
 func (c *recordingCluster) playAgent(id uint64) {
@@ -368,23 +381,13 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.waitDialog(ctx, t, "Restart PostgreSQL on n2?\n\nIt applies the pending parameters: shared_buffers.")
 
 		// Accepted: the button is disabled until the agent has answered.
-		release := make(chan struct{})
-		c.mu.Lock()
-		c.holdRestart = release
-		c.mu.Unlock()
-		defer func() {
-			select {
-			case <-release:
-			default:
-				close(release)
-			}
-		}()
+		release := c.holdAgents(t, nil)
 		b.answerDialogs(true, "")
 		b.eval(ctx, t, fmt.Sprintf(`document.querySelector(%q).click()`, n2))
 		b.waitContains(ctx, t, "#result", "Restart of n2: waiting for the cluster")
 		b.waitUntil(ctx, t, n2, "disabled", func(string) bool { return string(b.eval(ctx, t, isDisabled)) == "true" })
 		b.waitContains(ctx, t, "#restarts tr[data-restart-id='1']", "pending")
-		close(release)
+		release()
 		b.waitContains(ctx, t, "#result", "Restart of n2: done.")
 		b.waitUntil(ctx, t, n2, "enabled", func(string) bool { return string(b.eval(ctx, t, isDisabled)) == "false" })
 		b.waitContains(ctx, t, "#restarts tr[data-restart-id='1']", "n2done")
@@ -433,17 +436,7 @@ func TestWebUIInBrowser(t *testing.T) {
 		// The name typed: the request goes; n2's buttons wait for its agent, which refuses
 		// (an operation is in progress). Its answer is shown as the API gives it.
 		const refusal = "a switchover is in progress (operation 1); ask again when it has finished"
-		release := make(chan struct{})
-		c.mu.Lock()
-		c.holdRestart, c.refuseRestart = release, map[string]string{"n2": refusal}
-		c.mu.Unlock()
-		defer func() {
-			select {
-			case <-release:
-			default:
-				close(release)
-			}
-		}()
+		release := c.holdAgents(t, map[string]string{"n2": refusal})
 		b.answerDialogs(true, "n2")
 		b.eval(ctx, t, click)
 		b.waitContains(ctx, t, "#result", "Reinitialisation of n2: waiting for the cluster")
@@ -451,7 +444,7 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.waitUntil(ctx, t, n2, "disabled while reinitialisation #3 is pending", func(string) bool {
 			return string(b.eval(ctx, t, state)) == `"true reinitialisation #3 is running"`
 		})
-		close(release)
+		release()
 		b.waitContains(ctx, t, "#result", "Reinitialisation of n2 failed (HTTP 409")
 		b.waitContains(ctx, t, "#result", "reinitialisation of n2: "+refusal)
 		b.waitContains(ctx, t, "#restarts tr[data-restart-id='3']", "n2 reinitfailed")
