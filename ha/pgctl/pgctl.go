@@ -158,7 +158,13 @@ func (i *Instance) Config() Config { return i.cfg }
 func (i *Instance) Addr() string { return net.JoinHostPort(i.cfg.Host, strconv.Itoa(i.cfg.Port)) }
 
 func (i *Instance) command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, filepath.Join(i.bin, name), args...)
+	return i.commandAt(ctx, filepath.Join(i.bin, name), args...)
+}
+
+// commandAt runs the program at path the way PostgreSQL's own programs run: as os_user, in
+// its own process group, without PGBastion's capabilities.
+func (i *Instance) commandAt(ctx context.Context, path string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Dir = "/"
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "PGTZ=UTC")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: i.cred, Setpgid: true}

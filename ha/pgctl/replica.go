@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -118,11 +117,9 @@ func (i *Instance) runReplicaMethod(ctx context.Context, m ReplicaMethod, host s
 		conn := fmt.Sprintf("host=%s port=%d user=%s application_name=%s", host, port, i.cfg.ReplicationUser, appName)
 		args = append(args, "--scope="+i.cfg.Scope, "--datadir="+i.cfg.DataDir, "--role=replica", "--connstring="+conn)
 	}
-	cmd := exec.CommandContext(ctx, f[0], args...)
-	cmd.Dir = "/"
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+i.cfg.ReplicationPassword, "PGHOST="+host, fmt.Sprintf("PGPORT=%d", port),
+	cmd := i.commandAt(ctx, f[0], args...)
+	cmd.Env = append(cmd.Env, "PGPASSWORD="+i.cfg.ReplicationPassword, "PGHOST="+host, fmt.Sprintf("PGPORT=%d", port),
 		"PGUSER="+i.cfg.ReplicationUser, "PGDATA="+i.cfg.DataDir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: i.cred, Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	var out tail
