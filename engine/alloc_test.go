@@ -11,8 +11,11 @@ import (
 )
 
 // fakeConn stands in for a gnet connection: writes are accepted and dropped, nothing is
-// buffered. Only the methods the relay uses are implemented.
+// buffered. Only the methods the relay uses are implemented. It has no descriptor, so the
+// loopWriter's direct send fails (EBADF) and hands every write to Write.
 type fakeConn struct{ gnet.Conn }
+
+func (fakeConn) Fd() int { return -1 }
 
 func (fakeConn) Write(b []byte) (int, error) { return len(b), nil }
 func (fakeConn) OutboundBuffered() int       { return 0 }
@@ -33,7 +36,8 @@ func pair(t testing.TB, mode pool.Mode) (*Engine, *client, *server) {
 	lp := &loop{e: e, idx: 0, clients: map[*client]struct{}{}, servers: map[*server]struct{}{}}
 	e.loops = append(e.loops, lp)
 	cl := newClient(e, RoleRW)
-	cl.lp, cl.conn, cl.out = lp, fakeConn{}, fakeConn{}
+	cl.lw.c = fakeConn{}
+	cl.lp, cl.conn, cl.out = lp, fakeConn{}, &cl.lw
 	cl.user, cl.database, cl.serverUser = "u", "d", "u"
 	cl.state = csReady
 	cl.pid = e.cancels.add(cl)
@@ -44,7 +48,8 @@ func pair(t testing.TB, mode pool.Mode) (*Engine, *client, *server) {
 	}
 	s := &server{e: e, pe: pe, b: pe.b, tr: pool.NewTracker(), login: pool.NewParams(), params: pool.NewParams(),
 		stmts: pool.NewServerStatements(200), born: time.Now(), lastUsed: time.Now(), key: []byte{1, 2, 3, 4}}
-	s.conn, s.out, s.lp = fakeConn{}, fakeConn{}, lp
+	s.lw.c = fakeConn{}
+	s.conn, s.out, s.lp = fakeConn{}, &s.lw, lp
 	s.tr.Dropped = s.forget
 	s.login.Set("TimeZone", "UTC")
 	s.params.CopyFrom(s.login)

@@ -43,6 +43,7 @@ type client struct {
 	stream *stream
 	mu     sync.Mutex
 	out    io.Writer
+	lw     loopWriter // out while the client is on an event loop
 
 	state    clientState
 	user     string
@@ -119,7 +120,8 @@ func (cl *client) limits() *pgwire.Limits {
 }
 
 func (cl *client) onAccept(c gnet.Conn, lp *loop) {
-	cl.lp, cl.conn, cl.out = lp, c, c
+	cl.lw.c = c
+	cl.lp, cl.conn, cl.out = lp, c, &cl.lw
 	c.SetContext(cl)
 	lp.clients[cl] = struct{}{}
 	n := cl.e.clients.Add(1)

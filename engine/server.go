@@ -32,6 +32,7 @@ type server struct {
 	conn gnet.Conn
 	nc   net.Conn
 	out  io.Writer
+	lw   loopWriter // out while the server is on an event loop
 
 	client *client
 	tr     *pool.Tracker
@@ -120,7 +121,7 @@ func (s *server) inTransit(c io.Closer) {
 
 func (s *server) writer() io.Writer {
 	if s.conn != nil {
-		return s.conn
+		return &s.lw
 	}
 	return s.nc
 }
@@ -261,7 +262,8 @@ func (s *server) enroll(nc net.Conn, loopIdx int) {
 // onEnrolled runs on the loop the server was enrolled on.
 func (s *server) onEnrolled(c gnet.Conn, lp *loop) {
 	s.conn, s.lp, s.nc = c, lp, nil
-	s.out = c
+	s.lw.c = c
+	s.out = &s.lw
 	s.detaching = false
 	lp.servers[s] = struct{}{}
 	s.closer.Store(&connHandle{Closer: c, lp: lp})
@@ -803,7 +805,7 @@ func (s *server) finishDetach(c gnet.Conn) gnet.Action {
 	// From here on gnet's copy belongs to nobody: its OnClose must not touch s, which may be
 	// enrolled on another loop before this close completes.
 	c.SetContext(detached{})
-	s.conn, s.out = nil, nil
+	s.conn, s.out, s.lw.c = nil, nil, nil
 	// Off the loop: whoever receives nc runs the server now. (A server given to a stream-path
 	// client is never enrolled again, and handle does nothing while detaching is set.)
 	s.detaching = false
