@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -156,6 +157,15 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.cfg.ListenRO != "" {
 		addrs = append(addrs, "tcp://"+e.cfg.ListenRO)
 	}
+	// gnet reports a taken port as "setsockopt: bad file descriptor"; try each address first so
+	// that the operator reads what is wrong and what to do.
+	for _, l := range []struct{ key, addr string }{{"proxy.listen_rw", e.cfg.ListenRW}, {"proxy.listen_ro", e.cfg.ListenRO}} {
+		if l.addr != "" {
+			if err := probeListen(l.key, l.addr); err != nil {
+				return err
+			}
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if len(e.cfg.Backends) > 0 {
@@ -191,6 +201,23 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("proxy listeners %v: %w", addrs, err)
 	}
 	return nil
+}
+
+// probeListen binds addr and lets it go again, turning the usual failures into advice.
+func probeListen(key, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		return ln.Close()
+	}
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%s %s: the address is already in use by another process (another pgbastion, PgBouncer or PostgreSQL?); stop it or set %s to a free address", key, addr, key)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%s %s: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE", key, addr)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("%s %s: no network interface of this host has that address; use one of its addresses, or 0.0.0.0 for all", key, addr)
+	}
+	return fmt.Errorf("%s %s: %w", key, addr, err)
 }
 
 // Metrics returns the engine's metrics.

@@ -261,3 +261,30 @@ func metricValue(t *testing.T, e *engine.Engine, name string) float64 {
 	t.Fatalf("metric %s not found", name)
 	return 0
 }
+
+// A taken port fails the start with a message that names the setting and what to do, not
+// gnet's "setsockopt: bad file descriptor".
+func TestRunExplainsATakenListenAddress(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := engine.DefaultConfig()
+	cfg.ListenRW, cfg.ListenRO = freeAddr(t), taken.Addr().String()
+	e, err := engine.New(cfg, engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = e.Run(ctx)
+	if err == nil {
+		t.Fatal("Run succeeded on a taken address")
+	}
+	for _, want := range []string{"proxy.listen_ro " + cfg.ListenRO, "already in use", "free address"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}
