@@ -36,7 +36,7 @@ type Config struct {
 	// client count (a session pool smaller than the client count leaves clients waiting for
 	// the whole run).
 	SessionPoolSize int
-	// EventLoops is PGBastion's proxy.event_loops (default: the product's default).
+	// EventLoops is PGBastion's proxy.event_loops (default 0: the product's automatic choice).
 	EventLoops int
 	// IdleClients is the number of idle client connections of the idle scenario.
 	IdleClients int

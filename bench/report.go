@@ -3,10 +3,23 @@ package bench
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pool"
 )
+
+// loopsSetting describes PGBastion's proxy.event_loops as the benchmark ran it.
+func loopsSetting(loops, cpus int) string {
+	if loops > 0 {
+		return fmt.Sprintf("`event_loops: %d`", loops)
+	}
+	return fmt.Sprintf("`event_loops` automatic (%d in session mode, %d in transaction mode on %d CPUs)",
+		engine.AutoEventLoops(pool.ModeSession, cpus), engine.AutoEventLoops(pool.ModeTransaction, cpus), cpus)
+}
 
 // labels name the targets in tables.
 var labels = map[string]string{
@@ -282,8 +295,8 @@ func Markdown(res *Results) string {
 	if cfg.Quick {
 		b.WriteString("**Quick mode (smoke test): runs are too short for the figures to mean anything.**\n\n")
 	}
-	fmt.Fprintf(&b, "Settings: %d rounds, %s per run (each target warmed for %s before a scenario's first round), pgbench scale %d, `-j %d`, latency percentiles from a %.0f%% sample of transactions (`pgbench -l --sampling-rate`), PGBastion `event_loops: %d`, HAProxy `nbthread 2`, PgBouncer single-threaded.\n\n",
-		cfg.Rounds, cfg.Duration, cfg.Warmup, cfg.Scale, cfg.Threads, cfg.LogSampling*100, cfg.EventLoops)
+	fmt.Fprintf(&b, "Settings: %d rounds, %s per run (each target warmed for %s before a scenario's first round), pgbench scale %d, `-j %d`, latency percentiles from a %.0f%% sample of transactions (`pgbench -l --sampling-rate`), PGBastion %s, HAProxy `nbthread 2`, PgBouncer single-threaded.\n\n",
+		cfg.Rounds, cfg.Duration, cfg.Warmup, cfg.Scale, cfg.Threads, cfg.LogSampling*100, loopsSetting(cfg.EventLoops, runtime.NumCPU()))
 	b.WriteString("Environment:\n\n")
 	for _, e := range res.Env {
 		b.WriteString("- " + e + "\n")

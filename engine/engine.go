@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -96,6 +97,9 @@ type Options struct {
 func New(cfg Config, opts Options) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.EventLoops == 0 {
+		cfg.EventLoops = AutoEventLoops(cfg.Pool.Mode, runtime.NumCPU())
 	}
 	log := opts.Logger
 	if log == nil {

@@ -32,7 +32,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Threads, "j", cfg.Threads, "pgbench threads (-j)")
 	fs.IntVar(&cfg.PoolSize, "pool", cfg.PoolSize, "default_pool_size in transaction mode (PGBastion and PgBouncer)")
 	fs.IntVar(&cfg.SessionPoolSize, "session-pool", cfg.SessionPoolSize, "default_pool_size in session mode (0: the 50 clients)")
-	fs.IntVar(&cfg.EventLoops, "event-loops", cfg.EventLoops, "PGBastion proxy.event_loops")
+	fs.IntVar(&cfg.EventLoops, "event-loops", cfg.EventLoops, "PGBastion proxy.event_loops (0: automatic by pooling mode)")
 	fs.IntVar(&cfg.IdleClients, "idle-clients", cfg.IdleClients, "idle client connections in the idle scenario")
 	fs.IntVar(&cfg.ManyClients, "many-clients", cfg.ManyClients, "pgbench clients in the many-clients scenario")
 	fs.Float64Var(&cfg.LogSampling, "sampling", cfg.LogSampling, "share of transactions logged for latency percentiles (0: no percentiles)")

@@ -1,0 +1,43 @@
+package engine_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pool"
+)
+
+func TestAutoEventLoops(t *testing.T) {
+	for _, c := range []struct {
+		mode       pool.Mode
+		cpus, want int
+	}{
+		{pool.ModeSession, 1, 1}, {pool.ModeSession, 2, 2}, {pool.ModeSession, 3, 3}, {pool.ModeSession, 64, 4},
+		{pool.ModeTransaction, 1, 1}, {pool.ModeTransaction, 2, 1}, {pool.ModeTransaction, 5, 2}, {pool.ModeTransaction, 64, 4},
+	} {
+		if got := engine.AutoEventLoops(c.mode, c.cpus); got != c.want {
+			t.Errorf("AutoEventLoops(%s, %d) = %d, want %d", c.mode, c.cpus, got, c.want)
+		}
+	}
+}
+
+func TestEventLoopsSetting(t *testing.T) {
+	cfg := engine.DefaultConfig()
+	if cfg.EventLoops != 0 {
+		t.Fatalf("default event_loops = %d, want 0 (automatic)", cfg.EventLoops)
+	}
+	for _, n := range []int{0, 1, 256} {
+		cfg.EventLoops = n
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("event_loops %d: %v", n, err)
+		}
+	}
+	for _, n := range []int{-1, 257} {
+		cfg.EventLoops = n
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), "proxy.event_loops") {
+			t.Errorf("event_loops %d: error %v, want one naming proxy.event_loops", n, err)
+		}
+	}
+}
