@@ -17,6 +17,8 @@ type fakeConn struct{ gnet.Conn }
 
 func (fakeConn) Fd() int { return -1 }
 
+func (fakeConn) Context() any { return struct{}{} }
+
 func (fakeConn) Write(b []byte) (int, error) { return len(b), nil }
 func (fakeConn) OutboundBuffered() int       { return 0 }
 func (fakeConn) InboundBuffered() int        { return 0 }

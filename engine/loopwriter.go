@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"net"
 	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
@@ -24,14 +25,20 @@ import (
 //
 // Whatever the raw send leaves (a short send, EAGAIN, an error) goes through gnet's Write,
 // which queues the rest and arms the write event, or closes the connection on an error,
-// exactly as before. Like gnet's Write, it must only be called on the connection's loop, and
-// never after gnet closed the connection (neither checks: the descriptor may belong to a newer
-// connection by then; the engine drops its references in OnClose).
+// exactly as before. Like gnet's Write, it must only be called on the connection's loop.
+//
+// gnet's Write does not check that the connection is still open: after a close it would write
+// to a descriptor number that may already belong to another client's connection. The engine
+// drops its references in OnClose, and as a second guard a closed connection (gnet clears its
+// context before closing the descriptor) gets net.ErrClosed and nothing is sent.
 type loopWriter struct{ c gnet.Conn }
 
 func (w *loopWriter) Write(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
+	}
+	if w.c.Context() == nil {
+		return 0, net.ErrClosed
 	}
 	if w.c.OutboundBuffered() == 0 {
 		r, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(w.c.Fd()), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),

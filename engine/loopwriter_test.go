@@ -2,6 +2,8 @@ package engine
 
 import (
 	"bytes"
+	"errors"
+	"net"
 	"testing"
 
 	"github.com/panjf2000/gnet/v2"
@@ -15,6 +17,14 @@ type recConn struct {
 	fd       int
 	queued   int
 	viaWrite []byte
+	closed   bool
+}
+
+func (c *recConn) Context() any {
+	if c.closed {
+		return nil
+	}
+	return c
 }
 
 func (c *recConn) Fd() int               { return c.fd }
@@ -123,5 +133,20 @@ func TestLoopWriterLeavesErrorsToGnet(t *testing.T) {
 	}
 	if string(c.viaWrite) != "x" {
 		t.Fatalf("gnet's Write got %q; it must see the failed send to close the connection", c.viaWrite)
+	}
+}
+
+// A connection gnet has closed (its context cleared) gets nothing, neither by sendto nor through
+// gnet's Write: its descriptor number may already belong to another connection.
+func TestLoopWriterRefusesAClosedConnection(t *testing.T) {
+	a, b := socketPair(t)
+	c := &recConn{fd: a, closed: true}
+	w := loopWriter{c: c}
+	n, err := w.Write([]byte("secret"))
+	if n != 0 || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write on a closed connection = %d, %v; want 0, net.ErrClosed", n, err)
+	}
+	if got := drain(t, b); len(got) != 0 || len(c.viaWrite) != 0 {
+		t.Fatalf("sent %q and queued %q to a closed connection", got, c.viaWrite)
 	}
 }
