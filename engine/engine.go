@@ -154,21 +154,17 @@ func New(cfg Config, opts Options) (*Engine, error) {
 // Run starts the listeners and serves until ctx is cancelled or Stop is called. A standalone
 // proxy (Config.Backends set) also runs its role checker.
 func (e *Engine) Run(ctx context.Context) error {
-	var addrs []string
-	if e.cfg.ListenRW != "" {
-		addrs = append(addrs, "tcp://"+e.cfg.ListenRW)
-	}
-	if e.cfg.ListenRO != "" {
-		addrs = append(addrs, "tcp://"+e.cfg.ListenRO)
-	}
 	// gnet reports a taken port as "setsockopt: bad file descriptor"; try each address first so
 	// that the operator reads what is wrong and what to do.
+	var addrs []string
 	for _, l := range []struct{ key, addr string }{{"proxy.listen_rw", e.cfg.ListenRW}, {"proxy.listen_ro", e.cfg.ListenRO}} {
-		if l.addr != "" {
-			if err := probeListen(l.key, l.addr); err != nil {
-				return err
-			}
+		if l.addr == "" {
+			continue
 		}
+		if err := probeListen(l.key, l.addr); err != nil {
+			return err
+		}
+		addrs = append(addrs, "tcp://"+l.addr)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

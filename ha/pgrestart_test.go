@@ -24,10 +24,8 @@ func TestAgentRestartsAReplicaOnRequestAndRefusesThePrimary(t *testing.T) {
 	await.True(t, 2*time.Second, func() bool { return c.State().PGConfig.Nodes["n1"].Version == 1 }, "configuration applied")
 	_, applies := pg.snapshot()
 
-	finished := func(id uint64) fsm.RestartRequest { t.Helper(); return awaitRequest(t, c, id) }
-
 	id := c.must(fsm.RequestRestart{Node: "n1", Reason: "pending restart"}).ID
-	if r := finished(id); r.Status != fsm.RestartDone {
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartDone {
 		t.Fatalf("restart of a replica: %+v", r)
 	}
 	calls := pg.Calls()
@@ -44,7 +42,7 @@ func TestAgentRestartsAReplicaOnRequestAndRefusesThePrimary(t *testing.T) {
 	c.must(fsm.SetPrimary{Node: "n1"})
 	before := len(pg.Calls())
 	id = c.must(fsm.RequestRestart{Node: "n1"}).ID
-	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "switch over first") {
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "switch over first") {
 		t.Fatalf("restart of the primary: %+v", r)
 	}
 	if calls := pg.Calls()[before:]; slices.Contains(calls, "stop") {
@@ -57,7 +55,7 @@ func TestAgentRestartsAReplicaOnRequestAndRefusesThePrimary(t *testing.T) {
 	pg.set(func(p *fakePG) { p.running = false })
 	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateStopped }, "down reported")
 	id = c.must(fsm.RequestRestart{Node: "n1"}).ID
-	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "not running") {
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "not running") {
 		t.Fatalf("restart of a stopped server: %+v", r)
 	}
 }
@@ -80,22 +78,25 @@ func (p reinitPG) Reinit(_ context.Context, up Upstream) error {
 	return nil
 }
 
-func TestAgentReinitialisesAReplicaOnRequest(t *testing.T) {
+// reinitSetup is a cluster whose primary is n2, with n1 a replica of it that can reinitialise.
+func reinitSetup(t *testing.T) (*fakeCluster, reinitPG) {
 	c := newFakeCluster(t, "n1")
 	c.setup()
 	pgs := newFakePGNet()
 	pgs.add("n2", fsm.RolePrimary, 5000, "")
-	pg := reinitPG{pgs.add("n1", fsm.RoleReplica, 4000, "n2")}
+	return c, reinitPG{pgs.add("n1", fsm.RoleReplica, 4000, "n2")}
+}
+
+func TestAgentReinitialisesAReplicaOnRequest(t *testing.T) {
+	c, pg := reinitSetup(t)
 	runAgent(t, c, pg, agentConfig(), AgentOptions{})
 	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateRunningReplica }, "agent running")
-	finished := func(id uint64) fsm.RestartRequest { t.Helper(); return awaitRequest(t, c, id) }
-
 	// A replica that cannot start any more (down, say after a failed pg_rewind) is what
 	// reinit is for: it is not refused like a restart.
 	pg.set(func(p *fakePG) { p.running = false })
 	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateStopped }, "down reported")
 	id := c.must(fsm.RequestReinit{Node: "n1", Reason: "diverged"}).ID
-	if r := finished(id); r.Status != fsm.RestartDone || !r.Reinit {
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartDone || !r.Reinit {
 		t.Fatalf("reinit of a stopped replica: %+v", r)
 	}
 	if calls := pg.Calls(); !slices.Contains(calls, "reinit n2") {
@@ -111,7 +112,7 @@ func TestAgentReinitialisesAReplicaOnRequest(t *testing.T) {
 		p.failOn = map[string]error{"reinit n2": errors.New("pg_basebackup: could not connect")}
 	})
 	id = c.must(fsm.RequestReinit{Node: "n1"}).ID
-	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "reinitialisation failed: pg_basebackup: could not connect") {
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "reinitialisation failed: pg_basebackup: could not connect") {
 		t.Fatalf("failed reinit: %+v", r)
 	}
 	pg.set(func(p *fakePG) { p.failOn = nil })
@@ -120,12 +121,12 @@ func TestAgentReinitialisesAReplicaOnRequest(t *testing.T) {
 	c.must(fsm.SetPrimary{Node: ""})
 	before := len(pg.Calls())
 	id = c.must(fsm.RequestReinit{Node: "n1"}).ID
-	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "no primary to clone from") {
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "no primary to clone from") {
 		t.Fatalf("reinit without a primary: %+v", r)
 	}
 	c.must(fsm.SetPrimary{Node: "n1"})
 	id = c.must(fsm.RequestReinit{Node: "n1"}).ID
-	if r := finished(id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "switch over first") {
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "switch over first") {
 		t.Fatalf("reinit of the primary: %+v", r)
 	}
 	if calls := pg.Calls()[before:]; slices.ContainsFunc(calls, func(s string) bool { return strings.HasPrefix(s, "reinit") || s == "stop" }) {
@@ -140,20 +141,15 @@ func TestAgentWithoutReinitRefusesIt(t *testing.T) {
 	pgs.add("n2", fsm.RolePrimary, 5000, "")
 	runAgent(t, c, pgs.add("n1", fsm.RoleReplica, 4000, "n2"), agentConfig(), AgentOptions{})
 	id := c.must(fsm.RequestReinit{Node: "n1"}).ID
-	await.True(t, 2*time.Second, func() bool {
-		r, _ := c.State().Restart(id)
-		return r.Status == fsm.RestartFailed && strings.Contains(r.Message, "cannot reinitialise")
-	}, "reinit refused")
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "cannot reinitialise") {
+		t.Fatalf("reinit on an agent that cannot: %+v", r)
+	}
 }
 
 // The agent's loop may hand maybeRestart a state taken before the request it just executed
 // was acknowledged: the request must not run again (a reinit cloned twice in CI).
 func TestAgentRunsARequestOnceWhateverStateItIsShown(t *testing.T) {
-	c := newFakeCluster(t, "n1")
-	c.setup()
-	pgs := newFakePGNet()
-	pgs.add("n2", fsm.RolePrimary, 5000, "")
-	pg := reinitPG{pgs.add("n1", fsm.RoleReplica, 4000, "n2")}
+	c, pg := reinitSetup(t)
 	a := NewAgent(c, pg, agentConfig(), AgentOptions{})
 	c.must(fsm.RequestReinit{Node: "n1"})
 	before := c.State() // the request is pending here, and stays so in this snapshot

@@ -157,15 +157,6 @@ func (h *hookWatch) checkSwitchover(t *testing.T, c *Cluster, old, cand string) 
 		}, n.Name+" lists "+e.ID+" in GET /cluster/events")
 	}
 
-	want := []string{cand + " on_role_change primary pgbastion", old + " on_role_change replica pgbastion"}
-	waitTrue(t, time.Minute, func() bool {
-		lines := h.callLines()
-		for _, w := range want {
-			if !slices.Contains(lines, w) {
-				return false
-			}
-		}
-		return true
-	}, fmt.Sprintf("callbacks %q", want))
+	h.waitCalls(t, cand+" on_role_change primary pgbastion", old+" on_role_change replica pgbastion")
 	t.Logf("callbacks: %q", h.callLines())
 }
