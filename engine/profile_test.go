@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"syscall"
@@ -16,7 +17,9 @@ import (
 )
 
 // TestProfileUnderPgbench writes a CPU profile of the proxy (this process) while pgbench -S
-// runs through it. Set PGBASTION_PROFILE=file (and optionally PGBASTION_PROFILE_MODE=session).
+// runs through it. Set PGBASTION_PROFILE=file (and optionally PGBASTION_PROFILE_MODE=session,
+// PGBASTION_PROFILE_LOOPS=n, and PGBASTION_ALLOC_PROFILE=file for every allocation made during
+// the run).
 func TestProfileUnderPgbench(t *testing.T) {
 	out := os.Getenv("PGBASTION_PROFILE")
 	if out == "" {
@@ -55,8 +58,23 @@ func TestProfileUnderPgbench(t *testing.T) {
 	if err := pprof.StartCPUProfile(f); err != nil {
 		t.Fatal(err)
 	}
+	allocs := os.Getenv("PGBASTION_ALLOC_PROFILE")
+	if allocs != "" {
+		// Record every allocation during the run (heap profiles sample by default).
+		runtime.MemProfileRate = 1
+	}
 	b, err := run.CombinedOutput()
 	pprof.StopCPUProfile()
+	if allocs != "" {
+		af, aerr := os.Create(allocs)
+		if aerr != nil {
+			t.Fatal(aerr)
+		}
+		defer af.Close()
+		if aerr := pprof.Lookup("allocs").WriteTo(af, 0); aerr != nil {
+			t.Fatal(aerr)
+		}
+	}
 	if err != nil {
 		t.Fatalf("%v %s", err, b)
 	}

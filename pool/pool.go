@@ -81,12 +81,62 @@ type waiter[W comparable] struct {
 	since time.Time
 }
 
+// queue is a FIFO of waiting clients that reuses its array. Taking the head moves an index
+// instead of reslicing (a resliced queue loses the room in front of it, so a queue that never
+// runs empty — clients always waiting under load — would allocate a new array every few
+// dozen transactions); the live entries move back to the front once at least half the
+// array is dead.
+type queue[T any] struct {
+	buf  []T
+	head int
+}
+
+func (q *queue[T]) len() int { return len(q.buf) - q.head }
+
+// items is the live entries, oldest first; valid until the next push or pop.
+func (q *queue[T]) items() []T { return q.buf[q.head:] }
+
+func (q *queue[T]) front() *T { return &q.buf[q.head] }
+
+func (q *queue[T]) push(v T) {
+	if len(q.buf) == cap(q.buf) && q.head > 0 && q.head >= len(q.buf)/2 {
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
+	}
+	q.buf = append(q.buf, v)
+}
+
+func (q *queue[T]) pop() T {
+	v := q.buf[q.head]
+	var zero T
+	q.buf[q.head] = zero
+	q.head++
+	if q.head == len(q.buf) {
+		q.buf, q.head = q.buf[:0], 0
+	}
+	return v
+}
+
+// set replaces the live entries with live, a prefix of items() (a filter in place).
+func (q *queue[T]) set(live []T) {
+	n := copy(q.buf, live)
+	clear(q.buf[n:])
+	q.buf, q.head = q.buf[:n], 0
+}
+
+// removeAt deletes the i-th live entry.
+func (q *queue[T]) removeAt(i int) {
+	live := q.items()
+	q.set(append(live[:i], live[i+1:]...))
+}
+
 // home is the share of a pool that lives on one event loop (or, for the last home, on the
 // stream path): its open servers, its idle ones, and the clients of that loop that wait.
 type home[S, W comparable] struct {
 	open    int
 	idle    []idleServer[S]
-	waiters []waiter[W]
+	waiters queue[waiter[W]]
 }
 
 // Pool accounts for the server connections of one (backend, database, user): how many are
@@ -154,9 +204,9 @@ func (p *Pool[S, W]) Stats(now time.Time) Stats {
 	st := Stats{Open: p.open, Idle: p.nidle, Paused: p.paused}
 	for i := range p.homes {
 		h := &p.homes[i]
-		st.Waiting += len(h.waiters)
-		if len(h.waiters) > 0 {
-			st.MaxWait = max(st.MaxWait, now.Sub(h.waiters[0].since))
+		st.Waiting += h.waiters.len()
+		if h.waiters.len() > 0 {
+			st.MaxWait = max(st.MaxWait, now.Sub(h.waiters.front().since))
 		}
 	}
 	return st
@@ -164,7 +214,7 @@ func (p *Pool[S, W]) Stats(now time.Time) Stats {
 
 func (p *Pool[S, W]) waitersElsewhere(loop int) bool {
 	for i := range p.homes {
-		if i != loop && len(p.homes[i].waiters) > 0 {
+		if i != loop && p.homes[i].waiters.len() > 0 {
 			return true
 		}
 	}
@@ -208,7 +258,7 @@ func (p *Pool[S, W]) Acquire(loop int, w W, now time.Time) (kind GrantKind, s S,
 		// An idle server on another loop that its loop does not need.
 		for i := 0; i < p.loops(); i++ {
 			o := &p.homes[i]
-			if i == loop || len(o.idle) == 0 || len(o.waiters) > 0 {
+			if i == loop || len(o.idle) == 0 || o.waiters.len() > 0 {
 				continue
 			}
 			s, _ := p.popIdle(o)
@@ -217,7 +267,7 @@ func (p *Pool[S, W]) Acquire(loop int, w W, now time.Time) (kind GrantKind, s S,
 			return GrantSteal, s, i
 		}
 	}
-	h.waiters = append(h.waiters, waiter[W]{w: w, since: now})
+	h.waiters.push(waiter[W]{w: w, since: now})
 	return GrantWait, s, 0
 }
 
@@ -260,11 +310,10 @@ func (p *Pool[S, W]) Release(loop int, s S, born, now time.Time) (to W, toLoop i
 	if !p.paused {
 		// A loop above its share gives the server to another loop that is short of servers.
 		over := loop < 0 || loop >= p.loops() || h.open > p.fairShare()
-		if over || len(h.waiters) == 0 {
+		if over || h.waiters.len() == 0 {
 			if i, ok := p.oldestWaiterElsewhere(loop); ok {
 				o := p.home(i)
-				w := o.waiters[0].w
-				o.waiters = o.waiters[1:]
+				w := o.waiters.pop().w
 				h.open--
 				o.open++
 				if i >= p.loops() {
@@ -273,9 +322,8 @@ func (p *Pool[S, W]) Release(loop int, s S, born, now time.Time) (to W, toLoop i
 				return w, i, true, false
 			}
 		}
-		if len(h.waiters) > 0 {
-			w := h.waiters[0].w
-			h.waiters = h.waiters[1:]
+		if h.waiters.len() > 0 {
+			w := h.waiters.pop().w
 			return w, loop, true, false
 		}
 	}
@@ -296,11 +344,11 @@ func (p *Pool[S, W]) oldestWaiterElsewhere(loop int) (int, bool) {
 	best, found := -1, false
 	var since time.Time
 	for i := range p.homes {
-		if (i == loop || (loop < 0 && i == p.loops())) || len(p.homes[i].waiters) == 0 {
+		if (i == loop || (loop < 0 && i == p.loops())) || p.homes[i].waiters.len() == 0 {
 			continue
 		}
-		if !found || p.homes[i].waiters[0].since.Before(since) {
-			best, since, found = i, p.homes[i].waiters[0].since, true
+		if !found || p.homes[i].waiters.front().since.Before(since) {
+			best, since, found = i, p.homes[i].waiters.front().since, true
 		}
 	}
 	return best, found
@@ -366,11 +414,10 @@ func (p *Pool[S, W]) ServerGone(loop int) (dialFor W, toLoop int, ok bool) {
 			continue
 		}
 		h := &p.homes[i]
-		if len(h.waiters) == 0 || !p.canDial(i, false) {
+		if h.waiters.len() == 0 || !p.canDial(i, false) {
 			continue
 		}
-		w := h.waiters[0].w
-		h.waiters = h.waiters[1:]
+		w := h.waiters.pop().w
 		p.open++
 		h.open++
 		if i >= p.loops() {
@@ -388,9 +435,9 @@ func (p *Pool[S, W]) CancelWait(w W) bool {
 	defer p.mu.Unlock()
 	for i := range p.homes {
 		h := &p.homes[i]
-		for j := range h.waiters {
-			if h.waiters[j].w == w {
-				h.waiters = append(h.waiters[:j], h.waiters[j+1:]...)
+		for j, x := range h.waiters.items() {
+			if x.w == w {
+				h.waiters.removeAt(j)
 				return true
 			}
 		}
@@ -434,8 +481,8 @@ func (p *Pool[S, W]) Sweep(loop int, now time.Time) (r SweepResult[S, W]) {
 			continue
 		}
 		h := &p.homes[hi]
-		keep := h.waiters[:0]
-		for _, w := range h.waiters {
+		keep := h.waiters.items()[:0]
+		for _, w := range h.waiters.items() {
 			switch {
 			case l.WaitTimeout > 0 && now.Sub(w.since) >= l.WaitTimeout:
 				r.Expired = append(r.Expired, w.w)
@@ -460,8 +507,7 @@ func (p *Pool[S, W]) Sweep(loop int, now time.Time) (r SweepResult[S, W]) {
 				keep = append(keep, w)
 			}
 		}
-		clear(h.waiters[len(keep):])
-		h.waiters = keep
+		h.waiters.set(keep)
 	}
 	if loop >= 0 && loop < p.loops() {
 		h := &p.homes[loop]
@@ -494,7 +540,7 @@ func (p *Pool[S, W]) stealFor(hi int) (int, S, bool) {
 	var zero S
 	for i := 0; i < p.loops(); i++ {
 		o := &p.homes[i]
-		if i == hi || len(o.idle) == 0 || len(o.waiters) > 0 {
+		if i == hi || len(o.idle) == 0 || o.waiters.len() > 0 {
 			continue
 		}
 		s, _ := p.popIdle(o)
@@ -524,10 +570,10 @@ func (p *Pool[S, W]) Resume() []W {
 func (p *Pool[S, W]) takeWaiters() []W {
 	var out []W
 	for i := range p.homes {
-		for _, w := range p.homes[i].waiters {
+		for _, w := range p.homes[i].waiters.items() {
 			out = append(out, w.w)
 		}
-		p.homes[i].waiters = nil
+		p.homes[i].waiters = queue[waiter[W]]{}
 	}
 	return out
 }

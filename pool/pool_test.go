@@ -125,6 +125,97 @@ func TestPoolAcquireReleaseSteal(t *testing.T) {
 	}
 }
 
+func TestQueueIsFIFOAndReusesItsArray(t *testing.T) {
+	var q queue[int]
+	next, want := 0, 0
+	for round := 0; round < 1000; round++ {
+		// The queue never runs empty, as under load: 30 clients always wait.
+		for q.len() < 30 {
+			q.push(next)
+			next++
+		}
+		if got := q.pop(); got != want {
+			t.Fatalf("pop %d, want %d", got, want)
+		}
+		want++
+	}
+	if cap(q.buf) > 64 {
+		t.Fatalf("array grew to %d for a queue of at most 30", cap(q.buf))
+	}
+	if n := mallocs(10000, func() {
+		q.push(next)
+		next++
+		q.pop()
+	}); n != 0 {
+		t.Fatalf("%d allocations in 10000 pushes and pops, want 0", n)
+	}
+	want = q.items()[0]
+	q.removeAt(1)
+	items := q.items()
+	if items[0] != want || items[1] != want+2 || q.len() != 28 {
+		t.Fatalf("after removeAt(1): %v", items[:3])
+	}
+	odd := q.items()[:0]
+	for _, v := range q.items() {
+		if v%2 == 1 {
+			odd = append(odd, v)
+		}
+	}
+	q.set(odd)
+	for q.len() > 0 {
+		if v := q.pop(); v%2 != 1 {
+			t.Fatalf("set kept %d", v)
+		}
+	}
+	if q.head != 0 || len(q.buf) != 0 {
+		t.Fatalf("empty queue: head %d len %d", q.head, len(q.buf))
+	}
+}
+
+// Under load some clients always wait for a server; handing servers over to them must not
+// allocate (the forwarding loop allocates nothing in steady state).
+func TestPoolWaitingClientsAllocateNothing(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := New[int, int](1, Limits{Size: 1}, nil)
+	if k, _, _ := p.Acquire(0, 0, now); k != GrantDial {
+		t.Fatalf("first acquire %v", k)
+	}
+	next := 1
+	for ; next <= 30; next++ {
+		if k, _, _ := p.Acquire(0, next, now); k != GrantWait {
+			t.Fatalf("acquire %d: %v, want wait", next, k)
+		}
+	}
+	want := 1
+	n := mallocs(10000, func() {
+		to, _, handed, _ := p.Release(0, 7, now, now)
+		if !handed || to != want {
+			t.Fatalf("release went to %d (handed %v), want %d", to, handed, want)
+		}
+		want++
+		p.Acquire(0, next, now)
+		next++
+	})
+	if n != 0 {
+		t.Fatalf("%d allocations in 10000 hand-overs, want 0", n)
+	}
+}
+
+// mallocs counts the heap allocations of runs calls of f. Unlike testing.AllocsPerRun, which
+// rounds the average down, it sees an allocation made once every few dozen calls.
+func mallocs(runs int, f func()) uint64 {
+	for i := 0; i < 100; i++ {
+		f() // warm up: let arrays reach their steady size
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := 0; i < runs; i++ {
+		f()
+	}
+	runtime.ReadMemStats(&after)
+	return after.Mallocs - before.Mallocs
+}
+
 func TestPoolKeepsFairSharesPerLoop(t *testing.T) {
 	now := time.Unix(1000, 0)
 	p := New[int, string](2, Limits{Size: 4}, nil)
