@@ -99,22 +99,20 @@ func DefaultConfig() Config {
 	}
 }
 
-// AutoEventLoops is the number of reactor loops used when proxy.event_loops is 0: PGBastion
-// runs on the database host, whose cores PostgreSQL's backends need too.
+// AutoEventLoops is the number of reactor loops used when proxy.event_loops is 0: one per CPU,
+// at most 4, in both pooling modes. PGBastion runs on the database host, whose cores
+// PostgreSQL's backends need too, and a second loop keeps the proxy running while the first
+// waits to be scheduled. On the 2-core benchmark machine (pgbench -S -c 50, raw-send writer):
 //
-//   - Session pooling: one loop per CPU, at most 4. A client and its server stay on one loop for
-//     the whole session, so loops never hand servers to each other, and a second loop keeps the
-//     proxy running while the first waits to be scheduled. On the 2-core benchmark machine
-//     (pgbench -S -c 50, raw-send writer) two loops beat one in 8 of 8 interleaved rounds, by
-//     1-26 % in throughput, at about the same CPU per transaction (-17 % to +15 %).
-//   - Transaction pooling: one loop per two CPUs, between 1 and 4. Servers are shared by all
-//     clients, and loops that share them wake each other: on the same machine two loops cost
-//     37-55 % more CPU per transaction than one and less throughput in 4 of 4 rounds.
+//   - Session pooling: a client and its server stay on one loop for the whole session. Two
+//     loops beat one in 8 of 8 interleaved rounds, by 1-26 % in throughput, at about the same
+//     CPU per transaction.
+//   - Transaction pooling: servers are shared, and each loop keeps its share of the pool (see
+//     pool.Pool for when a server moves between loops). Two loops beat one in 5 of 5 rounds,
+//     by 6-30 % in throughput, with less CPU per transaction in 4 of 5. (Before servers stayed
+//     on their loop, lending every momentarily idle one made two loops cost 37-55 % more CPU.)
 func AutoEventLoops(mode pool.Mode, cpus int) int {
-	if mode == pool.ModeSession {
-		return min(max(cpus, 1), 4)
-	}
-	return min(max(cpus/2, 1), 4)
+	return min(max(cpus, 1), 4)
 }
 
 // TLSModes lists the accepted values of tls.mode.

@@ -14,7 +14,7 @@ func TestAutoEventLoops(t *testing.T) {
 		cpus, want int
 	}{
 		{pool.ModeSession, 1, 1}, {pool.ModeSession, 2, 2}, {pool.ModeSession, 3, 3}, {pool.ModeSession, 64, 4},
-		{pool.ModeTransaction, 1, 1}, {pool.ModeTransaction, 2, 1}, {pool.ModeTransaction, 5, 2}, {pool.ModeTransaction, 64, 4},
+		{pool.ModeTransaction, 1, 1}, {pool.ModeTransaction, 2, 2}, {pool.ModeTransaction, 5, 4}, {pool.ModeTransaction, 64, 4},
 	} {
 		if got := engine.AutoEventLoops(c.mode, c.cpus); got != c.want {
 			t.Errorf("AutoEventLoops(%s, %d) = %d, want %d", c.mode, c.cpus, got, c.want)

@@ -61,6 +61,7 @@ type Engine struct {
 	loopMu  sync.Mutex
 	loops   []*loop
 	loopIdx map[gnet.EventLoop]*loop
+	ticks   uint64 // OnTick calls; only OnTick (gnet's ticker goroutine) touches it
 
 	clients atomic.Int64
 	cancels cancelRegistry
@@ -458,17 +459,21 @@ func (e *Engine) OnTick() (time.Duration, gnet.Action) {
 	loops := append([]*loop(nil), e.loops...)
 	e.loopMu.Unlock()
 	now := time.Now()
+	e.ticks++
+	clients := e.ticks%uint64(clientSweepEvery/sweepEvery) == 0
 	for _, lp := range loops {
 		lp := lp
-		lp.exec(func() { lp.sweep(now) })
+		lp.exec(func() { lp.sweep(now, clients) })
 	}
-	e.sweepHeld(now)
+	if clients {
+		e.sweepHeld(now)
+	}
 	select {
 	case <-e.stopped:
 		return 0, gnet.Shutdown
 	default:
 	}
-	return 250 * time.Millisecond, gnet.None
+	return sweepEvery, gnet.None
 }
 
 // PauseWrites stops handing out connections to the primary: new read-write transactions wait,

@@ -30,6 +30,9 @@ type Metrics struct {
 	cancelsDropped        *metrics.Counter
 	serverChecks          *metrics.Counter
 	serverCheckFailures   *metrics.Counter
+	// serverMoves counts server connections moved from one event loop (or the stream path)
+	// to another to serve a client there.
+	serverMoves *metrics.Counter
 }
 
 // NewMetrics registers the proxy's metrics in set (a new set when nil).
@@ -61,6 +64,7 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		cancelsDropped:        c("pgbastion_proxy_cancel_requests_dropped_total"),
 		serverChecks:          c("pgbastion_proxy_server_checks_total"),
 		serverCheckFailures:   c("pgbastion_proxy_server_check_failures_total"),
+		serverMoves:           c("pgbastion_proxy_server_moves_total"),
 	}
 }
 

@@ -768,6 +768,7 @@ func (s *server) migrateTo(cl *client, from, toHome int) {
 // duplicated inside the server's own traffic callback, which then closes gnet's copy, so gnet
 // cannot read in between. cb receives a blocking net.Conn on the same socket.
 func (s *server) detachFromLoop(cb func(net.Conn)) {
+	s.e.m.serverMoves.Inc()
 	s.detaching = true
 	s.inTransit(s.conn)
 	s.detachCb = cb

@@ -10,11 +10,30 @@ import (
 	"github.com/pgbastion/pgbastion/pgwire"
 )
 
+// sweepEvery is how often each loop's pools are swept: it bounds how long a client waits while
+// an idle server on another loop could serve it (see pool.Pool). clientSweepEvery, a multiple
+// of it, is how often client timeouts are checked.
+const (
+	sweepEvery       = 50 * time.Millisecond
+	clientSweepEvery = 250 * time.Millisecond
+)
+
 // loginTimeout bounds how long a client may take to start up and authenticate.
 const loginTimeout = 30 * time.Second
 
-// sweep runs every 250 ms on each loop: client timeouts and pool housekeeping.
-func (lp *loop) sweep(now time.Time) {
+// sweep runs on each loop every sweepEvery: pool housekeeping (waiters that time out or that
+// an idle server on another loop can serve, idle servers to close, min_pool_size) and, when
+// clients is true (every clientSweepEvery), client timeouts. The client scan walks every
+// connection of the loop, so it runs less often than the pool part, which touches only the
+// pools.
+func (lp *loop) sweep(now time.Time, clients bool) {
+	if clients {
+		lp.sweepClients(now)
+	}
+	lp.sweepPools(now)
+}
+
+func (lp *loop) sweepClients(now time.Time) {
 	e := lp.e
 	cfg := &e.cfg.Pool
 	for cl := range lp.clients {
@@ -32,6 +51,11 @@ func (lp *loop) sweep(now time.Time) {
 			cl.fail(sqlErr(pgwire.IdleInTransactionTimeout, fmt.Sprintf("idle_transaction_timeout: transaction idle for more than %s", cfg.IdleTransactionTimeout), ""))
 		}
 	}
+}
+
+func (lp *loop) sweepPools(now time.Time) {
+	e := lp.e
+	cfg := &e.cfg.Pool
 	e.routeMu.Lock()
 	var pools []*poolEntry
 	for _, b := range e.backends {

@@ -125,6 +125,67 @@ func TestPoolAcquireReleaseSteal(t *testing.T) {
 	}
 }
 
+// With shares of four or more, a loop that holds its share keeps its idle servers for its own
+// clients instead of moving them to another loop that holds its share too; a loop below its
+// share still gets them at once, and Sweep moves an idle server to a client that still waits.
+func TestPoolLargeSharesStayOnTheirLoop(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := New[int, string](2, Limits{Size: 8}, nil)
+	srv := 0
+	for loop := 0; loop < 2; loop++ {
+		for i := 0; i < 4; i++ {
+			if k, _, _ := p.Acquire(loop, "x", now); k != GrantDial {
+				t.Fatalf("acquire %d on loop %d: %v", i, loop, k)
+			}
+		}
+	}
+	// Both loops hold their share (4 of 8), all busy; a client waits on loop 1.
+	if k, _, _ := p.Acquire(1, "b0", now); k != GrantWait {
+		t.Fatalf("acquire with a full pool: %v", k)
+	}
+	// A server comes free on loop 0, where nobody waits: it stays there.
+	srv++
+	if _, toLoop, handed, _ := p.Release(0, srv, now, now); handed || toLoop != 0 {
+		t.Fatalf("release on loop 0 moved the server to loop %d (handed %v)", toLoop, handed)
+	}
+	// A new client on loop 1 does not take it either: loop 1 holds its share.
+	if k, _, _ := p.Acquire(1, "b1", now); k != GrantWait {
+		t.Fatalf("acquire on loop 1: %v, want wait", k)
+	}
+	// A client on loop 0 gets it.
+	if k, s, _ := p.Acquire(0, "a0", now); k != GrantIdle || s != srv {
+		t.Fatalf("acquire on loop 0: %v %v", k, s)
+	}
+	p.Release(0, srv, now, now)
+	// Sweep hands it to loop 1's oldest waiter.
+	r := p.Sweep(1, now)
+	if len(r.Steals) != 1 || r.Steals[0].To != "b0" || r.Steals[0].From != 0 || r.Steals[0].S != srv {
+		t.Fatalf("sweep: %+v", r.Steals)
+	}
+	// Loop 1 now holds 5 and loop 0 only 3: a server released on loop 1 goes back to a client
+	// waiting on loop 0, though loop 1 has its own waiter.
+	if k, _, _ := p.Acquire(0, "a1", now); k != GrantWait {
+		t.Fatalf("acquire on loop 0: %v, want wait", k)
+	}
+	if to, toLoop, handed, _ := p.Release(1, 42, now, now); !handed || to != "a1" || toLoop != 0 {
+		t.Fatalf("release on loop 1 went to %q on loop %d (handed %v)", to, toLoop, handed)
+	}
+	// A loop short of its share gets an idle server of another loop at once: a server on
+	// loop 0 closes, and the room it leaves goes to b1 on loop 1, so loop 0 holds 3.
+	if w, l, ok := p.ServerGone(0); !ok || w != "b1" || l != 1 {
+		t.Fatalf("server gone: dial for %q on loop %d (%v), want b1 on loop 1", w, l, ok)
+	}
+	// That dial puts loop 1 at 5; its next two released servers stay idle there.
+	for _, s := range []int{43, 44} {
+		if _, toLoop, handed, _ := p.Release(1, s, now, now); handed || toLoop != 1 {
+			t.Fatalf("release %d went to loop %d (handed %v)", s, toLoop, handed)
+		}
+	}
+	if k, s, from := p.Acquire(0, "a2", now); k != GrantSteal || s != 44 || from != 1 {
+		t.Fatalf("short loop's acquire: %v %v from %d", k, s, from)
+	}
+}
+
 func TestQueueIsFIFOAndReusesItsArray(t *testing.T) {
 	var q queue[int]
 	next, want := 0, 0
