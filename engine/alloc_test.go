@@ -124,15 +124,21 @@ func TestRelayAllocatesNothingPerTransaction(t *testing.T) {
 				t.Fatalf("%.1f allocations per transaction", a)
 			}
 			// AllocsPerRun rounds the average down; an allocation every few dozen
-			// transactions (a growing queue, say) shows only in the total.
-			var before, after runtime.MemStats
-			runtime.ReadMemStats(&before)
-			for i := 0; i < 10000; i++ {
-				run()
+			// transactions (a growing queue, say) shows only in the total. The counter is
+			// process-wide, so the odd allocation of another goroutine is forgiven by
+			// taking the fewest of five runs: one the relay makes shows up in every run.
+			least := ^uint64(0)
+			for trial := 0; trial < 5; trial++ {
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				for i := 0; i < 10000; i++ {
+					run()
+				}
+				runtime.ReadMemStats(&after)
+				least = min(least, after.Mallocs-before.Mallocs)
 			}
-			runtime.ReadMemStats(&after)
-			if n := after.Mallocs - before.Mallocs; n != 0 {
-				t.Fatalf("%d allocations in 10000 transactions", n)
+			if least != 0 {
+				t.Fatalf("%d allocations in 10000 transactions (fewest of five runs)", least)
 			}
 		})
 	}

@@ -288,3 +288,124 @@ func TestRunExplainsATakenListenAddress(t *testing.T) {
 		}
 	}
 }
+
+// TestTransactionModeClientGetsIdleServerOfOtherLoop: with shares of four servers per loop a
+// loop keeps its servers (see pool.Pool), so a client whose loop has all its servers in open
+// transactions is served by an idle server of the other loop, moved to it by the pool sweep,
+// instead of waiting for those transactions to end.
+func TestTransactionModeClientGetsIdleServerOfOtherLoop(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.Pool.DefaultPoolSize = 8
+	}, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	clients := make([]*pgx.Conn, 16)
+	for i := range clients {
+		clients[i] = connect(t, p.dsn(p.rw))
+	}
+	// Open all eight servers: eight transactions at once.
+	var txs []pgx.Tx
+	for _, c := range clients[:8] {
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		txs = append(txs, tx)
+	}
+	for _, tx := range txs {
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Find each client's loop: the engine lists attached clients under their loop.
+	loopOf := map[*pgx.Conn]int{}
+	for _, c := range clients {
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		loop := -1
+		for _, line := range strings.Split(p.e.DebugState(), "\n") {
+			var l, n, s int
+			var pid uint32
+			if k, _ := fmt.Sscanf(line, "loop %d: %d clients, %d servers", &l, &n, &s); k == 3 {
+				loop = l
+			} else if k, _ := fmt.Sscanf(strings.TrimSpace(line), "client %d", &pid); k == 1 && pid == c.PgConn().PID() {
+				loopOf[c] = loop
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := loopOf[c]; !ok {
+			t.Fatalf("client %d not found attached in:\n%s", c.PgConn().PID(), p.e.DebugState())
+		}
+	}
+	servers := map[int]int{}
+	for _, line := range strings.Split(p.e.DebugState(), "\n") {
+		var l, n, s int
+		if k, _ := fmt.Sscanf(line, "loop %d: %d clients, %d servers", &l, &n, &s); k == 3 {
+			servers[l] = s
+		}
+	}
+	// Pick the loop with the most servers whose clients can hold them all and leave one over.
+	x := -1
+	for l, s := range servers {
+		n := 0
+		for _, cl := range loopOf {
+			if cl == l {
+				n++
+			}
+		}
+		if s > 0 && n > s && servers[1-l] > 0 && (x < 0 || s > servers[x]) {
+			x = l
+		}
+	}
+	if x < 0 {
+		t.Fatalf("no loop to saturate: servers %v, clients by loop %v", servers, loopOf)
+	}
+	var held []pgx.Tx
+	var last *pgx.Conn
+	for _, c := range clients {
+		if loopOf[c] != x {
+			continue
+		}
+		if len(held) == servers[x] {
+			last = c
+			break
+		}
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, tx)
+	}
+	moves := metricValue(t, p.e, "pgbastion_proxy_server_moves_total")
+	qctx, qcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer qcancel()
+	var one int
+	if err := last.QueryRow(qctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("client on loop %d, whose %d servers are all in transactions, was not served by the other loop's idle servers: %v\n%s",
+			x, servers[x], err, p.e.DebugState())
+	}
+	if n := metricValue(t, p.e, "pgbastion_proxy_server_moves_total") - moves; n < 1 {
+		t.Fatalf("served without a server moving between loops (%v moves)", n)
+	}
+	for _, tx := range held {
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
