@@ -30,8 +30,8 @@ type Metrics struct {
 	cancelsDropped        *metrics.Counter
 	serverChecks          *metrics.Counter
 	serverCheckFailures   *metrics.Counter
-	// serverMoves counts server connections moved from one event loop (or the stream path)
-	// to another to serve a client there.
+	// serverMoves counts server connections taken off their event loop to serve a client on
+	// another loop or on the stream path.
 	serverMoves *metrics.Counter
 }
 

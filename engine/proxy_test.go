@@ -306,9 +306,9 @@ func TestTransactionModeClientGetsIdleServerOfOtherLoop(t *testing.T) {
 	for i := range clients {
 		clients[i] = connect(t, p.dsn(p.rw))
 	}
-	// Open all eight servers: eight transactions at once.
-	var txs []pgx.Tx
-	for _, c := range clients[:8] {
+	// begin opens a transaction that holds a server until it ends.
+	begin := func(c *pgx.Conn) pgx.Tx {
+		t.Helper()
 		tx, err := c.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -316,7 +316,18 @@ func TestTransactionModeClientGetsIdleServerOfOtherLoop(t *testing.T) {
 		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
 			t.Fatal(err)
 		}
-		txs = append(txs, tx)
+		return tx
+	}
+	// loopLine reads a loop's header line of Engine.DebugState.
+	loopLine := func(line string) (loop, servers int, ok bool) {
+		var clients int
+		k, _ := fmt.Sscanf(line, "loop %d: %d clients, %d servers", &loop, &clients, &servers)
+		return loop, servers, k == 3
+	}
+	// Open all eight servers: eight transactions at once.
+	var txs []pgx.Tx
+	for _, c := range clients[:8] {
+		txs = append(txs, begin(c))
 	}
 	for _, tx := range txs {
 		if err := tx.Commit(ctx); err != nil {
@@ -326,18 +337,11 @@ func TestTransactionModeClientGetsIdleServerOfOtherLoop(t *testing.T) {
 	// Find each client's loop: the engine lists attached clients under their loop.
 	loopOf := map[*pgx.Conn]int{}
 	for _, c := range clients {
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
+		tx := begin(c)
 		loop := -1
 		for _, line := range strings.Split(p.e.DebugState(), "\n") {
-			var l, n, s int
 			var pid uint32
-			if k, _ := fmt.Sscanf(line, "loop %d: %d clients, %d servers", &l, &n, &s); k == 3 {
+			if l, _, ok := loopLine(line); ok {
 				loop = l
 			} else if k, _ := fmt.Sscanf(strings.TrimSpace(line), "client %d", &pid); k == 1 && pid == c.PgConn().PID() {
 				loopOf[c] = loop
@@ -352,8 +356,7 @@ func TestTransactionModeClientGetsIdleServerOfOtherLoop(t *testing.T) {
 	}
 	servers := map[int]int{}
 	for _, line := range strings.Split(p.e.DebugState(), "\n") {
-		var l, n, s int
-		if k, _ := fmt.Sscanf(line, "loop %d: %d clients, %d servers", &l, &n, &s); k == 3 {
+		if l, s, ok := loopLine(line); ok {
 			servers[l] = s
 		}
 	}
@@ -383,14 +386,7 @@ func TestTransactionModeClientGetsIdleServerOfOtherLoop(t *testing.T) {
 			last = c
 			break
 		}
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, tx)
+		held = append(held, begin(c))
 	}
 	moves := metricValue(t, p.e, "pgbastion_proxy_server_moves_total")
 	qctx, qcancel := context.WithTimeout(ctx, 10*time.Second)
