@@ -25,3 +25,33 @@ func TestClassifyParameterisedQuery(t *testing.T) {
 		}
 	}
 }
+
+// A session-level advisory lock outlives the transaction on that server, whatever the letter
+// case of the call; the transaction-level (_xact_) forms end with the transaction.
+func TestClassifyAdvisoryLocks(t *testing.T) {
+	for _, c := range []struct {
+		q    string
+		kind queryKind
+	}{
+		{"SELECT pg_advisory_lock(42)", qSessionState},
+		{"SELECT PG_TRY_ADVISORY_LOCK(42)", qSessionState},
+		{"select Pg_Advisory_Lock_Shared(42)", qSessionState},
+		{"SELECT pg_advisory_xact_lock(42)", qOther},
+		{"SELECT pg_try_advisory_xact_lock_shared(42)", qOther},
+		{"SELECT 'advisory_lock' AS word", qSessionState}, // in quotes: conservatively a reset
+		{"SELECT advisory FROM t WHERE lock_id = 1", qOther},
+	} {
+		if got := classifyQuery([]byte(c.q)); got.kind != c.kind {
+			t.Errorf("%q: kind %d, want %d", c.q, got.kind, c.kind)
+		}
+	}
+}
+
+func BenchmarkMayChangeSession(b *testing.B) {
+	q := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = 42")
+	for i := 0; i < b.N; i++ {
+		if mayChangeSession(q) {
+			b.Fatal("pgbench's query taken for a session change")
+		}
+	}
+}

@@ -56,7 +56,6 @@ type client struct {
 	authEx        *auth.Exchange
 	acceptedAt    time.Time
 	lastActive    time.Time
-	txnSince      time.Time
 	tlsDone       bool
 
 	serverUser string
@@ -178,7 +177,7 @@ func (cl *client) process() {
 
 // handle consumes client bytes according to the connection state.
 func (cl *client) handle(buf []byte) (int, error) {
-	cl.lastActive = time.Now()
+	cl.lastActive = clockOf(cl.lp)
 	consumed := 0
 	for consumed < len(buf) && !cl.closed {
 		var n int
@@ -1213,7 +1212,7 @@ func (cl *client) needServer() bool {
 	if cl.lp != nil {
 		loopIdx = cl.lp.idx
 	}
-	now := time.Now()
+	now := clockOf(cl.lp)
 	kind, s, from := pe.p.Acquire(loopIdx, cl, now)
 	switch kind {
 	case pool.GrantIdle:
@@ -1266,7 +1265,7 @@ func (cl *client) attach(s *server) {
 	s.unnamedBy = nil // whatever unnamed statement the server holds is not this client's (yet)
 	s.out = s.writer()
 	s.b.active.Add(1)
-	s.lastUsed = time.Now()
+	s.lastUsed = s.clock()
 	cl.e.cancels.setTarget(cl, s)
 	if cl.params == nil {
 		// First server of this client: its login parameters are the client's starting point
@@ -1279,9 +1278,6 @@ func (cl *client) attach(s *server) {
 		_, _ = s.out.Write(pgwire.AppendQuery(nil, sql))
 		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
 		cl.e.m.settingSyncs.Inc()
-	}
-	if cl.txnMode() {
-		cl.txnSince = time.Now()
 	}
 	if cl.state == csLogin && s.tr.Idle() {
 		// Nothing to replay: the login completes now. (Otherwise it completes when the

@@ -251,8 +251,10 @@ type loop struct {
 	scratch2 []byte
 	em       emitter
 	deferred []task
-	clients  map[*client]struct{}
-	servers  map[*server]struct{}
+	// now caches the clock for one callback (see clock); zero between callbacks.
+	now     time.Time
+	clients map[*client]struct{}
+	servers map[*server]struct{}
 }
 
 func (e *Engine) loopOf(c gnet.Conn) *loop {
@@ -333,6 +335,29 @@ func (lp *loop) runDeferred() {
 		lp.e.guard(nil, func() { t.run() })
 	}
 	lp.deferred = lp.deferred[:0]
+	// Every callback on the loop ends here: the next one reads the clock afresh.
+	lp.now = time.Time{}
+}
+
+// clock returns the time of the current callback on this loop: read once, then reused by the
+// rest of the callback and its deferred work. The times it feeds (last activity, server idle
+// and lifetime, the start of a wait) serve timeouts of milliseconds and more, and a
+// transaction read the clock five times before (about 0.5 us of vDSO time per transaction
+// under pgbench -S); it now reads it once per event.
+func (lp *loop) clock() time.Time {
+	if lp.now.IsZero() {
+		lp.now = time.Now()
+	}
+	return lp.now
+}
+
+// clockOf returns lp's callback clock, or the time now for a caller off the loops (the stream
+// path, lp nil).
+func clockOf(lp *loop) time.Time {
+	if lp == nil {
+		return time.Now()
+	}
+	return lp.clock()
 }
 
 func (t task) run() {

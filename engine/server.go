@@ -235,6 +235,15 @@ func unwrapOp(err error) error {
 	return err
 }
 
+// clock is the callback clock of the loop the server lives on (see loop.clock), or the time now
+// off the loops (s.lp still names the last loop of a server that moved to the stream path).
+func (s *server) clock() time.Time {
+	if s.conn != nil {
+		return clockOf(s.lp)
+	}
+	return time.Now()
+}
+
 // enroll moves a server with a blocking net.Conn onto event loop loopIdx.
 func (s *server) enroll(nc net.Conn, loopIdx int) {
 	lp := s.e.loopAt(loopIdx)
@@ -703,7 +712,7 @@ func (s *server) release() {
 		s.e.m.serverResets.Inc()
 		return
 	}
-	now := time.Now()
+	now := s.clock()
 	s.lastUsed = now
 	to, toLoop, handed, retire := s.pe.p.Release(s.home, s, s.born, now)
 	switch {

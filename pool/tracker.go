@@ -94,7 +94,8 @@ type Tracker struct {
 	Dropped func(Entry)
 }
 
-// NewTracker returns an idle tracker.
+// NewTracker returns an idle tracker. Its ring's length is a power of two (it starts at 8 and
+// doubles), so positions wrap with a mask instead of a division.
 func NewTracker() *Tracker { return &Tracker{TxStatus: pgwire.TxIdle, q: make([]Entry, 8)} }
 
 // Idle reports whether the server has answered everything and is outside a transaction, so it
@@ -154,11 +155,11 @@ func (t *Tracker) push(e Entry) {
 	if t.size == len(t.q) {
 		nq := make([]Entry, 2*len(t.q))
 		for i := 0; i < t.size; i++ {
-			nq[i] = t.q[(t.head+i)%len(t.q)]
+			nq[i] = t.q[(t.head+i)&(len(t.q)-1)]
 		}
 		t.q, t.head = nq, 0
 	}
-	t.q[(t.head+t.size)%len(t.q)] = e
+	t.q[(t.head+t.size)&(len(t.q)-1)] = e
 	t.size++
 }
 
@@ -173,7 +174,7 @@ func (t *Tracker) Head() (Entry, bool) {
 func (t *Tracker) pop() Entry {
 	e := t.q[t.head]
 	t.q[t.head] = Entry{}
-	t.head = (t.head + 1) % len(t.q)
+	t.head = (t.head + 1) & (len(t.q) - 1)
 	t.size--
 	return e
 }
@@ -350,15 +351,15 @@ func (t *Tracker) dropIgnoredSyncs() {
 	}
 	kept := 1
 	for i := 1; i < t.size; i++ {
-		e := t.q[(t.head+i)%len(t.q)]
+		e := t.q[(t.head+i)&(len(t.q)-1)]
 		if e.Expect == ExpectSync {
 			continue
 		}
-		t.q[(t.head+kept)%len(t.q)] = e
+		t.q[(t.head+kept)&(len(t.q)-1)] = e
 		kept++
 	}
 	for i := kept; i < t.size; i++ {
-		t.q[(t.head+i)%len(t.q)] = Entry{}
+		t.q[(t.head+i)&(len(t.q)-1)] = Entry{}
 	}
 	t.size = kept
 }
