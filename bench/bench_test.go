@@ -156,3 +156,23 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// Paired rounds: only rounds where both targets ran cleanly count, and each is judged alone.
+func TestPairedRounds(t *testing.T) {
+	sr := &ScenarioResult{Runs: []*Measurement{
+		{Target: "a", Round: 1, TPS: 110, Txns: 1}, {Target: "b", Round: 1, TPS: 100, Txns: 1},
+		{Target: "a", Round: 2, TPS: 90, Txns: 1}, {Target: "b", Round: 2, TPS: 100, Txns: 1},
+		{Target: "a", Round: 3, TPS: 200, Txns: 1}, {Target: "b", Round: 3, TPS: 100, Txns: 1, Aborted: 2},
+		{Target: "a", Round: 4, TPS: 120, Txns: 1},
+	}}
+	won, n := paired(sr, "a", "b", func(x, y *Measurement) bool { return x.TPS >= y.TPS })
+	if won != 1 || n != 2 {
+		t.Fatalf("paired = %d of %d, want 1 of 2", won, n)
+	}
+	if got := inRounds(won, n); got != "in 1 of 2 rounds" {
+		t.Fatalf("inRounds = %q", got)
+	}
+	if won, n := paired(nil, "a", "b", nil); won != 0 || n != 0 {
+		t.Fatalf("nil scenario: %d of %d", won, n)
+	}
+}

@@ -213,6 +213,42 @@ func (res *Results) scenario(name string) *ScenarioResult {
 	return nil
 }
 
+// paired counts the rounds in which targets a and b both ran without errors (n) and a's run
+// beat b's by better (won). Rounds are interleaved, so on a host whose speed drifts from
+// minute to minute "ahead in 4 of 5 rounds" says more than the ratio of two medians.
+func paired(sr *ScenarioResult, a, b string, better func(x, y *Measurement) bool) (won, n int) {
+	if sr == nil {
+		return 0, 0
+	}
+	byRound := func(t string) map[int]*Measurement {
+		m := map[int]*Measurement{}
+		for _, r := range sr.Runs {
+			if r.Target == t && r.OK() {
+				m[r.Round] = r
+			}
+		}
+		return m
+	}
+	ra, rb := byRound(a), byRound(b)
+	for round, x := range ra {
+		if y, ok := rb[round]; ok {
+			n++
+			if better(x, y) {
+				won++
+			}
+		}
+	}
+	return won, n
+}
+
+// inRounds renders paired's count.
+func inRounds(won, n int) string {
+	if n == 0 {
+		return "no paired rounds"
+	}
+	return fmt.Sprintf("in %d of %d rounds", won, n)
+}
+
 // goals compares the results with the goals of issues 2 and 3.
 func goals(res *Results) []string {
 	var out []string
@@ -230,16 +266,25 @@ func goals(res *Results) []string {
 		return Summarize(sr.Runs, target)
 	}
 	if b, h := sum(ScenarioSession, PGBastionSession), sum(ScenarioSession, HAProxy); b != nil && h != nil {
-		out = append(out, fmt.Sprintf("Issue 2 item 6, session mode: PGBastion throughput %.0f vs HAProxy %.0f (%s; goal ≥ 1.00×): %s. CPU %.1f vs %.1f µs/tx (goal ≤ HAProxy's): %s.",
-			b.TPS, h.TPS, ratio(b.TPS, h.TPS), verdict(b.TPS >= h.TPS && b.OKRuns > 0), b.ProxyCPU, h.ProxyCPU, verdict(b.ProxyCPU <= h.ProxyCPU && b.ProxyCPU > 0)))
+		sr := res.scenario(ScenarioSession)
+		tw, tn := paired(sr, PGBastionSession, HAProxy, func(x, y *Measurement) bool { return x.TPS >= y.TPS })
+		cw, cn := paired(sr, PGBastionSession, HAProxy, func(x, y *Measurement) bool { return x.ProxyCPU > 0 && x.ProxyCPU <= y.ProxyCPU })
+		out = append(out, fmt.Sprintf("Issue 2 item 6, session mode: PGBastion throughput %.0f vs HAProxy %.0f (%s; goal ≥ 1.00×): %s (at least HAProxy's %s). CPU %.1f vs %.1f µs/tx (goal ≤ HAProxy's): %s (at most HAProxy's %s).",
+			b.TPS, h.TPS, ratio(b.TPS, h.TPS), verdict(b.TPS >= h.TPS && b.OKRuns > 0), inRounds(tw, tn),
+			b.ProxyCPU, h.ProxyCPU, verdict(b.ProxyCPU <= h.ProxyCPU && b.ProxyCPU > 0), inRounds(cw, cn)))
 	}
 	if b, p := sum(ScenarioTxn, PGBastionTxn), sum(ScenarioTxn, PgBouncerTxn); b != nil && p != nil {
-		out = append(out, fmt.Sprintf("Issue 3, `-c 50` transaction mode: PGBastion %.0f vs PgBouncer %.0f TPS (%s; goal ≥ 1.10×): %s. CPU %.1f vs %.1f µs/tx (goal ≤ PgBouncer's): %s.",
-			b.TPS, p.TPS, ratio(b.TPS, p.TPS), verdict(b.TPS >= 1.1*p.TPS && b.OKRuns > 0), b.ProxyCPU, p.ProxyCPU, verdict(b.ProxyCPU <= p.ProxyCPU && b.ProxyCPU > 0)))
+		sr := res.scenario(ScenarioTxn)
+		tw, tn := paired(sr, PGBastionTxn, PgBouncerTxn, func(x, y *Measurement) bool { return x.TPS >= 1.1*y.TPS })
+		cw, cn := paired(sr, PGBastionTxn, PgBouncerTxn, func(x, y *Measurement) bool { return x.ProxyCPU > 0 && x.ProxyCPU <= y.ProxyCPU })
+		out = append(out, fmt.Sprintf("Issue 3, `-c 50` transaction mode: PGBastion %.0f vs PgBouncer %.0f TPS (%s; goal ≥ 1.10×): %s (≥ 1.10× %s). CPU %.1f vs %.1f µs/tx (goal ≤ PgBouncer's): %s (at most PgBouncer's %s).",
+			b.TPS, p.TPS, ratio(b.TPS, p.TPS), verdict(b.TPS >= 1.1*p.TPS && b.OKRuns > 0), inRounds(tw, tn),
+			b.ProxyCPU, p.ProxyCPU, verdict(b.ProxyCPU <= p.ProxyCPU && b.ProxyCPU > 0), inRounds(cw, cn)))
 	}
 	if b, d := sum(ScenarioPrepared, PGBastionTxn), sum(ScenarioPrepared, Direct); b != nil && d != nil {
-		line := fmt.Sprintf("Issue 3, `-M prepared` transaction mode: PGBastion %.0f TPS with %d failed / %d aborted, %s of direct (goal: works at ≥ 0.85×): %s.",
-			b.TPS, b.Failed, b.Aborted, ratio(b.TPS, d.TPS), verdict(b.OKRuns == b.Runs && b.Failed == 0 && b.TPS >= 0.85*d.TPS))
+		w, n := paired(res.scenario(ScenarioPrepared), PGBastionTxn, Direct, func(x, y *Measurement) bool { return x.TPS >= 0.85*y.TPS })
+		line := fmt.Sprintf("Issue 3, `-M prepared` transaction mode: PGBastion %.0f TPS with %d failed / %d aborted, %s of direct (goal: works at ≥ 0.85×): %s (≥ 0.85× %s).",
+			b.TPS, b.Failed, b.Aborted, ratio(b.TPS, d.TPS), verdict(b.OKRuns == b.Runs && b.Failed == 0 && b.TPS >= 0.85*d.TPS), inRounds(w, n))
 		if p := sum(ScenarioPrepared, PgBouncerTxn); p != nil {
 			if p.OKRuns < p.Runs || p.Failed > 0 {
 				line += fmt.Sprintf(" PgBouncer fails here: %d of %d runs had errors (%d aborted clients).", p.Runs-p.OKRuns, p.Runs, p.Aborted)
@@ -258,8 +303,9 @@ func goals(res *Results) []string {
 		out = append(out, line)
 	}
 	if b, p := sum(ScenarioMany, PGBastionTxn), sum(ScenarioMany, PgBouncerTxn); b != nil && p != nil {
-		line := fmt.Sprintf("Issue 3, `-c %d` transaction mode: PGBastion %d failed / %d aborted (goal 0): %s; p99 %.3f ms vs PgBouncer %.3f ms (goal ≤): %s.",
-			res.Config.ManyClients, b.Failed, b.Aborted, verdict(b.Failed == 0 && b.Aborted == 0 && b.OKRuns > 0), b.P99, p.P99, verdict(b.P99 > 0 && b.P99 <= p.P99))
+		w, n := paired(res.scenario(ScenarioMany), PGBastionTxn, PgBouncerTxn, func(x, y *Measurement) bool { return x.P99 > 0 && x.P99 <= y.P99 })
+		line := fmt.Sprintf("Issue 3, `-c %d` transaction mode: PGBastion %d failed / %d aborted (goal 0): %s; p99 %.3f ms vs PgBouncer %.3f ms (goal ≤): %s (at most PgBouncer's %s).",
+			res.Config.ManyClients, b.Failed, b.Aborted, verdict(b.Failed == 0 && b.Aborted == 0 && b.OKRuns > 0), b.P99, p.P99, verdict(b.P99 > 0 && b.P99 <= p.P99), inRounds(w, n))
 		if own := sum(ScenarioTxn, PGBastionTxn); own != nil {
 			line += fmt.Sprintf(" Throughput %.0f vs its own `-c 50` %.0f (%s; goal ≥ 0.90×): %s.", b.TPS, own.TPS, ratio(b.TPS, own.TPS), verdict(b.TPS >= 0.9*own.TPS))
 			// The same ratio for the others shows how much of the drop is the machine's: pgbench
