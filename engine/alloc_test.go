@@ -179,3 +179,28 @@ func BenchmarkRelayTransaction(b *testing.B) {
 		cl.lp.runDeferred()
 	}
 }
+
+// The loop's clock is read once per callback and forgotten when the callback's deferred work
+// is done: a value kept from an earlier callback would make idle and lifetime timeouts fire
+// early (or late) by however long the loop slept.
+func TestLoopClockLastsOneCallback(t *testing.T) {
+	_, cl, _ := pair(t, pool.ModeTransaction)
+	lp := cl.lp
+	first := lp.clock()
+	if again := lp.clock(); !again.Equal(first) {
+		t.Fatalf("second read in one callback: %v, want the cached %v", again, first)
+	}
+	stale := time.Now().Add(-time.Hour)
+	lp.now = stale
+	if got := lp.clock(); !got.Equal(stale) {
+		t.Fatalf("clock = %v, want the callback's %v", got, stale)
+	}
+	lp.runDeferred()
+	if got := lp.clock(); time.Since(got) > time.Minute {
+		t.Fatalf("after the callback ended the clock still reads %v", got)
+	}
+	// Off the loops (the stream path) there is no callback clock.
+	if got := clockOf(nil); time.Since(got) > time.Minute {
+		t.Fatalf("clockOf(nil) = %v", got)
+	}
+}
