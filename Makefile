@@ -25,9 +25,12 @@ bench: build ## micro-benchmarks, then the proxy comparison (needs pgbench, pgbo
 	$(GO) test $(GOFLAGS) -run '^$$' -bench . -benchmem ./pgwire ./pool ./engine
 	$(GO) run $(GOFLAGS) ./bench/cmd/pgbench-compare
 
+FUZZ_PKGS := ./pgwire ./pgwire/auth ./engine ./ha/fsm
+
 fuzz: ## run each fuzz target for 30 s
-	@for t in $$($(GO) test -list 'Fuzz.*' ./pgwire | grep ^Fuzz); do \
-		$(GO) test ./pgwire -run '^$$' -fuzz "^$$t$$" -fuzztime 30s || exit 1; done
+	@for p in $(FUZZ_PKGS); do \
+		for t in $$($(GO) test $(GOFLAGS) -list 'Fuzz.*' $$p | grep ^Fuzz); do \
+			$(GO) test $(GOFLAGS) $$p -run '^$$' -fuzz "^$$t$$" -fuzztime 30s || exit 1; done; done
 
 demo: build ## start a local demo cluster and print how to connect (Ctrl-C stops it)
 	./$(BIN) demo

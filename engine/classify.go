@@ -385,7 +385,7 @@ func skipSpaceAndComments(q []byte, i int) int {
 			for i+1 < len(q) && !(q[i] == '*' && q[i+1] == '/') {
 				i++
 			}
-			i += 2
+			i = min(i+2, len(q)) // past "*/", or the end of an unterminated comment
 		default:
 			return i
 		}
