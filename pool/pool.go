@@ -218,18 +218,34 @@ type Stats struct {
 	Open, Idle, Waiting int
 	MaxWait             time.Duration
 	Paused              bool
+	// Loops breaks the counts down by event loop (index = loop). Each loop serves its own
+	// clients with its share of the servers, so a loop whose MaxWait runs ahead of the
+	// others' is one whose thread gets less CPU (see Pool). Servers and clients on the
+	// stream path count only in the totals.
+	Loops []LoopStats
+}
+
+// LoopStats is one event loop's part of a pool.
+type LoopStats struct {
+	Open, Idle, Waiting int
+	MaxWait             time.Duration
 }
 
 // Stats returns the pool's counters.
 func (p *Pool[S, W]) Stats(now time.Time) Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := Stats{Open: p.open, Idle: p.nidle, Paused: p.paused}
+	st := Stats{Open: p.open, Idle: p.nidle, Paused: p.paused, Loops: make([]LoopStats, p.loops())}
 	for i := range p.homes {
 		h := &p.homes[i]
-		st.Waiting += h.waiters.len()
+		var wait time.Duration
 		if h.waiters.len() > 0 {
-			st.MaxWait = max(st.MaxWait, now.Sub(h.waiters.front().since))
+			wait = now.Sub(h.waiters.front().since)
+		}
+		st.Waiting += h.waiters.len()
+		st.MaxWait = max(st.MaxWait, wait)
+		if i < p.loops() {
+			st.Loops[i] = LoopStats{Open: h.open, Idle: len(h.idle), Waiting: h.waiters.len(), MaxWait: wait}
 		}
 	}
 	return st

@@ -283,3 +283,28 @@ func mallocs(runs int, f func()) uint64 {
 	}
 	return least
 }
+
+// Stats breaks a pool down by event loop, so that a loop whose clients wait longer than the
+// other's shows in the metrics.
+func TestPoolStatsPerLoop(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := New[int, string](2, Limits{Size: 8}, nil)
+	for loop := 0; loop < 2; loop++ {
+		for i := 0; i < 4; i++ {
+			if k, _, _ := p.Acquire(loop, "x", now); k != GrantDial {
+				t.Fatalf("acquire %d on loop %d: %v", i, loop, k)
+			}
+		}
+	}
+	p.Acquire(1, "b0", now)
+	p.Acquire(1, "b1", now.Add(time.Second))
+	p.Release(0, 7, now, now) // nobody waits on loop 0, and loop 1 holds its share: idle there
+	st := p.Stats(now.Add(3 * time.Second))
+	want := []LoopStats{{Open: 4, Idle: 1}, {Open: 4, Waiting: 2, MaxWait: 3 * time.Second}}
+	if len(st.Loops) != 2 || st.Loops[0] != want[0] || st.Loops[1] != want[1] {
+		t.Fatalf("per-loop stats %+v, want %+v", st.Loops, want)
+	}
+	if st.Open != 8 || st.Idle != 1 || st.Waiting != 2 || st.MaxWait != 3*time.Second {
+		t.Fatalf("totals %+v", st)
+	}
+}

@@ -196,6 +196,12 @@ func (d *daemon) writeMetrics(vip *netlink.Manager) func(io.Writer) {
 			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_waiting_clients", kv...), uint64(p.Waiting))
 			metrics.WriteGaugeFloat64(w, admin.Label("pgbastion_pool_max_wait_seconds", kv...), p.MaxWait.Seconds())
 			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_paused", kv...), admin.Bool(p.Paused))
+			for i, l := range p.Loops {
+				lkv := append(kv[:len(kv):len(kv)], "loop", strconv.Itoa(i))
+				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_server_connections", lkv...), uint64(max(0, l.Open)))
+				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_waiting_clients", lkv...), uint64(l.Waiting))
+				metrics.WriteGaugeFloat64(w, admin.Label("pgbastion_pool_loop_max_wait_seconds", lkv...), l.MaxWait.Seconds())
+			}
 		}
 		if vip == nil {
 			return

@@ -60,6 +60,20 @@ func TestLifecycle(t *testing.T) {
 	if !strings.Contains(text, "pgbastion_proxy_clients 1\n") || !regexp.MustCompile(`(?m)^pgbastion_pool_server_connections\{backend="[^"]+",database="postgres",user="postgres",state="active"\} 1$`).MatchString(text) {
 		t.Fatalf("/metrics does not show the client and the server connection it holds:\n%s", text)
 	}
+	// The per-loop breakdown accounts for every server connection of the pool.
+	sum := func(re string) (total, series int) {
+		for _, m := range regexp.MustCompile(re).FindAllStringSubmatch(text, -1) {
+			v, _ := strconv.Atoi(m[1])
+			total += v
+			series++
+		}
+		return total, series
+	}
+	open, _ := sum(`(?m)^pgbastion_pool_server_connections\{backend="[^"]+",database="postgres",user="postgres",state="(?:active|idle)"\} (\d+)$`)
+	onLoops, loops := sum(`(?m)^pgbastion_pool_loop_server_connections\{backend="[^"]+",database="postgres",user="postgres",loop="\d+"\} (\d+)$`)
+	if loops == 0 || onLoops != open {
+		t.Fatalf("per-loop server connections add up to %d over %d loops, the pool has %d open:\n%s", onLoops, loops, open, text)
+	}
 	_ = held.Close(ctx)
 	rss, err := d.RSS()
 	if err != nil || rss < 1<<20 || rss > 4<<30 {
