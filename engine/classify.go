@@ -162,19 +162,7 @@ func onlyLocalSetConfig(s string) bool {
 }
 
 // hasSetConfig is the cheap, allocation-free test for the word set_config in any letter case.
-func hasSetConfig(q []byte) bool {
-	for i := 3; i+7 <= len(q); i++ {
-		j := bytes.IndexByte(q[i:], '_')
-		if j < 0 {
-			return false
-		}
-		i += j
-		if isSetConfigAt(q, i) {
-			return true
-		}
-	}
-	return false
-}
+func hasSetConfig(q []byte) bool { return anyUnderscore(q, isSetConfigAt) }
 
 var setConfigName = []byte("SET_CONFIG")
 
@@ -186,19 +174,7 @@ func isWordByte(c byte) bool {
 // (pg_advisory_lock, pg_try_advisory_lock and their _shared forms; the _xact_ forms end with
 // the transaction and do not match). The lock outlives the client's transaction on that
 // server, so the server must be reset (DISCARD ALL unlocks all) before another client gets it.
-func holdsAdvisoryLock(q []byte) bool {
-	for i := 0; i < len(q); i++ {
-		j := bytes.IndexByte(q[i:], '_')
-		if j < 0 {
-			return false
-		}
-		i += j
-		if isAdvisoryLockAt(q, i) {
-			return true
-		}
-	}
-	return false
-}
+func holdsAdvisoryLock(q []byte) bool { return anyUnderscore(q, isAdvisoryLockAt) }
 
 var advisoryLockName = []byte("ADVISORY_LOCK")
 
@@ -216,13 +192,20 @@ func isSetConfigAt(q []byte, i int) bool {
 // callsSessionFunction is holdsAdvisoryLock(q) || hasSetConfig(q) in one pass over the
 // underscores of q.
 func callsSessionFunction(q []byte) bool {
+	return anyUnderscore(q, func(q []byte, i int) bool { return isAdvisoryLockAt(q, i) || isSetConfigAt(q, i) })
+}
+
+// anyUnderscore reports whether at holds for the position of some underscore in q. The names
+// the screens look for (set_config, advisory_lock) each contain one, so a vectorised search
+// for underscores visits only the few candidate positions of a query.
+func anyUnderscore(q []byte, at func(q []byte, i int) bool) bool {
 	for i := 0; i < len(q); i++ {
 		j := bytes.IndexByte(q[i:], '_')
 		if j < 0 {
 			return false
 		}
 		i += j
-		if isAdvisoryLockAt(q, i) || isSetConfigAt(q, i) {
+		if at(q, i) {
 			return true
 		}
 	}
