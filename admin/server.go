@@ -99,6 +99,8 @@ type Sources struct {
 	Cluster Cluster
 	// Local returns facts about this node that are not in the replicated state (VIP, proxy).
 	Local func() map[string]any
+	// Proxy returns this node's proxy and its pools (GET /proxy).
+	Proxy func() ProxyStatus
 	// Metrics are written to /metrics, in order, then Writers (gauges computed at scrape
 	// time: pools, the VIP).
 	Metrics []*metrics.Set
@@ -145,6 +147,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.GET("/directives", s.directives)
 	r.GET("/raft/directives", s.directives)
 	r.GET("/history", s.history)
+	r.GET("/proxy", s.proxy)
 	r.GET("/metrics", s.metrics)
 	r.GET("/events", s.events)
 	// Liveness (Kubernetes, Patroni's /liveness): the process serves requests. Nothing else:

@@ -228,7 +228,16 @@ func TestWebUIInBrowser(t *testing.T) {
 		notify.Event{ID: "node_state:n2:9", Type: notify.EvNodeState, Severity: notify.SevWarning, At: now.Add(-5 * time.Minute), Index: 9,
 			Node: "n2", Message: "n2: RUNNING_REPLICA → STOPPED, PostgreSQL does not accept connections"},
 	)
-	src := Sources{Cluster: c, Events: evlog.recent}
+	// This node's proxy: one full pool whose user name is markup, one paused idle pool.
+	const userMarkup = `<b id=injected2>web</b>`
+	proxy := func() ProxyStatus {
+		return ProxyStatus{Clients: 1003, WritesTo: "10.0.0.1:5432", Pools: []PoolStatus{
+			{Backend: "10.0.0.1:5432", Database: "app", User: userMarkup, ServersActive: 20, Size: 20, Reserve: 5,
+				ClientsWaiting: 980, MaxWaitSeconds: 0.0813},
+			{Backend: "10.0.0.1:5432", Database: "app", User: "batch", ServersIdle: 2, Size: 20, Paused: true},
+		}}
+	}
+	src := Sources{Cluster: c, Events: evlog.recent, Proxy: proxy}
 	stop, base := runAPI(t, "127.0.0.1:0", src)
 
 	b := startBrowser(ctx, t, bin)
@@ -263,6 +272,13 @@ func TestWebUIInBrowser(t *testing.T) {
 		}
 		b.waitContains(ctx, t, "#history", "bootstrap")
 		b.waitText(ctx, t, "#live", "live")
+		// The proxy's pools, with what to notice; names are text.
+		b.waitContains(ctx, t, "#proxy-summary", "1003 client connections; writes go to 10.0.0.1:5432.")
+		b.waitText(ctx, t, "#pools tr[data-pool='10.0.0.1:5432/app/batch']", "10.0.0.1:5432appbatch02200—paused: new transactions wait")
+		b.waitText(ctx, t, "#pools tbody tr:first-child", "10.0.0.1:5432app"+userMarkup+"20020+598081 msfull: clients wait for a server")
+		if n := string(b.eval(ctx, t, `document.querySelectorAll('#injected2').length`)); n != "0" {
+			t.Errorf("a pool's user name became markup: %s elements", n)
+		}
 	}) {
 		return
 	}
@@ -489,7 +505,7 @@ func TestWebUIInBrowser(t *testing.T) {
 	t.Run("a node without an event log", func(t *testing.T) {
 		// Its GET /cluster/events answers 503 (an older node's, 404): the card says so and the
 		// rest of the page works, without an API error.
-		b.expectFailures("/cluster/events?")
+		b.expectFailures("/cluster/events?", "/proxy")
 		_, bare := runAPI(outer, "127.0.0.1:0", Sources{Cluster: c})
 		b.navigate(ctx, bare+"/ui/")
 		b.waitText(ctx, t, "#ov-primary", "n1")
@@ -497,6 +513,7 @@ func TestWebUIInBrowser(t *testing.T) {
 		if got := string(b.eval(ctx, t, `[document.getElementById('events-body').hidden, document.getElementById('cluster-events').getClientRects().length]`)); got != "[true,0]" {
 			t.Errorf("the events table [hidden, boxes]: %s, want [true,0]", got)
 		}
+		b.waitText(ctx, t, "#proxy-note", "This node runs no proxy.")
 		b.waitText(ctx, t, "#live", "live")
 		if got := b.text(ctx, t, "#alerts"); strings.Contains(got, "API error") {
 			t.Errorf("alerts: %q", got)

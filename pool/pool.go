@@ -218,6 +218,8 @@ type Stats struct {
 	Open, Idle, Waiting int
 	MaxWait             time.Duration
 	Paused              bool
+	// Size and Reserve are the limits in force: default_pool_size and reserve_pool_size.
+	Size, Reserve int
 	// Loops breaks the counts down by event loop (index = loop). Each loop serves its own
 	// clients with its share of the servers, so a loop whose MaxWait runs ahead of the
 	// others' is one whose thread gets less CPU (see Pool). Servers and clients on the
@@ -235,7 +237,8 @@ type LoopStats struct {
 func (p *Pool[S, W]) Stats(now time.Time) Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := Stats{Open: p.open, Idle: p.nidle, Paused: p.paused, Loops: make([]LoopStats, p.loops())}
+	st := Stats{Open: p.open, Idle: p.nidle, Paused: p.paused, Size: p.limits.Size, Reserve: p.limits.Reserve,
+		Loops: make([]LoopStats, p.loops())}
 	for i := range p.homes {
 		h := &p.homes[i]
 		var wait time.Duration

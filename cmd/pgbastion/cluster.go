@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -73,6 +75,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	api, err := admin.New(cfg.API, admin.Sources{
 		Cluster: node,
 		Local:   d.localStatus(vip),
+		Proxy:   d.proxyStatus,
 		Metrics: []*metrics.Set{d.proxy.Metrics().Set(), set},
 		Writers: []func(io.Writer){d.writeMetrics(vip)},
 		Events:  notifier.Recent,
@@ -173,7 +176,7 @@ func followCluster(ctx context.Context, node *ha.Node, proxy *engine.Engine, vip
 // localStatus reports this node's facts that are not in the replicated state.
 func (d *daemon) localStatus(vip *netlink.Manager) func() map[string]any {
 	return func() map[string]any {
-		out := map[string]any{"proxy": d.proxy.Stats()}
+		out := map[string]any{"proxy": d.proxyStatus()}
 		if vip != nil {
 			out["vip"] = vip.Status()
 		}
@@ -181,26 +184,49 @@ func (d *daemon) localStatus(vip *netlink.Manager) func() map[string]any {
 	}
 }
 
+// proxyStatus is this node's proxy as the API shows it (GET /proxy, and local.proxy in GET
+// /nodes).
+func (d *daemon) proxyStatus() admin.ProxyStatus {
+	st := d.proxy.Stats()
+	out := admin.ProxyStatus{Clients: max(0, st.Clients), WritesTo: st.Primary, Pools: make([]admin.PoolStatus, 0, len(st.Pools))}
+	for _, p := range st.Pools {
+		idle := min(p.Idle, p.Open)
+		ps := admin.PoolStatus{Backend: p.Backend, Database: p.Database, User: p.User,
+			ServersActive: p.Open - idle, ServersIdle: idle, Size: p.Size, Reserve: p.Reserve,
+			ClientsWaiting: p.Waiting, MaxWaitSeconds: p.MaxWait.Seconds(), Paused: p.Paused,
+			Loops: make([]admin.PoolLoopStatus, len(p.Loops))}
+		for i, l := range p.Loops {
+			ps.Loops[i] = admin.PoolLoopStatus{Servers: max(0, l.Open), ServersIdle: l.Idle,
+				ClientsWaiting: l.Waiting, MaxWaitSeconds: l.MaxWait.Seconds()}
+		}
+		out.Pools = append(out.Pools, ps)
+	}
+	// Pools come from maps: a stable order keeps the CLI's table and the UI from jumping.
+	slices.SortFunc(out.Pools, func(a, b admin.PoolStatus) int {
+		return cmp.Or(cmp.Compare(a.Backend, b.Backend), cmp.Compare(a.Database, b.Database), cmp.Compare(a.User, b.User))
+	})
+	return out
+}
+
 // writeMetrics writes the gauges computed at scrape time: the proxy's clients and pools, and
 // the VIP (vip may be nil).
 func (d *daemon) writeMetrics(vip *netlink.Manager) func(io.Writer) {
 	return func(w io.Writer) {
-		st := d.proxy.Stats()
-		metrics.WriteGaugeUint64(w, "pgbastion_proxy_clients", uint64(max(0, st.Clients)))
-		metrics.WriteGaugeUint64(w, "pgbastion_proxy_routes_writes", admin.Bool(st.Primary != ""))
+		st := d.proxyStatus()
+		metrics.WriteGaugeUint64(w, "pgbastion_proxy_clients", uint64(st.Clients))
+		metrics.WriteGaugeUint64(w, "pgbastion_proxy_routes_writes", admin.Bool(st.WritesTo != ""))
 		for _, p := range st.Pools {
 			kv := []string{"backend", p.Backend, "database", p.Database, "user", p.User}
-			idle := min(p.Idle, p.Open)
-			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_server_connections", append(kv, "state", "active")...), uint64(p.Open-idle))
-			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_server_connections", append(kv, "state", "idle")...), uint64(idle))
-			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_waiting_clients", kv...), uint64(p.Waiting))
-			metrics.WriteGaugeFloat64(w, admin.Label("pgbastion_pool_max_wait_seconds", kv...), p.MaxWait.Seconds())
+			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_server_connections", append(kv, "state", "active")...), uint64(p.ServersActive))
+			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_server_connections", append(kv, "state", "idle")...), uint64(p.ServersIdle))
+			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_waiting_clients", kv...), uint64(p.ClientsWaiting))
+			metrics.WriteGaugeFloat64(w, admin.Label("pgbastion_pool_max_wait_seconds", kv...), p.MaxWaitSeconds)
 			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_paused", kv...), admin.Bool(p.Paused))
 			for i, l := range p.Loops {
 				lkv := append(kv[:len(kv):len(kv)], "loop", strconv.Itoa(i))
-				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_server_connections", lkv...), uint64(max(0, l.Open)))
-				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_waiting_clients", lkv...), uint64(l.Waiting))
-				metrics.WriteGaugeFloat64(w, admin.Label("pgbastion_pool_loop_max_wait_seconds", lkv...), l.MaxWait.Seconds())
+				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_server_connections", lkv...), uint64(l.Servers))
+				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_waiting_clients", lkv...), uint64(l.ClientsWaiting))
+				metrics.WriteGaugeFloat64(w, admin.Label("pgbastion_pool_loop_max_wait_seconds", lkv...), l.MaxWaitSeconds)
 			}
 		}
 		if vip == nil {

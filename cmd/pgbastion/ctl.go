@@ -44,6 +44,7 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   list                                   show the nodes, their roles and lag
   events [--severity S] [--follow]       what happened: failovers, nodes down and back... (ctl events for details)
   history                                every change of primary (timeline, LSN, failover or switchover, why)
+  pools [--loops]                        this node's proxy: server connections and waiting clients per pool
   switchover [--leader N] --candidate N  move the primary to N without losing data
   failover --candidate N [--force]       promote N (force: even if it may lose data)
   pause | resume                         stop / restart automatic failover
@@ -101,6 +102,8 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 		return c.events(rest, stderr)
 	case "history":
 		return c.history()
+	case "pools":
+		return c.pools(rest, stderr)
 	case "remove":
 		if len(rest) != 1 {
 			return fmt.Errorf("usage: pgbastion ctl remove NODE")

@@ -167,3 +167,58 @@ func TestCtlEventsFollow(t *testing.T) {
 		t.Errorf("output:\n%s", out.String())
 	}
 }
+
+func TestCtlPoolsShowsEachPoolAndWhatToNotice(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/proxy" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte(`{"clients": 1003, "writes_to": "10.0.0.1:5432", "pools": [
+			{"backend": "10.0.0.1:5432", "database": "app", "user": "web", "servers_active": 20, "servers_idle": 0,
+			 "size": 20, "reserve": 5, "clients_waiting": 980, "max_wait_seconds": 0.0813, "paused": false,
+			 "loops": [{"servers": 10, "servers_idle": 0, "clients_waiting": 490, "max_wait_seconds": 0.0813},
+			           {"servers": 10, "servers_idle": 0, "clients_waiting": 490, "max_wait_seconds": 0.07}]},
+			{"backend": "10.0.0.1:5432", "database": "app", "user": "batch", "servers_active": 0, "servers_idle": 2,
+			 "size": 20, "reserve": 0, "clients_waiting": 0, "max_wait_seconds": 0, "paused": true, "loops": []}]}`))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "pools", "--loops"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 6 {
+		t.Fatalf("ctl pools --loops: %d lines:\n%s", len(lines), out.String())
+	}
+	for i, want := range [][]string{
+		{"1003 client connections; writes go to 10.0.0.1:5432"},
+		{"BACKEND", "MAX WAIT"},
+		{"app", "web", "20", "20+5", "980", "81ms", "full: clients wait"},
+		{"loop 0", "490", "81ms"},
+		{"loop 1", "490", "70ms"},
+		{"batch", "paused: new transactions wait"},
+	} {
+		for _, w := range want {
+			if !strings.Contains(lines[i], w) {
+				t.Fatalf("line %d %q lacks %q:\n%s", i, lines[i], w, out.String())
+			}
+		}
+	}
+	if strings.Contains(lines[5], "full") {
+		t.Fatalf("an idle pool is not full: %q", lines[5])
+	}
+}
+
+func TestCtlPoolsWithoutAProxySaysSo(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error": "no such endpoint: /proxy"}`))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "pools"}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "no such endpoint: /proxy") {
+		t.Fatalf("exit %d: %q", code, errOut.String())
+	}
+}

@@ -107,6 +107,7 @@ func (d *daemon) run(ctx context.Context) error {
 func (d *daemon) runStandalone(ctx context.Context) error {
 	api, err := admin.New(d.cfg.API, admin.Sources{
 		Local:   d.localStatus(nil),
+		Proxy:   d.proxyStatus,
 		Metrics: []*metrics.Set{d.proxy.Metrics().Set()},
 		Writers: []func(io.Writer){d.writeMetrics(nil)},
 	}, d.log.With("component", "api"))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgbastion/pgbastion/admin"
 	"github.com/pgbastion/pgbastion/test/daemon"
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
@@ -73,6 +74,15 @@ func TestLifecycle(t *testing.T) {
 	onLoops, loops := sum(`(?m)^pgbastion_pool_loop_server_connections\{backend="[^"]+",database="postgres",user="postgres",loop="\d+"\} (\d+)$`)
 	if loops == 0 || onLoops != open {
 		t.Fatalf("per-loop server connections add up to %d over %d loops, the pool has %d open:\n%s", onLoops, loops, open, text)
+	}
+	// GET /proxy shows the same pool, with the limits in force.
+	var px admin.ProxyStatus
+	if err := api.Get("/proxy", &px); err != nil {
+		t.Fatal(err)
+	}
+	if px.Clients != 1 || px.WritesTo == "" || len(px.Pools) != 1 || px.Pools[0].ServersActive != 1 ||
+		px.Pools[0].Database != "postgres" || px.Pools[0].Size < 1 || len(px.Pools[0].Loops) != loops {
+		t.Fatalf("GET /proxy: %+v", px)
 	}
 	_ = held.Close(ctx)
 	rss, err := d.RSS()

@@ -1,0 +1,62 @@
+package admin
+
+import (
+	"github.com/valyala/fasthttp"
+)
+
+// ProxyStatus is this node's proxy as GET /proxy shows it (and GET /nodes under
+// local.proxy): what PgBouncer's SHOW POOLS tells an operator, in JSON.
+type ProxyStatus struct {
+	// Clients is the number of client connections open on the proxy's listeners.
+	Clients int64 `json:"clients"`
+	// WritesTo is the backend (host:port) the read-write listener routes to; empty while
+	// there is no primary to route to (new transactions on it then fail or wait).
+	WritesTo string `json:"writes_to"`
+	// Pools lists one entry per (backend, database, user) that has been used.
+	Pools []PoolStatus `json:"pools"`
+}
+
+// PoolStatus is one pool of server connections.
+type PoolStatus struct {
+	Backend  string `json:"backend"`
+	Database string `json:"database"`
+	User     string `json:"user"`
+	// ServersActive are attached to a client; ServersIdle wait for one. Size and Reserve are
+	// default_pool_size and reserve_pool_size: active + idle can reach Size + Reserve.
+	ServersActive int `json:"servers_active"`
+	ServersIdle   int `json:"servers_idle"`
+	Size          int `json:"size"`
+	Reserve       int `json:"reserve"`
+	// ClientsWaiting have a transaction to run and no server yet; MaxWaitSeconds is how long
+	// the oldest of them has waited (PgBouncer's maxwait). Waits near query_wait_timeout
+	// end in errors: the pool is too small for the load, or the server is slow.
+	ClientsWaiting int     `json:"clients_waiting"`
+	MaxWaitSeconds float64 `json:"max_wait_seconds"`
+	// Paused: new transactions wait (a switchover, or pause from the HA core).
+	Paused bool `json:"paused"`
+	// Loops breaks servers and waiting clients down by event loop. Each loop serves its own
+	// clients with its share of the pool; a loop whose clients wait far longer than another's
+	// is one whose thread gets less CPU.
+	Loops []PoolLoopStatus `json:"loops"`
+}
+
+// PoolLoopStatus is one event loop's part of a pool.
+type PoolLoopStatus struct {
+	Servers        int     `json:"servers"`
+	ServersIdle    int     `json:"servers_idle"`
+	ClientsWaiting int     `json:"clients_waiting"`
+	MaxWaitSeconds float64 `json:"max_wait_seconds"`
+}
+
+// proxy serves GET /proxy.
+func (s *Server) proxy(ctx *fasthttp.RequestCtx) {
+	if s.src.Proxy == nil {
+		writeError(ctx, fasthttp.StatusNotFound, "this node runs no proxy")
+		return
+	}
+	st := s.src.Proxy()
+	if st.Pools == nil {
+		st.Pools = []PoolStatus{} // [] rather than null: no pool has been used yet
+	}
+	writeJSON(ctx, fasthttp.StatusOK, st)
+}

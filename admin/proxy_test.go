@@ -1,0 +1,64 @@
+package admin
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+func TestProxyEndpoint(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", ""
+	var st atomic.Pointer[ProxyStatus]
+	st.Store(&ProxyStatus{})
+	s, err := New(cfg, Sources{Proxy: func() ProxyStatus { return *st.Load() }}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := startServer(t, s)
+
+	// Before any client: an empty list, not null, so that clients can iterate it.
+	code, body := do(t, http.MethodGet, u+"/proxy", "", "")
+	if code != http.StatusOK || !strings.Contains(body, `"pools": []`) || !strings.Contains(body, `"writes_to": ""`) {
+		t.Fatalf("GET /proxy with no pool: %d %s", code, body)
+	}
+
+	st.Store(&ProxyStatus{Clients: 3, WritesTo: "127.0.0.1:5434", Pools: []PoolStatus{{
+		Backend: "127.0.0.1:5434", Database: "app", User: "web", ServersActive: 2, ServersIdle: 1, Size: 20,
+		ClientsWaiting: 4, MaxWaitSeconds: 0.25, Loops: []PoolLoopStatus{{Servers: 3, ServersIdle: 1, ClientsWaiting: 4, MaxWaitSeconds: 0.25}},
+	}}})
+	code, body = do(t, http.MethodGet, u+"/proxy", "", "")
+	var got map[string]any
+	if err := json.Unmarshal([]byte(body), &got); code != http.StatusOK || err != nil {
+		t.Fatalf("GET /proxy: %d %v %s", code, err, body)
+	}
+	pool := got["pools"].([]any)[0].(map[string]any)
+	for k, want := range map[string]any{"servers_active": 2.0, "servers_idle": 1.0, "size": 20.0, "clients_waiting": 4.0,
+		"max_wait_seconds": 0.25, "paused": false, "backend": "127.0.0.1:5434", "database": "app", "user": "web"} {
+		if pool[k] != want {
+			t.Errorf("pools[0].%s = %v, want %v (%s)", k, pool[k], want, body)
+		}
+	}
+	if got["clients"] != 3.0 || got["writes_to"] != "127.0.0.1:5434" {
+		t.Errorf("proxy %s", body)
+	}
+	if code, _ := do(t, http.MethodPost, u+"/proxy", "", ""); code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /proxy: %d", code)
+	}
+}
+
+func TestProxyEndpointWithoutAProxy(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", ""
+	s, err := New(cfg, Sources{Cluster: newCluster(t, "n1")}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := startServer(t, s)
+	if code, body := do(t, http.MethodGet, u+"/proxy", "", ""); code != http.StatusNotFound || !strings.Contains(body, "runs no proxy") {
+		t.Fatalf("GET /proxy: %d %s", code, body)
+	}
+}
