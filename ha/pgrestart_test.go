@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -179,4 +180,55 @@ func awaitRequest(t *testing.T, c *fakeCluster, id uint64) fsm.RestartRequest {
 		return r.Status != fsm.RestartPending
 	}, "request %d finished", id)
 	return r
+}
+
+// slowReinitPG clones only when released, and tells how far it has come meanwhile.
+type slowReinitPG struct {
+	reinitPG
+	release  chan struct{}
+	progress atomic.Pointer[string]
+}
+
+func (p *slowReinitPG) Reinit(ctx context.Context, up Upstream) error {
+	select {
+	case <-p.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return p.reinitPG.Reinit(ctx, up)
+}
+
+func (p *slowReinitPG) CloneProgress() string { return *p.progress.Load() }
+
+// A clone of a large database takes hours: the agent keeps reporting meanwhile, with the
+// clone's progress, so that the node does not look dead and the operator sees how far it is.
+func TestAgentReportsTheCloneWhileItRuns(t *testing.T) {
+	c, base := reinitSetup(t)
+	pg := &slowReinitPG{reinitPG: base, release: make(chan struct{})}
+	first := "3.0 GiB copied of about 40 GiB (7 %) in 1m0s"
+	pg.progress.Store(&first)
+	runAgent(t, c, pg, agentConfig(), AgentOptions{})
+	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateRunningReplica }, "agent running")
+	id := c.must(fsm.RequestReinit{Node: "n1", Reason: "diverged"}).ID
+	want := func(p string) func() bool {
+		return func() bool {
+			s := c.status("n1")
+			return s.State == fsm.StateStopped && !s.Healthy && strings.HasSuffix(s.Reason, "cloning from n2, "+p)
+		}
+	}
+	await.True(t, 2*time.Second, want(first), "the clone's progress reported")
+	later := "12 GiB copied of about 40 GiB (30 %) in 4m0s"
+	pg.progress.Store(&later)
+	await.True(t, 2*time.Second, want(later), "the progress reported again while the clone runs")
+	if r, _ := c.State().Restart(id); r.Status != fsm.RestartPending {
+		t.Fatalf("request ended before the clone: %+v", r)
+	}
+	close(pg.release)
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartDone {
+		t.Fatalf("reinit: %+v", r)
+	}
+	await.True(t, 2*time.Second, func() bool {
+		s := c.status("n1")
+		return s.State == fsm.StateRunningReplica && s.Healthy && !strings.Contains(s.Reason, "cloning")
+	}, "a running replica again, without the clone's reason")
 }

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -220,5 +222,42 @@ func TestCtlPoolsWithoutAProxySaysSo(t *testing.T) {
 	if code := Main([]string{"ctl", "--api", srv.URL, "pools"}, &out, &errOut); code != 1 ||
 		!strings.Contains(errOut.String(), "no such endpoint: /proxy") {
 		t.Fatalf("exit %d: %q", code, errOut.String())
+	}
+}
+
+func TestCtlReinitShowsTheCloneAsItGoes(t *testing.T) {
+	defer func(d time.Duration) { cloneProgressEvery = d }(cloneProgressEvery)
+	cloneProgressEvery = 0
+	var mu sync.Mutex
+	polls := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.URL.Path {
+		case "/reinitialize":
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = w.Write([]byte(`{"id": 5}`))
+		case "/restarts":
+			polls++
+			status := "pending"
+			if polls > 1 {
+				status = "done"
+			}
+			_, _ = w.Write([]byte(`{"restarts": [{"id": 5, "status": "` + status + `"}]}`))
+		case "/nodes":
+			st := `"state": "STOPPED", "reason": "reinitialising at an operator's request (5): cloning from db1, 12 GiB copied of about 40 GiB (30 %) in 4m0s"`
+			if polls > 1 {
+				st = `"state": "RUNNING_REPLICA", "healthy": true`
+			}
+			_, _ = w.Write([]byte(`{"nodes": [{"name": "db3", "status": {` + st + `}}]}`))
+		}
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "reinit", "--yes", "db3"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !regexp.MustCompile(`^reinitialising db3 from the primary ... \n  12 GiB copied of about 40 GiB \(30 %\) in 4m0s ... running again as a replica \([0-9.]+s\)\n$`).MatchString(out.String()) {
+		t.Fatalf("ctl reinit:\n%s", out.String())
 	}
 }

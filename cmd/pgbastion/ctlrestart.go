@@ -60,7 +60,7 @@ func (c *ctlClient) restart(args []string, stderr io.Writer) error {
 	for _, n := range nodes {
 		fmt.Fprintf(c.out, "restarting %s ... ", n)
 		start := time.Now()
-		if err := c.request("/restart", n, "pgbastion ctl restart", 2*time.Minute); err != nil {
+		if err := c.request("/restart", n, "pgbastion ctl restart", 2*time.Minute, nil); err != nil {
 			fmt.Fprintln(c.out, "failed")
 			return err
 		}
@@ -101,7 +101,7 @@ func (c *ctlClient) reinit(args []string, stderr io.Writer) error {
 	for _, n := range fs.Args() {
 		fmt.Fprintf(c.out, "reinitialising %s from the primary ... ", n)
 		start := time.Now()
-		if err := c.request("/reinitialize", n, "pgbastion ctl reinit", *wait); err != nil {
+		if err := c.request("/reinitialize", n, "pgbastion ctl reinit", *wait, c.cloneProgress(n)); err != nil {
 			fmt.Fprintln(c.out, "failed")
 			return err
 		}
@@ -116,7 +116,8 @@ func (c *ctlClient) reinit(args []string, stderr io.Writer) error {
 
 // request posts a restart or reinit request for node and waits up to timeout for the agent's
 // answer: the API answers 202 with the request's ID when it takes longer than its own wait.
-func (c *ctlClient) request(path, node, reason string, timeout time.Duration) error {
+// progress, when set, is called between polls.
+func (c *ctlClient) request(path, node, reason string, timeout time.Duration, progress func()) error {
 	var res struct {
 		ID      uint64 `json:"id"`
 		Restart *struct {
@@ -149,9 +150,40 @@ func (c *ctlClient) request(path, node, reason string, timeout time.Duration) er
 				}
 			}
 		}
+		if progress != nil {
+			progress()
+		}
 		time.Sleep(time.Second)
 	}
 	return fmt.Errorf("request %d for %s has not ended within %s; follow it with GET /restarts or ctl list", res.ID, node, timeout)
+}
+
+// cloneProgressEvery is how often ctl reinit prints how far a long clone has come (a
+// variable for tests).
+var cloneProgressEvery = 30 * time.Second
+
+// cloneProgress returns a progress callback for request that prints, every
+// cloneProgressEvery, how far node's clone has come as its agent reports it ("12 GiB copied
+// of about 40 GiB (30 %) in 4m0s").
+func (c *ctlClient) cloneProgress(node string) func() {
+	shown := time.Now()
+	return func() {
+		if time.Since(shown) < cloneProgressEvery {
+			return
+		}
+		shown = time.Now()
+		var nv nodesView
+		if c.call(http.MethodGet, "/nodes", nil, &nv) != nil {
+			return
+		}
+		for _, n := range nv.Nodes {
+			if _, p, ok := strings.Cut(n.Status.Reason, "cloning from "); n.Name == node && ok {
+				if _, p, ok = strings.Cut(p, ", "); ok {
+					fmt.Fprintf(c.out, "\n  %s ... ", p)
+				}
+			}
+		}
+	}
 }
 
 // awaitReplica waits until node reports itself a healthy running replica.

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgbastion/pgbastion/ha"
@@ -31,6 +32,9 @@ type Controller struct {
 	// cluster's system identifier).
 	State func() *fsm.State
 
+	// cloning follows the clone of the primary running now (nil: none), for CloneProgress.
+	cloning atomic.Pointer[cloneProgress]
+
 	mu sync.Mutex
 	// lastCheckpoint is the shutdown checkpoint of the last clean stop of this server as a
 	// primary, returned again by a repeated Follow of the same upstream.
@@ -38,8 +42,9 @@ type Controller struct {
 }
 
 var (
-	_ ha.PostgreSQL  = (*Controller)(nil)
-	_ ha.Replication = (*Controller)(nil)
+	_ ha.PostgreSQL    = (*Controller)(nil)
+	_ ha.Replication   = (*Controller)(nil)
+	_ ha.CloneProgress = (*Controller)(nil)
 )
 
 // NewController wraps an Instance.
@@ -360,6 +365,8 @@ func (c *Controller) rewind(ctx context.Context, up ha.Upstream) error {
 // configured replica methods (pg_basebackup streaming through this node's replication slot
 // there, created first when it is missing, unless another method is listed first).
 func (c *Controller) clone(ctx context.Context, host string, port int) error {
+	c.cloning.Store(&cloneProgress{dir: c.inst.cfg.DataDir, total: c.upstreamSize(ctx, host, port), started: time.Now()})
+	defer c.cloning.Store(nil)
 	slot := ha.SlotName(c.Self)
 	if !c.ensureSlotOn(ctx, host, port, slot) {
 		slot = "" // stream without it; primary_slot_name is set when the server starts following
