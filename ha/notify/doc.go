@@ -4,8 +4,10 @@
 // primary, a failover or switchover starting and ending, a node changing state or health, a
 // member added or removed, maintenance mode, a new Raft leader, a cluster configuration
 // change, a finished restart. Every node derives the same events from the same log; the Raft
-// leader delivers them to the configured webhooks, so a receiver hears each event once (and
-// may use Event.ID to drop the rare duplicate sent around a change of leader).
+// leader delivers them to the configured webhooks, so a receiver hears each event once. A node
+// that becomes the leader first delivers again the recent events it did not queue itself (its
+// predecessor may have died with them queued), marked Redelivered: a receiver may use Event.ID
+// to drop the duplicates this sends around a change of leader.
 //
 // Callbacks are Patroni's: programs run on a node when its own PostgreSQL starts, stops,
 // restarts, reloads a new cluster configuration or changes role, called as

@@ -102,6 +102,9 @@ type Event struct {
 	Result string `json:"result,omitempty"`
 	// Reinit: the restart_finished was a reinitialisation (a new clone of the primary).
 	Reinit bool `json:"reinit,omitempty"`
+	// Redelivered: sent again by a node that just became the Raft leader, because the
+	// previous leader may have died before delivering it. Drop it if its ID was seen.
+	Redelivered bool `json:"redelivered,omitempty"`
 }
 
 // OperationInfo is the part of a failover or switchover an event carries.

@@ -68,10 +68,21 @@ type Notifier struct {
 	mu   sync.Mutex
 	self selfState
 
+	// Owned by Run's goroutine: whether this node led at the last state, and the IDs of the
+	// events it queued for the webhooks (pruned to those still in recent).
+	leading bool
+	queued  map[string]struct{}
+
 	recentMu sync.Mutex
 	recent   []Event // the newest recentLimit events, oldest first
 	subs     map[chan Event]struct{}
 }
+
+// redeliverWindow is how far back a node that becomes the Raft leader looks for events to
+// deliver again: its predecessor may have died with them queued or being retried. It covers
+// an election (seconds) and the first retries; older events the previous leader had time to
+// send. Receivers see Redelivered and drop IDs they have.
+const redeliverWindow = 30 * time.Second
 
 // Subscribe returns a channel that receives each event as it is derived, and a function that
 // ends the subscription. A subscriber that falls more than 64 events behind misses the
@@ -229,23 +240,64 @@ func (n *Notifier) observe(prev, cur *fsm.State) {
 		events[i].Cluster, events[i].Sender = n.opts.Cluster, n.opts.Node
 		n.opts.Metrics.GetOrCreateCounter(fmt.Sprintf(`pgbastion_cluster_events_total{type=%q,severity=%q}`, events[i].Type, events[i].Severity)).Inc()
 	}
+	// A new leader first sends what its predecessor may not have delivered.
+	if leader && !n.leading && len(n.hooks) > 0 {
+		again := n.undelivered(time.Now())
+		if len(again) > 0 {
+			n.log.Info("this node leads now: delivering again the recent events its predecessor may not have sent", "events", len(again))
+		}
+		for _, e := range again {
+			e.Redelivered = true
+			n.enqueue(e)
+		}
+	}
+	n.leading = leader
 	n.remember(events)
 	for i := range events {
 		e := &events[i]
 		n.log.Info("cluster event", "type", e.Type, "severity", e.Severity, "id", e.ID, "message", e.Message)
-		if !leader {
-			continue
-		}
-		for _, h := range n.hooks {
-			if h.w.wants(*e) && h.q.push(*e) {
-				h.dropped.Inc()
-				h.log.Warn("webhook queue full: dropped its oldest event", "limit", queueLimit)
-			}
+		if leader {
+			n.enqueue(*e)
 		}
 	}
 	if n.cb.Any() {
 		n.selfCallbacks(cur, events)
 	}
+}
+
+// enqueue hands e to every webhook that wants it.
+func (n *Notifier) enqueue(e Event) {
+	if len(n.hooks) == 0 {
+		return
+	}
+	if n.queued == nil {
+		n.queued = map[string]struct{}{}
+	}
+	n.queued[e.ID] = struct{}{}
+	for _, h := range n.hooks {
+		if h.w.wants(e) && h.q.push(e) {
+			h.dropped.Inc()
+			h.log.Warn("webhook queue full: dropped its oldest event", "limit", queueLimit)
+		}
+	}
+}
+
+// undelivered returns the recent events from the last redeliverWindow that this node has not
+// queued itself, oldest first, and forgets queued IDs that are no longer recent.
+func (n *Notifier) undelivered(now time.Time) []Event {
+	n.recentMu.Lock()
+	defer n.recentMu.Unlock()
+	var out []Event
+	keep := make(map[string]struct{}, len(n.queued))
+	for _, e := range n.recent {
+		if _, done := n.queued[e.ID]; done {
+			keep[e.ID] = struct{}{}
+		} else if now.Sub(e.At) <= redeliverWindow {
+			out = append(out, e)
+		}
+	}
+	n.queued = keep
+	return out
 }
 
 // SelfFenced tells the callbacks that the agent stopped PostgreSQL itself (the cluster may
@@ -495,6 +547,9 @@ func (h *hookWorker) body(e Event) ([]byte, error) {
 		text := fmt.Sprintf("[%s] %s", e.Severity, e.Message)
 		if e.Cluster != "" {
 			text = fmt.Sprintf("[%s] %s: %s", e.Severity, e.Cluster, e.Message)
+		}
+		if e.Redelivered {
+			text += " (sent again by the new Raft leader)"
 		}
 		return json.Marshal(map[string]string{"text": text})
 	}

@@ -585,3 +585,81 @@ func TestSubscribeDeliversNewEvents(t *testing.T) {
 		t.Errorf("%d of %d buffered", len(ch2), cap(ch2))
 	}
 }
+
+// A node that becomes the Raft leader delivers again the recent events it did not queue
+// itself: its predecessor may have died before sending them.
+func TestNewLeaderRedeliversRecentEvents(t *testing.T) {
+	all := newReceiver(t)
+	slack := newReceiver(t)
+	hooks := []Webhook{{URL: all.srv.URL}, {URL: slack.srv.URL, Format: "slack", Events: []string{"node_state"}}}
+	for i := range hooks {
+		if err := hooks[i].Validate("webhooks"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var leader atomic.Bool
+	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db3", IsLeader: leader.Load, Metrics: metrics.NewSet(), RetryBase: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer n.startWorkers(ctx).Wait()
+	defer cancel()
+
+	recent := time.Now().Add(-5 * time.Second)
+	status := func(s *fsm.State, name string, state fsm.NodeState, healthy bool, index uint64, at time.Time) {
+		setStatus(s, name, state, fsm.RoleReplica, healthy, index)
+		m := s.Members[name]
+		m.Status.ReportedAt = at
+		s.Members[name] = m
+	}
+	// As a follower: db2 went down a moment ago; db3's change is older than the window.
+	s0 := cluster(10)
+	s1 := next(s0, 12)
+	status(s1, "db2", fsm.StateStopped, false, 11, recent)
+	status(s1, "db3", fsm.StateStopped, false, 12, time.Now().Add(-time.Hour))
+	n.observe(s0, s1)
+	// Leading now: db2's event again, then the new one.
+	leader.Store(true)
+	s2 := next(s1, 13)
+	s2.Paused = true
+	n.observe(s1, s2)
+	waitFor(t, "db2's event and the maintenance event", func() bool { return len(all.received()) == 2 })
+	got := func(i int) Event {
+		var e Event
+		if err := json.Unmarshal(all.received()[i].body, &e); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	if e := got(0); e.ID != "node_state:db2:11" || !e.Redelivered {
+		t.Errorf("first delivery: %+v, want db2's node_state, redelivered", e)
+	}
+	if e := got(1); e.Type != EvMaintenance || e.Redelivered {
+		t.Errorf("second delivery: %+v, want the maintenance event, first delivery", e)
+	}
+	waitFor(t, "the slack message", func() bool { return len(slack.received()) == 1 })
+	var msg map[string]string
+	_ = json.Unmarshal(slack.received()[0].body, &msg)
+	if !strings.HasSuffix(msg["text"], "(sent again by the new Raft leader)") {
+		t.Errorf("slack: %q", msg["text"])
+	}
+
+	// Leadership lost and won back: only what this node did not queue itself is sent again.
+	leader.Store(false)
+	s3 := next(s2, 15)
+	status(s3, "db2", fsm.StateRunningReplica, true, 14, time.Now())
+	n.observe(s2, s3)
+	leader.Store(true)
+	s4 := next(s3, 16)
+	n.observe(s3, s4)
+	waitFor(t, "db2's recovery", func() bool { return len(all.received()) == 3 })
+	if e := got(2); e.ID != "node_state:db2:14" || !e.Redelivered {
+		t.Errorf("third delivery: %+v, want db2's recovery, redelivered", e)
+	}
+	// Nothing more comes: db3's old event and the ones already queued stay unsent.
+	s5 := next(s4, 17)
+	s5.Paused = false
+	n.observe(s4, s5)
+	waitFor(t, "maintenance off", func() bool { return len(all.received()) == 4 })
+	if e := got(3); e.Type != EvMaintenance {
+		t.Errorf("fourth delivery: %+v, want maintenance off", e)
+	}
+}
