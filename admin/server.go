@@ -109,9 +109,10 @@ type Sources struct {
 	// this node's PostgreSQL before the change is committed. ok is false when PostgreSQL could
 	// not be asked; err says what it refused.
 	CheckPGParams func(ctx context.Context, set map[string]string) (ok bool, err error)
-	// Events, when set, returns the cluster events this node derived since it started,
-	// oldest first (GET /cluster/events); SubscribeEvents delivers new ones as they come
-	// (GET /events streams them as cluster_event).
+	// Events, when set, returns the cluster events this node derived since it started, after
+	// the past the cluster's logs recorded then, oldest first (GET /cluster/events);
+	// SubscribeEvents delivers new ones as they come (GET /events streams them as
+	// cluster_event).
 	Events          func() []notify.Event
 	SubscribeEvents func() (<-chan notify.Event, func())
 }

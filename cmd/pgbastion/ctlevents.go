@@ -66,7 +66,7 @@ func (c *ctlClient) events(args []string, stderr io.Writer) error {
 		return err
 	}
 	if len(v.Events) == 0 && !*follow {
-		fmt.Fprintln(c.out, "no events (since this node started)")
+		fmt.Fprintln(c.out, "no events (since this node started, and none in the cluster's logs)")
 		return nil
 	}
 	if *follow {

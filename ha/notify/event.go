@@ -122,6 +122,27 @@ func opInfo(o fsm.Operation) *OperationInfo {
 		Candidate: o.Candidate, Message: o.Message}
 }
 
+// Past returns the events that the cluster's bounded logs in st still record: changes of
+// primary, failovers and switchovers, finished restarts and reinitialisations, oldest first. A
+// node that has just started shows them (GET /cluster/events, ctl events) although it did not
+// see them happen. They are the past, not news: the notifier neither delivers nor counts them.
+func Past(st *fsm.State) []Event {
+	if st == nil || st.Index == 0 {
+		return nil
+	}
+	// A state like st but for the logs, so that Diff reports only what the logs hold.
+	before := *st
+	before.Index, before.History, before.Operations, before.Operation, before.NextOperationID, before.Restarts = 0, nil, nil, nil, 0, nil
+	var out []Event
+	for _, e := range Diff(&before, st) {
+		switch e.Type {
+		case EvPrimaryChanged, EvOperationStarted, EvOperationFinished, EvRestartFinished:
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // Diff returns the events that lead from prev to cur, oldest first. prev may be nil (nothing
 // is reported then: the first state seen is the starting point, not news). States may be far
 // apart (a subscriber sees only the newest state): changes of primary and operations come

@@ -248,3 +248,44 @@ func TestDiffSwitchoverIsNotCritical(t *testing.T) {
 		t.Errorf("%d critical events for losing the primary, want 1 (no_primary)", crit)
 	}
 }
+
+// What the logs of the first state a node sees record, with the IDs the events had when
+// they happened, so that a node that started later lists them as the others do.
+func TestPastFromTheLogs(t *testing.T) {
+	s0 := cluster(10)
+	s1 := next(s0, 11)
+	s1.Operation = &fsm.Operation{ID: 1, Kind: fsm.OpFailover, Phase: fsm.PhaseElecting, Reason: "primary db1 is down",
+		OldPrimary: "db1", StartedAt: t0, StartedIndex: 11, PhaseIndex: 11}
+	s1.NextOperationID = 2
+	s2 := next(s1, 14)
+	setStatus(s2, "db2", fsm.StateRunningPrimary, fsm.RolePrimary, true, 13)
+	setStatus(s2, "db1", fsm.StateStopped, fsm.RolePrimary, false, 12)
+	s2.Primary, s2.PrimaryIndex = "db2", 14
+	s2.History = append(s2.History, fsm.HistoryEntry{At: t0, Index: 14, NewPrimary: "db2", OldPrimary: "db1",
+		Kind: fsm.OpFailover, OperationID: 1, Timeline: 2})
+	op := *s2.Operation
+	op.Phase, op.PhaseIndex, op.NewPrimary, op.FinishedAt = fsm.PhaseDone, 14, "db2", t0
+	s2.Operation, s2.Operations = nil, append(s2.Operations, op)
+	s2.Restarts = []fsm.RestartRequest{{ID: 4, Node: "db3", Status: fsm.RestartDone, FinishedAt: t0},
+		{ID: 5, Node: "db1", Reinit: true, Status: fsm.RestartPending}}
+	s2.Paused = true
+
+	past := Past(s2)
+	if got, want := types(past), "primary_changed operation_started primary_changed operation_finished restart_finished"; got != want {
+		t.Fatalf("past: %s\nwant %s", got, want)
+	}
+	// The same IDs as when they happened (bootstrap's primary_changed:5 aside, which came
+	// before s0).
+	happened := map[string]bool{}
+	for _, e := range append(Diff(s0, s1), Diff(s1, s2)...) {
+		happened[e.ID] = true
+	}
+	for _, e := range past[1:] {
+		if !happened[e.ID] {
+			t.Errorf("%s: an ID the live events did not have", e.ID)
+		}
+	}
+	if Past(nil) != nil || Past(fsm.NewState()) != nil {
+		t.Error("an empty state has no past")
+	}
+}

@@ -234,6 +234,17 @@ func (n *Notifier) startWorkers(ctx context.Context) *sync.WaitGroup {
 
 // observe handles one new state.
 func (n *Notifier) observe(prev, cur *fsm.State) {
+	if prev == nil {
+		// The first state seen is the starting point; what its logs record comes first in
+		// the recent events, as the past.
+		if past := Past(cur); len(past) > 0 {
+			for i := range past {
+				past[i].Cluster, past[i].Sender = n.opts.Cluster, n.opts.Node
+			}
+			n.remember(past)
+			n.log.Info("recent events start with what the cluster's logs record", "events", len(past))
+		}
+	}
 	events := Diff(prev, cur)
 	leader := n.opts.IsLeader()
 	for i := range events {

@@ -663,3 +663,39 @@ func TestNewLeaderRedeliversRecentEvents(t *testing.T) {
 		t.Errorf("fourth delivery: %+v, want maintenance off", e)
 	}
 }
+
+// A node that starts lists what the cluster's logs record, as the past: not delivered, not
+// counted.
+func TestFirstStateGivesThePast(t *testing.T) {
+	all := newReceiver(t)
+	hooks := []Webhook{{URL: all.srv.URL}}
+	if err := hooks[0].Validate("webhooks"); err != nil {
+		t.Fatal(err)
+	}
+	set := metrics.NewSet()
+	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db3", IsLeader: func() bool { return true }, Metrics: set, RetryBase: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer n.startWorkers(ctx).Wait()
+	defer cancel()
+
+	_, s1 := failover()
+	n.observe(nil, s1)
+	s2 := next(s1, 20)
+	s2.Paused = true
+	n.observe(s1, s2)
+	waitFor(t, "the maintenance event", func() bool { return len(all.received()) == 1 })
+	recent := n.Recent()
+	if got, want := types(recent), "primary_changed primary_changed maintenance"; got != want {
+		t.Fatalf("recent: %s, want %s (bootstrap, the failover, then the news)", got, want)
+	}
+	if e := recent[1]; e.ID != "primary_changed:14" || e.Cluster != "main" || e.Sender != "db3" {
+		t.Errorf("the failover from the logs: %+v", e)
+	}
+	if got := counter(set, `pgbastion_cluster_events_total{type="primary_changed",severity="warning"}`); got != 0 {
+		t.Errorf("the past was counted: %d", got)
+	}
+	var e Event
+	if err := json.Unmarshal(all.received()[0].body, &e); err != nil || e.Type != EvMaintenance {
+		t.Errorf("delivered: %s", all.received()[0].body)
+	}
+}
