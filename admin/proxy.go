@@ -21,6 +21,9 @@ type PoolStatus struct {
 	Backend  string `json:"backend"`
 	Database string `json:"database"`
 	User     string `json:"user"`
+	// Clients are the client connections routed to this pool, whether in a transaction,
+	// waiting for a server or idle between transactions.
+	Clients int `json:"clients"`
 	// ServersActive are attached to a client; ServersIdle wait for one. Size and Reserve are
 	// default_pool_size and reserve_pool_size: active + idle can reach Size + Reserve.
 	ServersActive int `json:"servers_active"`

@@ -27,7 +27,7 @@ func TestProxyEndpoint(t *testing.T) {
 	}
 
 	st.Store(&ProxyStatus{Clients: 3, WritesTo: "127.0.0.1:5434", Pools: []PoolStatus{{
-		Backend: "127.0.0.1:5434", Database: "app", User: "web", ServersActive: 2, ServersIdle: 1, Size: 20,
+		Backend: "127.0.0.1:5434", Database: "app", User: "web", Clients: 7, ServersActive: 2, ServersIdle: 1, Size: 20,
 		ClientsWaiting: 4, MaxWaitSeconds: 0.25, Loops: []PoolLoopStatus{{Servers: 3, ServersIdle: 1, ClientsWaiting: 4, MaxWaitSeconds: 0.25}},
 	}}})
 	code, body = do(t, http.MethodGet, u+"/proxy", "", "")
@@ -36,7 +36,7 @@ func TestProxyEndpoint(t *testing.T) {
 		t.Fatalf("GET /proxy: %d %v %s", code, err, body)
 	}
 	pool := got["pools"].([]any)[0].(map[string]any)
-	for k, want := range map[string]any{"servers_active": 2.0, "servers_idle": 1.0, "size": 20.0, "clients_waiting": 4.0,
+	for k, want := range map[string]any{"clients": 7.0, "servers_active": 2.0, "servers_idle": 1.0, "size": 20.0, "clients_waiting": 4.0,
 		"max_wait_seconds": 0.25, "paused": false, "backend": "127.0.0.1:5434", "database": "app", "user": "web"} {
 		if pool[k] != want {
 			t.Errorf("pools[0].%s = %v, want %v (%s)", k, pool[k], want, body)

@@ -26,6 +26,7 @@ const (
 	csStartup clientState = iota // waiting for the startup packet
 	csAuth                       // exchanging authentication messages
 	csLogin                      // authenticated; waiting for a server to complete the login
+	csConsole                    // logged in to the admin console (console.go)
 	csReady                      // normal operation
 	csClosed
 )
@@ -62,7 +63,10 @@ type client struct {
 
 	pe    *poolEntry
 	peGen uint64
-	srv   *server
+	// countedIn is the pool whose client count includes this client (the last one routed to,
+	// until it closes).
+	countedIn *poolEntry
+	srv       *server
 
 	waiting    bool
 	waitSince  time.Time
@@ -191,6 +195,8 @@ func (cl *client) handle(buf []byte) (int, error) {
 			return consumed, nil
 		case csReady:
 			n, err = cl.relay(buf[consumed:])
+		case csConsole:
+			n, err = cl.handleConsole(buf[consumed:])
 		default:
 			return len(buf), nil
 		}
@@ -488,6 +494,9 @@ func (cl *client) authenticated() error {
 		return err
 	}
 	cl.pid = cl.e.cancels.add(cl)
+	if consoleDatabases[cl.database] && cl.e.consoleUsers != nil {
+		return cl.enterConsole()
+	}
 	if cl.txnMode() {
 		cl.stmts = make(map[string]*pool.Stmt)
 		if pe, err := cl.route(); err == nil {
@@ -1178,6 +1187,13 @@ func (cl *client) route() (*poolEntry, error) {
 		return nil, errNoBackend
 	}
 	cl.pe, cl.peGen = b.pool(cl.e, poolKey{database: cl.database, user: cl.serverUser}), rt.gen
+	if cl.countedIn != cl.pe && !cl.closed {
+		if cl.countedIn != nil {
+			cl.countedIn.clients.Add(-1)
+		}
+		cl.pe.clients.Add(1)
+		cl.countedIn = cl.pe
+	}
 	return cl.pe, nil
 }
 
@@ -1374,6 +1390,10 @@ func (cl *client) cleanup() {
 	cl.closed = true
 	cl.state = csClosed
 	cl.e.clients.Add(-1)
+	if cl.countedIn != nil {
+		cl.countedIn.clients.Add(-1)
+		cl.countedIn = nil
+	}
 	cl.e.cancels.remove(cl)
 	if cl.pe != nil && cl.waiting {
 		cl.pe.p.CancelWait(cl)

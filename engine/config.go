@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pgbastion/pgbastion/pool"
@@ -46,6 +47,12 @@ type Config struct {
 	// pool.query_wait_timeout for one instead of getting an error at once. The HA core turns it
 	// on during a failover; a standalone proxy leaves it off.
 	NoPrimaryWait bool `yaml:"no_primary_wait"`
+	// AdminUsers and StatsUsers may log in to the admin console, the virtual database
+	// pgbouncer (or pgbastion), and run its SHOW commands (PgBouncer's admin_users and
+	// stats_users; the console is read-only, so both get the same). With neither set there is
+	// no console: those database names go to PostgreSQL like any other.
+	AdminUsers []string `yaml:"admin_users"`
+	StatsUsers []string `yaml:"stats_users"`
 }
 
 // AuthConfig says how clients authenticate to the proxy.
@@ -169,6 +176,13 @@ func (c *Config) Validate() error {
 	}
 	if c.StreamHighWater < 64<<10 {
 		errs = append(errs, fmt.Errorf("proxy.stream_high_water: %d is below the minimum of 65536", c.StreamHighWater))
+	}
+	for name, users := range map[string][]string{"admin_users": c.AdminUsers, "stats_users": c.StatsUsers} {
+		for i, u := range users {
+			if strings.TrimSpace(u) == "" {
+				errs = append(errs, fmt.Errorf("proxy.%s[%d] is empty; list user names", name, i))
+			}
+		}
 	}
 	if c.HealthCheckInterval <= 0 {
 		errs = append(errs, errors.New("proxy.health_check_interval must be positive"))

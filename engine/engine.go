@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -35,6 +37,9 @@ type Engine struct {
 	secrets  auth.Secrets
 	creds    sync.Map // server user -> *auth.Credentials
 	tlsCfg   *tls.Config
+	// consoleUsers may use the admin console (nil: there is none); version names the build.
+	consoleUsers map[string]bool
+	version      string
 
 	gnet   gnet.Engine
 	booted chan struct{}
@@ -92,6 +97,8 @@ type Options struct {
 	Secrets auth.Secrets
 	// Metrics receives the engine's counters; nil creates a private set.
 	Metrics *Metrics
+	// Version names the build in the admin console (default "dev").
+	Version string
 }
 
 // New validates cfg and returns an engine that is not yet running.
@@ -127,6 +134,13 @@ func New(cfg Config, opts Options) (*Engine, error) {
 	}
 	if e.m == nil {
 		e.m = NewMetrics(nil)
+	}
+	e.version = cmp.Or(opts.Version, "dev")
+	for _, u := range append(slices.Clone(cfg.AdminUsers), cfg.StatsUsers...) {
+		if e.consoleUsers == nil {
+			e.consoleUsers = map[string]bool{}
+		}
+		e.consoleUsers[u] = true
 	}
 	e.txnLimits.Set(pgwire.MsgParse, cfg.MaxMessageSize)
 	e.limits.Store(&limitSet{pool: cfg.Pool.Limits(), maxDB: cfg.Pool.MaxDBConnections})
@@ -557,7 +571,10 @@ type Stats struct {
 
 // PoolStats describes one pool.
 type PoolStats struct {
-	Backend, Database, User string
+	// Backend is the backend's name, Addr its host:port.
+	Backend, Addr, Database, User string
+	// Clients is the number of client connections routed to the pool.
+	Clients int
 	pool.Stats
 }
 
@@ -574,7 +591,8 @@ func (e *Engine) Stats() Stats {
 	for _, b := range bs {
 		b.mu.Lock()
 		for k, pe := range b.pools {
-			st.Pools = append(st.Pools, PoolStats{Backend: b.name, Database: k.database, User: k.user, Stats: pe.p.Stats(now)})
+			st.Pools = append(st.Pools, PoolStats{Backend: b.name, Addr: b.addr, Database: k.database, User: k.user,
+				Clients: int(max(0, pe.clients.Load())), Stats: pe.p.Stats(now)})
 		}
 		b.mu.Unlock()
 	}

@@ -33,6 +33,8 @@ type Metrics struct {
 	// serverMoves counts server connections taken off their event loop to serve a client on
 	// another loop or on the stream path.
 	serverMoves *metrics.Counter
+	// consoleCommands counts the admin console's queries.
+	consoleCommands *metrics.Counter
 }
 
 // NewMetrics registers the proxy's metrics in set (a new set when nil).
@@ -65,6 +67,7 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		serverChecks:          c("pgbastion_proxy_server_checks_total"),
 		serverCheckFailures:   c("pgbastion_proxy_server_check_failures_total"),
 		serverMoves:           c("pgbastion_proxy_server_moves_total"),
+		consoleCommands:       c("pgbastion_proxy_console_commands_total"),
 	}
 }
 

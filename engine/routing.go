@@ -70,6 +70,8 @@ type poolEntry struct {
 	epoch   uint64
 	p       *pool.Pool[*server, *client]
 	welcome atomic.Pointer[pool.Params]
+	// clients counts the client connections routed to this pool (see client.countedIn).
+	clients atomic.Int64
 	// gone is cancelled when the backend is retired (it left its role): dials still under way
 	// to it give up at once instead of running into server_connect_timeout against a host
 	// that may be unreachable, and their clients route again.

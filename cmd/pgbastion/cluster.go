@@ -191,7 +191,7 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 	out := admin.ProxyStatus{Clients: max(0, st.Clients), WritesTo: st.Primary, Pools: make([]admin.PoolStatus, 0, len(st.Pools))}
 	for _, p := range st.Pools {
 		idle := min(p.Idle, p.Open)
-		ps := admin.PoolStatus{Backend: p.Backend, Database: p.Database, User: p.User,
+		ps := admin.PoolStatus{Backend: p.Backend, Database: p.Database, User: p.User, Clients: p.Clients,
 			ServersActive: p.Open - idle, ServersIdle: idle, Size: p.Size, Reserve: p.Reserve,
 			ClientsWaiting: p.Waiting, MaxWaitSeconds: p.MaxWait.Seconds(), Paused: p.Paused,
 			Loops: make([]admin.PoolLoopStatus, len(p.Loops))}

@@ -177,7 +177,7 @@ func TestCtlPoolsShowsEachPoolAndWhatToNotice(t *testing.T) {
 			return
 		}
 		_, _ = w.Write([]byte(`{"clients": 1003, "writes_to": "10.0.0.1:5432", "pools": [
-			{"backend": "10.0.0.1:5432", "database": "app", "user": "web", "servers_active": 20, "servers_idle": 0,
+			{"backend": "10.0.0.1:5432", "database": "app", "user": "web", "clients": 1001, "servers_active": 20, "servers_idle": 0,
 			 "size": 20, "reserve": 5, "clients_waiting": 980, "max_wait_seconds": 0.0813, "paused": false,
 			 "loops": [{"servers": 10, "servers_idle": 0, "clients_waiting": 490, "max_wait_seconds": 0.0813},
 			           {"servers": 10, "servers_idle": 0, "clients_waiting": 490, "max_wait_seconds": 0.07}]},
@@ -196,7 +196,7 @@ func TestCtlPoolsShowsEachPoolAndWhatToNotice(t *testing.T) {
 	for i, want := range [][]string{
 		{"1003 client connections; writes go to 10.0.0.1:5432"},
 		{"BACKEND", "MAX WAIT"},
-		{"app", "web", "20", "20+5", "980", "81ms", "full: clients wait"},
+		{"app", "web", "1001", "20", "20+5", "980", "81ms", "full: clients wait"},
 		{"loop 0", "490", "81ms"},
 		{"loop 1", "490", "70ms"},
 		{"batch", "paused: new transactions wait"},

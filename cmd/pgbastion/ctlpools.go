@@ -34,17 +34,17 @@ func (c *ctlClient) pools(args []string, stderr io.Writer) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "BACKEND\tDATABASE\tUSER\tACTIVE\tIDLE\tSIZE\tWAITING\tMAX WAIT\tNOTE")
+	fmt.Fprintln(w, "BACKEND\tDATABASE\tUSER\tCLIENTS\tACTIVE\tIDLE\tSIZE\tWAITING\tMAX WAIT\tNOTE")
 	for _, p := range st.Pools {
 		size := fmt.Sprint(p.Size)
 		if p.Reserve > 0 {
 			size += fmt.Sprintf("+%d", p.Reserve)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", p.Backend, p.Database, p.User, p.ServersActive,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\t%s\n", p.Backend, p.Database, p.User, p.Clients, p.ServersActive,
 			p.ServersIdle, size, p.ClientsWaiting, fmtWait(p.MaxWaitSeconds), poolNote(p))
 		if *loops {
 			for i, l := range p.Loops {
-				fmt.Fprintf(w, "  loop %d\t\t\t%d\t%d\t\t%d\t%s\t\n", i, l.Servers-l.ServersIdle, l.ServersIdle,
+				fmt.Fprintf(w, "  loop %d\t\t\t\t%d\t%d\t\t%d\t%s\t\n", i, l.Servers-l.ServersIdle, l.ServersIdle,
 					l.ClientsWaiting, fmtWait(l.MaxWaitSeconds))
 			}
 		}

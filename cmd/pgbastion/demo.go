@@ -153,8 +153,12 @@ Look at the cluster and move the primary:
 Change a PostgreSQL setting on every node:
   %s ctl --api http://127.0.0.1:%d --token %s config set work_mem=64MB
 
+The proxy's pools (PgBouncer's SHOW POOLS also works, on database pgbouncer):
+  %s ctl --api http://127.0.0.1:%d pools
+  psql "host=127.0.0.1 port=%d user=postgres dbname=pgbouncer" -c 'SHOW POOLS'
+
 Logs and data: %s
-`, p.rw, password, self, p.api, self, p.api, token, self, p.api, p.api, p.api, token, self, p.api, token, abs)
+`, p.rw, password, self, p.api, self, p.api, token, self, p.api, p.api, p.api, token, self, p.api, token, self, p.api, p.rw, abs)
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(stdout, "\nstopping ...")
@@ -176,6 +180,7 @@ proxy:
   listen_ro: 127.0.0.1:%[3]d
   pool: {enabled: true, mode: transaction, default_pool_size: 20}
   server: {user: postgres, password: %[9]s}
+  admin_users: [postgres]
 api:
   listen: 127.0.0.1:%[4]d
   metrics_listen: ""

@@ -83,6 +83,7 @@ func newDaemon(cfg Config, log *slog.Logger) (*daemon, error) {
 		Logger:  log.With("component", "proxy"),
 		Auth:    verifier,
 		Secrets: secrets,
+		Version: version,
 	})
 	if err != nil {
 		return nil, err

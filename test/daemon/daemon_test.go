@@ -80,7 +80,7 @@ func TestLifecycle(t *testing.T) {
 	if err := api.Get("/proxy", &px); err != nil {
 		t.Fatal(err)
 	}
-	if px.Clients != 1 || px.WritesTo == "" || len(px.Pools) != 1 || px.Pools[0].ServersActive != 1 ||
+	if px.Clients != 1 || px.WritesTo == "" || len(px.Pools) != 1 || px.Pools[0].ServersActive != 1 || px.Pools[0].Clients != 1 ||
 		px.Pools[0].Database != "postgres" || px.Pools[0].Size < 1 || len(px.Pools[0].Loops) != loops {
 		t.Fatalf("GET /proxy: %+v", px)
 	}

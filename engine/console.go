@@ -1,0 +1,332 @@
+package engine
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgbastion/pgbastion/pgwire"
+)
+
+// The admin console is PgBouncer's: a virtual database named pgbouncer (or pgbastion) on the
+// proxy's own ports, where the users of proxy.admin_users and proxy.stats_users run SHOW
+// commands with psql or a monitoring agent (pgbouncer_exporter, Datadog's PgBouncer check).
+// It is read-only and speaks the simple query protocol only, as PgBouncer's does. Its rows
+// come from the same counters as GET /proxy.
+
+// consoleDatabases are the database names that reach the console instead of PostgreSQL.
+var consoleDatabases = map[string]bool{"pgbouncer": true, "pgbastion": true}
+
+// consoleCommands answer the console's SHOW commands; see SHOW HELP.
+var consoleCommands = map[string]func(*client) (consoleResult, error){
+	"POOLS":     (*client).showPools,
+	"DATABASES": (*client).showDatabases,
+	"CONFIG":    (*client).showConfig,
+	"VERSION":   (*client).showVersion,
+}
+
+// consoleHelp is SHOW HELP's notice.
+const consoleHelp = `Console usage
+	SHOW HELP
+	SHOW POOLS
+	SHOW DATABASES
+	SHOW CONFIG
+	SHOW VERSION
+Per-backend detail: GET /proxy or pgbastion ctl pools; counters: GET /metrics.`
+
+// consoleResult is the answer to one command: columns (text or int8) and rows of text.
+type consoleResult struct {
+	cols []consoleCol
+	rows [][]string
+}
+
+type consoleCol struct {
+	name string
+	num  bool
+}
+
+func textCols(names ...string) []consoleCol {
+	out := make([]consoleCol, len(names))
+	for i, n := range names {
+		out[i] = consoleCol{name: n}
+	}
+	return out
+}
+
+// enterConsole admits an authenticated client to the console, or refuses it.
+func (cl *client) enterConsole() error {
+	if !cl.e.consoleUsers[cl.user] {
+		cl.e.log.Info("admin console refused", "user", cl.user, "remote", cl.remote())
+		return sqlErr(pgwire.InvalidAuthorization,
+			fmt.Sprintf("user %q may not use the admin console (database %q)", cl.user, cl.database),
+			"list the user in proxy.admin_users or proxy.stats_users")
+	}
+	cl.state = csConsole
+	b := cl.scratchForClient()
+	for _, kv := range [][2]string{{"server_version", "PGBastion " + cl.e.version}, {"server_encoding", "UTF8"},
+		{"client_encoding", "UTF8"}, {"DateStyle", "ISO, MDY"}, {"TimeZone", "UTC"}, {"integer_datetimes", "on"},
+		{"standard_conforming_strings", "on"}, {"application_name", ""}} {
+		b = pgwire.AppendParameterStatus(b, kv[0], kv[1])
+	}
+	b = pgwire.AppendBackendKeyData(b, cl.pid, cl.secret[:])
+	b = pgwire.AppendReadyForQuery(b, pgwire.TxIdle)
+	cl.send(b)
+	cl.e.log.Info("admin console login", "user", cl.user, "remote", cl.remote())
+	return nil
+}
+
+// handleConsole answers one message of a console client.
+func (cl *client) handleConsole(buf []byte) (int, error) {
+	typ, blen, complete, err := cl.e.frontLimits.Scan(buf)
+	if err != nil {
+		return 0, err
+	}
+	if blen < 0 || !complete {
+		return 0, nil
+	}
+	n := pgwire.HeaderLen + blen
+	body := buf[pgwire.HeaderLen:n]
+	switch typ {
+	case pgwire.MsgTerminate:
+		cl.closeNow()
+	case pgwire.MsgQuery:
+		cl.send(cl.consoleQuery(string(body)))
+	case pgwire.MsgSync:
+		cl.send(pgwire.AppendReadyForQuery(cl.scratchForClient(), pgwire.TxIdle))
+	case pgwire.MsgFlush:
+	default:
+		// The extended protocol: refused, as by PgBouncer's console. A Sync that follows
+		// gets its ReadyForQuery above.
+		cl.send(pgwire.AppendError(cl.scratchForClient(), pgwire.MsgErrorResponse, pgwire.SeverityError,
+			pgwire.FeatureNotSupported, fmt.Sprintf("the admin console takes simple queries only (got message type %q)", typ),
+			"use psql, or your driver's simple protocol (pgx: QueryExecModeSimpleProtocol)"))
+	}
+	return n, nil
+}
+
+// consoleQuery runs one simple query and returns its answer, ending with ReadyForQuery.
+func (cl *client) consoleQuery(q string) []byte {
+	// A query is a C string: it ends at the first NUL, as in PostgreSQL. Echoed in errors, it
+	// is cut short.
+	if i := strings.IndexByte(q, 0); i >= 0 {
+		q = q[:i]
+	}
+	if len(q) > 200 {
+		q = q[:200] + "…"
+	}
+	b := cl.scratchForClient()
+	defer func() { cl.e.m.consoleCommands.Inc() }()
+	fields := strings.Fields(strings.TrimRight(strings.TrimSpace(q), "; \t\r\n"))
+	fail := func(code, msg, hint string) []byte {
+		b = pgwire.AppendError(b, pgwire.MsgErrorResponse, pgwire.SeverityError, code, msg, hint)
+		return pgwire.AppendReadyForQuery(b, pgwire.TxIdle)
+	}
+	switch {
+	case len(fields) == 0:
+		b = pgwire.AppendEmpty(b, pgwire.MsgEmptyQueryResponse)
+	case strings.EqualFold(fields[0], "SET"):
+		// Drivers set these on connecting; the console has nothing to change.
+		name := strings.ToLower(strings.Trim(strings.TrimSuffix(strings.Join(fields[1:], " "), ""), " "))
+		name, _, _ = strings.Cut(name, "=")
+		name, _, _ = strings.Cut(strings.TrimSpace(name), " ")
+		switch name {
+		case "client_encoding", "application_name", "extra_float_digits", "datestyle", "timezone", "search_path":
+			b = pgwire.AppendCommandComplete(b, "SET")
+		default:
+			return fail(pgwire.FeatureNotSupported, fmt.Sprintf("SET %s: the admin console cannot change settings", name),
+				"change the setting in the configuration file and restart pgbastion")
+		}
+	case strings.EqualFold(fields[0], "SHOW") && len(fields) == 2 && strings.EqualFold(fields[1], "HELP"):
+		b = pgwire.AppendError(b, pgwire.MsgNoticeResponse, "NOTICE", pgwire.SuccessfulCompletion, consoleHelp, "")
+		b = pgwire.AppendCommandComplete(b, "SHOW")
+	case strings.EqualFold(fields[0], "SHOW") && len(fields) == 2:
+		f, ok := consoleCommands[strings.ToUpper(fields[1])]
+		if !ok {
+			return fail(pgwire.FeatureNotSupported, fmt.Sprintf("SHOW %s is not available in PGBastion's console", fields[1]),
+				"SHOW HELP lists the commands; counters such as SHOW STATS's are in GET /metrics")
+		}
+		res, err := f(cl)
+		if err != nil {
+			return fail(pgwire.InternalError, err.Error(), "")
+		}
+		b = res.append(b)
+		b = pgwire.AppendCommandComplete(b, "SHOW")
+	default:
+		verb := strings.ToUpper(fields[0])
+		switch verb {
+		case "PAUSE", "RESUME", "SUSPEND", "RECONNECT", "KILL", "KILL_CLIENT", "DISABLE", "ENABLE", "RELOAD", "SHUTDOWN", "WAIT_CLOSE":
+			return fail(pgwire.FeatureNotSupported, verb+" is not available: PGBastion's console is read-only",
+				"pools pause and resume themselves around a switchover (pgbastion ctl switchover); a configuration change takes a restart")
+		}
+		return fail(pgwire.FeatureNotSupported, fmt.Sprintf("unknown console command %q", q), "SHOW HELP lists the commands")
+	}
+	return pgwire.AppendReadyForQuery(b, pgwire.TxIdle)
+}
+
+// append writes RowDescription and the DataRows.
+func (r consoleResult) append(b []byte) []byte {
+	start := len(b)
+	b = append(b, pgwire.MsgRowDescription, 0, 0, 0, 0)
+	b = appendUint16(b, uint16(len(r.cols)))
+	for _, c := range r.cols {
+		oid, size := uint32(25), int16(-1) // text
+		if c.num {
+			oid, size = 20, 8 // int8
+		}
+		b = append(b, c.name...)
+		b = append(b, 0)
+		b = append(b, 0, 0, 0, 0, 0, 0) // table OID, column number
+		b = appendUint32(b, oid)
+		b = appendUint16(b, uint16(size))
+		b = append(b, 0xff, 0xff, 0xff, 0xff, 0, 0) // type modifier -1, text format
+	}
+	putLen(b[start:])
+	for _, row := range r.rows {
+		start = len(b)
+		b = append(b, pgwire.MsgDataRow, 0, 0, 0, 0)
+		b = appendUint16(b, uint16(len(row)))
+		for _, v := range row {
+			b = appendUint32(b, uint32(len(v)))
+			b = append(b, v...)
+		}
+		putLen(b[start:])
+	}
+	return b
+}
+
+func appendUint16(b []byte, v uint16) []byte { return append(b, byte(v>>8), byte(v)) }
+func appendUint32(b []byte, v uint32) []byte {
+	return append(b, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+}
+
+// putLen fills in the length word of the message that msg holds whole.
+func putLen(msg []byte) {
+	n := uint32(len(msg) - 1)
+	msg[1], msg[2], msg[3], msg[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// showPools is SHOW POOLS with PgBouncer's columns: one row per database and user, summed
+// over the backends serving them (the per-backend detail is in GET /proxy). PGBastion does
+// not track servers being tested, logging in or cancelled, nor cancel requests waiting:
+// those columns are 0.
+func (cl *client) showPools() (consoleResult, error) {
+	type key struct{ db, user string }
+	type agg struct {
+		clients, waiting, active, idle int
+		maxWait                        time.Duration
+	}
+	sums := map[key]*agg{}
+	for _, p := range cl.e.Stats().Pools {
+		k := key{p.Database, p.User}
+		a := sums[k]
+		if a == nil {
+			a = &agg{}
+			sums[k] = a
+		}
+		idle := min(p.Idle, p.Open)
+		a.clients += p.Clients
+		a.waiting += p.Waiting
+		a.active += p.Open - idle
+		a.idle += idle
+		a.maxWait = max(a.maxWait, p.MaxWait)
+	}
+	keys := make([]key, 0, len(sums))
+	for k := range sums {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b key) int { return cmp.Or(cmp.Compare(a.db, b.db), cmp.Compare(a.user, b.user)) })
+	res := consoleResult{cols: textCols("database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
+		"cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
+		"sv_login", "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts")}
+	for i := 2; i <= 14; i++ {
+		res.cols[i].num = true
+	}
+	mode := string(cl.e.cfg.Pool.Mode)
+	for _, k := range keys {
+		a := sums[k]
+		us := a.maxWait.Microseconds()
+		res.rows = append(res.rows, []string{k.db, k.user, itoa(max(0, a.clients-a.waiting)), itoa(a.waiting), "0", "0",
+			itoa(a.active), "0", "0", itoa(a.idle), "0", "0", "0", strconv.FormatInt(us/1e6, 10), strconv.FormatInt(us%1e6, 10),
+			mode, ""})
+	}
+	return res, nil
+}
+
+// showDatabases is SHOW DATABASES with PgBouncer's columns: one row per pool (a database and
+// user on one backend).
+func (cl *client) showDatabases() (consoleResult, error) {
+	cfg := &cl.e.cfg.Pool
+	pools := cl.e.Stats().Pools
+	slices.SortFunc(pools, func(a, b PoolStats) int {
+		return cmp.Or(cmp.Compare(a.Database, b.Database), cmp.Compare(a.Backend, b.Backend), cmp.Compare(a.User, b.User))
+	})
+	res := consoleResult{cols: textCols("name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
+		"reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts", "max_connections", "current_connections",
+		"max_client_connections", "current_client_connections", "paused", "disabled")}
+	for _, i := range []int{2, 5, 6, 7, 8, 11, 12, 13, 14, 15, 16} {
+		res.cols[i].num = true
+	}
+	for _, p := range pools {
+		host, port, err := net.SplitHostPort(p.Addr)
+		if err != nil {
+			host, port = p.Addr, ""
+		}
+		res.rows = append(res.rows, []string{p.Database, host, port, p.Database, p.User, itoa(p.Size), itoa(cfg.MinPoolSize),
+			itoa(p.Reserve), itoa(int(cfg.ServerLifetime / time.Second)), string(cfg.Mode), "", itoa(cfg.MaxDBConnections),
+			itoa(p.Open), "0", itoa(p.Clients), boolDigit(p.Paused), "0"})
+	}
+	return res, nil
+}
+
+func boolDigit(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// showConfig is SHOW CONFIG: the pool settings under PgBouncer's names, durations in seconds
+// as PgBouncer writes them. changeable is "no": the console changes nothing.
+func (cl *client) showConfig() (consoleResult, error) {
+	c, d := &cl.e.cfg, DefaultConfig()
+	p, dp := &c.Pool, &d.Pool
+	secs := func(t time.Duration) string { return strconv.FormatFloat(t.Seconds(), 'f', -1, 64) }
+	rows := [][3]string{
+		{"auth_type", c.Auth.Method, d.Auth.Method},
+		{"client_idle_timeout", secs(p.ClientIdleTimeout), secs(dp.ClientIdleTimeout)},
+		{"default_pool_size", itoa(p.DefaultPoolSize), itoa(dp.DefaultPoolSize)},
+		{"idle_transaction_timeout", secs(p.IdleTransactionTimeout), secs(dp.IdleTransactionTimeout)},
+		{"listen_addr", c.ListenRW, d.ListenRW},
+		{"max_client_conn", itoa(p.MaxClientConn), itoa(dp.MaxClientConn)},
+		{"max_db_connections", itoa(p.MaxDBConnections), itoa(dp.MaxDBConnections)},
+		{"max_prepared_statements", itoa(p.MaxPreparedStatements), itoa(dp.MaxPreparedStatements)},
+		{"min_pool_size", itoa(p.MinPoolSize), itoa(dp.MinPoolSize)},
+		{"pool_mode", string(p.Mode), string(dp.Mode)},
+		{"query_wait_timeout", secs(p.QueryWaitTimeout), secs(dp.QueryWaitTimeout)},
+		{"reserve_pool_size", itoa(p.ReservePoolSize), itoa(dp.ReservePoolSize)},
+		{"reserve_pool_timeout", secs(p.ReservePoolTimeout), secs(dp.ReservePoolTimeout)},
+		{"server_check_delay", secs(p.ServerCheckDelay), secs(dp.ServerCheckDelay)},
+		{"server_connect_timeout", secs(p.ServerConnectTimeout), secs(dp.ServerConnectTimeout)},
+		{"server_idle_timeout", secs(p.ServerIdleTimeout), secs(dp.ServerIdleTimeout)},
+		{"server_lifetime", secs(p.ServerLifetime), secs(dp.ServerLifetime)},
+		{"server_reset_query", p.ServerResetQuery, dp.ServerResetQuery},
+	}
+	res := consoleResult{cols: textCols("key", "value", "default", "changeable")}
+	for _, r := range rows {
+		res.rows = append(res.rows, []string{r[0], r[1], r[2], "no"})
+	}
+	return res, nil
+}
+
+// showVersion is SHOW VERSION. The PgBouncer version named is the one whose console columns
+// SHOW POOLS and SHOW DATABASES reproduce, for tools that choose columns by it.
+func (cl *client) showVersion() (consoleResult, error) {
+	return consoleResult{cols: textCols("version"),
+		rows: [][]string{{"PGBastion " + cl.e.version + " (console columns of PgBouncer 1.21.0)"}}}, nil
+}
