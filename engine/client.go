@@ -444,15 +444,22 @@ func splitOptions(s string) []string {
 	return out
 }
 
-func (cl *client) handleAuth(buf []byte) (int, error) {
+// nextMessage frames the first message in buf: its type, body and whole length; n is 0 while
+// the message is incomplete.
+func (cl *client) nextMessage(buf []byte) (typ byte, body []byte, n int, err error) {
 	typ, blen, complete, err := cl.e.frontLimits.Scan(buf)
-	if err != nil {
+	if err != nil || blen < 0 || !complete {
+		return typ, nil, 0, err
+	}
+	n = pgwire.HeaderLen + blen
+	return typ, buf[pgwire.HeaderLen:n], n, nil
+}
+
+func (cl *client) handleAuth(buf []byte) (int, error) {
+	typ, body, n, err := cl.nextMessage(buf)
+	if err != nil || n == 0 {
 		return 0, err
 	}
-	if blen < 0 || !complete {
-		return 0, nil
-	}
-	n := pgwire.HeaderLen + blen
 	if typ != pgwire.MsgPassword {
 		if typ == pgwire.MsgTerminate {
 			cl.closeNow()
@@ -460,7 +467,7 @@ func (cl *client) handleAuth(buf []byte) (int, error) {
 		}
 		return n, sqlErr(pgwire.ProtocolViolation, fmt.Sprintf("expected password response, got message type %q", typ), "")
 	}
-	reply, done, err := cl.authEx.Step(cl.scratchForClient(), buf[pgwire.HeaderLen:n])
+	reply, done, err := cl.authEx.Step(cl.scratchForClient(), body)
 	if err != nil {
 		return n, cl.authFailed(err)
 	}

@@ -81,15 +81,10 @@ func (cl *client) enterConsole() error {
 
 // handleConsole answers one message of a console client.
 func (cl *client) handleConsole(buf []byte) (int, error) {
-	typ, blen, complete, err := cl.e.frontLimits.Scan(buf)
-	if err != nil {
+	typ, body, n, err := cl.nextMessage(buf)
+	if err != nil || n == 0 {
 		return 0, err
 	}
-	if blen < 0 || !complete {
-		return 0, nil
-	}
-	n := pgwire.HeaderLen + blen
-	body := buf[pgwire.HeaderLen:n]
 	switch typ {
 	case pgwire.MsgTerminate:
 		cl.closeNow()
