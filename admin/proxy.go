@@ -37,6 +37,14 @@ type PoolStatus struct {
 	MaxWaitSeconds float64 `json:"max_wait_seconds"`
 	// Paused: new transactions wait (a switchover, or pause from the HA core).
 	Paused bool `json:"paused"`
+	// Counters since the pool was created: transactions ended, queries answered (a
+	// ReadyForQuery each), servers attached to clients, the time clients waited for a server
+	// and the time servers were attached (in transaction mode, the transactions' time).
+	Transactions         uint64  `json:"transactions"`
+	Queries              uint64  `json:"queries"`
+	ServerAssignments    uint64  `json:"server_assignments"`
+	WaitSecondsTotal     float64 `json:"wait_seconds_total"`
+	AssignedSecondsTotal float64 `json:"assigned_seconds_total"`
 	// Loops breaks servers and waiting clients down by event loop. Each loop serves its own
 	// clients with its share of the pool; a loop whose clients wait far longer than another's
 	// is one whose thread gets less CPU.

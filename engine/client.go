@@ -1288,7 +1288,16 @@ func (cl *client) attach(s *server) {
 	s.unnamedBy = nil // whatever unnamed statement the server holds is not this client's (yet)
 	s.out = s.writer()
 	s.b.active.Add(1)
-	s.lastUsed = s.clock()
+	now := s.clock()
+	s.lastUsed, s.attachedAt = now, now
+	if s.pe != nil {
+		c := s.pe.counters(s.lp)
+		c.assignments.Add(1)
+		if !cl.waitSince.IsZero() {
+			c.waitNanos.Add(uint64(max(0, now.Sub(cl.waitSince))))
+			cl.waitSince = time.Time{}
+		}
+	}
 	cl.e.cancels.setTarget(cl, s)
 	if cl.params == nil {
 		// First server of this client: its login parameters are the client's starting point

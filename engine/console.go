@@ -24,6 +24,7 @@ var consoleDatabases = map[string]bool{"pgbouncer": true, "pgbastion": true}
 // consoleCommands answer the console's SHOW commands; see SHOW HELP.
 var consoleCommands = map[string]func(*client) (consoleResult, error){
 	"POOLS":     (*client).showPools,
+	"STATS":     (*client).showStats,
 	"DATABASES": (*client).showDatabases,
 	"CONFIG":    (*client).showConfig,
 	"VERSION":   (*client).showVersion,
@@ -33,6 +34,7 @@ var consoleCommands = map[string]func(*client) (consoleResult, error){
 const consoleHelp = `Console usage
 	SHOW HELP
 	SHOW POOLS
+	SHOW STATS
 	SHOW DATABASES
 	SHOW CONFIG
 	SHOW VERSION
@@ -142,7 +144,7 @@ func (cl *client) consoleQuery(q string) []byte {
 		f, ok := consoleCommands[strings.ToUpper(fields[1])]
 		if !ok {
 			return fail(pgwire.FeatureNotSupported, fmt.Sprintf("SHOW %s is not available in PGBastion's console", fields[1]),
-				"SHOW HELP lists the commands; counters such as SHOW STATS's are in GET /metrics")
+				"SHOW HELP lists the commands; more counters are in GET /metrics")
 		}
 		res, err := f(cl)
 		if err != nil {
@@ -249,6 +251,72 @@ func (cl *client) showPools() (consoleResult, error) {
 		res.rows = append(res.rows, []string{k.db, k.user, itoa(max(0, a.clients-a.waiting)), itoa(a.waiting), "0", "0",
 			itoa(a.active), "0", "0", itoa(a.idle), "0", "0", "0", strconv.FormatInt(us/1e6, 10), strconv.FormatInt(us%1e6, 10),
 			mode, ""})
+	}
+	return res, nil
+}
+
+// showStats is SHOW STATS with PgBouncer's columns, one row per database (summed over its
+// users and backends). PGBastion counts servers assigned, transactions, queries (a
+// ReadyForQuery each), the time servers were assigned to clients (xact_time: in transaction
+// mode, the transactions' time) and the time clients waited; bytes, query time and parse and
+// bind counts per database it does not track, and those columns are 0. PgBouncer's avg_
+// columns cover its last stats_period; these cover the pool's life (rates per second since it
+// was created, times per transaction or per assignment).
+func (cl *client) showStats() (consoleResult, error) {
+	type agg struct {
+		PoolCounts
+		secs float64 // the oldest pool's age
+	}
+	sums := map[string]*agg{}
+	now := time.Now()
+	for _, p := range cl.e.Stats().Pools {
+		a := sums[p.Database]
+		if a == nil {
+			a = &agg{}
+			sums[p.Database] = a
+		}
+		c := p.Counts
+		a.Queries += c.Queries
+		a.Transactions += c.Transactions
+		a.Assignments += c.Assignments
+		a.Wait += c.Wait
+		a.Assigned += c.Assigned
+		a.secs = max(a.secs, now.Sub(c.Since).Seconds())
+	}
+	dbs := make([]string, 0, len(sums))
+	for db := range sums {
+		dbs = append(dbs, db)
+	}
+	slices.Sort(dbs)
+	names := []string{"database"}
+	for _, pre := range []string{"total_", "avg_"} {
+		for _, n := range []string{"server_assignment_count", "xact_count", "query_count", "received", "sent", "xact_time",
+			"query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count"} {
+			if pre == "avg_" && n == "received" {
+				n = "recv"
+			}
+			names = append(names, pre+n)
+		}
+	}
+	res := consoleResult{cols: textCols(names...)}
+	for i := 1; i < len(res.cols); i++ {
+		res.cols[i].num = true
+	}
+	u64 := func(v uint64) string { return strconv.FormatUint(v, 10) }
+	per := func(num float64, den float64) string {
+		if den <= 0 {
+			return "0"
+		}
+		return strconv.FormatInt(int64(num/den), 10)
+	}
+	for _, db := range dbs {
+		a := sums[db]
+		xactUS, waitUS := float64(a.Assigned.Microseconds()), float64(a.Wait.Microseconds())
+		res.rows = append(res.rows, []string{db,
+			u64(a.Assignments), u64(a.Transactions), u64(a.Queries), "0", "0",
+			strconv.FormatInt(a.Assigned.Microseconds(), 10), "0", strconv.FormatInt(a.Wait.Microseconds(), 10), "0", "0", "0",
+			per(float64(a.Assignments), a.secs), per(float64(a.Transactions), a.secs), per(float64(a.Queries), a.secs), "0", "0",
+			per(xactUS, float64(a.Transactions)), "0", per(waitUS, float64(a.Assignments)), "0", "0", "0"})
 	}
 	return res, nil
 }

@@ -103,6 +103,18 @@ func TestAdminConsole(t *testing.T) {
 		column(t, cols, rows[0], "pool_size") != "2" || column(t, cols, rows[0], "current_client_connections") != "3" {
 		t.Errorf("SHOW DATABASES: %v %v", cols, rows)
 	}
+	// Three SELECT 1, each a prepare and an execute by pgx (a Sync and a ReadyForQuery each),
+	// then the simple BEGIN: seven queries, six of them ended idle. A server was handed out
+	// for each (the prepare and the execute are transactions of their own), and for logins
+	// that had settings to apply.
+	cols, rows = consoleRows(t, con, "SHOW STATS")
+	if len(cols) != 23 || len(rows) != 1 || column(t, cols, rows[0], "database") != "postgres" ||
+		column(t, cols, rows[0], "total_xact_count") != "6" || column(t, cols, rows[0], "total_query_count") != "7" ||
+		column(t, cols, rows[0], "avg_recv") != "0" {
+		t.Errorf("SHOW STATS: %v %v", cols, rows)
+	} else if n, _ := strconv.Atoi(column(t, cols, rows[0], "total_server_assignment_count")); n < 7 || n > 10 {
+		t.Errorf("SHOW STATS: %d servers assigned, want 7 to 10", n)
+	}
 	if _, rows = consoleRows(t, con, "SHOW VERSION"); len(rows) != 1 || !strings.HasPrefix(rows[0][0], "PGBastion ") {
 		t.Errorf("SHOW VERSION: %v", rows)
 	}
@@ -119,9 +131,9 @@ func TestAdminConsole(t *testing.T) {
 
 	// What the console cannot do gets an error that says so; the session goes on.
 	var pe *pgconn.PgError
-	_, err := con.Exec(ctx, "SHOW STATS", pgx.QueryExecModeSimpleProtocol)
+	_, err := con.Exec(ctx, "SHOW CLIENTS", pgx.QueryExecModeSimpleProtocol)
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "/metrics") {
-		t.Errorf("SHOW STATS: %v", err)
+		t.Errorf("SHOW CLIENTS: %v", err)
 	}
 	_, err = con.Exec(ctx, "PAUSE postgres", pgx.QueryExecModeSimpleProtocol)
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "read-only") {

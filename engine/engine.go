@@ -575,6 +575,7 @@ type PoolStats struct {
 	Backend, Addr, Database, User string
 	// Clients is the number of client connections routed to the pool.
 	Clients int
+	Counts  PoolCounts
 	pool.Stats
 }
 
@@ -592,7 +593,7 @@ func (e *Engine) Stats() Stats {
 		b.mu.Lock()
 		for k, pe := range b.pools {
 			st.Pools = append(st.Pools, PoolStats{Backend: b.name, Addr: b.addr, Database: k.database, User: k.user,
-				Clients: int(max(0, pe.clients.Load())), Stats: pe.p.Stats(now)})
+				Clients: int(max(0, pe.clients.Load())), Counts: pe.counts(), Stats: pe.p.Stats(now)})
 		}
 		b.mu.Unlock()
 	}

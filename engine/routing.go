@@ -72,6 +72,10 @@ type poolEntry struct {
 	welcome atomic.Pointer[pool.Params]
 	// clients counts the client connections routed to this pool (see client.countedIn).
 	clients atomic.Int64
+	// ctr holds the pool's counts, one slot per event loop plus the stream path's; created is
+	// when the pool was made (the counts start there).
+	ctr     []poolCounters
+	created time.Time
 	// gone is cancelled when the backend is retired (it left its role): dials still under way
 	// to it give up at once instead of running into server_connect_timeout against a host
 	// that may be unreachable, and their clients route again.
@@ -85,7 +89,8 @@ func (b *backend) pool(e *Engine, k poolKey) *poolEntry {
 	pe := b.pools[k]
 	if pe == nil {
 		pe = &poolEntry{key: k, b: b, epoch: b.epoch,
-			p: pool.New[*server, *client](e.cfg.EventLoops, e.limits.Load().pool, e.dbCounter(b, k.database))}
+			p:   pool.New[*server, *client](e.cfg.EventLoops, e.limits.Load().pool, e.dbCounter(b, k.database)),
+			ctr: make([]poolCounters, e.cfg.EventLoops+1), created: time.Now()}
 		pe.gone, pe.cancelGone = context.WithCancel(context.Background())
 		b.pools[k] = pe
 	}

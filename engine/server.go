@@ -44,6 +44,9 @@ type server struct {
 	key    []byte
 
 	born, lastUsed time.Time
+	// attachedAt is when the server was attached to its client (zero: not attached, or
+	// already counted), for the pool's assigned time.
+	attachedAt time.Time
 
 	remain    int
 	remainFwd bool
@@ -406,6 +409,14 @@ func (s *server) handle(buf []byte) (int, error) {
 				return pos, fmt.Errorf("server sent an invalid ReadyForQuery")
 			}
 			s.tr.ReadyForQuery(st)
+			if cl != nil && v != pool.VerdictSwallow && cl.state == csReady {
+				// The client's own queries: not the proxy's, nor the end of its login.
+				c := s.pe.counters(s.lp)
+				c.queries.Add(1)
+				if st == pgwire.TxIdle {
+					c.xacts.Add(1)
+				}
+			}
 			for _, set := range s.pendingSets {
 				s.applySetting(cl, set, st)
 			}
@@ -714,6 +725,10 @@ func (s *server) release() {
 	}
 	now := s.clock()
 	s.lastUsed = now
+	if !s.attachedAt.IsZero() {
+		s.pe.counters(s.lp).assignedNanos.Add(uint64(max(0, now.Sub(s.attachedAt))))
+		s.attachedAt = time.Time{}
+	}
 	to, toLoop, handed, retire := s.pe.p.Release(s.home, s, s.born, now)
 	switch {
 	case retire:

@@ -194,6 +194,8 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 		ps := admin.PoolStatus{Backend: p.Backend, Database: p.Database, User: p.User, Clients: p.Clients,
 			ServersActive: p.Open - idle, ServersIdle: idle, Size: p.Size, Reserve: p.Reserve,
 			ClientsWaiting: p.Waiting, MaxWaitSeconds: p.MaxWait.Seconds(), Paused: p.Paused,
+			Transactions: p.Counts.Transactions, Queries: p.Counts.Queries, ServerAssignments: p.Counts.Assignments,
+			WaitSecondsTotal: p.Counts.Wait.Seconds(), AssignedSecondsTotal: p.Counts.Assigned.Seconds(),
 			Loops: make([]admin.PoolLoopStatus, len(p.Loops))}
 		for i, l := range p.Loops {
 			ps.Loops[i] = admin.PoolLoopStatus{Servers: max(0, l.Open), ServersIdle: l.Idle,
@@ -222,6 +224,11 @@ func (d *daemon) writeMetrics(vip *netlink.Manager) func(io.Writer) {
 			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_waiting_clients", kv...), uint64(p.ClientsWaiting))
 			metrics.WriteGaugeFloat64(w, admin.Label("pgbastion_pool_max_wait_seconds", kv...), p.MaxWaitSeconds)
 			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_paused", kv...), admin.Bool(p.Paused))
+			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_transactions_total", kv...), p.Transactions)
+			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_queries_total", kv...), p.Queries)
+			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_server_assignments_total", kv...), p.ServerAssignments)
+			metrics.WriteCounterFloat64(w, admin.Label("pgbastion_pool_client_wait_seconds_total", kv...), p.WaitSecondsTotal)
+			metrics.WriteCounterFloat64(w, admin.Label("pgbastion_pool_server_assigned_seconds_total", kv...), p.AssignedSecondsTotal)
 			for i, l := range p.Loops {
 				lkv := append(kv[:len(kv):len(kv)], "loop", strconv.Itoa(i))
 				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_server_connections", lkv...), uint64(l.Servers))

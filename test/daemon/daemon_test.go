@@ -70,6 +70,9 @@ func TestLifecycle(t *testing.T) {
 		}
 		return total, series
 	}
+	if tx, n := sum(`(?m)^pgbastion_pool_transactions_total\{backend="[^"]+",database="postgres",user="postgres"\} (\d+)$`); n != 1 || tx < 1 {
+		t.Fatalf("/metrics: pgbastion_pool_transactions_total %d over %d series, want one series counting the query above:\n%s", tx, n, text)
+	}
 	open, _ := sum(`(?m)^pgbastion_pool_server_connections\{backend="[^"]+",database="postgres",user="postgres",state="(?:active|idle)"\} (\d+)$`)
 	onLoops, loops := sum(`(?m)^pgbastion_pool_loop_server_connections\{backend="[^"]+",database="postgres",user="postgres",loop="\d+"\} (\d+)$`)
 	if loops == 0 || onLoops != open {
@@ -80,7 +83,7 @@ func TestLifecycle(t *testing.T) {
 	if err := api.Get("/proxy", &px); err != nil {
 		t.Fatal(err)
 	}
-	if px.Clients != 1 || px.WritesTo == "" || len(px.Pools) != 1 || px.Pools[0].ServersActive != 1 || px.Pools[0].Clients != 1 ||
+	if px.Clients != 1 || px.WritesTo == "" || len(px.Pools) != 1 || px.Pools[0].ServersActive != 1 || px.Pools[0].Clients != 1 || px.Pools[0].Transactions < 1 ||
 		px.Pools[0].Database != "postgres" || px.Pools[0].Size < 1 || len(px.Pools[0].Loops) != loops {
 		t.Fatalf("GET /proxy: %+v", px)
 	}

@@ -1,0 +1,49 @@
+package engine
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// poolCounters are one pool's counts on one event loop (the last slot: the stream path). Each
+// loop writes its own slot, so the atomics are uncontended on the hot path; readers add the
+// slots up. The padding keeps two loops' slots off a shared cache line.
+type poolCounters struct {
+	queries       atomic.Uint64 // ReadyForQuery sent to a client: queries (PgBouncer's query_count)
+	xacts         atomic.Uint64 // of which idle: transactions ended (xact_count)
+	assignments   atomic.Uint64 // servers attached to a client (server_assignment_count)
+	waitNanos     atomic.Uint64 // clients' time waiting for a server (wait_time)
+	assignedNanos atomic.Uint64 // servers' time attached to a client (xact_time, in transaction mode)
+	_             [128 - 5*8]byte
+}
+
+// PoolCounts are a pool's totals since it was created (Since).
+type PoolCounts struct {
+	Since                              time.Time
+	Queries, Transactions, Assignments uint64
+	// Wait is the time clients waited for a server; Assigned the time servers were attached
+	// to clients (in transaction mode, the time of the transactions).
+	Wait, Assigned time.Duration
+}
+
+// counters returns the slot of lp (nil: the stream path).
+func (pe *poolEntry) counters(lp *loop) *poolCounters {
+	if lp != nil && lp.idx < len(pe.ctr)-1 {
+		return &pe.ctr[lp.idx]
+	}
+	return &pe.ctr[len(pe.ctr)-1]
+}
+
+// counts adds up the slots.
+func (pe *poolEntry) counts() PoolCounts {
+	c := PoolCounts{Since: pe.created}
+	for i := range pe.ctr {
+		s := &pe.ctr[i]
+		c.Queries += s.queries.Load()
+		c.Transactions += s.xacts.Load()
+		c.Assignments += s.assignments.Load()
+		c.Wait += time.Duration(s.waitNanos.Load())
+		c.Assigned += time.Duration(s.assignedNanos.Load())
+	}
+	return c
+}
