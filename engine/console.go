@@ -113,10 +113,10 @@ func (cl *client) consoleQuery(q string) []byte {
 		q = q[:i]
 	}
 	if len(q) > 200 {
-		q = q[:200] + "…"
+		q = strings.ToValidUTF8(q[:200], "") + "…"
 	}
 	b := cl.scratchForClient()
-	defer func() { cl.e.m.consoleCommands.Inc() }()
+	defer cl.e.m.consoleCommands.Inc()
 	fields := strings.Fields(strings.TrimRight(strings.TrimSpace(q), "; \t\r\n"))
 	fail := func(code, msg, hint string) []byte {
 		b = pgwire.AppendError(b, pgwire.MsgErrorResponse, pgwire.SeverityError, code, msg, hint)
@@ -127,14 +127,14 @@ func (cl *client) consoleQuery(q string) []byte {
 		b = pgwire.AppendEmpty(b, pgwire.MsgEmptyQueryResponse)
 	case strings.EqualFold(fields[0], "SET"):
 		// Drivers set these on connecting; the console has nothing to change.
-		name := strings.ToLower(strings.Trim(strings.TrimSuffix(strings.Join(fields[1:], " "), ""), " "))
-		name, _, _ = strings.Cut(name, "=")
+		// SET name = value, SET name TO value: the name ends at '=' or a space.
+		name, _, _ := strings.Cut(strings.ToLower(strings.Join(fields[1:], " ")), "=")
 		name, _, _ = strings.Cut(strings.TrimSpace(name), " ")
 		switch name {
 		case "client_encoding", "application_name", "extra_float_digits", "datestyle", "timezone", "search_path":
 			b = pgwire.AppendCommandComplete(b, "SET")
 		default:
-			return fail(pgwire.FeatureNotSupported, fmt.Sprintf("SET %s: the admin console cannot change settings", name),
+			return fail(pgwire.FeatureNotSupported, fmt.Sprintf("SET %q: the admin console cannot change settings", name),
 				"change the setting in the configuration file and restart pgbastion")
 		}
 	case strings.EqualFold(fields[0], "SHOW") && len(fields) == 2 && strings.EqualFold(fields[1], "HELP"):
@@ -143,7 +143,7 @@ func (cl *client) consoleQuery(q string) []byte {
 	case strings.EqualFold(fields[0], "SHOW") && len(fields) == 2:
 		f, ok := consoleCommands[strings.ToUpper(fields[1])]
 		if !ok {
-			return fail(pgwire.FeatureNotSupported, fmt.Sprintf("SHOW %s is not available in PGBastion's console", fields[1]),
+			return fail(pgwire.FeatureNotSupported, fmt.Sprintf("SHOW %q is not available in PGBastion's console", fields[1]),
 				"SHOW HELP lists the commands; more counters are in GET /metrics")
 		}
 		res, err := f(cl)
