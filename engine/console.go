@@ -25,6 +25,7 @@ var consoleDatabases = map[string]bool{"pgbouncer": true, "pgbastion": true}
 var consoleCommands = map[string]func(*client) (consoleResult, error){
 	"POOLS":     (*client).showPools,
 	"STATS":     (*client).showStats,
+	"LISTS":     (*client).showLists,
 	"DATABASES": (*client).showDatabases,
 	"CONFIG":    (*client).showConfig,
 	"VERSION":   (*client).showVersion,
@@ -35,6 +36,7 @@ const consoleHelp = `Console usage
 	SHOW HELP
 	SHOW POOLS
 	SHOW STATS
+	SHOW LISTS
 	SHOW DATABASES
 	SHOW CONFIG
 	SHOW VERSION
@@ -317,6 +319,29 @@ func (cl *client) showStats() (consoleResult, error) {
 			strconv.FormatInt(a.Assigned.Microseconds(), 10), "0", strconv.FormatInt(a.Wait.Microseconds(), 10), "0", "0", "0",
 			per(float64(a.Assignments), a.secs), per(float64(a.Transactions), a.secs), per(float64(a.Queries), a.secs), "0", "0",
 			per(xactUS, float64(a.Transactions)), "0", per(waitUS, float64(a.Assignments)), "0", "0", "0"})
+	}
+	return res, nil
+}
+
+// showLists is SHOW LISTS with PgBouncer's rows. PGBastion keeps no free lists of client or
+// server objects and no DNS cache, so those rows are 0; login_clients (clients still logging
+// in) it does not count apart, and that row is 0 too.
+func (cl *client) showLists() (consoleResult, error) {
+	st := cl.e.Stats()
+	dbs, users := map[string]bool{}, map[string]bool{}
+	servers := 0
+	for _, p := range st.Pools {
+		dbs[p.Database], users[p.User] = true, true
+		servers += p.Open
+	}
+	res := consoleResult{cols: []consoleCol{{name: "list"}, {name: "items", num: true}}}
+	for _, r := range []struct {
+		name string
+		n    int
+	}{{"databases", len(dbs)}, {"users", len(users)}, {"pools", len(st.Pools)}, {"free_clients", 0},
+		{"used_clients", int(max(0, st.Clients))}, {"login_clients", 0}, {"free_servers", 0}, {"used_servers", servers},
+		{"dns_names", 0}, {"dns_zones", 0}, {"dns_queries", 0}, {"dns_pending", 0}} {
+		res.rows = append(res.rows, []string{r.name, itoa(r.n)})
 	}
 	return res, nil
 }

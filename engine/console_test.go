@@ -115,6 +115,14 @@ func TestAdminConsole(t *testing.T) {
 	} else if n, _ := strconv.Atoi(column(t, cols, rows[0], "total_server_assignment_count")); n < 7 || n > 10 {
 		t.Errorf("SHOW STATS: %d servers assigned, want 7 to 10", n)
 	}
+	// Four clients (the console's own included), one pool, its servers.
+	lists := map[string]string{}
+	for _, r := range func() [][]string { _, r := consoleRows(t, con, "SHOW LISTS"); return r }() {
+		lists[r[0]] = r[1]
+	}
+	if lists["databases"] != "1" || lists["pools"] != "1" || lists["used_clients"] != "4" || lists["used_servers"] == "0" || len(lists) != 12 {
+		t.Errorf("SHOW LISTS: %v", lists)
+	}
 	if _, rows = consoleRows(t, con, "SHOW VERSION"); len(rows) != 1 || !strings.HasPrefix(rows[0][0], "PGBastion ") {
 		t.Errorf("SHOW VERSION: %v", rows)
 	}
