@@ -69,7 +69,7 @@ type Notifier struct {
 	self selfState
 
 	// Owned by Run's goroutine: whether this node led at the last state, and the IDs of the
-	// events it queued for the webhooks (pruned to those still in recent).
+	// recent events it queued for the webhooks (remember forgets those no longer recent).
 	leading bool
 	queued  map[string]struct{}
 
@@ -118,6 +118,11 @@ func (n *Notifier) remember(evs []Event) {
 	defer n.recentMu.Unlock()
 	n.recent = append(n.recent, evs...)
 	if over := len(n.recent) - recentLimit; over > 0 {
+		// What is no longer recent cannot be delivered again: forget that it was queued, so
+		// that a node that leads for months does not keep every ID it ever sent.
+		for _, e := range n.recent[:over] {
+			delete(n.queued, e.ID)
+		}
 		n.recent = slices.Delete(n.recent, 0, over)
 	}
 	for ch := range n.subs {
@@ -294,20 +299,16 @@ func (n *Notifier) enqueue(e Event) {
 }
 
 // undelivered returns the recent events from the last redeliverWindow that this node has not
-// queued itself, oldest first, and forgets queued IDs that are no longer recent.
+// queued itself, oldest first.
 func (n *Notifier) undelivered(now time.Time) []Event {
 	n.recentMu.Lock()
 	defer n.recentMu.Unlock()
 	var out []Event
-	keep := make(map[string]struct{}, len(n.queued))
 	for _, e := range n.recent {
-		if _, done := n.queued[e.ID]; done {
-			keep[e.ID] = struct{}{}
-		} else if now.Sub(e.At) <= redeliverWindow {
+		if _, done := n.queued[e.ID]; !done && now.Sub(e.At) <= redeliverWindow {
 			out = append(out, e)
 		}
 	}
-	n.queued = keep
 	return out
 }
 

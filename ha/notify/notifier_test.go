@@ -699,3 +699,30 @@ func TestFirstStateGivesThePast(t *testing.T) {
 		t.Errorf("delivered: %s", all.received()[0].body)
 	}
 }
+
+// A node that leads for a long time does not keep every event ID it sent: only those still
+// among the recent events, which are all a new leadership could send again.
+func TestQueuedIDsStayBounded(t *testing.T) {
+	all := newReceiver(t)
+	hooks := []Webhook{{URL: all.srv.URL}}
+	if err := hooks[0].Validate("webhooks"); err != nil {
+		t.Fatal(err)
+	}
+	n := New(Callbacks{}, hooks, Options{Cluster: "main", Node: "db1", IsLeader: func() bool { return true }, Metrics: metrics.NewSet()})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer n.startWorkers(ctx).Wait()
+	defer cancel()
+	prev := cluster(10)
+	for i := range recentLimit + 100 {
+		cur := next(prev, prev.Index+1)
+		cur.Paused = i%2 == 0 // a maintenance event each time
+		n.observe(prev, cur)
+		prev = cur
+	}
+	if got := len(n.Recent()); got != recentLimit {
+		t.Fatalf("%d recent events, want %d", got, recentLimit)
+	}
+	if got := len(n.queued); got > recentLimit {
+		t.Fatalf("%d queued IDs kept, want at most the %d recent events", got, recentLimit)
+	}
+}
