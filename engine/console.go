@@ -1,10 +1,9 @@
 package engine
 
 import (
-	"cmp"
+	"encoding/binary"
 	"fmt"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -170,7 +169,7 @@ func (cl *client) consoleQuery(q string) []byte {
 func (r consoleResult) append(b []byte) []byte {
 	start := len(b)
 	b = append(b, pgwire.MsgRowDescription, 0, 0, 0, 0)
-	b = appendUint16(b, uint16(len(r.cols)))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.cols)))
 	for _, c := range r.cols {
 		oid, size := uint32(25), int16(-1) // text
 		if c.num {
@@ -179,67 +178,29 @@ func (r consoleResult) append(b []byte) []byte {
 		b = append(b, c.name...)
 		b = append(b, 0)
 		b = append(b, 0, 0, 0, 0, 0, 0) // table OID, column number
-		b = appendUint32(b, oid)
-		b = appendUint16(b, uint16(size))
+		b = binary.BigEndian.AppendUint32(b, oid)
+		b = binary.BigEndian.AppendUint16(b, uint16(size))
 		b = append(b, 0xff, 0xff, 0xff, 0xff, 0, 0) // type modifier -1, text format
 	}
-	putLen(b[start:])
+	pgwire.PutHeader(b[start:], pgwire.MsgRowDescription, len(b)-start-pgwire.HeaderLen)
 	for _, row := range r.rows {
 		start = len(b)
 		b = append(b, pgwire.MsgDataRow, 0, 0, 0, 0)
-		b = appendUint16(b, uint16(len(row)))
+		b = binary.BigEndian.AppendUint16(b, uint16(len(row)))
 		for _, v := range row {
-			b = appendUint32(b, uint32(len(v)))
+			b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
 			b = append(b, v...)
 		}
-		putLen(b[start:])
+		pgwire.PutHeader(b[start:], pgwire.MsgDataRow, len(b)-start-pgwire.HeaderLen)
 	}
 	return b
 }
-
-func appendUint16(b []byte, v uint16) []byte { return append(b, byte(v>>8), byte(v)) }
-func appendUint32(b []byte, v uint32) []byte {
-	return append(b, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
-}
-
-// putLen fills in the length word of the message that msg holds whole.
-func putLen(msg []byte) {
-	n := uint32(len(msg) - 1)
-	msg[1], msg[2], msg[3], msg[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
-}
-
-func itoa(n int) string { return strconv.Itoa(n) }
 
 // showPools is SHOW POOLS with PgBouncer's columns: one row per database and user, summed
 // over the backends serving them (the per-backend detail is in GET /proxy). PGBastion does
 // not track servers being tested, logging in or cancelled, nor cancel requests waiting:
 // those columns are 0.
 func (cl *client) showPools() (consoleResult, error) {
-	type key struct{ db, user string }
-	type agg struct {
-		clients, waiting, active, idle int
-		maxWait                        time.Duration
-	}
-	sums := map[key]*agg{}
-	for _, p := range cl.e.Stats().Pools {
-		k := key{p.Database, p.User}
-		a := sums[k]
-		if a == nil {
-			a = &agg{}
-			sums[k] = a
-		}
-		idle := min(p.Idle, p.Open)
-		a.clients += p.Clients
-		a.waiting += p.Waiting
-		a.active += p.Open - idle
-		a.idle += idle
-		a.maxWait = max(a.maxWait, p.MaxWait)
-	}
-	keys := make([]key, 0, len(sums))
-	for k := range sums {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b key) int { return cmp.Or(cmp.Compare(a.db, b.db), cmp.Compare(a.user, b.user)) })
 	res := consoleResult{cols: textCols("database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
 		"cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
 		"sv_login", "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts")}
@@ -247,12 +208,20 @@ func (cl *client) showPools() (consoleResult, error) {
 		res.cols[i].num = true
 	}
 	mode := string(cl.e.cfg.Pool.Mode)
-	for _, k := range keys {
-		a := sums[k]
-		us := a.maxWait.Microseconds()
-		res.rows = append(res.rows, []string{k.db, k.user, itoa(max(0, a.clients-a.waiting)), itoa(a.waiting), "0", "0",
-			itoa(a.active), "0", "0", itoa(a.idle), "0", "0", "0", strconv.FormatInt(us/1e6, 10), strconv.FormatInt(us%1e6, 10),
-			mode, ""})
+	pools := cl.e.Stats().Pools // ordered by database and user: a row's pools are neighbours
+	for i := 0; i < len(pools); {
+		first := pools[i]
+		var clients, waiting, active, idle int
+		var maxWait time.Duration
+		for ; i < len(pools) && pools[i].Database == first.Database && pools[i].User == first.User; i++ {
+			p := pools[i]
+			clients, waiting, active, idle = clients+p.Clients, waiting+p.Waiting, active+p.Busy(), idle+p.IdleServers()
+			maxWait = max(maxWait, p.MaxWait)
+		}
+		us := maxWait.Microseconds()
+		res.rows = append(res.rows, []string{first.Database, first.User, strconv.Itoa(max(0, clients-waiting)),
+			strconv.Itoa(waiting), "0", "0", strconv.Itoa(active), "0", "0", strconv.Itoa(idle), "0", "0", "0",
+			strconv.FormatInt(us/1e6, 10), strconv.FormatInt(us%1e6, 10), mode, ""})
 	}
 	return res, nil
 }
@@ -265,31 +234,6 @@ func (cl *client) showPools() (consoleResult, error) {
 // columns cover its last stats_period; these cover the pool's life (rates per second since it
 // was created, times per transaction or per assignment).
 func (cl *client) showStats() (consoleResult, error) {
-	type agg struct {
-		PoolCounts
-		secs float64 // the oldest pool's age
-	}
-	sums := map[string]*agg{}
-	now := time.Now()
-	for _, p := range cl.e.Stats().Pools {
-		a := sums[p.Database]
-		if a == nil {
-			a = &agg{}
-			sums[p.Database] = a
-		}
-		c := p.Counts
-		a.Queries += c.Queries
-		a.Transactions += c.Transactions
-		a.Assignments += c.Assignments
-		a.Wait += c.Wait
-		a.Assigned += c.Assigned
-		a.secs = max(a.secs, now.Sub(c.Since).Seconds())
-	}
-	dbs := make([]string, 0, len(sums))
-	for db := range sums {
-		dbs = append(dbs, db)
-	}
-	slices.Sort(dbs)
 	names := []string{"database"}
 	for _, pre := range []string{"total_", "avg_"} {
 		for _, n := range []string{"server_assignment_count", "xact_count", "query_count", "received", "sent", "xact_time",
@@ -311,13 +255,21 @@ func (cl *client) showStats() (consoleResult, error) {
 		}
 		return strconv.FormatInt(int64(num/den), 10)
 	}
-	for _, db := range dbs {
-		a := sums[db]
+	now := time.Now()
+	pools := cl.e.Stats().Pools // ordered by database: a row's pools are neighbours
+	for i := 0; i < len(pools); {
+		db := pools[i].Database
+		var a PoolCounts
+		var secs float64 // the oldest pool's age
+		for ; i < len(pools) && pools[i].Database == db; i++ {
+			a.add(pools[i].Counts)
+			secs = max(secs, now.Sub(pools[i].Counts.Since).Seconds())
+		}
 		xactUS, waitUS := float64(a.Assigned.Microseconds()), float64(a.Wait.Microseconds())
 		res.rows = append(res.rows, []string{db,
 			u64(a.Assignments), u64(a.Transactions), u64(a.Queries), "0", "0",
 			strconv.FormatInt(a.Assigned.Microseconds(), 10), "0", strconv.FormatInt(a.Wait.Microseconds(), 10), "0", "0", "0",
-			per(float64(a.Assignments), a.secs), per(float64(a.Transactions), a.secs), per(float64(a.Queries), a.secs), "0", "0",
+			per(float64(a.Assignments), secs), per(float64(a.Transactions), secs), per(float64(a.Queries), secs), "0", "0",
 			per(xactUS, float64(a.Transactions)), "0", per(waitUS, float64(a.Assignments)), "0", "0", "0"})
 	}
 	return res, nil
@@ -341,7 +293,7 @@ func (cl *client) showLists() (consoleResult, error) {
 	}{{"databases", len(dbs)}, {"users", len(users)}, {"pools", len(st.Pools)}, {"free_clients", 0},
 		{"used_clients", int(max(0, st.Clients))}, {"login_clients", 0}, {"free_servers", 0}, {"used_servers", servers},
 		{"dns_names", 0}, {"dns_zones", 0}, {"dns_queries", 0}, {"dns_pending", 0}} {
-		res.rows = append(res.rows, []string{r.name, itoa(r.n)})
+		res.rows = append(res.rows, []string{r.name, strconv.Itoa(r.n)})
 	}
 	return res, nil
 }
@@ -351,9 +303,6 @@ func (cl *client) showLists() (consoleResult, error) {
 func (cl *client) showDatabases() (consoleResult, error) {
 	cfg := &cl.e.cfg.Pool
 	pools := cl.e.Stats().Pools
-	slices.SortFunc(pools, func(a, b PoolStats) int {
-		return cmp.Or(cmp.Compare(a.Database, b.Database), cmp.Compare(a.Backend, b.Backend), cmp.Compare(a.User, b.User))
-	})
 	res := consoleResult{cols: textCols("name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
 		"reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts", "max_connections", "current_connections",
 		"max_client_connections", "current_client_connections", "paused", "disabled")}
@@ -365,9 +314,9 @@ func (cl *client) showDatabases() (consoleResult, error) {
 		if err != nil {
 			host, port = p.Addr, ""
 		}
-		res.rows = append(res.rows, []string{p.Database, host, port, p.Database, p.User, itoa(p.Size), itoa(cfg.MinPoolSize),
-			itoa(p.Reserve), itoa(int(cfg.ServerLifetime / time.Second)), string(cfg.Mode), "", itoa(cfg.MaxDBConnections),
-			itoa(p.Open), "0", itoa(p.Clients), boolDigit(p.Paused), "0"})
+		res.rows = append(res.rows, []string{p.Database, host, port, p.Database, p.User, strconv.Itoa(p.Size), strconv.Itoa(cfg.MinPoolSize),
+			strconv.Itoa(p.Reserve), strconv.Itoa(int(cfg.ServerLifetime / time.Second)), string(cfg.Mode), "", strconv.Itoa(cfg.MaxDBConnections),
+			strconv.Itoa(p.Open), "0", strconv.Itoa(p.Clients), boolDigit(p.Paused), "0"})
 	}
 	return res, nil
 }
@@ -388,16 +337,16 @@ func (cl *client) showConfig() (consoleResult, error) {
 	rows := [][3]string{
 		{"auth_type", c.Auth.Method, d.Auth.Method},
 		{"client_idle_timeout", secs(p.ClientIdleTimeout), secs(dp.ClientIdleTimeout)},
-		{"default_pool_size", itoa(p.DefaultPoolSize), itoa(dp.DefaultPoolSize)},
+		{"default_pool_size", strconv.Itoa(p.DefaultPoolSize), strconv.Itoa(dp.DefaultPoolSize)},
 		{"idle_transaction_timeout", secs(p.IdleTransactionTimeout), secs(dp.IdleTransactionTimeout)},
 		{"listen_addr", c.ListenRW, d.ListenRW},
-		{"max_client_conn", itoa(p.MaxClientConn), itoa(dp.MaxClientConn)},
-		{"max_db_connections", itoa(p.MaxDBConnections), itoa(dp.MaxDBConnections)},
-		{"max_prepared_statements", itoa(p.MaxPreparedStatements), itoa(dp.MaxPreparedStatements)},
-		{"min_pool_size", itoa(p.MinPoolSize), itoa(dp.MinPoolSize)},
+		{"max_client_conn", strconv.Itoa(p.MaxClientConn), strconv.Itoa(dp.MaxClientConn)},
+		{"max_db_connections", strconv.Itoa(p.MaxDBConnections), strconv.Itoa(dp.MaxDBConnections)},
+		{"max_prepared_statements", strconv.Itoa(p.MaxPreparedStatements), strconv.Itoa(dp.MaxPreparedStatements)},
+		{"min_pool_size", strconv.Itoa(p.MinPoolSize), strconv.Itoa(dp.MinPoolSize)},
 		{"pool_mode", string(p.Mode), string(dp.Mode)},
 		{"query_wait_timeout", secs(p.QueryWaitTimeout), secs(dp.QueryWaitTimeout)},
-		{"reserve_pool_size", itoa(p.ReservePoolSize), itoa(dp.ReservePoolSize)},
+		{"reserve_pool_size", strconv.Itoa(p.ReservePoolSize), strconv.Itoa(dp.ReservePoolSize)},
 		{"reserve_pool_timeout", secs(p.ReservePoolTimeout), secs(dp.ReservePoolTimeout)},
 		{"server_check_delay", secs(p.ServerCheckDelay), secs(dp.ServerCheckDelay)},
 		{"server_connect_timeout", secs(p.ServerConnectTimeout), secs(dp.ServerConnectTimeout)},

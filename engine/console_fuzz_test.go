@@ -16,12 +16,7 @@ func FuzzConsoleQuery(f *testing.F) {
 		"SHOW", "SHOW POOLS extra", "SET", "SET =", "\x00", "SHOW\tPOOLS\n;;"} {
 		f.Add(q)
 	}
-	cfg := DefaultConfig()
-	cfg.AdminUsers = []string{"admin"}
-	e, err := New(cfg, Options{})
-	if err != nil {
-		f.Fatal(err)
-	}
+	e := consoleEngine(f)
 	cl := newClient(e, RoleRW)
 	f.Fuzz(func(t *testing.T, q string) {
 		out := cl.consoleQuery(q)
@@ -49,14 +44,54 @@ func FuzzConsoleQuery(f *testing.F) {
 // The query ends at its first NUL, so no field of an answer carries one into the client's
 // parser (a NUL would end the field early).
 func TestConsoleQueryStopsAtNUL(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.AdminUsers = []string{"admin"}
-	e, err := New(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := consoleEngine(t)
 	out := string(newClient(e, RoleRW).consoleQuery("BOGUS\x00SHOW POOLS"))
 	if !strings.Contains(out, `unknown console command "BOGUS"`) || strings.Contains(out, "SHOW POOLS") {
 		t.Fatalf("answer %q", out)
 	}
+}
+
+// SHOW POOLS sums a database and user over the backends serving it, and SHOW STATS a
+// database over its users and backends, whatever order the backends were met in.
+func TestConsoleSumsOverBackends(t *testing.T) {
+	e := consoleEngine(t)
+	e.routeMu.Lock()
+	for _, addr := range []string{"10.0.0.2:5432", "10.0.0.1:5432"} {
+		b := e.backendFor(addr, nil)
+		for _, k := range []poolKey{{"app", "web"}, {"app", "batch"}, {"zeta", "web"}} {
+			pe := b.pool(e, k)
+			pe.clients.Add(2)
+			pe.counters(nil).xacts.Add(3)
+		}
+	}
+	e.routeMu.Unlock()
+	cl := newClient(e, RoleRW)
+	res, err := cl.showPools()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range res.rows {
+		got = append(got, r[0]+"/"+r[1]+":"+r[2])
+	}
+	if want := "app/batch:4 app/web:4 zeta/web:4"; strings.Join(got, " ") != want {
+		t.Errorf("SHOW POOLS rows (database/user:cl_active) %v, want %s", got, want)
+	}
+	if res, err = cl.showStats(); err != nil || len(res.rows) != 2 || res.rows[0][0] != "app" || res.rows[0][2] != "12" ||
+		res.rows[1][0] != "zeta" || res.rows[1][2] != "6" {
+		t.Errorf("SHOW STATS rows %v, %v; want app with 12 transactions, zeta with 6", res.rows, err)
+	}
+}
+
+// consoleEngine is an engine with an admin console that is not running: enough to answer
+// console queries.
+func consoleEngine(tb testing.TB) *Engine {
+	tb.Helper()
+	cfg := DefaultConfig()
+	cfg.AdminUsers = []string{"admin"}
+	e, err := New(cfg, Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return e
 }

@@ -136,11 +136,11 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		e.m = NewMetrics(nil)
 	}
 	e.version = cmp.Or(opts.Version, "dev")
-	for _, u := range append(slices.Clone(cfg.AdminUsers), cfg.StatsUsers...) {
-		if e.consoleUsers == nil {
-			e.consoleUsers = map[string]bool{}
+	if n := len(cfg.AdminUsers) + len(cfg.StatsUsers); n > 0 {
+		e.consoleUsers = make(map[string]bool, n)
+		for _, u := range slices.Concat(cfg.AdminUsers, cfg.StatsUsers) {
+			e.consoleUsers[u] = true
 		}
-		e.consoleUsers[u] = true
 	}
 	e.txnLimits.Set(pgwire.MsgParse, cfg.MaxMessageSize)
 	e.limits.Store(&limitSet{pool: cfg.Pool.Limits(), maxDB: cfg.Pool.MaxDBConnections})
@@ -579,7 +579,7 @@ type PoolStats struct {
 	pool.Stats
 }
 
-// Stats returns the current counters.
+// Stats returns the current counters, pools ordered by database, user and backend.
 func (e *Engine) Stats() Stats {
 	st := Stats{Clients: e.clients.Load(), Primary: addrOf(e.routing.Load().primary)}
 	e.routeMu.Lock()
@@ -597,6 +597,11 @@ func (e *Engine) Stats() Stats {
 		}
 		b.mu.Unlock()
 	}
+	// Pools come from maps: one order for every reader (the API, /metrics, the console's
+	// per-database sums, which add up neighbours).
+	slices.SortFunc(st.Pools, func(a, b PoolStats) int {
+		return cmp.Or(cmp.Compare(a.Database, b.Database), cmp.Compare(a.User, b.User), cmp.Compare(a.Backend, b.Backend))
+	})
 	return st
 }
 

@@ -26,6 +26,15 @@ type PoolCounts struct {
 	Wait, Assigned time.Duration
 }
 
+// add adds o's totals to c (Since stays c's).
+func (c *PoolCounts) add(o PoolCounts) {
+	c.Queries += o.Queries
+	c.Transactions += o.Transactions
+	c.Assignments += o.Assignments
+	c.Wait += o.Wait
+	c.Assigned += o.Assigned
+}
+
 // counters returns the slot of lp (nil: the stream path).
 func (pe *poolEntry) counters(lp *loop) *poolCounters {
 	if lp != nil && lp.idx < len(pe.ctr)-1 {
@@ -39,11 +48,8 @@ func (pe *poolEntry) counts() PoolCounts {
 	c := PoolCounts{Since: pe.created}
 	for i := range pe.ctr {
 		s := &pe.ctr[i]
-		c.Queries += s.queries.Load()
-		c.Transactions += s.xacts.Load()
-		c.Assignments += s.assignments.Load()
-		c.Wait += time.Duration(s.waitNanos.Load())
-		c.Assigned += time.Duration(s.assignedNanos.Load())
+		c.add(PoolCounts{Queries: s.queries.Load(), Transactions: s.xacts.Load(), Assignments: s.assignments.Load(),
+			Wait: time.Duration(s.waitNanos.Load()), Assigned: time.Duration(s.assignedNanos.Load())})
 	}
 	return c
 }

@@ -227,6 +227,10 @@ type Stats struct {
 	Loops []LoopStats
 }
 
+// Busy is the number of open servers attached to a client; IdleServers those waiting for one.
+func (s Stats) Busy() int        { return s.Open - s.IdleServers() }
+func (s Stats) IdleServers() int { return min(s.Idle, s.Open) }
+
 // LoopStats is one event loop's part of a pool.
 type LoopStats struct {
 	Open, Idle, Waiting int

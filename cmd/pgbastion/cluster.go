@@ -1,13 +1,11 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -190,9 +188,8 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 	st := d.proxy.Stats()
 	out := admin.ProxyStatus{Clients: max(0, st.Clients), WritesTo: st.Primary, Pools: make([]admin.PoolStatus, 0, len(st.Pools))}
 	for _, p := range st.Pools {
-		idle := min(p.Idle, p.Open)
 		ps := admin.PoolStatus{Backend: p.Backend, Database: p.Database, User: p.User, Clients: p.Clients,
-			ServersActive: p.Open - idle, ServersIdle: idle, Size: p.Size, Reserve: p.Reserve,
+			ServersActive: p.Busy(), ServersIdle: p.IdleServers(), Size: p.Size, Reserve: p.Reserve,
 			ClientsWaiting: p.Waiting, MaxWaitSeconds: p.MaxWait.Seconds(), Paused: p.Paused,
 			Transactions: p.Counts.Transactions, Queries: p.Counts.Queries, ServerAssignments: p.Counts.Assignments,
 			WaitSecondsTotal: p.Counts.Wait.Seconds(), AssignedSecondsTotal: p.Counts.Assigned.Seconds(),
@@ -203,10 +200,6 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 		}
 		out.Pools = append(out.Pools, ps)
 	}
-	// Pools come from maps: a stable order keeps the CLI's table and the UI from jumping.
-	slices.SortFunc(out.Pools, func(a, b admin.PoolStatus) int {
-		return cmp.Or(cmp.Compare(a.Backend, b.Backend), cmp.Compare(a.Database, b.Database), cmp.Compare(a.User, b.User))
-	})
 	return out
 }
 

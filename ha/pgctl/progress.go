@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -89,8 +90,8 @@ func (c *Controller) upstreamSize(ctx context.Context, host string, port int) in
 	if res.Err != nil || len(res.Rows) != 1 || res.Rows[0][0] == nil {
 		return 0
 	}
-	var n int64
-	if _, err := fmt.Sscan(string(res.Rows[0][0]), &n); err != nil {
+	n, err := strconv.ParseInt(string(res.Rows[0][0]), 10, 64)
+	if err != nil {
 		return 0
 	}
 	return n
