@@ -103,6 +103,9 @@ type client struct {
 
 	cancel atomic.Pointer[cancelTarget]
 
+	// consoleBusy: an admin console client waits for its SHOW CLIENTS/SERVERS answer.
+	consoleBusy bool
+
 	closed bool
 }
 
@@ -1406,6 +1409,11 @@ func (cl *client) cleanup() {
 	cl.closed = true
 	cl.state = csClosed
 	cl.e.clients.Add(-1)
+	if cl.stream != nil {
+		cl.e.streamMu.Lock()
+		delete(cl.e.streamClients, cl)
+		cl.e.streamMu.Unlock()
+	}
 	if cl.countedIn != nil {
 		cl.countedIn.clients.Add(-1)
 		cl.countedIn = nil

@@ -30,6 +30,26 @@ var consoleCommands = map[string]func(*client) (consoleResult, error){
 	"VERSION":   (*client).showVersion,
 }
 
+// connCommands list connections; they need every event loop's answer (Engine.Conns).
+var connCommands = map[string]func([]Conn) consoleResult{
+	"CLIENTS": showClients,
+	"SERVERS": showServers,
+}
+
+// consoleFields splits a console query into words, without its trailing semicolons.
+func consoleFields(q string) []string {
+	if i := strings.IndexByte(q, 0); i >= 0 {
+		q = q[:i]
+	}
+	return strings.Fields(strings.TrimRight(strings.TrimSpace(q), "; \t\r\n"))
+}
+
+// listsConns reports whether a console query is SHOW CLIENTS or SHOW SERVERS.
+func listsConns(q string) bool {
+	f := consoleFields(q)
+	return len(f) == 2 && strings.EqualFold(f[0], "SHOW") && connCommands[strings.ToUpper(f[1])] != nil
+}
+
 // consoleHelp is SHOW HELP's notice.
 const consoleHelp = `Console usage
 	SHOW HELP
@@ -37,6 +57,8 @@ const consoleHelp = `Console usage
 	SHOW STATS
 	SHOW LISTS
 	SHOW DATABASES
+	SHOW CLIENTS
+	SHOW SERVERS
 	SHOW CONFIG
 	SHOW VERSION
 Per-backend detail: GET /proxy or pgbastion ctl pools; counters: GET /metrics.`
@@ -84,6 +106,9 @@ func (cl *client) enterConsole() error {
 
 // handleConsole answers one message of a console client.
 func (cl *client) handleConsole(buf []byte) (int, error) {
+	if cl.consoleBusy {
+		return 0, nil // the answer to SHOW CLIENTS/SERVERS comes first
+	}
 	typ, body, n, err := cl.nextMessage(buf)
 	if err != nil || n == 0 {
 		return 0, err
@@ -92,7 +117,31 @@ func (cl *client) handleConsole(buf []byte) (int, error) {
 	case pgwire.MsgTerminate:
 		cl.closeNow()
 	case pgwire.MsgQuery:
-		cl.send(cl.consoleQuery(string(body)))
+		q := string(body)
+		if !listsConns(q) {
+			cl.send(cl.consoleQuery(q, nil))
+			break
+		}
+		if cl.stream != nil {
+			// The stream path runs on the client's own goroutine, which may wait for the loops.
+			cl.send(cl.consoleQuery(q, cl.e.Conns(cl)))
+			break
+		}
+		// On an event loop: listing waits for every loop, this one included, so it runs on a
+		// goroutine and answers through the loop; the client's next messages wait until then.
+		cl.consoleBusy = true
+		lp := cl.lp
+		go func() {
+			conns := cl.e.Conns(nil)
+			lp.exec(func() {
+				cl.consoleBusy = false
+				if cl.closed {
+					return
+				}
+				cl.send(cl.consoleQuery(q, conns))
+				cl.process()
+			})
+		}()
 	case pgwire.MsgSync:
 		cl.send(pgwire.AppendReadyForQuery(cl.scratchForClient(), pgwire.TxIdle))
 	case pgwire.MsgFlush:
@@ -107,9 +156,11 @@ func (cl *client) handleConsole(buf []byte) (int, error) {
 }
 
 // consoleQuery runs one simple query and returns its answer, ending with ReadyForQuery.
-func (cl *client) consoleQuery(q string) []byte {
+// conns are the connections listed for SHOW CLIENTS and SHOW SERVERS.
+func (cl *client) consoleQuery(q string, conns []Conn) []byte {
 	// A query is a C string: it ends at the first NUL, as in PostgreSQL. Echoed in errors, it
 	// is cut short.
+	fields := consoleFields(q)
 	if i := strings.IndexByte(q, 0); i >= 0 {
 		q = q[:i]
 	}
@@ -118,7 +169,6 @@ func (cl *client) consoleQuery(q string) []byte {
 	}
 	b := cl.scratchForClient()
 	defer cl.e.m.consoleCommands.Inc()
-	fields := strings.Fields(strings.TrimRight(strings.TrimSpace(q), "; \t\r\n"))
 	fail := func(code, msg, hint string) []byte {
 		b = pgwire.AppendError(b, pgwire.MsgErrorResponse, pgwire.SeverityError, code, msg, hint)
 		return pgwire.AppendReadyForQuery(b, pgwire.TxIdle)
@@ -140,6 +190,9 @@ func (cl *client) consoleQuery(q string) []byte {
 		}
 	case strings.EqualFold(fields[0], "SHOW") && len(fields) == 2 && strings.EqualFold(fields[1], "HELP"):
 		b = pgwire.AppendError(b, pgwire.MsgNoticeResponse, "NOTICE", pgwire.SuccessfulCompletion, consoleHelp, "")
+		b = pgwire.AppendCommandComplete(b, "SHOW")
+	case strings.EqualFold(fields[0], "SHOW") && len(fields) == 2 && connCommands[strings.ToUpper(fields[1])] != nil:
+		b = connCommands[strings.ToUpper(fields[1])](conns).append(b)
 		b = pgwire.AppendCommandComplete(b, "SHOW")
 	case strings.EqualFold(fields[0], "SHOW") && len(fields) == 2:
 		f, ok := consoleCommands[strings.ToUpper(fields[1])]
@@ -366,4 +419,59 @@ func (cl *client) showConfig() (consoleResult, error) {
 func (cl *client) showVersion() (consoleResult, error) {
 	return consoleResult{cols: textCols("version"),
 		rows: [][]string{{"PGBastion " + cl.e.version + " (console columns of PgBouncer 1.21.0)"}}}, nil
+}
+
+// connCols are SHOW CLIENTS' and SHOW SERVERS' columns, PgBouncer 1.21's.
+var connCols = func() []consoleCol {
+	cols := textCols("type", "user", "database", "state", "addr", "port", "local_addr", "local_port", "connect_time",
+		"request_time", "wait", "wait_us", "close_needed", "ptr", "link", "remote_pid", "tls", "application_name",
+		"prepared_statements")
+	for _, i := range []int{5, 7, 10, 11, 12, 15, 18} {
+		cols[i].num = true
+	}
+	return cols
+}()
+
+// showClients is SHOW CLIENTS: one row per client connection, the console's own included.
+// ptr and link pair a client with the server it holds (SHOW SERVERS' ptr).
+func showClients(conns []Conn) consoleResult { return connRows(conns, false) }
+
+// showServers is SHOW SERVERS: one row per server connection. A server off the event loops
+// (serving a TLS or slow client) shows active when its client is listed holding it, idle
+// otherwise; its local address and request time are not read there.
+func showServers(conns []Conn) consoleResult { return connRows(conns, true) }
+
+func connRows(conns []Conn, servers bool) consoleResult {
+	res := consoleResult{cols: connCols}
+	kind := "C"
+	if servers {
+		kind = "S"
+	}
+	stamp := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format("2006-01-02 15:04:05 MST")
+	}
+	for _, c := range conns {
+		if c.Server != servers {
+			continue
+		}
+		host, port := splitAddr(c.Addr)
+		lhost, lport := splitAddr(c.Local)
+		us := c.Wait.Microseconds()
+		res.rows = append(res.rows, []string{kind, c.User, c.Database, c.State, host, port, lhost, lport,
+			stamp(c.Connected), stamp(c.Request), strconv.FormatInt(us/1e6, 10), strconv.FormatInt(us%1e6, 10), "0",
+			c.ID, c.Link, strconv.FormatUint(uint64(c.RemotePID), 10), c.TLS, c.AppName, strconv.Itoa(c.Prepared)})
+	}
+	return res
+}
+
+// splitAddr splits host:port; a numeric column gets "0" rather than an empty string.
+func splitAddr(a string) (host, port string) {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return a, "0"
+	}
+	return host, port
 }

@@ -19,7 +19,7 @@ func FuzzConsoleQuery(f *testing.F) {
 	e := consoleEngine(f)
 	cl := newClient(e, RoleRW)
 	f.Fuzz(func(t *testing.T, q string) {
-		out := cl.consoleQuery(q)
+		out := cl.consoleQuery(q, nil)
 		var last byte
 		for len(out) > 0 {
 			if len(out) < pgwire.HeaderLen {
@@ -45,7 +45,7 @@ func FuzzConsoleQuery(f *testing.F) {
 // parser (a NUL would end the field early).
 func TestConsoleQueryStopsAtNUL(t *testing.T) {
 	e := consoleEngine(t)
-	out := string(newClient(e, RoleRW).consoleQuery("BOGUS\x00SHOW POOLS"))
+	out := string(newClient(e, RoleRW).consoleQuery("BOGUS\x00SHOW POOLS", nil))
 	if !strings.Contains(out, `unknown console command "BOGUS"`) || strings.Contains(out, "SHOW POOLS") {
 		t.Fatalf("answer %q", out)
 	}

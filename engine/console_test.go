@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgbastion/pgbastion/engine"
 	"github.com/pgbastion/pgbastion/pool"
@@ -139,9 +140,9 @@ func TestAdminConsole(t *testing.T) {
 
 	// What the console cannot do gets an error that says so; the session goes on.
 	var pe *pgconn.PgError
-	_, err := con.Exec(ctx, "SHOW CLIENTS", pgx.QueryExecModeSimpleProtocol)
+	_, err := con.Exec(ctx, "SHOW USERS", pgx.QueryExecModeSimpleProtocol)
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "/metrics") {
-		t.Errorf("SHOW CLIENTS: %v", err)
+		t.Errorf("SHOW USERS: %v", err)
 	}
 	_, err = con.Exec(ctx, "PAUSE postgres", pgx.QueryExecModeSimpleProtocol)
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "read-only") {
@@ -194,5 +195,136 @@ func TestNoConsoleByDefault(t *testing.T) {
 	}
 	if !errors.As(err, &pe) || pe.Code != "3D000" {
 		t.Fatalf("dbname=pgbouncer without a console: %v, want PostgreSQL's 3D000", err)
+	}
+}
+
+// SHOW CLIENTS and SHOW SERVERS list every connection with PgBouncer's columns, whichever
+// event loop or path it is on: a client holding a server inside a transaction is paired with
+// it (ptr and link) and shows the backend's PID, a client waiting for a server shows its wait,
+// a TLS client (on the stream path) shows its protocol; a console on the stream path gets the
+// same answer, and commands sent together are answered in order.
+func TestConsoleListsClientsAndServers(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	certs := pgtest.Certs(t)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 1
+		c.AdminUsers = []string{"postgres"}
+		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
+	}, primary)
+	ctx := context.Background()
+
+	// Logging in takes a server for a moment (the clients' settings), so all log in first.
+	held := connect(t, p.dsn(p.rw, "application_name=holder"))
+	secure := connect(t, strings.Replace(p.dsn(p.rw, "application_name=secure"), "sslmode=disable", "sslmode=require", 1))
+	queryInt(t, secure, "SELECT 1")
+	waiter := connect(t, p.dsn(p.rw, "application_name=waiter"))
+	if _, err := held.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.FormatInt(queryInt(t, held, "SELECT pg_backend_pid()"), 10)
+	// The pool's one server is held: this client waits until the transaction ends.
+	waited := make(chan error, 1)
+	go func() { _, err := waiter.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); waited <- err }()
+
+	con := connect(t, strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1))
+	byApp := func(cols []string, rows [][]string) map[string][]string {
+		m := map[string][]string{}
+		for _, r := range rows {
+			m[column(t, cols, r, "application_name")+"/"+column(t, cols, r, "database")] = r
+		}
+		return m
+	}
+	var cols []string
+	var clients map[string][]string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var rows [][]string
+		cols, rows = consoleRows(t, con, "SHOW CLIENTS")
+		clients = byApp(cols, rows)
+		if w := clients["waiter/postgres"]; w != nil && column(t, cols, w, "state") == "waiting" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no waiting client in SHOW CLIENTS: %v", rows)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	want := "type user database state addr port local_addr local_port connect_time request_time wait wait_us " +
+		"close_needed ptr link remote_pid tls application_name prepared_statements"
+	if got := strings.Join(cols, " "); got != want {
+		t.Fatalf("SHOW CLIENTS columns:\n%s\nwant\n%s", got, want)
+	}
+	if len(clients) != 4 || clients["/pgbouncer"] == nil {
+		t.Fatalf("SHOW CLIENTS: want the holder, the TLS client, the waiter and the console: %v", clients)
+	}
+	h := clients["holder/postgres"]
+	for name, want := range map[string]string{"type": "C", "user": "postgres", "state": "active", "addr": "127.0.0.1", "tls": ""} {
+		if got := column(t, cols, h, name); got != want {
+			t.Errorf("holder's %s = %q, want %q (%v)", name, got, want, h)
+		}
+	}
+	if _, port, _ := net.SplitHostPort(p.rw); column(t, cols, h, "local_port") != port {
+		t.Errorf("holder's local_port: %v, want %s", h, port)
+	}
+	if tlsCol := column(t, cols, clients["secure/postgres"], "tls"); !strings.HasPrefix(tlsCol, "TLSv1.") {
+		t.Errorf("TLS client's tls column = %q", tlsCol)
+	}
+	if w := clients["waiter/postgres"]; column(t, cols, w, "link") != "" {
+		t.Errorf("a waiting client holds no server: %v", w)
+	}
+
+	scols, srows := consoleRows(t, con, "show servers;")
+	if strings.Join(scols, " ") != want || len(srows) != 1 {
+		t.Fatalf("SHOW SERVERS: %v %v", scols, srows)
+	}
+	sv := srows[0]
+	for name, want := range map[string]string{"type": "S", "state": "active", "remote_pid": pid, "port": strconv.Itoa(primary.Port()),
+		"link": column(t, cols, h, "ptr"), "database": "postgres"} {
+		if got := column(t, scols, sv, name); got != want {
+			t.Errorf("server's %s = %q, want %q (%v)", name, got, want, sv)
+		}
+	}
+	if column(t, cols, h, "link") != column(t, scols, sv, "ptr") {
+		t.Errorf("the holder's link %q is not the server's ptr %q", column(t, cols, h, "link"), column(t, scols, sv, "ptr"))
+	}
+
+	// A console on the stream path (TLS) answers too.
+	tcon := connect(t, strings.Replace(strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1), "sslmode=disable", "sslmode=require", 1))
+	if c2, rows := consoleRows(t, tcon, "SHOW CLIENTS"); len(rows) != 5 || column(t, c2, byApp(c2, rows)["/pgbouncer"], "state") != "active" {
+		t.Errorf("SHOW CLIENTS over TLS: %v", rows)
+	}
+
+	// Commands sent together are answered in order, the listing first.
+	hj, err := con.PgConn().Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hj.Conn.Close()
+	hj.Frontend.Send(&pgproto3.Query{String: "SHOW SERVERS"})
+	hj.Frontend.Send(&pgproto3.Query{String: "SHOW VERSION"})
+	if err := hj.Frontend.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = hj.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var firsts []string
+	for len(firsts) < 2 {
+		msg, err := hj.Frontend.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rd, ok := msg.(*pgproto3.RowDescription); ok {
+			firsts = append(firsts, string(rd.Fields[0].Name))
+		}
+	}
+	if firsts[0] != "type" || firsts[1] != "version" {
+		t.Errorf("answers out of order: first columns %v", firsts)
+	}
+
+	if _, err := held.Exec(ctx, "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("the waiting client: %v", err)
 	}
 }

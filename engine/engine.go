@@ -63,10 +63,13 @@ type Engine struct {
 
 	pausedRW atomic.Bool
 
-	loopMu  sync.Mutex
-	loops   []*loop
-	loopIdx map[gnet.EventLoop]*loop
-	ticks   uint64 // OnTick calls; only OnTick (gnet's ticker goroutine) touches it
+	loopMu sync.Mutex
+	loops  []*loop
+	// streamClients are the clients given a stream (TLS, slow readers), for SHOW CLIENTS.
+	streamMu      sync.Mutex
+	streamClients map[*client]struct{}
+	loopIdx       map[gnet.EventLoop]*loop
+	ticks         uint64 // OnTick calls; only OnTick (gnet's ticker goroutine) touches it
 
 	clients atomic.Int64
 	cancels cancelRegistry
@@ -128,6 +131,7 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		dbCounters:    make(map[string]*pool.Counter),
 		held:          make(map[*client]time.Time),
 		loopIdx:       make(map[gnet.EventLoop]*loop),
+		streamClients: make(map[*client]struct{}),
 		cancels:       newCancelRegistry(),
 		checkNow:      make(chan struct{}, 1),
 		stopped:       make(chan struct{}),

@@ -43,6 +43,9 @@ type grant struct {
 }
 
 func newStream(e *Engine, cl *client) *stream {
+	e.streamMu.Lock()
+	e.streamClients[cl] = struct{}{}
+	e.streamMu.Unlock()
 	return &stream{e: e, cl: cl, grants: make(chan grant, 1), done: make(chan struct{}), buf: make([]byte, 16<<10)}
 }
 
