@@ -1,6 +1,8 @@
 package admin
 
 import (
+	"time"
+
 	"github.com/valyala/fasthttp"
 )
 
@@ -70,4 +72,49 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx) {
 		st.Pools = []PoolStatus{} // [] rather than null: no pool has been used yet
 	}
 	writeJSON(ctx, fasthttp.StatusOK, st)
+}
+
+// ConnStatus is one client or server connection of this node's proxy (GET
+// /proxy/connections): PgBouncer's SHOW CLIENTS and SHOW SERVERS, in JSON.
+type ConnStatus struct {
+	// Kind is "client" or "server". ID identifies the connection; a client's Link is the ID of
+	// the server it holds, a server's the ID of the client it serves.
+	Kind     string `json:"kind"`
+	ID       string `json:"id"`
+	Link     string `json:"link,omitempty"`
+	User     string `json:"user"`
+	Database string `json:"database"`
+	// State: clients "login", "active" or "waiting" (for a server); servers "active"
+	// (serving a client), "idle" or "used" (being reset or checked).
+	State string `json:"state"`
+	// Addr is the far end (a client's address, a server's PostgreSQL), Local this end.
+	Addr          string    `json:"addr"`
+	Local         string    `json:"local,omitempty"`
+	ConnectedAt   time.Time `json:"connected_at"`
+	LastRequestAt time.Time `json:"last_request_at,omitzero"`
+	// WaitSeconds is how long a waiting client has waited for a server.
+	WaitSeconds float64 `json:"wait_seconds"`
+	// BackendPID is a server's PostgreSQL process (pg_stat_activity.pid); for a client, that
+	// of the server it holds.
+	BackendPID      uint32 `json:"backend_pid,omitempty"`
+	TLS             string `json:"tls,omitempty"`
+	ApplicationName string `json:"application_name,omitempty"`
+	// PreparedStatements: a client's named statements, or those prepared on a server.
+	PreparedStatements int `json:"prepared_statements"`
+	// Loop is the event loop serving the connection; -1 is the stream path (TLS, slow
+	// readers).
+	Loop int `json:"loop"`
+}
+
+// connections serves GET /proxy/connections.
+func (s *Server) connections(ctx *fasthttp.RequestCtx) {
+	if s.src.Connections == nil {
+		writeError(ctx, fasthttp.StatusNotFound, "this node runs no proxy")
+		return
+	}
+	list := s.src.Connections()
+	if list == nil {
+		list = []ConnStatus{}
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"connections": list})
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestProxyEndpoint(t *testing.T) {
@@ -60,5 +61,47 @@ func TestProxyEndpointWithoutAProxy(t *testing.T) {
 	u := startServer(t, s)
 	if code, body := do(t, http.MethodGet, u+"/proxy", "", ""); code != http.StatusNotFound || !strings.Contains(body, "runs no proxy") {
 		t.Fatalf("GET /proxy: %d %s", code, body)
+	}
+}
+
+func TestConnectionsEndpoint(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", ""
+	var list atomic.Pointer[[]ConnStatus]
+	list.Store(new([]ConnStatus))
+	s, err := New(cfg, Sources{Proxy: func() ProxyStatus { return ProxyStatus{} }, Connections: func() []ConnStatus { return *list.Load() }}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := startServer(t, s)
+	if code, body := do(t, http.MethodGet, u+"/proxy/connections", "", ""); code != http.StatusOK || !strings.Contains(body, `"connections": []`) {
+		t.Fatalf("GET /proxy/connections with none: %d %s", code, body)
+	}
+	at := time.Date(2026, 11, 27, 7, 0, 0, 0, time.UTC)
+	list.Store(&[]ConnStatus{
+		{Kind: "client", ID: "0xc1", Link: "0xs1", User: "web", Database: "app", State: "active", Addr: "10.0.0.9:40000",
+			ConnectedAt: at, BackendPID: 4242, ApplicationName: "shop", Loop: 1},
+		{Kind: "server", ID: "0xs1", Link: "0xc1", User: "web", Database: "app", State: "active", Addr: "10.0.0.1:5432",
+			ConnectedAt: at, BackendPID: 4242, PreparedStatements: 3, Loop: 1},
+	})
+	code, body := do(t, http.MethodGet, u+"/proxy/connections", "", "")
+	var got struct {
+		Connections []map[string]any `json:"connections"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); code != http.StatusOK || err != nil || len(got.Connections) != 2 {
+		t.Fatalf("GET /proxy/connections: %d %v %s", code, err, body)
+	}
+	c := got.Connections[0]
+	for k, want := range map[string]any{"kind": "client", "link": "0xs1", "state": "active", "backend_pid": 4242.0,
+		"application_name": "shop", "connected_at": "2026-11-27T07:00:00Z", "wait_seconds": 0.0, "loop": 1.0} {
+		if c[k] != want {
+			t.Errorf("connections[0].%s = %v, want %v (%s)", k, c[k], want, body)
+		}
+	}
+	if _, ok := c["last_request_at"]; ok {
+		t.Errorf("a zero last_request_at is left out: %s", body)
+	}
+	if got.Connections[1]["prepared_statements"] != 3.0 {
+		t.Errorf("server: %v", got.Connections[1])
 	}
 }

@@ -101,6 +101,8 @@ type Sources struct {
 	Local func() map[string]any
 	// Proxy returns this node's proxy and its pools (GET /proxy).
 	Proxy func() ProxyStatus
+	// Connections lists this node's proxy connections (GET /proxy/connections).
+	Connections func() []ConnStatus
 	// Metrics are written to /metrics, in order, then Writers (gauges computed at scrape
 	// time: pools, the VIP).
 	Metrics []*metrics.Set
@@ -149,6 +151,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.GET("/raft/directives", s.directives)
 	r.GET("/history", s.history)
 	r.GET("/proxy", s.proxy)
+	r.GET("/proxy/connections", s.connections)
 	r.GET("/metrics", s.metrics)
 	r.GET("/events", s.events)
 	// Liveness (Kubernetes, Patroni's /liveness): the process serves requests. Nothing else:

@@ -71,12 +71,13 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	}
 
 	api, err := admin.New(cfg.API, admin.Sources{
-		Cluster: node,
-		Local:   d.localStatus(vip),
-		Proxy:   d.proxyStatus,
-		Metrics: []*metrics.Set{d.proxy.Metrics().Set(), set},
-		Writers: []func(io.Writer){d.writeMetrics(vip)},
-		Events:  notifier.Recent,
+		Cluster:     node,
+		Local:       d.localStatus(vip),
+		Proxy:       d.proxyStatus,
+		Connections: d.proxyConnections,
+		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), set},
+		Writers:     []func(io.Writer){d.writeMetrics(vip)},
+		Events:      notifier.Recent,
 		CheckPGParams: func(ctx context.Context, set map[string]string) (bool, error) {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
@@ -199,6 +200,31 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 				ClientsWaiting: l.Waiting, MaxWaitSeconds: l.MaxWait.Seconds()}
 		}
 		out.Pools = append(out.Pools, ps)
+	}
+	return out
+}
+
+// proxyConnections lists this node's proxy connections (GET /proxy/connections). A client
+// shows the backend PID of the server it holds, for pg_stat_activity.
+func (d *daemon) proxyConnections() []admin.ConnStatus {
+	conns := d.proxy.Conns(nil)
+	pids := make(map[string]uint32)
+	for _, c := range conns {
+		if c.Server {
+			pids[c.ID] = c.RemotePID
+		}
+	}
+	out := make([]admin.ConnStatus, 0, len(conns))
+	for _, c := range conns {
+		cs := admin.ConnStatus{Kind: "client", ID: c.ID, Link: c.Link, User: c.User, Database: c.Database, State: c.State,
+			Addr: c.Addr, Local: c.Local, ConnectedAt: c.Connected, LastRequestAt: c.Request, WaitSeconds: c.Wait.Seconds(),
+			BackendPID: c.RemotePID, TLS: c.TLS, ApplicationName: c.AppName, PreparedStatements: c.Prepared, Loop: c.Loop}
+		if c.Server {
+			cs.Kind = "server"
+		} else if c.Link != "" {
+			cs.BackendPID = pids[c.Link]
+		}
+		out = append(out, cs)
 	}
 	return out
 }

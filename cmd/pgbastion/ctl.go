@@ -45,6 +45,7 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   events [--severity S] [--follow]       what happened: failovers, nodes down and back... (ctl events for details)
   history                                every change of primary (timeline, LSN, failover or switchover, why)
   pools [--loops]                        this node's proxy: server connections and waiting clients per pool
+  connections [--waiting]                this node's proxy: every client and server connection (SHOW CLIENTS/SERVERS)
   switchover [--leader N] --candidate N  move the primary to N without losing data
   failover --candidate N [--force]       promote N (force: even if it may lose data)
   pause | resume                         stop / restart automatic failover
@@ -104,6 +105,8 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 		return c.history()
 	case "pools":
 		return c.pools(rest, stderr)
+	case "connections", "conns":
+		return c.connections(rest, stderr)
 	case "remove":
 		if len(rest) != 1 {
 			return fmt.Errorf("usage: pgbastion ctl remove NODE")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -259,5 +260,55 @@ func TestCtlReinitShowsTheCloneAsItGoes(t *testing.T) {
 	}
 	if !regexp.MustCompile(`^reinitialising db3 from the primary ... \n  12 GiB copied of about 40 GiB \(30 %\) in 4m0s ... running again as a replica \([0-9.]+s\)\n$`).MatchString(out.String()) {
 		t.Fatalf("ctl reinit:\n%s", out.String())
+	}
+}
+
+func TestCtlConnectionsPutsWaitingClientsFirst(t *testing.T) {
+	now := time.Now().UTC()
+	ago := func(d time.Duration) string { return now.Add(-d).Format(time.RFC3339Nano) }
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/proxy/connections" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = fmt.Fprintf(w, `{"connections": [
+			{"kind": "client", "id": "c1", "user": "web", "database": "app", "state": "active", "addr": "10.0.0.9:1111", "connected_at": %q, "last_request_at": %q, "loop": 0},
+			{"kind": "client", "id": "c2", "link": "s1", "user": "web", "database": "app", "state": "active", "addr": "10.0.0.9:2222", "connected_at": %q, "backend_pid": 4242, "application_name": "shop", "tls": "TLSv1.3/TLS_AES_128_GCM_SHA256", "loop": 1},
+			{"kind": "client", "id": "c3", "user": "web", "database": "app", "state": "waiting", "wait_seconds": 1.5, "addr": "10.0.0.9:3333", "connected_at": %q, "loop": 0},
+			{"kind": "server", "id": "s1", "link": "c2", "user": "web", "database": "app", "state": "active", "addr": "10.0.0.1:5432", "connected_at": %q, "backend_pid": 4242, "prepared_statements": 2, "loop": 1}]}`,
+			ago(2*time.Hour), ago(3*time.Second), ago(90*time.Second), ago(5*time.Second), ago(time.Hour))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "connections"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 8 {
+		t.Fatalf("ctl connections: %d lines:\n%s", len(lines), out.String())
+	}
+	for i, want := range [][]string{
+		{"3 client connections, 1 waiting for a server; 1 server connections"},
+		{"CLIENT", "SERVER PID", "TLS"},
+		{"10.0.0.9:3333", "waiting", "1.5s", "5s ago"},
+		{"10.0.0.9:2222", "active", "4242", "shop", "1m30s ago", "TLSv1.3"},
+		{"10.0.0.9:1111", "active", "2h0m0s ago", "3s ago"},
+		{""},
+		{"SERVER", "PID", "CLIENT", "PREPARED"},
+		{"10.0.0.1:5432", "active", "4242", "10.0.0.9:2222", "2", "1h0m0s ago"},
+	} {
+		for _, w := range want {
+			if !strings.Contains(lines[i], w) {
+				t.Fatalf("line %d %q lacks %q:\n%s", i, lines[i], w, out.String())
+			}
+		}
+	}
+
+	out.Reset()
+	if code := Main([]string{"ctl", "--api", srv.URL, "conns", "--waiting"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if s := out.String(); strings.Count(s, "\n") != 3 || !strings.Contains(s, "10.0.0.9:3333") || strings.Contains(s, "SERVER\t") || strings.Contains(s, "10.0.0.1:5432") {
+		t.Fatalf("ctl conns --waiting:\n%s", s)
 	}
 }

@@ -107,10 +107,11 @@ func (d *daemon) run(ctx context.Context) error {
 // runStandalone runs the proxy and the API (metrics, /nodes) of a standalone proxy.
 func (d *daemon) runStandalone(ctx context.Context) error {
 	api, err := admin.New(d.cfg.API, admin.Sources{
-		Local:   d.localStatus(nil),
-		Proxy:   d.proxyStatus,
-		Metrics: []*metrics.Set{d.proxy.Metrics().Set()},
-		Writers: []func(io.Writer){d.writeMetrics(nil)},
+		Local:       d.localStatus(nil),
+		Proxy:       d.proxyStatus,
+		Connections: d.proxyConnections,
+		Metrics:     []*metrics.Set{d.proxy.Metrics().Set()},
+		Writers:     []func(io.Writer){d.writeMetrics(nil)},
 	}, d.log.With("component", "api"))
 	if err != nil {
 		return err

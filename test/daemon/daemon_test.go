@@ -87,6 +87,32 @@ func TestLifecycle(t *testing.T) {
 		px.Pools[0].Database != "postgres" || px.Pools[0].Size < 1 || len(px.Pools[0].Loops) != loops {
 		t.Fatalf("GET /proxy: %+v", px)
 	}
+	// GET /proxy/connections pairs the client with its server, and names the backend's PID.
+	var pid uint32
+	if err := held.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	var conns struct {
+		Connections []admin.ConnStatus `json:"connections"`
+	}
+	if err := api.Get("/proxy/connections", &conns); err != nil {
+		t.Fatal(err)
+	}
+	var client, server *admin.ConnStatus
+	for i, c := range conns.Connections {
+		switch c.Kind {
+		case "client":
+			client = &conns.Connections[i]
+		case "server":
+			if c.State == "active" {
+				server = &conns.Connections[i]
+			}
+		}
+	}
+	if client == nil || server == nil || client.Link != server.ID || server.Link != client.ID || client.BackendPID != pid ||
+		server.BackendPID != pid || client.State != "active" || client.Database != "postgres" {
+		t.Fatalf("GET /proxy/connections: %+v", conns.Connections)
+	}
 	_ = held.Close(ctx)
 	rss, err := d.RSS()
 	if err != nil || rss < 1<<20 || rss > 4<<30 {
