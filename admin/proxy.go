@@ -47,6 +47,12 @@ type PoolStatus struct {
 	ServerAssignments    uint64  `json:"server_assignments"`
 	WaitSecondsTotal     float64 `json:"wait_seconds_total"`
 	AssignedSecondsTotal float64 `json:"assigned_seconds_total"`
+	// QuerySecondsTotal is the time servers ran clients' requests (from a request reaching an
+	// idle server to its ReadyForQuery); ReceivedBytes came from clients, SentBytes from
+	// servers to them.
+	QuerySecondsTotal float64 `json:"query_seconds_total"`
+	ReceivedBytes     uint64  `json:"received_bytes"`
+	SentBytes         uint64  `json:"sent_bytes"`
 	// Loops breaks servers and waiting clients down by event loop. Each loop serves its own
 	// clients with its share of the pool; a loop whose clients wait far longer than another's
 	// is one whose thread gets less CPU.

@@ -198,6 +198,7 @@ func (cl *client) handle(buf []byte) (int, error) {
 			return consumed, nil
 		case csReady:
 			n, err = cl.relay(buf[consumed:])
+			cl.relayed(n)
 		case csConsole:
 			n, err = cl.handleConsole(buf[consumed:])
 		default:
@@ -560,6 +561,18 @@ func (cl *client) scratchForClient() []byte {
 }
 
 // ---- relay: client to server ----
+
+// relayed counts n bytes the client sent, and notes when a request reached an idle server
+// (the start of its query time, ended in server.handle).
+func (cl *client) relayed(n int) {
+	if n <= 0 || cl.pe == nil {
+		return
+	}
+	cl.pe.counters(cl.lp).received.Add(uint64(n))
+	if s := cl.srv; s != nil && s.queryStart.IsZero() && s.tr.Outstanding() > 0 {
+		s.queryStart = clockOf(cl.lp)
+	}
+}
 
 // relay forwards client messages to the attached server, acquiring one when a transaction
 // starts (transaction mode).
@@ -1292,7 +1305,7 @@ func (cl *client) attach(s *server) {
 	s.out = s.writer()
 	s.b.active.Add(1)
 	now := s.clock()
-	s.lastUsed, s.attachedAt = now, now
+	s.lastUsed, s.attachedAt, s.queryStart = now, now, time.Time{}
 	if s.pe != nil {
 		c := s.pe.counters(s.lp)
 		c.assignments.Add(1)

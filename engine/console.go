@@ -281,11 +281,12 @@ func (cl *client) showPools() (consoleResult, error) {
 
 // showStats is SHOW STATS with PgBouncer's columns, one row per database (summed over its
 // users and backends). PGBastion counts servers assigned, transactions, queries (a
-// ReadyForQuery each), the time servers were assigned to clients (xact_time: in transaction
-// mode, the transactions' time) and the time clients waited; bytes, query time and parse and
-// bind counts per database it does not track, and those columns are 0. PgBouncer's avg_
-// columns cover its last stats_period; these cover the pool's life (rates per second since it
-// was created, times per transaction or per assignment).
+// ReadyForQuery each), bytes received from clients and sent by servers to them, the time
+// servers were assigned to clients (xact_time: in transaction mode, the transactions' time),
+// the time they ran requests (query_time) and the time clients waited; parse and bind counts
+// it does not track, and those columns are 0. PgBouncer's avg_ columns cover its last
+// stats_period; these cover the pool's life (rates per second since it was created, times
+// per transaction, query or assignment).
 func (cl *client) showStats() (consoleResult, error) {
 	names := []string{"database"}
 	for _, pre := range []string{"total_", "avg_"} {
@@ -318,12 +319,14 @@ func (cl *client) showStats() (consoleResult, error) {
 			a.add(pools[i].Counts)
 			secs = max(secs, now.Sub(pools[i].Counts.Since).Seconds())
 		}
-		xactUS, waitUS := float64(a.Assigned.Microseconds()), float64(a.Wait.Microseconds())
+		xactUS, waitUS, queryUS := float64(a.Assigned.Microseconds()), float64(a.Wait.Microseconds()), float64(a.Query.Microseconds())
 		res.rows = append(res.rows, []string{db,
-			u64(a.Assignments), u64(a.Transactions), u64(a.Queries), "0", "0",
-			strconv.FormatInt(a.Assigned.Microseconds(), 10), "0", strconv.FormatInt(a.Wait.Microseconds(), 10), "0", "0", "0",
-			per(float64(a.Assignments), secs), per(float64(a.Transactions), secs), per(float64(a.Queries), secs), "0", "0",
-			per(xactUS, float64(a.Transactions)), "0", per(waitUS, float64(a.Assignments)), "0", "0", "0"})
+			u64(a.Assignments), u64(a.Transactions), u64(a.Queries), u64(a.Received), u64(a.Sent),
+			strconv.FormatInt(a.Assigned.Microseconds(), 10), strconv.FormatInt(a.Query.Microseconds(), 10),
+			strconv.FormatInt(a.Wait.Microseconds(), 10), "0", "0", "0",
+			per(float64(a.Assignments), secs), per(float64(a.Transactions), secs), per(float64(a.Queries), secs),
+			per(float64(a.Received), secs), per(float64(a.Sent), secs),
+			per(xactUS, float64(a.Transactions)), per(queryUS, float64(a.Queries)), per(waitUS, float64(a.Assignments)), "0", "0", "0"})
 	}
 	return res, nil
 }

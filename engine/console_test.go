@@ -111,7 +111,8 @@ func TestAdminConsole(t *testing.T) {
 	cols, rows = consoleRows(t, con, "SHOW STATS")
 	if len(cols) != 23 || len(rows) != 1 || column(t, cols, rows[0], "database") != "postgres" ||
 		column(t, cols, rows[0], "total_xact_count") != "6" || column(t, cols, rows[0], "total_query_count") != "7" ||
-		column(t, cols, rows[0], "avg_recv") != "0" {
+		column(t, cols, rows[0], "total_received") == "0" || column(t, cols, rows[0], "total_sent") == "0" ||
+		column(t, cols, rows[0], "total_query_time") == "0" || column(t, cols, rows[0], "total_client_parse_count") != "0" {
 		t.Errorf("SHOW STATS: %v %v", cols, rows)
 	} else if n, _ := strconv.Atoi(column(t, cols, rows[0], "total_server_assignment_count")); n < 7 || n > 10 {
 		t.Errorf("SHOW STATS: %d servers assigned, want 7 to 10", n)
@@ -326,5 +327,58 @@ func TestConsoleListsClientsAndServers(t *testing.T) {
 	}
 	if err := <-waited; err != nil {
 		t.Fatalf("the waiting client: %v", err)
+	}
+}
+
+// SHOW STATS counts the bytes clients send after logging in, the bytes servers send them, and
+// the time requests run on servers.
+func TestConsoleStatsCountBytesAndQueryTime(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 2
+		c.AdminUsers = []string{"postgres"}
+	}, primary)
+	ctx := context.Background()
+	c := connect(t, p.dsn(p.rw))
+	queries := []string{"SELECT pg_sleep(0.3)", "SELECT 1", "SELECT 1", "SELECT 1"}
+	sent := 0
+	for _, q := range queries {
+		if _, err := c.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatal(err)
+		}
+		sent += 1 + 4 + len(q) + 1 // a Query message: type, length, the text and its NUL
+	}
+	con := connect(t, strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1))
+	cols, rows := consoleRows(t, con, "SHOW STATS")
+	var r []string
+	for _, row := range rows {
+		if row[0] == "postgres" {
+			r = row
+		}
+	}
+	if r == nil {
+		t.Fatalf("SHOW STATS: %v", rows)
+	}
+	num := func(name string) int64 {
+		v, err := strconv.ParseInt(column(t, cols, r, name), 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return v
+	}
+	if got := num("total_received"); got != int64(sent) {
+		t.Errorf("total_received = %d, want the %d bytes of the client's queries", got, sent)
+	}
+	// Each answer is at least a RowDescription, a DataRow, a CommandComplete and a
+	// ReadyForQuery: more than the query for SELECT 1.
+	if got := num("total_sent"); got < int64(sent) || got > 4096 {
+		t.Errorf("total_sent = %d, want more than the %d bytes sent and under 4 KiB", got, sent)
+	}
+	if qt, xt := num("total_query_time"), num("total_xact_time"); qt < 300000 || qt > 10000000 || qt > xt {
+		t.Errorf("total_query_time = %d µs, want pg_sleep's 0.3 s at least, and at most the xact time %d µs", qt, xt)
+	}
+	if avg, n := num("avg_query_time"), num("total_query_count"); n != int64(len(queries)) || avg < 300000/n {
+		t.Errorf("avg_query_time %d µs over %d queries", avg, n)
 	}
 }

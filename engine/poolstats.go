@@ -14,7 +14,10 @@ type poolCounters struct {
 	assignments   atomic.Uint64 // servers attached to a client (server_assignment_count)
 	waitNanos     atomic.Uint64 // clients' time waiting for a server (wait_time)
 	assignedNanos atomic.Uint64 // servers' time attached to a client (xact_time, in transaction mode)
-	_             [128 - 5*8]byte
+	queryNanos    atomic.Uint64 // from a request reaching a server to its ReadyForQuery (query_time)
+	received      atomic.Uint64 // bytes from clients, after login (total_received)
+	sent          atomic.Uint64 // bytes from servers while attached to a client (total_sent)
+	_             [128 - 8*8]byte
 }
 
 // PoolCounts are a pool's totals since it was created (Since).
@@ -22,8 +25,13 @@ type PoolCounts struct {
 	Since                              time.Time
 	Queries, Transactions, Assignments uint64
 	// Wait is the time clients waited for a server; Assigned the time servers were attached
-	// to clients (in transaction mode, the time of the transactions).
-	Wait, Assigned time.Duration
+	// to clients (in transaction mode, the time of the transactions); Query the time servers
+	// were running requests (from a client's request reaching an idle server to the
+	// ReadyForQuery that ends the last request outstanding).
+	Wait, Assigned, Query time.Duration
+	// Received counts the bytes clients sent after logging in; Sent the bytes servers sent
+	// while attached to a client.
+	Received, Sent uint64
 }
 
 // add adds o's totals to c (Since stays c's).
@@ -33,6 +41,9 @@ func (c *PoolCounts) add(o PoolCounts) {
 	c.Assignments += o.Assignments
 	c.Wait += o.Wait
 	c.Assigned += o.Assigned
+	c.Query += o.Query
+	c.Received += o.Received
+	c.Sent += o.Sent
 }
 
 // counters returns the slot of lp (nil: the stream path).
@@ -49,7 +60,8 @@ func (pe *poolEntry) counts() PoolCounts {
 	for i := range pe.ctr {
 		s := &pe.ctr[i]
 		c.add(PoolCounts{Queries: s.queries.Load(), Transactions: s.xacts.Load(), Assignments: s.assignments.Load(),
-			Wait: time.Duration(s.waitNanos.Load()), Assigned: time.Duration(s.assignedNanos.Load())})
+			Wait: time.Duration(s.waitNanos.Load()), Assigned: time.Duration(s.assignedNanos.Load()),
+			Query: time.Duration(s.queryNanos.Load()), Received: s.received.Load(), Sent: s.sent.Load()})
 	}
 	return c
 }

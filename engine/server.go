@@ -45,8 +45,10 @@ type server struct {
 
 	born, lastUsed time.Time
 	// attachedAt is when the server was attached to its client (zero: not attached, or
-	// already counted), for the pool's assigned time.
+	// already counted), for the pool's assigned time; queryStart when a client's request
+	// reached it idle (zero: no request outstanding, or already counted), for query time.
 	attachedAt time.Time
+	queryStart time.Time
 
 	remain    int
 	remainFwd bool
@@ -349,6 +351,9 @@ func (s *server) handle(buf []byte) (int, error) {
 				cl.closeNow()
 			}
 		}
+		if cl != nil && pos > 0 {
+			s.pe.counters(s.lp).sent.Add(uint64(pos))
+		}
 	}()
 	for pos < len(buf) && !s.closing && !s.detaching {
 		if s.remain > 0 {
@@ -415,6 +420,10 @@ func (s *server) handle(buf []byte) (int, error) {
 				c.queries.Add(1)
 				if st == pgwire.TxIdle {
 					c.xacts.Add(1)
+				}
+				if !s.queryStart.IsZero() && s.tr.Outstanding() == 0 {
+					c.queryNanos.Add(uint64(max(0, s.clock().Sub(s.queryStart))))
+					s.queryStart = time.Time{}
 				}
 			}
 			for _, set := range s.pendingSets {

@@ -194,6 +194,7 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 			ClientsWaiting: p.Waiting, MaxWaitSeconds: p.MaxWait.Seconds(), Paused: p.Paused,
 			Transactions: p.Counts.Transactions, Queries: p.Counts.Queries, ServerAssignments: p.Counts.Assignments,
 			WaitSecondsTotal: p.Counts.Wait.Seconds(), AssignedSecondsTotal: p.Counts.Assigned.Seconds(),
+			QuerySecondsTotal: p.Counts.Query.Seconds(), ReceivedBytes: p.Counts.Received, SentBytes: p.Counts.Sent,
 			Loops: make([]admin.PoolLoopStatus, len(p.Loops))}
 		for i, l := range p.Loops {
 			ps.Loops[i] = admin.PoolLoopStatus{Servers: max(0, l.Open), ServersIdle: l.Idle,
@@ -248,6 +249,9 @@ func (d *daemon) writeMetrics(vip *netlink.Manager) func(io.Writer) {
 			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_server_assignments_total", kv...), p.ServerAssignments)
 			metrics.WriteCounterFloat64(w, admin.Label("pgbastion_pool_client_wait_seconds_total", kv...), p.WaitSecondsTotal)
 			metrics.WriteCounterFloat64(w, admin.Label("pgbastion_pool_server_assigned_seconds_total", kv...), p.AssignedSecondsTotal)
+			metrics.WriteCounterFloat64(w, admin.Label("pgbastion_pool_query_seconds_total", kv...), p.QuerySecondsTotal)
+			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_received_bytes_total", kv...), p.ReceivedBytes)
+			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_sent_bytes_total", kv...), p.SentBytes)
 			for i, l := range p.Loops {
 				lkv := append(kv[:len(kv):len(kv)], "loop", strconv.Itoa(i))
 				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_server_connections", lkv...), uint64(l.Servers))

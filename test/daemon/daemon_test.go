@@ -73,6 +73,11 @@ func TestLifecycle(t *testing.T) {
 	if tx, n := sum(`(?m)^pgbastion_pool_transactions_total\{backend="[^"]+",database="postgres",user="postgres"\} (\d+)$`); n != 1 || tx < 1 {
 		t.Fatalf("/metrics: pgbastion_pool_transactions_total %d over %d series, want one series counting the query above:\n%s", tx, n, text)
 	}
+	for _, name := range []string{"received_bytes_total", "sent_bytes_total", "query_seconds_total"} {
+		if !regexp.MustCompile(`(?m)^pgbastion_pool_` + name + `\{backend="[^"]+",database="postgres",user="postgres"\} [1-9e.0-9-]*[1-9]`).MatchString(text) {
+			t.Fatalf("/metrics: pgbastion_pool_%s is missing or 0 after a query:\n%s", name, text)
+		}
+	}
 	open, _ := sum(`(?m)^pgbastion_pool_server_connections\{backend="[^"]+",database="postgres",user="postgres",state="(?:active|idle)"\} (\d+)$`)
 	onLoops, loops := sum(`(?m)^pgbastion_pool_loop_server_connections\{backend="[^"]+",database="postgres",user="postgres",loop="\d+"\} (\d+)$`)
 	if loops == 0 || onLoops != open {
