@@ -49,18 +49,24 @@ func (e *Engine) Conns(self *client) []Conn {
 	loops := append([]*loop(nil), e.loops...)
 	e.loopMu.Unlock()
 
-	var out []Conn
-	seen := map[any]bool{}
-	for _, lp := range loops {
+	// Every loop lists its own connections, all at once.
+	answers := make([]chan []Conn, len(loops))
+	for i, lp := range loops {
 		ch := make(chan []Conn, 1) // buffered: a loop answering late must not block
+		answers[i] = ch
 		lp.exec(func() { ch <- lp.conns() })
+	}
+	var out []Conn
+	deadline := time.After(loopSnapshotWait)
+	for i, ch := range answers {
 		select {
 		case rows := <-ch:
 			out = append(out, rows...)
-		case <-time.After(loopSnapshotWait):
-			e.log.Warn("an event loop did not list its connections in time; SHOW CLIENTS/SERVERS is incomplete", "loop", lp.idx)
+		case <-deadline:
+			e.log.Warn("an event loop did not list its connections in time; SHOW CLIENTS/SERVERS is incomplete", "loop", loops[i].idx)
 		}
 	}
+	seen := make(map[string]bool, len(out))
 	for _, c := range out {
 		seen[c.ID] = true
 	}
@@ -185,17 +191,20 @@ func (cl *client) describe(now time.Time) Conn {
 	if cl.srv != nil {
 		c.Link = connID(cl.srv)
 	}
-	if cl.conn != nil && cl.conn.LocalAddr() != nil {
+	switch {
+	case cl.conn != nil && cl.conn.LocalAddr() != nil:
 		c.Local = cl.conn.LocalAddr().String()
+	case cl.role == RoleRO && cl.e.roAddr != nil: // the stream path: the listener's address
+		c.Local = cl.e.roAddr.String()
+	case cl.e.rwAddr != nil:
+		c.Local = cl.e.rwAddr.String()
 	}
 	if cl.params != nil {
 		c.AppName, _ = cl.params.Get("application_name")
 	}
-	if st := cl.stream; st != nil && st.conn != nil {
-		c.TLS = tlsSummary(st.conn)
-		if c.Local == "" && st.conn.LocalAddr() != nil {
-			c.Local = st.conn.LocalAddr().String()
-		}
+	if cl.tlsDone && cl.stream != nil && cl.stream.conn != nil {
+		// Only once the handshake is done: ConnectionState waits for a handshake under way.
+		c.TLS = tlsSummary(cl.stream.conn)
 	}
 	return c
 }
