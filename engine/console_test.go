@@ -382,3 +382,75 @@ func TestConsoleStatsCountBytesAndQueryTime(t *testing.T) {
 		t.Errorf("avg_query_time %d µs over %d queries", avg, n)
 	}
 }
+
+// SHOW CLIENTS and SHOW SERVERS run safely while clients come and go on both paths: clients
+// on the event loops and over TLS (the stream path) connect, run transactions and disconnect
+// while two consoles, one of them over TLS, list connections over and over. Run with -race.
+func TestConsoleListsConnectionsUnderChurn(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	certs := pgtest.Certs(t)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 3
+		c.AdminUsers = []string{"postgres"}
+		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
+	}, primary)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	workers := make(chan error, 8)
+	for i := range 8 {
+		dsn := p.dsn(p.rw)
+		if i%2 == 1 {
+			dsn = strings.Replace(dsn, "sslmode=disable", "sslmode=require", 1)
+		}
+		go func() {
+			for ctx.Err() == nil {
+				c, err := pgx.Connect(ctx, dsn)
+				if err != nil {
+					workers <- err
+					return
+				}
+				for range 5 {
+					if _, err := c.Exec(ctx, "BEGIN; SELECT pg_sleep(0.002); COMMIT", pgx.QueryExecModeSimpleProtocol); err != nil && ctx.Err() == nil {
+						workers <- err
+						return
+					}
+				}
+				_ = c.Close(context.Background())
+			}
+			workers <- nil
+		}()
+	}
+	consoles := []*pgx.Conn{
+		connect(t, strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1)),
+		connect(t, strings.Replace(strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1), "sslmode=disable", "sslmode=require", 1)),
+	}
+	done := make(chan struct{})
+	for _, con := range consoles {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 40 {
+				q := "SHOW CLIENTS"
+				if i%2 == 1 {
+					q = "SHOW SERVERS"
+				}
+				_, rows := consoleRows(t, con, q)
+				if q == "SHOW CLIENTS" && len(rows) < 1 { // at least the console itself
+					t.Errorf("%s: no rows", q)
+				}
+			}
+		}()
+	}
+	<-done
+	<-done
+	cancel()
+	for range 8 {
+		if err := <-workers; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("client: %v", err)
+		}
+	}
+	// The proxy still serves.
+	if v := queryInt(t, connect(t, p.dsn(p.rw)), "SELECT 7"); v != 7 {
+		t.Fatalf("after the churn: %d", v)
+	}
+}

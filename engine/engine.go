@@ -65,7 +65,8 @@ type Engine struct {
 
 	loopMu sync.Mutex
 	loops  []*loop
-	// streamClients are the clients given a stream (TLS, slow readers), for SHOW CLIENTS.
+	// streamClients are the clients whose stream goroutine runs (TLS, slow readers), for SHOW
+	// CLIENTS.
 	streamMu      sync.Mutex
 	streamClients map[*client]struct{}
 	loopIdx       map[gnet.EventLoop]*loop

@@ -43,9 +43,6 @@ type grant struct {
 }
 
 func newStream(e *Engine, cl *client) *stream {
-	e.streamMu.Lock()
-	e.streamClients[cl] = struct{}{}
-	e.streamMu.Unlock()
 	return &stream{e: e, cl: cl, grants: make(chan grant, 1), done: make(chan struct{}), buf: make([]byte, 16<<10)}
 }
 
@@ -125,6 +122,15 @@ func (cl *client) finishDetach(c gnet.Conn) gnet.Action {
 func (st *stream) run() {
 	cl := st.cl
 	defer st.finish()
+	// Listed for SHOW CLIENTS from now on, when this goroutine owns the client (under cl.mu);
+	// before, its loop did (cleanup takes it off the list).
+	cl.mu.Lock()
+	if !cl.closed {
+		st.e.streamMu.Lock()
+		st.e.streamClients[cl] = struct{}{}
+		st.e.streamMu.Unlock()
+	}
+	cl.mu.Unlock()
 	maxBuf := st.e.cfg.MaxMessageSize + pgwire.HeaderLen + 64<<10
 	for {
 		cl.mu.Lock()
