@@ -105,3 +105,24 @@ func TestConnectionsEndpoint(t *testing.T) {
 		t.Errorf("server: %v", got.Connections[1])
 	}
 }
+
+// With api.token set, the connection list (client addresses, users) needs the token.
+func TestConnectionsEndpointNeedsTheTokenWhenThereIsOne(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", "s3cret"
+	s, err := New(cfg, Sources{Proxy: func() ProxyStatus { return ProxyStatus{} },
+		Connections: func() []ConnStatus { return []ConnStatus{{Kind: "client", Addr: "10.0.0.9:1234"}} }}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := startServer(t, s)
+	if code, body := do(t, http.MethodGet, u+"/proxy/connections", "", ""); code != http.StatusUnauthorized || strings.Contains(body, "10.0.0.9") {
+		t.Fatalf("without the token: %d %s", code, body)
+	}
+	if code, body := do(t, http.MethodGet, u+"/proxy/connections", "s3cret", ""); code != http.StatusOK || !strings.Contains(body, "10.0.0.9") {
+		t.Fatalf("with the token: %d %s", code, body)
+	}
+	if code, _ := do(t, http.MethodGet, u+"/proxy", "", ""); code != http.StatusOK {
+		t.Fatalf("GET /proxy stays open: %d", code)
+	}
+}

@@ -151,7 +151,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.GET("/raft/directives", s.directives)
 	r.GET("/history", s.history)
 	r.GET("/proxy", s.proxy)
-	r.GET("/proxy/connections", s.connections)
+	r.GET("/proxy/connections", s.authRead(s.connections))
 	r.GET("/metrics", s.metrics)
 	r.GET("/events", s.events)
 	// Liveness (Kubernetes, Patroni's /liveness): the process serves requests. Nothing else:
@@ -264,15 +264,33 @@ func (s *Server) auth(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 			writeError(ctx, fasthttp.StatusForbidden, "mutations are disabled: set api.token in the configuration and send it as 'Authorization: Bearer <token>'")
 			return
 		}
-		got := string(ctx.Request.Header.Peek("Authorization"))
-		want := "Bearer " + s.cfg.Token
-		if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
-			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="pgbastion"`)
-			writeError(ctx, fasthttp.StatusUnauthorized, "missing or wrong bearer token (send 'Authorization: Bearer <api.token>')")
-			return
+		if s.tokenOK(ctx) {
+			h(ctx)
 		}
-		h(ctx)
 	}
+}
+
+// authRead wraps a read that shows who is connected (client addresses, users, application
+// names): with api.token set it needs the token, as a mutation does; without one it is open
+// like every other read (the API listens on 127.0.0.1 by default).
+func (s *Server) authRead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if s.cfg.Token == "" || s.tokenOK(ctx) {
+			h(ctx)
+		}
+	}
+}
+
+// tokenOK checks the bearer token, answering 401 when it is missing or wrong.
+func (s *Server) tokenOK(ctx *fasthttp.RequestCtx) bool {
+	got := string(ctx.Request.Header.Peek("Authorization"))
+	want := "Bearer " + s.cfg.Token
+	if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="pgbastion"`)
+		writeError(ctx, fasthttp.StatusUnauthorized, "missing or wrong bearer token (send 'Authorization: Bearer <api.token>')")
+		return false
+	}
+	return true
 }
 
 func (s *Server) needCluster(ctx *fasthttp.RequestCtx) bool {
