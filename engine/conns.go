@@ -41,10 +41,12 @@ const streamPathWait = 50 * time.Millisecond
 const loopSnapshotWait = 2 * time.Second
 
 // Conns lists the proxy's client and server connections, clients first, each kind in the
-// order they connected. It must not run on an event loop (it waits for every loop to list
-// its own connections); self, if not nil, is a stream-path client whose lock the caller
-// holds. Connections moving between paths while it runs may be missing from the list.
-func (e *Engine) Conns(self *client) []Conn {
+// order they connected. It waits for every event loop to list its own connections, so it
+// must not run on one. Connections moving between paths while it runs may be missing.
+func (e *Engine) Conns() []Conn { return e.conns(nil) }
+
+// conns is Conns; self, if not nil, is a stream-path client whose lock the caller holds.
+func (e *Engine) conns(self *client) []Conn {
 	e.loopMu.Lock()
 	loops := append([]*loop(nil), e.loops...)
 	e.loopMu.Unlock()

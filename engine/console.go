@@ -124,7 +124,7 @@ func (cl *client) handleConsole(buf []byte) (int, error) {
 		}
 		if cl.stream != nil {
 			// The stream path runs on the client's own goroutine, which may wait for the loops.
-			cl.send(cl.consoleQuery(q, cl.e.Conns(cl)))
+			cl.send(cl.consoleQuery(q, cl.e.conns(cl)))
 			break
 		}
 		// On an event loop: listing waits for every loop, this one included, so it runs on a
@@ -132,7 +132,7 @@ func (cl *client) handleConsole(buf []byte) (int, error) {
 		cl.consoleBusy = true
 		lp := cl.lp
 		go func() {
-			conns := cl.e.Conns(nil)
+			conns := cl.e.Conns()
 			lp.exec(func() {
 				cl.consoleBusy = false
 				if cl.closed {

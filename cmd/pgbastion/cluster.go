@@ -208,7 +208,7 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 // proxyConnections lists this node's proxy connections (GET /proxy/connections). A client
 // shows the backend PID of the server it holds, for pg_stat_activity.
 func (d *daemon) proxyConnections() []admin.ConnStatus {
-	conns := d.proxy.Conns(nil)
+	conns := d.proxy.Conns()
 	pids := make(map[string]uint32)
 	for _, c := range conns {
 		if c.Server {
