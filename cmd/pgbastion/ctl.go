@@ -62,7 +62,7 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
 	api := fs.String("api", envOr("PGBASTION_API", "http://127.0.0.1:8080"), "API base URL")
-	token := fs.String("token", os.Getenv("PGBASTION_API_TOKEN"), "API token for mutations")
+	token := fs.String("token", os.Getenv("PGBASTION_API_TOKEN"), "API token (api.token): for mutations and the connection list")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -94,7 +94,7 @@ func TestCtlConfigSetWaitsAndReportsRefusals(t *testing.T) {
 	if code := Main([]string{"ctl", "--api", srv.URL, "config", "set", "work_mem"}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "not NAME=VALUE") {
 		t.Fatalf("a bare name: exit %d, %s", code, errOut.String())
 	}
-	if code := Main([]string{"ctl", "--api", srv.URL, "config", "reset", "work_mem"}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "bearer token") {
+	if code := Main([]string{"ctl", "--api", srv.URL, "config", "reset", "work_mem"}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "bearer token") || !strings.Contains(errOut.String(), "--token") {
 		t.Fatalf("without the token: exit %d, %s", code, errOut.String())
 	}
 }

@@ -155,6 +155,9 @@ func (c *ctlClient) call(method, path string, body, out any) error {
 			Error string `json:"error"`
 		}
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			if status == http.StatusUnauthorized {
+				e.Error += "; pass the node's api.token with --token or $PGBASTION_API_TOKEN"
+			}
 			return fmt.Errorf("%s %s: %s", method, path, e.Error)
 		}
 		return fmt.Errorf("%s %s: %d %s: %s", method, path, status, http.StatusText(status), strings.TrimSpace(string(data)))
