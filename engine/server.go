@@ -414,16 +414,18 @@ func (s *server) handle(buf []byte) (int, error) {
 				return pos, fmt.Errorf("server sent an invalid ReadyForQuery")
 			}
 			s.tr.ReadyForQuery(st)
+			if cl != nil && !s.queryStart.IsZero() && s.tr.Outstanding() == 0 {
+				// The client's requests are done (with whatever the proxy sent for it between
+				// them), whether this ReadyForQuery is the client's or the proxy's own.
+				s.pe.counters(s.lp).queryNanos.Add(uint64(max(0, s.clock().Sub(s.queryStart))))
+				s.queryStart = time.Time{}
+			}
 			if cl != nil && v != pool.VerdictSwallow && cl.state == csReady {
 				// The client's own queries: not the proxy's, nor the end of its login.
 				c := s.pe.counters(s.lp)
 				c.queries.Add(1)
 				if st == pgwire.TxIdle {
 					c.xacts.Add(1)
-				}
-				if !s.queryStart.IsZero() && s.tr.Outstanding() == 0 {
-					c.queryNanos.Add(uint64(max(0, s.clock().Sub(s.queryStart))))
-					s.queryStart = time.Time{}
 				}
 			}
 			for _, set := range s.pendingSets {
