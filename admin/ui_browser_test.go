@@ -237,7 +237,18 @@ func TestWebUIInBrowser(t *testing.T) {
 			{Backend: "10.0.0.1:5432", Database: "app", User: "batch", ServersIdle: 2, Size: 20, Paused: true},
 		}}
 	}
-	src := Sources{Cluster: c, Events: evlog.recent, Proxy: proxy}
+	// Its connections: a client holding a server, and one waiting whose address is markup.
+	const addrMarkup = `<i id=injected3>10.0.0.9:3333</i>`
+	conns := func() []ConnStatus {
+		return []ConnStatus{
+			{Kind: "client", ID: "c1", Link: "s1", User: "web", Database: "app", State: "active", Addr: "10.0.0.9:2222",
+				ConnectedAt: now.Add(-90 * time.Second), ApplicationName: "shop", TLS: "TLSv1.3/TLS_AES_128_GCM_SHA256"},
+			{Kind: "client", ID: "c2", User: "web", Database: "app", State: "waiting", WaitSeconds: 1.5, Addr: addrMarkup,
+				ConnectedAt: now.Add(-5 * time.Second)},
+			{Kind: "server", ID: "s1", Link: "c1", User: "web", Database: "app", State: "active", Addr: "10.0.0.1:5432", BackendPID: 4242},
+		}
+	}
+	src := Sources{Cluster: c, Events: evlog.recent, Proxy: proxy, Connections: conns}
 	stop, base := runAPI(t, "127.0.0.1:0", src)
 
 	b := startBrowser(ctx, t, bin)
@@ -279,6 +290,21 @@ func TestWebUIInBrowser(t *testing.T) {
 		if n := string(b.eval(ctx, t, `document.querySelectorAll('#injected2').length`)); n != "0" {
 			t.Errorf("a pool's user name became markup: %s elements", n)
 		}
+		// Connections on demand: the API wants the token; with it, waiting clients first.
+		b.expectFailures("/proxy/connections")
+		b.eval(ctx, t, `document.getElementById('conns-go').click()`)
+		b.waitContains(ctx, t, "#conns-note", "HTTP 401")
+		b.waitContains(ctx, t, "#conns-note", "enter the API token above")
+		b.setToken(ctx, t, "s3cret")
+		b.eval(ctx, t, `document.getElementById('conns-go').click()`)
+		b.waitContains(ctx, t, "#conns-note", "2 client connections, 1 waiting; 1 server connection (listed")
+		b.waitContains(ctx, t, "#conns tbody tr:first-child", addrMarkup+"webappwaiting1.5 s—")
+		b.waitContains(ctx, t, "#conns tr[data-conn=c1]", "10.0.0.9:2222webappactive—4242shop1m")
+		b.waitContains(ctx, t, "#conns tr[data-conn=c1]", "ago"+"TLSv1.3/TLS_AES_128_GCM_SHA256")
+		if n := string(b.eval(ctx, t, `document.querySelectorAll('#injected3').length`)); n != "0" {
+			t.Errorf("a client's address became markup: %s elements", n)
+		}
+		b.eval(ctx, t, `document.getElementById('forget-token').click()`)
 	}) {
 		return
 	}
