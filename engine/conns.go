@@ -117,8 +117,10 @@ func (e *Engine) conns(self *client) []Conn {
 			if seen[id] {
 				continue
 			}
-			c := Conn{Server: true, ID: id, User: s.pe.key.user, Database: s.pe.key.database, State: "idle",
-				Addr: b.addr, Connected: s.born, RemotePID: s.pid, Loop: -1}
+			c := Conn{Server: true, ID: id, State: "idle", Addr: b.addr, Connected: s.born, RemotePID: s.pid, Loop: -1}
+			if s.pe != nil {
+				c.User, c.Database = s.pe.key.user, s.pe.key.database
+			}
 			if cid, ok := linked[id]; ok {
 				c.State, c.Link = "active", cid
 			}
@@ -213,8 +215,10 @@ func (cl *client) describe(now time.Time) Conn {
 
 // describe reads a server's row; it runs on the server's loop.
 func (s *server) describe() Conn {
-	c := Conn{Server: true, ID: connID(s), User: s.pe.key.user, Database: s.pe.key.database, Addr: s.b.addr,
-		Connected: s.born, Request: s.lastUsed, RemotePID: s.pid}
+	c := Conn{Server: true, ID: connID(s), Addr: s.b.addr, Connected: s.born, Request: s.lastUsed, RemotePID: s.pid}
+	if s.pe != nil {
+		c.User, c.Database = s.pe.key.user, s.pe.key.database
+	}
 	switch {
 	case s.client != nil:
 		c.State, c.Link = "active", connID(s.client)

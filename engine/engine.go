@@ -63,14 +63,15 @@ type Engine struct {
 
 	pausedRW atomic.Bool
 
-	loopMu sync.Mutex
-	loops  []*loop
+	loopMu  sync.Mutex
+	loops   []*loop
+	loopIdx map[gnet.EventLoop]*loop
+	ticks   uint64 // OnTick calls; only OnTick (gnet's ticker goroutine) touches it
+
 	// streamClients are the clients whose stream goroutine runs (TLS, slow readers), for SHOW
 	// CLIENTS.
 	streamMu      sync.Mutex
 	streamClients map[*client]struct{}
-	loopIdx       map[gnet.EventLoop]*loop
-	ticks         uint64 // OnTick calls; only OnTick (gnet's ticker goroutine) touches it
 
 	clients atomic.Int64
 	cancels cancelRegistry
