@@ -242,7 +242,7 @@ func TestWebUIInBrowser(t *testing.T) {
 	conns := func() []ConnStatus {
 		return []ConnStatus{
 			{Kind: "client", ID: "c1", Link: "s1", User: "web", Database: "app", State: "active", Addr: "10.0.0.9:2222",
-				ConnectedAt: now.Add(-90 * time.Second), ApplicationName: "shop", TLS: "TLSv1.3/TLS_AES_128_GCM_SHA256"},
+				ConnectedAt: now.Add(-90 * time.Second), BackendPID: 4242, ApplicationName: "shop", TLS: "TLSv1.3/TLS_AES_128_GCM_SHA256"},
 			{Kind: "client", ID: "c2", User: "web", Database: "app", State: "waiting", WaitSeconds: 1.5, Addr: addrMarkup,
 				ConnectedAt: now.Add(-5 * time.Second)},
 			{Kind: "server", ID: "s1", Link: "c1", User: "web", Database: "app", State: "active", Addr: "10.0.0.1:5432", BackendPID: 4242},

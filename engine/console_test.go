@@ -48,6 +48,29 @@ func consoleRows(t *testing.T, c *pgx.Conn, q string) ([]string, [][]string) {
 	return cols, out
 }
 
+// consoleDSN is the admin console's connection string on p's read-write port.
+func consoleDSN(p *proxy) string {
+	return strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1)
+}
+
+// overTLS makes a connection string of p.dsn ask for TLS.
+func overTLS(dsn string) string { return strings.Replace(dsn, "sslmode=disable", "sslmode=require", 1) }
+
+// consoleProxyWithTLS is a transaction-mode proxy of poolSize servers with a console for
+// postgres and TLS offered to clients (TLS clients run on the stream path), in front of the
+// PostgreSQL it returns too.
+func consoleProxyWithTLS(t *testing.T, poolSize int) (*proxy, *pgtest.Instance) {
+	t.Helper()
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	certs := pgtest.Certs(t)
+	return startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, poolSize
+		c.AdminUsers = []string{"postgres"}
+		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
+	}, primary), primary
+}
+
 func column(t *testing.T, cols []string, row []string, name string) string {
 	t.Helper()
 	for i, c := range cols {
@@ -81,7 +104,7 @@ func TestAdminConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	con := connect(t, strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1))
+	con := connect(t, consoleDSN(p))
 	cols, rows := consoleRows(t, con, "SHOW POOLS;")
 	want := "database user cl_active cl_waiting cl_active_cancel_req cl_waiting_cancel_req sv_active sv_active_cancel " +
 		"sv_being_canceled sv_idle sv_used sv_tested sv_login maxwait maxwait_us pool_mode load_balance_hosts"
@@ -189,7 +212,7 @@ func TestNoConsoleByDefault(t *testing.T) {
 	p := startProxy(t, nil, primary)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := pgx.Connect(ctx, strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1))
+	c, err := pgx.Connect(ctx, consoleDSN(p))
 	var pe *pgconn.PgError
 	if err == nil {
 		c.Close(ctx)
@@ -205,19 +228,12 @@ func TestNoConsoleByDefault(t *testing.T) {
 // a TLS client (on the stream path) shows its protocol; a console on the stream path gets the
 // same answer, and commands sent together are answered in order.
 func TestConsoleListsClientsAndServers(t *testing.T) {
-	pgtest.Require(t, pgtest.PostgreSQL())
-	primary := pgtest.Start(t, nil)
-	certs := pgtest.Certs(t)
-	p := startProxy(t, func(c *engine.Config) {
-		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 1
-		c.AdminUsers = []string{"postgres"}
-		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
-	}, primary)
+	p, primary := consoleProxyWithTLS(t, 1)
 	ctx := context.Background()
 
 	// Logging in takes a server for a moment (the clients' settings), so all log in first.
 	held := connect(t, p.dsn(p.rw, "application_name=holder"))
-	secure := connect(t, strings.Replace(p.dsn(p.rw, "application_name=secure"), "sslmode=disable", "sslmode=require", 1))
+	secure := connect(t, overTLS(p.dsn(p.rw, "application_name=secure")))
 	queryInt(t, secure, "SELECT 1")
 	waiter := connect(t, p.dsn(p.rw, "application_name=waiter"))
 	if _, err := held.Exec(ctx, "BEGIN"); err != nil {
@@ -228,7 +244,7 @@ func TestConsoleListsClientsAndServers(t *testing.T) {
 	waited := make(chan error, 1)
 	go func() { _, err := waiter.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); waited <- err }()
 
-	con := connect(t, strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1))
+	con := connect(t, consoleDSN(p))
 	byApp := func(cols []string, rows [][]string) map[string][]string {
 		m := map[string][]string{}
 		for _, r := range rows {
@@ -291,7 +307,7 @@ func TestConsoleListsClientsAndServers(t *testing.T) {
 	}
 
 	// A console on the stream path (TLS) answers too.
-	tcon := connect(t, strings.Replace(strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1), "sslmode=disable", "sslmode=require", 1))
+	tcon := connect(t, overTLS(consoleDSN(p)))
 	if c2, rows := consoleRows(t, tcon, "SHOW CLIENTS"); len(rows) != 5 || column(t, c2, byApp(c2, rows)["/pgbouncer"], "state") != "active" {
 		t.Errorf("SHOW CLIENTS over TLS: %v", rows)
 	}
@@ -349,7 +365,7 @@ func TestConsoleStatsCountBytesAndQueryTime(t *testing.T) {
 		}
 		sent += 1 + 4 + len(q) + 1 // a Query message: type, length, the text and its NUL
 	}
-	con := connect(t, strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1))
+	con := connect(t, consoleDSN(p))
 	cols, rows := consoleRows(t, con, "SHOW STATS")
 	var r []string
 	for _, row := range rows {
@@ -387,21 +403,14 @@ func TestConsoleStatsCountBytesAndQueryTime(t *testing.T) {
 // on the event loops and over TLS (the stream path) connect, run transactions and disconnect
 // while two consoles, one of them over TLS, list connections over and over. Run with -race.
 func TestConsoleListsConnectionsUnderChurn(t *testing.T) {
-	pgtest.Require(t, pgtest.PostgreSQL())
-	primary := pgtest.Start(t, nil)
-	certs := pgtest.Certs(t)
-	p := startProxy(t, func(c *engine.Config) {
-		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 3
-		c.AdminUsers = []string{"postgres"}
-		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
-	}, primary)
+	p, _ := consoleProxyWithTLS(t, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	workers := make(chan error, 8)
 	for i := range 8 {
 		dsn := p.dsn(p.rw)
 		if i%2 == 1 {
-			dsn = strings.Replace(dsn, "sslmode=disable", "sslmode=require", 1)
+			dsn = overTLS(dsn)
 		}
 		go func() {
 			for ctx.Err() == nil {
@@ -422,8 +431,8 @@ func TestConsoleListsConnectionsUnderChurn(t *testing.T) {
 		}()
 	}
 	consoles := []*pgx.Conn{
-		connect(t, strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1)),
-		connect(t, strings.Replace(strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=pgbouncer", 1), "sslmode=disable", "sslmode=require", 1)),
+		connect(t, consoleDSN(p)),
+		connect(t, overTLS(consoleDSN(p))),
 	}
 	done := make(chan struct{})
 	for _, con := range consoles {
