@@ -83,20 +83,37 @@ func (r *cancelRegistry) lookup(pid uint32, key []byte) *client {
 // handleCancel forwards a CancelRequest to the server the client holds now. A cancel for a
 // client between transactions is dropped (it would hit whoever uses that server next). The
 // server is kept from being handed to another client until the cancel has been delivered.
-func (e *Engine) handleCancel(pid uint32, key []byte) {
+//
+// It reports whether the cancel is on its way; if so, landed is called (on another goroutine)
+// once PostgreSQL has signalled the backend or forwarding failed. PostgreSQL closes a cancel
+// connection only after signalling, and libpq and pgx wait for that close before they go on
+// (pgx, for one, sends a cancel and then closes the session when a query's context ends), so
+// the proxy keeps the client's cancel connection open until then too.
+func (e *Engine) handleCancel(pid uint32, key []byte, landed func()) bool {
 	e.m.cancelRequests.Inc()
 	cl := e.cancels.lookup(pid, key)
-	if cl == nil {
-		e.m.cancelsDropped.Inc()
-		return
+	var t *cancelTarget
+	if cl != nil {
+		t = cl.cancel.Load()
 	}
-	t := cl.cancel.Load()
+	if t != nil {
+		t.s.cancelPending.Add(1)
+		// Between reading the target and marking it, the client may have let the server go
+		// (and another client may hold it now). Whoever lets a server go first clears the
+		// client's target and then reads cancelPending, so one of the two sees the other:
+		// either the release holds the server for this cancel, or this re-read sees the
+		// target gone and the cancel is dropped.
+		if cl.cancel.Load() != t {
+			e.cancelLanded(t.s)
+			t = nil
+		}
+	}
 	if t == nil {
 		e.m.cancelsDropped.Inc()
-		return
+		return false
 	}
-	t.s.cancelPending.Add(1)
 	go func() {
+		defer landed()
 		defer e.cancelLanded(t.s)
 		d := net.Dialer{Timeout: e.cfg.Pool.ServerConnectTimeout}
 		c, err := d.Dial("tcp", t.addr)
@@ -113,6 +130,18 @@ func (e *Engine) handleCancel(pid uint32, key []byte) {
 		var b [1]byte
 		_, _ = c.Read(b[:])
 	}()
+	return true
+}
+
+// holdForCancel keeps a server that no client holds any more out of the pool while a cancel
+// meant for its last client is on its way, so the cancel cannot hit the next client's query;
+// cancelLanded lets it go. The caller has cleared that client's cancel target first.
+func (s *server) holdForCancel() bool {
+	if s.cancelPending.Load() == 0 {
+		return false
+	}
+	s.cancelHold = true
+	return true
 }
 
 // cancelLanded lets a server whose cancel was delivered be released again. It runs off the
@@ -130,8 +159,13 @@ func (e *Engine) cancelLanded(s *server) {
 		if s.closer.Load() != h {
 			return // it changed owner meanwhile
 		}
-		if cl := s.client; cl != nil && s.tr.Idle() {
+		switch cl := s.client; {
+		case cl != nil && s.tr.Idle():
 			s.afterReadyForQuery(cl)
+		case cl == nil && s.cancelHold:
+			// Its client let it go while the cancel was on its way (see holdForCancel).
+			s.cancelHold = false
+			s.abandoned()
 		}
 	}
 	switch {

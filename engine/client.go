@@ -28,6 +28,7 @@ const (
 	csLogin                      // authenticated; waiting for a server to complete the login
 	csConsole                    // logged in to the admin console (console.go)
 	csReady                      // normal operation
+	csCancel                     // sent a CancelRequest; closed once it has been delivered
 	csClosed
 )
 
@@ -272,6 +273,18 @@ func (cl *client) closeNow() {
 	}
 }
 
+// closeFromElsewhere closes the client from another goroutine, through its owner: its event
+// loop, or the lock its stream goroutine works under.
+func (cl *client) closeFromElsewhere() {
+	if cl.stream == nil && cl.lp != nil {
+		cl.lp.exec(cl.closeNow)
+		return
+	}
+	cl.mu.Lock()
+	cl.closeNow()
+	cl.mu.Unlock()
+}
+
 // abort is called after a recovered panic.
 func (cl *client) abort() { cl.closed = true }
 
@@ -312,8 +325,12 @@ func (cl *client) handleStartup(buf []byte) (int, error) {
 		cl.send([]byte{'N'})
 		return n, nil
 	case pgwire.KindCancel:
-		cl.e.handleCancel(su.CancelPID, su.CancelKey)
-		cl.closeNow()
+		// The connection stays open (its further bytes ignored) until the cancel has
+		// landed, as PostgreSQL's does; see handleCancel.
+		cl.state = csCancel
+		if !cl.e.handleCancel(su.CancelPID, su.CancelKey, cl.closeFromElsewhere) {
+			cl.closeNow()
+		}
 		return n, nil
 	}
 	if cl.acquireErr != nil {

@@ -16,8 +16,10 @@ type Conn struct {
 	// ID identifies the connection for Link (PgBouncer prints its object's address there too).
 	ID, Link       string
 	User, Database string
-	// State: clients "login", "active" (logged in, not waiting) or "waiting" (for a server);
-	// servers "active" (attached to a client), "idle", "used" (being reset or checked).
+	// State: clients "login", "active" (logged in, not waiting), "waiting" (for a server) or
+	// "active_cancel_req" (a cancel connection whose cancel is on its way to PostgreSQL);
+	// servers "active" (attached to a client), "idle", "used" (being reset or checked, or held
+	// until a cancel for its last client lands).
 	State              string
 	Addr, Local        string // host:port of the far end and of this end
 	Connected, Request time.Time
@@ -184,6 +186,8 @@ func (cl *client) describe(now time.Time) Conn {
 	switch {
 	case cl.state == csStartup || cl.state == csAuth || cl.state == csLogin:
 		c.State = "login"
+	case cl.state == csCancel:
+		c.State = "active_cancel_req" // PgBouncer's name for a client whose cancel is on its way
 	case cl.waiting || cl.dialing:
 		c.State = "waiting"
 		if !cl.waitSince.IsZero() {
@@ -222,7 +226,7 @@ func (s *server) describe() Conn {
 	switch {
 	case s.client != nil:
 		c.State, c.Link = "active", connID(s.client)
-	case s.resetting || s.checkFor != nil:
+	case s.resetting || s.checkFor != nil || s.cancelHold:
 		c.State = "used"
 	default:
 		c.State = "idle"

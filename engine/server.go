@@ -73,6 +73,9 @@ type server struct {
 
 	cancelPending atomic.Int32
 	cancelT       *cancelTarget
+	// cancelHold: no client holds the server, and it waits out of the pool for a cancel meant
+	// for its last client to land (holdForCancel).
+	cancelHold bool
 
 	// home is where the pool accounts for this server: a loop index, or -1 for the stream path.
 	home int
@@ -723,6 +726,9 @@ func (s *server) release() {
 		s.abandoned()
 		return
 	}
+	if s.holdForCancel() {
+		return
+	}
 	if s.dirty {
 		s.dirty = false
 		s.resetting = true
@@ -940,9 +946,14 @@ func (s *server) abandoned() {
 	if s.closing {
 		return
 	}
-	switch {
-	case s.tr.Outstanding() > 0 || s.tr.CopyIn || s.tr.CopyOut:
+	if s.tr.Outstanding() > 0 || s.tr.CopyIn || s.tr.CopyOut {
 		s.closeNow(errors.New("client left during a request"))
+		return
+	}
+	if s.holdForCancel() {
+		return // not even ROLLBACK or the reset query until the cancel has landed
+	}
+	switch {
 	case s.tr.TxStatus != pgwire.TxIdle:
 		s.resetting = true
 		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})

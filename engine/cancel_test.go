@@ -1,0 +1,190 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pool"
+	"github.com/pgbastion/pgbastion/test/pgtest"
+)
+
+// cancelGate is a TCP relay in front of PostgreSQL that passes sessions through but keeps
+// each CancelRequest at the gate until the test opens it, so a test can hold a cancel "on
+// its way" for as long as it needs.
+type cancelGate struct {
+	addr   string
+	open   chan struct{}
+	once   sync.Once
+	held   atomic.Int32 // cancel requests that reached the gate
+	target string
+}
+
+func newCancelGate(t *testing.T, target string) *cancelGate {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &cancelGate{addr: l.Addr().String(), open: make(chan struct{}), target: target}
+	t.Cleanup(func() { g.release(); _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go g.serve(c)
+		}
+	}()
+	return g
+}
+
+func (g *cancelGate) release() { g.once.Do(func() { close(g.open) }) }
+
+func (g *cancelGate) serve(c net.Conn) {
+	defer c.Close()
+	var first [8]byte
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		return
+	}
+	if binary.BigEndian.Uint32(first[4:]) == 80877102 { // CancelRequest
+		g.held.Add(1)
+		<-g.open
+	}
+	up, err := net.Dial("tcp", g.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	if _, err := up.Write(first[:]); err != nil {
+		return
+	}
+	go func() { _, _ = io.Copy(up, c); _ = up.(*net.TCPConn).CloseWrite() }()
+	_, _ = io.Copy(c, up)
+}
+
+// sendCancelRequest sends a CancelRequest for (pid, key) to addr, as libpq's PQcancel does,
+// and closes acked when the proxy closes the connection (libpq and pgx wait for that close).
+func sendCancelRequest(t *testing.T, addr string, pid uint32, key []byte) (acked chan struct{}) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := binary.BigEndian.AppendUint32(nil, uint32(12+len(key)))
+	msg = binary.BigEndian.AppendUint32(msg, 80877102)
+	msg = binary.BigEndian.AppendUint32(msg, pid)
+	if _, err := c.Write(append(msg, key...)); err != nil {
+		t.Fatal(err)
+	}
+	acked = make(chan struct{})
+	go func() {
+		defer close(acked)
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		var b [1]byte
+		_, _ = c.Read(b[:])
+	}()
+	return acked
+}
+
+// A cancel still on its way to PostgreSQL when its client lets the server go (its query
+// ended by itself, and the client then closed the session, idle or inside a transaction, as
+// pgx does after it sends a cancel) must not cancel the next client's query on that server:
+// the server stays out of the pool until the cancel has landed. And the proxy, like
+// PostgreSQL, closes the cancel connection only once the cancel has been delivered.
+func TestCancelOnItsWayKeepsTheServerFromTheNextClient(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	for _, tc := range []struct{ name, sql string }{
+		{"idle", "SELECT pg_sleep(0.3)"},
+		{"in-transaction", "BEGIN; SELECT pg_sleep(0.3)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			primary := pgtest.Start(t, nil)
+			gate := newCancelGate(t, net.JoinHostPort(primary.Host(), strconv.Itoa(primary.Port())))
+			p := startProxy(t, func(c *engine.Config) {
+				c.EventLoops = 1
+				c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 1
+				host, port, _ := net.SplitHostPort(gate.addr)
+				c.Backends[0].Host = host
+				c.Backends[0].Port, _ = strconv.Atoi(port)
+			}, primary)
+			direct := primary.Conn(t)
+			running := func(sql string) bool {
+				return queryInt(t, direct, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1", sql) > 0
+			}
+
+			a := connect(t, p.dsn(p.rw))
+			pid, key := a.PgConn().PID(), a.PgConn().SecretKey()
+			resA := make(chan error, 1)
+			go func() {
+				_, err := a.Exec(context.Background(), tc.sql, pgx.QueryExecModeSimpleProtocol)
+				resA <- err
+			}()
+			waitFor(t, "the first client's query to run", func() bool { return running(tc.sql) })
+			acked := sendCancelRequest(t, p.rw, pid, key)
+			waitFor(t, "the cancel to reach the gate", func() bool { return gate.held.Load() == 1 })
+			if err := <-resA; err != nil {
+				t.Fatalf("the first client's query, whose cancel is held at the gate: %v", err)
+			}
+			select {
+			case <-acked:
+				t.Fatal("the proxy closed the cancel connection before the cancel reached PostgreSQL")
+			default:
+			}
+			if err := a.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+
+			// The next client needs the one server there is.
+			const next = "SELECT pg_sleep(1), 7"
+			resB := make(chan error, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				b, err := pgx.Connect(ctx, p.dsn(p.rw))
+				if err != nil {
+					resB <- err
+					return
+				}
+				defer b.Close(context.Background())
+				var sleep string
+				var v int
+				if err := b.QueryRow(ctx, next, pgx.QueryExecModeSimpleProtocol).Scan(&sleep, &v); err != nil {
+					resB <- err
+					return
+				}
+				if v != 7 {
+					err = errors.New("wrong result " + strconv.Itoa(v))
+				}
+				resB <- err
+			}()
+			// With the server held, the next client waits for it; without, its query runs
+			// now and the cancel, once let through, would end it.
+			waitFor(t, "the next client to wait for the server, or its query to run", func() bool {
+				st := p.e.Stats()
+				return (len(st.Pools) > 0 && st.Pools[0].Waiting > 0) || running(next)
+			})
+			gate.release()
+			if err := <-resB; err != nil {
+				t.Fatalf("the next client's query: %v", err)
+			}
+			select {
+			case <-acked:
+			case <-time.After(time.Minute):
+				t.Fatal("the proxy did not close the cancel connection after the cancel landed")
+			}
+		})
+	}
+}
