@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/binary"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -139,6 +140,12 @@ func (e *Engine) handleCancel(pid uint32, key []byte, landed func()) bool {
 func (s *server) holdForCancel() bool {
 	if s.cancelPending.Load() == 0 {
 		return false
+	}
+	if s.conn == nil {
+		// A stream-path server (TLS to PostgreSQL, a slow reader's) has no event loop to
+		// wait on: it is closed instead, and the pool dials another.
+		s.closeNow(errors.New("a cancel for its last client is still on its way"))
+		return true
 	}
 	s.cancelHold = true
 	return true

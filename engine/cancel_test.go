@@ -106,9 +106,14 @@ func sendCancelRequest(t *testing.T, addr string, pid uint32, key []byte) (acked
 // PostgreSQL, closes the cancel connection only once the cancel has been delivered.
 func TestCancelOnItsWayKeepsTheServerFromTheNextClient(t *testing.T) {
 	pgtest.Require(t, pgtest.PostgreSQL())
-	for _, tc := range []struct{ name, sql string }{
-		{"idle", "SELECT pg_sleep(0.3)"},
-		{"in-transaction", "BEGIN; SELECT pg_sleep(0.3)"},
+	certs := pgtest.Certs(t)
+	for _, tc := range []struct {
+		name, sql string
+		tls       bool // the first client is on the stream path, and so is its server
+	}{
+		{"idle", "SELECT pg_sleep(0.3)", false},
+		{"in-transaction", "BEGIN; SELECT pg_sleep(0.3)", false},
+		{"idle-over-TLS", "SELECT pg_sleep(0.3)", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			primary := pgtest.Start(t, nil)
@@ -116,6 +121,7 @@ func TestCancelOnItsWayKeepsTheServerFromTheNextClient(t *testing.T) {
 			p := startProxy(t, func(c *engine.Config) {
 				c.EventLoops = 1
 				c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 1
+				c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
 				host, port, _ := net.SplitHostPort(gate.addr)
 				c.Backends[0].Host = host
 				c.Backends[0].Port, _ = strconv.Atoi(port)
@@ -125,7 +131,11 @@ func TestCancelOnItsWayKeepsTheServerFromTheNextClient(t *testing.T) {
 				return queryInt(t, direct, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1", sql) > 0
 			}
 
-			a := connect(t, p.dsn(p.rw))
+			dsnA := p.dsn(p.rw)
+			if tc.tls {
+				dsnA = overTLS(dsnA)
+			}
+			a := connect(t, dsnA)
 			pid, key := a.PgConn().PID(), a.PgConn().SecretKey()
 			resA := make(chan error, 1)
 			go func() {

@@ -783,6 +783,7 @@ func (s *server) handTo(cl *client) {
 		nc := s.nc
 		s.moveTo = cl
 		if cl.stream != nil {
+			s.publish(nc, cl)
 			cl.stream.give(s)
 			return
 		}

@@ -231,6 +231,7 @@ func (st *stream) give(s *server) {
 	case <-st.done:
 		// The client went away: the server goes back to the pool.
 		s.moveTo = nil
+		s.inTransit(s.nc)
 		s.releaseFromStream()
 	}
 }
@@ -337,6 +338,8 @@ func (st *stream) serveServer(s *server) {
 				s.reading = false
 				if !closing {
 					_ = s.nc.SetReadDeadline(time.Time{})
+					// Released below without cl.mu: no longer this client's to recheck.
+					s.inTransit(s.nc)
 				}
 				cl.mu.Unlock()
 				if closing {
@@ -375,6 +378,7 @@ func (st *stream) serveServer(s *server) {
 				free := s.client == nil && !s.resetting
 				if free {
 					s.reading = false
+					s.inTransit(s.nc) // released below without cl.mu
 					if hi > lo {
 						s.carry = append([]byte(nil), buf[lo:hi]...)
 					}
