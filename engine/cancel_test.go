@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 
 	"github.com/pgbastion/pgbastion/engine"
 	"github.com/pgbastion/pgbastion/pool"
@@ -196,5 +199,92 @@ func TestCancelOnItsWayKeepsTheServerFromTheNextClient(t *testing.T) {
 				t.Fatal("the proxy did not close the cancel connection after the cancel landed")
 			}
 		})
+	}
+}
+
+// Cancels in transaction mode, under churn, hit only the query they were sent for: clients
+// whose queries time out share two servers with clients that never cancel anything, over
+// plain TCP and TLS, on both event loops. Of the clients that time out, one kind sends a
+// CancelRequest and waits for the query to end (pgx's CancelRequestContextWatcherHandler),
+// the other sends one and closes the session at once (pgx's default). A cancel that reached
+// another client's query would show as 57014 on a client that never cancelled. Run with
+// -race.
+func TestCancelsHitOnlyTheirOwnQueries(t *testing.T) {
+	p, _ := consoleProxyWithTLS(t, 2)
+	ctx, stop := context.WithTimeout(context.Background(), 4*time.Second)
+	defer stop()
+	connectWith := func(dsn string, waits bool) (*pgx.Conn, error) {
+		cfg, err := pgx.ParseConfig(dsn)
+		if err != nil {
+			return nil, err
+		}
+		if waits {
+			cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+				return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
+			}
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return pgx.ConnectConfig(cctx, cfg)
+	}
+	var cancelled, ran atomic.Int64
+	errs := make(chan error, 8)
+	for i := range 8 {
+		dsn := p.dsn(p.rw)
+		if i >= 4 {
+			dsn = overTLS(dsn)
+		}
+		canceller, waits := i%4 < 2, i%4 == 0
+		go func() {
+			var c *pgx.Conn
+			defer func() {
+				if c != nil {
+					_ = c.Close(context.Background())
+				}
+			}()
+			for n := 0; ctx.Err() == nil; n++ {
+				if c == nil || c.IsClosed() {
+					var err error
+					if c, err = connectWith(dsn, waits); err != nil {
+						errs <- fmt.Errorf("connect: %w", err)
+						return
+					}
+				}
+				if !canceller {
+					var v int
+					err := c.QueryRow(context.Background(), "SELECT 1 FROM pg_sleep(0.003)", pgx.QueryExecModeSimpleProtocol).Scan(&v)
+					if err == nil {
+						_, err = c.Exec(context.Background(), "BEGIN; SELECT pg_sleep(0.002); COMMIT", pgx.QueryExecModeSimpleProtocol)
+					}
+					if err != nil {
+						errs <- fmt.Errorf("a client that cancels nothing: %w", err)
+						return
+					}
+					ran.Add(1)
+					continue
+				}
+				// Time out after 1–20 ms a query that would take 10 ms: some end first, some
+				// are cancelled mid-query, some cancels arrive as the query ends.
+				qctx, cancel := context.WithTimeout(ctx, time.Duration(1+n%20)*time.Millisecond)
+				_, err := c.Exec(qctx, "SELECT pg_sleep(0.01)", pgx.QueryExecModeSimpleProtocol)
+				cancel()
+				if sqlState(err) == "57014" || c.IsClosed() {
+					cancelled.Add(1)
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	t.Logf("%d queries cancelled or sessions closed mid-query, %d transactions of the other clients", cancelled.Load(), ran.Load())
+	if cancelled.Load() == 0 || ran.Load() == 0 {
+		t.Fatalf("the test did not exercise cancels (%d) against other clients' work (%d)", cancelled.Load(), ran.Load())
+	}
+	if v := queryInt(t, connect(t, p.dsn(p.rw)), "SELECT 7"); v != 7 {
+		t.Fatalf("after the churn: %d", v)
 	}
 }
