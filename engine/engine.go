@@ -43,6 +43,9 @@ type Engine struct {
 
 	gnet   gnet.Engine
 	booted chan struct{}
+	// ready is closed once every event loop is known (discoverLoops).
+	ready        chan struct{}
+	discoverOnce sync.Once
 
 	frontLimits   *pgwire.Limits // after startup, session mode
 	txnLimits     *pgwire.Limits // after startup, transaction mode (Parse bounded)
@@ -125,6 +128,7 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		verifier:      opts.Auth,
 		secrets:       opts.Secrets,
 		booted:        make(chan struct{}),
+		ready:         make(chan struct{}),
 		frontLimits:   pgwire.FrontendLimits(pgwire.MaxMessageLen),
 		txnLimits:     pgwire.FrontendLimits(pgwire.MaxMessageLen),
 		backendLimits: pgwire.BackendLimits(),
@@ -244,8 +248,8 @@ func probeListen(key, addr string) error {
 // Metrics returns the engine's metrics.
 func (e *Engine) Metrics() *Metrics { return e.m }
 
-// Ready is closed once the listeners accept connections.
-func (e *Engine) Ready() <-chan struct{} { return e.booted }
+// Ready is closed once the listeners accept connections and every event loop is known.
+func (e *Engine) Ready() <-chan struct{} { return e.ready }
 
 // Stop shuts the proxy down.
 func (e *Engine) Stop() { e.stopOnce.Do(func() { close(e.stopped) }) }
@@ -292,6 +296,66 @@ func (e *Engine) loopOf(c gnet.Conn) *loop {
 		e.loopIdx[el] = lp
 	}
 	return lp
+}
+
+// loopProbe is the context of the connections discoverLoops registers.
+type loopProbe struct{}
+
+// discoverLoops makes every event loop known before clients are served. A loop is known (it
+// gets its index) when it first opens a connection, and the pools place servers on loops by
+// index: a server placed on a loop no connection had visited yet would go to another one, and
+// the next client of that loop would get a server living elsewhere. So each loop is handed a
+// probe connection, one at a time and held open: gnet gives each to the loop with the fewest
+// connections, which is one that has none.
+func (e *Engine) discoverLoops() {
+	defer close(e.ready)
+	known := func() int {
+		e.loopMu.Lock()
+		defer e.loopMu.Unlock()
+		return len(e.loops)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.log.Warn("cannot discover the event loops; they become known with their first connections", "err", err)
+		return
+	}
+	defer ln.Close()
+	var held []net.Conn // the far ends of the probes; closing them closes the probes
+	defer func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}()
+	// probe registers one probe connection and reports whether it opened on a loop.
+	probe := func() bool {
+		near, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return false
+		}
+		far, err := ln.Accept()
+		if err != nil {
+			_ = near.Close()
+			return false
+		}
+		held = append(held, far)
+		ch, err := e.gnet.Register(gnet.NewNetConnContext(gnet.NewContext(context.Background(), loopProbe{}), near))
+		if err != nil {
+			_ = near.Close()
+			return false
+		}
+		select {
+		case r := <-ch:
+			return r.Err == nil
+		case <-e.stopped:
+		case <-time.After(5 * time.Second):
+		}
+		return false
+	}
+	for try := 0; try < 4*e.cfg.EventLoops && known() < e.cfg.EventLoops && probe(); try++ {
+	}
+	if n := known(); n < e.cfg.EventLoops {
+		e.log.Warn("not every event loop could be discovered at start", "known", n, "loops", e.cfg.EventLoops)
+	}
 }
 
 // connLoop returns the loop of a connection that is already open: its context knows it, so
@@ -500,6 +564,8 @@ func (e *Engine) OnClose(c gnet.Conn, err error) gnet.Action {
 
 // OnTick implements gnet.EventHandler: periodic housekeeping on every loop.
 func (e *Engine) OnTick() (time.Duration, gnet.Action) {
+	// The first tick comes once gnet has set up all its loops (OnBoot comes before that).
+	e.discoverOnce.Do(func() { go e.discoverLoops() })
 	e.loopMu.Lock()
 	loops := append([]*loop(nil), e.loops...)
 	e.loopMu.Unlock()
