@@ -355,8 +355,15 @@ func (p *Pool[S, W]) Release(loop int, s S, born, now time.Time) (to W, toLoop i
 		return to, loop, false, true
 	}
 	if !p.paused {
+		stream := loop < 0 || loop >= p.loops()
+		if stream && h.waiters.len() > 0 {
+			// A stream-path server goes to the oldest waiter, of the stream path or a loop.
+			if i, ok := p.oldestWaiterElsewhere(loop); !ok || !p.homes[i].waiters.front().since.Before(h.waiters.front().since) {
+				return h.waiters.pop().w, -1, true, false
+			}
+		}
 		// A loop above its share gives the server to another loop that is short of servers.
-		over := loop < 0 || loop >= p.loops() || h.open > p.fairShare()
+		over := stream || h.open > p.fairShare()
 		if over || h.waiters.len() == 0 {
 			// Without a waiter here the server goes to another loop only if that loop is
 			// short of its share or shares are small (see Pool).
@@ -370,6 +377,16 @@ func (p *Pool[S, W]) Release(loop int, s S, born, now time.Time) (to W, toLoop i
 				}
 				return w, i, true, false
 			}
+		}
+		// The stream path (TLS and slow clients) owns no share: its clients would wait for
+		// as long as the loops have clients of their own waiting. Its oldest waiter is served
+		// in turn with the clients waiting here, oldest first.
+		if st := &p.homes[p.loops()]; st != h && st.waiters.len() > 0 &&
+			(h.waiters.len() == 0 || st.waiters.front().since.Before(h.waiters.front().since)) {
+			w := st.waiters.pop().w
+			h.open--
+			st.open++
+			return w, -1, true, false
 		}
 		if h.waiters.len() > 0 {
 			w := h.waiters.pop().w

@@ -186,6 +186,45 @@ func TestPoolLargeSharesStayOnTheirLoop(t *testing.T) {
 	}
 }
 
+// Clients on the stream path (TLS, slow readers) own no share of the pool. They take their
+// turn with the clients waiting on the loops, oldest first, instead of waiting for a moment
+// when no loop client waits (under load, possibly for ever).
+func TestPoolStreamWaitersTakeTheirTurn(t *testing.T) {
+	at := func(s int) time.Time { return time.Unix(1000+int64(s), 0) }
+	p := New[int, string](2, Limits{Size: 4}, nil)
+	for loop := 0; loop < 2; loop++ {
+		for range 2 {
+			if k, _, _ := p.Acquire(loop, "x", at(0)); k != GrantDial {
+				t.Fatalf("acquire on loop %d: %v", loop, k)
+			}
+		}
+	}
+	for _, w := range []struct {
+		loop int
+		name string
+		at   int
+	}{{0, "a", 1}, {-1, "s1", 2}, {0, "b", 3}, {-1, "s2", 4}} {
+		if k, _, _ := p.Acquire(w.loop, w.name, at(w.at)); k != GrantWait {
+			t.Fatalf("acquire %s: %v, want wait", w.name, k)
+		}
+	}
+	release := func(loop, now int, wantTo string, wantLoop int) {
+		t.Helper()
+		to, toLoop, handed, _ := p.Release(loop, 1, at(0), at(now))
+		if !handed || to != wantTo || toLoop != wantLoop {
+			t.Fatalf("release on %d: to %q on %d (handed %v), want %q on %d", loop, to, toLoop, handed, wantTo, wantLoop)
+		}
+	}
+	release(0, 5, "a", 0)   // a waited longer than s1
+	release(0, 6, "s1", -1) // s1 longer than b: the server moves to the stream path
+	// A stream-path server goes to the oldest waiter too: b (since 3), then s2 (since 4).
+	release(-1, 7, "b", 0)
+	release(-1, 8, "s2", -1)
+	if st := p.Stats(at(9)); st.Open != 4 || st.Waiting != 0 {
+		t.Fatalf("after: %+v", st)
+	}
+}
+
 func TestQueueIsFIFOAndReusesItsArray(t *testing.T) {
 	var q queue[int]
 	next, want := 0, 0
