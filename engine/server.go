@@ -486,7 +486,9 @@ func (s *server) handle(buf []byte) (int, error) {
 		if typ == pgwire.MsgReadyForQuery {
 			s.afterReadyForQuery(cl)
 		}
-		if cl != nil && cl.conn != nil && cl.conn.OutboundBuffered() > s.e.cfg.StreamHighWater {
+		// s.client == cl: the ReadyForQuery just handled may have let the server go (and the
+		// pool may have given it to someone else); a client that lags then is not moved with it.
+		if cl != nil && s.client == cl && cl.conn != nil && cl.conn.OutboundBuffered() > s.e.cfg.StreamHighWater {
 			// The client does not keep up: stop reading this server (stream path).
 			s.startSlowReader(cl)
 			return pos, nil

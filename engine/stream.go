@@ -419,6 +419,12 @@ func (s *server) startSlowReader(cl *client) {
 	}
 	st := newStream(s.e, cl)
 	cl.stream = st
+	// The server now lives on the stream path: the pool counts it there, so that when it is
+	// released from there it is moved to a loop first (never made idle in place).
+	if s.pe != nil {
+		s.pe.p.MoveOpen(s.home, -1)
+	}
+	s.home = -1
 	s.e.m.slowReaders.Inc()
 	s.e.log.Info("client is not reading its results; moving it to the stream path", "remote", cl.remote(), "queued_bytes", cl.conn.OutboundBuffered())
 	lp := s.lp

@@ -430,6 +430,15 @@ func (p *Pool[S, W]) leastOpenLoop() int {
 	return best
 }
 
+// MoveOpen moves an open server's accounting from the home of loop from to the home of loop
+// to (negative: the stream path), when the engine moves a busy server there.
+func (p *Pool[S, W]) MoveOpen(from, to int) {
+	p.mu.Lock()
+	p.home(from).open--
+	p.home(to).open++
+	p.mu.Unlock()
+}
+
 // PlaceIdle records s as idle on loop without offering it to waiters (after a move whose
 // client went away). The server's accounting moves from the home it came from.
 func (p *Pool[S, W]) PlaceIdle(from, loop int, s S, born, now time.Time) {
