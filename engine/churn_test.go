@@ -47,12 +47,19 @@ func dialSlow(ctx context.Context, network, addr string) (net.Conn, error) {
 // Every result must be whole and right, no client that cancels nothing may see an error, and
 // the proxy must serve afterwards. Run with -race: it is the test for the ownership of
 // servers that move between event loops and the stream path.
-func TestEverythingAtOnceInTransactionMode(t *testing.T) {
+func TestEverythingAtOnceInTransactionMode(t *testing.T) { everythingAtOnce(t, pool.ModeTransaction) }
+
+// The same in session mode, where clients keep a server for their session and come and go
+// (every five operations, a slow reader after each result), so servers are reset with
+// DISCARD ALL and handed on between loops and the stream path.
+func TestEverythingAtOnceInSessionMode(t *testing.T) { everythingAtOnce(t, pool.ModeSession) }
+
+func everythingAtOnce(t *testing.T, mode pool.Mode) {
 	pgtest.Require(t, pgtest.PostgreSQL())
 	primary := pgtest.Start(t, nil)
 	certs := pgtest.Certs(t)
 	p := startProxy(t, func(c *engine.Config) {
-		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 5
+		c.Pool.Mode, c.Pool.DefaultPoolSize = mode, 5
 		c.AdminUsers = []string{"postgres"}
 		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
 		c.StreamHighWater = 64 << 10
@@ -162,7 +169,15 @@ func TestEverythingAtOnceInTransactionMode(t *testing.T) {
 					_ = c.Close(context.Background())
 				}
 			}()
+			every := 5 // session mode: operations per session
+			if r.slow {
+				every = 1
+			}
 			for n := 0; ctx.Err() == nil; n++ {
+				if c != nil && mode == pool.ModeSession && r.name != "console" && n%every == 0 {
+					_ = c.Close(context.Background())
+					c = nil
+				}
 				if c == nil || c.IsClosed() {
 					var err error
 					if c, err = connectTo(r.dsn, r.slow); err != nil {
