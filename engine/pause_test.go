@@ -18,15 +18,18 @@ import (
 // TestPauseSwitchResumeNoClientErrors is the proxy half of a switchover: writes pause, the
 // routing table moves to another primary, writes resume. Clients in transaction mode that
 // were between transactions must see no error, and every transaction after the resume must
-// reach the new primary.
+// reach the new primary. Half the clients use TLS, so they and the servers they use live on
+// the stream path.
 func TestPauseSwitchResumeNoClientErrors(t *testing.T) {
 	pgtest.Require(t, pgtest.PostgreSQL())
 	a := pgtest.Start(t, &pgtest.Options{Name: "a"})
 	b := pgtest.Start(t, &pgtest.Options{Name: "b", SuperuserPassword: a.Password()})
+	certs := pgtest.Certs(t)
 	p := startProxy(t, func(c *engine.Config) {
 		c.Pool.Mode = pool.ModeTransaction
 		c.Pool.DefaultPoolSize = 4
 		c.Backends = nil // routing is published by hand below, as the HA core does
+		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
 	}, a)
 	p.e.SetRouting(engine.RoutingSpec{Primary: a.Addr()})
 
@@ -40,10 +43,14 @@ func TestPauseSwitchResumeNoClientErrors(t *testing.T) {
 		errs        = make(chan error, 100)
 	)
 	for i := 0; i < 20; i++ {
+		dsn := p.dsn(p.rw)
+		if i%2 == 1 {
+			dsn = overTLS(dsn)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := pgx.Connect(ctx, p.dsn(p.rw))
+			c, err := pgx.Connect(ctx, dsn)
 			if err != nil {
 				errs <- err
 				return
