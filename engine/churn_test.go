@@ -43,7 +43,8 @@ func dialSlow(ctx context.Context, network, addr string) (net.Conn, error) {
 // Everything at once in transaction mode, on five servers: clients too slow for their large
 // results (moved to the stream path mid-result), over TCP and TLS; clients running short
 // transactions with pgx's statement cache (named statements following them from server to
-// server); clients whose queries time out and are cancelled; a console listing connections.
+// server); clients copying rows in and out; clients whose queries time out and are cancelled;
+// a console listing connections.
 // Every result must be whole and right, no client that cancels nothing may see an error, and
 // the proxy must serve afterwards. Run with -race: it is the test for the ownership of
 // servers that move between event loops and the stream path.
@@ -107,6 +108,28 @@ func everythingAtOnce(t *testing.T, mode pool.Mode) {
 		}
 		return nil
 	}
+	primary.Exec(t, "CREATE TABLE churn_copy (worker int, n int)")
+	var copiers atomic.Int64
+	// copyInOut copies 2,000 rows in (COPY FROM STDIN, extended protocol) and counts them back
+	// with COPY TO STDOUT, in a table of its own rows.
+	copyInOut := func() worker {
+		id := copiers.Add(1)
+		return func(c *pgx.Conn, n int) error {
+			rows := make([][]any, 2000)
+			for i := range rows {
+				rows[i] = []any{int32(id), int32(n)}
+			}
+			if got, err := c.CopyFrom(context.Background(), pgx.Identifier{"churn_copy"}, []string{"worker", "n"}, pgx.CopyFromRows(rows)); err != nil || got != 2000 {
+				return fmt.Errorf("copy in: %d rows, %v", got, err)
+			}
+			var out strings.Builder
+			tag, err := c.PgConn().CopyTo(context.Background(), &out, fmt.Sprintf("COPY (SELECT n FROM churn_copy WHERE worker = %d AND n = %d) TO STDOUT", id, n))
+			if err != nil || tag.RowsAffected() != 2000 || strings.Count(out.String(), "\n") != 2000 {
+				return fmt.Errorf("copy out: %v rows, %d bytes, %v", tag.RowsAffected(), out.Len(), err)
+			}
+			return nil
+		}
+	}
 	shortTxn := func(c *pgx.Conn, n int) error {
 		tx, err := c.Begin(context.Background())
 		if err != nil {
@@ -156,6 +179,8 @@ func everythingAtOnce(t *testing.T, mode pool.Mode) {
 		{name: "short transactions", dsn: plain, run: shortTxn},
 		{name: "short transactions", dsn: plain, run: shortTxn},
 		{name: "short transactions over TLS", dsn: tls, run: shortTxn},
+		{name: "copy in and out", dsn: plain, run: copyInOut()},
+		{name: "copy in and out over TLS", dsn: tls, run: copyInOut()},
 		{name: "timing out", dsn: plain, run: timesOut},
 		{name: "timing out over TLS", dsn: tls, run: timesOut},
 		{name: "console", dsn: consoleDSN(p), run: console},
