@@ -113,9 +113,16 @@ func (e *Engine) handleCancel(pid uint32, key []byte, landed func()) bool {
 		e.m.cancelsDropped.Inc()
 		return false
 	}
+	pe := t.s.pe
+	if pe != nil {
+		pe.cancels.Add(1)
+	}
 	go func() {
 		defer landed()
 		defer e.cancelLanded(t.s)
+		if pe != nil {
+			defer pe.cancels.Add(-1)
+		}
 		d := net.Dialer{Timeout: e.cfg.Pool.ServerConnectTimeout}
 		c, err := d.Dial("tcp", t.addr)
 		if err != nil {
@@ -148,6 +155,9 @@ func (s *server) holdForCancel() bool {
 		return true
 	}
 	s.cancelHold = true
+	if s.pe != nil {
+		s.pe.canceling.Add(1)
+	}
 	return true
 }
 
@@ -172,6 +182,9 @@ func (e *Engine) cancelLanded(s *server) {
 		case cl == nil && s.cancelHold:
 			// Its client let it go while the cancel was on its way (see holdForCancel).
 			s.cancelHold = false
+			if s.pe != nil {
+				s.pe.canceling.Add(-1)
+			}
 			s.abandoned()
 		}
 	}

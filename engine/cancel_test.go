@@ -125,6 +125,7 @@ func TestCancelOnItsWayKeepsTheServerFromTheNextClient(t *testing.T) {
 				c.EventLoops = 1
 				c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 1
 				c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
+				c.AdminUsers = []string{"postgres"}
 				host, port, _ := net.SplitHostPort(gate.addr)
 				c.Backends[0].Host = host
 				c.Backends[0].Port, _ = strconv.Atoi(port)
@@ -156,8 +157,24 @@ func TestCancelOnItsWayKeepsTheServerFromTheNextClient(t *testing.T) {
 				t.Fatal("the proxy closed the cancel connection before the cancel reached PostgreSQL")
 			default:
 			}
+			pools := func() engine.PoolStats { return p.e.Stats().Pools[0] }
+			if st := pools(); st.CancelsInFlight != 1 {
+				t.Errorf("with the cancel at the gate: %d cancels in flight, want 1", st.CancelsInFlight)
+			}
 			if err := a.Close(context.Background()); err != nil {
 				t.Fatal(err)
+			}
+			if !tc.tls { // a stream-path server is closed instead of held
+				waitFor(t, "the server to be held for the cancel", func() bool { return pools().HeldForCancel == 1 })
+				cols, rows := consoleRows(t, connect(t, consoleDSN(p)), "SHOW POOLS")
+				for _, c := range []string{"cl_active_cancel_req", "sv_active_cancel", "sv_being_canceled"} {
+					if v := column(t, cols, rows[0], c); v != "1" {
+						t.Errorf("SHOW POOLS %s = %s with one cancel on its way and its server held, want 1", c, v)
+					}
+				}
+				if v := column(t, cols, rows[0], "sv_active"); v != "0" {
+					t.Errorf("SHOW POOLS sv_active = %s, want 0 (the server is held, not active)", v)
+				}
 			}
 
 			// The next client needs the one server there is.
@@ -198,6 +215,10 @@ func TestCancelOnItsWayKeepsTheServerFromTheNextClient(t *testing.T) {
 			case <-time.After(time.Minute):
 				t.Fatal("the proxy did not close the cancel connection after the cancel landed")
 			}
+			waitFor(t, "the cancel counts to go back to 0", func() bool {
+				st := pools()
+				return st.CancelsInFlight == 0 && st.HeldForCancel == 0
+			})
 		})
 	}
 }

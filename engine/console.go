@@ -250,9 +250,9 @@ func (r consoleResult) append(b []byte) []byte {
 }
 
 // showPools is SHOW POOLS with PgBouncer's columns: one row per database and user, summed
-// over the backends serving them (the per-backend detail is in GET /proxy). PGBastion does
-// not track servers being tested, logging in or cancelled, nor cancel requests waiting:
-// those columns are 0.
+// over the backends serving them (the per-backend detail is in GET /proxy). Cancel requests
+// are forwarded at once (cl_waiting_cancel_req is 0), and PGBastion does not track servers
+// being tested or logging in: those columns are 0.
 func (cl *client) showPools() (consoleResult, error) {
 	res := consoleResult{cols: textCols("database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
 		"cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
@@ -264,16 +264,20 @@ func (cl *client) showPools() (consoleResult, error) {
 	pools := cl.e.Stats().Pools // ordered by database and user: a row's pools are neighbours
 	for i := 0; i < len(pools); {
 		first := pools[i]
-		var clients, waiting, active, idle int
+		var clients, waiting, active, idle, cancels, held int
 		var maxWait time.Duration
 		for ; i < len(pools) && pools[i].Database == first.Database && pools[i].User == first.User; i++ {
 			p := pools[i]
 			clients, waiting, active, idle = clients+p.Clients, waiting+p.Waiting, active+p.Busy(), idle+p.IdleServers()
+			cancels, held = cancels+p.CancelsInFlight, held+p.HeldForCancel
 			maxWait = max(maxWait, p.MaxWait)
 		}
 		us := maxWait.Microseconds()
+		// A cancel travels on a connection of its own to the server (sv_active_cancel), and a
+		// server waiting for one to land is sv_being_canceled rather than active.
 		res.rows = append(res.rows, []string{first.Database, first.User, strconv.Itoa(max(0, clients-waiting)),
-			strconv.Itoa(waiting), "0", "0", strconv.Itoa(active), "0", "0", strconv.Itoa(idle), "0", "0", "0",
+			strconv.Itoa(waiting), strconv.Itoa(cancels), "0", strconv.Itoa(max(0, active-held)), strconv.Itoa(cancels),
+			strconv.Itoa(held), strconv.Itoa(idle), "0", "0", "0",
 			strconv.FormatInt(us/1e6, 10), strconv.FormatInt(us%1e6, 10), mode, ""})
 	}
 	return res, nil

@@ -648,6 +648,10 @@ type PoolStats struct {
 	// Clients is the number of client connections routed to the pool.
 	Clients int
 	Counts  PoolCounts
+	// CancelsInFlight counts cancel requests being forwarded to the pool's servers;
+	// HeldForCancel the servers no client holds that wait for such a cancel to land before
+	// they return to the pool (counted busy in Stats).
+	CancelsInFlight, HeldForCancel int
 	pool.Stats
 }
 
@@ -665,7 +669,8 @@ func (e *Engine) Stats() Stats {
 		b.mu.Lock()
 		for k, pe := range b.pools {
 			st.Pools = append(st.Pools, PoolStats{Backend: b.name, Addr: b.addr, Database: k.database, User: k.user,
-				Clients: int(max(0, pe.clients.Load())), Counts: pe.counts(), Stats: pe.p.Stats(now)})
+				Clients: int(max(0, pe.clients.Load())), Counts: pe.counts(), Stats: pe.p.Stats(now),
+				CancelsInFlight: int(max(0, pe.cancels.Load())), HeldForCancel: int(max(0, pe.canceling.Load()))})
 		}
 		b.mu.Unlock()
 	}

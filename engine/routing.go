@@ -72,6 +72,10 @@ type poolEntry struct {
 	welcome atomic.Pointer[pool.Params]
 	// clients counts the client connections routed to this pool (see client.countedIn).
 	clients atomic.Int64
+	// cancels counts cancel requests on their way to this pool's servers; canceling its servers
+	// held out of the pool until such a cancel lands (SHOW POOLS' cl_active_cancel_req and
+	// sv_being_canceled).
+	cancels, canceling atomic.Int64
 	// ctr holds the pool's counts, one slot per event loop plus the stream path's; created is
 	// when the pool was made (the counts start there).
 	ctr     []poolCounters
