@@ -53,6 +53,11 @@ type PoolStatus struct {
 	QuerySecondsTotal float64 `json:"query_seconds_total"`
 	ReceivedBytes     uint64  `json:"received_bytes"`
 	SentBytes         uint64  `json:"sent_bytes"`
+	// CancelsInFlight are cancel requests being forwarded to the pool's servers;
+	// ServersHeldForCancel are servers no client holds that wait for such a cancel to land
+	// before another client may have them (not counted in ServersActive).
+	CancelsInFlight      int `json:"cancels_in_flight"`
+	ServersHeldForCancel int `json:"servers_held_for_cancel"`
 	// Loops breaks servers and waiting clients down by event loop. Each loop serves its own
 	// clients with its share of the pool; a loop whose clients wait far longer than another's
 	// is one whose thread gets less CPU.

@@ -29,7 +29,7 @@ func TestProxyEndpoint(t *testing.T) {
 
 	st.Store(&ProxyStatus{Clients: 3, WritesTo: "127.0.0.1:5434", Pools: []PoolStatus{{
 		Backend: "127.0.0.1:5434", Database: "app", User: "web", Clients: 7, ServersActive: 2, ServersIdle: 1, Size: 20,
-		ClientsWaiting: 4, MaxWaitSeconds: 0.25, Loops: []PoolLoopStatus{{Servers: 3, ServersIdle: 1, ClientsWaiting: 4, MaxWaitSeconds: 0.25}},
+		CancelsInFlight: 1, ServersHeldForCancel: 1, ClientsWaiting: 4, MaxWaitSeconds: 0.25, Loops: []PoolLoopStatus{{Servers: 3, ServersIdle: 1, ClientsWaiting: 4, MaxWaitSeconds: 0.25}},
 	}}})
 	code, body = do(t, http.MethodGet, u+"/proxy", "", "")
 	var got map[string]any
@@ -38,7 +38,7 @@ func TestProxyEndpoint(t *testing.T) {
 	}
 	pool := got["pools"].([]any)[0].(map[string]any)
 	for k, want := range map[string]any{"clients": 7.0, "servers_active": 2.0, "servers_idle": 1.0, "size": 20.0, "clients_waiting": 4.0,
-		"max_wait_seconds": 0.25, "paused": false, "backend": "127.0.0.1:5434", "database": "app", "user": "web"} {
+		"max_wait_seconds": 0.25, "paused": false, "cancels_in_flight": 1.0, "servers_held_for_cancel": 1.0, "backend": "127.0.0.1:5434", "database": "app", "user": "web"} {
 		if pool[k] != want {
 			t.Errorf("pools[0].%s = %v, want %v (%s)", k, pool[k], want, body)
 		}

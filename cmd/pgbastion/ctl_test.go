@@ -178,8 +178,8 @@ func TestCtlPoolsShowsEachPoolAndWhatToNotice(t *testing.T) {
 			return
 		}
 		_, _ = w.Write([]byte(`{"clients": 1003, "writes_to": "10.0.0.1:5432", "pools": [
-			{"backend": "10.0.0.1:5432", "database": "app", "user": "web", "clients": 1001, "servers_active": 20, "servers_idle": 0,
-			 "size": 20, "reserve": 5, "clients_waiting": 980, "max_wait_seconds": 0.0813, "paused": false,
+			{"backend": "10.0.0.1:5432", "database": "app", "user": "web", "clients": 1001, "servers_active": 19, "servers_idle": 0,
+			 "servers_held_for_cancel": 1, "cancels_in_flight": 1, "size": 20, "reserve": 5, "clients_waiting": 980, "max_wait_seconds": 0.0813, "paused": false,
 			 "loops": [{"servers": 10, "servers_idle": 0, "clients_waiting": 490, "max_wait_seconds": 0.0813},
 			           {"servers": 10, "servers_idle": 0, "clients_waiting": 490, "max_wait_seconds": 0.07}]},
 			{"backend": "10.0.0.1:5432", "database": "app", "user": "batch", "servers_active": 0, "servers_idle": 2,
@@ -197,7 +197,7 @@ func TestCtlPoolsShowsEachPoolAndWhatToNotice(t *testing.T) {
 	for i, want := range [][]string{
 		{"1003 client connections; writes go to 10.0.0.1:5432"},
 		{"BACKEND", "MAX WAIT"},
-		{"app", "web", "1001", "20", "20+5", "980", "81ms", "full: clients wait"},
+		{"app", "web", "1001", "19", "20+5", "980", "81ms", "full: clients wait", "1 held until a cancel lands"},
 		{"loop 0", "490", "81ms"},
 		{"loop 1", "490", "70ms"},
 		{"batch", "paused: new transactions wait"},
