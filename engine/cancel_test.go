@@ -235,18 +235,13 @@ func TestCancelsHitOnlyTheirOwnQueries(t *testing.T) {
 	ctx, stop := context.WithTimeout(context.Background(), 4*time.Second)
 	defer stop()
 	connectWith := func(dsn string, waits bool) (*pgx.Conn, error) {
-		cfg, err := pgx.ParseConfig(dsn)
-		if err != nil {
-			return nil, err
-		}
-		if waits {
-			cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
-				return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
+		return connectAdjusted(dsn, func(cfg *pgx.ConnConfig) {
+			if waits {
+				cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+					return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
+				}
 			}
-		}
-		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return pgx.ConnectConfig(cctx, cfg)
+		})
 	}
 	var cancelled, ran atomic.Int64
 	errs := make(chan error, 8)

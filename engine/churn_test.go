@@ -26,6 +26,18 @@ func (c slowConn) Read(b []byte) (int, error) {
 	return c.Conn.Read(b[:min(len(b), 64<<10)])
 }
 
+// connectAdjusted connects to dsn with a pgx configuration adjust may change first.
+func connectAdjusted(dsn string, adjust func(*pgx.ConnConfig)) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	adjust(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
 // dialSlow dials with a small receive buffer, so the result backs up into the proxy.
 func dialSlow(ctx context.Context, network, addr string) (net.Conn, error) {
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
@@ -68,16 +80,11 @@ func everythingAtOnce(t *testing.T, mode pool.Mode) {
 	ctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
 	connectTo := func(dsn string, slow bool) (*pgx.Conn, error) {
-		cfg, err := pgx.ParseConfig(dsn)
-		if err != nil {
-			return nil, err
-		}
-		if slow {
-			cfg.DialFunc = dialSlow
-		}
-		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return pgx.ConnectConfig(cctx, cfg)
+		return connectAdjusted(dsn, func(cfg *pgx.ConnConfig) {
+			if slow {
+				cfg.DialFunc = dialSlow
+			}
+		})
 	}
 	type worker func(c *pgx.Conn, n int) error
 	const rows, width = 16000, 1000 // a 16 MB result: more than the kernel buffers between proxy and client
@@ -251,12 +258,7 @@ func TestSlowReadersServerReturnsToThePoolOnce(t *testing.T) {
 		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 1
 		c.StreamHighWater = 64 << 10
 	}, primary)
-	cfg, err := pgx.ParseConfig(p.dsn(p.rw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.DialFunc = dialSlow
-	slow, err := pgx.ConnectConfig(context.Background(), cfg)
+	slow, err := connectAdjusted(p.dsn(p.rw), func(cfg *pgx.ConnConfig) { cfg.DialFunc = dialSlow })
 	if err != nil {
 		t.Fatal(err)
 	}
