@@ -38,6 +38,10 @@ type Config struct {
 	SessionPoolSize int
 	// EventLoops is PGBastion's proxy.event_loops (default 0: the product's automatic choice).
 	EventLoops int
+	// Backend is how the proxies reach PostgreSQL: BackendUnix (its Unix socket, as on a
+	// database host; the default) or BackendTCP (127.0.0.1). pgbench reaches every target,
+	// direct PostgreSQL included, over TCP.
+	Backend string
 	// IdleClients is the number of idle client connections of the idle scenario.
 	IdleClients int
 	// ManyClients is the client count of the many-clients scenario.
@@ -77,7 +81,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Rounds: 5, Duration: 20 * time.Second, Warmup: 5 * time.Second, Scale: 10, Threads: 2,
-		PoolSize: 20, EventLoops: engine.DefaultConfig().EventLoops, IdleClients: 10000, ManyClients: 1000, LogSampling: 0.1,
+		PoolSize: 20, EventLoops: engine.DefaultConfig().EventLoops, Backend: BackendUnix, IdleClients: 10000, ManyClients: 1000, LogSampling: 0.1,
 	}
 }
 
@@ -308,7 +312,7 @@ func (h *harness) setup(ctx context.Context, res *Results) error {
 		sessionPool = 50
 	}
 	params := func(pool int) proxyParams {
-		return proxyParams{dir: dir, pg: pg, poolSize: pool, eventLoops: cfg.EventLoops, env: cfg.PGBastionEnv}
+		return proxyParams{dir: dir, pg: pg, poolSize: pool, eventLoops: cfg.EventLoops, env: cfg.PGBastionEnv, overSocket: cfg.Backend == BackendUnix}
 	}
 	start := func(name string, f func() (*target, error)) error {
 		if !h.needs(name, true) {
@@ -427,7 +431,7 @@ func runLine(r *Measurement) string {
 // the idle clients on each.
 func (h *harness) runIdle(ctx context.Context, sc Scenario) ([]*IdleResult, error) {
 	h.printf("\n== %s (%s)\n", sc.Title, sc.Issue)
-	params := proxyParams{dir: h.dir, pg: h.pg, poolSize: h.cfg.PoolSize, eventLoops: h.cfg.EventLoops, env: h.cfg.PGBastionEnv}
+	params := proxyParams{dir: h.dir, pg: h.pg, poolSize: h.cfg.PoolSize, eventLoops: h.cfg.EventLoops, env: h.cfg.PGBastionEnv, overSocket: h.cfg.Backend == BackendUnix}
 	var out []*IdleResult
 	for _, name := range sc.Targets {
 		var (

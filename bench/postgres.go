@@ -28,6 +28,8 @@ type postgresServer struct {
 	port     int
 	password string
 	dataDir  string
+	// socketDir holds PostgreSQL's Unix socket (.s.PGSQL.<port>).
+	socketDir string
 }
 
 // postgresSettings are tuned for a read-mostly benchmark on a small machine: the data set
@@ -101,7 +103,8 @@ func startPostgres(ctx context.Context, dir, binDir, password string, log *slog.
 	if err := inst.Start(ctx); err != nil {
 		return nil, err
 	}
-	return &postgresServer{inst: inst, binDir: inst.Config().BinDir, port: port, password: password, dataDir: dataDir}, nil
+	return &postgresServer{inst: inst, binDir: inst.Config().BinDir, port: port, password: password, dataDir: dataDir,
+		socketDir: inst.Config().SocketDir}, nil
 }
 
 func (pg *postgresServer) stop() {

@@ -12,6 +12,14 @@ import (
 	"github.com/pgbastion/pgbastion/pool"
 )
 
+// backendSetting describes how the proxies reached PostgreSQL.
+func backendSetting(b string) string {
+	if b == BackendUnix {
+		return "pgbench reaches every target over TCP on 127.0.0.1; the proxies reach PostgreSQL through its Unix socket, as on a database host (`-backend unix`)"
+	}
+	return "pgbench and the proxies reach PostgreSQL over TCP on 127.0.0.1 (`-backend tcp`)"
+}
+
 // loopsSetting describes PGBastion's proxy.event_loops as the benchmark ran it.
 func loopsSetting(loops, cpus int) string {
 	if loops > 0 {
@@ -341,8 +349,8 @@ func Markdown(res *Results) string {
 	if cfg.Quick {
 		b.WriteString("**Quick mode (smoke test): runs are too short for the figures to mean anything.**\n\n")
 	}
-	fmt.Fprintf(&b, "Settings: %d rounds, %s per run (each target warmed for %s before a scenario's first round), pgbench scale %d, `-j %d`, latency percentiles from a %.0f%% sample of transactions (`pgbench -l --sampling-rate`), PGBastion %s, HAProxy `nbthread 2`, PgBouncer single-threaded.\n\n",
-		cfg.Rounds, cfg.Duration, cfg.Warmup, cfg.Scale, cfg.Threads, cfg.LogSampling*100, loopsSetting(cfg.EventLoops, runtime.NumCPU()))
+	fmt.Fprintf(&b, "Settings: %d rounds, %s per run (each target warmed for %s before a scenario's first round), pgbench scale %d, `-j %d`, latency percentiles from a %.0f%% sample of transactions (`pgbench -l --sampling-rate`), PGBastion %s, HAProxy `nbthread 2`, PgBouncer single-threaded; %s.\n\n",
+		cfg.Rounds, cfg.Duration, cfg.Warmup, cfg.Scale, cfg.Threads, cfg.LogSampling*100, loopsSetting(cfg.EventLoops, runtime.NumCPU()), backendSetting(cfg.Backend))
 	b.WriteString("Environment:\n\n")
 	for _, e := range res.Env {
 		b.WriteString("- " + e + "\n")

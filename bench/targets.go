@@ -23,6 +23,12 @@ const (
 	HAProxy          = "haproxy"
 )
 
+// How the proxies reach PostgreSQL (Config.Backend).
+const (
+	BackendUnix = "unix"
+	BackendTCP  = "tcp"
+)
+
 // target is one way for pgbench to reach PostgreSQL: directly or through a proxy process.
 type target struct {
 	name string
@@ -48,6 +54,16 @@ type proxyParams struct {
 	eventLoops int
 	// env is added to PGBastion's environment.
 	env []string
+	// overSocket makes the proxies reach PostgreSQL through its Unix socket instead of TCP.
+	overSocket bool
+}
+
+// backendHost is the host the proxies give for PostgreSQL: its socket directory or 127.0.0.1.
+func (p proxyParams) backendHost() string {
+	if p.overSocket {
+		return p.pg.socketDir
+	}
+	return "127.0.0.1"
 }
 
 // startPGBastion runs bin as a standalone proxy in the given pool mode.
@@ -63,11 +79,11 @@ proxy:
   listen_ro: ""
   pool: {enabled: true, mode: %s, default_pool_size: %d, max_client_conn: 15000}
   auth: {method: trust}
-  backends: [{host: 127.0.0.1, port: %d}]
+  backends: [{host: %s, port: %d}]
   server: {user: %s, password: %q}
   event_loops: %d
 log: {level: warn}
-`, addr, mode, p.poolSize, p.pg.port, Superuser, p.pg.password, p.eventLoops)
+`, addr, mode, p.poolSize, p.backendHost(), p.pg.port, Superuser, p.pg.password, p.eventLoops)
 	path := filepath.Join(p.dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -121,7 +137,7 @@ func startPgBouncer(ctx context.Context, name, mode string, p proxyParams) (*tar
 	// the password from it (SCRAM needs the plain password there).
 	cfg := fmt.Sprintf(`; written by the PGBastion benchmark harness
 [databases]
-* = host=127.0.0.1 port=%d
+* = host=%s port=%d
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -138,7 +154,7 @@ log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
 stats_period = 3600
-`, p.pg.port, port, users, mode, p.poolSize)
+`, p.backendHost(), p.pg.port, port, users, mode, p.poolSize)
 	path := filepath.Join(p.dir, name+".ini")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -189,6 +205,10 @@ func startHAProxy(ctx context.Context, p proxyParams) (*target, func(), error) {
 	}
 	go func() { _ = api.Serve(hl) }()
 	stopAPI := func() { _ = api.Close() }
+	server := fmt.Sprintf("127.0.0.1:%d", p.pg.port)
+	if p.overSocket {
+		server = "unix@" + filepath.Join(p.pg.socketDir, fmt.Sprintf(".s.PGSQL.%d", p.pg.port))
+	}
 	cfg := fmt.Sprintf(`# written by the PGBastion benchmark harness (Patroni-style)
 global
     maxconn 5000
@@ -207,8 +227,8 @@ listen primary
     option httpchk OPTIONS /primary
     http-check expect status 200
     default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions
-    server postgresql_127.0.0.1_%d 127.0.0.1:%d maxconn 2000 check port %d
-`, port, p.pg.port, p.pg.port, hl.Addr().(*net.TCPAddr).Port)
+    server postgresql_%d %s maxconn 2000 check addr 127.0.0.1 port %d
+`, port, p.pg.port, server, hl.Addr().(*net.TCPAddr).Port)
 	path := filepath.Join(p.dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		stopAPI()

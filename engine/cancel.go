@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/binary"
@@ -124,7 +125,7 @@ func (e *Engine) handleCancel(pid uint32, key []byte, landed func()) bool {
 			defer pe.cancels.Add(-1)
 		}
 		d := net.Dialer{Timeout: e.cfg.Pool.ServerConnectTimeout}
-		c, err := d.Dial("tcp", t.addr)
+		c, err := dialBackend(context.Background(), &d, t.addr)
 		if err != nil {
 			e.log.Warn("cannot forward cancel request", "backend", t.addr, "err", err)
 			return

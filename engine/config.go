@@ -65,6 +65,8 @@ type AuthConfig struct {
 
 // BackendConfig is one PostgreSQL server.
 type BackendConfig struct {
+	// Host is a host name or address, or (starting with a slash, as in libpq) the directory
+	// of PostgreSQL's Unix socket: the cheaper way to reach PostgreSQL on the same host.
 	Host string `yaml:"host"`
 	Port int    `yaml:"port"`
 	// Name labels the backend in logs and metrics (default host:port).

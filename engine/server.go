@@ -204,11 +204,14 @@ var errRetry = errors.New("retry")
 // connect dials the backend and logs in.
 func (e *Engine) connect(ctx context.Context, pe *poolEntry, user string) (*server, net.Conn, error) {
 	d := net.Dialer{Timeout: e.cfg.Pool.ServerConnectTimeout, KeepAlive: 30 * time.Second}
-	nc, err := d.DialContext(ctx, "tcp", pe.b.addr)
+	nc, err := dialBackend(ctx, &d, pe.b.addr)
 	if err != nil {
+		hint := "check that PostgreSQL is running and reachable from the proxy"
+		if host, port, _ := net.SplitHostPort(pe.b.addr); isSocketDir(host) {
+			hint = fmt.Sprintf("check that PostgreSQL is running on port %s with %s in unix_socket_directories, and that the proxy may open its socket there", port, host)
+		}
 		return nil, nil, sqlErr(pgwire.ConnectionFailure,
-			fmt.Sprintf("cannot connect to PostgreSQL at %s: %v", pe.b.addr, unwrapOp(err)),
-			"check that PostgreSQL is running and reachable from the proxy")
+			fmt.Sprintf("cannot connect to PostgreSQL at %s: %v", pe.b.addr, unwrapOp(err)), hint)
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)

@@ -33,6 +33,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.PoolSize, "pool", cfg.PoolSize, "default_pool_size in transaction mode (PGBastion and PgBouncer)")
 	fs.IntVar(&cfg.SessionPoolSize, "session-pool", cfg.SessionPoolSize, "default_pool_size in session mode (0: the 50 clients)")
 	fs.IntVar(&cfg.EventLoops, "event-loops", cfg.EventLoops, "PGBastion proxy.event_loops (0: automatic by pooling mode)")
+	fs.StringVar(&cfg.Backend, "backend", cfg.Backend, "how the proxies reach PostgreSQL: unix (its socket, as on a database host) or tcp (127.0.0.1)")
 	fs.IntVar(&cfg.IdleClients, "idle-clients", cfg.IdleClients, "idle client connections in the idle scenario")
 	fs.IntVar(&cfg.ManyClients, "many-clients", cfg.ManyClients, "pgbench clients in the many-clients scenario")
 	fs.Float64Var(&cfg.LogSampling, "sampling", cfg.LogSampling, "share of transactions logged for latency percentiles (0: no percentiles)")
@@ -47,6 +48,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	quick := fs.Bool("quick", false, "smoke test: one short round of everything")
 	verbose := fs.Bool("v", false, "log the harness's PostgreSQL control")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if cfg.Backend != bench.BackendUnix && cfg.Backend != bench.BackendTCP {
+		fmt.Fprintf(stderr, "-backend %q: use unix or tcp\n", cfg.Backend)
 		return 2
 	}
 	if *quick {
