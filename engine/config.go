@@ -32,6 +32,12 @@ type Config struct {
 	// transaction mode, startup and auth); larger ones are refused with SQLSTATE 54000.
 	// Query, Bind parameters, CopyData and result rows are streamed and not bounded by it.
 	MaxMessageSize int `yaml:"max_message_size"`
+	// LocalSocket, in a cluster member, makes the proxy reach this node's own PostgreSQL
+	// through its Unix socket (postgresql.socket_dir) instead of its TCP address: cheaper per
+	// message on the node that holds the primary. Off by default because clients then see
+	// inet_server_addr() and inet_server_port() as NULL when they come in through this node.
+	// A standalone proxy gives a backend's socket directory as its host instead.
+	LocalSocket bool `yaml:"local_socket"`
 	// StreamHighWater is the amount of data queued for a client that does not read (or a server
 	// that does not read) after which the pair moves to the stream path, where TCP flow control
 	// holds the sender back (DESIGN.md invariant 7).

@@ -105,7 +105,11 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	run("agent", agent.Run)
 	run("notify", func(ctx context.Context) error { return notifier.Run(ctx, node) })
 	run("api", api.Run)
-	run("routing", func(ctx context.Context) error { return followCluster(ctx, node, d.proxy, vip) })
+	var localSocket string
+	if cfg.Proxy.LocalSocket {
+		localSocket = net.JoinHostPort(inst.Config().SocketDir, strconv.Itoa(inst.Config().Port))
+	}
+	run("routing", func(ctx context.Context) error { return followCluster(ctx, node, d.proxy, vip, localSocket) })
 	if vip != nil {
 		run("vip", vip.Run)
 	}
@@ -127,8 +131,10 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 }
 
 // followCluster keeps the proxy's routing table, its write pause and the VIP entitlement in
-// step with the write lease and the replicated state.
-func followCluster(ctx context.Context, node *ha.Node, proxy *engine.Engine, vip *netlink.Manager) error {
+// step with the write lease and the replicated state. localSocket, when set, is this node's
+// own PostgreSQL as host:port with its socket directory for host (proxy.local_socket): the
+// proxy reaches the local server there, whatever its role, and other nodes' servers over TCP.
+func followCluster(ctx context.Context, node *ha.Node, proxy *engine.Engine, vip *netlink.Manager, localSocket string) error {
 	routes, stopRoutes := node.WatchRoute()
 	defer stopRoutes()
 	sub := node.Subscribe()
@@ -139,11 +145,18 @@ func followCluster(ctx context.Context, node *ha.Node, proxy *engine.Engine, vip
 	apply := func() {
 		spec := engine.RoutingSpec{HoldWrites: true, Names: map[string]string{}}
 		if route.Valid && route.Address != "" {
-			spec.Primary = route.Address
-			spec.Names[route.Address] = route.Primary
+			a := route.Address
+			if route.Local && localSocket != "" {
+				a = localSocket
+			}
+			spec.Primary = a
+			spec.Names[a] = route.Primary
 		}
 		for _, m := range st.ReadReplicas(0) {
 			a := net.JoinHostPort(m.PGHost, strconv.Itoa(m.PGPort))
+			if m.Name == node.Name() && localSocket != "" {
+				a = localSocket
+			}
 			spec.Replicas = append(spec.Replicas, a)
 			spec.Names[a] = m.Name
 		}

@@ -117,6 +117,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, errors.New("proxy.backends must be empty with a raft section: the cluster state says where the primary and replicas are"))
 		}
 	} else {
+		if c.Proxy.LocalSocket {
+			errs = append(errs, errors.New("proxy.local_socket applies to cluster members (with a raft section); a standalone proxy reaches a backend through its Unix socket when the backend's host is the socket directory, e.g. {host: /var/run/postgresql, port: 5432}"))
+		}
 		if c.VIP.Enabled() {
 			errs = append(errs, errors.New("vip needs a raft section: only a cluster member with a write lease may hold the floating IP"))
 		}

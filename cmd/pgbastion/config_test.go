@@ -89,6 +89,14 @@ proxy:
 	if err == nil || !strings.Contains(err.Error(), "vip needs a raft section") {
 		t.Fatalf("vip without raft: %v", err)
 	}
+	_, err = ParseConfig("s.yaml", []byte("proxy: {backends: [{host: h, port: 1}], local_socket: true}\n"))
+	if err == nil || !strings.Contains(err.Error(), "proxy.local_socket applies to cluster members") || !strings.Contains(err.Error(), "{host: /var/run/postgresql") {
+		t.Fatalf("local_socket without raft: %v", err)
+	}
+	c, err = ParseConfig("u.yaml", []byte("proxy: {backends: [{host: /var/run/postgresql, port: 5432}]}\n"))
+	if err != nil || c.Proxy.Backends[0].Addr() != "/var/run/postgresql:5432" {
+		t.Fatalf("a socket directory as a backend's host: %v", err)
+	}
 }
 
 func TestCheckCommand(t *testing.T) {

@@ -37,6 +37,9 @@ type Options struct {
 	PoolMode string
 	// Extra is YAML appended to every node's configuration (top-level sections).
 	Extra string
+	// ProxyExtra is YAML added to every node's proxy section, one setting per line without
+	// indentation (for example "local_socket: true").
+	ProxyExtra string
 	// QueryWaitTimeout bounds how long the proxy holds a client without a primary.
 	QueryWaitTimeout time.Duration
 	// NodeExtra is YAML appended to the configuration of the named node only (for example
@@ -143,6 +146,7 @@ func (c *Cluster) configFor(n *Node) string {
   event_loops: 2
   pool: {enabled: true, mode: %s, default_pool_size: 10, query_wait_timeout: %s}
   server: {user: postgres, password: %s}
+%s
 api:
   listen: %s
   metrics_listen: ""
@@ -168,7 +172,7 @@ postgresql:
 log: {level: %s}
 %s
 %s
-`, n.RW, n.RO, c.opts.PoolMode, c.opts.QueryWaitTimeout, c.Password, n.API, c.Token, n.Name, n.Raft, n.Raft, n.Dir,
+`, n.RW, n.RO, c.opts.PoolMode, c.opts.QueryWaitTimeout, c.Password, indent(c.opts.ProxyExtra, "  "), n.API, c.Token, n.Name, n.Raft, n.Raft, n.Dir,
 		strings.Join(peers, "\n"), n.Dir, n.PGPort, c.Password, n.Index == 0, strings.Join(kv, ", "), indent(c.opts.PostgreSQLExtra, "  "), level,
 		c.opts.Extra, c.opts.NodeExtra[n.Name])
 }
@@ -401,6 +405,8 @@ func (c *Cluster) Connect(ctx context.Context, addr string) (*pgx.Conn, error) {
 
 // WritableThrough reports the port of the PostgreSQL that a write through addr reached, after
 // checking that it really accepted the write (pg_is_in_recovery() is false and an INSERT works).
+// The port is the server's setting, not inet_server_port(), which is NULL when the proxy
+// reaches PostgreSQL through its Unix socket (proxy.local_socket).
 func (c *Cluster) WritableThrough(ctx context.Context, addr string) (int, error) {
 	conn, err := c.Connect(ctx, addr)
 	if err != nil {
@@ -411,7 +417,7 @@ func (c *Cluster) WritableThrough(ctx context.Context, addr string) (int, error)
 		return 0, err
 	}
 	var port int
-	err = conn.QueryRow(ctx, "INSERT INTO pgbastion_probe VALUES (now()) RETURNING inet_server_port()").Scan(&port)
+	err = conn.QueryRow(ctx, "INSERT INTO pgbastion_probe VALUES (now()) RETURNING current_setting('port')::int").Scan(&port)
 	return port, err
 }
 
