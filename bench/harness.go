@@ -120,7 +120,13 @@ const (
 	ScenarioPrepared = "prepared"
 	ScenarioMany     = "many"
 	ScenarioIdle     = "idle"
+	ScenarioTLS      = "tls"
 )
+
+func tlsWorkload(w Workload) Workload {
+	w.TLS = true
+	return w
+}
 
 // Scenarios returns the scenarios for c, in the order they run.
 func Scenarios(c Config) []Scenario {
@@ -138,6 +144,10 @@ func Scenarios(c Config) []Scenario {
 			Workload: w(50, "prepared"), Targets: []string{Direct, HAProxy, PgBouncerTxn, PGBastionTxn}},
 		{Name: ScenarioMany, Title: fmt.Sprintf("Transaction mode, %d clients", c.ManyClients), Issue: "issue 3 item 3",
 			Workload: w(c.ManyClients, "simple"), Targets: []string{Direct, PgBouncerTxn, PGBastionTxn}},
+		{Name: ScenarioTLS, Title: "Transaction mode, clients over TLS", Issue: "no goal in the issues; TLS is issue 2's",
+			// sslmode=require on every client; the proxies reach PostgreSQL as in the other
+			// scenarios, without TLS.
+			Workload: tlsWorkload(w(50, "simple")), Targets: []string{PgBouncerTxn, PGBastionTxn}},
 		{Name: ScenarioIdle, Title: fmt.Sprintf("%d idle clients, transaction mode", c.IdleClients), Issue: "issue 3 item 3",
 			Idle: true, Targets: []string{PgBouncerTxn, PGBastionTxn}},
 	}
@@ -175,6 +185,8 @@ type harness struct {
 	bin     string // the PGBastion binary
 	targets map[string]*target
 	cleanup []func()
+	// tlsCert and tlsKey are the proxies' certificate for clients that ask for TLS.
+	tlsCert, tlsKey string
 }
 
 // Run sets up PostgreSQL and the proxies, runs the selected scenarios and reports.
@@ -294,6 +306,14 @@ func (h *harness) setup(ctx context.Context, res *Results) error {
 		res.Env = append(res.Env, "PGBastion process environment: "+strings.Join(cfg.PGBastionEnv, " "))
 	}
 
+	_, uid, gid, err := osCredential(Superuser)
+	if err != nil {
+		return err
+	}
+	if h.tlsCert, h.tlsKey, err = makeServerCert(dir, uid, gid); err != nil {
+		return fmt.Errorf("making the proxies' TLS certificate: %w", err)
+	}
+
 	h.printf("starting PostgreSQL and loading pgbench scale %d\n", cfg.Scale)
 	pg, err := startPostgres(ctx, dir, cfg.PGBinDir, "bench-secret", h.log)
 	if err != nil {
@@ -312,7 +332,8 @@ func (h *harness) setup(ctx context.Context, res *Results) error {
 		sessionPool = 50
 	}
 	params := func(pool int) proxyParams {
-		return proxyParams{dir: dir, pg: pg, poolSize: pool, eventLoops: cfg.EventLoops, env: cfg.PGBastionEnv, overSocket: cfg.Backend == BackendUnix}
+		return proxyParams{dir: dir, pg: pg, poolSize: pool, eventLoops: cfg.EventLoops, env: cfg.PGBastionEnv, overSocket: cfg.Backend == BackendUnix,
+			tlsCert: h.tlsCert, tlsKey: h.tlsKey}
 	}
 	start := func(name string, f func() (*target, error)) error {
 		if !h.needs(name, true) {
@@ -431,7 +452,8 @@ func runLine(r *Measurement) string {
 // the idle clients on each.
 func (h *harness) runIdle(ctx context.Context, sc Scenario) ([]*IdleResult, error) {
 	h.printf("\n== %s (%s)\n", sc.Title, sc.Issue)
-	params := proxyParams{dir: h.dir, pg: h.pg, poolSize: h.cfg.PoolSize, eventLoops: h.cfg.EventLoops, env: h.cfg.PGBastionEnv, overSocket: h.cfg.Backend == BackendUnix}
+	params := proxyParams{dir: h.dir, pg: h.pg, poolSize: h.cfg.PoolSize, eventLoops: h.cfg.EventLoops, env: h.cfg.PGBastionEnv, overSocket: h.cfg.Backend == BackendUnix,
+		tlsCert: h.tlsCert, tlsKey: h.tlsKey}
 	var out []*IdleResult
 	for _, name := range sc.Targets {
 		var (

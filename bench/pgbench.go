@@ -27,10 +27,16 @@ type Workload struct {
 	// LogSampling is the share of transactions logged (--sampling-rate) for latency
 	// percentiles; 0 turns the per-transaction log off.
 	LogSampling float64
+	// TLS makes the clients connect with sslmode=require (otherwise disable).
+	TLS bool
 }
 
 func (w Workload) String() string {
-	return fmt.Sprintf("pgbench -S -M %s -c %d -j %d -T %s", w.Protocol, w.Clients, w.Threads, w.Duration)
+	s := fmt.Sprintf("pgbench -S -M %s -c %d -j %d -T %s", w.Protocol, w.Clients, w.Threads, w.Duration)
+	if w.TLS {
+		s = "PGSSLMODE=require " + s
+	}
+	return s
 }
 
 // Measurement is the measurement of one pgbench run against one target.
@@ -98,6 +104,9 @@ func runPgbench(ctx context.Context, binDir, workDir string, t *target, w Worklo
 	defer cancel()
 	cmd := exec.CommandContext(rctx, filepath.Join(binDir, "pgbench"), args...)
 	cmd.Env = pgEnv(t.pg.password)
+	if w.TLS {
+		cmd.Env = append(cmd.Env, "PGSSLMODE=require") // the later setting wins
+	}
 	cmd.Dir = logDir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -330,6 +330,12 @@ func goals(res *Results) []string {
 		}
 		out = append(out, line)
 	}
+	if b, p := sum(ScenarioTLS, PGBastionTxn), sum(ScenarioTLS, PgBouncerTxn); b != nil && p != nil {
+		sr := res.scenario(ScenarioTLS)
+		tw, tn := paired(sr, PGBastionTxn, PgBouncerTxn, func(x, y *Measurement) bool { return x.TPS >= y.TPS })
+		out = append(out, fmt.Sprintf("Clients over TLS, transaction mode (no goal in the issues): PGBastion %.0f vs PgBouncer %.0f TPS (%s; at least PgBouncer's %s), CPU %.1f vs %.1f µs/tx.",
+			b.TPS, p.TPS, ratio(b.TPS, p.TPS), inRounds(tw, tn), b.ProxyCPU, p.ProxyCPU))
+	}
 	for _, r := range res.Idle {
 		if r.Target == PGBastionTxn {
 			out = append(out, fmt.Sprintf("Issue 3, %d idle clients: PGBastion %.2f KiB per client (goal ≤ 8 KiB): %s.", r.Clients, r.PerClientKiB(),

@@ -56,6 +56,23 @@ type proxyParams struct {
 	env []string
 	// overSocket makes the proxies reach PostgreSQL through its Unix socket instead of TCP.
 	overSocket bool
+	// tlsCert and tlsKey, when set, let clients of PGBastion and PgBouncer use TLS (sslmode
+	// allow on the proxy: a client that does not ask stays in plain TCP).
+	tlsCert, tlsKey string
+}
+
+func (p proxyParams) pgbastionTLS() string {
+	if p.tlsCert == "" {
+		return ""
+	}
+	return fmt.Sprintf("  tls: {mode: allow, cert: %s, key: %s}\n", p.tlsCert, p.tlsKey)
+}
+
+func (p proxyParams) pgbouncerTLS() string {
+	if p.tlsCert == "" {
+		return ""
+	}
+	return fmt.Sprintf("client_tls_sslmode = allow\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n", p.tlsCert, p.tlsKey)
 }
 
 // backendHost is the host the proxies give for PostgreSQL: its socket directory or 127.0.0.1.
@@ -82,8 +99,8 @@ proxy:
   backends: [{host: %s, port: %d}]
   server: {user: %s, password: %q}
   event_loops: %d
-log: {level: warn}
-`, addr, mode, p.poolSize, p.backendHost(), p.pg.port, Superuser, p.pg.password, p.eventLoops)
+%slog: {level: warn}
+`, addr, mode, p.poolSize, p.backendHost(), p.pg.port, Superuser, p.pg.password, p.eventLoops, p.pgbastionTLS())
 	path := filepath.Join(p.dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -154,7 +171,7 @@ log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
 stats_period = 3600
-`, p.backendHost(), p.pg.port, port, users, mode, p.poolSize)
+%s`, p.backendHost(), p.pg.port, port, users, mode, p.poolSize, p.pgbouncerTLS())
 	path := filepath.Join(p.dir, name+".ini")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
