@@ -59,6 +59,8 @@ type client struct {
 	acceptedAt    time.Time
 	lastActive    time.Time
 	tlsDone       bool
+	// tin is a TLS client's decrypted input while it lives on an event loop (see tlsloop.go).
+	tin *loopTLS
 
 	serverUser string
 
@@ -148,10 +150,24 @@ func (cl *client) onTraffic(c gnet.Conn) gnet.Action {
 	if cl.stream != nil {
 		return gnet.None // moving to the stream path: input waits there
 	}
-	buf, _ := c.Peek(-1)
-	n, err := cl.handle(buf)
-	if n > 0 {
-		_, _ = c.Discard(n)
+	var n int
+	var err error
+	if x := cl.tin; x != nil {
+		if err = x.fill(c); err != nil {
+			if err != io.EOF {
+				cl.e.log.Debug("TLS client connection failed", "remote", cl.remote(), "err", err)
+			}
+			cl.closed = true
+			return gnet.Close
+		}
+		n, err = cl.handle(x.pending())
+		x.lo += n
+	} else {
+		buf, _ := c.Peek(-1)
+		n, err = cl.handle(buf)
+		if n > 0 {
+			_, _ = c.Discard(n)
+		}
 	}
 	if err != nil {
 		cl.fail(err)
@@ -175,7 +191,7 @@ func (cl *client) process() {
 		cl.stream.kick()
 		return
 	}
-	if cl.conn.InboundBuffered() == 0 {
+	if cl.tin == nil && cl.conn.InboundBuffered() == 0 {
 		return
 	}
 	if cl.onTraffic(cl.conn) == gnet.Close {
@@ -1364,6 +1380,9 @@ func (cl *client) attachAndResume(s *server) {
 
 func (cl *client) hasPendingInput() bool {
 	if cl.conn != nil {
+		if cl.tin != nil {
+			return cl.tin.hi > cl.tin.lo
+		}
 		return cl.conn.InboundBuffered() > 0
 	}
 	return cl.stream != nil && cl.stream.pending()
@@ -1463,6 +1482,10 @@ func (cl *client) cleanup() {
 // nextIsSimpleQuery reports whether the first unprocessed client message is a Query.
 func (cl *client) nextIsSimpleQuery() bool {
 	if cl.conn != nil {
+		if cl.tin != nil {
+			b := cl.tin.pending()
+			return len(b) > 0 && b[0] == pgwire.MsgQuery
+		}
 		b, _ := cl.conn.Peek(1)
 		return len(b) == 1 && b[0] == pgwire.MsgQuery
 	}
@@ -1471,7 +1494,11 @@ func (cl *client) nextIsSimpleQuery() bool {
 
 func (cl *client) dropNextMessage() {
 	var hdr []byte
-	if cl.conn != nil {
+	if cl.conn != nil && cl.tin != nil {
+		if b := cl.tin.pending(); len(b) >= pgwire.HeaderLen {
+			hdr = b[:pgwire.HeaderLen]
+		}
+	} else if cl.conn != nil {
 		hdr, _ = cl.conn.Peek(pgwire.HeaderLen)
 	} else if cl.stream != nil {
 		hdr = cl.stream.peek(pgwire.HeaderLen)
@@ -1480,7 +1507,11 @@ func (cl *client) dropNextMessage() {
 		return
 	}
 	total := int(binary.BigEndian.Uint32(hdr[1:])) + 1
-	if cl.conn != nil {
+	if cl.conn != nil && cl.tin != nil {
+		avail := min(total, cl.tin.hi-cl.tin.lo)
+		cl.tin.lo += avail
+		cl.dropMessage(total, avail)
+	} else if cl.conn != nil {
 		avail := min(total, cl.conn.InboundBuffered())
 		_, _ = cl.conn.Discard(avail)
 		cl.dropMessage(total, avail)

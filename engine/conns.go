@@ -210,7 +210,9 @@ func (cl *client) describe(now time.Time) Conn {
 	if cl.params != nil {
 		c.AppName, _ = cl.params.Get("application_name")
 	}
-	if cl.tlsDone && cl.stream != nil && cl.stream.conn != nil {
+	if cl.tlsDone && cl.tin != nil {
+		c.TLS = tlsSummary(cl.tin.tc)
+	} else if cl.tlsDone && cl.stream != nil && cl.stream.conn != nil {
 		// Only once the handshake is done: ConnectionState waits for a handshake under way.
 		c.TLS = tlsSummary(cl.stream.conn)
 	}

@@ -57,7 +57,7 @@ func consoleDSN(p *proxy) string {
 func overTLS(dsn string) string { return strings.Replace(dsn, "sslmode=disable", "sslmode=require", 1) }
 
 // consoleProxyWithTLS is a transaction-mode proxy of poolSize servers with a console for
-// postgres and TLS offered to clients (TLS clients run on the stream path), in front of the
+// postgres and TLS offered to clients (TLS clients live on the event loops once their handshake is done), in front of the
 // PostgreSQL it returns too.
 func consoleProxyWithTLS(t *testing.T, poolSize int) (*proxy, *pgtest.Instance) {
 	t.Helper()

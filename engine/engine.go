@@ -518,6 +518,8 @@ func (e *Engine) OnOpen(c gnet.Conn) (out []byte, action gnet.Action) {
 			cl.onAccept(c, lp)
 		case *server:
 			x.onEnrolled(c, lp)
+		case *client:
+			action = x.onReturn(c, lp)
 		}
 	}) {
 		action = gnet.Close

@@ -50,8 +50,10 @@ func newStream(e *Engine, cl *client) *stream {
 // traffic callback; the descriptor is taken once the callback returns (see finishDetach).
 func (cl *client) startTLS() error {
 	cl.stream = newStream(cl.e, cl)
+	home := cl.lp.idx
 	cl.detachCb = func(nc net.Conn) {
-		tc := tls.Server(nc, cl.e.tlsCfg)
+		tr := &tlsTransport{nc: nc, local: nc.LocalAddr(), remote: nc.RemoteAddr()}
+		tc := tls.Server(tr, cl.e.tlsCfg)
 		st := cl.stream
 		st.conn = tc
 		go func() {
@@ -68,6 +70,12 @@ func (cl *client) startTLS() error {
 			cl.tlsDone = true
 			cl.out = tc
 			cl.mu.Unlock()
+			// Input the client sent before the handshake ended (the startup message) is in
+			// tls.Conn's buffer; st.buf holds nothing (the client sent nothing after the
+			// SSLRequest before the handshake).
+			if st.hi == st.lo && cl.returnToLoop(tc, tr, nc, home) {
+				return
+			}
 			st.run()
 		}()
 	}
@@ -81,6 +89,22 @@ func (cl *client) finishDetach(c gnet.Conn) gnet.Action {
 	st := cl.stream
 	rest, _ := c.Peek(-1)
 	if len(rest) > 0 {
+		st.buf = append(st.buf[:0], rest...)
+		st.lo, st.hi = 0, len(rest)
+		if cap(st.buf) > len(st.buf) {
+			st.buf = st.buf[:cap(st.buf)]
+		} else {
+			st.buf = append(st.buf, make([]byte, 16<<10)...)
+		}
+	}
+	var tin *loopTLS
+	if cl.tin != nil {
+		// A TLS client leaving its loop (it fell behind): the ciphertext gnet holds goes to
+		// the transport, which tls.Conn reads before the socket, and the decrypted input not
+		// yet handled is the stream's buffer.
+		tin, cl.tin = cl.tin, nil
+		tin.tr.feed(rest)
+		rest = tin.pending()
 		st.buf = append(st.buf[:0], rest...)
 		st.lo, st.hi = 0, len(rest)
 		if cap(st.buf) > len(st.buf) {
@@ -112,6 +136,12 @@ func (cl *client) finishDetach(c gnet.Conn) gnet.Action {
 	cl.detaching = false
 	cb := cl.detachCb
 	cl.detachCb = nil
+	if tin != nil {
+		tin.tr.nc, tin.tr.onLoop, tin.tr.out = nc, false, nil
+		cl.out = tin.tc
+		lp.later(func() { cb(tin.tc) })
+		return gnet.Close
+	}
 	lp.later(func() { cb(nc) })
 	return gnet.Close
 }

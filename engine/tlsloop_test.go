@@ -1,0 +1,108 @@
+package engine_test
+
+import (
+	"context"
+	"crypto/tls"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pool"
+	"github.com/pgbastion/pgbastion/test/pgtest"
+)
+
+// TLS clients live on the event loops once their handshake is done: in transaction mode a TLS
+// client and a plain one share one server without moving it for every transaction (on the
+// stream path each TLS transaction took the server off its loop and back), the console lists
+// the TLS client's protocol, and a TLS client that stops reading a large result still moves to
+// the stream path and gets every row.
+func TestTLSClientsLiveOnTheLoops(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	certs := pgtest.Certs(t)
+	// One event loop: the two clients share it, so a server move can only be one to or from
+	// the stream path.
+	p := startProxy(t, func(c *engine.Config) {
+		c.EventLoops = 1
+		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 1
+		c.AdminUsers = []string{"postgres"}
+		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey}
+	}, primary)
+	ctx := context.Background()
+	plain := connect(t, p.dsn(p.rw))
+	secure := connect(t, overTLS(p.dsn(p.rw)))
+	if _, ok := secure.PgConn().Conn().(*tls.Conn); !ok {
+		t.Fatalf("the client did not use TLS: %T", secure.PgConn().Conn())
+	}
+	before := metricValue(t, p.e, "pgbastion_proxy_server_moves_total")
+	const rounds = 200
+	for i := range rounds {
+		for _, c := range []*pgx.Conn{plain, secure} {
+			if v := queryInt(t, c, "SELECT $1::int + 1", i); v != int64(i+1) {
+				t.Fatalf("round %d: %d", i, v)
+			}
+		}
+	}
+	moves := metricValue(t, p.e, "pgbastion_proxy_server_moves_total") - before
+	t.Logf("server moves over %d transactions of each client: %.0f", rounds, moves)
+	if moves > rounds/10 {
+		t.Fatalf("the server moved %.0f times in %d alternating transactions: the TLS client is not on a loop", moves, 2*rounds)
+	}
+
+	// The console shows the TLS client's protocol.
+	console := connect(t, consoleDSN(p))
+	rows, err := console.Query(ctx, "SHOW CLIENTS", pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tlsClients int
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, f := range rows.FieldDescriptions() {
+			if f.Name == "tls" && strings.HasPrefix(vals[i].(string), "TLSv1.") {
+				tlsClients++
+			}
+		}
+	}
+	if rows.Err() != nil || tlsClients != 1 {
+		t.Fatalf("SHOW CLIENTS lists %d TLS clients (%v), want 1", tlsClients, rows.Err())
+	}
+
+	// A TLS client that cannot keep up with a large result moves to the stream path.
+	slow, err := connectAdjusted(overTLS(p.dsn(p.rw)), func(cfg *pgx.ConnConfig) { cfg.DialFunc = dialSlow })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close(ctx)
+	movedBefore := metricValue(t, p.e, "pgbastion_proxy_slow_readers_total")
+	r, err := slow.Query(ctx, "SELECT i, repeat('x', 1000) FROM generate_series(1, 16000) i")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for r.Next() {
+		var i int
+		var s string
+		if err := r.Scan(&i, &s); err != nil || i != n+1 || len(s) != 1000 {
+			t.Fatalf("row %d: %d, %d bytes, %v", n+1, i, len(s), err)
+		}
+		n++
+	}
+	if r.Err() != nil || n != 16000 {
+		t.Fatalf("the slow TLS reader got %d rows: %v", n, r.Err())
+	}
+	if moved := metricValue(t, p.e, "pgbastion_proxy_slow_readers_total") - movedBefore; moved != 1 {
+		t.Fatalf("slow TLS reader: %.0f moves to the stream path, want 1", moved)
+	}
+	if v := queryInt(t, slow, "SELECT 41 + 1"); v != 42 {
+		t.Fatalf("after the move: %d", v)
+	}
+	if v := queryInt(t, plain, "SELECT 6 * 7"); v != 42 {
+		t.Fatalf("plain client after the move: %d", v)
+	}
+}
