@@ -153,15 +153,22 @@ func (cl *client) onTraffic(c gnet.Conn) gnet.Action {
 	var n int
 	var err error
 	if x := cl.tin; x != nil {
-		if err = x.fill(c); err != nil {
-			if err != io.EOF {
-				cl.e.log.Debug("TLS client connection failed", "remote", cl.remote(), "err", err)
+		for {
+			if err = x.fill(c); err != nil {
+				if err != io.EOF {
+					cl.e.log.Debug("TLS client connection failed", "remote", cl.remote(), "err", err)
+				}
+				cl.closed = true
+				return gnet.Close
 			}
-			cl.closed = true
-			return gnet.Close
+			n, err = cl.handle(x.pending())
+			x.lo += n
+			// fill stops at x.max bytes of plaintext: decrypt the rest once that is handled
+			// (no new event comes for ciphertext gnet has already read).
+			if err != nil || n == 0 || cl.closed || cl.detaching || x.tr.off == len(x.tr.in) {
+				break
+			}
 		}
-		n, err = cl.handle(x.pending())
-		x.lo += n
 	} else {
 		buf, _ := c.Peek(-1)
 		n, err = cl.handle(buf)

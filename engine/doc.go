@@ -8,10 +8,11 @@
 //
 // Threading: each event loop owns its connections. A client and the server it uses share one
 // loop, so relaying is Peek/Write/Discard with no copy. Server connections are dialled and
-// logged in off-loop (with a timeout) and enrolled on the loop that needs them. Connections that
-// cannot stay on the reactor — TLS clients, and any pair whose peer stops reading (the
-// slow-reader rule, DESIGN.md invariant 7) — move to the stream path: a goroutine with blocking
-// I/O on a duplicated descriptor, where TCP flow control bounds memory.
+// logged in off-loop (with a timeout) and enrolled on the loop that needs them. A TLS client's
+// handshake runs on a goroutine; then the client lives on a loop like any other, its tls.Conn
+// reading ciphertext from memory (tlsloop.go). A pair whose peer stops reading (the slow-reader
+// rule, DESIGN.md invariant 7) moves to the stream path: a goroutine with blocking I/O on a
+// duplicated descriptor, where TCP flow control bounds memory.
 //
 // The engine must never block an event loop: no dialling, no DNS, no disk, no lock held by the
 // control plane. A panic in any callback closes only the connection it concerns and is counted.
