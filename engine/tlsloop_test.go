@@ -3,12 +3,16 @@ package engine_test
 import (
 	"context"
 	"crypto/tls"
+	"io"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pgwire"
 	"github.com/pgbastion/pgbastion/pool"
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
@@ -104,5 +108,54 @@ func TestTLSClientsLiveOnTheLoops(t *testing.T) {
 	}
 	if v := queryInt(t, plain, "SELECT 6 * 7"); v != 42 {
 		t.Fatalf("plain client after the move: %d", v)
+	}
+}
+
+// A TLS client that sends garbage where records belong, or a record cut off by a close, loses
+// only its own connection; the proxy goes on serving TLS clients.
+func TestTLSGarbageClosesOnlyThatClient(t *testing.T) {
+	p, _ := consoleProxyWithTLS(t, 2)
+	keep := connect(t, overTLS(p.dsn(p.rw)))
+	for _, tail := range [][]byte{
+		[]byte("this is not a TLS record at all, just bytes after the handshake"),
+		{23, 3, 3, 0x40, 0x00, 1, 2, 3}, // an application-data header promising 16 KiB, then a close
+	} {
+		raw, err := net.Dial("tcp", p.rw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.Write(pgwire.AppendSSLRequest(nil)); err != nil {
+			t.Fatal(err)
+		}
+		var answer [1]byte
+		if _, err := io.ReadFull(raw, answer[:]); err != nil || answer[0] != 'S' {
+			t.Fatalf("SSLRequest answered %q, %v", answer[0], err)
+		}
+		tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // the test's own certificate
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tc.Write(pgwire.AppendStartupMessage(nil, "user", "postgres", "database", "postgres")); err != nil {
+			t.Fatal(err)
+		}
+		// Past the handshake and the startup message, the raw socket gets bytes tls.Conn
+		// cannot decrypt.
+		if _, err := raw.Write(tail); err != nil {
+			t.Fatal(err)
+		}
+		if len(tail) < 20 {
+			_ = raw.(*net.TCPConn).CloseWrite()
+		}
+		_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, raw); err != nil {
+			t.Fatalf("the proxy did not close the connection: %v", err)
+		}
+		raw.Close()
+	}
+	if v := queryInt(t, keep, "SELECT 40 + 2"); v != 42 {
+		t.Fatalf("the other TLS client: %d", v)
+	}
+	if v := queryInt(t, connect(t, overTLS(p.dsn(p.rw))), "SELECT 6 * 7"); v != 42 {
+		t.Fatalf("a new TLS client: %d", v)
 	}
 }
