@@ -1387,12 +1387,35 @@ func (cl *client) attachAndResume(s *server) {
 
 func (cl *client) hasPendingInput() bool {
 	if cl.conn != nil {
-		if cl.tin != nil {
-			return cl.tin.hi > cl.tin.lo
-		}
-		return cl.conn.InboundBuffered() > 0
+		return cl.loopBuffered() > 0
 	}
 	return cl.stream != nil && cl.stream.pending()
+}
+
+// loopBuffered, loopPeek and loopDiscard reach the unhandled input of a client on an event
+// loop: gnet's inbound buffer, or a TLS client's decrypted input.
+func (cl *client) loopBuffered() int {
+	if x := cl.tin; x != nil {
+		return x.hi - x.lo
+	}
+	return cl.conn.InboundBuffered()
+}
+
+// loopPeek returns the first n unhandled bytes, or fewer when fewer are buffered.
+func (cl *client) loopPeek(n int) []byte {
+	if x := cl.tin; x != nil {
+		return x.pending()[:min(n, x.hi-x.lo)]
+	}
+	b, _ := cl.conn.Peek(n)
+	return b
+}
+
+func (cl *client) loopDiscard(n int) {
+	if x := cl.tin; x != nil {
+		x.lo += n
+		return
+	}
+	_, _ = cl.conn.Discard(n)
 }
 
 // detach returns the server to the pool (transaction mode, at the end of a transaction).
@@ -1489,11 +1512,7 @@ func (cl *client) cleanup() {
 // nextIsSimpleQuery reports whether the first unprocessed client message is a Query.
 func (cl *client) nextIsSimpleQuery() bool {
 	if cl.conn != nil {
-		if cl.tin != nil {
-			b := cl.tin.pending()
-			return len(b) > 0 && b[0] == pgwire.MsgQuery
-		}
-		b, _ := cl.conn.Peek(1)
+		b := cl.loopPeek(1)
 		return len(b) == 1 && b[0] == pgwire.MsgQuery
 	}
 	return cl.stream != nil && cl.stream.peekType() == pgwire.MsgQuery
@@ -1501,12 +1520,8 @@ func (cl *client) nextIsSimpleQuery() bool {
 
 func (cl *client) dropNextMessage() {
 	var hdr []byte
-	if cl.conn != nil && cl.tin != nil {
-		if b := cl.tin.pending(); len(b) >= pgwire.HeaderLen {
-			hdr = b[:pgwire.HeaderLen]
-		}
-	} else if cl.conn != nil {
-		hdr, _ = cl.conn.Peek(pgwire.HeaderLen)
+	if cl.conn != nil {
+		hdr = cl.loopPeek(pgwire.HeaderLen)
 	} else if cl.stream != nil {
 		hdr = cl.stream.peek(pgwire.HeaderLen)
 	}
@@ -1514,13 +1529,9 @@ func (cl *client) dropNextMessage() {
 		return
 	}
 	total := int(binary.BigEndian.Uint32(hdr[1:])) + 1
-	if cl.conn != nil && cl.tin != nil {
-		avail := min(total, cl.tin.hi-cl.tin.lo)
-		cl.tin.lo += avail
-		cl.dropMessage(total, avail)
-	} else if cl.conn != nil {
-		avail := min(total, cl.conn.InboundBuffered())
-		_, _ = cl.conn.Discard(avail)
+	if cl.conn != nil {
+		avail := min(total, cl.loopBuffered())
+		cl.loopDiscard(avail)
 		cl.dropMessage(total, avail)
 	} else {
 		avail := cl.stream.discard(total)

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -88,30 +89,17 @@ func (cl *client) startTLS() error {
 func (cl *client) finishDetach(c gnet.Conn) gnet.Action {
 	st := cl.stream
 	rest, _ := c.Peek(-1)
-	if len(rest) > 0 {
-		st.buf = append(st.buf[:0], rest...)
-		st.lo, st.hi = 0, len(rest)
-		if cap(st.buf) > len(st.buf) {
-			st.buf = st.buf[:cap(st.buf)]
-		} else {
-			st.buf = append(st.buf, make([]byte, 16<<10)...)
-		}
-	}
-	var tin *loopTLS
-	if cl.tin != nil {
+	tin := cl.tin
+	if tin != nil {
 		// A TLS client leaving its loop (it fell behind): the ciphertext gnet holds goes to
 		// the transport, which tls.Conn reads before the socket, and the decrypted input not
-		// yet handled is the stream's buffer.
-		tin, cl.tin = cl.tin, nil
+		// yet handled is the stream's.
+		cl.tin = nil
 		tin.tr.feed(rest)
 		rest = tin.pending()
-		st.buf = append(st.buf[:0], rest...)
-		st.lo, st.hi = 0, len(rest)
-		if cap(st.buf) > len(st.buf) {
-			st.buf = st.buf[:cap(st.buf)]
-		} else {
-			st.buf = append(st.buf, make([]byte, 16<<10)...)
-		}
+	}
+	if len(rest) > 0 {
+		st.takeInput(rest)
 	}
 	fd, err := c.Dup()
 	if err != nil {
@@ -146,6 +134,44 @@ func (cl *client) finishDetach(c gnet.Conn) gnet.Action {
 	return gnet.Close
 }
 
+// maxClientInput bounds the unhandled input buffered for a client off gnet's buffer (on the
+// stream path, or decrypted for a TLS client): the largest message and then some.
+func (e *Engine) maxClientInput() int { return e.cfg.MaxMessageSize + pgwire.HeaderLen + 64<<10 }
+
+// makeRoom returns a read buffer with room after its unhandled bytes buf[lo:hi]: empty, it
+// starts over at the front; full, the bytes move to the front, or buf doubles (to at most
+// limit). ok is false when buf is full of unhandled bytes at limit already.
+func makeRoom(buf []byte, lo, hi, limit int) (_ []byte, _, _ int, ok bool) {
+	if lo == hi {
+		lo, hi = 0, 0
+	}
+	switch {
+	case hi < len(buf):
+	case lo > 0:
+		copy(buf, buf[lo:hi])
+		hi -= lo
+		lo = 0
+	case len(buf) >= limit:
+		return buf, lo, hi, false
+	default:
+		nb := make([]byte, min(max(2*len(buf), 16<<10), limit))
+		copy(nb, buf[:hi])
+		buf = nb
+	}
+	return buf, lo, hi, true
+}
+
+// takeInput makes b (client input a loop had not handled) the start of the stream's buffer.
+func (st *stream) takeInput(b []byte) {
+	st.buf = append(st.buf[:0], b...)
+	st.lo, st.hi = 0, len(b)
+	if cap(st.buf) > len(st.buf) {
+		st.buf = st.buf[:cap(st.buf)]
+	} else {
+		st.buf = append(st.buf, make([]byte, 16<<10)...)
+	}
+}
+
 // run is the client reader goroutine. The buffer bookkeeping (lo, hi, buf) happens under
 // cl.mu, because a server's reader goroutine looks at the pending input (pending, peek,
 // discard); only the blocking Read, into the free tail nobody else looks at, runs unlocked.
@@ -161,7 +187,7 @@ func (st *stream) run() {
 		st.e.streamMu.Unlock()
 	}
 	cl.mu.Unlock()
-	maxBuf := st.e.cfg.MaxMessageSize + pgwire.HeaderLen + 64<<10
+	maxBuf := st.e.maxClientInput()
 	for {
 		cl.mu.Lock()
 		if st.lo < st.hi {
@@ -177,23 +203,11 @@ func (st *stream) run() {
 				return
 			}
 		}
-		if st.lo == st.hi {
-			st.lo, st.hi = 0, 0
-		}
-		if st.hi == len(st.buf) {
-			if st.lo > 0 {
-				copy(st.buf, st.buf[st.lo:st.hi])
-				st.hi -= st.lo
-				st.lo = 0
-			} else if len(st.buf) < maxBuf {
-				nb := make([]byte, min(2*len(st.buf), maxBuf))
-				copy(nb, st.buf[:st.hi])
-				st.buf = nb
-			} else {
-				cl.fail(sqlErr(pgwire.ProgramLimitExceeded, "message too large", "raise proxy.max_message_size"))
-				cl.mu.Unlock()
-				return
-			}
+		var ok bool
+		if st.buf, st.lo, st.hi, ok = makeRoom(st.buf, st.lo, st.hi, maxBuf); !ok {
+			cl.fail(sqlErr(pgwire.ProgramLimitExceeded, "message too large", "raise proxy.max_message_size"))
+			cl.mu.Unlock()
+			return
 		}
 		free := st.buf[st.hi:]
 		cl.mu.Unlock()
@@ -406,20 +420,7 @@ func (st *stream) serveServer(s *server) {
 			}
 			cl.mu.Unlock()
 		}
-		if lo == hi {
-			lo, hi = 0, 0
-		}
-		if hi == len(buf) {
-			if lo > 0 {
-				copy(buf, buf[lo:hi])
-				hi -= lo
-				lo = 0
-			} else {
-				nb := make([]byte, 2*len(buf))
-				copy(nb, buf[:hi])
-				buf = nb
-			}
-		}
+		buf, lo, hi, _ = makeRoom(buf, lo, hi, math.MaxInt)
 		n, err := s.nc.Read(buf[hi:])
 		hi += n
 		if err != nil && n == 0 {

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
-
-	"github.com/pgbastion/pgbastion/pgwire"
 )
 
 // TLS clients are served on the event loops like plain ones. The handshake runs on a
@@ -119,18 +117,7 @@ func (x *loopTLS) fill(c gnet.Conn) error {
 		_, _ = c.Discard(len(b))
 	}
 	for x.hi-x.lo < x.max {
-		if x.lo == x.hi {
-			x.lo, x.hi = 0, 0
-		}
-		if x.hi == len(x.plain) {
-			if x.lo > 0 {
-				copy(x.plain, x.plain[x.lo:x.hi])
-				x.hi -= x.lo
-				x.lo = 0
-			} else {
-				x.plain = append(x.plain, make([]byte, max(16<<10, len(x.plain)))...)
-			}
-		}
+		x.plain, x.lo, x.hi, _ = makeRoom(x.plain, x.lo, x.hi, x.max)
 		n, err := x.tc.Read(x.plain[x.hi:])
 		x.hi += n
 		if err != nil {
@@ -162,26 +149,24 @@ func (cl *client) returnToLoop(tc *tls.Conn, tr *tlsTransport, nc net.Conn, loop
 		cl.mu.Unlock()
 		return false
 	}
-	cl.tin = &loopTLS{tc: tc, tr: tr, plain: make([]byte, 16<<10), max: cl.e.cfg.MaxMessageSize + pgwire.HeaderLen + 64<<10}
+	cl.tin = &loopTLS{tc: tc, tr: tr, plain: make([]byte, 16<<10), max: cl.e.maxClientInput()}
 	tr.onLoop, tr.out = true, &cl.lw
 	cl.mu.Unlock()
-	ch, err := lp.el.Enroll(gnet.NewContext(context.Background(), cl), nc)
-	if err != nil {
+	failed := func(err error) {
 		cl.e.log.Warn("cannot move TLS client to an event loop", "err", err)
 		cl.mu.Lock()
-		cl.closed = true
 		cl.cleanup()
 		cl.mu.Unlock()
+	}
+	ch, err := lp.el.Enroll(gnet.NewContext(context.Background(), cl), nc)
+	if err != nil {
 		_ = nc.Close()
+		failed(err)
 		return true
 	}
 	go func() {
 		if r := <-ch; r.Err != nil {
-			cl.e.log.Warn("cannot move TLS client to an event loop", "err", r.Err)
-			cl.mu.Lock()
-			cl.closed = true
-			cl.cleanup()
-			cl.mu.Unlock()
+			failed(r.Err)
 		}
 	}()
 	return true

@@ -30,9 +30,13 @@ func TestUnixSocketBackend(t *testing.T) {
 				c.Pool.Mode = mode
 				c.Pool.DefaultPoolSize = 2
 			}, primary)
+			clients := 10
+			if mode == pool.ModeSession {
+				clients = 2 // the pool has two servers; session clients each hold one
+			}
 			var wg sync.WaitGroup
-			errs := make(chan error, 10)
-			for i := 0; i < 10; i++ {
+			errs := make(chan error, clients)
+			for range clients {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -58,9 +62,6 @@ func TestUnixSocketBackend(t *testing.T) {
 						}
 					}
 				}()
-				if mode == pool.ModeSession && i == 1 {
-					break // the pool has two servers; session clients each hold one
-				}
 			}
 			wg.Wait()
 			close(errs)

@@ -328,6 +328,17 @@ func (c *Cluster) current(name string, at time.Time) bool {
 	return true
 }
 
+// Others returns the members other than n, in order.
+func (c *Cluster) Others(n *Node) []*Node {
+	var out []*Node
+	for _, m := range c.Nodes {
+		if m != n {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // Node returns the member called name.
 func (c *Cluster) Node(name string) *Node {
 	for _, n := range c.Nodes {

@@ -96,13 +96,7 @@ func TestStopRaftLeaderNotPrimary(t *testing.T) {
 		t.Fatal(err)
 	}
 	if v.RaftLeader == primary.Name {
-		var cand *Node
-		for _, n := range c.Nodes {
-			if n != primary {
-				cand = n
-				break
-			}
-		}
+		cand := c.Others(primary)[0]
 		c.Switchover(t, cand.Name)
 		primary, _ = c.WaitOneWritablePrimary(time.Minute)
 		if v, err = c.AnyView(); err != nil {
@@ -193,13 +187,7 @@ func TestSwitchoverUnderPgbenchLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(8 * time.Second) // let the load settle before moving the primary
-	var cand *Node
-	for _, n := range c.Nodes {
-		if n != primary {
-			cand = n
-			break
-		}
-	}
+	cand := c.Others(primary)[0]
 	began := time.Now()
 	c.Switchover(t, cand.Name)
 	t.Logf("switchover %s -> %s took %s", primary.Name, cand.Name, time.Since(began).Round(time.Millisecond))

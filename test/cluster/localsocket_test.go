@@ -37,13 +37,7 @@ func TestLocalSocket(t *testing.T) {
 		}
 	}
 	check(primary)
-	var cand *Node
-	for _, n := range c.Nodes {
-		if n != primary {
-			cand = n
-			break
-		}
-	}
+	cand := c.Others(primary)[0]
 	c.Switchover(t, cand.Name)
 	if p := c.WaitPrimaryOtherThan(t, primary, 2*time.Minute); p != cand {
 		t.Fatalf("switchover to %s made %s the primary", cand.Name, p.Name)

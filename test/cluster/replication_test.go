@@ -137,12 +137,7 @@ func TestRemovedMemberLosesItsSlot(t *testing.T) {
 	c.WaitHealthy(2, 3*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	var replicas []*Node
-	for _, n := range c.Nodes {
-		if n != primary {
-			replicas = append(replicas, n)
-		}
-	}
+	replicas := c.Others(primary)
 	kept, stopped := replicas[0], replicas[1]
 	keptSlot, stoppedSlot := ha.SlotName(kept.Name), ha.SlotName(stopped.Name)
 
@@ -381,12 +376,7 @@ func TestQuorumModeFailoverKeepsAcknowledgedWrites(t *testing.T) {
 	c.WaitHealthy(2, 3*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	var replicas []*Node
-	for _, n := range c.Nodes {
-		if n != primary {
-			replicas = append(replicas, n)
-		}
-	}
+	replicas := c.Others(primary)
 	want := fmt.Sprintf(`ANY 1 ("%s", "%s")`, replicas[0].Name, replicas[1].Name)
 	replAwait(t, 2*time.Minute, primary.Name+" running with "+want+", recorded", func() (bool, string) {
 		st, err := replClusterState(c)
