@@ -117,6 +117,10 @@ type Sources struct {
 	// cluster_event).
 	Events          func() []notify.Event
 	SubscribeEvents func() (<-chan notify.Event, func())
+	// Reload reads the configuration file again and applies what can change while the daemon
+	// runs (POST /reload, as SIGHUP does). The result is written as JSON; an error means the
+	// new configuration was refused and nothing changed.
+	Reload func() (any, error)
 }
 
 // Server is the admin HTTP server.
@@ -167,6 +171,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.POST("/resume", s.auth(s.pause(false)))
 	r.DELETE("/members/{name}", s.auth(s.removeMember))
 	r.POST("/restart", s.auth(s.restart))
+	r.POST("/reload", s.auth(s.reload))
 	r.POST("/reinitialize", s.auth(s.reinit))
 	r.GET("/restarts", s.restarts)
 	r.GET("/cluster/events", s.clusterEvents)
@@ -517,6 +522,22 @@ func (s *Server) pause(paused bool) fasthttp.RequestHandler {
 		}
 		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": paused})
 	}
+}
+
+// reload re-reads the daemon's configuration file (POST /reload, Patroni's name): 200 with what
+// changed, what was applied and what takes a restart; 400 with the reason when the new file is
+// refused (it changed nothing then).
+func (s *Server) reload(ctx *fasthttp.RequestCtx) {
+	if s.src.Reload == nil {
+		writeError(ctx, fasthttp.StatusServiceUnavailable, "this daemon cannot reload its configuration")
+		return
+	}
+	res, err := s.src.Reload()
+	if err != nil {
+		writeError(ctx, fasthttp.StatusBadRequest, "configuration not reloaded, nothing changed: "+err.Error())
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, res)
 }
 
 // removeMember removes a member for good (DELETE /members/{name}). The primary cannot be

@@ -124,7 +124,7 @@ func (e *Engine) handleCancel(pid uint32, key []byte, landed func()) bool {
 		if pe != nil {
 			defer pe.cancels.Add(-1)
 		}
-		d := net.Dialer{Timeout: e.cfg.Pool.ServerConnectTimeout}
+		d := net.Dialer{Timeout: e.conf().cfg.Pool.ServerConnectTimeout}
 		c, err := dialBackend(context.Background(), &d, t.addr)
 		if err != nil {
 			e.log.Warn("cannot forward cancel request", "backend", t.addr, "err", err)

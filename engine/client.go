@@ -135,7 +135,7 @@ func (cl *client) onAccept(c gnet.Conn, lp *loop) {
 	lp.clients[cl] = struct{}{}
 	n := cl.e.clients.Add(1)
 	cl.e.m.clientsAccepted.Inc()
-	if max := cl.e.cfg.Pool.MaxClientConn; int(n) > max {
+	if max := cl.e.conf().cfg.Pool.MaxClientConn; int(n) > max {
 		// Answer after the startup packet so the client sees a proper error.
 		cl.acquireErr = sqlErr(pgwire.TooManyConnections, fmt.Sprintf("no more connections allowed (max_client_conn is %d)", max),
 			"raise proxy.pool.max_client_conn, or use fewer client connections")
@@ -334,13 +334,14 @@ func (cl *client) handleStartup(buf []byte) (int, error) {
 			// CVE-2021-23214 class: bytes after SSLRequest were sent before the handshake.
 			return n, sqlErr(pgwire.ProtocolViolation, "received unencrypted data after SSL request", "")
 		}
-		if cl.e.tlsCfg == nil || cl.tlsDone || cl.stream != nil {
+		tc := cl.e.conf().tlsCfg
+		if tc == nil || cl.tlsDone || cl.stream != nil {
 			cl.send([]byte{'N'})
 			return n, nil
 		}
 		cl.send([]byte{'S'})
 		cl.e.m.tlsClients.Inc()
-		return n, cl.startTLS()
+		return n, cl.startTLS(tc)
 	case pgwire.KindGSSENCRequest:
 		if len(buf) > n {
 			return n, sqlErr(pgwire.ProtocolViolation, "received unencrypted data after GSSAPI encryption request", "")
@@ -359,8 +360,8 @@ func (cl *client) handleStartup(buf []byte) (int, error) {
 	if cl.acquireErr != nil {
 		return n, cl.acquireErr
 	}
-	if cl.e.tlsCfg != nil && !cl.tlsDone && tlsRequired(cl.e.cfg.TLS.Mode) {
-		return n, sqlErr(pgwire.InvalidAuthorization, "SSL/TLS is required by this server (proxy.tls.mode "+cl.e.cfg.TLS.Mode+")",
+	if l := cl.e.conf(); l.tlsCfg != nil && !cl.tlsDone && tlsRequired(l.cfg.TLS.Mode) {
+		return n, sqlErr(pgwire.InvalidAuthorization, "SSL/TLS is required by this server (proxy.tls.mode "+l.cfg.TLS.Mode+")",
 			"connect with sslmode=require or stronger")
 	}
 	return n, cl.startup(&su)
@@ -404,12 +405,13 @@ func (cl *client) startup(su *pgwire.Startup) error {
 	if cl.serverUser == "" {
 		cl.serverUser = cl.user
 	}
-	if cl.e.verifier == nil {
+	verifier := cl.e.conf().verifier
+	if verifier == nil {
 		cl.send(pgwire.AppendAuth(nil, pgwire.AuthOK, nil))
 		return cl.authenticated()
 	}
 	cl.authEx = new(auth.Exchange)
-	out, done, err := cl.authEx.Begin(cl.scratchForClient(), cl.e.verifier, cl.user)
+	out, done, err := cl.authEx.Begin(cl.scratchForClient(), verifier, cl.user)
 	if err != nil {
 		return cl.authFailed(err)
 	}
@@ -545,7 +547,7 @@ func (cl *client) authenticated() error {
 		return err
 	}
 	cl.pid = cl.e.cancels.add(cl)
-	if consoleDatabases[cl.database] && cl.e.consoleUsers != nil {
+	if consoleDatabases[cl.database] && cl.e.conf().consoleUsers != nil {
 		return cl.enterConsole()
 	}
 	if cl.txnMode() {
@@ -1295,7 +1297,7 @@ func (cl *client) needServer() bool {
 	kind, s, from := pe.p.Acquire(loopIdx, cl, now)
 	switch kind {
 	case pool.GrantIdle:
-		if d := cl.e.cfg.Pool.ServerCheckDelay; d > 0 && now.Sub(s.lastUsed) > d && s.conn != nil {
+		if d := cl.e.conf().cfg.Pool.ServerCheckDelay; d > 0 && now.Sub(s.lastUsed) > d && s.conn != nil {
 			// Idle for long: make sure the server still answers before handing it over
 			// (PgBouncer's server_check_query, with the empty query).
 			cl.waiting, cl.waitSince = true, now

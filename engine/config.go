@@ -49,10 +49,6 @@ type Config struct {
 	// proxy.server's; needed when proxy.server.user is empty and PostgreSQL wants a password).
 	HealthCheckUser     string `yaml:"health_check_user"`
 	HealthCheckPassword string `yaml:"health_check_password"`
-	// NoPrimaryWait: when no primary is known, a read-write client waits up to
-	// pool.query_wait_timeout for one instead of getting an error at once. The HA core turns it
-	// on during a failover; a standalone proxy leaves it off.
-	NoPrimaryWait bool `yaml:"no_primary_wait"`
 	// AdminUsers and StatsUsers may log in to the admin console, the virtual database
 	// pgbouncer (or pgbastion), and run its SHOW commands (PgBouncer's admin_users and
 	// stats_users; the console is read-only, so both get the same). With neither set there is

@@ -84,7 +84,7 @@ func textCols(names ...string) []consoleCol {
 
 // enterConsole admits an authenticated client to the console, or refuses it.
 func (cl *client) enterConsole() error {
-	if !cl.e.consoleUsers[cl.user] {
+	if !cl.e.conf().consoleUsers[cl.user] {
 		cl.e.log.Info("admin console refused", "user", cl.user, "remote", cl.remote())
 		return sqlErr(pgwire.InvalidAuthorization,
 			fmt.Sprintf("user %q may not use the admin console (database %q)", cl.user, cl.database),
@@ -209,9 +209,12 @@ func (cl *client) consoleQuery(q string, conns []Conn) []byte {
 	default:
 		verb := strings.ToUpper(fields[0])
 		switch verb {
-		case "PAUSE", "RESUME", "SUSPEND", "RECONNECT", "KILL", "KILL_CLIENT", "DISABLE", "ENABLE", "RELOAD", "SHUTDOWN", "WAIT_CLOSE":
+		case "RELOAD":
+			return fail(pgwire.FeatureNotSupported, "RELOAD is not available in PGBastion's console",
+				"send SIGHUP to pgbastion (systemctl reload pgbastion) or run pgbastion ctl reload: the configuration file and the auth_file are read again")
+		case "PAUSE", "RESUME", "SUSPEND", "RECONNECT", "KILL", "KILL_CLIENT", "DISABLE", "ENABLE", "SHUTDOWN", "WAIT_CLOSE":
 			return fail(pgwire.FeatureNotSupported, verb+" is not available: PGBastion's console is read-only",
-				"pools pause and resume themselves around a switchover (pgbastion ctl switchover); a configuration change takes a restart")
+				"pools pause and resume themselves around a switchover (pgbastion ctl switchover); pgbastion ctl reload applies a changed configuration")
 		}
 		return fail(pgwire.FeatureNotSupported, fmt.Sprintf("unknown console command %q", q), "SHOW HELP lists the commands")
 	}
@@ -391,7 +394,7 @@ func boolDigit(b bool) string {
 // showConfig is SHOW CONFIG: the pool settings under PgBouncer's names, durations in seconds
 // as PgBouncer writes them. changeable is "no": the console changes nothing.
 func (cl *client) showConfig() (consoleResult, error) {
-	c, d := &cl.e.cfg, DefaultConfig()
+	c, d := &cl.e.conf().cfg, DefaultConfig()
 	p, dp := &c.Pool, &d.Pool
 	secs := func(t time.Duration) string { return strconv.FormatFloat(t.Seconds(), 'f', -1, 64) }
 	rows := [][3]string{

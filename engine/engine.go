@@ -3,7 +3,6 @@ package engine
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,15 +30,11 @@ type Engine struct {
 	cfg Config
 	log *slog.Logger
 	m   *Metrics
-	// verifier authenticates clients (nil: trust); secrets provide server credentials when
-	// proxy.server.user is empty.
-	verifier *auth.Verifier
-	secrets  auth.Secrets
-	creds    sync.Map // server user -> *auth.Credentials
-	tlsCfg   *tls.Config
-	// consoleUsers may use the admin console (nil: there is none); version names the build.
-	consoleUsers map[string]bool
-	version      string
+	// live holds the settings a reload may change and what is derived from them (conf).
+	live     atomic.Pointer[live]
+	reloadMu sync.Mutex
+	// version names the build in the admin console.
+	version string
 
 	gnet   gnet.Engine
 	booted chan struct{}
@@ -51,8 +46,6 @@ type Engine struct {
 	txnLimits     *pgwire.Limits // after startup, transaction mode (Parse bounded)
 	backendLimits *pgwire.Limits
 	registry      *pool.Registry
-
-	limits atomic.Pointer[limitSet]
 
 	routeMu  sync.Mutex
 	routing  atomic.Pointer[routing]
@@ -89,12 +82,6 @@ type Engine struct {
 	stopped  chan struct{}
 }
 
-// limitSet is the part of the configuration that can change at run time.
-type limitSet struct {
-	pool  pool.Limits
-	maxDB int
-}
-
 // Options are the collaborators an Engine needs besides its Config.
 type Options struct {
 	Logger *slog.Logger
@@ -125,8 +112,6 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		cfg:           cfg,
 		log:           log,
 		m:             opts.Metrics,
-		verifier:      opts.Auth,
-		secrets:       opts.Secrets,
 		booted:        make(chan struct{}),
 		ready:         make(chan struct{}),
 		frontLimits:   pgwire.FrontendLimits(pgwire.MaxMessageLen),
@@ -146,23 +131,13 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		e.m = NewMetrics(nil)
 	}
 	e.version = cmp.Or(opts.Version, "dev")
-	if n := len(cfg.AdminUsers) + len(cfg.StatsUsers); n > 0 {
-		e.consoleUsers = make(map[string]bool, n)
-		for _, u := range slices.Concat(cfg.AdminUsers, cfg.StatsUsers) {
-			e.consoleUsers[u] = true
-		}
-	}
 	e.txnLimits.Set(pgwire.MsgParse, cfg.MaxMessageSize)
-	e.limits.Store(&limitSet{pool: cfg.Pool.Limits(), maxDB: cfg.Pool.MaxDBConnections})
 	e.routing.Store(&routing{})
-	if cfg.TLS.Mode != "disable" && cfg.TLS.Mode != "" {
-		tc, err := serverTLSConfig(cfg.TLS)
-		if err != nil {
-			return nil, err
-		}
-		e.tlsCfg = tc
+	l, err := newLive(cfg, opts.Auth, opts.Secrets)
+	if err != nil {
+		return nil, err
 	}
-	var err error
+	e.live.Store(l)
 	if cfg.ListenRW != "" {
 		if e.rwAddr, err = net.ResolveTCPAddr("tcp", cfg.ListenRW); err != nil {
 			return nil, fmt.Errorf("proxy.listen_rw: %w", err)

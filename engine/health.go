@@ -174,11 +174,12 @@ func (e *Engine) probe(ctx context.Context, cp **pgconn.PgConn, b BackendConfig)
 
 // checkUser returns the role checker's credentials.
 func (e *Engine) checkUser() (string, string) {
-	if e.cfg.HealthCheckUser != "" {
-		return e.cfg.HealthCheckUser, e.cfg.HealthCheckPassword
+	c := &e.conf().cfg
+	if c.HealthCheckUser != "" {
+		return c.HealthCheckUser, c.HealthCheckPassword
 	}
-	if e.cfg.Server.User != "" {
-		return e.cfg.Server.User, e.cfg.Server.Password
+	if c.Server.User != "" {
+		return c.Server.User, c.Server.Password
 	}
 	return "postgres", ""
 }

@@ -21,15 +21,16 @@ type serverLogin struct {
 // proxy.server credentials, or the user's own secret from the auth_file. Credentials are
 // cached, so SCRAM's key derivation runs once per user, not per connection.
 func (e *Engine) credsFor(user string) (*auth.Credentials, error) {
-	if c, ok := e.creds.Load(user); ok {
+	l := e.conf()
+	if c, ok := l.creds.Load(user); ok {
 		return c.(*auth.Credentials), nil
 	}
 	var c *auth.Credentials
 	switch {
-	case e.cfg.Server.User != "":
-		c = auth.NewCredentials(e.cfg.Server.User, e.cfg.Server.Password)
-	case e.secrets != nil:
-		sec, ok := e.secrets.Lookup(user)
+	case l.cfg.Server.User != "":
+		c = auth.NewCredentials(l.cfg.Server.User, l.cfg.Server.Password)
+	case l.secrets != nil:
+		sec, ok := l.secrets.Lookup(user)
 		if !ok {
 			c = auth.NewCredentials(user, "")
 			break
@@ -43,7 +44,7 @@ func (e *Engine) credsFor(user string) (*auth.Credentials, error) {
 	default:
 		c = auth.NewCredentials(user, "")
 	}
-	actual, _ := e.creds.LoadOrStore(user, c)
+	actual, _ := l.creds.LoadOrStore(user, c)
 	return actual.(*auth.Credentials), nil
 }
 

@@ -22,6 +22,7 @@ import (
 type proxy struct {
 	e      *engine.Engine
 	rw, ro string
+	cfg    engine.Config // as started
 }
 
 func freeAddr(t testing.TB) string {
@@ -90,7 +91,7 @@ func startProxyWith(t testing.TB, mutate func(*engine.Config), opts engine.Optio
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	return &proxy{e: e, rw: cfg.ListenRW, ro: cfg.ListenRO}
+	return &proxy{e: e, rw: cfg.ListenRW, ro: cfg.ListenRO, cfg: cfg}
 }
 
 func (p *proxy) dsn(addr string, extra ...string) string {

@@ -93,7 +93,7 @@ func (b *backend) pool(e *Engine, k poolKey) *poolEntry {
 	pe := b.pools[k]
 	if pe == nil {
 		pe = &poolEntry{key: k, b: b, epoch: b.epoch,
-			p:   pool.New[*server, *client](e.cfg.EventLoops, e.limits.Load().pool, e.dbCounter(b, k.database)),
+			p:   pool.New[*server, *client](e.cfg.EventLoops, e.conf().limits, e.dbCounter(b, k.database)),
 			ctr: make([]poolCounters, e.cfg.EventLoops+1), created: time.Now()}
 		pe.gone, pe.cancelGone = context.WithCancel(context.Background())
 		b.pools[k] = pe
@@ -233,16 +233,14 @@ func (rt *routing) pickBackend(r Role) *backend {
 }
 
 func (e *Engine) dbCounter(b *backend, db string) *pool.Counter {
-	max := e.limits.Load().maxDB
-	if max <= 0 {
-		return nil
-	}
+	// Every database gets a counter, unlimited (Max 0) unless max_db_connections is set, so a
+	// reload can set or lift the limit for the pools that exist (Counter.SetMax).
 	e.dbMu.Lock()
 	defer e.dbMu.Unlock()
 	k := b.addr + "\x00" + db
 	c := e.dbCounters[k]
 	if c == nil {
-		c = &pool.Counter{Max: max}
+		c = &pool.Counter{Max: e.conf().cfg.Pool.MaxDBConnections}
 		e.dbCounters[k] = c
 	}
 	return c

@@ -145,7 +145,7 @@ func (s *server) loopIdx() int {
 // to cl (or to the pool when cl is nil) on cl's goroutine.
 func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 	user := pe.key.user
-	timeout := e.cfg.Pool.ServerConnectTimeout
+	timeout := e.conf().cfg.Pool.ServerConnectTimeout
 	epoch := pe.epoch
 	go func() {
 		ctx, cancel := context.WithTimeout(pe.gone, timeout)
@@ -203,7 +203,7 @@ var errRetry = errors.New("retry")
 
 // connect dials the backend and logs in.
 func (e *Engine) connect(ctx context.Context, pe *poolEntry, user string) (*server, net.Conn, error) {
-	d := net.Dialer{Timeout: e.cfg.Pool.ServerConnectTimeout, KeepAlive: 30 * time.Second}
+	d := net.Dialer{Timeout: e.conf().cfg.Pool.ServerConnectTimeout, KeepAlive: 30 * time.Second}
 	nc, err := dialBackend(ctx, &d, pe.b.addr)
 	if err != nil {
 		hint := "check that PostgreSQL is running and reachable from the proxy"
@@ -967,11 +967,11 @@ func (s *server) abandoned() {
 		if !s.e.txnModeOn() {
 			s.dirty = true
 		}
-	case !s.e.txnModeOn() && s.e.cfg.Pool.Enabled && s.e.cfg.Pool.ServerResetQuery != "":
+	case !s.e.txnModeOn() && s.e.cfg.Pool.Enabled && s.e.conf().cfg.Pool.ServerResetQuery != "":
 		s.resetting = true
 		s.stmts.Clear()
 		s.tr.Sent(pool.Entry{Expect: pool.ExpectQuery, Action: pool.Swallow})
-		s.write(pgwire.AppendQuery(nil, s.e.cfg.Pool.ServerResetQuery))
+		s.write(pgwire.AppendQuery(nil, s.e.conf().cfg.Pool.ServerResetQuery))
 		s.params.CopyFrom(s.login)
 	case !s.e.cfg.Pool.Enabled:
 		s.closeNow(nil)

@@ -49,12 +49,12 @@ func newStream(e *Engine, cl *client) *stream {
 
 // startTLS moves a client that asked for TLS to the stream path. It runs inside the client's
 // traffic callback; the descriptor is taken once the callback returns (see finishDetach).
-func (cl *client) startTLS() error {
+func (cl *client) startTLS(cfg *tls.Config) error {
 	cl.stream = newStream(cl.e, cl)
 	home := cl.lp.idx
 	cl.detachCb = func(nc net.Conn) {
 		tr := &tlsTransport{nc: nc, local: nc.LocalAddr(), remote: nc.RemoteAddr()}
-		tc := tls.Server(tr, cl.e.tlsCfg)
+		tc := tls.Server(tr, cfg)
 		st := cl.stream
 		st.conn = tc
 		go func() {

@@ -35,7 +35,7 @@ func (lp *loop) sweep(now time.Time, clients bool) {
 
 func (lp *loop) sweepClients(now time.Time) {
 	e := lp.e
-	cfg := &e.cfg.Pool
+	cfg := &e.conf().cfg.Pool
 	for cl := range lp.clients {
 		switch {
 		case cl.closed:
@@ -55,7 +55,7 @@ func (lp *loop) sweepClients(now time.Time) {
 
 func (lp *loop) sweepPools(now time.Time) {
 	e := lp.e
-	cfg := &e.cfg.Pool
+	cfg := &e.conf().cfg.Pool
 	e.routeMu.Lock()
 	var pools []*poolEntry
 	for _, b := range e.backends {
@@ -91,7 +91,7 @@ func (lp *loop) sweepPools(now time.Time) {
 
 // sweepHeld fails clients that waited too long for a primary or for a pause to end.
 func (e *Engine) sweepHeld(now time.Time) {
-	wait := e.cfg.Pool.QueryWaitTimeout
+	wait := e.conf().cfg.Pool.QueryWaitTimeout
 	if wait <= 0 {
 		return
 	}

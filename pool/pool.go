@@ -54,6 +54,14 @@ func (c *Counter) tryInc() bool {
 	return true
 }
 
+// SetMax changes the limit (configuration reload). Connections above a lowered limit stay
+// until they close; no new one opens until the count is below it.
+func (c *Counter) SetMax(max int) {
+	c.mu.Lock()
+	c.Max = max
+	c.mu.Unlock()
+}
+
 func (c *Counter) dec() {
 	if c == nil {
 		return

@@ -75,9 +75,10 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		Local:       d.localStatus(vip),
 		Proxy:       d.proxyStatus,
 		Connections: d.proxyConnections,
-		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), set},
+		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), set, d.reloader.set},
 		Writers:     []func(io.Writer){d.writeMetrics(vip)},
 		Events:      notifier.Recent,
+		Reload:      d.reloader.apiReload,
 		CheckPGParams: func(ctx context.Context, set map[string]string) (bool, error) {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()

@@ -49,6 +49,7 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   switchover [--leader N] --candidate N  move the primary to N without losing data
   failover --candidate N [--force]       promote N (force: even if it may lose data)
   pause | resume                         stop / restart automatic failover
+  reload                                 re-read this node's configuration file, as SIGHUP does
   remove NODE                            remove a member for good (its replication slot is dropped)
   restart NODE... | restart --pending    restart replicas' PostgreSQL one at a time (ctl restart for details)
   reinit --yes NODE...                   re-clone replicas from the primary (ctl reinit for details)
@@ -93,6 +94,8 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 		return c.post("/"+cmd, body)
 	case "pause", "resume":
 		return c.post("/"+cmd, nil)
+	case "reload":
+		return c.reload()
 	case "config":
 		return c.config(rest, stderr)
 	case "restart":

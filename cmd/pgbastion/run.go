@@ -40,38 +40,45 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	hup, stopHup := catchHangup()
+	defer stopHup()
 	cfg, err := LoadConfig(*path)
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stderr)
+	log, level := newLogger(cfg.Log, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	d, err := newDaemon(cfg, log)
+	d, err := newDaemon(*path, cfg, log, level)
 	if err != nil {
 		return err
 	}
+	go d.reloader.reloadOnHangup(ctx, hup)
 	return d.run(ctx)
 }
 
-func newLogger(c LogConfig, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.Level))
+// newLogger returns the daemon's logger and its level, which a reload may change.
+func newLogger(c LogConfig, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(c.Level))
+	level.Set(lv)
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), level
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), level
 }
 
 // daemon is one running PGBastion: the composition root of its parts.
 type daemon struct {
-	cfg   Config
-	log   *slog.Logger
-	proxy *engine.Engine
+	cfg      Config
+	log      *slog.Logger
+	proxy    *engine.Engine
+	reloader *reloader
 }
 
-func newDaemon(cfg Config, log *slog.Logger) (*daemon, error) {
+func newDaemon(path string, cfg Config, log *slog.Logger, level *slog.LevelVar) (*daemon, error) {
 	if _, cluster := cfg.HA(); !cluster && len(cfg.Proxy.Backends) == 0 {
 		return nil, errors.New("proxy.backends is empty: a standalone proxy needs at least one PostgreSQL server to route to (or add a raft section to run as a cluster member)")
 	}
@@ -88,7 +95,7 @@ func newDaemon(cfg Config, log *slog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &daemon{cfg: cfg, log: log, proxy: e}, nil
+	return &daemon{cfg: cfg, log: log, proxy: e, reloader: newReloader(path, cfg, log, level, e)}, nil
 }
 
 func (d *daemon) run(ctx context.Context) error {
@@ -110,8 +117,9 @@ func (d *daemon) runStandalone(ctx context.Context) error {
 		Local:       d.localStatus(nil),
 		Proxy:       d.proxyStatus,
 		Connections: d.proxyConnections,
-		Metrics:     []*metrics.Set{d.proxy.Metrics().Set()},
+		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), d.reloader.set},
 		Writers:     []func(io.Writer){d.writeMetrics(nil)},
+		Reload:      d.reloader.apiReload,
 	}, d.log.With("component", "api"))
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ type FileConfig struct {
 type APIConfig struct {
 	Listen        string `yaml:"listen"`
 	MetricsListen string `yaml:"metrics_listen"`
+	Token         string `yaml:"token,omitempty"`
 }
 
 // LogConfig is the file's log section.

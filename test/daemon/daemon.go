@@ -35,7 +35,9 @@ type Daemon struct {
 	name    string
 	dir     string
 	logPath string
-	cfg     *FileConfig // nil when started from raw YAML
+	// confPath is the configuration file it runs with (WriteConfig replaces it).
+	confPath string
+	cfg      *FileConfig // nil when started from raw YAML
 
 	pid  int
 	done chan struct{} // closed when the process has exited and been reaped
@@ -100,6 +102,7 @@ func start(t testing.TB, config []byte, cfg *FileConfig, waitFor []string, opts 
 	d := &Daemon{name: "pgbastion", dir: dir, logPath: filepath.Join(dir, "pgbastion.log"), cfg: cfg,
 		done: make(chan struct{})}
 	confPath := filepath.Join(dir, "pgbastion.yaml")
+	d.confPath = confPath
 	if err := os.WriteFile(confPath, config, 0o600); err != nil {
 		t.Fatalf("daemon: %v", err)
 	}
@@ -234,6 +237,23 @@ func ProblemsIn(path string) []string {
 
 // PID returns the daemon's process id, which is also its process group id.
 func (d *Daemon) PID() int { return d.pid }
+
+// ConfigPath returns the configuration file the daemon runs with.
+func (d *Daemon) ConfigPath() string { return d.confPath }
+
+// WriteConfig replaces the daemon's configuration file with cfg (for a reload); the daemon
+// reads it on SIGHUP or POST /reload.
+func (d *Daemon) WriteConfig(t testing.TB, cfg *FileConfig) {
+	t.Helper()
+	b, err := cfg.Marshal()
+	if err != nil {
+		t.Fatalf("daemon: %v", err)
+	}
+	if err := os.WriteFile(d.confPath, b, 0o600); err != nil {
+		t.Fatalf("daemon: %v", err)
+	}
+	d.cfg = cfg
+}
 
 // Exited returns a channel closed once the process has exited and been reaped.
 func (d *Daemon) Exited() <-chan struct{} { return d.done }

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/pgbastion/pgbastion/engine"
+)
+
+// reloader re-reads the configuration file while the daemon runs (SIGHUP, POST /reload,
+// pgbastion ctl reload). What the proxy can change live it applies (engine.Reload: pool sizes
+// and timeouts, the auth method and auth_file, TLS certificates, console users, the server
+// password); log.level changes at once; every other change is reported as taking a restart
+// and left as it is. A file that does not load (syntax, an unknown key, an invalid value, an
+// unreadable auth_file or certificate) changes nothing.
+type reloader struct {
+	path  string
+	log   *slog.Logger
+	level *slog.LevelVar
+	proxy *engine.Engine
+
+	mu sync.Mutex
+	// running is the configuration as started, with log.level as last reloaded; the proxy
+	// section's effective values live in the engine.
+	running Config
+
+	set       *metrics.Set
+	applied   *metrics.Counter
+	refused   *metrics.Counter
+	lastOK    *metrics.Gauge
+	pendingMu sync.Mutex
+	pending   int
+}
+
+// reloadResult is what a reload reports (the JSON of POST /reload).
+type reloadResult struct {
+	File    string          `json:"file"`
+	Changes []engine.Change `json:"changes"`
+	// Applied counts the changes in effect now; RestartRequired lists the settings whose new
+	// value waits for a restart.
+	Applied         int      `json:"applied"`
+	RestartRequired []string `json:"restart_required"`
+}
+
+func newReloader(path string, cfg Config, log *slog.Logger, level *slog.LevelVar, proxy *engine.Engine) *reloader {
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs // messages name the file wherever the operator reads them
+	}
+	r := &reloader{path: path, log: log, level: level, proxy: proxy, running: cfg, set: metrics.NewSet()}
+	r.applied = r.set.NewCounter(`pgbastion_config_reloads_total{result="applied"}`)
+	r.refused = r.set.NewCounter(`pgbastion_config_reloads_total{result="refused"}`)
+	r.lastOK = r.set.NewGauge("pgbastion_config_last_reload_success_timestamp_seconds", nil)
+	r.set.NewGauge("pgbastion_config_pending_restart_settings", func() float64 {
+		r.pendingMu.Lock()
+		defer r.pendingMu.Unlock()
+		return float64(r.pending)
+	})
+	return r
+}
+
+// reload reads the file again and applies it; see reloader.
+func (r *reloader) reload() (*reloadResult, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res, err := r.apply()
+	if err != nil {
+		r.refused.Inc()
+		r.log.Error("configuration not reloaded; the running configuration stays in effect", "file", r.path, "err", err)
+		return nil, err
+	}
+	r.applied.Inc()
+	r.lastOK.Set(float64(time.Now().Unix()))
+	r.pendingMu.Lock()
+	r.pending = len(res.RestartRequired)
+	r.pendingMu.Unlock()
+	for _, c := range res.Changes {
+		if c.Applied {
+			r.log.Info("setting changed", "key", c.Key, "old", c.Old, "new", c.New)
+		} else {
+			r.log.Warn("setting changed in the file takes a restart; the old value stays in effect", "key", c.Key, "running", c.Old, "file", c.New)
+		}
+	}
+	r.log.Info("configuration reloaded", "file", r.path, "applied", res.Applied, "restart_required", len(res.RestartRequired))
+	return res, nil
+}
+
+func (r *reloader) apply() (*reloadResult, error) {
+	cfg, err := LoadConfig(r.path)
+	if err != nil {
+		return nil, err
+	}
+	if _, cluster := cfg.HA(); !cluster && len(cfg.Proxy.Backends) == 0 {
+		return nil, fmt.Errorf("%s: proxy.backends is empty: a standalone proxy needs at least one PostgreSQL server", r.path)
+	}
+	verifier, secrets, err := buildAuth(cfg.Proxy.Auth, r.log)
+	if err != nil {
+		return nil, err
+	}
+	// Everything but the proxy section and log.level takes a restart: compare it first, so
+	// that a refused proxy change leaves the rest unreported as well as unapplied.
+	oldRest, newRest := r.running, cfg
+	oldRest.Proxy, newRest.Proxy = engine.Config{}, engine.Config{}
+	rest, err := engine.DiffSettings("", oldRest, newRest)
+	if err != nil {
+		return nil, err
+	}
+	changes, err := r.proxy.Reload(cfg.Proxy, verifier, secrets)
+	if err != nil {
+		return nil, err
+	}
+	for i := range rest {
+		if rest[i].Key == "log.level" {
+			var lv slog.Level
+			if err := lv.UnmarshalText([]byte(cfg.Log.Level)); err == nil {
+				r.level.Set(lv)
+				r.running.Log.Level = cfg.Log.Level
+				rest[i].Applied = true
+			}
+		}
+	}
+	res := &reloadResult{File: r.path, Changes: append(changes, rest...), RestartRequired: []string{}}
+	for _, c := range res.Changes {
+		if c.Applied {
+			res.Applied++
+		} else {
+			res.RestartRequired = append(res.RestartRequired, c.Key)
+		}
+	}
+	return res, nil
+}
+
+// apiReload is the API's Sources.Reload.
+func (r *reloader) apiReload() (any, error) {
+	res, err := r.reload()
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// catchHangup makes SIGHUP a request to reload instead of the end of the daemon (the default
+// action). It is called first thing, so that a SIGHUP during start-up waits in the channel.
+func catchHangup() (<-chan os.Signal, func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	return hup, func() { signal.Stop(hup) }
+}
+
+// reloadOnHangup reloads on every SIGHUP until ctx ends.
+func (r *reloader) reloadOnHangup(ctx context.Context, hup <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			r.log.Info("SIGHUP: reloading the configuration", "file", r.path)
+			_, _ = r.reload()
+		}
+	}
+}
+
+// ctlReload asks a running daemon to re-read its configuration file (POST /reload) and prints
+// what changed.
+func (c *ctlClient) reload() error {
+	status, data, err := c.send(http.MethodPost, "/reload", nil)
+	if err != nil {
+		return err
+	}
+	if status != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return fmt.Errorf("/reload: %d %s: %s", status, http.StatusText(status), e.Error)
+		}
+		return fmt.Errorf("/reload: %d %s: %s", status, http.StatusText(status), strings.TrimSpace(string(data)))
+	}
+	var res reloadResult
+	if err := json.Unmarshal(data, &res); err != nil {
+		return fmt.Errorf("/reload: unexpected answer: %w", err)
+	}
+	printReload(c.out, &res)
+	return nil
+}
+
+func printReload(w io.Writer, res *reloadResult) {
+	if len(res.Changes) == 0 {
+		fmt.Fprintf(w, "%s reloaded: no setting changed (the auth_file and TLS certificates were read again)\n", res.File)
+		return
+	}
+	fmt.Fprintf(w, "%s reloaded:\n", res.File)
+	for _, c := range res.Changes {
+		fmt.Fprintf(w, "  %s\n", c)
+	}
+	if n := len(res.RestartRequired); n == 1 {
+		fmt.Fprintf(w, "%d applied; 1 takes a restart of this node's pgbastion (the old value stays in effect until then)\n", res.Applied)
+	} else if n > 1 {
+		fmt.Fprintf(w, "%d applied; %d take a restart of this node's pgbastion (the old values stay in effect until then)\n", res.Applied, n)
+	} else {
+		fmt.Fprintf(w, "%d applied\n", res.Applied)
+	}
+}

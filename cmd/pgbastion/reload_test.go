@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestReloaderAppliesReportsAndRefuses drives the daemon's reloader against a proxy that is
+// not started: log.level and the auth_file change at once, sections outside the proxy are
+// reported as taking a restart (their secrets hidden), and a file that does not load (a typo,
+// an auth_file that went missing) is refused, counted and changes nothing.
+func TestReloaderAppliesReportsAndRefuses(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pgbastion.yaml")
+	users := filepath.Join(dir, "userlist.txt")
+	write := func(name, text string) {
+		t.Helper()
+		if err := os.WriteFile(name, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := `proxy:
+  listen_rw: 127.0.0.1:0
+  listen_ro: ""
+  backends: [{host: 127.0.0.1, port: 1}]
+  auth: {method: md5, auth_file: ` + users + `}
+  pool: {mode: transaction, default_pool_size: 20}
+api: {listen: "127.0.0.1:0", token: first-token}
+log: {level: info}
+`
+	write(users, `"alice" "a"`+"\n")
+	write(path, base)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, level := newLogger(cfg.Log, io.Discard)
+	d, err := newDaemon(path, cfg, log, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.reloader
+
+	changed := strings.NewReplacer("default_pool_size: 20", "default_pool_size: 35", "level: info", "level: debug",
+		"first-token", "second-token").Replace(base)
+	write(path, changed)
+	write(users, `"alice" "a"`+"\n"+`"bob" "b"`+"\n")
+	res, err := r.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func(applied bool) []string {
+		var out []string
+		for _, c := range res.Changes {
+			if c.Applied == applied {
+				out = append(out, c.Key)
+			}
+		}
+		return out
+	}
+	if got := keys(true); !slices.Equal(got, []string{"proxy.pool.default_pool_size", "log.level"}) {
+		t.Errorf("applied %v", got)
+	}
+	if got := keys(false); !slices.Equal(got, []string{"api.token"}) || !slices.Equal(res.RestartRequired, got) {
+		t.Errorf("restart required %v / %v", got, res.RestartRequired)
+	}
+	for _, c := range res.Changes {
+		if c.Key == "api.token" && (c.Old != "(hidden)" || c.New != "(hidden)") {
+			t.Errorf("the token was shown: %+v", c)
+		}
+	}
+	if level.Level() != slog.LevelDebug {
+		t.Errorf("log level %v after the reload, want debug", level.Level())
+	}
+	if got := d.proxy.Stats(); got.Clients != 0 {
+		t.Errorf("stats %+v", got)
+	}
+	var out bytes.Buffer
+	printReload(&out, res)
+	for _, want := range []string{path + " reloaded:", "proxy.pool.default_pool_size: 20 -> 35", "api.token: (hidden) -> (hidden) (takes a restart",
+		"2 applied; 1 takes a restart"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("ctl output lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	// Refused: a typo, then a missing auth_file. Nothing changes, each is counted.
+	write(path, strings.Replace(changed, "level: debug", "levl: error", 1))
+	if _, err := r.reload(); err == nil || !strings.Contains(err.Error(), path+":8") || !strings.Contains(err.Error(), "levl") {
+		t.Fatalf("typo: %v, want the file and line", err)
+	}
+	write(path, strings.Replace(changed, "level: debug", "level: error", 1))
+	if err := os.Remove(users); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.reload(); err == nil || !strings.Contains(err.Error(), "auth_file") {
+		t.Fatalf("missing auth_file: %v", err)
+	}
+	if level.Level() != slog.LevelDebug {
+		t.Errorf("log level %v after refused reloads, want debug still", level.Level())
+	}
+	if r.refused.Get() != 2 || r.applied.Get() != 1 {
+		t.Errorf("counters: %d refused, %d applied", r.refused.Get(), r.applied.Get())
+	}
+}

@@ -1,0 +1,262 @@
+package engine
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/pgbastion/pgbastion/pgwire/auth"
+	"github.com/pgbastion/pgbastion/pool"
+)
+
+// live is the part of the proxy's state that a configuration reload replaces (Engine.Reload):
+// the settings in effect and what is derived from them. A reader takes the current value with
+// Engine.conf where it needs a setting; a reload swaps the whole value, so a reader sees the
+// old settings or the new ones, never a mix. Settings a reload cannot change (listeners, pool
+// mode, event loops...) are read from Engine.cfg, which never changes.
+type live struct {
+	cfg    Config
+	limits pool.Limits
+	// verifier authenticates clients (nil: trust); secrets give the passwords to log in to
+	// PostgreSQL as each client's user when proxy.server.user is empty.
+	verifier *auth.Verifier
+	secrets  auth.Secrets
+	tlsCfg   *tls.Config // nil: TLS is off
+	// consoleUsers may use the admin console (nil: there is none).
+	consoleUsers map[string]bool
+	// creds caches server credentials by user (*auth.Credentials), so SCRAM's key derivation
+	// runs once per user and settings, not per connection.
+	creds *sync.Map
+}
+
+// conf returns the reloadable settings in effect.
+func (e *Engine) conf() *live { return e.live.Load() }
+
+// newLive derives the state for cfg; it reads the TLS certificate files.
+func newLive(cfg Config, verifier *auth.Verifier, secrets auth.Secrets) (*live, error) {
+	l := &live{cfg: cfg, limits: cfg.Pool.Limits(), verifier: verifier, secrets: secrets, creds: &sync.Map{}}
+	if n := len(cfg.AdminUsers) + len(cfg.StatsUsers); n > 0 {
+		l.consoleUsers = make(map[string]bool, n)
+		for _, u := range slices.Concat(cfg.AdminUsers, cfg.StatsUsers) {
+			l.consoleUsers[u] = true
+		}
+	}
+	if cfg.TLS.Mode != "disable" && cfg.TLS.Mode != "" {
+		tc, err := serverTLSConfig(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		l.tlsCfg = tc
+	}
+	return l, nil
+}
+
+// reloadable lists the proxy settings a reload applies, each with the assignment that copies
+// it. Keys are YAML paths under proxy; a key also covers the keys below it (tls covers
+// tls.cert). Every other setting takes a restart: the listeners, the pooling mode and whether
+// pooling is on, the event loops, the backends of a standalone proxy, the user the proxy logs
+// in to PostgreSQL as (it keys the pools), max_prepared_statements (clients hold statements
+// under the current scheme), and the message and buffer bounds.
+var reloadable = []struct {
+	key  string
+	copy func(dst, src *Config)
+}{
+	{"pool.max_client_conn", func(d, s *Config) { d.Pool.MaxClientConn = s.Pool.MaxClientConn }},
+	{"pool.default_pool_size", func(d, s *Config) { d.Pool.DefaultPoolSize = s.Pool.DefaultPoolSize }},
+	{"pool.min_pool_size", func(d, s *Config) { d.Pool.MinPoolSize = s.Pool.MinPoolSize }},
+	{"pool.reserve_pool_size", func(d, s *Config) { d.Pool.ReservePoolSize = s.Pool.ReservePoolSize }},
+	{"pool.reserve_pool_timeout", func(d, s *Config) { d.Pool.ReservePoolTimeout = s.Pool.ReservePoolTimeout }},
+	{"pool.max_db_connections", func(d, s *Config) { d.Pool.MaxDBConnections = s.Pool.MaxDBConnections }},
+	{"pool.query_wait_timeout", func(d, s *Config) { d.Pool.QueryWaitTimeout = s.Pool.QueryWaitTimeout }},
+	{"pool.idle_transaction_timeout", func(d, s *Config) { d.Pool.IdleTransactionTimeout = s.Pool.IdleTransactionTimeout }},
+	{"pool.client_idle_timeout", func(d, s *Config) { d.Pool.ClientIdleTimeout = s.Pool.ClientIdleTimeout }},
+	{"pool.server_idle_timeout", func(d, s *Config) { d.Pool.ServerIdleTimeout = s.Pool.ServerIdleTimeout }},
+	{"pool.server_lifetime", func(d, s *Config) { d.Pool.ServerLifetime = s.Pool.ServerLifetime }},
+	{"pool.server_connect_timeout", func(d, s *Config) { d.Pool.ServerConnectTimeout = s.Pool.ServerConnectTimeout }},
+	{"pool.server_check_delay", func(d, s *Config) { d.Pool.ServerCheckDelay = s.Pool.ServerCheckDelay }},
+	{"pool.server_reset_query", func(d, s *Config) { d.Pool.ServerResetQuery = s.Pool.ServerResetQuery }},
+	{"auth", func(d, s *Config) { d.Auth = s.Auth }},
+	{"server.password", func(d, s *Config) { d.Server.Password = s.Server.Password }},
+	{"tls", func(d, s *Config) { d.TLS = s.TLS }},
+	{"admin_users", func(d, s *Config) { d.AdminUsers = s.AdminUsers }},
+	{"stats_users", func(d, s *Config) { d.StatsUsers = s.StatsUsers }},
+	{"health_check_user", func(d, s *Config) { d.HealthCheckUser = s.HealthCheckUser }},
+	{"health_check_password", func(d, s *Config) { d.HealthCheckPassword = s.HealthCheckPassword }},
+}
+
+// Change is one setting that differs between the configuration in effect and a reloaded one.
+type Change struct {
+	// Key is the setting's YAML path, e.g. proxy.pool.default_pool_size.
+	Key string `json:"key"`
+	// Old and New are the values as YAML would write them; secrets read "(hidden)".
+	Old string `json:"old"`
+	New string `json:"new"`
+	// Applied is false for a setting that takes a restart; the old value stays in effect.
+	Applied bool `json:"applied"`
+}
+
+func (c Change) String() string {
+	s := fmt.Sprintf("%s: %s -> %s", c.Key, c.Old, c.New)
+	if !c.Applied {
+		s += " (takes a restart; the old value stays in effect)"
+	}
+	return s
+}
+
+// Reload applies a new proxy configuration to the running proxy, with the client verifier
+// and secrets built from its auth settings (the auth_file is read again on every reload, as
+// PgBouncer's RELOAD does, and so are the TLS certificate files, so a renewed certificate
+// takes effect without a change to the YAML). It returns every setting that differs from the
+// configuration in effect; the reloadable ones (see reloadable) are applied at once: new pool
+// limits and timeouts hold for every pool, waiting clients get servers a raised pool size
+// allows, new logins use the new auth, TLS and console settings. Connections already open
+// stay. A setting that takes a restart is reported with Applied false and left as it is. An
+// invalid configuration or unreadable certificate changes nothing and returns the error.
+func (e *Engine) Reload(cfg Config, verifier *auth.Verifier, secrets auth.Secrets) ([]Change, error) {
+	if cfg.EventLoops == 0 {
+		cfg.EventLoops = AutoEventLoops(cfg.Pool.Mode, runtime.NumCPU())
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	cur := e.conf()
+	changes, err := DiffSettings("proxy", cur.cfg, cfg)
+	if err != nil {
+		return nil, err
+	}
+	next := cur.cfg
+	for i := range changes {
+		key := strings.TrimPrefix(changes[i].Key, "proxy.")
+		for _, r := range reloadable {
+			if key == r.key || strings.HasPrefix(key, r.key+".") {
+				r.copy(&next, &cfg)
+				changes[i].Applied = true
+				break
+			}
+		}
+	}
+	if err := next.Validate(); err != nil {
+		return nil, fmt.Errorf("the reloadable settings do not fit the ones that take a restart: %w", err)
+	}
+	l, err := newLive(next, verifier, secrets)
+	if err != nil {
+		return nil, err
+	}
+	e.live.Store(l)
+	// Every pool, and every max_db_connections counter, takes the new limits; a pool whose
+	// size went up serves its waiting clients at its next sweep.
+	e.routeMu.Lock()
+	for _, b := range e.backends {
+		b.mu.Lock()
+		for _, pe := range b.pools {
+			pe.p.SetLimits(l.limits)
+		}
+		b.mu.Unlock()
+	}
+	e.routeMu.Unlock()
+	e.dbMu.Lock()
+	for _, c := range e.dbCounters {
+		c.SetMax(next.Pool.MaxDBConnections)
+	}
+	e.dbMu.Unlock()
+	return changes, nil
+}
+
+// DiffSettings returns the settings that differ between two values of one configuration
+// section (YAML paths under section, sorted). Keys named like a password or token have their
+// values hidden.
+func DiffSettings(section string, old, new any) ([]Change, error) {
+	a, err := flattenSettings(section, old)
+	if err != nil {
+		return nil, err
+	}
+	b, err := flattenSettings(section, new)
+	if err != nil {
+		return nil, err
+	}
+	var out []Change
+	for k, nv := range b {
+		if ov, ok := a[k]; !ok || ov != nv {
+			out = append(out, Change{Key: k, Old: cmpOr(ov, ok), New: nv})
+		}
+	}
+	for k, ov := range a {
+		if _, ok := b[k]; !ok {
+			out = append(out, Change{Key: k, Old: ov, New: "(none)"})
+		}
+	}
+	for i := range out {
+		if secretKey(out[i].Key) {
+			out[i].Old, out[i].New = "(hidden)", "(hidden)"
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+func cmpOr(v string, ok bool) string {
+	if !ok {
+		return "(none)"
+	}
+	return v
+}
+
+func secretKey(key string) bool {
+	last := key[strings.LastIndexByte(key, '.')+1:]
+	return strings.Contains(last, "password") || strings.Contains(last, "token") || strings.Contains(last, "secret")
+}
+
+// flattenSettings writes v as YAML and maps each scalar's path to its value; lists are kept
+// whole, as JSON.
+func flattenSettings(section string, v any) (map[string]string, error) {
+	data, err := yaml.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var tree any
+	if err := yaml.Unmarshal(data, &tree); err != nil {
+		return nil, err
+	}
+	out := make(map[string]string)
+	var walk func(prefix string, n any) error
+	walk = func(prefix string, n any) error {
+		switch x := n.(type) {
+		case map[string]any:
+			for k, c := range x {
+				if prefix != "" {
+					k = prefix + "." + k
+				}
+				if err := walk(k, c); err != nil {
+					return err
+				}
+			}
+		case nil:
+			out[prefix] = "null"
+		case string:
+			out[prefix] = x
+		case []any:
+			j, err := json.Marshal(x)
+			if err != nil {
+				return err
+			}
+			out[prefix] = string(j)
+		default:
+			out[prefix] = fmt.Sprint(x)
+		}
+		return nil
+	}
+	if err := walk(section, tree); err != nil {
+		return nil, errors.New("comparing configurations: " + err.Error())
+	}
+	return out, nil
+}
