@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -18,10 +19,15 @@ import (
 // nowhere rather than to a guess.
 func (e *Engine) runHealthChecker(ctx context.Context, hc *healthChecker) {
 	defer hc.close()
-	t := time.NewTicker(e.cfg.HealthCheckInterval)
+	every := e.conf().cfg.HealthCheckInterval
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		hc.check(ctx)
+		if d := e.conf().cfg.HealthCheckInterval; d != every { // reloaded
+			every = d
+			t.Reset(every)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -34,13 +40,14 @@ func (e *Engine) runHealthChecker(ctx context.Context, hc *healthChecker) {
 }
 
 // healthChecker holds the probe connections of a standalone proxy and what it last knew of
-// each backend.
+// each backend, by address. The backends are the configuration's at each check, so a reload
+// can add or remove one.
 type healthChecker struct {
 	e     *Engine
-	conns []*pgconn.PgConn
+	conns map[string]*pgconn.PgConn
 	// known is each backend's last conclusive role; misses counts inconclusive probes since.
-	known  []backendRole
-	misses []int
+	known  map[string]backendRole
+	misses map[string]int
 	last   string
 }
 
@@ -58,8 +65,7 @@ const (
 const maxMisses = 3
 
 func newHealthChecker(e *Engine) *healthChecker {
-	n := len(e.cfg.Backends)
-	return &healthChecker{e: e, conns: make([]*pgconn.PgConn, n), known: make([]backendRole, n), misses: make([]int, n)}
+	return &healthChecker{e: e, conns: make(map[string]*pgconn.PgConn), known: make(map[string]backendRole), misses: make(map[string]int)}
 }
 
 func (hc *healthChecker) close() {
@@ -77,40 +83,56 @@ func (hc *healthChecker) check(ctx context.Context) {
 		inRecovery bool
 		err        error
 	}
-	results := make([]result, len(e.cfg.Backends))
+	backends := e.conf().cfg.Backends
+	// Backends a reload removed: their probe connections close, their state goes. (The
+	// routing table published below no longer names them, which retires their pools.)
+	for addr, c := range hc.conns {
+		if !slices.ContainsFunc(backends, func(b BackendConfig) bool { return b.Addr() == addr }) {
+			if c != nil {
+				_ = c.Close(context.Background())
+			}
+			delete(hc.conns, addr)
+			delete(hc.known, addr)
+			delete(hc.misses, addr)
+		}
+	}
+	results := make([]result, len(backends))
+	conns := make([]*pgconn.PgConn, len(backends))
 	var wg sync.WaitGroup
-	for i, b := range e.cfg.Backends {
+	for i, b := range backends {
+		conns[i] = hc.conns[b.Addr()]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := e.probe(ctx, &hc.conns[i], b)
+			r, err := e.probe(ctx, &conns[i], b)
 			results[i] = result{r, err}
 		}()
 	}
 	wg.Wait()
 	spec := RoutingSpec{Names: map[string]string{}}
 	var primaries []string
-	for i, b := range e.cfg.Backends {
+	for i, b := range backends {
 		addr := b.Addr()
+		hc.conns[addr] = conns[i]
 		if b.Name != "" {
 			spec.Names[addr] = b.Name
 		}
 		r := results[i]
 		switch {
 		case r.err == nil && r.inRecovery:
-			hc.known[i], hc.misses[i] = roleReplica, 0
+			hc.known[addr], hc.misses[addr] = roleReplica, 0
 		case r.err == nil:
-			hc.known[i], hc.misses[i] = rolePrimary, 0
-		case inconclusive(r.err) && hc.misses[i] < maxMisses:
-			hc.misses[i]++
-			e.log.Warn("backend probe inconclusive; keeping its last known role", "backend", addr, "misses", hc.misses[i], "err", r.err)
+			hc.known[addr], hc.misses[addr] = rolePrimary, 0
+		case inconclusive(r.err) && hc.misses[addr] < maxMisses:
+			hc.misses[addr]++
+			e.log.Warn("backend probe inconclusive; keeping its last known role", "backend", addr, "misses", hc.misses[addr], "err", r.err)
 		default:
-			if hc.known[i] != roleDown {
+			if hc.known[addr] != roleDown {
 				e.log.Warn("backend is down", "backend", addr, "err", r.err)
 			}
-			hc.known[i] = roleDown
+			hc.known[addr] = roleDown
 		}
-		switch hc.known[i] {
+		switch hc.known[addr] {
 		case rolePrimary:
 			primaries = append(primaries, addr)
 		case roleReplica:
@@ -124,7 +146,7 @@ func (hc *healthChecker) check(ctx context.Context) {
 	default:
 		e.log.Error("more than one backend accepts writes; refusing to route writes until one is demoted", "writable", primaries)
 	}
-	key := fmt.Sprint(spec.Primary, spec.Replicas)
+	key := fmt.Sprint(spec.Primary, spec.Replicas, spec.Names)
 	if key != hc.last {
 		hc.last = key
 		e.SetRouting(spec)
@@ -139,7 +161,7 @@ func inconclusive(err error) bool {
 
 // probe asks one backend whether it is in recovery, reconnecting as needed.
 func (e *Engine) probe(ctx context.Context, cp **pgconn.PgConn, b BackendConfig) (bool, error) {
-	timeout := max(e.cfg.HealthCheckInterval, 2*time.Second)
+	timeout := max(e.conf().cfg.HealthCheckInterval, 2*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if *cp == nil || (*cp).IsClosed() {

@@ -263,3 +263,59 @@ func TestReloadTLS(t *testing.T) {
 		t.Fatalf("after a refused reload: %v", err)
 	}
 }
+
+// TestReloadBackends: a standalone proxy's reload adds a replica (the read-only port routes to
+// it once its role is known) and removes it again (the read-only port falls back to the
+// primary); health_check_interval applies too. A cluster member has no backends to reload.
+func TestReloadBackends(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	replica := primary.AddReplica(t, nil)
+	p := startProxy(t, nil, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	roReaches := func(inRecovery bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c, err := pgx.Connect(ctx, p.dsn(p.ro))
+			var got bool
+			if err == nil {
+				err = c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&got)
+				c.Close(ctx)
+			}
+			if err == nil && got == inRecovery {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the read-only port does not reach a server with pg_is_in_recovery() = %v within 30s (last: %v, %v)", inRecovery, got, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	roReaches(false) // no replica: the primary serves reads
+
+	next := p.cfg
+	next.Backends = append(append([]engine.BackendConfig(nil), next.Backends...),
+		engine.BackendConfig{Host: replica.Host(), Port: replica.Port(), Name: replica.Name()})
+	next.HealthCheckInterval = 500 * time.Millisecond
+	changes, err := p.e.Reload(next, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"proxy.backends", "proxy.health_check_interval"} {
+		if c, ok := findChange(changes, key); !ok || !c.Applied {
+			t.Errorf("%s: %+v (all: %v)", key, c, changes)
+		}
+	}
+	roReaches(true)
+
+	changes, err = p.e.Reload(p.cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := findChange(changes, "proxy.backends"); !ok || !c.Applied {
+		t.Errorf("removing the replica: %+v", c)
+	}
+	roReaches(false)
+}
