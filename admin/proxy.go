@@ -14,6 +14,12 @@ type ProxyStatus struct {
 	// WritesTo is the backend (host:port) the read-write listener routes to; empty while
 	// there is no primary to route to (new transactions on it then fail or wait).
 	WritesTo string `json:"writes_to"`
+	// Paused: an operator paused the proxy (POST /proxy/pause): new transactions wait.
+	// InFlight counts transactions holding a server connection; ClientsHeld the clients
+	// waiting for the pause to end or for a primary (they are in no pool's clients_waiting).
+	Paused      bool `json:"paused"`
+	InFlight    int  `json:"transactions_in_flight"`
+	ClientsHeld int  `json:"clients_held"`
 	// Pools lists one entry per (backend, database, user) that has been used.
 	Pools []PoolStatus `json:"pools"`
 }

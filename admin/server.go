@@ -121,6 +121,12 @@ type Sources struct {
 	// runs (POST /reload, as SIGHUP does). The result is written as JSON; an error means the
 	// new configuration was refused and nothing changed.
 	Reload func() (any, error)
+	// PauseProxy and ResumeProxy pause and resume a standalone proxy for maintenance of its
+	// PostgreSQL (POST /proxy/pause, POST /proxy/resume). PauseProxy returns once no
+	// transaction holds a server, or when ctx ends with how many still do (the pause stays).
+	// Nil in a cluster member, whose proxies switchovers pause and resume.
+	PauseProxy  func(ctx context.Context) (inFlight int, err error)
+	ResumeProxy func()
 }
 
 // Server is the admin HTTP server.
@@ -172,6 +178,8 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.DELETE("/members/{name}", s.auth(s.removeMember))
 	r.POST("/restart", s.auth(s.restart))
 	r.POST("/reload", s.auth(s.reload))
+	r.POST("/proxy/pause", s.auth(s.pauseProxy))
+	r.POST("/proxy/resume", s.auth(s.resumeProxy))
 	r.POST("/reinitialize", s.auth(s.reinit))
 	r.GET("/restarts", s.restarts)
 	r.GET("/cluster/events", s.clusterEvents)
@@ -538,6 +546,52 @@ func (s *Server) reload(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	writeJSON(ctx, fasthttp.StatusOK, res)
+}
+
+// pauseRequest is the body of POST /proxy/pause.
+type pauseRequest struct {
+	// WaitSeconds bounds how long the call waits for transactions in flight (default 30).
+	WaitSeconds float64 `json:"wait_seconds"`
+}
+
+const noProxyPause = "a cluster member's proxy is paused and resumed by switchovers: to restart PostgreSQL use pgbastion ctl restart (a replica) or pgbastion ctl switchover first (the primary)"
+
+// pauseProxy pauses a standalone proxy (POST /proxy/pause): 200 once no transaction holds a
+// server; 202 when the wait ran out with some still in flight (the pause is in force either
+// way; POST /proxy/resume ends it).
+func (s *Server) pauseProxy(ctx *fasthttp.RequestCtx) {
+	if s.src.PauseProxy == nil {
+		writeError(ctx, fasthttp.StatusConflict, noProxyPause)
+		return
+	}
+	req := pauseRequest{WaitSeconds: 30}
+	if !decode(ctx, &req) {
+		return
+	}
+	if req.WaitSeconds < 0 || req.WaitSeconds > 3600 {
+		writeError(ctx, fasthttp.StatusBadRequest, "wait_seconds must be between 0 and 3600")
+		return
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.WaitSeconds*float64(time.Second)))
+	defer cancel()
+	n, err := s.src.PauseProxy(wctx)
+	if err != nil {
+		writeJSON(ctx, fasthttp.StatusAccepted, map[string]any{"paused": true, "drained": false, "in_flight": n,
+			"message": fmt.Sprintf("paused, but %d transactions still hold a server connection after %gs (in session mode a client holds one for its whole session); new transactions wait; POST /proxy/resume ends the pause", n, req.WaitSeconds)})
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": true, "drained": true, "in_flight": 0,
+		"message": "paused: no transaction holds a server connection; new transactions wait (up to query_wait_timeout) until POST /proxy/resume"})
+}
+
+// resumeProxy ends a pause (POST /proxy/resume).
+func (s *Server) resumeProxy(ctx *fasthttp.RequestCtx) {
+	if s.src.ResumeProxy == nil {
+		writeError(ctx, fasthttp.StatusConflict, noProxyPause)
+		return
+	}
+	s.src.ResumeProxy()
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": false})
 }
 
 // removeMember removes a member for good (DELETE /members/{name}). The primary cannot be

@@ -3,6 +3,7 @@ package admin
 import (
 	"bufio"
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -367,5 +368,58 @@ func TestNodesAndEvents(t *testing.T) {
 		if strings.HasPrefix(line, "data: ") && strings.Contains(line, `"paused":true`) {
 			break
 		}
+	}
+}
+
+// TestProxyPauseAndReloadEndpoints: POST /proxy/pause and /reload need the token; a cluster
+// member (no PauseProxy) refuses the pause with what to do instead; a bad wait is a 400; a
+// pause that runs out of wait answers 202 with the transactions still in flight; a refused
+// reload is a 400 that says nothing changed.
+func TestProxyPauseAndReloadEndpoints(t *testing.T) {
+	member := startAPI(t, "tok", newCluster(t, "n1"))
+	if code, _ := do(t, "POST", member+"/proxy/pause", "", ""); code != 401 {
+		t.Errorf("pause without the token: %d", code)
+	}
+	if code, body := do(t, "POST", member+"/proxy/pause", "tok", ""); code != 409 || !strings.Contains(body, "switchover") {
+		t.Errorf("pause on a cluster member: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", member+"/reload", "tok", ""); code != 503 {
+		t.Errorf("reload without a reloader: %d %s", code, body)
+	}
+
+	inFlight := 3
+	resumed := false
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", "tok"
+	s, err := New(cfg, Sources{
+		PauseProxy: func(ctx context.Context) (int, error) {
+			if inFlight > 0 {
+				<-ctx.Done()
+				return inFlight, ctx.Err()
+			}
+			return 0, nil
+		},
+		ResumeProxy: func() { resumed = true },
+		Reload:      func() (any, error) { return nil, errors.New("x.yaml:3: unknown key") },
+	}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := startServer(t, s)
+	if code, body := do(t, "POST", u+"/proxy/pause", "tok", `{"wait_seconds": -1}`); code != 400 {
+		t.Errorf("negative wait: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", u+"/proxy/pause", "tok", `{"wait_seconds": 0.05}`); code != 202 || !strings.Contains(body, `"in_flight": 3`) {
+		t.Errorf("pause that ran out of wait: %d %s", code, body)
+	}
+	inFlight = 0
+	if code, body := do(t, "POST", u+"/proxy/pause", "tok", ""); code != 200 || !strings.Contains(body, `"drained": true`) {
+		t.Errorf("pause: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", u+"/proxy/resume", "tok", ""); code != 200 || !resumed {
+		t.Errorf("resume: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", u+"/reload", "tok", ""); code != 400 || !strings.Contains(body, "nothing changed") || !strings.Contains(body, "x.yaml:3") {
+		t.Errorf("refused reload: %d %s", code, body)
 	}
 }

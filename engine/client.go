@@ -1274,7 +1274,7 @@ func (cl *client) needServer() bool {
 	if cl.waiting || cl.dialing {
 		return false
 	}
-	if cl.role == RoleRW && cl.e.pausedRW.Load() {
+	if (cl.role == RoleRW && cl.e.pausedRW.Load()) || cl.e.pausedAll.Load() {
 		cl.waiting, cl.waitSince = true, time.Now()
 		cl.e.holdClient(cl)
 		return cl.streamWait()

@@ -212,7 +212,10 @@ func (cl *client) consoleQuery(q string, conns []Conn) []byte {
 		case "RELOAD":
 			return fail(pgwire.FeatureNotSupported, "RELOAD is not available in PGBastion's console",
 				"send SIGHUP to pgbastion (systemctl reload pgbastion) or run pgbastion ctl reload: the configuration file and the auth_file are read again")
-		case "PAUSE", "RESUME", "SUSPEND", "RECONNECT", "KILL", "KILL_CLIENT", "DISABLE", "ENABLE", "SHUTDOWN", "WAIT_CLOSE":
+		case "PAUSE", "RESUME":
+			return fail(pgwire.FeatureNotSupported, verb+" is not available in PGBastion's console",
+				"a standalone proxy: pgbastion ctl proxy pause / pgbastion ctl proxy resume (POST /proxy/pause, /proxy/resume); in a cluster, switchovers pause and resume the pools themselves")
+		case "SUSPEND", "RECONNECT", "KILL", "KILL_CLIENT", "DISABLE", "ENABLE", "SHUTDOWN", "WAIT_CLOSE":
 			return fail(pgwire.FeatureNotSupported, verb+" is not available: PGBastion's console is read-only",
 				"pools pause and resume themselves around a switchover (pgbastion ctl switchover); pgbastion ctl reload applies a changed configuration")
 		}

@@ -169,8 +169,12 @@ func TestAdminConsole(t *testing.T) {
 		t.Errorf("SHOW USERS: %v", err)
 	}
 	_, err = con.Exec(ctx, "PAUSE postgres", pgx.QueryExecModeSimpleProtocol)
-	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "read-only") {
+	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "ctl proxy pause") {
 		t.Errorf("PAUSE: %v", err)
+	}
+	_, err = con.Exec(ctx, "KILL postgres", pgx.QueryExecModeSimpleProtocol)
+	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "read-only") {
+		t.Errorf("KILL: %v", err)
 	}
 	_, err = con.Exec(ctx, "SELECT $1::int", 1) // the extended protocol
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "simple queries only") {

@@ -58,6 +58,8 @@ type Engine struct {
 	held   map[*client]time.Time
 
 	pausedRW atomic.Bool
+	// pausedAll is the operator's pause of the whole proxy (Pause, PgBouncer's PAUSE).
+	pausedAll atomic.Bool
 
 	loopMu  sync.Mutex
 	loops   []*loop
@@ -611,11 +613,57 @@ func (e *Engine) ResumeWrites() {
 	e.releaseHeld()
 }
 
+// Pause is PgBouncer's PAUSE for the whole proxy, for maintenance of a standalone proxy's
+// PostgreSQL (a restart, a minor upgrade): from now on every new transaction, on both ports,
+// waits instead of getting a server; transactions in flight finish. It returns once none is in
+// flight, or with ctx's error and the number still in flight (in session mode a connected
+// client's whole session counts). Either way the pause stays in force until Resume; a client
+// that waits longer than query_wait_timeout gets an error naming it.
+func (e *Engine) Pause(ctx context.Context) (inFlight int, err error) {
+	if !e.pausedAll.Swap(true) {
+		e.log.Warn("proxy paused: new transactions wait until it is resumed")
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for n := e.inFlight(); n > 0; n = e.inFlight() {
+		select {
+		case <-ctx.Done():
+			return n, fmt.Errorf("%d transactions still hold a server connection: %w", n, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return 0, nil
+}
+
+// Resume ends a Pause: the clients that waited continue against the current routing table.
+func (e *Engine) Resume() {
+	if e.pausedAll.Swap(false) {
+		e.log.Warn("proxy resumed")
+	}
+	e.releaseHeld()
+}
+
+// inFlight is the number of server connections attached to clients, over every backend.
+func (e *Engine) inFlight() int {
+	e.routeMu.Lock()
+	defer e.routeMu.Unlock()
+	n := int64(0)
+	for _, b := range e.backends {
+		n += b.active.Load()
+	}
+	return int(n)
+}
+
 // Stats is a summary for the API and tests.
 type Stats struct {
 	Clients int64
 	Primary string
 	Pools   []PoolStats
+	// Paused: an operator's Pause is in force; InFlight counts the transactions that hold a
+	// server connection; Held the clients waiting for the end of a pause or for a primary
+	// (counted in no pool).
+	Paused         bool
+	InFlight, Held int
 }
 
 // PoolStats describes one pool.
@@ -634,7 +682,10 @@ type PoolStats struct {
 
 // Stats returns the current counters, pools ordered by database, user and backend.
 func (e *Engine) Stats() Stats {
-	st := Stats{Clients: e.clients.Load(), Primary: addrOf(e.routing.Load().primary)}
+	st := Stats{Clients: e.clients.Load(), Primary: addrOf(e.routing.Load().primary), Paused: e.pausedAll.Load(), InFlight: e.inFlight()}
+	e.heldMu.Lock()
+	st.Held = len(e.held)
+	e.heldMu.Unlock()
 	e.routeMu.Lock()
 	bs := make([]*backend, 0, len(e.backends))
 	for _, b := range e.backends {

@@ -159,11 +159,23 @@ func inconclusive(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) || pgconn.Timeout(err)
 }
 
-// probe asks one backend whether it is in recovery, reconnecting as needed.
+// probe asks one backend whether it is in recovery, reconnecting as needed. A probe
+// connection left over from before fails when PostgreSQL restarted since (57P01, or a closed
+// socket) although the server is up again: that failure says nothing about now, so the probe
+// tries once more on a new connection before it reports an error.
 func (e *Engine) probe(ctx context.Context, cp **pgconn.PgConn, b BackendConfig) (bool, error) {
 	timeout := max(e.conf().cfg.HealthCheckInterval, 2*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	reused := *cp != nil && !(*cp).IsClosed()
+	r, err := e.probeOnce(ctx, cp, b, timeout)
+	if err != nil && reused && ctx.Err() == nil {
+		r, err = e.probeOnce(ctx, cp, b, timeout)
+	}
+	return r, err
+}
+
+func (e *Engine) probeOnce(ctx context.Context, cp **pgconn.PgConn, b BackendConfig, timeout time.Duration) (bool, error) {
 	if *cp == nil || (*cp).IsClosed() {
 		cfg, err := pgconn.ParseConfig("sslmode=disable")
 		if err != nil {

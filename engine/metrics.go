@@ -35,6 +35,9 @@ type Metrics struct {
 	serverMoves *metrics.Counter
 	// consoleCommands counts the admin console's queries.
 	consoleCommands *metrics.Counter
+	// primaryChanges counts routing tables that changed where writes go (including to
+	// nowhere and back): a standalone proxy's flapping role checks show here.
+	primaryChanges *metrics.Counter
 }
 
 // NewMetrics registers the proxy's metrics in set (a new set when nil).
@@ -68,11 +71,15 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		serverCheckFailures:   c("pgbastion_proxy_server_check_failures_total"),
 		serverMoves:           c("pgbastion_proxy_server_moves_total"),
 		consoleCommands:       c("pgbastion_proxy_console_commands_total"),
+		primaryChanges:        c("pgbastion_proxy_primary_changes_total"),
 	}
 }
 
 // Set returns the metric set, for exposition.
 func (m *Metrics) Set() *metrics.Set { return m.set }
+
+// PrimaryChanges returns how many times the proxy's idea of the primary changed (for tests).
+func (m *Metrics) PrimaryChanges() uint64 { return m.primaryChanges.Get() }
 
 // Panics returns the number of recovered panics (for tests).
 func (m *Metrics) Panics() uint64 { return m.panics.Get() }

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/engine"
 	"github.com/pgbastion/pgbastion/pgwire"
@@ -318,4 +320,85 @@ func TestReloadBackends(t *testing.T) {
 		t.Errorf("removing the replica: %+v", c)
 	}
 	roReaches(false)
+}
+
+// TestOperatorPauseAndResume: Pause holds new transactions on both ports while one in flight
+// finishes; it reports that transaction while it lasts; Resume lets the held clients go on
+// without an error; a client held past query_wait_timeout gets an error that names the pause.
+func TestOperatorPauseAndResume(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) { c.Pool.Mode = pool.ModeTransaction }, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	inTx := connect(t, p.dsn(p.rw))
+	defer inTx.Close(ctx)
+	rw := connect(t, p.dsn(p.rw))
+	defer rw.Close(ctx)
+	ro := connect(t, p.dsn(p.ro))
+	defer ro.Close(ctx)
+	if _, err := inTx.Exec(ctx, "BEGIN; SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
+	n, err := p.e.Pause(short)
+	cancelShort()
+	if err == nil || n != 1 {
+		t.Fatalf("Pause with a transaction open: %d in flight, %v; want 1 and an error", n, err)
+	}
+	if st := p.e.Stats(); !st.Paused || st.InFlight != 1 {
+		t.Fatalf("stats while paused: %+v", st)
+	}
+	results := make(chan error, 2)
+	for _, c := range []*pgx.Conn{rw, ro} {
+		go func() {
+			var v int
+			results <- c.QueryRow(ctx, "SELECT 7").Scan(&v)
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for p.e.Stats().Held != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the two clients are not held by the pause: %+v", p.e.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The transaction in flight finishes; then the pause is complete.
+	if _, err := inTx.Exec(ctx, "COMMIT"); err != nil {
+		t.Fatalf("the transaction in flight during the pause: %v", err)
+	}
+	if n, err := p.e.Pause(ctx); err != nil || n != 0 {
+		t.Fatalf("Pause after the commit: %d, %v", n, err)
+	}
+	select {
+	case err := <-results:
+		t.Fatalf("a client got an answer while paused: %v", err)
+	default:
+	}
+	p.e.Resume()
+	for range 2 {
+		if err := <-results; err != nil {
+			t.Fatalf("a held client after the resume: %v", err)
+		}
+	}
+	if st := p.e.Stats(); st.Paused || st.Held != 0 {
+		t.Fatalf("stats after the resume: %+v", st)
+	}
+
+	// Held past query_wait_timeout: 57014 naming the pause and how to end it.
+	next := p.cfg
+	next.Pool.QueryWaitTimeout = 300 * time.Millisecond
+	if _, err := p.e.Reload(next, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.e.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer p.e.Resume()
+	_, err = rw.Exec(ctx, "SELECT 1")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != pgwire.QueryCanceled || !strings.Contains(pe.Message, "stayed paused") || !strings.Contains(pe.Hint, "ctl proxy resume") {
+		t.Fatalf("held past query_wait_timeout: %v (%+v)", err, pe)
+	}
 }

@@ -177,6 +177,7 @@ func (e *Engine) SetRouting(spec RoutingSpec) {
 	}
 	e.routing.Store(nr)
 	if old.primary != nr.primary {
+		e.m.primaryChanges.Inc()
 		e.log.Info("routing changed", "primary", addrOf(nr.primary), "replicas", len(nr.replicas))
 	}
 	for _, b := range retired {

@@ -108,7 +108,10 @@ func (e *Engine) sweepHeld(now time.Time) {
 		e.m.waitTimeouts.Inc()
 		err := sqlErr(pgwire.CannotConnectNow, fmt.Sprintf("query_wait_timeout: no primary became available within %s", wait),
 			"a failover or switchover may be in progress; check GET /nodes")
-		if e.pausedRW.Load() {
+		if e.pausedAll.Load() {
+			err = sqlErr(pgwire.QueryCanceled, fmt.Sprintf("query_wait_timeout: the proxy stayed paused for more than %s", wait),
+				"an operator paused it for maintenance (pgbastion ctl proxy pause); pgbastion ctl proxy resume ends the pause")
+		} else if e.pausedRW.Load() {
 			err = sqlErr(pgwire.QueryCanceled, fmt.Sprintf("query_wait_timeout: writes stayed paused for more than %s", wait), "")
 		}
 		cl.deliverFailure(err)

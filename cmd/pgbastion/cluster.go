@@ -201,7 +201,8 @@ func (d *daemon) localStatus(vip *netlink.Manager) func() map[string]any {
 // /nodes).
 func (d *daemon) proxyStatus() admin.ProxyStatus {
 	st := d.proxy.Stats()
-	out := admin.ProxyStatus{Clients: max(0, st.Clients), WritesTo: st.Primary, Pools: make([]admin.PoolStatus, 0, len(st.Pools))}
+	out := admin.ProxyStatus{Clients: max(0, st.Clients), WritesTo: st.Primary, Paused: st.Paused, InFlight: st.InFlight,
+		ClientsHeld: st.Held, Pools: make([]admin.PoolStatus, 0, len(st.Pools))}
 	for _, p := range st.Pools {
 		ps := admin.PoolStatus{Backend: p.Backend, Database: p.Database, User: p.User, Clients: p.Clients,
 			ServersActive: max(0, p.Busy()-p.HeldForCancel), ServersIdle: p.IdleServers(), Size: p.Size, Reserve: p.Reserve,
@@ -252,6 +253,8 @@ func (d *daemon) writeMetrics(vip *netlink.Manager) func(io.Writer) {
 		st := d.proxyStatus()
 		metrics.WriteGaugeUint64(w, "pgbastion_proxy_clients", uint64(st.Clients))
 		metrics.WriteGaugeUint64(w, "pgbastion_proxy_routes_writes", admin.Bool(st.WritesTo != ""))
+		metrics.WriteGaugeUint64(w, "pgbastion_proxy_paused", admin.Bool(st.Paused))
+		metrics.WriteGaugeUint64(w, "pgbastion_proxy_held_clients", uint64(st.ClientsHeld))
 		for _, p := range st.Pools {
 			kv := []string{"backend", p.Backend, "database", p.Database, "user", p.User}
 			metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_server_connections", append(kv, "state", "active")...), uint64(p.ServersActive))

@@ -50,6 +50,8 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   failover --candidate N [--force]       promote N (force: even if it may lose data)
   pause | resume                         stop / restart automatic failover
   reload                                 re-read this node's configuration file, as SIGHUP does
+  proxy pause [--wait 30s] | proxy resume
+                                         standalone proxy: hold new transactions for PostgreSQL maintenance
   remove NODE                            remove a member for good (its replication slot is dropped)
   restart NODE... | restart --pending    restart replicas' PostgreSQL one at a time (ctl restart for details)
   reinit --yes NODE...                   re-clone replicas from the primary (ctl reinit for details)
@@ -96,6 +98,8 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 		return c.post("/"+cmd, nil)
 	case "reload":
 		return c.reload()
+	case "proxy":
+		return c.proxyPause(rest, stderr)
 	case "config":
 		return c.config(rest, stderr)
 	case "restart":

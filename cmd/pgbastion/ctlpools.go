@@ -29,6 +29,11 @@ func (c *ctlClient) pools(args []string, stderr io.Writer) error {
 		route = "nowhere (no primary: writes wait or fail)"
 	}
 	fmt.Fprintf(c.out, "%d client connections; writes go to %s\n", st.Clients, route)
+	if st.Paused {
+		fmt.Fprintf(c.out, "PAUSED (pgbastion ctl proxy resume ends it): %d clients wait, %d transactions still in flight\n", st.ClientsHeld, st.InFlight)
+	} else if st.ClientsHeld > 0 {
+		fmt.Fprintf(c.out, "%d clients wait for a primary\n", st.ClientsHeld)
+	}
 	if len(st.Pools) == 0 {
 		fmt.Fprintln(c.out, "no pool yet: pools open with the first client of each database and user")
 		return nil

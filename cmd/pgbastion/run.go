@@ -120,6 +120,8 @@ func (d *daemon) runStandalone(ctx context.Context) error {
 		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), d.reloader.set},
 		Writers:     []func(io.Writer){d.writeMetrics(nil)},
 		Reload:      d.reloader.apiReload,
+		PauseProxy:  d.proxy.Pause,
+		ResumeProxy: d.proxy.Resume,
 	}, d.log.With("component", "api"))
 	if err != nil {
 		return err

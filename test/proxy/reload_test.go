@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -136,5 +138,113 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// TestPauseForAPostgreSQLRestart is the maintenance PgBouncer's PAUSE/RESUME exist for: with
+// clients running transactions all along, `pgbastion ctl proxy pause`, a restart of
+// PostgreSQL, `pgbastion ctl proxy resume`. No client sees an error; the transactions they
+// started during the pause run after it.
+func TestPauseForAPostgreSQLRestart(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	cfg := daemon.NewConfig(t, primary)
+	cfg.Proxy.ListenRO = ""
+	cfg.Proxy.Pool.Mode = pool.ModeTransaction
+	cfg.API.Token = "pause-token"
+	d := daemon.Start(t, cfg)
+	api := daemon.APIClient{Addr: d.API()}
+	ctl := func(args ...string) (string, error) {
+		out, err := exec.Command(daemon.Binary(t), append([]string{"ctl", "--api", "http://" + d.API(), "--token", "pause-token"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	proxyStatus := func() admin.ProxyStatus {
+		var st admin.ProxyStatus
+		if err := api.Get("/proxy", &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	await := func(what string, ok func(admin.ProxyStatus) bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for st := proxyStatus(); !ok(st); st = proxyStatus() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 30s: %+v\n%s", what, st, d.LogTail())
+			}
+			time.Sleep(poll)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const clients = 8
+	var done atomic.Int64
+	errs := make(chan error, clients)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := pgx.Connect(ctx, daemon.ConnString(d.RW()))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close(context.Background())
+			for ctx.Err() == nil {
+				var v int
+				if err := c.QueryRow(ctx, "SELECT 1").Scan(&v); err != nil {
+					if ctx.Err() == nil {
+						errs <- err
+					}
+					return
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	for done.Load() < 100 {
+		time.Sleep(poll)
+	}
+
+	out, err := ctl("proxy", "pause", "--wait", "20s")
+	if err != nil || !strings.Contains(out, "paused") {
+		t.Fatalf("ctl proxy pause: %v\n%s", err, out)
+	}
+	await("every client held by the pause", func(st admin.ProxyStatus) bool { return st.Paused && st.ClientsHeld == clients })
+	out, err = ctl("pools")
+	if err != nil || !strings.Contains(out, "PAUSED") {
+		t.Fatalf("ctl pools while paused: %v\n%s", err, out)
+	}
+	before := done.Load()
+	primary.Restart(t)
+	// The proxy has let go of the connections the restart closed, and routes writes again.
+	await("the old server connections closed and the primary known", func(st admin.ProxyStatus) bool {
+		return st.WritesTo != "" && len(st.Pools) == 1 && st.Pools[0].ServersActive+st.Pools[0].ServersIdle == 0
+	})
+	if n := done.Load(); n != before {
+		t.Fatalf("%d transactions ran during the pause", n-before)
+	}
+	out, err = ctl("proxy", "resume")
+	if err != nil || !strings.Contains(out, "resumed") {
+		t.Fatalf("ctl proxy resume: %v\n%s", err, out)
+	}
+	for done.Load() < before+100 {
+		select {
+		case err := <-errs:
+			t.Fatalf("a client after the resume: %v", err)
+		default:
+		}
+		time.Sleep(poll)
+	}
+	cancel()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a client saw an error: %v", err)
+	}
+	if st := proxyStatus(); st.Paused || st.ClientsHeld != 0 {
+		t.Errorf("after the resume: %+v", st)
 	}
 }
