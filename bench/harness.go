@@ -121,6 +121,7 @@ const (
 	ScenarioMany     = "many"
 	ScenarioIdle     = "idle"
 	ScenarioTLS      = "tls"
+	ScenarioIdleTLS  = "idle-tls"
 )
 
 func tlsWorkload(w Workload) Workload {
@@ -150,6 +151,8 @@ func Scenarios(c Config) []Scenario {
 			Workload: tlsWorkload(w(50, "simple")), Targets: []string{PgBouncerTxn, PGBastionTxn}},
 		{Name: ScenarioIdle, Title: fmt.Sprintf("%d idle clients, transaction mode", c.IdleClients), Issue: "issue 3 item 3",
 			Idle: true, Targets: []string{PgBouncerTxn, PGBastionTxn}},
+		{Name: ScenarioIdleTLS, Title: fmt.Sprintf("%d idle clients over TLS, transaction mode", c.IdleClients), Issue: "no goal in the issues",
+			Idle: true, Workload: Workload{TLS: true}, Targets: []string{PgBouncerTxn, PGBastionTxn}},
 	}
 }
 
@@ -472,12 +475,12 @@ func (h *harness) runIdle(ctx context.Context, sc Scenario) ([]*IdleResult, erro
 			return out, err
 		}
 		t.name = name
-		r, err := measureIdle(ctx, t, h.cfg.IdleClients, 2*time.Second)
+		r, err := measureIdle(ctx, t, h.cfg.IdleClients, 2*time.Second, sc.Workload.TLS)
 		t.proc.stop(10 * time.Second)
 		if r != nil {
 			out = append(out, r)
-			h.printf("  %-18s %d clients: RSS %d → %d KiB, %.2f KiB per client, peak %d KiB, %d errors %s\n",
-				name, r.Opened, r.BaseRSS, r.RSS, r.PerClientKiB(), r.HWM, r.Errors, r.FirstErr)
+			h.printf("  %-18s %d clients%s: RSS %d → %d KiB, %.2f KiB per client, peak %d KiB, %d errors %s\n",
+				name, r.Opened, tlsNote(r.TLS), r.BaseRSS, r.RSS, r.PerClientKiB(), r.HWM, r.Errors, r.FirstErr)
 		}
 		if err != nil {
 			return out, err

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,6 +18,8 @@ import (
 type IdleResult struct {
 	Target  string
 	Clients int
+	// TLS: the clients negotiated TLS (sslmode=require) before logging in.
+	TLS bool
 	// Opened is how many clients logged in; Errors how many did not (with the first error).
 	Opened   int
 	Errors   int
@@ -53,14 +56,43 @@ func startupMessage(params ...string) []byte {
 // errNeedsPassword means the target asked for a password; idle clients log in with trust.
 var errNeedsPassword = errors.New("the proxy asked for a password; idle clients expect trust authentication")
 
-// loginIdle opens one connection to addr, logs in with trust and returns it at ReadyForQuery.
-func loginIdle(ctx context.Context, addr string) (net.Conn, error) {
+// tlsNote marks TLS results in printed lines.
+func tlsNote(on bool) string {
+	if on {
+		return " over TLS"
+	}
+	return ""
+}
+
+// sslRequest is the 8-byte SSLRequest packet.
+var sslRequest = []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+
+// loginIdle opens one connection to addr, logs in with trust (over TLS when useTLS, as
+// sslmode=require does: no certificate check) and returns it at ReadyForQuery.
+func loginIdle(ctx context.Context, addr string, useTLS bool) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	if useTLS {
+		if _, err := c.Write(sslRequest); err != nil {
+			c.Close()
+			return nil, err
+		}
+		var answer [1]byte
+		if _, err := io.ReadFull(c, answer[:]); err != nil || answer[0] != 'S' {
+			c.Close()
+			return nil, fmt.Errorf("TLS refused (answer %q, %v)", answer[0], err)
+		}
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // sslmode=require verifies nothing either
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		c = tc
+	}
 	if _, err := c.Write(startupMessage("user", Superuser, "database", "postgres", "application_name", "idle")); err != nil {
 		c.Close()
 		return nil, err
@@ -124,10 +156,10 @@ func errorFields(body []byte) string {
 
 // measureIdle opens n idle clients to t (logged in, then silent) and measures the proxy's memory
 // growth over the baseline of one logged-in client.
-func measureIdle(ctx context.Context, t *target, n int, settle time.Duration) (*IdleResult, error) {
+func measureIdle(ctx context.Context, t *target, n int, settle time.Duration, useTLS bool) (*IdleResult, error) {
 	pid := t.pid()
-	res := &IdleResult{Target: t.name, Clients: n}
-	first, err := loginIdle(ctx, t.addr)
+	res := &IdleResult{Target: t.name, Clients: n, TLS: useTLS}
+	first, err := loginIdle(ctx, t.addr, useTLS)
 	if err != nil {
 		return nil, fmt.Errorf("%s: first idle client: %w", t.name, err)
 	}
@@ -151,7 +183,7 @@ func measureIdle(ctx context.Context, t *target, n int, settle time.Duration) (*
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := loginIdle(ctx, t.addr)
+			c, err := loginIdle(ctx, t.addr, useTLS)
 			if err != nil {
 				errs.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())

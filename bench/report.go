@@ -196,17 +196,17 @@ func scenarioTable(res *Results, sr *ScenarioResult) string {
 // idleTable renders the idle-clients results.
 func idleTable(res *Results) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "### %d idle client connections (issue 3 item 3)\n\n", res.Config.IdleClients)
-	b.WriteString("Each client logs in (trust) and then sends nothing. Baseline: a freshly started proxy with one client logged in.\n\n")
+	fmt.Fprintf(&b, "### %d idle client connections (issue 3 item 3; over TLS: no goal)\n\n", res.Config.IdleClients)
+	b.WriteString("Each client logs in (trust; over TLS it first negotiates TLS as sslmode=require does) and then sends nothing. Baseline: a freshly started proxy with one client logged in (over TLS for the TLS rows).\n\n")
 	b.WriteString("| target | clients idle | errors | RSS baseline KiB | RSS with clients KiB | KiB per client | peak RSS KiB | proxy CPU to log them in | time |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range res.Idle {
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %.2f | %d | %.0f ms | %s |\n", label(r.Target), r.Opened, r.Errors,
+		fmt.Fprintf(&b, "| %s%s | %d | %d | %d | %d | %.2f | %d | %.0f ms | %s |\n", label(r.Target), tlsNote(r.TLS), r.Opened, r.Errors,
 			r.BaseRSS, r.RSS, r.PerClientKiB(), r.HWM, r.CPUms, r.Elapsed.Round(time.Millisecond))
 	}
 	for _, r := range res.Idle {
 		if r.FirstErr != "" {
-			fmt.Fprintf(&b, "\n%s: `%s`\n", label(r.Target), r.FirstErr)
+			fmt.Fprintf(&b, "\n%s%s: `%s`\n", label(r.Target), tlsNote(r.TLS), r.FirstErr)
 		}
 	}
 	return b.String()
@@ -336,11 +336,21 @@ func goals(res *Results) []string {
 		out = append(out, fmt.Sprintf("Clients over TLS, transaction mode (no goal in the issues): PGBastion %.0f vs PgBouncer %.0f TPS (%s; at least PgBouncer's %s), CPU %.1f vs %.1f µs/tx.",
 			b.TPS, p.TPS, ratio(b.TPS, p.TPS), inRounds(tw, tn), b.ProxyCPU, p.ProxyCPU))
 	}
+	var tlsIdle [2]*IdleResult // PGBastion, PgBouncer
 	for _, r := range res.Idle {
-		if r.Target == PGBastionTxn {
+		switch {
+		case r.TLS && r.Target == PGBastionTxn:
+			tlsIdle[0] = r
+		case r.TLS && r.Target == PgBouncerTxn:
+			tlsIdle[1] = r
+		case r.Target == PGBastionTxn:
 			out = append(out, fmt.Sprintf("Issue 3, %d idle clients: PGBastion %.2f KiB per client (goal ≤ 8 KiB): %s.", r.Clients, r.PerClientKiB(),
 				verdict(r.Opened == r.Clients && r.PerClientKiB() <= 8)))
 		}
+	}
+	if b, p := tlsIdle[0], tlsIdle[1]; b != nil && p != nil {
+		out = append(out, fmt.Sprintf("Idle clients over TLS (no goal in the issues): PGBastion %.2f vs PgBouncer %.2f KiB per client (%d and %d of %d clients idle).",
+			b.PerClientKiB(), p.PerClientKiB(), b.Opened, p.Opened, b.Clients))
 	}
 	return out
 }

@@ -169,6 +169,9 @@ func (cl *client) onTraffic(c gnet.Conn) gnet.Action {
 				break
 			}
 		}
+		if !cl.detaching {
+			x.release()
+		}
 	} else {
 		buf, _ := c.Peek(-1)
 		n, err = cl.handle(buf)

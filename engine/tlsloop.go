@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -100,13 +101,40 @@ func (t *tlsTransport) SetWriteDeadline(d time.Time) error {
 }
 
 // loopTLS is a TLS client's state on an event loop: its tls.Conn and the decrypted input not
-// yet handled, plain[lo:hi].
+// yet handled, plain[lo:hi]. The plaintext buffer is borrowed from tlsPlainBufs while there
+// is input and given back when all of it is handled (release), so an idle TLS client holds
+// none: with a buffer of its own each, 10,000 idle TLS clients took 35 KiB apiece.
 type loopTLS struct {
 	tc     *tls.Conn
 	tr     *tlsTransport
 	plain  []byte
+	box    *[]byte // the pool's box of plain, while plain is a pooled buffer
 	lo, hi int
 	max    int // the most plaintext buffered before decrypting stops (as on the stream path)
+}
+
+// tlsPlainSize is the pooled plaintext buffer (a TLS record holds at most 16 KiB).
+const tlsPlainSize = 16 << 10
+
+var tlsPlainBufs = sync.Pool{New: func() any { b := make([]byte, tlsPlainSize); return &b }}
+
+// tlsKeepCiphertext is the ciphertext buffer capacity a client keeps between reads; one that a
+// large message grew beyond it is dropped once read.
+const tlsKeepCiphertext = 4 << 10
+
+// release gives back the plaintext buffer once everything in it was handled, and drops a
+// grown ciphertext buffer once tls.Conn has read it.
+func (x *loopTLS) release() {
+	if x.lo == x.hi && x.plain != nil {
+		if x.box != nil && len(x.plain) == tlsPlainSize {
+			*x.box = x.plain
+			tlsPlainBufs.Put(x.box)
+		}
+		x.plain, x.box, x.lo, x.hi = nil, nil, 0, 0
+	}
+	if t := x.tr; t.off == len(t.in) && cap(t.in) > tlsKeepCiphertext {
+		t.in, t.off = nil, 0
+	}
 }
 
 // fill moves what gnet read into the transport and decrypts every complete record, up to max
@@ -117,6 +145,10 @@ func (x *loopTLS) fill(c gnet.Conn) error {
 		_, _ = c.Discard(len(b))
 	}
 	for x.hi-x.lo < x.max {
+		if x.plain == nil {
+			x.box = tlsPlainBufs.Get().(*[]byte)
+			x.plain = *x.box
+		}
 		x.plain, x.lo, x.hi, _ = makeRoom(x.plain, x.lo, x.hi, x.max)
 		n, err := x.tc.Read(x.plain[x.hi:])
 		x.hi += n
@@ -149,7 +181,7 @@ func (cl *client) returnToLoop(tc *tls.Conn, tr *tlsTransport, nc net.Conn, loop
 		cl.mu.Unlock()
 		return false
 	}
-	cl.tin = &loopTLS{tc: tc, tr: tr, plain: make([]byte, 16<<10), max: cl.e.maxClientInput()}
+	cl.tin = &loopTLS{tc: tc, tr: tr, max: cl.e.maxClientInput()}
 	tr.onLoop, tr.out = true, &cl.lw
 	cl.mu.Unlock()
 	failed := func(err error) {
