@@ -59,6 +59,12 @@ type PoolStatus struct {
 	QuerySecondsTotal float64 `json:"query_seconds_total"`
 	ReceivedBytes     uint64  `json:"received_bytes"`
 	SentBytes         uint64  `json:"sent_bytes"`
+	// In transaction mode, named prepared statements: Parses from clients, Parses the proxy
+	// sent to servers (a statement reaching a server that lacks it: few against ClientParses
+	// means statements are shared across clients), and Binds of them.
+	ClientParses uint64 `json:"client_parses"`
+	ServerParses uint64 `json:"server_parses"`
+	Binds        uint64 `json:"binds"`
 	// CancelsInFlight are cancel requests being forwarded to the pool's servers;
 	// ServersHeldForCancel are servers no client holds that wait for such a cancel to land
 	// before another client may have them (not counted in ServersActive).

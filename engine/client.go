@@ -820,6 +820,7 @@ msgs:
 					b = pgwire.AppendBindRenamed(b, portal, st.Name, restLen)
 					em.setBuf(b)
 					tr.Sent(pool.Entry{Expect: pool.ExpectBind, Stmt: st})
+					s.pe.counters(s.lp).binds.Add(1)
 					cl.noteBind(portal, stmt)
 					// the rest of the Bind (formats and parameters) is streamed unchanged
 					restStart := pos + pgwire.HeaderLen + rest
@@ -1044,6 +1045,7 @@ func (cl *client) parse(s *server, body []byte, em *emitter, whole []byte) error
 	cl.stmts[string(p.Name)] = st
 	cl.noteParse(p.Name, p.Query)
 	cl.e.m.clientParses.Inc()
+	s.pe.counters(s.lp).clientParses.Add(1)
 	if s.stmts.Has(st) {
 		tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: pool.Fake, Stmt: st, Reply: replyParseComplete})
 		return nil
@@ -1105,6 +1107,7 @@ func (cl *client) prepareOn(s *server, st *pool.Stmt, em *emitter, act pool.Acti
 	em.add(st.Parse)
 	s.tr.Sent(pool.Entry{Expect: pool.ExpectParse, Action: act, Stmt: st})
 	cl.e.m.serverParses.Inc()
+	s.pe.counters(s.lp).serverParses.Add(1)
 }
 
 // unknownStatement answers a Bind or Describe naming a statement the client never prepared.

@@ -333,10 +333,11 @@ func (cl *client) showStats() (consoleResult, error) {
 		res.rows = append(res.rows, []string{db,
 			u64(a.Assignments), u64(a.Transactions), u64(a.Queries), u64(a.Received), u64(a.Sent),
 			strconv.FormatInt(a.Assigned.Microseconds(), 10), strconv.FormatInt(a.Query.Microseconds(), 10),
-			strconv.FormatInt(a.Wait.Microseconds(), 10), "0", "0", "0",
+			strconv.FormatInt(a.Wait.Microseconds(), 10), u64(a.ClientParses), u64(a.ServerParses), u64(a.Binds),
 			per(float64(a.Assignments), secs), per(float64(a.Transactions), secs), per(float64(a.Queries), secs),
 			per(float64(a.Received), secs), per(float64(a.Sent), secs),
-			per(xactUS, float64(a.Transactions)), per(queryUS, float64(a.Queries)), per(waitUS, float64(a.Assignments)), "0", "0", "0"})
+			per(xactUS, float64(a.Transactions)), per(queryUS, float64(a.Queries)), per(waitUS, float64(a.Assignments)),
+			per(float64(a.ClientParses), secs), per(float64(a.ServerParses), secs), per(float64(a.Binds), secs)})
 	}
 	return res, nil
 }

@@ -17,7 +17,13 @@ type poolCounters struct {
 	queryNanos    atomic.Uint64 // from a request reaching a server to its ReadyForQuery (query_time)
 	received      atomic.Uint64 // bytes from clients, after login (total_received)
 	sent          atomic.Uint64 // bytes from servers while attached to a client (total_sent)
-	_             [128 - 8*8]byte
+	// With named statements virtualised (transaction mode): Parse messages of clients, Parse
+	// messages sent to servers (a client's statement reaching a server that lacks it), and
+	// Binds of named statements (client_parse_count, server_parse_count, bind_count).
+	clientParses atomic.Uint64
+	serverParses atomic.Uint64
+	binds        atomic.Uint64
+	_            [128 - 11*8]byte
 }
 
 // PoolCounts are a pool's totals since it was created (Since).
@@ -32,6 +38,9 @@ type PoolCounts struct {
 	// Received counts the bytes clients sent after logging in; Sent the bytes servers sent
 	// while attached to a client.
 	Received, Sent uint64
+	// ClientParses, ServerParses and Binds count named statements in transaction mode:
+	// prepared by clients, prepared on servers, and bound.
+	ClientParses, ServerParses, Binds uint64
 }
 
 // add adds o's totals to c (Since stays c's).
@@ -44,6 +53,9 @@ func (c *PoolCounts) add(o PoolCounts) {
 	c.Query += o.Query
 	c.Received += o.Received
 	c.Sent += o.Sent
+	c.ClientParses += o.ClientParses
+	c.ServerParses += o.ServerParses
+	c.Binds += o.Binds
 }
 
 // counters returns the slot of lp (nil: the stream path).
@@ -61,7 +73,8 @@ func (pe *poolEntry) counts() PoolCounts {
 		s := &pe.ctr[i]
 		c.add(PoolCounts{Queries: s.queries.Load(), Transactions: s.xacts.Load(), Assignments: s.assignments.Load(),
 			Wait: time.Duration(s.waitNanos.Load()), Assigned: time.Duration(s.assignedNanos.Load()),
-			Query: time.Duration(s.queryNanos.Load()), Received: s.received.Load(), Sent: s.sent.Load()})
+			Query: time.Duration(s.queryNanos.Load()), Received: s.received.Load(), Sent: s.sent.Load(),
+			ClientParses: s.clientParses.Load(), ServerParses: s.serverParses.Load(), Binds: s.binds.Load()})
 	}
 	return c
 }

@@ -211,6 +211,7 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 			Transactions: p.Counts.Transactions, Queries: p.Counts.Queries, ServerAssignments: p.Counts.Assignments,
 			WaitSecondsTotal: p.Counts.Wait.Seconds(), AssignedSecondsTotal: p.Counts.Assigned.Seconds(),
 			QuerySecondsTotal: p.Counts.Query.Seconds(), ReceivedBytes: p.Counts.Received, SentBytes: p.Counts.Sent,
+			ClientParses: p.Counts.ClientParses, ServerParses: p.Counts.ServerParses, Binds: p.Counts.Binds,
 			Loops: make([]admin.PoolLoopStatus, len(p.Loops))}
 		for i, l := range p.Loops {
 			ps.Loops[i] = admin.PoolLoopStatus{Servers: max(0, l.Open), ServersIdle: l.Idle,
@@ -270,6 +271,9 @@ func (d *daemon) writeMetrics(vip *netlink.Manager) func(io.Writer) {
 			metrics.WriteCounterFloat64(w, admin.Label("pgbastion_pool_query_seconds_total", kv...), p.QuerySecondsTotal)
 			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_received_bytes_total", kv...), p.ReceivedBytes)
 			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_sent_bytes_total", kv...), p.SentBytes)
+			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_client_parses_total", kv...), p.ClientParses)
+			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_server_parses_total", kv...), p.ServerParses)
+			metrics.WriteCounterUint64(w, admin.Label("pgbastion_pool_binds_total", kv...), p.Binds)
 			for i, l := range p.Loops {
 				lkv := append(kv[:len(kv):len(kv)], "loop", strconv.Itoa(i))
 				metrics.WriteGaugeUint64(w, admin.Label("pgbastion_pool_loop_server_connections", lkv...), uint64(l.Servers))
