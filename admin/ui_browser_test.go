@@ -231,7 +231,7 @@ func TestWebUIInBrowser(t *testing.T) {
 	// This node's proxy: one full pool whose user name is markup, one paused idle pool.
 	const userMarkup = `<b id=injected2>web</b>`
 	proxy := func() ProxyStatus {
-		return ProxyStatus{Clients: 1003, WritesTo: "10.0.0.1:5432", Pools: []PoolStatus{
+		return ProxyStatus{Clients: 1003, WritesTo: "10.0.0.1:5432", Paused: true, ClientsHeld: 7, InFlight: 2, Pools: []PoolStatus{
 			{Backend: "10.0.0.1:5432", Database: "app", User: userMarkup, Clients: 1001, ServersActive: 20, Size: 20, Reserve: 5,
 				ClientsWaiting: 980, MaxWaitSeconds: 0.0813},
 			{Backend: "10.0.0.1:5432", Database: "app", User: "batch", ServersIdle: 2, Size: 20, Paused: true},
@@ -285,6 +285,7 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.waitText(ctx, t, "#live", "live")
 		// The proxy's pools, with what to notice; names are text.
 		b.waitContains(ctx, t, "#proxy-summary", "1003 client connections; writes go to 10.0.0.1:5432.")
+		b.waitContains(ctx, t, "#proxy-summary", "PAUSED by an operator (pgbastion ctl proxy resume ends it): 7 clients wait, 2 transactions in flight.")
 		b.waitText(ctx, t, "#pools tr[data-pool='10.0.0.1:5432/app/batch']", "10.0.0.1:5432appbatch002200—paused: new transactions wait")
 		b.waitText(ctx, t, "#pools tbody tr:first-child", "10.0.0.1:5432app"+userMarkup+"100120020+598081 msfull: clients wait for a server")
 		if n := string(b.eval(ctx, t, `document.querySelectorAll('#injected2').length`)); n != "0" {
