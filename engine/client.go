@@ -293,6 +293,11 @@ func (cl *client) closeNow() {
 	}
 	cl.closed = true
 	if cl.conn != nil {
+		if cl.tin != nil {
+			// A TLS session ends with close_notify, so the client can tell the end from a
+			// cut (Go's tls reports io.EOF then, not io.ErrUnexpectedEOF).
+			_ = cl.tin.tc.CloseWrite()
+		}
 		_ = cl.conn.Close()
 	} else if cl.stream != nil {
 		cl.stream.closeClient()

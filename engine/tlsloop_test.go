@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"io"
 	"net"
 	"strings"
@@ -157,5 +158,71 @@ func TestTLSGarbageClosesOnlyThatClient(t *testing.T) {
 	}
 	if v := queryInt(t, connect(t, overTLS(p.dsn(p.rw))), "SELECT 6 * 7"); v != 42 {
 		t.Fatalf("a new TLS client: %d", v)
+	}
+}
+
+// recordingConn keeps every byte read from the socket.
+type recordingConn struct {
+	net.Conn
+	got []byte
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.got = append(c.got, p[:n]...)
+	return n, err
+}
+
+// When the proxy ends a TLS client's session (here: a FATAL error for a message it refuses),
+// its last TLS record is an alert (close_notify), not a bare end of the connection. (TLS 1.2,
+// where an alert record keeps its outer type; Go's client accepts either end, so the test
+// reads the records themselves.)
+func TestTLSSessionEndsWithCloseNotify(t *testing.T) {
+	p, _ := consoleProxyWithTLS(t, 2)
+	conn, err := net.Dial("tcp", p.rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(pgwire.AppendSSLRequest(nil)); err != nil {
+		t.Fatal(err)
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(conn, answer[:]); err != nil || answer[0] != 'S' {
+		t.Fatalf("SSLRequest answered %q, %v", answer[0], err)
+	}
+	raw := &recordingConn{Conn: conn}
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}) //nolint:gosec // the test's own certificate
+	if _, err := tc.Write(pgwire.AppendStartupMessage(nil, "user", "postgres", "database", "postgres")); err != nil {
+		t.Fatal(err)
+	}
+	// Read to ReadyForQuery, then send a message type no client may send.
+	_ = tc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var hdr [5]byte
+	for hdr[0] != 'Z' {
+		if _, err := io.ReadFull(tc, hdr[:]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.CopyN(io.Discard, tc, int64(binary.BigEndian.Uint32(hdr[1:]))-4); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tc.Write([]byte{'!', 0, 0, 0, 4}); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(tc)
+	if err != nil || len(rest) == 0 || rest[0] != 'E' {
+		t.Fatalf("after the refused message: %q, %v; want an ErrorResponse and the end", rest, err)
+	}
+	var last byte
+	for b := raw.got; len(b) >= 5; {
+		n := 5 + int(binary.BigEndian.Uint16(b[3:5]))
+		if n > len(b) {
+			t.Fatalf("a TLS record cut short: %d of %d bytes", len(b), n)
+		}
+		last, b = b[0], b[n:]
+	}
+	if last != 21 {
+		t.Fatalf("the session's last TLS record has type %d, want 21 (an alert: close_notify)", last)
 	}
 }
