@@ -36,8 +36,10 @@ type PoolStatus struct {
 	// default_pool_size and reserve_pool_size: active + idle can reach Size + Reserve.
 	ServersActive int `json:"servers_active"`
 	ServersIdle   int `json:"servers_idle"`
-	Size          int `json:"size"`
-	Reserve       int `json:"reserve"`
+	// ServersLoggingIn are being connected and logged in (not in ServersActive).
+	ServersLoggingIn int `json:"servers_logging_in"`
+	Size             int `json:"size"`
+	Reserve          int `json:"reserve"`
 	// ClientsWaiting have a transaction to run and no server yet; MaxWaitSeconds is how long
 	// the oldest of them has waited (PgBouncer's maxwait). Waits near query_wait_timeout
 	// end in errors: the pool is too small for the load, or the server is slow.

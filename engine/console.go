@@ -257,8 +257,8 @@ func (r consoleResult) append(b []byte) []byte {
 
 // showPools is SHOW POOLS with PgBouncer's columns: one row per database and user, summed
 // over the backends serving them (the per-backend detail is in GET /proxy). Cancel requests
-// are forwarded at once (cl_waiting_cancel_req is 0), and PGBastion does not track servers
-// being tested or logging in: those columns are 0.
+// are forwarded at once (cl_waiting_cancel_req is 0); sv_login counts servers being connected
+// and logged in; servers being tested (sv_tested) PGBastion does not count apart: 0.
 func (cl *client) showPools() (consoleResult, error) {
 	res := consoleResult{cols: textCols("database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
 		"cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
@@ -270,20 +270,20 @@ func (cl *client) showPools() (consoleResult, error) {
 	pools := cl.e.Stats().Pools // ordered by database and user: a row's pools are neighbours
 	for i := 0; i < len(pools); {
 		first := pools[i]
-		var clients, waiting, active, idle, cancels, held int
+		var clients, waiting, active, idle, cancels, held, login int
 		var maxWait time.Duration
 		for ; i < len(pools) && pools[i].Database == first.Database && pools[i].User == first.User; i++ {
 			p := pools[i]
 			clients, waiting, active, idle = clients+p.Clients, waiting+p.Waiting, active+p.Busy(), idle+p.IdleServers()
-			cancels, held = cancels+p.CancelsInFlight, held+p.HeldForCancel
+			cancels, held, login = cancels+p.CancelsInFlight, held+p.HeldForCancel, login+p.LoggingIn
 			maxWait = max(maxWait, p.MaxWait)
 		}
 		us := maxWait.Microseconds()
 		// A cancel travels on a connection of its own to the server (sv_active_cancel), and a
 		// server waiting for one to land is sv_being_canceled rather than active.
 		res.rows = append(res.rows, []string{first.Database, first.User, strconv.Itoa(max(0, clients-waiting)),
-			strconv.Itoa(waiting), strconv.Itoa(cancels), "0", strconv.Itoa(max(0, active-held)), strconv.Itoa(cancels),
-			strconv.Itoa(held), strconv.Itoa(idle), "0", "0", "0",
+			strconv.Itoa(waiting), strconv.Itoa(cancels), "0", strconv.Itoa(max(0, active-held-login)), strconv.Itoa(cancels),
+			strconv.Itoa(held), strconv.Itoa(idle), "0", "0", strconv.Itoa(login),
 			strconv.FormatInt(us/1e6, 10), strconv.FormatInt(us%1e6, 10), mode, ""})
 	}
 	return res, nil
@@ -293,8 +293,8 @@ func (cl *client) showPools() (consoleResult, error) {
 // users and backends). PGBastion counts servers assigned, transactions, queries (a
 // ReadyForQuery each), bytes received from clients and sent by servers to them, the time
 // servers were assigned to clients (xact_time: in transaction mode, the transactions' time),
-// the time they ran requests (query_time) and the time clients waited; parse and bind counts
-// it does not track, and those columns are 0. PgBouncer's avg_ columns cover its last
+// the time they ran requests (query_time), the time clients waited, and named statements in
+// transaction mode (parses of clients and of servers, binds). PgBouncer's avg_ columns cover its last
 // stats_period; these cover the pool's life (rates per second since it was created, times
 // per transaction, query or assignment).
 func (cl *client) showStats() (consoleResult, error) {

@@ -473,3 +473,67 @@ func TestConsoleListsConnectionsUnderChurn(t *testing.T) {
 		t.Fatalf("after the churn: %d", v)
 	}
 }
+
+// SHOW POOLS counts a server being connected and logged in as sv_login, not sv_active: here
+// the backend accepts the connection and never answers, so the login lasts until
+// server_connect_timeout.
+func TestConsoleCountsServersLoggingIn(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	mute, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := mute.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.Pool.ServerConnectTimeout = time.Minute
+		c.AdminUsers = []string{"postgres"}
+		c.Backends = nil // routed by hand to the mute backend
+	}, primary)
+	p.e.SetRouting(engine.RoutingSpec{Primary: mute.Addr().String()})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	con := connect(t, p.dsn(p.rw, "dbname=pgbouncer"))
+	defer con.Close(ctx)
+	// A client logging in needs a server's settings: its connection stays in the dial.
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		if c, err := pgx.Connect(cctx, p.dsn(p.rw)); err == nil {
+			c.Close(ctx)
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cols, rows := consoleRows(t, con, "SHOW POOLS")
+		if len(rows) == 1 && column(t, cols, rows[0], "sv_login") == "1" {
+			if got := column(t, cols, rows[0], "sv_active"); got != "0" {
+				t.Fatalf("sv_active %s while the only server logs in", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SHOW POOLS never showed the server logging in: %v", rows)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := p.e.Stats(); len(st.Pools) != 1 || st.Pools[0].LoggingIn != 1 {
+		t.Fatalf("stats: %+v", st.Pools)
+	}
+}

@@ -677,6 +677,8 @@ type PoolStats struct {
 	// HeldForCancel the servers no client holds that wait for such a cancel to land before
 	// they return to the pool (counted busy in Stats).
 	CancelsInFlight, HeldForCancel int
+	// LoggingIn counts servers being connected and logged in (counted open, and busy).
+	LoggingIn int
 	pool.Stats
 }
 
@@ -698,7 +700,8 @@ func (e *Engine) Stats() Stats {
 		for k, pe := range b.pools {
 			st.Pools = append(st.Pools, PoolStats{Backend: b.name, Addr: b.addr, Database: k.database, User: k.user,
 				Clients: int(max(0, pe.clients.Load())), Counts: pe.counts(), Stats: pe.p.Stats(now),
-				CancelsInFlight: int(max(0, pe.cancels.Load())), HeldForCancel: int(max(0, pe.canceling.Load()))})
+				CancelsInFlight: int(max(0, pe.cancels.Load())), HeldForCancel: int(max(0, pe.canceling.Load())),
+				LoggingIn: int(max(0, pe.dialing.Load()))})
 		}
 		b.mu.Unlock()
 	}

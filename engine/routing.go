@@ -76,6 +76,9 @@ type poolEntry struct {
 	// held out of the pool until such a cancel lands (SHOW POOLS' cl_active_cancel_req and
 	// sv_being_canceled).
 	cancels, canceling atomic.Int64
+	// dialing counts the pool's servers being connected and logged in (SHOW POOLS' sv_login);
+	// the pool counts them open.
+	dialing atomic.Int64
 	// ctr holds the pool's counts, one slot per event loop plus the stream path's; created is
 	// when the pool was made (the counts start there).
 	ctr     []poolCounters

@@ -147,10 +147,12 @@ func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 	user := pe.key.user
 	timeout := e.conf().cfg.Pool.ServerConnectTimeout
 	epoch := pe.epoch
+	pe.dialing.Add(1)
 	go func() {
 		ctx, cancel := context.WithTimeout(pe.gone, timeout)
 		defer cancel()
 		s, nc, err := e.connect(ctx, pe, user)
+		pe.dialing.Add(-1)
 		if err != nil && pe.gone.Err() != nil {
 			// The backend left its role while we dialed it: the client routes again.
 			pe.p.DialFailed(loopIdx)

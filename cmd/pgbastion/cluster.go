@@ -205,7 +205,8 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 		ClientsHeld: st.Held, Pools: make([]admin.PoolStatus, 0, len(st.Pools))}
 	for _, p := range st.Pools {
 		ps := admin.PoolStatus{Backend: p.Backend, Database: p.Database, User: p.User, Clients: p.Clients,
-			ServersActive: max(0, p.Busy()-p.HeldForCancel), ServersIdle: p.IdleServers(), Size: p.Size, Reserve: p.Reserve,
+			ServersActive: max(0, p.Busy()-p.HeldForCancel-p.LoggingIn), ServersIdle: p.IdleServers(), ServersLoggingIn: p.LoggingIn,
+			Size: p.Size, Reserve: p.Reserve,
 			CancelsInFlight: p.CancelsInFlight, ServersHeldForCancel: p.HeldForCancel,
 			ClientsWaiting: p.Waiting, MaxWaitSeconds: p.MaxWait.Seconds(), Paused: p.Paused,
 			Transactions: p.Counts.Transactions, Queries: p.Counts.Queries, ServerAssignments: p.Counts.Assignments,

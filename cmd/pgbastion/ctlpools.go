@@ -63,8 +63,11 @@ func poolNote(p admin.PoolStatus) string {
 	if p.Paused {
 		notes = append(notes, "paused: new transactions wait")
 	}
-	if p.ClientsWaiting > 0 && p.ServersIdle == 0 && p.ServersActive+p.ServersHeldForCancel >= p.Size {
+	if p.ClientsWaiting > 0 && p.ServersIdle == 0 && p.ServersActive+p.ServersHeldForCancel+p.ServersLoggingIn >= p.Size {
 		notes = append(notes, "full: clients wait for a server")
+	}
+	if p.ServersLoggingIn > 0 {
+		notes = append(notes, fmt.Sprintf("%d logging in", p.ServersLoggingIn))
 	}
 	if p.ServersHeldForCancel > 0 {
 		notes = append(notes, fmt.Sprintf("%d held until a cancel lands", p.ServersHeldForCancel))
