@@ -200,7 +200,7 @@ func DiffSettings(section string, old, new any) ([]Change, error) {
 	var out []Change
 	for k, nv := range b {
 		if ov, ok := a[k]; !ok || ov != nv {
-			out = append(out, Change{Key: k, Old: cmpOr(ov, ok), New: nv})
+			out = append(out, Change{Key: k, Old: orNone(ov, ok), New: nv})
 		}
 	}
 	for k, ov := range a {
@@ -217,7 +217,7 @@ func DiffSettings(section string, old, new any) ([]Change, error) {
 	return out, nil
 }
 
-func cmpOr(v string, ok bool) string {
+func orNone(v string, ok bool) string {
 	if !ok {
 		return "(none)"
 	}
