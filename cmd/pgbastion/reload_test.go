@@ -109,3 +109,38 @@ log: {level: info}
 		t.Errorf("counters: %d refused, %d applied", r.refused.Get(), r.applied.Get())
 	}
 }
+
+// A cluster member's reload applies the proxy's pool settings and reports the HA sections as
+// taking a restart; a standalone's backends stay a restart away for it (it has none to reload).
+func TestReloaderInAClusterMember(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pgbastion.yaml")
+	base := `raft: {node_name: n1, bind: "127.0.0.1:8300", data_dir: ` + dir + `/raft, peers: [{name: n1, address: "127.0.0.1:8300"}]}
+postgresql: {data_dir: ` + dir + `/data, port: 5434}
+proxy: {listen_rw: "127.0.0.1:0", listen_ro: "", pool: {mode: transaction, default_pool_size: 20}}
+failover: {maximum_lag_on_failover: 1048576}
+`
+	if err := os.WriteFile(path, []byte(base), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, level := newLogger(cfg.Log, io.Discard)
+	d, err := newDaemon(path, cfg, log, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.NewReplacer("default_pool_size: 20", "default_pool_size: 40", "1048576", "2097152").Replace(base)
+	if err := os.WriteFile(path, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.reloader.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Applied != 1 || !slices.Equal(res.RestartRequired, []string{"failover.maximum_lag_on_failover"}) {
+		t.Fatalf("applied %d, restart required %v (%v)", res.Applied, res.RestartRequired, res.Changes)
+	}
+}
