@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -61,6 +62,8 @@ const consoleHelp = `Console usage
 	SHOW SERVERS
 	SHOW CONFIG
 	SHOW VERSION
+	RELOAD            (admin_users) read the configuration file and the auth_file again
+	PAUSE, RESUME     (admin_users, standalone proxy) hold new transactions, then let them go
 Per-backend detail: GET /proxy or pgbastion ctl pools; counters: GET /metrics.`
 
 // consoleResult is the answer to one command: columns (text or int8) and rows of text.
@@ -118,6 +121,10 @@ func (cl *client) handleConsole(buf []byte) (int, error) {
 		cl.closeNow()
 	case pgwire.MsgQuery:
 		q := string(body)
+		if run := cl.consoleCommand(q); run != nil {
+			cl.consoleAsync(run)
+			break
+		}
 		if !listsConns(q) {
 			cl.send(cl.consoleQuery(q, nil))
 			break
@@ -153,6 +160,103 @@ func (cl *client) handleConsole(buf []byte) (int, error) {
 			"use psql, or your driver's simple protocol (pgx: QueryExecModeSimpleProtocol)"))
 	}
 	return n, nil
+}
+
+// consoleAsync answers a console query with run's bytes. run may wait (for the transactions a
+// PAUSE waits for, a RELOAD's file and auth_file), so on an event loop it runs on a goroutine
+// and answers through the loop, the client's next messages waiting until then; on the stream
+// path it runs on the client's own goroutine.
+func (cl *client) consoleAsync(run func() []byte) {
+	if cl.stream != nil {
+		cl.send(run())
+		return
+	}
+	cl.consoleBusy = true
+	lp := cl.lp
+	go func() {
+		out := run()
+		lp.exec(func() {
+			cl.consoleBusy = false
+			if cl.closed {
+				return
+			}
+			cl.send(out)
+			cl.process()
+		})
+	}()
+}
+
+// consoleCommand returns the work of a console command that changes something (RELOAD,
+// PAUSE, RESUME), or nil for any other query. Only proxy.admin_users may run them; PAUSE and
+// RESUME only on a standalone proxy (a cluster member's pools are paused by switchovers).
+func (cl *client) consoleCommand(q string) func() []byte {
+	fields := consoleFields(q)
+	if len(fields) == 0 {
+		return nil
+	}
+	verb := strings.ToUpper(fields[0])
+	if verb != "RELOAD" && verb != "PAUSE" && verb != "RESUME" {
+		return nil
+	}
+	e := cl.e
+	answer := func(notices []string, tag string, err *clientError) []byte {
+		var b []byte
+		for _, n := range notices {
+			b = pgwire.AppendError(b, pgwire.MsgNoticeResponse, "NOTICE", pgwire.SuccessfulCompletion, n, "")
+		}
+		if err != nil {
+			b = pgwire.AppendError(b, pgwire.MsgErrorResponse, pgwire.SeverityError, err.code, err.msg, err.hint)
+		} else {
+			b = pgwire.AppendCommandComplete(b, tag)
+		}
+		e.m.consoleCommands.Inc()
+		return pgwire.AppendReadyForQuery(b, pgwire.TxIdle)
+	}
+	refuse := func(code, msg, hint string) func() []byte {
+		return func() []byte { return answer(nil, "", &clientError{code: code, msg: msg, hint: hint}) }
+	}
+	if !e.conf().adminUsers[cl.user] {
+		return refuse(pgwire.InsufficientPrivilege, fmt.Sprintf("%s: user %q is a stats user; only proxy.admin_users may run it", verb, cl.user),
+			"list the user in proxy.admin_users")
+	}
+	switch {
+	case verb == "RELOAD" && len(fields) == 1:
+		if e.reload == nil {
+			return refuse(pgwire.FeatureNotSupported, "RELOAD: this proxy was not started from a configuration file", "")
+		}
+		return func() []byte {
+			lines, err := e.reload()
+			if err != nil {
+				return answer(nil, "", &clientError{code: pgwire.InvalidParameterValue, msg: "configuration not reloaded, nothing changed: " + err.Error()})
+			}
+			return answer(lines, "RELOAD", nil)
+		}
+	case verb == "RELOAD":
+		return refuse(pgwire.SyntaxError, "RELOAD takes no argument", "")
+	case len(e.cfg.Backends) == 0:
+		return refuse(pgwire.FeatureNotSupported, verb+" is for a standalone proxy",
+			"a cluster member's pools are paused and resumed by switchovers: pgbastion ctl restart (a replica), pgbastion ctl switchover (the primary)")
+	case len(fields) > 1:
+		return refuse(pgwire.FeatureNotSupported, verb+" "+fields[1]+": PGBastion pauses and resumes the whole proxy", "run "+verb+" without a database name")
+	case verb == "RESUME":
+		return func() []byte {
+			e.Resume()
+			return answer(nil, "RESUME", nil)
+		}
+	default: // PAUSE: as PgBouncer's, it returns once no transaction holds a server
+		return func() []byte {
+			wait := e.conf().cfg.Pool.QueryWaitTimeout
+			if wait <= 0 {
+				wait = time.Hour
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			if n, err := e.Pause(ctx); err != nil {
+				return answer([]string{fmt.Sprintf("paused, but %d transactions still hold a server connection after %s (in session mode a client holds one for its whole session); new transactions wait; RESUME ends the pause", n, wait)}, "PAUSE", nil)
+			}
+			return answer(nil, "PAUSE", nil)
+		}
+	}
 }
 
 // consoleQuery runs one simple query and returns its answer, ending with ReadyForQuery.
@@ -209,15 +313,9 @@ func (cl *client) consoleQuery(q string, conns []Conn) []byte {
 	default:
 		verb := strings.ToUpper(fields[0])
 		switch verb {
-		case "RELOAD":
-			return fail(pgwire.FeatureNotSupported, "RELOAD is not available in PGBastion's console",
-				"send SIGHUP to pgbastion (systemctl reload pgbastion) or run pgbastion ctl reload: the configuration file and the auth_file are read again")
-		case "PAUSE", "RESUME":
-			return fail(pgwire.FeatureNotSupported, verb+" is not available in PGBastion's console",
-				"a standalone proxy: pgbastion ctl proxy pause / pgbastion ctl proxy resume (POST /proxy/pause, /proxy/resume); in a cluster, switchovers pause and resume the pools themselves")
 		case "SUSPEND", "RECONNECT", "KILL", "KILL_CLIENT", "DISABLE", "ENABLE", "SHUTDOWN", "WAIT_CLOSE":
-			return fail(pgwire.FeatureNotSupported, verb+" is not available: PGBastion's console is read-only",
-				"pools pause and resume themselves around a switchover (pgbastion ctl switchover); pgbastion ctl reload applies a changed configuration")
+			return fail(pgwire.FeatureNotSupported, verb+" is not available in PGBastion's console (it has SHOW, RELOAD, PAUSE and RESUME)",
+				"pools pause and resume themselves around a switchover (pgbastion ctl switchover); RELOAD or pgbastion ctl reload applies a changed configuration")
 		}
 		return fail(pgwire.FeatureNotSupported, fmt.Sprintf("unknown console command %q", q), "SHOW HELP lists the commands")
 	}

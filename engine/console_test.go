@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pgwire"
 	"github.com/pgbastion/pgbastion/pool"
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
@@ -175,11 +177,11 @@ func TestAdminConsole(t *testing.T) {
 		t.Errorf("SHOW USERS: %v", err)
 	}
 	_, err = con.Exec(ctx, "PAUSE postgres", pgx.QueryExecModeSimpleProtocol)
-	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "ctl proxy pause") {
+	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "without a database name") {
 		t.Errorf("PAUSE: %v", err)
 	}
 	_, err = con.Exec(ctx, "KILL postgres", pgx.QueryExecModeSimpleProtocol)
-	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "read-only") {
+	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "not available") {
 		t.Errorf("KILL: %v", err)
 	}
 	_, err = con.Exec(ctx, "SELECT $1::int", 1) // the extended protocol
@@ -535,5 +537,87 @@ func TestConsoleCountsServersLoggingIn(t *testing.T) {
 	}
 	if st := p.e.Stats(); len(st.Pools) != 1 || st.Pools[0].LoggingIn != 1 {
 		t.Fatalf("stats: %+v", st.Pools)
+	}
+}
+
+// RELOAD, PAUSE and RESUME in the console: for proxy.admin_users only (a stats user gets
+// 42501); RELOAD runs the daemon's reload and lists the changes as notices, or fails with why
+// nothing changed; PAUSE and RESUME pause the whole standalone proxy; a cluster member's
+// console refuses them.
+func TestConsoleReloadPauseResume(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	var (
+		mu        sync.Mutex // the reload runs on a goroutine of the proxy
+		reloadErr error
+		reloads   int
+	)
+	reloaded := func() int { mu.Lock(); defer mu.Unlock(); return reloads }
+	p := startProxyWith(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.AdminUsers, c.StatsUsers = []string{"postgres"}, []string{"watcher"}
+	}, engine.Options{Reload: func() ([]string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reloads++
+		if reloadErr != nil {
+			return nil, reloadErr
+		}
+		return []string{"proxy.pool.default_pool_size: 20 -> 30"}, nil
+	}}, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var notices []string
+	admin, err := connectAdjusted(p.dsn(p.rw, "dbname=pgbouncer"), func(c *pgx.ConnConfig) {
+		c.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Message) }
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	watcher := connect(t, p.dsn(p.rw, "dbname=pgbouncer user=watcher"))
+	defer watcher.Close(ctx)
+	simple := pgx.QueryExecModeSimpleProtocol
+
+	var pe *pgconn.PgError
+	for _, cmd := range []string{"RELOAD", "PAUSE", "RESUME"} {
+		if _, err := watcher.Exec(ctx, cmd, simple); !errors.As(err, &pe) || pe.Code != pgwire.InsufficientPrivilege {
+			t.Errorf("%s as a stats user: %v", cmd, err)
+		}
+	}
+	if reloaded() != 0 {
+		t.Fatalf("a stats user's RELOAD ran the reload")
+	}
+	tag, err := admin.Exec(ctx, "RELOAD;", simple)
+	if err != nil || tag.String() != "RELOAD" || reloaded() != 1 || len(notices) != 1 || !strings.Contains(notices[0], "default_pool_size: 20 -> 30") {
+		t.Fatalf("RELOAD: %q %v, %d reloads, notices %q", tag, err, reloaded(), notices)
+	}
+	mu.Lock()
+	reloadErr = errors.New("/etc/pgbastion/pgbastion.yaml:3: unknown key")
+	mu.Unlock()
+	if _, err := admin.Exec(ctx, "reload", simple); !errors.As(err, &pe) || !strings.Contains(pe.Message, "nothing changed") || !strings.Contains(pe.Message, "yaml:3") {
+		t.Errorf("a refused RELOAD: %v", err)
+	}
+
+	if tag, err := admin.Exec(ctx, "PAUSE", simple); err != nil || tag.String() != "PAUSE" || !p.e.Stats().Paused {
+		t.Fatalf("PAUSE: %q %v, paused %v", tag, err, p.e.Stats().Paused)
+	}
+	if tag, err := admin.Exec(ctx, "RESUME", simple); err != nil || tag.String() != "RESUME" || p.e.Stats().Paused {
+		t.Fatalf("RESUME: %q %v, paused %v", tag, err, p.e.Stats().Paused)
+	}
+	// The console still answers after the commands that ran on a goroutine.
+	if _, rows := consoleRows(t, admin, "SHOW VERSION"); len(rows) != 1 {
+		t.Fatalf("SHOW VERSION after the commands: %v", rows)
+	}
+
+	member := startProxy(t, func(c *engine.Config) {
+		c.AdminUsers = []string{"postgres"}
+		c.Backends = nil // routed by the HA core, as in a cluster
+	}, primary)
+	member.e.SetRouting(engine.RoutingSpec{Primary: primary.Addr()})
+	mc := connect(t, member.dsn(member.rw, "dbname=pgbouncer"))
+	defer mc.Close(ctx)
+	if _, err := mc.Exec(ctx, "PAUSE", simple); !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "switchover") {
+		t.Errorf("PAUSE on a cluster member: %v", err)
 	}
 }

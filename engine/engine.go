@@ -33,8 +33,9 @@ type Engine struct {
 	// live holds the settings a reload may change and what is derived from them (conf).
 	live     atomic.Pointer[live]
 	reloadMu sync.Mutex
-	// version names the build in the admin console.
+	// version names the build in the admin console; reload is Options.Reload.
 	version string
+	reload  func() ([]string, error)
 
 	gnet   gnet.Engine
 	booted chan struct{}
@@ -96,6 +97,9 @@ type Options struct {
 	Metrics *Metrics
 	// Version names the build in the admin console (default "dev").
 	Version string
+	// Reload, when set, re-reads the daemon's configuration file (the console's RELOAD, for
+	// proxy.admin_users): it returns a line per changed setting, or why the file was refused.
+	Reload func() ([]string, error)
 }
 
 // New validates cfg and returns an engine that is not yet running.
@@ -133,6 +137,7 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		e.m = NewMetrics(nil)
 	}
 	e.version = cmp.Or(opts.Version, "dev")
+	e.reload = opts.Reload
 	e.txnLimits.Set(pgwire.MsgParse, cfg.MaxMessageSize)
 	e.routing.Store(&routing{})
 	l, err := newLive(cfg, opts.Auth, opts.Secrets)

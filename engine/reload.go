@@ -30,8 +30,9 @@ type live struct {
 	verifier *auth.Verifier
 	secrets  auth.Secrets
 	tlsCfg   *tls.Config // nil: TLS is off
-	// consoleUsers may use the admin console (nil: there is none).
-	consoleUsers map[string]bool
+	// consoleUsers may use the admin console (nil: there is none); adminUsers may also run
+	// its commands that change something (RELOAD, PAUSE, RESUME).
+	consoleUsers, adminUsers map[string]bool
 	// creds caches server credentials by user (*auth.Credentials), so SCRAM's key derivation
 	// runs once per user and settings, not per connection.
 	creds *sync.Map
@@ -47,6 +48,10 @@ func newLive(cfg Config, verifier *auth.Verifier, secrets auth.Secrets) (*live, 
 		l.consoleUsers = make(map[string]bool, n)
 		for _, u := range slices.Concat(cfg.AdminUsers, cfg.StatsUsers) {
 			l.consoleUsers[u] = true
+		}
+		l.adminUsers = make(map[string]bool, len(cfg.AdminUsers))
+		for _, u := range cfg.AdminUsers {
+			l.adminUsers[u] = true
 		}
 	}
 	if cfg.TLS.Mode != "disable" && cfg.TLS.Mode != "" {

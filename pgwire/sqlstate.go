@@ -9,6 +9,8 @@ const (
 	ProtocolViolation             = "08P01"
 	FeatureNotSupported           = "0A000"
 	InvalidAuthorization          = "28000"
+	InsufficientPrivilege         = "42501"
+	SyntaxError                   = "42601"
 	InvalidPassword               = "28P01"
 	InvalidCatalogName            = "3D000"
 	InvalidSQLStatementName       = "26000"

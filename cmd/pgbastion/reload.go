@@ -142,6 +142,20 @@ func (r *reloader) apply() (*reloadResult, error) {
 	return res, nil
 }
 
+// consoleReload is the admin console's RELOAD: a line per change, then the summary.
+func (r *reloader) consoleReload() ([]string, error) {
+	res, err := r.reload()
+	if err != nil {
+		return nil, err
+	}
+	var lines []string
+	for _, c := range res.Changes {
+		lines = append(lines, c.String())
+	}
+	lines = append(lines, fmt.Sprintf("%s reloaded: %d applied, %d take a restart", res.File, res.Applied, len(res.RestartRequired)))
+	return lines, nil
+}
+
 // apiReload is the API's Sources.Reload.
 func (r *reloader) apiReload() (any, error) {
 	res, err := r.reload()

@@ -86,16 +86,19 @@ func newDaemon(path string, cfg Config, log *slog.Logger, level *slog.LevelVar) 
 	if err != nil {
 		return nil, err
 	}
+	var r *reloader // the console's RELOAD reaches it once it exists (before the proxy runs)
 	e, err := engine.New(cfg.Proxy, engine.Options{
 		Logger:  log.With("component", "proxy"),
 		Auth:    verifier,
 		Secrets: secrets,
 		Version: version,
+		Reload:  func() ([]string, error) { return r.consoleReload() },
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &daemon{cfg: cfg, log: log, proxy: e, reloader: newReloader(path, cfg, log, level, e)}, nil
+	r = newReloader(path, cfg, log, level, e)
+	return &daemon{cfg: cfg, log: log, proxy: e, reloader: r}, nil
 }
 
 func (d *daemon) run(ctx context.Context) error {

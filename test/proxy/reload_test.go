@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/admin"
 	"github.com/pgbastion/pgbastion/pool"
@@ -31,6 +32,7 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 	cfg.Proxy.ListenRO = ""
 	cfg.Proxy.Pool.Mode, cfg.Proxy.Pool.DefaultPoolSize = pool.ModeTransaction, 1
 	cfg.Proxy.EventLoops = 1
+	cfg.Proxy.AdminUsers = []string{"postgres"}
 	cfg.API.Token = "reload-token"
 	d := daemon.Start(t, cfg)
 	api := daemon.APIClient{Addr: d.API()}
@@ -123,6 +125,22 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "proxy.listen_ro") || !strings.Contains(string(out), "takes a restart") {
 		t.Fatalf("ctl reload: %v\n%s", err, out)
 	}
+	// The admin console's RELOAD, as in PgBouncer: the same reload, its changes as notices.
+	var notices []string
+	ccfg, err := pgx.ParseConfig(daemon.ConnString(d.RW(), "dbname=pgbouncer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Message) }
+	console, err := pgx.ConnectConfig(ctx, ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer console.Close(ctx)
+	if tag, err := console.Exec(ctx, "RELOAD", pgx.QueryExecModeSimpleProtocol); err != nil || tag.String() != "RELOAD" ||
+		len(notices) != 2 || !strings.Contains(notices[0], "proxy.listen_ro") || !strings.Contains(notices[1], "1 take a restart") {
+		t.Fatalf("console RELOAD: %q %v, notices %q", tag, err, notices)
+	}
 	// Without the token the API refuses.
 	out, err = exec.Command(daemon.Binary(t), "ctl", "--api", "http://"+d.API(), "reload").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "401") {
@@ -133,7 +151,7 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`pgbastion_config_reloads_total{result="applied"} 2`, `pgbastion_config_reloads_total{result="refused"} 1`,
+	for _, want := range []string{`pgbastion_config_reloads_total{result="applied"} 3`, `pgbastion_config_reloads_total{result="refused"} 1`,
 		"pgbastion_config_pending_restart_settings 1"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
