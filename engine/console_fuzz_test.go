@@ -9,17 +9,24 @@ import (
 )
 
 // FuzzConsoleQuery: whatever a console user types, the answer is a sequence of well-formed
-// backend messages that ends with one ReadyForQuery, and nothing panics.
+// backend messages that ends with one ReadyForQuery, and nothing panics. Commands that change
+// something (RELOAD, PAUSE, RESUME) are answered by the work consoleCommand returns; the
+// fuzzed user is not an admin user, so they are refused.
 func FuzzConsoleQuery(f *testing.F) {
 	for _, q := range []string{"SHOW POOLS", "show databases;", "SHOW HELP", "SHOW CONFIG", "SHOW VERSION",
 		"SHOW STATS", "SET client_encoding = 'UTF8'", "SET default_pool_size = 5", "PAUSE db", "", " ; ",
-		"SHOW", "SHOW POOLS extra", "SET", "SET =", "\x00", "SHOW\tPOOLS\n;;"} {
+		"SHOW", "SHOW POOLS extra", "SET", "SET =", "\x00", "SHOW\tPOOLS\n;;", "RELOAD", "pause;", "RESUME db"} {
 		f.Add(q)
 	}
 	e := consoleEngine(f)
 	cl := newClient(e, RoleRW)
 	f.Fuzz(func(t *testing.T, q string) {
-		out := cl.consoleQuery(q, nil)
+		var out []byte
+		if run := cl.consoleCommand(q); run != nil {
+			out = run()
+		} else {
+			out = cl.consoleQuery(q, nil)
+		}
 		var last byte
 		for len(out) > 0 {
 			if len(out) < pgwire.HeaderLen {
