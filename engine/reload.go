@@ -191,8 +191,8 @@ func (e *Engine) Reload(cfg Config, verifier *auth.Verifier, secrets auth.Secret
 }
 
 // DiffSettings returns the settings that differ between two values of one configuration
-// section (YAML paths under section, sorted). Keys named like a password or token have their
-// values hidden.
+// section (YAML paths under section, sorted). Values that may be secrets are hidden: keys named
+// like a password, token or secret, and webhooks (their URLs and headers often carry tokens).
 func DiffSettings(section string, old, new any) ([]Change, error) {
 	a, err := flattenSettings(section, old)
 	if err != nil {
@@ -230,6 +230,9 @@ func orNone(v string, ok bool) string {
 }
 
 func secretKey(key string) bool {
+	if key == "webhooks" || strings.HasPrefix(key, "webhooks.") || strings.Contains(key, "headers") {
+		return true
+	}
 	last := key[strings.LastIndexByte(key, '.')+1:]
 	return strings.Contains(last, "password") || strings.Contains(last, "token") || strings.Contains(last, "secret")
 }
