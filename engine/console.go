@@ -121,34 +121,26 @@ func (cl *client) handleConsole(buf []byte) (int, error) {
 		cl.closeNow()
 	case pgwire.MsgQuery:
 		q := string(body)
-		if run := cl.consoleCommand(q); run != nil {
-			cl.consoleAsync(run)
-			break
-		}
-		if !listsConns(q) {
-			cl.send(cl.consoleQuery(q, nil))
-			break
-		}
-		if cl.stream != nil {
-			// The stream path runs on the client's own goroutine, which may wait for the loops.
-			cl.send(cl.consoleQuery(q, cl.e.conns(cl)))
-			break
-		}
-		// On an event loop: listing waits for every loop, this one included, so it runs on a
-		// goroutine and answers through the loop; the client's next messages wait until then.
-		cl.consoleBusy = true
-		lp := cl.lp
-		go func() {
-			conns := cl.e.Conns()
-			lp.exec(func() {
-				cl.consoleBusy = false
-				if cl.closed {
-					return
-				}
-				cl.send(cl.consoleQuery(q, conns))
-				cl.process()
+		switch run := cl.consoleCommand(q); {
+		case run != nil:
+			cl.consoleAsync(func() func() []byte {
+				out := run()
+				return func() []byte { return out }
 			})
-		}()
+		case listsConns(q):
+			// Listing waits for every loop, this one included.
+			cl.consoleAsync(func() func() []byte {
+				var conns []Conn
+				if cl.stream != nil {
+					conns = cl.e.conns(cl) // the client's own goroutine holds its lock
+				} else {
+					conns = cl.e.Conns()
+				}
+				return func() []byte { return cl.consoleQuery(q, conns) }
+			})
+		default:
+			cl.send(cl.consoleQuery(q, nil))
+		}
 	case pgwire.MsgSync:
 		cl.send(pgwire.AppendReadyForQuery(cl.scratchForClient(), pgwire.TxIdle))
 	case pgwire.MsgFlush:
@@ -162,25 +154,26 @@ func (cl *client) handleConsole(buf []byte) (int, error) {
 	return n, nil
 }
 
-// consoleAsync answers a console query with run's bytes. run may wait (for the transactions a
-// PAUSE waits for, a RELOAD's file and auth_file), so on an event loop it runs on a goroutine
-// and answers through the loop, the client's next messages waiting until then; on the stream
-// path it runs on the client's own goroutine.
-func (cl *client) consoleAsync(run func() []byte) {
+// consoleAsync answers a console query whose work may wait (every loop's connections for SHOW
+// CLIENTS, the transactions a PAUSE waits for, a RELOAD's files): work runs off the loop and
+// returns the function that builds the answer where the client's buffers may be touched. On an
+// event loop work runs on a goroutine and the answer goes out through the loop, the client's
+// next messages waiting until then; on the stream path both run on the client's own goroutine.
+func (cl *client) consoleAsync(work func() (answer func() []byte)) {
 	if cl.stream != nil {
-		cl.send(run())
+		cl.send(work()())
 		return
 	}
 	cl.consoleBusy = true
 	lp := cl.lp
 	go func() {
-		out := run()
+		answer := work()
 		lp.exec(func() {
 			cl.consoleBusy = false
 			if cl.closed {
 				return
 			}
-			cl.send(out)
+			cl.send(answer())
 			cl.process()
 		})
 	}()
@@ -466,7 +459,7 @@ func (cl *client) showLists() (consoleResult, error) {
 // showDatabases is SHOW DATABASES with PgBouncer's columns: one row per pool (a database and
 // user on one backend).
 func (cl *client) showDatabases() (consoleResult, error) {
-	cfg := &cl.e.cfg.Pool
+	cfg := &cl.e.conf().cfg.Pool // reloadable: min_pool_size, reserve_pool_size, server_lifetime...
 	pools := cl.e.Stats().Pools
 	res := consoleResult{cols: textCols("name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
 		"reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts", "max_connections", "current_connections",

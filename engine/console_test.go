@@ -521,19 +521,14 @@ func TestConsoleCountsServersLoggingIn(t *testing.T) {
 			c.Close(ctx)
 		}
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		cols, rows := consoleRows(t, con, "SHOW POOLS")
-		if len(rows) == 1 && column(t, cols, rows[0], "sv_login") == "1" {
-			if got := column(t, cols, rows[0], "sv_active"); got != "0" {
-				t.Fatalf("sv_active %s while the only server logs in", got)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("SHOW POOLS never showed the server logging in: %v", rows)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var cols []string
+	var rows [][]string
+	waitFor(t, "SHOW POOLS to show the server logging in", func() bool {
+		cols, rows = consoleRows(t, con, "SHOW POOLS")
+		return len(rows) == 1 && column(t, cols, rows[0], "sv_login") == "1"
+	})
+	if got := column(t, cols, rows[0], "sv_active"); got != "0" {
+		t.Fatalf("sv_active %s while the only server logs in", got)
 	}
 	if st := p.e.Stats(); len(st.Pools) != 1 || st.Pools[0].LoggingIn != 1 {
 		t.Fatalf("stats: %+v", st.Pools)
@@ -619,5 +614,33 @@ func TestConsoleReloadPauseResume(t *testing.T) {
 	defer mc.Close(ctx)
 	if _, err := mc.Exec(ctx, "PAUSE", simple); !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "switchover") {
 		t.Errorf("PAUSE on a cluster member: %v", err)
+	}
+}
+
+// SHOW DATABASES and SHOW CONFIG show the settings in effect after a reload.
+func TestConsoleShowsReloadedSettings(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) { c.AdminUsers = []string{"postgres"} }, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := connect(t, p.dsn(p.rw))
+	defer c.Close(ctx)
+	con := connect(t, p.dsn(p.rw, "dbname=pgbouncer"))
+	defer con.Close(ctx)
+	next := p.cfg
+	next.Pool.ServerLifetime, next.Pool.ReservePoolSize = time.Minute, 3
+	if _, err := p.e.Reload(next, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	cols, rows := consoleRows(t, con, "SHOW DATABASES")
+	if len(rows) != 1 || column(t, cols, rows[0], "server_lifetime") != "60" || column(t, cols, rows[0], "reserve_pool_size") != "3" {
+		t.Errorf("SHOW DATABASES after the reload: %v %v", cols, rows)
+	}
+	_, rows = consoleRows(t, con, "SHOW CONFIG")
+	for _, r := range rows {
+		if r[0] == "server_lifetime" && r[1] != "60" {
+			t.Errorf("SHOW CONFIG server_lifetime %q after the reload", r[1])
+		}
 	}
 }

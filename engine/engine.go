@@ -689,7 +689,7 @@ type PoolStats struct {
 
 // Stats returns the current counters, pools ordered by database, user and backend.
 func (e *Engine) Stats() Stats {
-	st := Stats{Clients: e.clients.Load(), Primary: addrOf(e.routing.Load().primary), Paused: e.pausedAll.Load(), InFlight: e.inFlight()}
+	st := Stats{Clients: e.clients.Load(), Primary: addrOf(e.routing.Load().primary), Paused: e.pausedAll.Load()}
 	e.heldMu.Lock()
 	st.Held = len(e.held)
 	e.heldMu.Unlock()
@@ -697,6 +697,7 @@ func (e *Engine) Stats() Stats {
 	bs := make([]*backend, 0, len(e.backends))
 	for _, b := range e.backends {
 		bs = append(bs, b)
+		st.InFlight += int(b.active.Load())
 	}
 	e.routeMu.Unlock()
 	now := time.Now()

@@ -66,43 +66,44 @@ func newLive(cfg Config, verifier *auth.Verifier, secrets auth.Secrets) (*live, 
 
 // reloadable lists the proxy settings a reload applies, each with the assignment that copies
 // it. Keys are YAML paths under proxy; a key also covers the keys below it (tls covers
-// tls.cert). standalone marks the role checker's settings: they apply to a proxy that started
-// with backends (a cluster member's come from the HA core). Every other setting takes a
-// restart: the listeners, the pooling mode and whether pooling is on, the event loops, the
-// user the proxy logs in to PostgreSQL as (it keys the pools), max_prepared_statements (clients
-// hold statements under the current scheme), local_socket, and the message and buffer bounds.
+// tls.cert). Those in standaloneOnly apply to a proxy that started with backends (a cluster
+// member's come from the HA core). Every other setting takes a restart: the listeners, the
+// pooling mode and whether pooling is on, the event loops, the user the proxy logs in to
+// PostgreSQL as (it keys the pools), max_prepared_statements (clients hold statements under
+// the current scheme), local_socket, and the message and buffer bounds.
 var reloadable = []struct {
-	key        string
-	copy       func(dst, src *Config)
-	standalone bool
+	key  string
+	copy func(dst, src *Config)
 }{
-	{"pool.max_client_conn", func(d, s *Config) { d.Pool.MaxClientConn = s.Pool.MaxClientConn }, false},
-	{"pool.default_pool_size", func(d, s *Config) { d.Pool.DefaultPoolSize = s.Pool.DefaultPoolSize }, false},
-	{"pool.min_pool_size", func(d, s *Config) { d.Pool.MinPoolSize = s.Pool.MinPoolSize }, false},
-	{"pool.reserve_pool_size", func(d, s *Config) { d.Pool.ReservePoolSize = s.Pool.ReservePoolSize }, false},
-	{"pool.reserve_pool_timeout", func(d, s *Config) { d.Pool.ReservePoolTimeout = s.Pool.ReservePoolTimeout }, false},
-	{"pool.max_db_connections", func(d, s *Config) { d.Pool.MaxDBConnections = s.Pool.MaxDBConnections }, false},
-	{"pool.query_wait_timeout", func(d, s *Config) { d.Pool.QueryWaitTimeout = s.Pool.QueryWaitTimeout }, false},
-	{"pool.idle_transaction_timeout", func(d, s *Config) { d.Pool.IdleTransactionTimeout = s.Pool.IdleTransactionTimeout }, false},
-	{"pool.client_idle_timeout", func(d, s *Config) { d.Pool.ClientIdleTimeout = s.Pool.ClientIdleTimeout }, false},
-	{"pool.server_idle_timeout", func(d, s *Config) { d.Pool.ServerIdleTimeout = s.Pool.ServerIdleTimeout }, false},
-	{"pool.server_lifetime", func(d, s *Config) { d.Pool.ServerLifetime = s.Pool.ServerLifetime }, false},
-	{"pool.server_connect_timeout", func(d, s *Config) { d.Pool.ServerConnectTimeout = s.Pool.ServerConnectTimeout }, false},
-	{"pool.server_check_delay", func(d, s *Config) { d.Pool.ServerCheckDelay = s.Pool.ServerCheckDelay }, false},
-	{"pool.server_reset_query", func(d, s *Config) { d.Pool.ServerResetQuery = s.Pool.ServerResetQuery }, false},
-	{"auth", func(d, s *Config) { d.Auth = s.Auth }, false},
-	{"server.password", func(d, s *Config) { d.Server.Password = s.Server.Password }, false},
-	{"tls", func(d, s *Config) { d.TLS = s.TLS }, false},
-	{"admin_users", func(d, s *Config) { d.AdminUsers = s.AdminUsers }, false},
-	{"stats_users", func(d, s *Config) { d.StatsUsers = s.StatsUsers }, false},
-	{"health_check_user", func(d, s *Config) { d.HealthCheckUser = s.HealthCheckUser }, false},
-	{"health_check_password", func(d, s *Config) { d.HealthCheckPassword = s.HealthCheckPassword }, false},
+	{"pool.max_client_conn", func(d, s *Config) { d.Pool.MaxClientConn = s.Pool.MaxClientConn }},
+	{"pool.default_pool_size", func(d, s *Config) { d.Pool.DefaultPoolSize = s.Pool.DefaultPoolSize }},
+	{"pool.min_pool_size", func(d, s *Config) { d.Pool.MinPoolSize = s.Pool.MinPoolSize }},
+	{"pool.reserve_pool_size", func(d, s *Config) { d.Pool.ReservePoolSize = s.Pool.ReservePoolSize }},
+	{"pool.reserve_pool_timeout", func(d, s *Config) { d.Pool.ReservePoolTimeout = s.Pool.ReservePoolTimeout }},
+	{"pool.max_db_connections", func(d, s *Config) { d.Pool.MaxDBConnections = s.Pool.MaxDBConnections }},
+	{"pool.query_wait_timeout", func(d, s *Config) { d.Pool.QueryWaitTimeout = s.Pool.QueryWaitTimeout }},
+	{"pool.idle_transaction_timeout", func(d, s *Config) { d.Pool.IdleTransactionTimeout = s.Pool.IdleTransactionTimeout }},
+	{"pool.client_idle_timeout", func(d, s *Config) { d.Pool.ClientIdleTimeout = s.Pool.ClientIdleTimeout }},
+	{"pool.server_idle_timeout", func(d, s *Config) { d.Pool.ServerIdleTimeout = s.Pool.ServerIdleTimeout }},
+	{"pool.server_lifetime", func(d, s *Config) { d.Pool.ServerLifetime = s.Pool.ServerLifetime }},
+	{"pool.server_connect_timeout", func(d, s *Config) { d.Pool.ServerConnectTimeout = s.Pool.ServerConnectTimeout }},
+	{"pool.server_check_delay", func(d, s *Config) { d.Pool.ServerCheckDelay = s.Pool.ServerCheckDelay }},
+	{"pool.server_reset_query", func(d, s *Config) { d.Pool.ServerResetQuery = s.Pool.ServerResetQuery }},
+	{"auth", func(d, s *Config) { d.Auth = s.Auth }},
+	{"server.password", func(d, s *Config) { d.Server.Password = s.Server.Password }},
+	{"tls", func(d, s *Config) { d.TLS = s.TLS }},
+	{"admin_users", func(d, s *Config) { d.AdminUsers = s.AdminUsers }},
+	{"stats_users", func(d, s *Config) { d.StatsUsers = s.StatsUsers }},
+	{"health_check_user", func(d, s *Config) { d.HealthCheckUser = s.HealthCheckUser }},
+	{"health_check_password", func(d, s *Config) { d.HealthCheckPassword = s.HealthCheckPassword }},
 	// A backend added is probed at the next check and routed to once its role is known; one
 	// removed leaves the routing table, which closes its pools and sends its clients' next
 	// transactions elsewhere (as when a backend goes down).
-	{"backends", func(d, s *Config) { d.Backends = s.Backends }, true},
-	{"health_check_interval", func(d, s *Config) { d.HealthCheckInterval = s.HealthCheckInterval }, true},
+	{"backends", func(d, s *Config) { d.Backends = s.Backends }},
+	{"health_check_interval", func(d, s *Config) { d.HealthCheckInterval = s.HealthCheckInterval }},
 }
+
+var standaloneOnly = map[string]bool{"backends": true, "health_check_interval": true}
 
 // Change is one setting that differs between the configuration in effect and a reloaded one.
 type Change struct {
@@ -150,7 +151,7 @@ func (e *Engine) Reload(cfg Config, verifier *auth.Verifier, secrets auth.Secret
 	for i := range changes {
 		key := strings.TrimPrefix(changes[i].Key, "proxy.")
 		for _, r := range reloadable {
-			if r.standalone && (len(e.cfg.Backends) == 0 || len(cfg.Backends) == 0) {
+			if standaloneOnly[r.key] && (len(e.cfg.Backends) == 0 || len(cfg.Backends) == 0) {
 				continue
 			}
 			if key == r.key || strings.HasPrefix(key, r.key+".") {

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,17 +23,10 @@ import (
 // awaitPool waits until the proxy's only pool satisfies ok.
 func awaitPool(t *testing.T, p *proxy, what string, ok func(engine.PoolStats) bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	waitFor(t, what, func() bool {
 		st := p.e.Stats()
-		if len(st.Pools) == 1 && ok(st.Pools[0]) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20s (stats %+v)", what, st.Pools)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return len(st.Pools) == 1 && ok(st.Pools[0])
+	})
 }
 
 func findChange(changes []engine.Change, key string) (engine.Change, bool) {
@@ -278,22 +272,15 @@ func TestReloadBackends(t *testing.T) {
 	defer cancel()
 	roReaches := func(inRecovery bool) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		waitFor(t, fmt.Sprintf("the read-only port to reach a server with pg_is_in_recovery() = %v", inRecovery), func() bool {
 			c, err := pgx.Connect(ctx, p.dsn(p.ro))
 			var got bool
 			if err == nil {
 				err = c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&got)
 				c.Close(ctx)
 			}
-			if err == nil && got == inRecovery {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the read-only port does not reach a server with pg_is_in_recovery() = %v within 30s (last: %v, %v)", inRecovery, got, err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return err == nil && got == inRecovery
+		})
 	}
 	roReaches(false) // no replica: the primary serves reads
 
@@ -357,13 +344,7 @@ func TestOperatorPauseAndResume(t *testing.T) {
 			results <- c.QueryRow(ctx, "SELECT 7").Scan(&v)
 		}()
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for p.e.Stats().Held != 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the two clients are not held by the pause: %+v", p.e.Stats())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the two clients held by the pause", func() bool { return p.e.Stats().Held == 2 })
 	// The transaction in flight finishes; then the pause is complete.
 	if _, err := inTx.Exec(ctx, "COMMIT"); err != nil {
 		t.Fatalf("the transaction in flight during the pause: %v", err)

@@ -4,10 +4,24 @@ import (
 	"crypto/tls"
 	"net"
 	"testing"
-	"time"
 
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
+
+// captureConn, once on, keeps what is written to it instead of sending it.
+type captureConn struct {
+	net.Conn
+	on  bool
+	got []byte
+}
+
+func (c *captureConn) Write(p []byte) (int, error) {
+	if !c.on {
+		return c.Conn.Write(p)
+	}
+	c.got = append(c.got, p...)
+	return len(p), nil
+}
 
 // inboundConn is a gnet connection whose inbound buffer holds in.
 type inboundConn struct {
@@ -40,9 +54,10 @@ func TestLoopTLSHoldsNoBufferWhenIdle(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
+	capture := &captureConn{Conn: a}
 	tr := &tlsTransport{nc: b}
 	server := tls.Server(tr, &tls.Config{Certificates: []tls.Certificate{cert}})
-	client := tls.Client(a, &tls.Config{InsecureSkipVerify: true})
+	client := tls.Client(capture, &tls.Config{InsecureSkipVerify: true})
 	done := make(chan error, 1)
 	go func() { done <- client.Handshake() }()
 	if err := server.Handshake(); err != nil {
@@ -53,34 +68,17 @@ func TestLoopTLSHoldsNoBufferWhenIdle(t *testing.T) {
 	}
 	tr.onLoop = true
 	x := &loopTLS{tc: server, tr: tr, max: 1 << 20}
+	capture.on = true
 
-	// ciphertext returns what the client's tls.Conn writes for msg. A pipe write returns only
-	// once all of it was read, so what was read when Write returned is all of it.
+	// ciphertext returns what the client's tls.Conn writes for msg.
 	ciphertext := func(msg []byte) []byte {
 		t.Helper()
-		wrote := make(chan error, 1)
-		go func() {
-			_, err := client.Write(msg)
-			wrote <- err
-		}()
-		var all []byte
-		buf := make([]byte, 64<<10)
-		for {
-			_ = b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-			n, err := b.Read(buf)
-			all = append(all, buf[:n]...)
-			if err != nil {
-				select {
-				case err := <-wrote:
-					if err != nil {
-						t.Fatal(err)
-					}
-					_ = b.SetReadDeadline(time.Time{})
-					return all
-				default:
-				}
-			}
+		if _, err := client.Write(msg); err != nil {
+			t.Fatal(err)
 		}
+		out := capture.got
+		capture.got = nil
+		return out
 	}
 
 	c := &inboundConn{in: ciphertext([]byte("hello, world"))}

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 )
 
@@ -25,25 +23,18 @@ func (c *ctlClient) proxyPause(args []string, stderr io.Writer) error {
 	if args[0] == "pause" {
 		body = map[string]float64{"wait_seconds": wait.Seconds()}
 	}
-	status, data, err := c.send(http.MethodPost, "/proxy/"+args[0], body)
-	if err != nil {
-		return err
-	}
 	var res struct {
-		Paused   bool   `json:"paused"`
+		Drained  bool   `json:"drained"`
 		InFlight int    `json:"in_flight"`
 		Message  string `json:"message"`
-		Error    string `json:"error"`
 	}
-	if err := json.Unmarshal(data, &res); err != nil {
-		return fmt.Errorf("/proxy/%s: %d %s: %s", args[0], status, http.StatusText(status), strings.TrimSpace(string(data)))
+	if err := c.call(http.MethodPost, "/proxy/"+args[0], body, &res); err != nil {
+		return err
 	}
 	switch {
-	case res.Error != "":
-		return fmt.Errorf("/proxy/%s: %d %s: %s", args[0], status, http.StatusText(status), res.Error)
 	case args[0] == "resume":
 		fmt.Fprintln(c.out, "resumed: waiting clients continue")
-	case status == http.StatusAccepted:
+	case !res.Drained: // 202: the wait ran out
 		fmt.Fprintln(c.out, res.Message)
 		return fmt.Errorf("not drained: %d transactions in flight (the pause is in force)", res.InFlight)
 	default:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -189,22 +187,9 @@ func (r *reloader) reloadOnHangup(ctx context.Context, hup <-chan os.Signal) {
 // ctlReload asks a running daemon to re-read its configuration file (POST /reload) and prints
 // what changed.
 func (c *ctlClient) reload() error {
-	status, data, err := c.send(http.MethodPost, "/reload", nil)
-	if err != nil {
-		return err
-	}
-	if status != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return fmt.Errorf("/reload: %d %s: %s", status, http.StatusText(status), e.Error)
-		}
-		return fmt.Errorf("/reload: %d %s: %s", status, http.StatusText(status), strings.TrimSpace(string(data)))
-	}
 	var res reloadResult
-	if err := json.Unmarshal(data, &res); err != nil {
-		return fmt.Errorf("/reload: unexpected answer: %w", err)
+	if err := c.call(http.MethodPost, "/reload", nil, &res); err != nil {
+		return err
 	}
 	printReload(c.out, &res)
 	return nil

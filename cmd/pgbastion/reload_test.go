@@ -11,6 +11,28 @@ import (
 	"testing"
 )
 
+func writeFile(t *testing.T, name, text string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// daemonFrom builds (without running it) the daemon of the configuration file at path.
+func daemonFrom(t *testing.T, path string) (*daemon, *slog.LevelVar) {
+	t.Helper()
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, level := newLogger(cfg.Log, io.Discard)
+	d, err := newDaemon(path, cfg, log, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, level
+}
+
 // TestReloaderAppliesReportsAndRefuses drives the daemon's reloader against a proxy that is
 // not started: log.level and the auth_file change at once, sections outside the proxy are
 // reported as taking a restart (their secrets hidden), and a file that does not load (a typo,
@@ -19,12 +41,7 @@ func TestReloaderAppliesReportsAndRefuses(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "pgbastion.yaml")
 	users := filepath.Join(dir, "userlist.txt")
-	write := func(name, text string) {
-		t.Helper()
-		if err := os.WriteFile(name, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(name, text string) { writeFile(t, name, text) }
 	base := `proxy:
   listen_rw: 127.0.0.1:0
   listen_ro: ""
@@ -36,15 +53,7 @@ log: {level: info}
 `
 	write(users, `"alice" "a"`+"\n")
 	write(path, base)
-	cfg, err := LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, level := newLogger(cfg.Log, io.Discard)
-	d, err := newDaemon(path, cfg, log, level)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, level := daemonFrom(t, path)
 	r := d.reloader
 
 	changed := strings.NewReplacer("default_pool_size: 20", "default_pool_size: 35", "level: info", "level: debug",
@@ -111,7 +120,7 @@ log: {level: info}
 }
 
 // A cluster member's reload applies the proxy's pool settings and reports the HA sections as
-// taking a restart; a standalone's backends stay a restart away for it (it has none to reload).
+// taking a restart.
 func TestReloaderInAClusterMember(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "pgbastion.yaml")
@@ -120,22 +129,9 @@ postgresql: {data_dir: ` + dir + `/data, port: 5434}
 proxy: {listen_rw: "127.0.0.1:0", listen_ro: "", pool: {mode: transaction, default_pool_size: 20}}
 failover: {maximum_lag_on_failover: 1048576}
 `
-	if err := os.WriteFile(path, []byte(base), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, level := newLogger(cfg.Log, io.Discard)
-	d, err := newDaemon(path, cfg, log, level)
-	if err != nil {
-		t.Fatal(err)
-	}
-	changed := strings.NewReplacer("default_pool_size: 20", "default_pool_size: 40", "1048576", "2097152").Replace(base)
-	if err := os.WriteFile(path, []byte(changed), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, path, base)
+	d, _ := daemonFrom(t, path)
+	writeFile(t, path, strings.NewReplacer("default_pool_size: 20", "default_pool_size: 40", "1048576", "2097152").Replace(base))
 	res, err := d.reloader.reload()
 	if err != nil {
 		t.Fatal(err)

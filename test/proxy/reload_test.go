@@ -20,6 +20,38 @@ import (
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
 
+// proxyStatus reads the daemon's GET /proxy.
+func proxyStatus(t *testing.T, d *daemon.Daemon) admin.ProxyStatus {
+	t.Helper()
+	var st admin.ProxyStatus
+	if err := (daemon.APIClient{Addr: d.API()}).Get("/proxy", &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// awaitProxy waits until the daemon's GET /proxy satisfies ok.
+func awaitProxy(t *testing.T, d *daemon.Daemon, what string, ok func(admin.ProxyStatus) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for st := proxyStatus(t, d); !ok(st); st = proxyStatus(t, d) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 30s: %+v\n%s", what, st, d.LogTail())
+		}
+		time.Sleep(poll)
+	}
+}
+
+// ctl runs `pgbastion ctl` against the daemon's API, with token when it is not empty.
+func ctl(t *testing.T, d *daemon.Daemon, token string, args ...string) (string, error) {
+	argv := []string{"ctl", "--api", "http://" + d.API()}
+	if token != "" {
+		argv = append(argv, "--token", token)
+	}
+	out, err := exec.Command(daemon.Binary(t), append(argv, args...)...).CombinedOutput()
+	return string(out), err
+}
+
 // TestReloadBySIGHUPAndCtl runs the pgbastion binary with a pool of one server and changes
 // its configuration file while a client holds that server in a transaction and another waits
 // for it. SIGHUP applies the larger pool (the waiting client is served, the transaction goes
@@ -57,20 +89,10 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 		var n int
 		got <- waiter.QueryRow(ctx, "SELECT 2").Scan(&n)
 	}()
-	pools := func() []admin.PoolStatus {
-		var st admin.ProxyStatus
-		if err := api.Get("/proxy", &st); err != nil {
-			t.Fatal(err)
-		}
-		return st.Pools
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for p := pools(); len(p) != 1 || p[0].ClientsWaiting != 1; p = pools() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no client waits for the pool's only server: %+v", p)
-		}
-		time.Sleep(poll)
-	}
+	pools := func() []admin.PoolStatus { return proxyStatus(t, d).Pools }
+	awaitProxy(t, d, "a client waiting for the pool's only server", func(st admin.ProxyStatus) bool {
+		return len(st.Pools) == 1 && st.Pools[0].ClientsWaiting == 1
+	})
 
 	next := *cfg
 	next.Proxy.Pool.DefaultPoolSize = 2
@@ -105,7 +127,7 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 	if err := os.WriteFile(d.ConfigPath(), []byte("proxy:\n  pool:\n    default_pool_sise: 5\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(daemon.Binary(t), "ctl", "--api", "http://"+d.API(), "--token", "reload-token", "reload").CombinedOutput()
+	out, err := ctl(t, d, "reload-token", "reload")
 	if err == nil || !strings.Contains(string(out), d.ConfigPath()+":3") || !strings.Contains(string(out), "default_pool_sise") ||
 		!strings.Contains(string(out), "nothing changed") {
 		t.Fatalf("ctl reload of a broken file: %v\n%s", err, out)
@@ -121,7 +143,7 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 
 	// The file fixed again: the CLI prints what is still waiting for a restart.
 	d.WriteConfig(t, &next)
-	out, err = exec.Command(daemon.Binary(t), "ctl", "--api", "http://"+d.API(), "--token", "reload-token", "reload").CombinedOutput()
+	out, err = ctl(t, d, "reload-token", "reload")
 	if err != nil || !strings.Contains(string(out), "proxy.listen_ro") || !strings.Contains(string(out), "takes a restart") {
 		t.Fatalf("ctl reload: %v\n%s", err, out)
 	}
@@ -142,8 +164,8 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 		t.Fatalf("console RELOAD: %q %v, notices %q", tag, err, notices)
 	}
 	// Without the token the API refuses.
-	out, err = exec.Command(daemon.Binary(t), "ctl", "--api", "http://"+d.API(), "reload").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "401") {
+	out, err = ctl(t, d, "", "reload")
+	if err == nil || !strings.Contains(string(out), "bearer token") {
 		t.Fatalf("ctl reload without the token: %v\n%s", err, out)
 	}
 
@@ -171,28 +193,6 @@ func TestPauseForAPostgreSQLRestart(t *testing.T) {
 	cfg.Proxy.Pool.Mode = pool.ModeTransaction
 	cfg.API.Token = "pause-token"
 	d := daemon.Start(t, cfg)
-	api := daemon.APIClient{Addr: d.API()}
-	ctl := func(args ...string) (string, error) {
-		out, err := exec.Command(daemon.Binary(t), append([]string{"ctl", "--api", "http://" + d.API(), "--token", "pause-token"}, args...)...).CombinedOutput()
-		return string(out), err
-	}
-	proxyStatus := func() admin.ProxyStatus {
-		var st admin.ProxyStatus
-		if err := api.Get("/proxy", &st); err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	await := func(what string, ok func(admin.ProxyStatus) bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for st := proxyStatus(); !ok(st); st = proxyStatus() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 30s: %+v\n%s", what, st, d.LogTail())
-			}
-			time.Sleep(poll)
-		}
-	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -226,25 +226,25 @@ func TestPauseForAPostgreSQLRestart(t *testing.T) {
 		time.Sleep(poll)
 	}
 
-	out, err := ctl("proxy", "pause", "--wait", "20s")
+	out, err := ctl(t, d, "pause-token", "proxy", "pause", "--wait", "20s")
 	if err != nil || !strings.Contains(out, "paused") {
 		t.Fatalf("ctl proxy pause: %v\n%s", err, out)
 	}
-	await("every client held by the pause", func(st admin.ProxyStatus) bool { return st.Paused && st.ClientsHeld == clients })
-	out, err = ctl("pools")
+	awaitProxy(t, d, "every client held by the pause", func(st admin.ProxyStatus) bool { return st.Paused && st.ClientsHeld == clients })
+	out, err = ctl(t, d, "pause-token", "pools")
 	if err != nil || !strings.Contains(out, "PAUSED") {
 		t.Fatalf("ctl pools while paused: %v\n%s", err, out)
 	}
 	before := done.Load()
 	primary.Restart(t)
 	// The proxy has let go of the connections the restart closed, and routes writes again.
-	await("the old server connections closed and the primary known", func(st admin.ProxyStatus) bool {
+	awaitProxy(t, d, "the old server connections closed and the primary known", func(st admin.ProxyStatus) bool {
 		return st.WritesTo != "" && len(st.Pools) == 1 && st.Pools[0].ServersActive+st.Pools[0].ServersIdle == 0
 	})
 	if n := done.Load(); n != before {
 		t.Fatalf("%d transactions ran during the pause", n-before)
 	}
-	out, err = ctl("proxy", "resume")
+	out, err = ctl(t, d, "pause-token", "proxy", "resume")
 	if err != nil || !strings.Contains(out, "resumed") {
 		t.Fatalf("ctl proxy resume: %v\n%s", err, out)
 	}
@@ -262,7 +262,7 @@ func TestPauseForAPostgreSQLRestart(t *testing.T) {
 	for err := range errs {
 		t.Errorf("a client saw an error: %v", err)
 	}
-	if st := proxyStatus(); st.Paused || st.ClientsHeld != 0 {
+	if st := proxyStatus(t, d); st.Paused || st.ClientsHeld != 0 {
 		t.Errorf("after the resume: %+v", st)
 	}
 }
