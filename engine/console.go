@@ -45,6 +45,15 @@ func consoleFields(q string) []string {
 	return strings.Fields(strings.TrimRight(strings.TrimSpace(q), "; \t\r\n"))
 }
 
+// consoleIdent is a database name as written in a console command: as it stands, or in double
+// quotes (a quote inside doubled), as in SQL. Unquoted names keep their case.
+func consoleIdent(f string) string {
+	if len(f) >= 2 && f[0] == '"' && f[len(f)-1] == '"' {
+		return strings.ReplaceAll(f[1:len(f)-1], `""`, `"`)
+	}
+	return f
+}
+
 // listsConns reports whether a console query is SHOW CLIENTS or SHOW SERVERS.
 func listsConns(q string) bool {
 	f := consoleFields(q)
@@ -64,6 +73,9 @@ const consoleHelp = `Console usage
 	SHOW VERSION
 	RELOAD            (admin_users) read the configuration file and the auth_file again
 	PAUSE, RESUME     (admin_users, standalone proxy) hold new transactions, then let them go
+	RECONNECT [db]    (admin_users) replace server connections: idle ones now, busy ones once free
+	KILL db           (admin_users) close a database's clients (cancelling their queries) and servers
+	KILL_CLIENT ptr   (admin_users) close one client (ptr from SHOW CLIENTS), cancelling its query
 Per-backend detail: GET /proxy or pgbastion ctl pools; counters: GET /metrics.`
 
 // consoleResult is the answer to one command: columns (text or int8) and rows of text.
@@ -180,7 +192,7 @@ func (cl *client) consoleAsync(work func() (answer func() []byte)) {
 }
 
 // consoleCommand returns the work of a console command that changes something (RELOAD,
-// PAUSE, RESUME), or nil for any other query. Only proxy.admin_users may run them; PAUSE and
+// PAUSE, RESUME, KILL, KILL_CLIENT, RECONNECT), or nil for any other query. Only proxy.admin_users may run them; PAUSE and
 // RESUME only on a standalone proxy (a cluster member's pools are paused by switchovers).
 func (cl *client) consoleCommand(q string) func() []byte {
 	fields := consoleFields(q)
@@ -188,7 +200,9 @@ func (cl *client) consoleCommand(q string) func() []byte {
 		return nil
 	}
 	verb := strings.ToUpper(fields[0])
-	if verb != "RELOAD" && verb != "PAUSE" && verb != "RESUME" {
+	switch verb {
+	case "RELOAD", "PAUSE", "RESUME", "KILL", "KILL_CLIENT", "RECONNECT":
+	default:
 		return nil
 	}
 	e := cl.e
@@ -226,6 +240,41 @@ func (cl *client) consoleCommand(q string) func() []byte {
 		}
 	case verb == "RELOAD":
 		return refuse(pgwire.SyntaxError, "RELOAD takes no argument", "")
+	case verb == "KILL_CLIENT" && len(fields) != 2:
+		return refuse(pgwire.SyntaxError, "KILL_CLIENT takes one argument: the client's ptr from SHOW CLIENTS", "")
+	case verb == "KILL_CLIENT":
+		id := fields[1]
+		return func() []byte {
+			if !e.killClient(cl, id) {
+				return answer(nil, "", &clientError{code: pgwire.UndefinedObject, msg: fmt.Sprintf("KILL_CLIENT: no client %q", id),
+					hint: "SHOW CLIENTS lists the clients; their ptr column is the argument"})
+			}
+			return answer(nil, "KILL_CLIENT", nil)
+		}
+	case (verb == "KILL" || verb == "RECONNECT") && len(fields) > 2,
+		verb == "KILL" && len(fields) != 2:
+		return refuse(pgwire.SyntaxError, verb+" takes one database name", "")
+	case (verb == "KILL" || verb == "RECONNECT") && len(fields) == 2 && consoleDatabases[consoleIdent(fields[1])]:
+		return refuse(pgwire.FeatureNotSupported, verb+" "+fields[1]+": the admin console has no pools", "")
+	case verb == "KILL":
+		db := consoleIdent(fields[1])
+		return func() []byte {
+			r := e.killDatabase(cl, db)
+			notice := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q; new connections are accepted (PAUSE first to hold them)", r.Clients, r.Servers, db)
+			if r.Busy > 0 {
+				notice += fmt.Sprintf("; %d busy clients were not checked, run KILL again", r.Busy)
+			}
+			return answer([]string{notice}, "KILL", nil)
+		}
+	case verb == "RECONNECT":
+		db := ""
+		if len(fields) == 2 {
+			db = consoleIdent(fields[1])
+		}
+		return func() []byte {
+			n := e.Reconnect(db)
+			return answer([]string{fmt.Sprintf("%d server connections will be replaced: idle ones now, the others when their clients let them go", n)}, "RECONNECT", nil)
+		}
 	case len(e.cfg.Backends) == 0:
 		return refuse(pgwire.FeatureNotSupported, verb+" is for a standalone proxy",
 			"a cluster member's pools are paused and resumed by switchovers: pgbastion ctl restart (a replica), pgbastion ctl switchover (the primary)")
@@ -306,8 +355,8 @@ func (cl *client) consoleQuery(q string, conns []Conn) []byte {
 	default:
 		verb := strings.ToUpper(fields[0])
 		switch verb {
-		case "SUSPEND", "RECONNECT", "KILL", "KILL_CLIENT", "DISABLE", "ENABLE", "SHUTDOWN", "WAIT_CLOSE":
-			return fail(pgwire.FeatureNotSupported, verb+" is not available in PGBastion's console (it has SHOW, RELOAD, PAUSE and RESUME)",
+		case "SUSPEND", "DISABLE", "ENABLE", "SHUTDOWN", "WAIT_CLOSE":
+			return fail(pgwire.FeatureNotSupported, verb+" is not available in PGBastion's console (it has SHOW, RELOAD, PAUSE, RESUME, KILL, KILL_CLIENT and RECONNECT)",
 				"pools pause and resume themselves around a switchover (pgbastion ctl switchover); RELOAD or pgbastion ctl reload applies a changed configuration")
 		}
 		return fail(pgwire.FeatureNotSupported, fmt.Sprintf("unknown console command %q", q), "SHOW HELP lists the commands")

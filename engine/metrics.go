@@ -38,6 +38,9 @@ type Metrics struct {
 	// primaryChanges counts routing tables that changed where writes go (including to
 	// nowhere and back): a standalone proxy's flapping role checks show here.
 	primaryChanges *metrics.Counter
+	// clientsKilled counts clients an operator closed (KILL_CLIENT, KILL); reconnects the
+	// server connections an operator retired (RECONNECT, KILL).
+	clientsKilled, reconnects *metrics.Counter
 }
 
 // NewMetrics registers the proxy's metrics in set (a new set when nil).
@@ -72,6 +75,8 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		serverMoves:           c("pgbastion_proxy_server_moves_total"),
 		consoleCommands:       c("pgbastion_proxy_console_commands_total"),
 		primaryChanges:        c("pgbastion_proxy_primary_changes_total"),
+		clientsKilled:         c("pgbastion_proxy_clients_killed_total"),
+		reconnects:            c("pgbastion_proxy_server_reconnects_total"),
 	}
 }
 

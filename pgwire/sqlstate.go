@@ -11,6 +11,7 @@ const (
 	InvalidAuthorization          = "28000"
 	InsufficientPrivilege         = "42501"
 	SyntaxError                   = "42601"
+	UndefinedObject               = "42704"
 	InvalidPassword               = "28P01"
 	InvalidCatalogName            = "3D000"
 	InvalidSQLStatementName       = "26000"

@@ -173,6 +173,8 @@ type Pool[S, W comparable] struct {
 	homes  []home[S, W] // one per loop, plus the stream path last
 	paused bool
 	closed bool
+	// staleBefore: servers born at or before it are not reused (Reconnect).
+	staleBefore time.Time
 }
 
 // New returns a pool for loops event loops. db, when not nil, is a limit shared with other pools.
@@ -359,7 +361,7 @@ func (p *Pool[S, W]) Release(loop int, s S, born, now time.Time) (to W, toLoop i
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	h := p.home(loop)
-	if p.closed || (p.limits.Lifetime > 0 && now.Sub(born) >= p.limits.Lifetime) || p.open > p.limits.Size+p.limits.Reserve {
+	if p.closed || p.tooOld(born, now) || p.open > p.limits.Size+p.limits.Reserve {
 		return to, loop, false, true
 	}
 	if !p.paused {
@@ -597,7 +599,7 @@ func (p *Pool[S, W]) Sweep(loop int, now time.Time) (r SweepResult[S, W]) {
 		idle := h.idle[:0]
 		for _, e := range h.idle {
 			tooIdle := l.IdleTimeout > 0 && now.Sub(e.since) >= l.IdleTimeout && p.open-len(r.CloseIdle) > l.Min
-			tooOld := l.Lifetime > 0 && now.Sub(e.born) >= l.Lifetime
+			tooOld := p.tooOld(e.born, now)
 			if tooIdle || tooOld || p.open-len(r.CloseIdle) > l.Size+l.Reserve {
 				r.CloseIdle = append(r.CloseIdle, e.s)
 				p.nidle--
@@ -631,6 +633,31 @@ func (p *Pool[S, W]) stealFor(hi int) (int, S, bool) {
 		return i, s, true
 	}
 	return 0, zero, false
+}
+
+// tooOld reports whether a server born then must not be reused: it passed server_lifetime,
+// or it was open when Reconnect was called.
+func (p *Pool[S, W]) tooOld(born, now time.Time) bool {
+	return (p.limits.Lifetime > 0 && now.Sub(born) >= p.limits.Lifetime) || !born.After(p.staleBefore)
+}
+
+// Reconnect retires every server open now (the console's RECONNECT): it returns the idle ones,
+// which the caller must close (each then reported with ServerGone), and how many others are
+// open (in use, or being connected: those are kept); the ones in use are closed when released
+// instead of being reused.
+func (p *Pool[S, W]) Reconnect(now time.Time) (idle []S, others int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.staleBefore = now
+	for i := range p.homes {
+		for _, e := range p.homes[i].idle {
+			idle = append(idle, e.s)
+		}
+		clear(p.homes[i].idle)
+		p.homes[i].idle = p.homes[i].idle[:0]
+	}
+	p.nidle = 0
+	return idle, p.open - len(idle)
 }
 
 // Pause stops handing out servers: new Acquire calls wait. Servers in use stay with their

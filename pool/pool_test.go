@@ -347,3 +347,47 @@ func TestPoolStatsPerLoop(t *testing.T) {
 		t.Fatalf("totals %+v", st)
 	}
 }
+
+// Reconnect hands back the idle servers at once; a server in use when it was called is
+// retired when released, and one opened after it is reused as usual.
+func TestPoolReconnectRetiresOpenServers(t *testing.T) {
+	born := time.Unix(1000, 0)
+	p := New[int, string](2, Limits{Size: 4}, nil)
+	for i, loop := range []int{0, 1, 0} {
+		if k, _, _ := p.Acquire(loop, string(rune('a'+i)), born); k != GrantDial {
+			t.Fatalf("acquire %d: %v", i, k)
+		}
+	}
+	p.Release(0, 1, born, born) // servers 1 (loop 0) and 2 (loop 1) idle, 3 in use
+	p.Release(1, 2, born, born)
+	idle, inUse := p.Reconnect(born.Add(time.Second))
+	if len(idle) != 2 || inUse != 1 {
+		t.Fatalf("Reconnect: idle %v, in use %d; want the 2 idle servers and 1 in use", idle, inUse)
+	}
+	if p.Stats(born).Idle != 0 {
+		t.Fatal("retired servers still counted idle")
+	}
+	for _, s := range idle {
+		p.ServerGone(map[int]int{1: 0, 2: 1}[s])
+	}
+	later := born.Add(2 * time.Second)
+	if _, _, handed, retire := p.Release(0, 3, born, later); handed || !retire {
+		t.Fatalf("release of a server open before Reconnect: handed %v retire %v, want retired", handed, retire)
+	}
+	p.ServerGone(0)
+	// A server opened after Reconnect is kept.
+	if k, _, _ := p.Acquire(0, "d", later); k != GrantDial {
+		t.Fatalf("acquire after reconnect: %v", k)
+	}
+	if _, _, _, retire := p.Release(0, 4, later, later); retire {
+		t.Fatal("a server opened after Reconnect was retired")
+	}
+	if k, s, _ := p.Acquire(0, "e", later); k != GrantIdle || s != 4 {
+		t.Fatalf("acquire: %v %v, want the new idle server", k, s)
+	}
+	// Sweep closes an idle server that was open at Reconnect (one placed idle after a move).
+	p.PlaceIdle(0, 0, 5, born, later)
+	if r := p.Sweep(0, later); len(r.CloseIdle) != 1 || r.CloseIdle[0] != 5 {
+		t.Fatalf("sweep closed %v, want the stale server 5", r.CloseIdle)
+	}
+}

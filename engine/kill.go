@@ -1,0 +1,184 @@
+package engine
+
+import (
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgbastion/pgbastion/pgwire"
+)
+
+// Operator actions on connections: PgBouncer's KILL_CLIENT, KILL and RECONNECT, from the admin
+// console, the API (DELETE /proxy/connections/{id}, POST /proxy/kill, POST /proxy/reconnect)
+// and pgbastion ctl proxy.
+
+// KillResult says what a KILL did.
+type KillResult struct {
+	// Clients is how many client connections were closed; Servers how many server
+	// connections were retired (idle ones closed at once, the others as their clients let
+	// them go).
+	Clients, Servers int
+	// Busy counts stream-path clients (TLS, slow readers) that stayed busy past a short wait
+	// and were not looked at; they keep their connections.
+	Busy int
+}
+
+// stuckStreamWait bounds how long an operator action waits for a busy stream-path client.
+const stuckStreamWait = time.Second
+
+// KillClient closes the client connection whose ID is id (SHOW CLIENTS' ptr column, the id
+// of GET /proxy/connections). A request it has running on a server is cancelled first, so a
+// runaway query stops instead of running on unattended; an open transaction is rolled back, as
+// when a client disconnects. The client gets FATAL 57P01 saying an operator closed it. It
+// reports whether such a client was found.
+func (e *Engine) KillClient(id string) bool { return e.killClient(nil, id) }
+
+func (e *Engine) killClient(self *client, id string) bool {
+	var found atomic.Bool
+	e.eachClient(self, func(cl *client) {
+		if connID(cl) == id {
+			found.Store(true)
+			cl.kill("KILL_CLIENT")
+		}
+	}, func(cl *client) {
+		// Busy (writing to a slow reader, say): its connection is closed under it, which
+		// ends its handler. It gets no message.
+		if connID(cl) == id {
+			found.Store(true)
+			e.m.clientsKilled.Inc()
+			cl.stream.closeClient()
+		}
+	})
+	if found.Load() {
+		e.log.Info("operator closed a client connection", "client", id)
+	}
+	return found.Load()
+}
+
+// KillDatabase closes every client connection to the database db (as KillClient does) and
+// retires every server connection to it. New connections are accepted at once: to keep
+// clients out while, say, the database is dropped, pause the proxy first (PgBouncer's KILL
+// also pauses the database; PGBastion pauses only the whole proxy).
+func (e *Engine) KillDatabase(db string) KillResult { return e.killDatabase(nil, db) }
+
+func (e *Engine) killDatabase(self *client, db string) KillResult {
+	var clients atomic.Int64
+	busy := e.eachClient(self, func(cl *client) {
+		if cl.database == db && cl.state != csConsole {
+			clients.Add(1)
+			cl.kill("KILL " + db)
+		}
+	}, nil)
+	r := KillResult{Clients: int(clients.Load()), Busy: busy, Servers: e.Reconnect(db)}
+	e.log.Info("operator killed a database's connections", "database", db, "clients", r.Clients, "servers", r.Servers)
+	return r
+}
+
+// Reconnect retires the server connections of database db's pools (every pool when db is
+// empty), PgBouncer's RECONNECT: idle ones close at once, those in use when their client
+// lets them go (at the end of the transaction in transaction mode, of the session in session
+// mode); new ones are opened as clients need them. Use it after changing something
+// PostgreSQL reads only when a session starts (pg_hba.conf, a role's settings,
+// session_preload_libraries…). It returns how many server connections it retired.
+func (e *Engine) Reconnect(db string) int {
+	now := time.Now()
+	n := 0
+	for _, pe := range e.poolEntries() {
+		if db != "" && pe.key.database != db {
+			continue
+		}
+		idle, others := pe.p.Reconnect(now)
+		for _, s := range idle {
+			s.closeAsync()
+		}
+		// Servers being connected now count as open but are new: they stay.
+		n += len(idle) + max(0, others-int(pe.dialing.Load()))
+	}
+	e.m.reconnects.Add(n)
+	return n
+}
+
+// poolEntries lists every pool of every backend.
+func (e *Engine) poolEntries() []*poolEntry {
+	e.routeMu.Lock()
+	defer e.routeMu.Unlock()
+	var out []*poolEntry
+	for _, b := range e.backends {
+		b.mu.Lock()
+		for _, pe := range b.pools {
+			out = append(out, pe)
+		}
+		b.mu.Unlock()
+	}
+	return out
+}
+
+// kill closes the client for an operator's command; it runs on the client's owner.
+func (cl *client) kill(command string) {
+	if cl.closed {
+		return
+	}
+	cl.e.m.clientsKilled.Inc()
+	if s := cl.srv; s != nil && s.tr.Outstanding() > 0 && cl.pid != 0 {
+		// Closing the client closes a server with a request running, but PostgreSQL would
+		// go on running the query until it next writes: cancel it.
+		cl.e.handleCancel(cl.pid, cl.secret[:], func() {})
+	}
+	cl.fail(sqlErr(pgwire.AdminShutdown, fmt.Sprintf("terminating connection: an operator closed it (%s)", command), ""))
+}
+
+// eachClient runs act on every live client, each on the goroutine that owns it (its event
+// loop, or under its lock on the stream path), and returns when all have run. self, if not
+// nil, is a stream-path client whose lock the caller holds. It returns how many stream-path
+// clients it skipped because they stayed busy (a handler writing to a slow reader holds the
+// lock); onBusy, if not nil, is called for each without its lock (it may read only what
+// never changes). act runs on several loops at once. It must not run on an event loop.
+// Clients moving between paths meanwhile may be missed.
+func (e *Engine) eachClient(self *client, act, onBusy func(cl *client)) (busy int) {
+	e.loopMu.Lock()
+	loops := append([]*loop(nil), e.loops...)
+	e.loopMu.Unlock()
+	done := make(chan struct{}, len(loops))
+	for _, lp := range loops {
+		lp.exec(func() {
+			for cl := range lp.clients {
+				if !cl.closed {
+					act(cl)
+				}
+			}
+			done <- struct{}{}
+		})
+	}
+	deadline := time.After(loopSnapshotWait)
+	for range loops {
+		select {
+		case <-done:
+		case <-deadline:
+			e.log.Warn("an event loop did not answer in time; an operator's command missed its clients")
+		}
+	}
+
+	e.streamMu.Lock()
+	streams := make([]*client, 0, len(e.streamClients))
+	for cl := range e.streamClients {
+		streams = append(streams, cl)
+	}
+	e.streamMu.Unlock()
+	for _, cl := range streams {
+		switch {
+		case cl == self:
+			act(cl)
+		case lockWithin(cl, stuckStreamWait):
+			if !cl.closed {
+				act(cl)
+			}
+			cl.mu.Unlock()
+		default:
+			busy++
+			if onBusy != nil {
+				onBusy(cl)
+			}
+		}
+	}
+	return busy
+}

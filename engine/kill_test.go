@@ -1,0 +1,163 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/pgwire"
+	"github.com/pgbastion/pgbastion/pool"
+	"github.com/pgbastion/pgbastion/test/pgtest"
+)
+
+// backendAlive reports whether PostgreSQL still has a backend with that PID.
+func backendAlive(t *testing.T, pg *pgtest.Instance, pid uint32) bool {
+	t.Helper()
+	return pg.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int64(pid)) != "0"
+}
+
+func backendPID(t *testing.T, ctx context.Context, c *pgx.Conn) uint32 {
+	t.Helper()
+	var pid uint32
+	if err := c.QueryRow(ctx, "SELECT pg_backend_pid()", pgx.QueryExecModeSimpleProtocol).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// The console's RECONNECT closes idle server connections at once and busy ones when their
+// transaction ends; KILL_CLIENT closes one client and cancels the query it runs; KILL closes
+// a database's clients and servers. Only admin users may run them.
+func TestConsoleKillAndReconnect(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.AdminUsers, c.StatsUsers = []string{"postgres"}, []string{"watcher"}
+	}, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	simple := pgx.QueryExecModeSimpleProtocol
+	var (
+		mu      sync.Mutex
+		notices []string
+	)
+	lastNotice := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(notices) == 0 {
+			return ""
+		}
+		return notices[len(notices)-1]
+	}
+	admin, err := connectAdjusted(p.dsn(p.rw, "dbname=pgbouncer"), func(c *pgx.ConnConfig) {
+		c.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { mu.Lock(); notices = append(notices, n.Message); mu.Unlock() }
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	watcher := connect(t, p.dsn(p.rw, "dbname=pgbouncer user=watcher"))
+
+	// RECONNECT: a holds a server in a transaction, b's server is idle.
+	a := connect(t, p.dsn(p.rw))
+	b := connect(t, p.dsn(p.rw))
+	if _, err := a.Exec(ctx, "BEGIN", simple); err != nil {
+		t.Fatal(err)
+	}
+	pidA, pidB := backendPID(t, ctx, a), backendPID(t, ctx, b)
+	var pe *pgconn.PgError
+	if _, err := watcher.Exec(ctx, "RECONNECT", simple); !errors.As(err, &pe) || pe.Code != pgwire.InsufficientPrivilege {
+		t.Fatalf("RECONNECT as a stats user: %v", err)
+	}
+	if tag, err := admin.Exec(ctx, "RECONNECT postgres", simple); err != nil || tag.String() != "RECONNECT" ||
+		!strings.HasPrefix(lastNotice(), "2 server connections will be replaced") {
+		t.Fatalf("RECONNECT: %q %v, notice %q", tag, err, lastNotice())
+	}
+	waitFor(t, "the idle server to close", func() bool { return !backendAlive(t, primary, pidB) })
+	if got := backendPID(t, ctx, a); got != pidA || !backendAlive(t, primary, pidA) {
+		t.Fatalf("the transaction lost its server: pid %d, was %d", got, pidA)
+	}
+	if _, err := a.Exec(ctx, "COMMIT", simple); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the server released by COMMIT to close", func() bool { return !backendAlive(t, primary, pidA) })
+	if got := backendPID(t, ctx, b); got == pidA || got == pidB {
+		t.Fatalf("after RECONNECT a client got an old server (pid %d)", got)
+	}
+
+	// KILL_CLIENT: the victim's running query is cancelled, the victim gets 57P01.
+	victim := connect(t, p.dsn(p.rw, "application_name=victim"))
+	done := make(chan error, 1)
+	go func() {
+		_, err := victim.Exec(ctx, "SELECT pg_sleep(600)", simple)
+		done <- err
+	}()
+	waitFor(t, "the victim's query to run", func() bool {
+		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'") == "1"
+	})
+	cols, rows := consoleRows(t, admin, "SHOW CLIENTS")
+	ptr := ""
+	for _, r := range rows {
+		if column(t, cols, r, "application_name") == "victim" {
+			ptr = column(t, cols, r, "ptr")
+		}
+	}
+	if ptr == "" {
+		t.Fatalf("the victim is not in SHOW CLIENTS: %v", rows)
+	}
+	if _, err := admin.Exec(ctx, "KILL_CLIENT 0xdeadbeef", simple); !errors.As(err, &pe) || pe.Code != pgwire.UndefinedObject {
+		t.Fatalf("KILL_CLIENT of no client: %v", err)
+	}
+	if tag, err := admin.Exec(ctx, "KILL_CLIENT "+ptr, simple); err != nil || tag.String() != "KILL_CLIENT" {
+		t.Fatalf("KILL_CLIENT: %q %v", tag, err)
+	}
+	select {
+	case err := <-done:
+		if !errors.As(err, &pe) || pe.Code != pgwire.AdminShutdown || !strings.Contains(pe.Message, "KILL_CLIENT") {
+			t.Fatalf("the victim's query ended with %v, want 57P01 naming KILL_CLIENT", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the victim's query did not end")
+	}
+	// Its backend's query was cancelled, not left to sleep out its minute.
+	waitFor(t, "the victim's query to stop in PostgreSQL", func() bool {
+		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'") == "0"
+	})
+
+	// KILL: every client of the database goes, the console stays, new clients come in.
+	c1, c2 := connect(t, p.dsn(p.rw)), connect(t, p.dsn(p.ro))
+	backendPID(t, ctx, c1)
+	backendPID(t, ctx, c2)
+	for _, q := range []string{"KILL", "KILL pgbouncer", "KILL a b"} {
+		if _, err := admin.Exec(ctx, q, simple); !errors.As(err, &pe) {
+			t.Errorf("%s: %v, want an error", q, err)
+		}
+	}
+	if tag, err := admin.Exec(ctx, `KILL "postgres"`, simple); err != nil || tag.String() != "KILL" ||
+		!strings.HasPrefix(lastNotice(), "closed 4 client connections") {
+		t.Fatalf("KILL: %q %v, notice %q", tag, err, lastNotice())
+	}
+	for i, c := range []*pgx.Conn{a, b, c1, c2} {
+		if _, err := c.Exec(ctx, "SELECT 1", simple); err == nil {
+			t.Errorf("client %d still works after KILL", i)
+		}
+	}
+	if _, rows := consoleRows(t, admin, "SHOW VERSION"); len(rows) != 1 {
+		t.Fatal("the console did not survive KILL")
+	}
+	waitFor(t, "the database's servers to close", func() bool {
+		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name <> 'pgbastion-health'") == "0"
+	})
+	fresh := connect(t, p.dsn(p.rw))
+	if pid := backendPID(t, ctx, fresh); pid == 0 {
+		t.Fatal("no server after KILL")
+	}
+}
