@@ -25,6 +25,7 @@ var consoleDatabases = map[string]bool{"pgbouncer": true, "pgbastion": true}
 var consoleCommands = map[string]func(*client) (consoleResult, error){
 	"POOLS":     (*client).showPools,
 	"STATS":     (*client).showStats,
+	"TOTALS":    (*client).showTotals,
 	"LISTS":     (*client).showLists,
 	"DATABASES": (*client).showDatabases,
 	"CONFIG":    (*client).showConfig,
@@ -65,6 +66,7 @@ const consoleHelp = `Console usage
 	SHOW HELP
 	SHOW POOLS
 	SHOW STATS
+	SHOW TOTALS
 	SHOW LISTS
 	SHOW DATABASES
 	SHOW CLIENTS
@@ -438,7 +440,37 @@ func (cl *client) showPools() (consoleResult, error) {
 // stats_period; these cover the pool's life (rates per second since it was created, times
 // per transaction, query or assignment).
 func (cl *client) showStats() (consoleResult, error) {
-	names := []string{"database"}
+	names := append([]string{"database"}, statsNames()...)
+	res := consoleResult{cols: textCols(names...)}
+	for i := 1; i < len(res.cols); i++ {
+		res.cols[i].num = true
+	}
+	now := time.Now()
+	pools := cl.e.Stats().Pools // ordered by database: a row's pools are neighbours
+	for i := 0; i < len(pools); {
+		j := i
+		for j < len(pools) && pools[j].Database == pools[i].Database {
+			j++
+		}
+		res.rows = append(res.rows, append([]string{pools[i].Database}, statsValues(pools[i:j], now)...))
+		i = j
+	}
+	return res, nil
+}
+
+// showTotals is SHOW TOTALS: SHOW STATS summed over every database, one name and value a row.
+func (cl *client) showTotals() (consoleResult, error) {
+	res := consoleResult{cols: []consoleCol{{name: "name"}, {name: "value", num: true}}}
+	values := statsValues(cl.e.Stats().Pools, time.Now())
+	for i, n := range statsNames() {
+		res.rows = append(res.rows, []string{n, values[i]})
+	}
+	return res, nil
+}
+
+// statsNames are SHOW STATS' counter columns.
+func statsNames() []string {
+	var names []string
 	for _, pre := range []string{"total_", "avg_"} {
 		for _, n := range []string{"server_assignment_count", "xact_count", "query_count", "received", "sent", "xact_time",
 			"query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count"} {
@@ -448,10 +480,11 @@ func (cl *client) showStats() (consoleResult, error) {
 			names = append(names, pre+n)
 		}
 	}
-	res := consoleResult{cols: textCols(names...)}
-	for i := 1; i < len(res.cols); i++ {
-		res.cols[i].num = true
-	}
+	return names
+}
+
+// statsValues sums pools' counts into the values of statsNames.
+func statsValues(pools []PoolStats, now time.Time) []string {
 	u64 := func(v uint64) string { return strconv.FormatUint(v, 10) }
 	per := func(num float64, den float64) string {
 		if den <= 0 {
@@ -459,27 +492,21 @@ func (cl *client) showStats() (consoleResult, error) {
 		}
 		return strconv.FormatInt(int64(num/den), 10)
 	}
-	now := time.Now()
-	pools := cl.e.Stats().Pools // ordered by database: a row's pools are neighbours
-	for i := 0; i < len(pools); {
-		db := pools[i].Database
-		var a PoolCounts
-		var secs float64 // the oldest pool's age
-		for ; i < len(pools) && pools[i].Database == db; i++ {
-			a.add(pools[i].Counts)
-			secs = max(secs, now.Sub(pools[i].Counts.Since).Seconds())
-		}
-		xactUS, waitUS, queryUS := float64(a.Assigned.Microseconds()), float64(a.Wait.Microseconds()), float64(a.Query.Microseconds())
-		res.rows = append(res.rows, []string{db,
-			u64(a.Assignments), u64(a.Transactions), u64(a.Queries), u64(a.Received), u64(a.Sent),
-			strconv.FormatInt(a.Assigned.Microseconds(), 10), strconv.FormatInt(a.Query.Microseconds(), 10),
-			strconv.FormatInt(a.Wait.Microseconds(), 10), u64(a.ClientParses), u64(a.ServerParses), u64(a.Binds),
-			per(float64(a.Assignments), secs), per(float64(a.Transactions), secs), per(float64(a.Queries), secs),
-			per(float64(a.Received), secs), per(float64(a.Sent), secs),
-			per(xactUS, float64(a.Transactions)), per(queryUS, float64(a.Queries)), per(waitUS, float64(a.Assignments)),
-			per(float64(a.ClientParses), secs), per(float64(a.ServerParses), secs), per(float64(a.Binds), secs)})
+	var a PoolCounts
+	var secs float64 // the oldest pool's age
+	for _, p := range pools {
+		a.add(p.Counts)
+		secs = max(secs, now.Sub(p.Counts.Since).Seconds())
 	}
-	return res, nil
+	xactUS, waitUS, queryUS := float64(a.Assigned.Microseconds()), float64(a.Wait.Microseconds()), float64(a.Query.Microseconds())
+	return []string{
+		u64(a.Assignments), u64(a.Transactions), u64(a.Queries), u64(a.Received), u64(a.Sent),
+		strconv.FormatInt(a.Assigned.Microseconds(), 10), strconv.FormatInt(a.Query.Microseconds(), 10),
+		strconv.FormatInt(a.Wait.Microseconds(), 10), u64(a.ClientParses), u64(a.ServerParses), u64(a.Binds),
+		per(float64(a.Assignments), secs), per(float64(a.Transactions), secs), per(float64(a.Queries), secs),
+		per(float64(a.Received), secs), per(float64(a.Sent), secs),
+		per(xactUS, float64(a.Transactions)), per(queryUS, float64(a.Queries)), per(waitUS, float64(a.Assignments)),
+		per(float64(a.ClientParses), secs), per(float64(a.ServerParses), secs), per(float64(a.Binds), secs)}
 }
 
 // showLists is SHOW LISTS with PgBouncer's rows. PGBastion keeps no free lists of client or

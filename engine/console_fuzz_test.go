@@ -10,12 +10,13 @@ import (
 
 // FuzzConsoleQuery: whatever a console user types, the answer is a sequence of well-formed
 // backend messages that ends with one ReadyForQuery, and nothing panics. Commands that change
-// something (RELOAD, PAUSE, RESUME) are answered by the work consoleCommand returns; the
+// something (RELOAD, PAUSE, RESUME, KILL...) are answered by the work consoleCommand returns; the
 // fuzzed user is not an admin user, so they are refused.
 func FuzzConsoleQuery(f *testing.F) {
 	for _, q := range []string{"SHOW POOLS", "show databases;", "SHOW HELP", "SHOW CONFIG", "SHOW VERSION",
 		"SHOW STATS", "SET client_encoding = 'UTF8'", "SET default_pool_size = 5", "PAUSE db", "", " ; ",
-		"SHOW", "SHOW POOLS extra", "SET", "SET =", "\x00", "SHOW\tPOOLS\n;;", "RELOAD", "pause;", "RESUME db"} {
+		"SHOW", "SHOW POOLS extra", "SET", "SET =", "\x00", "SHOW\tPOOLS\n;;", "RELOAD", "pause;", "RESUME db", "KILL db",
+		"KILL_CLIENT 0x1", "RECONNECT", "reconnect \"a\"\"b\""} {
 		f.Add(q)
 	}
 	e := consoleEngine(f)

@@ -180,9 +180,9 @@ func TestAdminConsole(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "without a database name") {
 		t.Errorf("PAUSE: %v", err)
 	}
-	_, err = con.Exec(ctx, "KILL postgres", pgx.QueryExecModeSimpleProtocol)
+	_, err = con.Exec(ctx, "SUSPEND", pgx.QueryExecModeSimpleProtocol)
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "not available") {
-		t.Errorf("KILL: %v", err)
+		t.Errorf("SUSPEND: %v", err)
 	}
 	_, err = con.Exec(ctx, "SELECT $1::int", 1) // the extended protocol
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "simple queries only") {
@@ -408,6 +408,17 @@ func TestConsoleStatsCountBytesAndQueryTime(t *testing.T) {
 	}
 	if avg, n := num("avg_query_time"), num("total_query_count"); n != int64(len(queries)) || avg < 300000/n {
 		t.Errorf("avg_query_time %d µs over %d queries", avg, n)
+	}
+	// SHOW TOTALS: the same counters over every database, one per row. Only this database
+	// has traffic, so the totals are its counts.
+	_, totals := consoleRows(t, con, "SHOW TOTALS")
+	if len(totals) != len(cols)-1 {
+		t.Fatalf("SHOW TOTALS has %d rows, SHOW STATS %d counters", len(totals), len(cols)-1)
+	}
+	for _, tr := range totals {
+		if v := strconv.FormatInt(num(tr[0]), 10); tr[1] != v && !strings.HasPrefix(tr[0], "avg_") {
+			t.Errorf("SHOW TOTALS %s = %s, SHOW STATS says %s", tr[0], tr[1], v)
+		}
 	}
 }
 
