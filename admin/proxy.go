@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -142,4 +143,66 @@ func (s *Server) connections(ctx *fasthttp.RequestCtx) {
 		list = []ConnStatus{}
 	}
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"connections": list})
+}
+
+// databaseRequest is the body of POST /proxy/kill and POST /proxy/reconnect.
+type databaseRequest struct {
+	Database string `json:"database"`
+}
+
+// needProxyOps answers 404 on a node without a proxy.
+func (s *Server) needProxyOps(ctx *fasthttp.RequestCtx) bool {
+	if s.src.ProxyOps == nil {
+		writeError(ctx, fasthttp.StatusNotFound, "this node runs no proxy")
+		return false
+	}
+	return true
+}
+
+// proxyReconnect serves POST /proxy/reconnect: PgBouncer's RECONNECT [db].
+func (s *Server) proxyReconnect(ctx *fasthttp.RequestCtx) {
+	var req databaseRequest
+	if !s.needProxyOps(ctx) || !decode(ctx, &req) {
+		return
+	}
+	n := s.src.ProxyOps.Reconnect(req.Database)
+	what := "every database"
+	if req.Database != "" {
+		what = fmt.Sprintf("database %q", req.Database)
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"database": req.Database, "servers_retired": n,
+		"message": fmt.Sprintf("%d server connections of %s will be replaced: idle ones now, the others when their clients let them go", n, what)})
+}
+
+// proxyKill serves POST /proxy/kill: PgBouncer's KILL db.
+func (s *Server) proxyKill(ctx *fasthttp.RequestCtx) {
+	var req databaseRequest
+	if !s.needProxyOps(ctx) || !decode(ctx, &req) {
+		return
+	}
+	if req.Database == "" {
+		writeError(ctx, fasthttp.StatusBadRequest, `the body must name the database: {"database": "NAME"}`)
+		return
+	}
+	clients, servers, busy := s.src.ProxyOps.KillDatabase(req.Database)
+	msg := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q; new connections are accepted (pause the proxy first to hold them)", clients, servers, req.Database)
+	if busy > 0 {
+		msg += fmt.Sprintf("; %d busy clients were not checked: run it again", busy)
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"database": req.Database, "clients_closed": clients,
+		"servers_retired": servers, "clients_unchecked": busy, "message": msg})
+}
+
+// proxyKillClient serves DELETE /proxy/connections/{id}: PgBouncer's KILL_CLIENT.
+func (s *Server) proxyKillClient(ctx *fasthttp.RequestCtx) {
+	if !s.needProxyOps(ctx) {
+		return
+	}
+	id, _ := ctx.UserValue("id").(string)
+	if !s.src.ProxyOps.KillClient(id) {
+		writeError(ctx, fasthttp.StatusNotFound, fmt.Sprintf("no client connection %q (it may have gone already): GET /proxy/connections lists them; a server connection is replaced with POST /proxy/reconnect", id))
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"closed": id,
+		"message": "client connection closed; a query it was running was cancelled, an open transaction rolled back"})
 }

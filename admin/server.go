@@ -127,6 +127,21 @@ type Sources struct {
 	// Nil in a cluster member, whose proxies switchovers pause and resume.
 	PauseProxy  func(ctx context.Context) (inFlight int, err error)
 	ResumeProxy func()
+	// ProxyOps are an operator's actions on the proxy's connections; nil without a proxy.
+	ProxyOps *ProxyOps
+}
+
+// ProxyOps are PgBouncer's KILL_CLIENT, KILL and RECONNECT on this node's proxy.
+type ProxyOps struct {
+	// KillClient closes the client connection with that ID (cancelling its running query);
+	// false when there is none (DELETE /proxy/connections/{id}).
+	KillClient func(id string) bool
+	// KillDatabase closes a database's client connections and retires its server
+	// connections; busy counts clients too busy to be looked at (POST /proxy/kill).
+	KillDatabase func(db string) (clients, servers, busy int)
+	// Reconnect retires the server connections of a database (every one when db is empty):
+	// idle ones close at once, the others when released (POST /proxy/reconnect).
+	Reconnect func(db string) int
 }
 
 // Server is the admin HTTP server.
@@ -180,6 +195,9 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.POST("/reload", s.auth(s.reload))
 	r.POST("/proxy/pause", s.auth(s.pauseProxy))
 	r.POST("/proxy/resume", s.auth(s.resumeProxy))
+	r.POST("/proxy/reconnect", s.auth(s.proxyReconnect))
+	r.POST("/proxy/kill", s.auth(s.proxyKill))
+	r.DELETE("/proxy/connections/{id}", s.auth(s.proxyKillClient))
 	r.POST("/reinitialize", s.auth(s.reinit))
 	r.GET("/restarts", s.restarts)
 	r.GET("/cluster/events", s.clusterEvents)

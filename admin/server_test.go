@@ -423,3 +423,64 @@ func TestProxyPauseAndReloadEndpoints(t *testing.T) {
 		t.Errorf("refused reload: %d %s", code, body)
 	}
 }
+
+// The proxy's KILL_CLIENT, KILL and RECONNECT endpoints: token required, bodies checked,
+// answers say what happened.
+func TestProxyKillAndReconnectEndpoints(t *testing.T) {
+	var calls []string
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", "tok"
+	s, err := New(cfg, Sources{ProxyOps: &ProxyOps{
+		KillClient: func(id string) bool { calls = append(calls, "kill-client "+id); return id == "0xc0001" },
+		KillDatabase: func(db string) (int, int, int) {
+			calls = append(calls, "kill "+db)
+			return 3, 2, 1
+		},
+		Reconnect: func(db string) int { calls = append(calls, "reconnect "+db); return 5 },
+	}}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := startServer(t, s)
+	for _, r := range []struct{ method, path, body string }{
+		{"POST", "/proxy/reconnect", ""}, {"POST", "/proxy/kill", `{"database": "app"}`}, {"DELETE", "/proxy/connections/0xc0001", ""},
+	} {
+		if code, _ := do(t, r.method, u+r.path, "", r.body); code != 401 {
+			t.Errorf("%s %s without the token: %d", r.method, r.path, code)
+		}
+	}
+	if len(calls) != 0 {
+		t.Fatalf("ran without the token: %v", calls)
+	}
+	if code, body := do(t, "POST", u+"/proxy/reconnect", "tok", ""); code != 200 || !strings.Contains(body, "5 server connections of every database") {
+		t.Errorf("reconnect: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", u+"/proxy/reconnect", "tok", `{"database": "app"}`); code != 200 || !strings.Contains(body, `database \"app\"`) {
+		t.Errorf("reconnect app: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", u+"/proxy/kill", "tok", ""); code != 400 || !strings.Contains(body, "name the database") {
+		t.Errorf("kill without a database: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", u+"/proxy/kill", "tok", `{"db": "app"}`); code != 400 {
+		t.Errorf("kill with an unknown field: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", u+"/proxy/kill", "tok", `{"database": "app"}`); code != 200 ||
+		!strings.Contains(body, `"clients_closed": 3`) || !strings.Contains(body, `"servers_retired": 2`) || !strings.Contains(body, "1 busy clients") {
+		t.Errorf("kill: %d %s", code, body)
+	}
+	if code, body := do(t, "DELETE", u+"/proxy/connections/0xc0002", "tok", ""); code != 404 || !strings.Contains(body, "GET /proxy/connections") {
+		t.Errorf("kill of an unknown client: %d %s", code, body)
+	}
+	if code, body := do(t, "DELETE", u+"/proxy/connections/0xc0001", "tok", ""); code != 200 || !strings.Contains(body, "cancelled") {
+		t.Errorf("kill client: %d %s", code, body)
+	}
+	want := []string{"reconnect ", "reconnect app", "kill app", "kill-client 0xc0002", "kill-client 0xc0001"}
+	if strings.Join(calls, ",") != strings.Join(want, ",") {
+		t.Errorf("calls %q, want %q", calls, want)
+	}
+
+	member := startAPI(t, "tok", newCluster(t, "n1")) // no proxy sources
+	if code, body := do(t, "POST", member+"/proxy/reconnect", "tok", ""); code != 404 || !strings.Contains(body, "no proxy") {
+		t.Errorf("reconnect without a proxy: %d %s", code, body)
+	}
+}

@@ -75,6 +75,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		Local:       d.localStatus(vip),
 		Proxy:       d.proxyStatus,
 		Connections: d.proxyConnections,
+		ProxyOps:    d.proxyOps(),
 		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), set, d.reloader.set},
 		Writers:     []func(io.Writer){d.writeMetrics(vip)},
 		Events:      notifier.Recent,
@@ -221,6 +222,18 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 		out.Pools = append(out.Pools, ps)
 	}
 	return out
+}
+
+// proxyOps are the API's KILL_CLIENT, KILL and RECONNECT on this node's proxy.
+func (d *daemon) proxyOps() *admin.ProxyOps {
+	return &admin.ProxyOps{
+		KillClient: d.proxy.KillClient,
+		KillDatabase: func(db string) (int, int, int) {
+			r := d.proxy.KillDatabase(db)
+			return r.Clients, r.Servers, r.Busy
+		},
+		Reconnect: d.proxy.Reconnect,
+	}
 }
 
 // proxyConnections lists this node's proxy connections (GET /proxy/connections). A client

@@ -52,6 +52,9 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   reload                                 re-read this node's configuration file, as SIGHUP does
   proxy pause [--wait 30s] | proxy resume
                                          standalone proxy: hold new transactions for PostgreSQL maintenance
+  proxy reconnect [DB]                   this node's proxy: replace server connections (idle now, busy once free)
+  proxy kill DB | proxy kill-client ID   this node's proxy: close a database's clients and servers, or one
+                                         client (ID from ctl connections); running queries are cancelled
   remove NODE                            remove a member for good (its replication slot is dropped)
   restart NODE... | restart --pending    restart replicas' PostgreSQL one at a time (ctl restart for details)
   reinit --yes NODE...                   re-clone replicas from the primary (ctl reinit for details)
@@ -99,7 +102,7 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 	case "reload":
 		return c.reload()
 	case "proxy":
-		return c.proxyPause(rest, stderr)
+		return c.proxy(rest, stderr)
 	case "config":
 		return c.config(rest, stderr)
 	case "restart":

@@ -289,10 +289,10 @@ func TestCtlConnectionsPutsWaitingClientsFirst(t *testing.T) {
 	}
 	for i, want := range [][]string{
 		{"3 client connections, 1 waiting for a server; 1 server connections"},
-		{"CLIENT", "SERVER PID", "TLS"},
-		{"10.0.0.9:3333", "waiting", "1.5s", "5s ago"},
-		{"10.0.0.9:2222", "active", "4242", "shop", "1m30s ago", "TLSv1.3"},
-		{"10.0.0.9:1111", "active", "2h0m0s ago", "3s ago"},
+		{"CLIENT", "SERVER PID", "TLS", "ID"},
+		{"10.0.0.9:3333", "waiting", "1.5s", "5s ago", " c3"},
+		{"10.0.0.9:2222", "active", "4242", "shop", "1m30s ago", "TLSv1.3", " c2"},
+		{"10.0.0.9:1111", "active", "2h0m0s ago", "3s ago", " c1"},
 		{""},
 		{"SERVER", "PID", "CLIENT", "PREPARED"},
 		{"10.0.0.1:5432", "active", "4242", "10.0.0.9:2222", "2", "1h0m0s ago"},

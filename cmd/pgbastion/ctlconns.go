@@ -71,14 +71,14 @@ func (c *ctlClient) connections(args []string, stderr io.Writer) error {
 		nClients, nWaiting, len(servers))
 	if len(clients) > 0 {
 		w := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "CLIENT\tUSER\tDATABASE\tSTATE\tWAIT\tSERVER PID\tAPPLICATION\tCONNECTED\tLAST REQUEST\tTLS")
+		fmt.Fprintln(w, "CLIENT\tUSER\tDATABASE\tSTATE\tWAIT\tSERVER PID\tAPPLICATION\tCONNECTED\tLAST REQUEST\tTLS\tID")
 		for _, cs := range clients {
 			pid := "-"
 			if cs.BackendPID != 0 {
 				pid = fmt.Sprint(cs.BackendPID)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cs.Addr, cs.User, cs.Database, cs.State,
-				fmtWait(cs.WaitSeconds), pid, orDash(cs.ApplicationName), age(cs.ConnectedAt), age(cs.LastRequestAt), orDash(cs.TLS))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cs.Addr, cs.User, cs.Database, cs.State,
+				fmtWait(cs.WaitSeconds), pid, orDash(cs.ApplicationName), age(cs.ConnectedAt), age(cs.LastRequestAt), orDash(cs.TLS), cs.ID)
 		}
 		if err := w.Flush(); err != nil {
 			return err

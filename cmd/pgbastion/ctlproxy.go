@@ -1,18 +1,59 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"time"
 )
 
+const proxyUsage = "usage: pgbastion ctl proxy pause [--wait 30s] | resume | reconnect [DB] | kill DB | kill-client ID"
+
+// proxy runs ctl proxy's subcommands.
+func (c *ctlClient) proxy(args []string, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New(proxyUsage)
+	}
+	switch args[0] {
+	case "pause", "resume":
+		return c.proxyPause(args, stderr)
+	case "reconnect", "kill":
+		if (args[0] == "kill" && len(args) != 2) || len(args) > 2 {
+			return errors.New(proxyUsage)
+		}
+		body := map[string]string{}
+		if len(args) == 2 {
+			body["database"] = args[1]
+		}
+		var res struct {
+			Message string `json:"message"`
+		}
+		if err := c.call(http.MethodPost, "/proxy/"+args[0], body, &res); err != nil {
+			return err
+		}
+		fmt.Fprintln(c.out, res.Message)
+		return nil
+	case "kill-client":
+		if len(args) != 2 {
+			return errors.New(proxyUsage)
+		}
+		var res struct {
+			Message string `json:"message"`
+		}
+		if err := c.call(http.MethodDelete, "/proxy/connections/"+url.PathEscape(args[1]), nil, &res); err != nil {
+			return err
+		}
+		fmt.Fprintln(c.out, res.Message)
+		return nil
+	}
+	return errors.New(proxyUsage)
+}
+
 // proxyPause pauses or resumes a standalone proxy (POST /proxy/pause, /proxy/resume).
 func (c *ctlClient) proxyPause(args []string, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "pause" && args[0] != "resume") {
-		return fmt.Errorf("usage: pgbastion ctl proxy pause [--wait 30s] | pgbastion ctl proxy resume")
-	}
 	fs := flag.NewFlagSet("proxy "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for transactions in flight to finish (the pause stays in force after it)")

@@ -120,6 +120,7 @@ func (d *daemon) runStandalone(ctx context.Context) error {
 		Local:       d.localStatus(nil),
 		Proxy:       d.proxyStatus,
 		Connections: d.proxyConnections,
+		ProxyOps:    d.proxyOps(),
 		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), d.reloader.set},
 		Writers:     []func(io.Writer){d.writeMetrics(nil)},
 		Reload:      d.reloader.apiReload,
