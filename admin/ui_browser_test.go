@@ -248,7 +248,17 @@ func TestWebUIInBrowser(t *testing.T) {
 			{Kind: "server", ID: "s1", Link: "c1", User: "web", Database: "app", State: "active", Addr: "10.0.0.1:5432", BackendPID: 4242},
 		}
 	}
-	src := Sources{Cluster: c, Events: evlog.recent, Proxy: proxy, Connections: conns}
+	var (
+		killMu sync.Mutex
+		killed []string
+	)
+	ops := &ProxyOps{KillClient: func(id string) bool {
+		killMu.Lock()
+		defer killMu.Unlock()
+		killed = append(killed, id)
+		return true
+	}}
+	src := Sources{Cluster: c, Events: evlog.recent, Proxy: proxy, Connections: conns, ProxyOps: ops}
 	stop, base := runAPI(t, "127.0.0.1:0", src)
 
 	b := startBrowser(ctx, t, bin)
@@ -305,6 +315,20 @@ func TestWebUIInBrowser(t *testing.T) {
 		if n := string(b.eval(ctx, t, `document.querySelectorAll('#injected3').length`)); n != "0" {
 			t.Errorf("a client's address became markup: %s elements", n)
 		}
+		// Closing a client asks first; declining sends nothing.
+		const closeC1 = `document.querySelector('#conns tr[data-conn=c1] button[data-kill]').click()`
+		b.answerDialogs(false, "")
+		b.eval(ctx, t, closeC1)
+		b.waitDialog(ctx, t, "Close client 10.0.0.9:2222 (web@app)?")
+		b.answerDialogs(true, "")
+		b.eval(ctx, t, closeC1)
+		b.waitContains(ctx, t, "#result", "Closing client 10.0.0.9:2222 (web@app): done.")
+		b.waitContains(ctx, t, "#result", "a query it was running was cancelled")
+		killMu.Lock()
+		if fmt.Sprint(killed) != "[c1]" {
+			t.Errorf("the API closed clients %v, want [c1]", killed)
+		}
+		killMu.Unlock()
 		b.eval(ctx, t, `document.getElementById('forget-token').click()`)
 	}) {
 		return
