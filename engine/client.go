@@ -1285,15 +1285,22 @@ func (cl *client) needServer() bool {
 	if cl.waiting || cl.dialing {
 		return false
 	}
+	// A client asked again (re-routed after a routing change or a pause, or after its idle
+	// server failed its check) keeps the start of its wait: query_wait_timeout counts from
+	// when it first asked.
+	now := clockOf(cl.lp)
+	if cl.waitSince.IsZero() {
+		cl.waitSince = now
+	}
 	if (cl.role == RoleRW && cl.e.pausedRW.Load()) || cl.e.pausedAll.Load() {
-		cl.waiting, cl.waitSince = true, time.Now()
+		cl.waiting = true
 		cl.e.holdClient(cl)
 		return cl.streamWait()
 	}
 	pe, err := cl.route()
 	if err != nil {
 		if cl.role == RoleRW && cl.e.routing.Load().holdWrites {
-			cl.waiting, cl.waitSince = true, time.Now()
+			cl.waiting = true
 			cl.e.holdClient(cl)
 			return cl.streamWait()
 		}
@@ -1304,29 +1311,28 @@ func (cl *client) needServer() bool {
 	if cl.lp != nil {
 		loopIdx = cl.lp.idx
 	}
-	now := clockOf(cl.lp)
-	kind, s, from := pe.p.Acquire(loopIdx, cl, now)
+	kind, s, from := pe.p.Acquire(loopIdx, cl, cl.waitSince)
 	switch kind {
 	case pool.GrantIdle:
 		if d := cl.e.conf().cfg.Pool.ServerCheckDelay; d > 0 && now.Sub(s.lastUsed) > d && s.conn != nil {
 			// Idle for long: make sure the server still answers before handing it over
 			// (PgBouncer's server_check_query, with the empty query).
-			cl.waiting, cl.waitSince = true, now
+			cl.waiting = true
 			s.check(cl)
 			return cl.streamWait()
 		}
 		cl.attach(s)
 		return true
 	case pool.GrantSteal:
-		cl.waiting, cl.waitSince = true, now
+		cl.waiting = true
 		s.migrateTo(cl, from, loopIdx)
 		return cl.streamWait()
 	case pool.GrantDial:
-		cl.dialing, cl.waitSince = true, now
+		cl.dialing = true
 		cl.e.dial(pe, cl, loopIdx)
 		return cl.streamWait()
 	case pool.GrantWait:
-		cl.waiting, cl.waitSince = true, now
+		cl.waiting = true
 		cl.e.m.clientWaits.Inc()
 		return cl.streamWait()
 	default:
@@ -1364,9 +1370,9 @@ func (cl *client) attach(s *server) {
 		c.assignments.Add(1)
 		if !cl.waitSince.IsZero() {
 			c.waitNanos.Add(uint64(max(0, now.Sub(cl.waitSince))))
-			cl.waitSince = time.Time{}
 		}
 	}
+	cl.waitSince = time.Time{}
 	cl.e.cancels.setTarget(cl, s)
 	if cl.params == nil {
 		// First server of this client: its login parameters are the client's starting point
@@ -1441,7 +1447,7 @@ func (cl *client) detach(s *server) {
 
 // acquireFailed reports a failure to get a server.
 func (cl *client) acquireFailed(err error) {
-	cl.waiting, cl.dialing = false, false
+	cl.waiting, cl.dialing, cl.waitSince = false, false, time.Time{}
 	if cl.state != csReady {
 		cl.fail(err)
 		return

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/engine"
 	"github.com/pgbastion/pgbastion/pool"
@@ -120,5 +122,50 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A client held for a primary keeps the start of its wait when a routing change re-routes it
+// and it is held again: query_wait_timeout counts from when it first asked. Here the routing
+// is re-published (still without a primary) every 100 ms, ten times within the timeout; a
+// held client that started its clock again each time would wait for ever.
+func TestReheldClientKeepsItsWaitTimeout(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	a := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.Pool.QueryWaitTimeout = time.Second
+		c.Backends = nil // routing is published by hand, as the HA core does
+	}, a)
+	p.e.SetRouting(engine.RoutingSpec{Primary: a.Addr()})
+	c := connect(t, p.dsn(p.rw))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	p.e.SetRouting(engine.RoutingSpec{HoldWrites: true}) // the primary is gone; writes wait
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := c.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol)
+		done <- err
+	}()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "57P03" {
+				t.Fatalf("the held query ended with %v, want 57P03 (query_wait_timeout)", err)
+			}
+			t.Logf("held for %s before query_wait_timeout (1s) failed it", time.Since(start).Round(time.Millisecond))
+			return
+		case <-tick.C:
+			p.e.SetRouting(engine.RoutingSpec{HoldWrites: true})
+		case <-ctx.Done():
+			t.Fatal("the held client was never failed: re-routing restarted its query_wait_timeout")
+		}
 	}
 }
