@@ -113,9 +113,35 @@ func Step(s *fsm.State, obs Observations, cfg Config) Decision {
 	if st.checkPrimary() {
 		return st.d
 	}
+	if st.scheduledSwitchover() {
+		return st.d
+	}
 	st.reconcileFollowers()
 	st.manageSync()
 	return st.d
+}
+
+// scheduledSwitchover requests the booked switchover once its time has come. The request is
+// first tried on the state (Apply is pure): one the state machine would refuse (the primary
+// changed since, the candidate is gone or unhealthy, another operation runs) cancels the
+// booking with the reason instead, as Patroni does, rather than firing later at a moment
+// nobody chose. Before its time, it only sets the wake-up.
+func (st *step) scheduledSwitchover() bool {
+	sch := st.s.ScheduledSwitchover
+	if sch == nil {
+		return false
+	}
+	if st.obs.Now.Before(sch.At) {
+		st.d.wake(sch.At)
+		return false
+	}
+	req := fsm.RequestSwitchover{Leader: sch.Leader, Candidate: sch.Candidate}
+	if _, res := st.s.Apply(req, fsm.Meta{Index: st.s.Index + 1, At: st.obs.Now}); res.Err != nil {
+		st.d.add(fsm.CancelScheduledSwitchover{Reason: "not started at its time: " + res.Err.Message})
+		return true
+	}
+	st.d.add(req)
+	return true
 }
 
 // anchor returns the time from which to measure the age of a timestamp stamped into the

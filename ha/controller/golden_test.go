@@ -284,6 +284,26 @@ func (h *harness) run(line string) (string, error) {
 			return "rejected: " + res.Err.Error(), nil
 		}
 		return fmt.Sprintf("operation %d", res.ID), nil
+	case "schedule": // schedule LEADER CANDIDATE AT (AT: a duration from t=0; "-" for no candidate)
+		at, err := time.ParseDuration(arg(2))
+		if err != nil {
+			return "", err
+		}
+		cand := arg(1)
+		if cand == "-" {
+			cand = ""
+		}
+		res := h.apply(fsm.ScheduleSwitchover{Leader: arg(0), Candidate: cand, At: h.t0.Add(at)})
+		if res.Err != nil {
+			return "rejected: " + res.Err.Error(), nil
+		}
+		return "scheduled", nil
+	case "cancel-schedule":
+		res := h.apply(fsm.CancelScheduledSwitchover{Reason: "cancelled by an operator"})
+		if res.Err != nil {
+			return "rejected: " + res.Err.Error(), nil
+		}
+		return "cancelled", nil
 	case "pause":
 		return h.mustApply(fsm.SetPause{Paused: true})
 	case "resume":
@@ -446,6 +466,12 @@ func (h *harness) summary() string {
 	}
 	for _, e := range s.History {
 		out = append(out, fmt.Sprintf("history %s: %s -> %s (%s)", h.rel(e.At), orDefault(e.OldPrimary, "-"), e.NewPrimary, e.Reason))
+	}
+	if sch := s.ScheduledSwitchover; sch != nil {
+		out = append(out, fmt.Sprintf("switchover scheduled at %s: %s -> %q", h.rel(sch.At), sch.Leader, sch.Candidate))
+	}
+	if sch := s.LastScheduledSwitchover; sch != nil {
+		out = append(out, fmt.Sprintf("last scheduled switchover (%s, ended %s): %s", h.rel(sch.At), h.rel(sch.EndedAt), sch.Outcome))
 	}
 	return strings.Join(out, "\n")
 }

@@ -112,6 +112,10 @@ func (s *State) apply(cmd Command, m Meta) Result {
 		return s.requestRestart(RequestRestart(c), true, m)
 	case FinishRestart:
 		return s.finishRestart(c, m)
+	case ScheduleSwitchover:
+		return s.scheduleSwitchover(c, m)
+	case CancelScheduledSwitchover:
+		return s.cancelScheduledSwitchover(c, m)
 	}
 	return fail(CodeInvalid, "unhandled command %T", cmd)
 }
@@ -561,6 +565,9 @@ func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
 	if s.Operation != nil {
 		return fail(CodeConflict, "operation %d (%s) is in progress", s.Operation.ID, s.Operation.Kind)
 	}
+	if res := s.scheduleBlocks(m); res.Err != nil {
+		return res
+	}
 	if c.Candidate == c.Leader {
 		return fail(CodeInvalid, "candidate %q is already the primary", c.Candidate)
 	}
@@ -586,11 +593,19 @@ func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
 			return fail(CodePrecondition, "no good candidates")
 		}
 	}
-	op := s.newOperation(OpSwitchover, "switchover requested", m)
+	reason := "switchover requested"
+	sch := s.ScheduledSwitchover
+	if sch != nil {
+		reason = describeSchedule(sch)
+	}
+	op := s.newOperation(OpSwitchover, reason, m)
 	op.Phase = PhaseCheckpoint
 	op.OldPrimary = c.Leader
 	op.Candidate = c.Candidate
 	op.Requested = true
+	if sch != nil {
+		s.endSchedule(fmt.Sprintf("started as operation %d", op.ID), op.ID, m)
+	}
 	return Result{ID: op.ID}
 }
 

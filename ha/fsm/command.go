@@ -301,6 +301,10 @@ func newCommand(t CommandType) (Command, uint8) {
 		c = &FinishRestart{}
 	case TypeRequestReinit:
 		c = &RequestReinit{}
+	case TypeScheduleSwitchover:
+		c = &ScheduleSwitchover{}
+	case TypeCancelScheduledSwitchover:
+		c = &CancelScheduledSwitchover{}
 	default:
 		return nil, 0
 	}
@@ -430,6 +434,10 @@ func deref(c Command) Command {
 	case *FinishRestart:
 		return *c
 	case *RequestReinit:
+		return *c
+	case *ScheduleSwitchover:
+		return *c
+	case *CancelScheduledSwitchover:
 		return *c
 	}
 	return c

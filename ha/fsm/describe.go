@@ -69,6 +69,10 @@ func Describe(c Command) string {
 		return s
 	case ExpireDirective:
 		return fmt.Sprintf("expire directive %d: %s", c.ID, c.Message)
+	case RequestSwitchover:
+		return fmt.Sprintf("request switchover from %s to %q", c.Leader, c.Candidate)
+	case CancelScheduledSwitchover:
+		return "cancel the scheduled switchover: " + c.Reason
 	}
 	return fmt.Sprintf("%T %+v", c, c)
 }

@@ -359,6 +359,11 @@ type State struct {
 	// Restarts are operators' requests to restart a node's PostgreSQL: every pending one and
 	// the most recent finished ones, oldest first.
 	Restarts []RestartRequest `json:"restarts,omitempty"`
+	// ScheduledSwitchover is the switchover booked for a later time, nil when none;
+	// LastScheduledSwitchover the last one that ended, with its outcome. Both are replaced,
+	// never modified.
+	ScheduledSwitchover     *ScheduledSwitchover `json:"scheduled_switchover,omitempty"`
+	LastScheduledSwitchover *ScheduledSwitchover `json:"last_scheduled_switchover,omitempty"`
 }
 
 // SyncTarget is a synchronous replication configuration for a primary: PostgreSQL waits for
