@@ -76,6 +76,9 @@ type Cluster interface {
 	Servers() ([]ha.Server, error)
 	HoldsWriteLease() bool
 	Switchover(ctx context.Context, leader, candidate string) (uint64, error)
+	// ScheduleSwitchover books a switchover for at; CancelScheduledSwitchover drops it.
+	ScheduleSwitchover(ctx context.Context, leader, candidate string, at time.Time) error
+	CancelScheduledSwitchover(ctx context.Context) error
 	Failover(ctx context.Context, candidate string, force bool) (uint64, error)
 	WaitOperation(ctx context.Context, id uint64) (fsm.Operation, error)
 	SetPause(ctx context.Context, paused bool) error
@@ -185,6 +188,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 		writeJSON(ctx, fasthttp.StatusOK, map[string]string{"status": "alive"})
 	})
 	r.POST("/switchover", s.auth(s.switchover))
+	r.DELETE("/switchover", s.auth(s.cancelSwitchover))
 	r.POST("/failover", s.auth(s.failover))
 	r.GET("/raft/backup", s.auth(s.backup))
 	r.POST("/raft/restore", s.auth(s.restore))
@@ -384,6 +388,9 @@ func (s *Server) nodes(ctx *fasthttp.RequestCtx) {
 		"operation": st.Operation, "sync_standbys": st.SyncStandbys, "raft_leader": leader,
 		"this_node": c.Name(), "nodes": out, "caught_up": !s.catchingUp(),
 	}
+	if st.ScheduledSwitchover != nil {
+		view["scheduled_switchover"] = st.ScheduledSwitchover
+	}
 	if s.catchingUp() {
 		view["warning"] = catchingUpMessage
 	}
@@ -450,6 +457,9 @@ type opRequest struct {
 	Leader    string `json:"leader"`
 	Candidate string `json:"candidate"`
 	Force     bool   `json:"force"`
+	// ScheduledAt (switchover only, as Patroni's scheduled_at): book the switchover for
+	// this time, RFC 3339 with its zone ("2026-11-28T03:00:00Z", "…+01:00").
+	ScheduledAt string `json:"scheduled_at"`
 }
 
 func (s *Server) switchover(ctx *fasthttp.RequestCtx) {
@@ -465,12 +475,49 @@ func (s *Server) switchover(ctx *fasthttp.RequestCtx) {
 		// Patroni lets the caller omit the leader: it means "the current primary".
 		req.Leader = c.State().Primary
 	}
+	if req.ScheduledAt != "" {
+		s.scheduleSwitchover(ctx, req)
+		return
+	}
 	id, err := c.Switchover(ctx, req.Leader, req.Candidate)
 	if err != nil {
 		writeFSMError(ctx, "switchover", err)
 		return
 	}
 	s.awaitOperation(ctx, id)
+}
+
+// scheduleSwitchover books a switchover (POST /switchover with scheduled_at): 202, and the
+// Raft leader requests it at that time. GET /cluster shows the booking
+// (scheduled_switchover) and, once it has ended, its outcome (last_scheduled_switchover).
+func (s *Server) scheduleSwitchover(ctx *fasthttp.RequestCtx, req opRequest) {
+	at, err := time.Parse(time.RFC3339, req.ScheduledAt)
+	if err != nil {
+		writeError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("scheduled_at %q: want a time in RFC 3339 with its zone, such as 2026-11-28T03:00:00Z or 2026-11-28T04:00:00+01:00", req.ScheduledAt))
+		return
+	}
+	if err := s.src.Cluster.ScheduleSwitchover(ctx, req.Leader, req.Candidate, at); err != nil {
+		writeFSMError(ctx, "schedule switchover", err)
+		return
+	}
+	cand := req.Candidate
+	if cand == "" {
+		cand = "the best replica at that time"
+	}
+	writeJSON(ctx, fasthttp.StatusAccepted, map[string]any{"scheduled_at": at.UTC(), "leader": req.Leader, "candidate": req.Candidate,
+		"message": fmt.Sprintf("switchover from %s to %s scheduled at %s; DELETE /switchover cancels it", req.Leader, cand, at.UTC().Format(time.RFC3339))})
+}
+
+// cancelSwitchover drops the booked switchover (DELETE /switchover, Patroni's flush).
+func (s *Server) cancelSwitchover(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	if err := s.src.Cluster.CancelScheduledSwitchover(ctx); err != nil {
+		writeFSMError(ctx, "cancel the scheduled switchover", err)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"message": "scheduled switchover cancelled"})
 }
 
 func (s *Server) failover(ctx *fasthttp.RequestCtx) {

@@ -83,6 +83,20 @@ func (c *fakeCluster) Switchover(_ context.Context, leader, candidate string) (u
 	}
 	return 7, nil
 }
+func (c *fakeCluster) ScheduleSwitchover(_ context.Context, leader, candidate string, at time.Time) error {
+	r, err := c.propose(fsm.ScheduleSwitchover{Leader: leader, Candidate: candidate, At: at}, time.Now())
+	if err == nil {
+		err = r.Error()
+	}
+	return err
+}
+func (c *fakeCluster) CancelScheduledSwitchover(context.Context) error {
+	r, err := c.propose(fsm.CancelScheduledSwitchover{Reason: "cancelled by an operator"}, time.Now())
+	if err == nil {
+		err = r.Error()
+	}
+	return err
+}
 func (c *fakeCluster) Failover(_ context.Context, candidate string, force bool) (uint64, error) {
 	c.lastOp = []string{"failover", candidate}
 	return 8, nil
@@ -482,5 +496,56 @@ func TestProxyKillAndReconnectEndpoints(t *testing.T) {
 	member := startAPI(t, "tok", newCluster(t, "n1")) // no proxy sources
 	if code, body := do(t, "POST", member+"/proxy/reconnect", "tok", ""); code != 404 || !strings.Contains(body, "no proxy") {
 		t.Errorf("reconnect without a proxy: %d %s", code, body)
+	}
+}
+
+// POST /switchover with scheduled_at books a switchover (202); GET /cluster shows it; DELETE
+// /switchover cancels it; a bad time or a booking the state machine refuses says why.
+func TestScheduledSwitchoverEndpoints(t *testing.T) {
+	c := newCluster(t, "n1")
+	u := startAPI(t, "tok", c)
+	at := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	body := fmt.Sprintf(`{"candidate": "n2", "scheduled_at": %q}`, at.Format(time.RFC3339))
+	if code, _ := do(t, "POST", u+"/switchover", "", body); code != 401 {
+		t.Errorf("scheduling without the token: %d", code)
+	}
+	if code, _ := do(t, "DELETE", u+"/switchover", "", ""); code != 401 {
+		t.Errorf("cancelling without the token: %d", code)
+	}
+	for _, bad := range []struct {
+		body string
+		code int
+		want string
+	}{
+		{`{"candidate": "n2", "scheduled_at": "tomorrow 3am"}`, 400, "RFC 3339"},
+		{`{"candidate": "n2", "scheduled_at": "2026-11-28T03:00:00"}`, 400, "with its zone"},
+		{fmt.Sprintf(`{"candidate": "n2", "scheduled_at": %q}`, time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)), 400, "not in the future"},
+		{fmt.Sprintf(`{"candidate": "n9", "scheduled_at": %q}`, at.Format(time.RFC3339)), 412, `n9\" does not exist`},
+	} {
+		if code, got := do(t, "POST", u+"/switchover", "tok", bad.body); code != bad.code || !strings.Contains(got, bad.want) {
+			t.Errorf("POST /switchover %s: %d %s, want %d with %q", bad.body, code, got, bad.code, bad.want)
+		}
+	}
+	code, got := do(t, "POST", u+"/switchover", "tok", body)
+	if code != 202 || !strings.Contains(got, "switchover from n1 to n2 scheduled at "+at.Format(time.RFC3339)) {
+		t.Fatalf("scheduling: %d %s", code, got)
+	}
+	if sch := c.State().ScheduledSwitchover; sch == nil || !sch.At.Equal(at) || sch.Leader != "n1" || sch.Candidate != "n2" {
+		t.Fatalf("the state holds %+v", sch)
+	}
+	if code, got := do(t, "GET", u+"/cluster", "", ""); code != 200 || !strings.Contains(got, `"scheduled_switchover"`) {
+		t.Errorf("GET /cluster: %d %s", code, got)
+	}
+	if code, got := do(t, "POST", u+"/switchover", "tok", body); code != 409 || !strings.Contains(got, "already scheduled") {
+		t.Errorf("a second booking: %d %s", code, got)
+	}
+	if code, got := do(t, "DELETE", u+"/switchover", "tok", ""); code != 200 || !strings.Contains(got, "cancelled") {
+		t.Errorf("cancel: %d %s", code, got)
+	}
+	if last := c.State().LastScheduledSwitchover; c.State().ScheduledSwitchover != nil || last == nil || last.Outcome != "cancelled by an operator" {
+		t.Errorf("after cancelling: booked %+v, last %+v", c.State().ScheduledSwitchover, last)
+	}
+	if code, got := do(t, "DELETE", u+"/switchover", "tok", ""); code != 404 || !strings.Contains(got, "no switchover is scheduled") {
+		t.Errorf("cancel with nothing booked: %d %s", code, got)
 	}
 }

@@ -376,6 +376,11 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.waitContains(wctx, t, "#ov-failover", "PAUSED")
 		b.waitContains(wctx, t, "#alerts", "Maintenance mode")
 		b.waitContains(wctx, t, "#cluster-events tbody tr:first-child", "warningmaintenancemaintenance mode on: no automatic failover")
+		// A booked switchover is shown until it is cancelled.
+		fc.apply(t, fsm.ScheduleSwitchover{Leader: "n1", Candidate: "n2", At: time.Now().Add(time.Hour)})
+		b.waitContains(wctx, t, "#alerts", "Switchover scheduled:from n1 to n2 at ")
+		fc.apply(t, fsm.CancelScheduledSwitchover{Reason: "cancelled by an operator"})
+		b.waitUntil(wctx, t, "#alerts", "the booking gone", func(got string) bool { return !strings.Contains(got, "Switchover scheduled") })
 		fc.apply(t, fsm.RequestSwitchover{Leader: "n1", Candidate: "n2"})
 		b.waitContains(wctx, t, "#ov-operation", "switchover #1: checkpoint")
 		b.waitContains(wctx, t, "#alerts", "Switchover #1 in progress")

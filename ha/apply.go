@@ -327,6 +327,20 @@ func (n *Node) Switchover(ctx context.Context, leader, candidate string) (uint64
 	return res.ID, err
 }
 
+// ScheduleSwitchover books a switchover from leader to candidate ("" lets the controller
+// choose) at at; the Raft leader's controller requests it then, or cancels the booking with
+// the reason it could not start. CancelScheduledSwitchover drops the booking.
+func (n *Node) ScheduleSwitchover(ctx context.Context, leader, candidate string, at time.Time) error {
+	_, err := n.applyChecked(ctx, fsm.ScheduleSwitchover{Leader: leader, Candidate: candidate, At: at})
+	return err
+}
+
+// CancelScheduledSwitchover drops the booked switchover.
+func (n *Node) CancelScheduledSwitchover(ctx context.Context) error {
+	_, err := n.applyChecked(ctx, fsm.CancelScheduledSwitchover{Reason: "cancelled by an operator"})
+	return err
+}
+
 // Failover asks for a manual failover to candidate. With a healthy primary it is carried out
 // as a switchover. force promotes even a candidate beyond maximum_lag_on_failover; the
 // operation's MayLoseBytes then says how far behind it was.

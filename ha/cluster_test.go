@@ -448,3 +448,38 @@ func TestCrashedPrimaryRestartsLocallyWhenNoReplicaCanTakeOver(t *testing.T) {
 		t.Fatalf("a failover happened: %+v %+v", st.Operations, st.History)
 	}
 }
+
+// A switchover booked two seconds ahead (through a follower) is run by the Raft leader at its
+// time: nothing moves before, the booking then records the operation, which ends with the
+// candidate as primary.
+func TestScheduledSwitchover(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.settle(30 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	at := time.Now().Add(2 * time.Second)
+	if err := retry(ctx, func() error { return c.nodes["n3"].ScheduleSwitchover(ctx, "n1", "n2", at) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.nodes["n3"].Switchover(ctx, "n1", "n3"); !errorsIs(err, fsm.ErrConflict) {
+		t.Fatalf("a switchover before the booked one: %v, want a conflict", err)
+	}
+	var last *fsm.ScheduledSwitchover
+	await.True(t, 20*time.Second, func() bool {
+		last = c.nodes["n1"].State().LastScheduledSwitchover
+		return last != nil
+	}, "the booking to end")
+	if last.OperationID == 0 || last.EndedAt.Before(at) {
+		t.Fatalf("the booking ended %s at %s (booked for %s), operation %d", last.Outcome, last.EndedAt, at, last.OperationID)
+	}
+	op, err := c.nodes["n3"].WaitOperation(ctx, last.OperationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op.Phase != fsm.PhaseDone || op.NewPrimary != "n2" || !strings.HasPrefix(op.Reason, "scheduled switchover") {
+		t.Fatalf("the scheduled switchover ended %s (%s), new primary %q, reason %q", op.Phase, op.Message, op.NewPrimary, op.Reason)
+	}
+	if p := c.waitPrimary(15 * time.Second); p != "n2" {
+		t.Fatalf("primary %s after the scheduled switchover to n2", p)
+	}
+}

@@ -16,8 +16,13 @@ import (
 
 // nodesView is the part of GET /nodes the CLI prints.
 type nodesView struct {
-	Primary    string `json:"primary"`
-	Paused     bool   `json:"paused"`
+	Primary   string `json:"primary"`
+	Paused    bool   `json:"paused"`
+	Scheduled *struct {
+		Leader    string    `json:"leader"`
+		Candidate string    `json:"candidate"`
+		At        time.Time `json:"at"`
+	} `json:"scheduled_switchover"`
 	RaftLeader string `json:"raft_leader"`
 	Nodes      []struct {
 		Name   string `json:"name"`
@@ -47,6 +52,7 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   pools [--loops]                        this node's proxy: server connections and waiting clients per pool
   connections [--waiting]                this node's proxy: every client and server connection (SHOW CLIENTS/SERVERS)
   switchover [--leader N] --candidate N  move the primary to N without losing data
+             [--scheduled TIME] | --cancel   book it for TIME (RFC 3339, e.g. 2026-11-28T03:00:00Z), or drop the booking
   failover --candidate N [--force]       promote N (force: even if it may lose data)
   pause | resume                         stop / restart automatic failover
   reload                                 re-read this node's configuration file, as SIGHUP does
@@ -87,12 +93,24 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 		leader := sf.String("leader", "", "current primary (switchover; optional)")
 		cand := sf.String("candidate", "", "node to promote")
 		force := sf.Bool("force", false, "failover even if data may be lost")
+		var scheduled *string
+		var cancel *bool
+		if cmd == "switchover" {
+			scheduled = sf.String("scheduled", "", "book the switchover for this time (RFC 3339 with its zone, e.g. 2026-11-28T03:00:00Z) instead of running it now")
+			cancel = sf.Bool("cancel", false, "cancel the scheduled switchover")
+		}
 		if err := sf.Parse(rest); err != nil {
 			return err
+		}
+		if cancel != nil && *cancel {
+			return c.do(http.MethodDelete, "/switchover", nil)
 		}
 		body := map[string]any{"candidate": *cand}
 		if cmd == "switchover" {
 			body["leader"] = *leader
+			if *scheduled != "" {
+				body["scheduled_at"] = *scheduled
+			}
 		} else {
 			body["force"] = *force
 		}
@@ -161,6 +179,14 @@ func (c *ctlClient) list() error {
 	}
 	if v.Paused {
 		fmt.Fprintln(tw, "(automatic failover is paused)")
+	}
+	if sch := v.Scheduled; sch != nil {
+		to := sch.Candidate
+		if to == "" {
+			to = "the best replica then"
+		}
+		fmt.Fprintf(tw, "(switchover from %s to %s scheduled at %s, in %s; ctl switchover --cancel drops it)\n",
+			sch.Leader, to, sch.At.UTC().Format(time.RFC3339), fmtAge(time.Until(sch.At).Round(time.Second)))
 	}
 	return tw.Flush()
 }

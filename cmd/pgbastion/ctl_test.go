@@ -312,3 +312,48 @@ func TestCtlConnectionsPutsWaitingClientsFirst(t *testing.T) {
 		t.Fatalf("ctl conns --waiting:\n%s", s)
 	}
 }
+
+// ctl switchover --scheduled books the switchover (scheduled_at in the body), --cancel sends
+// DELETE /switchover, and ctl list shows a booking.
+func TestCtlScheduledSwitchover(t *testing.T) {
+	var requests []string
+	at := time.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		requests = append(requests, r.Method+" "+r.URL.Path+" "+strings.TrimSpace(string(b)))
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/nodes":
+			_, _ = fmt.Fprintf(w, `{"primary": "n1", "raft_leader": "n1", "nodes": [{"name": "n1", "status": {"role": "primary"}}],
+				"scheduled_switchover": {"leader": "n1", "candidate": "n2", "at": %q}}`, at.Format(time.RFC3339))
+		case r.Method == http.MethodPost:
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = w.Write([]byte(`{"message": "switchover from n1 to n2 scheduled"}`))
+		default:
+			_, _ = w.Write([]byte(`{"message": "scheduled switchover cancelled"}`))
+		}
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	when := at.Format(time.RFC3339)
+	if code := Main([]string{"ctl", "--api", srv.URL, "--token", "tok", "switchover", "--candidate", "n2", "--scheduled", when}, &out, &errOut); code != 0 {
+		t.Fatalf("switchover --scheduled: exit %d: %s", code, errOut.String())
+	}
+	if code := Main([]string{"ctl", "--api", srv.URL, "--token", "tok", "switchover", "--cancel"}, &out, &errOut); code != 0 {
+		t.Fatalf("switchover --cancel: exit %d: %s", code, errOut.String())
+	}
+	out.Reset()
+	if code := Main([]string{"ctl", "--api", srv.URL, "list"}, &out, &errOut); code != 0 {
+		t.Fatalf("list: exit %d: %s", code, errOut.String())
+	}
+	want := []string{
+		`POST /switchover {"candidate":"n2","leader":"","scheduled_at":"` + when + `"}`,
+		"DELETE /switchover ",
+		"GET /nodes ",
+	}
+	if strings.Join(requests, "\n") != strings.Join(want, "\n") {
+		t.Errorf("requests:\n%s\nwant:\n%s", strings.Join(requests, "\n"), strings.Join(want, "\n"))
+	}
+	if !strings.Contains(out.String(), "switchover from n1 to n2 scheduled at "+when+", in 2h0m0s") {
+		t.Errorf("ctl list:\n%s", out.String())
+	}
+}

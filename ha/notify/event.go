@@ -38,12 +38,17 @@ const (
 	// EvRestartFinished: an operator's restart (or reinitialisation) of a node's PostgreSQL
 	// ended.
 	EvRestartFinished EventType = "restart_finished"
+	// EvSwitchoverScheduled: an operator booked a switchover for a later time;
+	// EvScheduleEnded: the booking ended (the switchover started, an operator cancelled it, or
+	// it could not start at its time, and why).
+	EvSwitchoverScheduled EventType = "switchover_scheduled"
+	EvScheduleEnded       EventType = "scheduled_switchover_ended"
 )
 
 // EventTypes lists every event type, for validating configuration.
 var EventTypes = []EventType{EvPrimaryChanged, EvNoPrimary, EvOperationStarted, EvOperationFinished,
 	EvNodeState, EvMemberAdded, EvMemberRemoved, EvMaintenance, EvLeaderChanged, EvConfigChanged,
-	EvRestartFinished}
+	EvRestartFinished, EvSwitchoverScheduled, EvScheduleEnded}
 
 // Severity says how urgently a person should look.
 type Severity string
@@ -292,6 +297,24 @@ func Diff(prev, cur *fsm.State) []Event {
 			Message: fmt.Sprintf("cluster PostgreSQL configuration is now version %d", c.Version)})
 	}
 
+	if sch := cur.ScheduledSwitchover; sch != nil && (prev.ScheduledSwitchover == nil || prev.ScheduledSwitchover.Index != sch.Index) {
+		add(Event{ID: fmt.Sprintf("switchover_scheduled:%d", sch.Index), Type: EvSwitchoverScheduled, Severity: SevInfo,
+			At: sch.RequestedAt, Index: sch.Index, OldPrimary: sch.Leader, Node: sch.Leader,
+			Message: fmt.Sprintf("switchover from %s to %s scheduled at %s", sch.Leader, orBest(sch.Candidate), sch.At.UTC().Format(time.RFC3339))})
+	}
+	if last := cur.LastScheduledSwitchover; last != nil && (prev.LastScheduledSwitchover == nil || prev.LastScheduledSwitchover.Index != last.Index) {
+		// Started is told by the operation's own events too; one that did not start at its
+		// time needs a person.
+		sev := SevInfo
+		if last.OperationID == 0 && last.Outcome != "cancelled by an operator" {
+			sev = SevWarning
+		}
+		add(Event{ID: fmt.Sprintf("scheduled_switchover_ended:%d", last.Index), Type: EvScheduleEnded, Severity: sev,
+			At: last.EndedAt, Node: last.Leader, OldPrimary: last.Leader,
+			Message: fmt.Sprintf("scheduled switchover from %s to %s (booked for %s): %s", last.Leader, orBest(last.Candidate),
+				last.At.UTC().Format(time.RFC3339), last.Outcome)})
+	}
+
 	pending := map[uint64]bool{}
 	for _, r := range prev.Restarts {
 		if r.Status == fsm.RestartPending {
@@ -319,6 +342,14 @@ func Diff(prev, cur *fsm.State) []Event {
 	}
 	slices.SortStableFunc(out, func(a, b Event) int { return cmp.Compare(a.Index, b.Index) })
 	return out
+}
+
+// orBest names a switchover's candidate, or says the controller picks one.
+func orBest(candidate string) string {
+	if candidate == "" {
+		return "the best replica"
+	}
+	return candidate
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -289,3 +289,35 @@ func TestPastFromTheLogs(t *testing.T) {
 		t.Error("an empty state has no past")
 	}
 }
+
+// A booking is an info event; its end says how it ended, a warning when it could not start.
+func TestDiffScheduledSwitchover(t *testing.T) {
+	at := t0.Add(3 * time.Hour)
+	s0 := cluster(10)
+	s1 := next(s0, 11)
+	s1.ScheduledSwitchover = &fsm.ScheduledSwitchover{Leader: "db1", Candidate: "db2", At: at, RequestedAt: t0, Index: 11}
+	evs := Diff(s0, s1)
+	if len(evs) != 1 || evs[0].Type != EvSwitchoverScheduled || evs[0].Severity != SevInfo ||
+		evs[0].Message != "switchover from db1 to db2 scheduled at "+at.Format(time.RFC3339) {
+		t.Fatalf("booked: %+v", evs)
+	}
+	if evs := Diff(s1, next(s1, 12)); len(evs) != 0 {
+		t.Errorf("again: %s", types(evs))
+	}
+	s2 := next(s1, 13)
+	ended := *s1.ScheduledSwitchover
+	ended.Outcome, ended.EndedAt = `not started at its time: candidate "db2" cannot be promoted: it is not a healthy replica`, at
+	s2.ScheduledSwitchover, s2.LastScheduledSwitchover = nil, &ended
+	evs = Diff(s1, s2)
+	if len(evs) != 1 || evs[0].Type != EvScheduleEnded || evs[0].Severity != SevWarning ||
+		!strings.HasSuffix(evs[0].Message, "(booked for "+at.Format(time.RFC3339)+`): not started at its time: candidate "db2" cannot be promoted: it is not a healthy replica`) {
+		t.Fatalf("not started: %+v", evs)
+	}
+	s3 := next(s2, 14)
+	cancelled := ended
+	cancelled.Index, cancelled.Outcome = 14, "cancelled by an operator"
+	s3.LastScheduledSwitchover = &cancelled
+	if evs := Diff(s2, s3); len(evs) != 1 || evs[0].Severity != SevInfo || !strings.HasSuffix(evs[0].Message, "cancelled by an operator") {
+		t.Fatalf("cancelled: %+v", evs)
+	}
+}
