@@ -49,9 +49,7 @@ func (e *Engine) Conns() []Conn { return e.conns(nil) }
 
 // conns is Conns; self, if not nil, is a stream-path client whose lock the caller holds.
 func (e *Engine) conns(self *client) []Conn {
-	e.loopMu.Lock()
-	loops := append([]*loop(nil), e.loops...)
-	e.loopMu.Unlock()
+	loops := e.loopList()
 
 	// Every loop lists its own connections, all at once.
 	answers := make([]chan []Conn, len(loops))
@@ -76,12 +74,7 @@ func (e *Engine) conns(self *client) []Conn {
 	}
 
 	// Clients on the stream path, read under their lock.
-	e.streamMu.Lock()
-	streams := make([]*client, 0, len(e.streamClients))
-	for cl := range e.streamClients {
-		streams = append(streams, cl)
-	}
-	e.streamMu.Unlock()
+	streams := e.streamClientList()
 	linked := map[string]string{} // server ID -> client ID, for servers off the loops
 	for _, cl := range streams {
 		if seen[connID(cl)] {

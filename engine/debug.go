@@ -7,9 +7,7 @@ import (
 
 // DebugState describes every connection the engine holds, for tests and the admin API.
 func (e *Engine) DebugState() string {
-	e.loopMu.Lock()
-	loops := append([]*loop(nil), e.loops...)
-	e.loopMu.Unlock()
+	loops := e.loopList()
 	var b strings.Builder
 	for _, lp := range loops {
 		done := make(chan struct{})

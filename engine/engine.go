@@ -550,9 +550,7 @@ func (e *Engine) OnClose(c gnet.Conn, err error) gnet.Action {
 func (e *Engine) OnTick() (time.Duration, gnet.Action) {
 	// The first tick comes once gnet has set up all its loops (OnBoot comes before that).
 	e.discoverOnce.Do(func() { go e.discoverLoops() })
-	e.loopMu.Lock()
-	loops := append([]*loop(nil), e.loops...)
-	e.loopMu.Unlock()
+	loops := e.loopList()
 	now := time.Now()
 	e.ticks++
 	clients := e.ticks%uint64(clientSweepEvery/sweepEvery) == 0

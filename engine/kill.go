@@ -98,6 +98,24 @@ func (e *Engine) Reconnect(db string) int {
 	return n
 }
 
+// loopList returns the event loops (gnet reports them as it starts them).
+func (e *Engine) loopList() []*loop {
+	e.loopMu.Lock()
+	defer e.loopMu.Unlock()
+	return append([]*loop(nil), e.loops...)
+}
+
+// streamClientList returns the clients whose stream goroutine runs (TLS, slow readers).
+func (e *Engine) streamClientList() []*client {
+	e.streamMu.Lock()
+	defer e.streamMu.Unlock()
+	out := make([]*client, 0, len(e.streamClients))
+	for cl := range e.streamClients {
+		out = append(out, cl)
+	}
+	return out
+}
+
 // poolEntries lists every pool of every backend.
 func (e *Engine) poolEntries() []*poolEntry {
 	e.routeMu.Lock()
@@ -135,9 +153,7 @@ func (cl *client) kill(command string) {
 // never changes). act runs on several loops at once. It must not run on an event loop.
 // Clients moving between paths meanwhile may be missed.
 func (e *Engine) eachClient(self *client, act, onBusy func(cl *client)) (busy int) {
-	e.loopMu.Lock()
-	loops := append([]*loop(nil), e.loops...)
-	e.loopMu.Unlock()
+	loops := e.loopList()
 	done := make(chan struct{}, len(loops))
 	for _, lp := range loops {
 		lp.exec(func() {
@@ -158,12 +174,7 @@ func (e *Engine) eachClient(self *client, act, onBusy func(cl *client)) (busy in
 		}
 	}
 
-	e.streamMu.Lock()
-	streams := make([]*client, 0, len(e.streamClients))
-	for cl := range e.streamClients {
-		streams = append(streams, cl)
-	}
-	e.streamMu.Unlock()
+	streams := e.streamClientList()
 	for _, cl := range streams {
 		switch {
 		case cl == self:

@@ -171,15 +171,9 @@ func (e *Engine) Reload(cfg Config, verifier *auth.Verifier, secrets auth.Secret
 	e.live.Store(l)
 	// Every pool, and every max_db_connections counter, takes the new limits; a pool whose
 	// size went up serves its waiting clients at its next sweep.
-	e.routeMu.Lock()
-	for _, b := range e.backends {
-		b.mu.Lock()
-		for _, pe := range b.pools {
-			pe.p.SetLimits(l.limits)
-		}
-		b.mu.Unlock()
+	for _, pe := range e.poolEntries() {
+		pe.p.SetLimits(l.limits)
 	}
-	e.routeMu.Unlock()
 	e.dbMu.Lock()
 	for _, c := range e.dbCounters {
 		c.SetMax(next.Pool.MaxDBConnections)

@@ -56,17 +56,7 @@ func (lp *loop) sweepClients(now time.Time) {
 func (lp *loop) sweepPools(now time.Time) {
 	e := lp.e
 	cfg := &e.conf().cfg.Pool
-	e.routeMu.Lock()
-	var pools []*poolEntry
-	for _, b := range e.backends {
-		b.mu.Lock()
-		for _, pe := range b.pools {
-			pools = append(pools, pe)
-		}
-		b.mu.Unlock()
-	}
-	e.routeMu.Unlock()
-	for _, pe := range pools {
+	for _, pe := range e.poolEntries() {
 		r := pe.p.Sweep(lp.idx, now)
 		for _, cl := range r.Expired {
 			e.m.waitTimeouts.Inc()
