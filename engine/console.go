@@ -571,6 +571,7 @@ func (cl *client) showConfig() (consoleResult, error) {
 	rows := [][3]string{
 		{"auth_type", c.Auth.Method, d.Auth.Method},
 		{"client_idle_timeout", secs(p.ClientIdleTimeout), secs(dp.ClientIdleTimeout)},
+		{"client_login_timeout", secs(p.ClientLoginTimeout), secs(dp.ClientLoginTimeout)},
 		{"default_pool_size", strconv.Itoa(p.DefaultPoolSize), strconv.Itoa(dp.DefaultPoolSize)},
 		{"idle_transaction_timeout", secs(p.IdleTransactionTimeout), secs(dp.IdleTransactionTimeout)},
 		{"listen_addr", c.ListenRW, d.ListenRW},
@@ -579,6 +580,7 @@ func (cl *client) showConfig() (consoleResult, error) {
 		{"max_prepared_statements", strconv.Itoa(p.MaxPreparedStatements), strconv.Itoa(dp.MaxPreparedStatements)},
 		{"min_pool_size", strconv.Itoa(p.MinPoolSize), strconv.Itoa(dp.MinPoolSize)},
 		{"pool_mode", string(p.Mode), string(dp.Mode)},
+		{"query_timeout", secs(p.QueryTimeout), secs(dp.QueryTimeout)},
 		{"query_wait_timeout", secs(p.QueryWaitTimeout), secs(dp.QueryWaitTimeout)},
 		{"reserve_pool_size", strconv.Itoa(p.ReservePoolSize), strconv.Itoa(dp.ReservePoolSize)},
 		{"reserve_pool_timeout", secs(p.ReservePoolTimeout), secs(dp.ReservePoolTimeout)},

@@ -137,12 +137,17 @@ func (cl *client) kill(command string) {
 		return
 	}
 	cl.e.m.clientsKilled.Inc()
+	cl.cancelRunning()
+	cl.fail(sqlErr(pgwire.AdminShutdown, fmt.Sprintf("terminating connection: an operator closed it (%s)", command), ""))
+}
+
+// cancelRunning sends PostgreSQL a cancel for the request the client's server runs, if any,
+// before the client is closed: closing the client closes that server, but PostgreSQL would
+// go on running the query until it next writes.
+func (cl *client) cancelRunning() {
 	if s := cl.srv; s != nil && s.tr.Outstanding() > 0 && cl.pid != 0 {
-		// Closing the client closes a server with a request running, but PostgreSQL would
-		// go on running the query until it next writes: cancel it.
 		cl.e.handleCancel(cl.pid, cl.secret[:], func() {})
 	}
-	cl.fail(sqlErr(pgwire.AdminShutdown, fmt.Sprintf("terminating connection: an operator closed it (%s)", command), ""))
 }
 
 // eachClient runs act on every live client, each on the goroutine that owns it (its event

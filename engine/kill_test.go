@@ -3,6 +3,8 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -159,5 +161,43 @@ func TestConsoleKillAndReconnect(t *testing.T) {
 	fresh := connect(t, p.dsn(p.rw))
 	if pid := backendPID(t, ctx, fresh); pid == 0 {
 		t.Fatal("no server after KILL")
+	}
+}
+
+// query_timeout cancels a request that runs too long and disconnects its client with 57014;
+// PostgreSQL stops the query. client_login_timeout closes a connection that never logs in.
+func TestQueryAndLoginTimeouts(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.Pool.QueryTimeout = time.Second
+		c.Pool.ClientLoginTimeout = time.Second
+	}, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := connect(t, p.dsn(p.rw))
+	if _, err := c.Exec(ctx, "SELECT pg_sleep(0.1)", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatalf("a query under the timeout: %v", err)
+	}
+	_, err := c.Exec(ctx, "SELECT pg_sleep(600)", pgx.QueryExecModeSimpleProtocol)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != pgwire.QueryCanceled || !strings.Contains(pe.Message, "query_timeout") {
+		t.Fatalf("a query over query_timeout ended with %v, want 57014 naming query_timeout", err)
+	}
+	waitFor(t, "PostgreSQL to stop the query", func() bool {
+		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'") == "0"
+	})
+
+	// A connection that sends nothing is closed, with a message saying why.
+	conn, err := net.Dial("tcp", p.rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+	got, err := io.ReadAll(conn)
+	if err != nil || !strings.Contains(string(got), "client_login_timeout") {
+		t.Fatalf("a client that never logs in read %q, %v; want an error naming client_login_timeout, then the close", got, err)
 	}
 }

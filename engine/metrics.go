@@ -41,6 +41,8 @@ type Metrics struct {
 	// clientsKilled counts clients an operator closed (KILL_CLIENT, KILL); reconnects the
 	// server connections an operator retired (RECONNECT, KILL).
 	clientsKilled, reconnects *metrics.Counter
+	// queryTimeouts counts requests cancelled by query_timeout.
+	queryTimeouts *metrics.Counter
 }
 
 // NewMetrics registers the proxy's metrics in set (a new set when nil).
@@ -77,6 +79,7 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		primaryChanges:        c("pgbastion_proxy_primary_changes_total"),
 		clientsKilled:         c("pgbastion_proxy_clients_killed_total"),
 		reconnects:            c("pgbastion_proxy_server_reconnects_total"),
+		queryTimeouts:         c("pgbastion_proxy_query_timeouts_total"),
 	}
 }
 

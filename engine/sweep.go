@@ -18,9 +18,6 @@ const (
 	clientSweepEvery = 250 * time.Millisecond
 )
 
-// loginTimeout bounds how long a client may take to start up and authenticate.
-const loginTimeout = 30 * time.Second
-
 // sweep runs on each loop every sweepEvery: pool housekeeping (waiters that time out or that
 // an idle server on another loop can serve, idle servers to close, min_pool_size) and, when
 // clients is true (every clientSweepEvery), client timeouts. The client scan walks every
@@ -39,8 +36,14 @@ func (lp *loop) sweepClients(now time.Time) {
 	for cl := range lp.clients {
 		switch {
 		case cl.closed:
-		case (cl.state == csStartup || cl.state == csAuth) && now.Sub(cl.acceptedAt) > loginTimeout:
-			cl.fail(sqlErr(pgwire.ProtocolViolation, "client did not complete the login in time", ""))
+		case (cl.state == csStartup || cl.state == csAuth) && cfg.ClientLoginTimeout > 0 && now.Sub(cl.acceptedAt) > cfg.ClientLoginTimeout:
+			cl.fail(sqlErr(pgwire.ProtocolViolation, fmt.Sprintf("client_login_timeout: the login did not complete within %s", cfg.ClientLoginTimeout), ""))
+		case cl.srv != nil && cfg.QueryTimeout > 0 && cl.srv.tr.Outstanding() > 0 && !cl.srv.queryStart.IsZero() &&
+			now.Sub(cl.srv.queryStart) > cfg.QueryTimeout:
+			e.m.queryTimeouts.Inc()
+			cl.cancelRunning()
+			cl.fail(sqlErr(pgwire.QueryCanceled, fmt.Sprintf("query_timeout: the query ran for more than %s; it was cancelled", cfg.QueryTimeout),
+				"set statement_timeout in PostgreSQL a little below proxy.pool.query_timeout for slow queries, or raise it"))
 		case cl.state == csReady && cl.srv == nil && !cl.waiting && !cl.dialing &&
 			cfg.ClientIdleTimeout > 0 && now.Sub(cl.lastActive) > cfg.ClientIdleTimeout:
 			e.m.idleTimeouts.Inc()

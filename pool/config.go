@@ -40,6 +40,13 @@ type Config struct {
 	ServerLifetime         time.Duration `yaml:"server_lifetime"`
 	ServerConnectTimeout   time.Duration `yaml:"server_connect_timeout"`
 	ServerCheckDelay       time.Duration `yaml:"server_check_delay"`
+	// QueryTimeout: a request running on a server for longer is cancelled and its client
+	// disconnected (57014), as PgBouncer's query_timeout: a guard against a server or network
+	// that stopped answering. Set PostgreSQL's statement_timeout a little below it for slow
+	// queries. 0 disables it.
+	QueryTimeout time.Duration `yaml:"query_timeout"`
+	// ClientLoginTimeout: a client that has not finished logging in by then is disconnected.
+	ClientLoginTimeout time.Duration `yaml:"client_login_timeout"`
 
 	// MaxPreparedStatements is the per-server LRU size of protocol-level named prepared
 	// statements in transaction mode; 0 turns the virtualisation off (named statements then
@@ -62,6 +69,7 @@ func DefaultConfig() Config {
 		ServerLifetime:        3600 * time.Second,
 		ServerConnectTimeout:  5 * time.Second,
 		ServerCheckDelay:      30 * time.Second,
+		ClientLoginTimeout:    60 * time.Second,
 		MaxPreparedStatements: 200,
 		ServerResetQuery:      "DISCARD ALL",
 	}
@@ -98,7 +106,7 @@ func (c *Config) Validate() error {
 		"reserve_pool_timeout": c.ReservePoolTimeout, "query_wait_timeout": c.QueryWaitTimeout,
 		"idle_transaction_timeout": c.IdleTransactionTimeout, "client_idle_timeout": c.ClientIdleTimeout,
 		"server_idle_timeout": c.ServerIdleTimeout, "server_lifetime": c.ServerLifetime,
-		"server_check_delay": c.ServerCheckDelay,
+		"server_check_delay": c.ServerCheckDelay, "query_timeout": c.QueryTimeout, "client_login_timeout": c.ClientLoginTimeout,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("pool.%s: %s must not be negative (0 disables it)", name, d))
