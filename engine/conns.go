@@ -60,11 +60,23 @@ func (e *Engine) conns(self *client) []Conn {
 	}
 	var out []Conn
 	deadline := time.After(loopSnapshotWait)
+	timedOut := false
 	for i, ch := range answers {
+		if timedOut {
+			// The wait is over: take only the answers already in.
+			select {
+			case rows := <-ch:
+				out = append(out, rows...)
+			default:
+				e.log.Warn("an event loop did not list its connections in time; SHOW CLIENTS/SERVERS is incomplete", "loop", loops[i].idx)
+			}
+			continue
+		}
 		select {
 		case rows := <-ch:
 			out = append(out, rows...)
 		case <-deadline:
+			timedOut = true
 			e.log.Warn("an event loop did not list its connections in time; SHOW CLIENTS/SERVERS is incomplete", "loop", loops[i].idx)
 		}
 	}

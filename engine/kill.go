@@ -171,11 +171,13 @@ func (e *Engine) eachClient(self *client, act, onBusy func(cl *client)) (busy in
 		})
 	}
 	deadline := time.After(loopSnapshotWait)
+wait:
 	for range loops {
 		select {
 		case <-done:
 		case <-deadline:
-			e.log.Warn("an event loop did not answer in time; an operator's command missed its clients")
+			e.log.Warn("an event loop did not answer in time; an operator's command may reach its clients late")
+			break wait
 		}
 	}
 

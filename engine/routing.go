@@ -250,10 +250,10 @@ func (e *Engine) dbCounter(b *backend, db string) *pool.Counter {
 	return c
 }
 
-// held are clients waiting for a primary (RoutingSpec.HoldWrites) or for a resume.
-// holdClient parks a client until a primary appears or a pause ends; it waits from the
-// start of its wait (waitSince), so being re-held after a re-route does not restart its
-// query_wait_timeout.
+// holdClient parks a client among the held (clients waiting for a primary, with
+// RoutingSpec.HoldWrites, or for a resume) until a primary appears or a pause ends. It waits
+// from the start of its wait (waitSince), so being re-held after a re-route does not restart
+// its query_wait_timeout.
 func (e *Engine) holdClient(cl *client) {
 	e.heldMu.Lock()
 	e.held[cl] = cl.waitSince
