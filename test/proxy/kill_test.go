@@ -9,9 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgbastion/pgbastion/pool"
 	"github.com/pgbastion/pgbastion/test/daemon"
-	"github.com/pgbastion/pgbastion/test/pgtest"
 )
 
 // TestCtlKillClientAndReconnect runs the pgbastion binary in transaction mode. A client runs
@@ -20,13 +18,7 @@ import (
 // the query. `pgbastion ctl proxy reconnect` then replaces the pool's server connections: the
 // next transaction runs on a new backend.
 func TestCtlKillClientAndReconnect(t *testing.T) {
-	pgtest.Require(t, pgtest.PostgreSQL())
-	primary := pgtest.Start(t, nil)
-	cfg := daemon.NewConfig(t, primary)
-	cfg.Proxy.ListenRO = ""
-	cfg.Proxy.Pool.Mode = pool.ModeTransaction
-	cfg.API.Token = "ops-token"
-	d := daemon.Start(t, cfg)
+	primary, d := startTransactionProxy(t, "ops-token")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 

@@ -42,6 +42,19 @@ func awaitProxy(t *testing.T, d *daemon.Daemon, what string, ok func(admin.Proxy
 	}
 }
 
+// startTransactionProxy starts a PostgreSQL and the pgbastion binary in front of it as a
+// standalone proxy in transaction mode, with one listener and the API token given.
+func startTransactionProxy(t *testing.T, token string) (*pgtest.Instance, *daemon.Daemon) {
+	t.Helper()
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	cfg := daemon.NewConfig(t, primary)
+	cfg.Proxy.ListenRO = ""
+	cfg.Proxy.Pool.Mode = pool.ModeTransaction
+	cfg.API.Token = token
+	return primary, daemon.Start(t, cfg)
+}
+
 // ctl runs `pgbastion ctl` against the daemon's API, with token when it is not empty.
 func ctl(t *testing.T, d *daemon.Daemon, token string, args ...string) (string, error) {
 	argv := []string{"ctl", "--api", "http://" + d.API()}
@@ -186,13 +199,7 @@ func TestReloadBySIGHUPAndCtl(t *testing.T) {
 // PostgreSQL, `pgbastion ctl proxy resume`. No client sees an error; the transactions they
 // started during the pause run after it.
 func TestPauseForAPostgreSQLRestart(t *testing.T) {
-	pgtest.Require(t, pgtest.PostgreSQL())
-	primary := pgtest.Start(t, nil)
-	cfg := daemon.NewConfig(t, primary)
-	cfg.Proxy.ListenRO = ""
-	cfg.Proxy.Pool.Mode = pool.ModeTransaction
-	cfg.API.Token = "pause-token"
-	d := daemon.Start(t, cfg)
+	primary, d := startTransactionProxy(t, "pause-token")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
