@@ -21,6 +21,8 @@ type ProxyStatus struct {
 	Paused      bool `json:"paused"`
 	InFlight    int  `json:"transactions_in_flight"`
 	ClientsHeld int  `json:"clients_held"`
+	// PausedDatabases are databases paused on their own (POST /proxy/pause {"database": …}).
+	PausedDatabases []string `json:"paused_databases,omitempty"`
 	// Pools lists one entry per (backend, database, user) that has been used.
 	Pools []PoolStatus `json:"pools"`
 }

@@ -125,11 +125,13 @@ type Sources struct {
 	// new configuration was refused and nothing changed.
 	Reload func() (any, error)
 	// PauseProxy and ResumeProxy pause and resume a standalone proxy for maintenance of its
-	// PostgreSQL (POST /proxy/pause, POST /proxy/resume). PauseProxy returns once no
-	// transaction holds a server, or when ctx ends with how many still do (the pause stays).
-	// Nil in a cluster member, whose proxies switchovers pause and resume.
-	PauseProxy  func(ctx context.Context) (inFlight int, err error)
-	ResumeProxy func()
+	// PostgreSQL (POST /proxy/pause, POST /proxy/resume): the whole proxy, or database db
+	// when it is not empty. PauseProxy returns once no transaction (of db) holds a server, or
+	// when ctx ends with how many still do (the pause stays). ResumeProxy of a database
+	// reports whether it was paused. Nil in a cluster member, whose proxies switchovers pause
+	// and resume.
+	PauseProxy  func(ctx context.Context, db string) (inFlight int, err error)
+	ResumeProxy func(db string) bool
 	// ProxyOps are an operator's actions on the proxy's connections; nil without a proxy.
 	ProxyOps *ProxyOps
 }
@@ -617,6 +619,8 @@ func (s *Server) reload(ctx *fasthttp.RequestCtx) {
 type pauseRequest struct {
 	// WaitSeconds bounds how long the call waits for transactions in flight (default 30).
 	WaitSeconds float64 `json:"wait_seconds"`
+	// Database pauses only that database's transactions (PgBouncer's PAUSE db).
+	Database string `json:"database"`
 }
 
 const noProxyPause = "a cluster member's proxy is paused and resumed by switchovers: to restart PostgreSQL use pgbastion ctl restart (a replica) or pgbastion ctl switchover first (the primary)"
@@ -639,14 +643,19 @@ func (s *Server) pauseProxy(ctx *fasthttp.RequestCtx) {
 	}
 	wctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.WaitSeconds*float64(time.Second)))
 	defer cancel()
-	n, err := s.src.PauseProxy(wctx)
+	n, err := s.src.PauseProxy(wctx, req.Database)
+	what, resume := "paused", "POST /proxy/resume"
+	if req.Database != "" {
+		what = fmt.Sprintf("database %q paused", req.Database)
+		resume = fmt.Sprintf(`POST /proxy/resume {"database": %q}`, req.Database)
+	}
 	if err != nil {
-		writeJSON(ctx, fasthttp.StatusAccepted, map[string]any{"paused": true, "drained": false, "in_flight": n,
-			"message": fmt.Sprintf("paused, but %d transactions still hold a server connection after %gs (in session mode a client holds one for its whole session); new transactions wait; POST /proxy/resume ends the pause", n, req.WaitSeconds)})
+		writeJSON(ctx, fasthttp.StatusAccepted, map[string]any{"paused": true, "database": req.Database, "drained": false, "in_flight": n,
+			"message": fmt.Sprintf("%s, but %d transactions still hold a server connection after %gs (in session mode a client holds one for its whole session); new transactions wait; %s ends the pause", what, n, req.WaitSeconds, resume)})
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": true, "drained": true, "in_flight": 0,
-		"message": "paused: no transaction holds a server connection; new transactions wait (up to query_wait_timeout) until POST /proxy/resume"})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": true, "database": req.Database, "drained": true, "in_flight": 0,
+		"message": what + ": no transaction holds a server connection; new transactions wait (up to query_wait_timeout) until " + resume})
 }
 
 // resumeProxy ends a pause (POST /proxy/resume).
@@ -655,8 +664,15 @@ func (s *Server) resumeProxy(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, fasthttp.StatusConflict, noProxyPause)
 		return
 	}
-	s.src.ResumeProxy()
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": false})
+	var req databaseRequest
+	if !decode(ctx, &req) {
+		return
+	}
+	if !s.src.ResumeProxy(req.Database) {
+		writeError(ctx, fasthttp.StatusNotFound, fmt.Sprintf("database %q is not paused; POST /proxy/resume without a database ends every pause", req.Database))
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"paused": false, "database": req.Database})
 }
 
 // removeMember removes a member for good (DELETE /members/{name}). The primary cannot be

@@ -402,18 +402,19 @@ func TestProxyPauseAndReloadEndpoints(t *testing.T) {
 	}
 
 	inFlight := 3
-	resumed := false
+	resumed, pausedDB := false, ""
 	cfg := DefaultConfig()
 	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", "tok"
 	s, err := New(cfg, Sources{
-		PauseProxy: func(ctx context.Context) (int, error) {
+		PauseProxy: func(ctx context.Context, db string) (int, error) {
+			pausedDB = db
 			if inFlight > 0 {
 				<-ctx.Done()
 				return inFlight, ctx.Err()
 			}
 			return 0, nil
 		},
-		ResumeProxy: func() { resumed = true },
+		ResumeProxy: func(db string) bool { resumed = true; return db != "nope" },
 		Reload:      func() (any, error) { return nil, errors.New("x.yaml:3: unknown key") },
 	}, slog.Default())
 	if err != nil {
@@ -432,6 +433,14 @@ func TestProxyPauseAndReloadEndpoints(t *testing.T) {
 	}
 	if code, body := do(t, "POST", u+"/proxy/resume", "tok", ""); code != 200 || !resumed {
 		t.Errorf("resume: %d %s", code, body)
+	}
+	// One database.
+	if code, body := do(t, "POST", u+"/proxy/pause", "tok", `{"database": "app"}`); code != 200 || pausedDB != "app" ||
+		!strings.Contains(body, `database \"app\" paused`) {
+		t.Errorf("pause of one database: %d %s (paused %q)", code, body, pausedDB)
+	}
+	if code, body := do(t, "POST", u+"/proxy/resume", "tok", `{"database": "nope"}`); code != 404 || !strings.Contains(body, "is not paused") {
+		t.Errorf("resume of a database not paused: %d %s", code, body)
 	}
 	if code, body := do(t, "POST", u+"/reload", "tok", ""); code != 400 || !strings.Contains(body, "nothing changed") || !strings.Contains(body, "x.yaml:3") {
 		t.Errorf("refused reload: %d %s", code, body)

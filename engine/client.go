@@ -1292,7 +1292,7 @@ func (cl *client) needServer() bool {
 	if cl.waitSince.IsZero() {
 		cl.waitSince = now
 	}
-	if (cl.role == RoleRW && cl.e.pausedRW.Load()) || cl.e.pausedAll.Load() {
+	if (cl.role == RoleRW && cl.e.pausedRW.Load()) || cl.e.pausedAll.Load() || cl.e.dbPaused(cl.database) {
 		cl.waiting = true
 		cl.e.holdClient(cl)
 		return cl.streamWait()

@@ -74,7 +74,8 @@ const consoleHelp = `Console usage
 	SHOW CONFIG
 	SHOW VERSION
 	RELOAD            (admin_users) read the configuration file and the auth_file again
-	PAUSE, RESUME     (admin_users, standalone proxy) hold new transactions, then let them go
+	PAUSE [db]        (admin_users, standalone proxy) hold new transactions (of db), wait for those in flight
+	RESUME [db]       (admin_users, standalone proxy) let them go
 	RECONNECT [db]    (admin_users) replace server connections: idle ones now, busy ones once free
 	KILL db           (admin_users) close a database's clients (cancelling their queries) and servers
 	KILL_CLIENT ptr   (admin_users) close one client (ptr from SHOW CLIENTS), cancelling its query
@@ -280,14 +281,27 @@ func (cl *client) consoleCommand(q string) func() []byte {
 	case len(e.cfg.Backends) == 0:
 		return refuse(pgwire.FeatureNotSupported, verb+" is for a standalone proxy",
 			"a cluster member's pools are paused and resumed by switchovers: pgbastion ctl restart (a replica), pgbastion ctl switchover (the primary)")
-	case len(fields) > 1:
-		return refuse(pgwire.FeatureNotSupported, verb+" "+fields[1]+": PGBastion pauses and resumes the whole proxy", "run "+verb+" without a database name")
+	case len(fields) > 2:
+		return refuse(pgwire.SyntaxError, verb+" takes at most one database name", "")
+	case verb == "RESUME" && len(fields) == 2:
+		db := consoleIdent(fields[1])
+		return func() []byte {
+			if !e.ResumeDatabase(db) {
+				return answer(nil, "", &clientError{code: pgwire.UndefinedObject, msg: fmt.Sprintf("RESUME: database %q is not paused", db),
+					hint: "RESUME without a name ends every pause"})
+			}
+			return answer(nil, "RESUME", nil)
+		}
 	case verb == "RESUME":
 		return func() []byte {
 			e.Resume()
 			return answer(nil, "RESUME", nil)
 		}
-	default: // PAUSE: as PgBouncer's, it returns once no transaction holds a server
+	default: // PAUSE [db]: as PgBouncer's, it returns once no transaction holds a server
+		db := ""
+		if len(fields) == 2 {
+			db = consoleIdent(fields[1])
+		}
 		return func() []byte {
 			wait := e.conf().cfg.Pool.QueryWaitTimeout
 			if wait <= 0 {
@@ -295,7 +309,14 @@ func (cl *client) consoleCommand(q string) func() []byte {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), wait)
 			defer cancel()
-			if n, err := e.Pause(ctx); err != nil {
+			var n int
+			var err error
+			if db == "" {
+				n, err = e.Pause(ctx)
+			} else {
+				n, err = e.PauseDatabase(ctx, db)
+			}
+			if err != nil {
 				return answer([]string{fmt.Sprintf("paused, but %d transactions still hold a server connection after %s (in session mode a client holds one for its whole session); new transactions wait; RESUME ends the pause", n, wait)}, "PAUSE", nil)
 			}
 			return answer(nil, "PAUSE", nil)

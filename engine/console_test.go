@@ -176,9 +176,9 @@ func TestAdminConsole(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "/metrics") {
 		t.Errorf("SHOW USERS: %v", err)
 	}
-	_, err = con.Exec(ctx, "PAUSE postgres", pgx.QueryExecModeSimpleProtocol)
-	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "without a database name") {
-		t.Errorf("PAUSE: %v", err)
+	_, err = con.Exec(ctx, "PAUSE postgres other", pgx.QueryExecModeSimpleProtocol)
+	if !errors.As(err, &pe) || pe.Code != pgwire.SyntaxError || !strings.Contains(pe.Message, "at most one database") {
+		t.Errorf("PAUSE with two names: %v", err)
 	}
 	_, err = con.Exec(ctx, "SUSPEND", pgx.QueryExecModeSimpleProtocol)
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Message, "not available") {

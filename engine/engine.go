@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"runtime"
 	"runtime/debug"
@@ -59,8 +60,12 @@ type Engine struct {
 	held   map[*client]time.Time
 
 	pausedRW atomic.Bool
-	// pausedAll is the operator's pause of the whole proxy (Pause, PgBouncer's PAUSE).
+	// pausedAll is the operator's pause of the whole proxy (Pause, PgBouncer's PAUSE);
+	// pausedDBs the databases paused one by one (PauseDatabase, PAUSE db), nil when none,
+	// replaced under pauseMu, never modified.
 	pausedAll atomic.Bool
+	pausedDBs atomic.Pointer[map[string]bool]
+	pauseMu   sync.Mutex
 
 	loopMu  sync.Mutex
 	loops   []*loop
@@ -638,12 +643,103 @@ func (e *Engine) Pause(ctx context.Context) (inFlight int, err error) {
 	return 0, nil
 }
 
-// Resume ends a Pause: the clients that waited continue against the current routing table.
+// Resume ends a Pause, and every PauseDatabase: the clients that waited continue against the
+// current routing table.
 func (e *Engine) Resume() {
 	if e.pausedAll.Swap(false) {
 		e.log.Warn("proxy resumed")
 	}
+	e.pauseMu.Lock()
+	if dbs := e.pausedDBs.Swap(nil); dbs != nil {
+		e.log.Warn("databases resumed", "databases", sortedNames(*dbs))
+	}
+	e.pauseMu.Unlock()
 	e.releaseHeld()
+}
+
+// PauseDatabase is PgBouncer's PAUSE db: as Pause, for the transactions on database db only
+// (on both ports). It returns once none of them holds a server, or with ctx's error and how
+// many still do; the pause stays in force until ResumeDatabase (or Resume).
+func (e *Engine) PauseDatabase(ctx context.Context, db string) (inFlight int, err error) {
+	e.pauseMu.Lock()
+	old := e.pausedDBs.Load()
+	if old == nil || !(*old)[db] {
+		next := map[string]bool{db: true}
+		if old != nil {
+			for k := range *old {
+				next[k] = true
+			}
+		}
+		e.pausedDBs.Store(&next)
+		e.log.Warn("database paused: its new transactions wait until it is resumed", "database", db)
+	}
+	e.pauseMu.Unlock()
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for n := e.inFlightOn(db); n > 0; n = e.inFlightOn(db) {
+		select {
+		case <-ctx.Done():
+			return n, fmt.Errorf("%d transactions on database %q still hold a server connection: %w", n, db, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return 0, nil
+}
+
+// ResumeDatabase ends PauseDatabase for db; it reports whether db was paused.
+func (e *Engine) ResumeDatabase(db string) bool {
+	e.pauseMu.Lock()
+	old := e.pausedDBs.Load()
+	was := old != nil && (*old)[db]
+	if was {
+		var next *map[string]bool
+		if len(*old) > 1 {
+			m := make(map[string]bool, len(*old)-1)
+			for k := range *old {
+				if k != db {
+					m[k] = true
+				}
+			}
+			next = &m
+		}
+		e.pausedDBs.Store(next)
+		e.log.Warn("database resumed", "database", db)
+	}
+	e.pauseMu.Unlock()
+	if was {
+		e.releaseHeld()
+	}
+	return was
+}
+
+// dbPaused reports whether database db is paused on its own (PauseDatabase).
+func (e *Engine) dbPaused(db string) bool {
+	m := e.pausedDBs.Load()
+	return m != nil && (*m)[db]
+}
+
+// PausedDatabases lists the databases paused on their own, sorted.
+func (e *Engine) PausedDatabases() []string {
+	if m := e.pausedDBs.Load(); m != nil {
+		return sortedNames(*m)
+	}
+	return nil
+}
+
+func sortedNames(m map[string]bool) []string {
+	return slices.Sorted(maps.Keys(m))
+}
+
+// inFlightOn counts the server connections of database db's pools in use (attached to a
+// client, or being connected for one).
+func (e *Engine) inFlightOn(db string) int {
+	n := 0
+	for _, pe := range e.poolEntries() {
+		if pe.key.database == db {
+			n += pe.p.Active()
+		}
+	}
+	return n
 }
 
 // inFlight is the number of server connections attached to clients, over every backend.
@@ -667,6 +763,8 @@ type Stats struct {
 	// (counted in no pool).
 	Paused         bool
 	InFlight, Held int
+	// PausedDatabases are the databases paused on their own (PauseDatabase).
+	PausedDatabases []string
 }
 
 // PoolStats describes one pool.
@@ -687,7 +785,8 @@ type PoolStats struct {
 
 // Stats returns the current counters, pools ordered by database, user and backend.
 func (e *Engine) Stats() Stats {
-	st := Stats{Clients: e.clients.Load(), Primary: addrOf(e.routing.Load().primary), Paused: e.pausedAll.Load()}
+	st := Stats{Clients: e.clients.Load(), Primary: addrOf(e.routing.Load().primary), Paused: e.pausedAll.Load(),
+		PausedDatabases: e.PausedDatabases()}
 	e.heldMu.Lock()
 	st.Held = len(e.held)
 	e.heldMu.Unlock()

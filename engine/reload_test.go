@@ -383,3 +383,71 @@ func TestOperatorPauseAndResume(t *testing.T) {
 		t.Fatalf("held past query_wait_timeout: %v (%+v)", err, pe)
 	}
 }
+
+// PAUSE db holds the new transactions of that database only and returns once its
+// transactions in flight have finished; other databases go on; RESUME db lets them go.
+func TestPauseOneDatabase(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	primary.Exec(t, "CREATE DATABASE other")
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode = pool.ModeTransaction
+		c.AdminUsers = []string{"postgres"}
+	}, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	simple := pgx.QueryExecModeSimpleProtocol
+	otherDSN := strings.Replace(p.dsn(p.rw), "dbname=postgres", "dbname=other", 1)
+	admin := connect(t, p.dsn(p.rw, "dbname=pgbouncer"))
+	main, inTx, held := connect(t, p.dsn(p.rw)), connect(t, otherDSN), connect(t, otherDSN)
+	if _, err := inTx.Exec(ctx, "BEGIN; SELECT 1", simple); err != nil {
+		t.Fatal(err)
+	}
+	paused := make(chan error, 1)
+	go func() {
+		tag, err := admin.Exec(ctx, "PAUSE other", simple)
+		if err == nil && tag.String() != "PAUSE" {
+			err = fmt.Errorf("tag %q", tag)
+		}
+		paused <- err
+	}()
+	waitFor(t, "database other paused", func() bool { return fmt.Sprint(p.e.Stats().PausedDatabases) == "[other]" })
+	if _, err := main.Exec(ctx, "SELECT 1", simple); err != nil {
+		t.Fatalf("a transaction on another database during the pause: %v", err)
+	}
+	answer := make(chan error, 1)
+	go func() {
+		var v int
+		answer <- held.QueryRow(ctx, "SELECT 7", simple).Scan(&v)
+	}()
+	waitFor(t, "the client of other held", func() bool { return p.e.Stats().Held == 1 })
+	select {
+	case err := <-paused:
+		t.Fatalf("PAUSE returned with a transaction in flight: %v", err)
+	default:
+	}
+	if _, err := inTx.Exec(ctx, "COMMIT", simple); err != nil {
+		t.Fatalf("the transaction in flight during the pause: %v", err)
+	}
+	if err := <-paused; err != nil {
+		t.Fatalf("PAUSE other: %v", err)
+	}
+	var pe *pgconn.PgError
+	if _, err := admin.Exec(ctx, "RESUME postgres", simple); !errors.As(err, &pe) || pe.Code != pgwire.UndefinedObject {
+		t.Errorf("RESUME of a database not paused: %v", err)
+	}
+	select {
+	case err := <-answer:
+		t.Fatalf("the held client got an answer while paused: %v", err)
+	default:
+	}
+	if _, err := admin.Exec(ctx, "RESUME other", simple); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-answer; err != nil {
+		t.Fatalf("the held client after RESUME other: %v", err)
+	}
+	if st := p.e.Stats(); len(st.PausedDatabases) != 0 || st.Held != 0 {
+		t.Fatalf("stats after the resume: %+v", st)
+	}
+}

@@ -104,6 +104,9 @@ func (e *Engine) sweepHeld(now time.Time) {
 		if e.pausedAll.Load() {
 			err = sqlErr(pgwire.QueryCanceled, fmt.Sprintf("query_wait_timeout: the proxy stayed paused for more than %s", wait),
 				"an operator paused it for maintenance (pgbastion ctl proxy pause); pgbastion ctl proxy resume ends the pause")
+		} else if e.dbPaused(cl.database) {
+			err = sqlErr(pgwire.QueryCanceled, fmt.Sprintf("query_wait_timeout: database %q stayed paused for more than %s", cl.database, wait),
+				"an operator paused it (PAUSE "+cl.database+", pgbastion ctl proxy pause "+cl.database+"); RESUME "+cl.database+" ends the pause")
 		} else if e.pausedRW.Load() {
 			err = sqlErr(pgwire.QueryCanceled, fmt.Sprintf("query_wait_timeout: writes stayed paused for more than %s", wait), "")
 		}

@@ -203,7 +203,7 @@ func (d *daemon) localStatus(vip *netlink.Manager) func() map[string]any {
 func (d *daemon) proxyStatus() admin.ProxyStatus {
 	st := d.proxy.Stats()
 	out := admin.ProxyStatus{Clients: max(0, st.Clients), WritesTo: st.Primary, Paused: st.Paused, InFlight: st.InFlight,
-		ClientsHeld: st.Held, Pools: make([]admin.PoolStatus, 0, len(st.Pools))}
+		ClientsHeld: st.Held, PausedDatabases: st.PausedDatabases, Pools: make([]admin.PoolStatus, 0, len(st.Pools))}
 	for _, p := range st.Pools {
 		ps := admin.PoolStatus{Backend: p.Backend, Database: p.Database, User: p.User, Clients: p.Clients,
 			ServersActive: max(0, p.Busy()-p.HeldForCancel-p.LoggingIn), ServersIdle: p.IdleServers(), ServersLoggingIn: p.LoggingIn,

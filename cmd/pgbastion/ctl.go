@@ -56,8 +56,8 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   failover --candidate N [--force]       promote N (force: even if it may lose data)
   pause | resume                         stop / restart automatic failover
   reload                                 re-read this node's configuration file, as SIGHUP does
-  proxy pause [--wait 30s] | proxy resume
-                                         standalone proxy: hold new transactions for PostgreSQL maintenance
+  proxy pause [--wait 30s] [DB] | proxy resume [DB]
+                                         standalone proxy: hold new transactions (of DB) for PostgreSQL maintenance
   proxy reconnect [DB]                   this node's proxy: replace server connections (idle now, busy once free)
   proxy kill DB | proxy kill-client ID   this node's proxy: close a database's clients and servers, or one
                                          client (ID from ctl connections); running queries are cancelled

@@ -357,3 +357,34 @@ func TestCtlScheduledSwitchover(t *testing.T) {
 		t.Errorf("ctl list:\n%s", out.String())
 	}
 }
+
+// ctl proxy pause/resume name a database when given one.
+func TestCtlProxyPauseOneDatabase(t *testing.T) {
+	var requests []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		requests = append(requests, r.Method+" "+r.URL.Path+" "+strings.TrimSpace(string(b)))
+		_, _ = w.Write([]byte(`{"drained": true, "message": "database \"app\" paused: no transaction holds a server connection"}`))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	for _, args := range [][]string{{"pause", "--wait", "5s", "app"}, {"resume", "app"}, {"resume"}} {
+		if code := Main(append([]string{"ctl", "--api", srv.URL, "--token", "tok", "proxy"}, args...), &out, &errOut); code != 0 {
+			t.Fatalf("ctl proxy %v: exit %d: %s", args, code, errOut.String())
+		}
+	}
+	want := []string{
+		`POST /proxy/pause {"database":"app","wait_seconds":5}`,
+		`POST /proxy/resume {"database":"app"}`,
+		`POST /proxy/resume {}`,
+	}
+	if strings.Join(requests, "\n") != strings.Join(want, "\n") {
+		t.Errorf("requests:\n%s\nwant:\n%s", strings.Join(requests, "\n"), strings.Join(want, "\n"))
+	}
+	if !strings.Contains(out.String(), "database app resumed") {
+		t.Errorf("output:\n%s", out.String())
+	}
+	if code := Main([]string{"ctl", "--api", srv.URL, "proxy", "pause", "a", "b"}, &out, &errOut); code == 0 {
+		t.Error("ctl proxy pause with two databases succeeded")
+	}
+}

@@ -31,6 +31,8 @@ func (c *ctlClient) pools(args []string, stderr io.Writer) error {
 	fmt.Fprintf(c.out, "%d client connections; writes go to %s\n", st.Clients, route)
 	if st.Paused {
 		fmt.Fprintf(c.out, "PAUSED (pgbastion ctl proxy resume ends it): %d clients wait, %d transactions still in flight\n", st.ClientsHeld, st.InFlight)
+	} else if len(st.PausedDatabases) > 0 {
+		fmt.Fprintf(c.out, "PAUSED databases %s (pgbastion ctl proxy resume DB ends it): %d clients wait\n", strings.Join(st.PausedDatabases, ", "), st.ClientsHeld)
 	} else if st.ClientsHeld > 0 {
 		fmt.Fprintf(c.out, "%d clients wait for a primary\n", st.ClientsHeld)
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-const proxyUsage = "usage: pgbastion ctl proxy pause [--wait 30s] | resume | reconnect [DB] | kill DB | kill-client ID"
+const proxyUsage = "usage: pgbastion ctl proxy pause [--wait 30s] [DB] | resume [DB] | reconnect [DB] | kill DB | kill-client ID"
 
 // proxy runs ctl proxy's subcommands.
 func (c *ctlClient) proxy(args []string, stderr io.Writer) error {
@@ -60,9 +60,16 @@ func (c *ctlClient) proxyPause(args []string, stderr io.Writer) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	var body any
+	if fs.NArg() > 1 {
+		return errors.New(proxyUsage)
+	}
+	db := fs.Arg(0)
+	body := map[string]any{}
+	if db != "" {
+		body["database"] = db
+	}
 	if args[0] == "pause" {
-		body = map[string]float64{"wait_seconds": wait.Seconds()}
+		body["wait_seconds"] = wait.Seconds()
 	}
 	var res struct {
 		Drained  bool   `json:"drained"`
@@ -73,6 +80,8 @@ func (c *ctlClient) proxyPause(args []string, stderr io.Writer) error {
 		return err
 	}
 	switch {
+	case args[0] == "resume" && db != "":
+		fmt.Fprintf(c.out, "database %s resumed: its waiting clients continue\n", db)
 	case args[0] == "resume":
 		fmt.Fprintln(c.out, "resumed: waiting clients continue")
 	case !res.Drained: // 202: the wait ran out

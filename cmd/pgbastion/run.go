@@ -114,6 +114,23 @@ func (d *daemon) run(ctx context.Context) error {
 	return err
 }
 
+// pauseProxy pauses the whole proxy, or database db (POST /proxy/pause).
+func (d *daemon) pauseProxy(ctx context.Context, db string) (int, error) {
+	if db == "" {
+		return d.proxy.Pause(ctx)
+	}
+	return d.proxy.PauseDatabase(ctx, db)
+}
+
+// resumeProxy ends every pause, or database db's (POST /proxy/resume).
+func (d *daemon) resumeProxy(db string) bool {
+	if db == "" {
+		d.proxy.Resume()
+		return true
+	}
+	return d.proxy.ResumeDatabase(db)
+}
+
 // runStandalone runs the proxy and the API (metrics, /nodes) of a standalone proxy.
 func (d *daemon) runStandalone(ctx context.Context) error {
 	api, err := admin.New(d.cfg.API, admin.Sources{
@@ -124,8 +141,8 @@ func (d *daemon) runStandalone(ctx context.Context) error {
 		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), d.reloader.set},
 		Writers:     []func(io.Writer){d.writeMetrics(nil)},
 		Reload:      d.reloader.apiReload,
-		PauseProxy:  d.proxy.Pause,
-		ResumeProxy: d.proxy.Resume,
+		PauseProxy:  d.pauseProxy,
+		ResumeProxy: d.resumeProxy,
 	}, d.log.With("component", "api"))
 	if err != nil {
 		return err
