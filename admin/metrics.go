@@ -58,6 +58,13 @@ func writeClusterMetrics(w io.Writer, c Cluster, catchingUp bool, now time.Time)
 	metrics.WriteGaugeUint64(w, "pgbastion_cluster_paused", Bool(st.Paused))
 	metrics.WriteGaugeUint64(w, "pgbastion_cluster_operation_in_progress", Bool(st.Operation != nil))
 	metrics.WriteGaugeUint64(w, "pgbastion_cluster_writes_paused", Bool(st.WritePause != nil))
+	// When a switchover is booked for (Unix seconds), 0 without one: a dashboard shows it, an
+	// alert can warn before a maintenance window.
+	scheduled := uint64(0)
+	if sch := st.ScheduledSwitchover; sch != nil && sch.At.Unix() > 0 {
+		scheduled = uint64(sch.At.Unix())
+	}
+	metrics.WriteGaugeUint64(w, "pgbastion_cluster_switchover_scheduled_timestamp_seconds", scheduled)
 	metrics.WriteCounterUint64(w, "pgbastion_cluster_raft_epoch", st.Epoch)
 	metrics.WriteGaugeUint64(w, "pgbastion_node_is_primary", Bool(st.Primary == self))
 	metrics.WriteGaugeUint64(w, "pgbastion_node_is_raft_leader", Bool(leader == self))

@@ -19,6 +19,8 @@ func TestClusterMetrics(t *testing.T) {
 	c.applyAt(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true,
 		Timeline: 3, ReceivedLSN: 900, ReplayedLSN: 900}}, time.Now().Add(-90*time.Second))
 	c.apply(t, fsm.RegisterMember{Name: `odd"name`, RaftAddress: "n3:8300"})
+	booked := time.Date(2030, 1, 2, 3, 0, 0, 0, time.UTC)
+	c.apply(t, fsm.ScheduleSwitchover{Leader: "n1", Candidate: "n2", At: booked})
 	cfg := DefaultConfig()
 	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", ""
 	s, err := New(cfg, Sources{Cluster: c, Writers: []func(io.Writer){func(w io.Writer) {
@@ -47,6 +49,7 @@ func TestClusterMetrics(t *testing.T) {
 		`pgbastion_member_timeline{member="n2"} 3` + "\n",
 		`pgbastion_member_state{member="odd\"name",state="INITIALIZING"} 1` + "\n",
 		"pgbastion_test_writer 7\n",
+		"pgbastion_cluster_switchover_scheduled_timestamp_seconds 1893553200\n",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
