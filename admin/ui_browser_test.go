@@ -419,6 +419,25 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.eval(ctx, t, `document.getElementById('sw-go').click()`)
 		b.waitContains(ctx, t, "#result", "switchover finished: n2 is the primary")
 
+		// With a time, the switchover is booked; the booking can be cancelled from the page.
+		at := time.Now().Add(2 * time.Hour).Truncate(time.Minute)
+		b.eval(ctx, t, fmt.Sprintf(`document.getElementById('sw-at').value = %q`, at.Format("2006-01-02T15:04")))
+		b.answerDialogs(true, "")
+		b.eval(ctx, t, `document.getElementById('sw-go').click()`)
+		b.waitContains(ctx, t, "#result", "Scheduling a switchover to n2: booked.")
+		if sch := c.State().ScheduledSwitchover; sch == nil || !sch.At.Equal(at) || sch.Candidate != "n2" {
+			t.Fatalf("booked %+v, want n2 at %s", sch, at)
+		}
+		b.eval(ctx, t, `document.getElementById('sw-at').value = ''`)
+		b.waitUntil(ctx, t, "#sw-cancel", "the cancel button shown", func(string) bool {
+			return string(b.eval(ctx, t, `document.getElementById('sw-cancel').hidden`)) == "false"
+		})
+		b.eval(ctx, t, `document.getElementById('sw-cancel').click()`)
+		b.waitContains(ctx, t, "#result", "Cancelling the scheduled switchover: done.")
+		if c.State().ScheduledSwitchover != nil {
+			t.Fatal("the booking is still there after the cancel")
+		}
+
 		// A forced failover goes ahead only when the candidate's name is typed.
 		b.eval(ctx, t, `document.getElementById('fo-force').click(); document.getElementById('fo-candidate').value = 'n2'`)
 		b.waitVisible(ctx, t, "#fo-force-warning")
