@@ -118,12 +118,21 @@ func (e *Engine) handleCancel(pid uint32, key []byte, landed func()) bool {
 	if pe != nil {
 		pe.cancels.Add(1)
 	}
-	go func() {
-		defer landed()
-		defer e.cancelLanded(t.s)
+	e.forwardCancel(t, func() {
 		if pe != nil {
-			defer pe.cancels.Add(-1)
+			pe.cancels.Add(-1)
 		}
+		e.cancelLanded(t.s)
+		landed()
+	})
+	return true
+}
+
+// forwardCancel sends PostgreSQL a CancelRequest for t's backend on a connection of its own,
+// from a goroutine; done runs once PostgreSQL has signalled the backend or forwarding failed.
+func (e *Engine) forwardCancel(t *cancelTarget, done func()) {
+	go func() {
+		defer done()
 		d := net.Dialer{Timeout: e.conf().cfg.Pool.ServerConnectTimeout}
 		c, err := dialBackend(context.Background(), &d, t.addr)
 		if err != nil {
@@ -139,7 +148,6 @@ func (e *Engine) handleCancel(pid uint32, key []byte, landed func()) bool {
 		var b [1]byte
 		_, _ = c.Read(b[:])
 	}()
-	return true
 }
 
 // holdForCancel keeps a server that no client holds any more out of the pool while a cancel

@@ -27,10 +27,10 @@ type KillResult struct {
 const stuckStreamWait = time.Second
 
 // KillClient closes the client connection whose ID is id (SHOW CLIENTS' ptr column, the id
-// of GET /proxy/connections). A request it has running on a server is cancelled first, so a
-// runaway query stops instead of running on unattended; an open transaction is rolled back, as
-// when a client disconnects. The client gets FATAL 57P01 saying an operator closed it. It
-// reports whether such a client was found.
+// of GET /proxy/connections), as if it had disconnected: a request it has running is cancelled
+// in PostgreSQL and its server closed, an open transaction is rolled back (server.abandoned).
+// The client gets FATAL 57P01 saying an operator closed it. It reports whether such a client
+// was found.
 func (e *Engine) KillClient(id string) bool { return e.killClient(nil, id) }
 
 func (e *Engine) killClient(self *client, id string) bool {
@@ -137,17 +137,7 @@ func (cl *client) kill(command string) {
 		return
 	}
 	cl.e.m.clientsKilled.Inc()
-	cl.cancelRunning()
 	cl.fail(sqlErr(pgwire.AdminShutdown, fmt.Sprintf("terminating connection: an operator closed it (%s)", command), ""))
-}
-
-// cancelRunning sends PostgreSQL a cancel for the request the client's server runs, if any,
-// before the client is closed: closing the client closes that server, but PostgreSQL would
-// go on running the query until it next writes.
-func (cl *client) cancelRunning() {
-	if s := cl.srv; s != nil && s.tr.Outstanding() > 0 && cl.pid != 0 {
-		cl.e.handleCancel(cl.pid, cl.secret[:], func() {})
-	}
 }
 
 // eachClient runs act on every live client, each on the goroutine that owns it (its event

@@ -201,3 +201,19 @@ func TestQueryAndLoginTimeouts(t *testing.T) {
 		t.Fatalf("a client that never logs in read %q, %v; want an error naming client_login_timeout, then the close", got, err)
 	}
 }
+
+// A client that vanishes while its query runs has the query cancelled in PostgreSQL, not
+// left running until it next writes.
+func TestClientGoneMidQueryIsCancelled(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) { c.Pool.Mode = pool.ModeTransaction }, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := connect(t, p.dsn(p.rw))
+	go func() { _, _ = c.Exec(ctx, "SELECT pg_sleep(600)", pgx.QueryExecModeSimpleProtocol) }()
+	const running = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'"
+	waitFor(t, "the query to run", func() bool { return primary.QueryString(t, running) == "1" })
+	_ = c.PgConn().Conn().Close() // the client is gone, without a Terminate
+	waitFor(t, "PostgreSQL to stop the query", func() bool { return primary.QueryString(t, running) == "0" })
+}

@@ -955,6 +955,12 @@ func (s *server) abandoned() {
 		return
 	}
 	if s.tr.Outstanding() > 0 || s.tr.CopyIn || s.tr.CopyOut {
+		// Closing the connection alone would leave PostgreSQL running the query until it
+		// next writes (a ten-minute report runs its ten minutes): cancel it too. This covers
+		// a client that vanished as well as one closed by KILL or query_timeout.
+		if s.cancelT != nil {
+			s.e.forwardCancel(s.cancelT, func() {})
+		}
 		s.closeNow(errors.New("client left during a request"))
 		return
 	}

@@ -41,7 +41,7 @@ func (lp *loop) sweepClients(now time.Time) {
 		case cl.srv != nil && cfg.QueryTimeout > 0 && cl.srv.tr.Outstanding() > 0 && !cl.srv.queryStart.IsZero() &&
 			now.Sub(cl.srv.queryStart) > cfg.QueryTimeout:
 			e.m.queryTimeouts.Inc()
-			cl.cancelRunning()
+			// Its server, with the request running, is cancelled and closed (server.abandoned).
 			cl.fail(sqlErr(pgwire.QueryCanceled, fmt.Sprintf("query_timeout: the query ran for more than %s; it was cancelled", cfg.QueryTimeout),
 				"set statement_timeout in PostgreSQL a little below proxy.pool.query_timeout for slow queries, or raise it"))
 		case cl.state == csReady && cl.srv == nil && !cl.waiting && !cl.dialing &&
