@@ -579,19 +579,25 @@ func (e *Engine) OnTick() (time.Duration, gnet.Action) {
 // ctx's error (the pause stays in force until ResumeWrites).
 func (e *Engine) PauseWrites(ctx context.Context) error {
 	e.pausedRW.Store(true)
+	if n, err := awaitDrained(ctx, e.WritesInFlight); err != nil {
+		return fmt.Errorf("waiting for %d read-write transactions to finish: %w", n, err)
+	}
+	return nil
+}
+
+// awaitDrained polls inFlight until it reaches 0, or until ctx ends: then it returns the
+// last count and ctx's error.
+func awaitDrained(ctx context.Context, inFlight func() int) (int, error) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
-	for {
-		rt := e.routing.Load()
-		if rt.primary == nil || rt.primary.active.Load() == 0 {
-			return nil
-		}
+	for n := inFlight(); n > 0; n = inFlight() {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %d read-write transactions to finish: %w", rt.primary.active.Load(), ctx.Err())
+			return n, ctx.Err()
 		case <-t.C:
 		}
 	}
+	return 0, nil
 }
 
 // HoldWrites turns the write pause on or off without waiting: the HA core's switchover sets it
@@ -631,14 +637,8 @@ func (e *Engine) Pause(ctx context.Context) (inFlight int, err error) {
 	if !e.pausedAll.Swap(true) {
 		e.log.Warn("proxy paused: new transactions wait until it is resumed")
 	}
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
-	for n := e.inFlight(); n > 0; n = e.inFlight() {
-		select {
-		case <-ctx.Done():
-			return n, fmt.Errorf("%d transactions still hold a server connection: %w", n, ctx.Err())
-		case <-t.C:
-		}
+	if n, err := awaitDrained(ctx, e.inFlight); err != nil {
+		return n, fmt.Errorf("%d transactions still hold a server connection: %w", n, err)
 	}
 	return 0, nil
 }
@@ -661,55 +661,51 @@ func (e *Engine) Resume() {
 // (on both ports). It returns once none of them holds a server, or with ctx's error and how
 // many still do; the pause stays in force until ResumeDatabase (or Resume).
 func (e *Engine) PauseDatabase(ctx context.Context, db string) (inFlight int, err error) {
-	e.pauseMu.Lock()
-	old := e.pausedDBs.Load()
-	if old == nil || !(*old)[db] {
-		next := map[string]bool{db: true}
-		if old != nil {
-			for k := range *old {
-				next[k] = true
-			}
-		}
-		e.pausedDBs.Store(&next)
+	if e.setDBPaused(db, true) {
 		e.log.Warn("database paused: its new transactions wait until it is resumed", "database", db)
 	}
-	e.pauseMu.Unlock()
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
-	for n := e.inFlightOn(db); n > 0; n = e.inFlightOn(db) {
-		select {
-		case <-ctx.Done():
-			return n, fmt.Errorf("%d transactions on database %q still hold a server connection: %w", n, db, ctx.Err())
-		case <-t.C:
-		}
+	if n, err := awaitDrained(ctx, func() int { return e.inFlightOn(db) }); err != nil {
+		return n, fmt.Errorf("%d transactions on database %q still hold a server connection: %w", n, db, err)
 	}
 	return 0, nil
 }
 
 // ResumeDatabase ends PauseDatabase for db; it reports whether db was paused.
 func (e *Engine) ResumeDatabase(db string) bool {
+	if !e.setDBPaused(db, false) {
+		return false
+	}
+	e.log.Warn("database resumed", "database", db)
+	e.releaseHeld()
+	return true
+}
+
+// setDBPaused adds db to the paused databases or takes it out, publishing a new set (nil when
+// empty: the hot path then reads one nil pointer). It reports whether the set changed.
+func (e *Engine) setDBPaused(db string, paused bool) bool {
 	e.pauseMu.Lock()
-	old := e.pausedDBs.Load()
-	was := old != nil && (*old)[db]
-	if was {
-		var next *map[string]bool
-		if len(*old) > 1 {
-			m := make(map[string]bool, len(*old)-1)
-			for k := range *old {
-				if k != db {
-					m[k] = true
-				}
-			}
-			next = &m
+	defer e.pauseMu.Unlock()
+	var next map[string]bool
+	if old := e.pausedDBs.Load(); old != nil {
+		next = maps.Clone(*old)
+	}
+	if next[db] == paused {
+		return false
+	}
+	if paused {
+		if next == nil {
+			next = map[string]bool{}
 		}
-		e.pausedDBs.Store(next)
-		e.log.Warn("database resumed", "database", db)
+		next[db] = true
+	} else {
+		delete(next, db)
 	}
-	e.pauseMu.Unlock()
-	if was {
-		e.releaseHeld()
+	if len(next) == 0 {
+		e.pausedDBs.Store(nil)
+	} else {
+		e.pausedDBs.Store(&next)
 	}
-	return was
+	return true
 }
 
 // dbPaused reports whether database db is paused on its own (PauseDatabase).
