@@ -6,6 +6,7 @@ import (
 	"net"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -49,37 +50,24 @@ func (e *Engine) Conns() []Conn { return e.conns(nil) }
 
 // conns is Conns; self, if not nil, is a stream-path client whose lock the caller holds.
 func (e *Engine) conns(self *client) []Conn {
-	loops := e.loopList()
-
-	// Every loop lists its own connections, all at once.
-	answers := make([]chan []Conn, len(loops))
-	for i, lp := range loops {
-		ch := make(chan []Conn, 1) // buffered: a loop answering late must not block
-		answers[i] = ch
-		lp.exec(func() { ch <- lp.conns() })
+	// Every loop lists its own connections, all at once; a loop that answers after the wait
+	// is left out.
+	var (
+		mu     sync.Mutex
+		listed []Conn
+	)
+	if late := e.onLoops(func(lp *loop) {
+		rows := lp.conns()
+		mu.Lock()
+		listed = append(listed, rows...)
+		mu.Unlock()
+	}); late > 0 {
+		e.log.Warn("event loops did not list their connections in time; SHOW CLIENTS/SERVERS is incomplete", "loops", late)
 	}
-	var out []Conn
-	deadline := time.After(loopSnapshotWait)
-	timedOut := false
-	for i, ch := range answers {
-		if timedOut {
-			// The wait is over: take only the answers already in.
-			select {
-			case rows := <-ch:
-				out = append(out, rows...)
-			default:
-				e.log.Warn("an event loop did not list its connections in time; SHOW CLIENTS/SERVERS is incomplete", "loop", loops[i].idx)
-			}
-			continue
-		}
-		select {
-		case rows := <-ch:
-			out = append(out, rows...)
-		case <-deadline:
-			timedOut = true
-			e.log.Warn("an event loop did not list its connections in time; SHOW CLIENTS/SERVERS is incomplete", "loop", loops[i].idx)
-		}
-	}
+	mu.Lock()
+	out := listed
+	listed = nil // a late loop's rows go nowhere
+	mu.Unlock()
 	seen := make(map[string]bool, len(out))
 	for _, c := range out {
 		seen[c.ID] = true

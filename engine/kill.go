@@ -105,6 +105,29 @@ func (e *Engine) loopList() []*loop {
 	return append([]*loop(nil), e.loops...)
 }
 
+// onLoops runs f on every event loop, all at once, and waits for them up to
+// loopSnapshotWait. It returns how many had not run f by then (they still will). It must not
+// run on an event loop.
+func (e *Engine) onLoops(f func(lp *loop)) (late int) {
+	loops := e.loopList()
+	done := make(chan struct{}, len(loops)) // buffered: a loop that runs f late must not block
+	for _, lp := range loops {
+		lp.exec(func() {
+			f(lp)
+			done <- struct{}{}
+		})
+	}
+	deadline := time.After(loopSnapshotWait)
+	for i := range loops {
+		select {
+		case <-done:
+		case <-deadline:
+			return len(loops) - i
+		}
+	}
+	return 0
+}
+
 // streamClientList returns the clients whose stream goroutine runs (TLS, slow readers).
 func (e *Engine) streamClientList() []*client {
 	e.streamMu.Lock()
@@ -148,27 +171,14 @@ func (cl *client) kill(command string) {
 // never changes). act runs on several loops at once. It must not run on an event loop.
 // Clients moving between paths meanwhile may be missed.
 func (e *Engine) eachClient(self *client, act, onBusy func(cl *client)) (busy int) {
-	loops := e.loopList()
-	done := make(chan struct{}, len(loops))
-	for _, lp := range loops {
-		lp.exec(func() {
-			for cl := range lp.clients {
-				if !cl.closed {
-					act(cl)
-				}
+	if late := e.onLoops(func(lp *loop) {
+		for cl := range lp.clients {
+			if !cl.closed {
+				act(cl)
 			}
-			done <- struct{}{}
-		})
-	}
-	deadline := time.After(loopSnapshotWait)
-wait:
-	for range loops {
-		select {
-		case <-done:
-		case <-deadline:
-			e.log.Warn("an event loop did not answer in time; an operator's command may reach its clients late")
-			break wait
 		}
+	}); late > 0 {
+		e.log.Warn("event loops did not answer in time; an operator's command may reach their clients late", "loops", late)
 	}
 
 	streams := e.streamClientList()
