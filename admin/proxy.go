@@ -187,7 +187,7 @@ func (s *Server) proxyKill(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	clients, servers, busy := s.src.ProxyOps.KillDatabase(req.Database)
-	msg := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q; new connections are accepted (pause the proxy first to hold them)", clients, servers, req.Database)
+	msg := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q; new connections are accepted (on a standalone proxy, POST /proxy/pause {\"database\": …} first holds them)", clients, servers, req.Database)
 	if busy > 0 {
 		msg += fmt.Sprintf("; %d busy clients were not checked: run it again", busy)
 	}

@@ -263,7 +263,7 @@ func (cl *client) consoleCommand(q string) func() []byte {
 		db := consoleIdent(fields[1])
 		return func() []byte {
 			r := e.killDatabase(cl, db)
-			notice := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q; new connections are accepted (PAUSE first to hold them)", r.Clients, r.Servers, db)
+			notice := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q; new connections are accepted (on a standalone proxy, PAUSE db first holds them)", r.Clients, r.Servers, db)
 			if r.Busy > 0 {
 				notice += fmt.Sprintf("; %d busy clients were not checked, run KILL again", r.Busy)
 			}

@@ -57,8 +57,8 @@ func (e *Engine) killClient(self *client, id string) bool {
 
 // KillDatabase closes every client connection to the database db (as KillClient does) and
 // retires every server connection to it. New connections are accepted at once: to keep
-// clients out while, say, the database is dropped, pause the proxy first (PgBouncer's KILL
-// also pauses the database; PGBastion pauses only the whole proxy).
+// clients out while, say, the database is dropped, PauseDatabase first (PgBouncer's KILL also
+// pauses the database).
 func (e *Engine) KillDatabase(db string) KillResult { return e.killDatabase(nil, db) }
 
 func (e *Engine) killDatabase(self *client, db string) KillResult {

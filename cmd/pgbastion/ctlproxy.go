@@ -28,28 +28,26 @@ func (c *ctlClient) proxy(args []string, stderr io.Writer) error {
 		if len(args) == 2 {
 			body["database"] = args[1]
 		}
-		var res struct {
-			Message string `json:"message"`
-		}
-		if err := c.call(http.MethodPost, "/proxy/"+args[0], body, &res); err != nil {
-			return err
-		}
-		fmt.Fprintln(c.out, res.Message)
-		return nil
+		return c.callMessage(http.MethodPost, "/proxy/"+args[0], body)
 	case "kill-client":
 		if len(args) != 2 {
 			return errors.New(proxyUsage)
 		}
-		var res struct {
-			Message string `json:"message"`
-		}
-		if err := c.call(http.MethodDelete, "/proxy/connections/"+url.PathEscape(args[1]), nil, &res); err != nil {
-			return err
-		}
-		fmt.Fprintln(c.out, res.Message)
-		return nil
+		return c.callMessage(http.MethodDelete, "/proxy/connections/"+url.PathEscape(args[1]), nil)
 	}
 	return errors.New(proxyUsage)
+}
+
+// callMessage sends a request and prints the message the API answers with.
+func (c *ctlClient) callMessage(method, path string, body any) error {
+	var res struct {
+		Message string `json:"message"`
+	}
+	if err := c.call(method, path, body, &res); err != nil {
+		return err
+	}
+	fmt.Fprintln(c.out, res.Message)
+	return nil
 }
 
 // proxyPause pauses or resumes a standalone proxy (POST /proxy/pause, /proxy/resume).

@@ -555,12 +555,36 @@ func healthyReplica(mem Member) string {
 	return ""
 }
 
-func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
+// leaderIsPrimary refuses a switchover request whose leader is not the primary.
+func (s *State) leaderIsPrimary(leader string) Result {
 	if s.Primary == "" {
 		return fail(CodePrecondition, "the cluster has no primary")
 	}
-	if c.Leader != s.Primary {
+	if leader != s.Primary {
 		return fail(CodePrecondition, "leader name does not match: the primary is %q", s.Primary)
+	}
+	return Result{}
+}
+
+// candidateMember returns a switchover's candidate, refusing one that is the leader or no
+// member; an empty candidate (the controller chooses) passes with no record.
+func (s *State) candidateMember(leader, candidate string) (Member, Result) {
+	if candidate == leader {
+		return Member{}, fail(CodeInvalid, "candidate %q is already the primary", candidate)
+	}
+	if candidate == "" {
+		return Member{}, Result{}
+	}
+	mem, ok := s.Members[candidate]
+	if !ok {
+		return Member{}, fail(CodePrecondition, "candidate %q does not exist", candidate)
+	}
+	return mem, Result{}
+}
+
+func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
+	if res := s.leaderIsPrimary(c.Leader); res.Err != nil {
+		return res
 	}
 	if s.Operation != nil {
 		return fail(CodeConflict, "operation %d (%s) is in progress", s.Operation.ID, s.Operation.Kind)
@@ -568,14 +592,11 @@ func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
 	if res := s.scheduleBlocks(m); res.Err != nil {
 		return res
 	}
-	if c.Candidate == c.Leader {
-		return fail(CodeInvalid, "candidate %q is already the primary", c.Candidate)
+	mem, res := s.candidateMember(c.Leader, c.Candidate)
+	if res.Err != nil {
+		return res
 	}
 	if c.Candidate != "" {
-		mem, ok := s.Members[c.Candidate]
-		if !ok {
-			return fail(CodePrecondition, "candidate %q does not exist", c.Candidate)
-		}
 		if why := healthyReplica(mem); why != "" {
 			return fail(CodePrecondition, "candidate %q cannot be promoted: %s", c.Candidate, why)
 		}

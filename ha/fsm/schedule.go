@@ -55,23 +55,16 @@ func (s *State) scheduleSwitchover(c ScheduleSwitchover, m Meta) Result {
 	if c.At.IsZero() || !c.At.After(m.At) {
 		return fail(CodeInvalid, "the scheduled time %s is not in the future (the Raft leader's clock says %s)", c.At.UTC().Format(time.RFC3339), m.At.UTC().Format(time.RFC3339))
 	}
-	if s.Primary == "" {
-		return fail(CodePrecondition, "the cluster has no primary")
+	if res := s.leaderIsPrimary(c.Leader); res.Err != nil {
+		return res
 	}
-	if c.Leader != s.Primary {
-		return fail(CodePrecondition, "leader name does not match: the primary is %q", s.Primary)
+	// The candidate's health is checked at the booked time, not now.
+	mem, res := s.candidateMember(c.Leader, c.Candidate)
+	if res.Err != nil {
+		return res
 	}
-	if c.Candidate == c.Leader {
-		return fail(CodeInvalid, "candidate %q is already the primary", c.Candidate)
-	}
-	if c.Candidate != "" {
-		mem, ok := s.Members[c.Candidate]
-		if !ok {
-			return fail(CodePrecondition, "candidate %q does not exist", c.Candidate)
-		}
-		if !mem.Tags.Promotable() {
-			return fail(CodePrecondition, "candidate %q cannot be promoted: its tags forbid promotion", c.Candidate)
-		}
+	if c.Candidate != "" && !mem.Tags.Promotable() {
+		return fail(CodePrecondition, "candidate %q cannot be promoted: its tags forbid promotion", c.Candidate)
 	}
 	s.ScheduledSwitchover = &ScheduledSwitchover{Leader: c.Leader, Candidate: c.Candidate, At: c.At.UTC(),
 		RequestedAt: m.At, Index: m.Index}
