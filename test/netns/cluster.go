@@ -266,14 +266,35 @@ func (c *Cluster) Nodes() []*Node {
 func (c *Cluster) Members() []*Node { return slices.Clone(c.members) }
 
 // Holders returns the names of the members that have ip on any interface right now.
+//
+// Members are read one after another, which is no snapshot: an address moving from a member
+// read early to one read late would show both as holders at once although they never held it
+// together. So each member is read twice, in order and then in reverse order, and counts only
+// when it held ip both times: any two members' readings then nest (x, y, ..., y, x), and both
+// counting means both held it at the inner readings, as long as no member drops the address
+// and takes it back within one look (microseconds; a move takes milliseconds).
 func (c *Cluster) Holders(ip netip.Addr) ([]string, error) {
-	var out []string
-	for _, n := range c.members {
-		has, err := n.HasAddr(ip)
-		if err != nil {
-			return out, err
-		}
+	held := make([]int, len(c.members))
+	look := func(i int) error {
+		has, err := c.members[i].HasAddr(ip)
 		if has {
+			held[i]++
+		}
+		return err
+	}
+	for i := range c.members {
+		if err := look(i); err != nil {
+			return nil, err
+		}
+	}
+	for i := len(c.members) - 1; i >= 0; i-- {
+		if err := look(i); err != nil {
+			return nil, err
+		}
+	}
+	var out []string
+	for i, n := range c.members {
+		if held[i] == 2 {
 			out = append(out, n.Name)
 		}
 	}
