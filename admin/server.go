@@ -172,7 +172,8 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	r := router.New()
-	r.GET("/ui/", ui.serve) // the router redirects /ui here (RedirectTrailingSlash)
+	r.SaveMatchedRoutePath = true // observe names a request's span by its route
+	r.GET("/ui/", ui.serve)       // the router redirects /ui here (RedirectTrailingSlash)
 	r.GET("/nodes", s.nodes)
 	r.GET("/cluster", s.cluster)
 	r.GET("/members", s.members)
@@ -229,7 +230,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 		writeError(ctx, fasthttp.StatusMethodNotAllowed, "method "+string(ctx.Method())+" is not allowed on "+string(ctx.Path()))
 	}
 	s.http = &fasthttp.Server{
-		Handler:            r.Handler,
+		Handler:            withRequestID(r.Handler),
 		Name:               "pgbastion",
 		ReadTimeout:        30 * time.Second,
 		IdleTimeout:        60 * time.Second,
@@ -296,7 +297,7 @@ func (s *Server) track(ln net.Listener) {
 
 // auth wraps a mutation: it needs the bearer token.
 func (s *Server) auth(h fasthttp.RequestHandler) fasthttp.RequestHandler {
-	return func(ctx *fasthttp.RequestCtx) {
+	return s.observe(func(ctx *fasthttp.RequestCtx) {
 		if s.cfg.Token == "" {
 			writeError(ctx, fasthttp.StatusForbidden, "mutations are disabled: set api.token in the configuration and send it as 'Authorization: Bearer <token>'")
 			return
@@ -304,18 +305,18 @@ func (s *Server) auth(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 		if s.tokenOK(ctx) {
 			h(ctx)
 		}
-	}
+	})
 }
 
 // authRead wraps a read that shows who is connected (client addresses, users, application
 // names): with api.token set it needs the token, as a mutation does; without one it is open
 // like every other read (the API listens on 127.0.0.1 by default).
 func (s *Server) authRead(h fasthttp.RequestHandler) fasthttp.RequestHandler {
-	return func(ctx *fasthttp.RequestCtx) {
+	return s.observe(func(ctx *fasthttp.RequestCtx) {
 		if s.cfg.Token == "" || s.tokenOK(ctx) {
 			h(ctx)
 		}
-	}
+	})
 }
 
 // tokenOK checks the bearer token, answering 401 when it is missing or wrong.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgbastion/pgbastion/ha"
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/tracing"
 )
 
 // fakeCluster is a real FSM driven by hand, standing in for *ha.Node.
@@ -28,6 +29,7 @@ type fakeCluster struct {
 	name    string
 	lease   bool
 	lastOp  []string
+	lastRef *fsm.TraceRef // what the last switchover request's context said of its trace
 	waitErr error
 	// replaying: the node is still applying its Raft log after a restart.
 	replaying bool
@@ -73,8 +75,9 @@ func (c *fakeCluster) Servers() ([]ha.Server, error) {
 	return []ha.Server{{ID: "n1", Leader: true}}, nil
 }
 func (c *fakeCluster) HoldsWriteLease() bool { return c.lease }
-func (c *fakeCluster) Switchover(_ context.Context, leader, candidate string) (uint64, error) {
+func (c *fakeCluster) Switchover(ctx context.Context, leader, candidate string) (uint64, error) {
 	c.lastOp = []string{"switchover", leader, candidate}
+	c.lastRef = tracing.OperationRef(ctx)
 	if candidate == "nope" {
 		return 0, fsm.ErrPrecondition
 	}

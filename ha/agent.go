@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/tracing"
 )
 
 // PostgreSQL controls the local PostgreSQL server. The agent is its only caller and calls one
@@ -509,11 +510,19 @@ func (a *Agent) flushAcks(ctx context.Context, st *fsm.State) {
 // execute runs one directive and returns its acknowledgement.
 func (a *Agent) execute(ctx context.Context, st *fsm.State, d fsm.Directive) fsm.AckDirective {
 	ack := fsm.AckDirective{ID: d.ID, Node: a.c.Name()}
+	// The directive's span is a child of its operation's (tracing); its PostgreSQL programs
+	// are children of it. The request and trace IDs tie the log lines to the operation.
+	tctx, span, ref := tracing.StartDirective(ctx, st, d, a.c.Name())
 	log := a.log.With("directive", d.ID, "type", d.Type, "epoch", d.Epoch)
+	if d.Params.OperationID != 0 {
+		log = log.With("operation", d.Params.OperationID)
+	}
+	log = log.With(tracing.LogAttrs(ref)...)
 	log.Info("executing directive", "reason", d.Params.Reason, "upstream", d.Params.Upstream)
-	dctx, cancel := context.WithTimeout(ctx, a.cfg.Failover.DirectiveTimeout)
+	dctx, cancel := context.WithTimeout(tctx, a.cfg.Failover.DirectiveTimeout)
 	defer cancel()
 	var err error
+	defer func() { tracing.EndSpan(span, err) }()
 	switch d.Type {
 	case fsm.DirectiveFence:
 		var res StopResult

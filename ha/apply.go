@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/tracing"
 	"github.com/pgbastion/pgbastion/ha/transport"
 )
 
@@ -76,7 +77,7 @@ func (n *Node) tryApply(ctx context.Context, b []byte) (fsm.Result, bool, error)
 	if addr == "" {
 		return fsm.Result{}, true, ErrNoLeader
 	}
-	resp, err := n.forward(ctx, string(addr), rpcRequest{Kind: rpcApply, Command: b})
+	resp, err := n.forward(ctx, string(addr), rpcRequest{Kind: rpcApply, Command: b, Extensions: extensionsFrom(ctx)})
 	if err != nil {
 		return fsm.Result{}, ctx.Err() == nil, err
 	}
@@ -105,7 +106,7 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (fsm.Result, bool, erro
 			return fsm.Result{}, false, ctx.Err()
 		}
 	}
-	f := n.raft.Apply(stamped, timeout)
+	f := n.raft.ApplyLog(raft.Log{Data: stamped, Extensions: extensionsFrom(ctx)}, timeout)
 	if err := n.await(ctx, f); err != nil {
 		// Not proposed: safe to retry, possibly on the new leader.
 		retry := errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout)
@@ -134,9 +135,12 @@ const codeNotLeader fsm.ErrorCode = "not_leader"
 type rpcRequest struct {
 	Kind    rpcKind `json:"kind"`
 	Command []byte  `json:"command,omitempty"`
-	ID      string  `json:"id,omitempty"`
-	Address string  `json:"address,omitempty"`
-	Data    []byte  `json:"data,omitempty"`
+	// Extensions go with Command into its log entry (fsm.Extensions: an operation's trace).
+	// A leader of an older version ignores the field, and the operation is not traced.
+	Extensions []byte `json:"extensions,omitempty"`
+	ID         string `json:"id,omitempty"`
+	Address    string `json:"address,omitempty"`
+	Data       []byte `json:"data,omitempty"`
 }
 
 type rpcResponse struct {
@@ -194,6 +198,9 @@ func (n *Node) serve(ctx context.Context, req rpcRequest) rpcResponse {
 		// follower during a rolling upgrade, or a bug). Refused, it costs one request.
 		if _, _, err := fsm.Decode(req.Command); err != nil {
 			return rpcResponse{Error: &fsm.Error{Code: fsm.CodeInvalid, Message: "refusing to propose: " + err.Error()}}
+		}
+		if len(req.Extensions) > 0 && len(req.Extensions) <= fsm.MaxExtensionsSize {
+			ctx = withExtensions(ctx, req.Extensions)
 		}
 		res, retry, err := n.applyLocal(ctx, req.Command)
 		if err != nil {
@@ -323,7 +330,7 @@ func (n *Node) removeServerLocal(ctx context.Context, name string) error {
 // WaitOperation to wait for the outcome. Rejections are *fsm.Error (errors.Is with
 // fsm.ErrPrecondition, fsm.ErrConflict, fsm.ErrInvalid).
 func (n *Node) Switchover(ctx context.Context, leader, candidate string) (uint64, error) {
-	res, err := n.applyChecked(ctx, fsm.RequestSwitchover{Leader: leader, Candidate: candidate})
+	res, err := n.applyChecked(n.traced(ctx, tracing.OperationRef(ctx)), fsm.RequestSwitchover{Leader: leader, Candidate: candidate})
 	return res.ID, err
 }
 
@@ -331,7 +338,7 @@ func (n *Node) Switchover(ctx context.Context, leader, candidate string) (uint64
 // choose) at at; the Raft leader's controller requests it then, or cancels the booking with
 // the reason it could not start. CancelScheduledSwitchover drops the booking.
 func (n *Node) ScheduleSwitchover(ctx context.Context, leader, candidate string, at time.Time) error {
-	_, err := n.applyChecked(ctx, fsm.ScheduleSwitchover{Leader: leader, Candidate: candidate, At: at})
+	_, err := n.applyChecked(n.traced(ctx, tracing.OperationRef(ctx)), fsm.ScheduleSwitchover{Leader: leader, Candidate: candidate, At: at})
 	return err
 }
 
@@ -345,7 +352,7 @@ func (n *Node) CancelScheduledSwitchover(ctx context.Context) error {
 // as a switchover. force promotes even a candidate beyond maximum_lag_on_failover; the
 // operation's MayLoseBytes then says how far behind it was.
 func (n *Node) Failover(ctx context.Context, candidate string, force bool) (uint64, error) {
-	res, err := n.applyChecked(ctx, fsm.RequestFailover{Candidate: candidate, Force: force})
+	res, err := n.applyChecked(n.traced(ctx, tracing.OperationRef(ctx)), fsm.RequestFailover{Candidate: candidate, Force: force})
 	return res.ID, err
 }
 
@@ -403,4 +410,30 @@ func (n *Node) await(ctx context.Context, f raft.Future) error {
 	case <-n.ctx.Done():
 		return ErrClosed
 	}
+}
+
+type extensionsKey struct{}
+
+// withExtensions returns ctx whose next apply carries ext in its log entry.
+func withExtensions(ctx context.Context, ext []byte) context.Context {
+	return context.WithValue(ctx, extensionsKey{}, ext)
+}
+
+func extensionsFrom(ctx context.Context) []byte {
+	b, _ := ctx.Value(extensionsKey{}).([]byte)
+	return b
+}
+
+// traced returns ctx whose next apply gives the operation it creates the trace ref (nil:
+// none).
+func (n *Node) traced(ctx context.Context, ref *fsm.TraceRef) context.Context {
+	if ref == nil {
+		return ctx
+	}
+	ext, err := fsm.EncodeExtensions(fsm.Extensions{Trace: ref})
+	if err != nil {
+		n.log.Warn("operation not traced", "error", err)
+		return ctx
+	}
+	return withExtensions(ctx, ext)
 }

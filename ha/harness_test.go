@@ -112,7 +112,15 @@ func (c memCaller) Call(ctx context.Context, addr string, req []byte) ([]byte, e
 	if cut || h == nil {
 		return nil, fmt.Errorf("cannot reach %s from %s", addr, c.from)
 	}
-	return h(ctx, req)
+	// Like a real network, only the bytes and the deadline reach the other node, none of the
+	// caller's context values.
+	hctx := context.Background()
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithDeadline(hctx, dl)
+		defer cancel()
+	}
+	return h(hctx, req)
 }
 
 // fakePG simulates a PostgreSQL server: role, WAL position, streaming from an upstream.

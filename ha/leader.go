@@ -7,6 +7,7 @@ import (
 
 	"github.com/pgbastion/pgbastion/ha/controller"
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/tracing"
 )
 
 // maxControllerPeriod: the controller runs at least this often even when nothing changes.
@@ -160,7 +161,8 @@ func (n *Node) applyDecision(ctx context.Context, log *slog.Logger, cmds []fsm.C
 			return false
 		}
 		actx, cancel := context.WithTimeout(ctx, defaultApplyTimeout)
-		res, _, err := n.applyLocal(actx, b)
+		ref := n.decisionTrace(c)
+		res, _, err := n.applyLocal(n.traced(actx, ref), b)
 		cancel()
 		if err != nil {
 			log.Warn("controller command failed", "command", fsm.Describe(c), "error", err)
@@ -170,9 +172,32 @@ func (n *Node) applyDecision(ctx context.Context, log *slog.Logger, cmds []fsm.C
 			log.Warn("controller command rejected", "command", fsm.Describe(c), "error", res.Err)
 			return false
 		}
-		log.Info("controller", "action", fsm.Describe(c), "index", res.Index)
+		log.Info("controller", append([]any{"action", fsm.Describe(c), "index", res.Index}, tracing.LogAttrs(ref)...)...)
+		if f, ok := c.(fsm.FinishOperation); ok {
+			// The operation's span, from its start to now, with its directives: recorded
+			// once, by the leader that ended it.
+			st := n.fsm.State()
+			if op, ok := st.OperationByID(f.ID); ok && !op.Active() {
+				tracing.RecordOperation(st, op, n.name)
+			}
+		}
 	}
 	return true
+}
+
+// decisionTrace returns the trace for an operation the controller's command c creates: a
+// booked switchover continues the booking request's trace; an automatic failover starts one.
+func (n *Node) decisionTrace(c fsm.Command) *fsm.TraceRef {
+	switch c.(type) {
+	case fsm.StartOperation:
+		return tracing.AutomaticRef()
+	case fsm.RequestSwitchover, fsm.RequestFailover:
+		if b := n.fsm.State().ScheduledSwitchover; b != nil && b.Trace != nil {
+			return tracing.ContinueRef(b.Trace)
+		}
+		return tracing.AutomaticRef()
+	}
+	return nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

@@ -18,6 +18,7 @@ import (
 	"github.com/pgbastion/pgbastion/ha/fsm"
 	"github.com/pgbastion/pgbastion/ha/notify"
 	"github.com/pgbastion/pgbastion/ha/pgctl"
+	"github.com/pgbastion/pgbastion/ha/tracing"
 	"github.com/pgbastion/pgbastion/netlink"
 )
 
@@ -36,6 +37,9 @@ type Config struct {
 	// sent by the Raft leader.
 	Webhooks []notify.Webhook `yaml:"webhooks"`
 	Log      LogConfig        `yaml:"log"`
+	// Tracing exports OpenTelemetry spans (API requests, failovers and switchovers across
+	// the cluster, directives and the PostgreSQL programs they run) to a collector.
+	Tracing tracing.Config `yaml:"tracing"`
 }
 
 // PostgreSQLConfig is the local PostgreSQL server this node manages (HA mode).
@@ -93,6 +97,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := c.VIP.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Tracing.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if hc, ok := c.HA(); ok {

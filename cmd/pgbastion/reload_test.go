@@ -140,3 +140,37 @@ failover: {maximum_lag_on_failover: 1048576}
 		t.Fatalf("applied %d, restart required %v (%v)", res.Applied, res.RestartRequired, res.Changes)
 	}
 }
+
+// TestReloadReportsTracingAsRestart: the tracing section is read at start only; a reload says
+// each change takes a restart, hiding the collector's headers.
+func TestReloadReportsTracingAsRestart(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pgbastion.yaml")
+	base := `proxy:
+  listen_rw: 127.0.0.1:0
+  listen_ro: ""
+  backends: [{host: 127.0.0.1, port: 1}]
+api: {listen: "127.0.0.1:0"}
+tracing: {endpoint: "http://a:4318", sample_ratio: 0.5, headers: {x-api-key: key-one}}
+`
+	writeFile(t, path, base)
+	d, _ := daemonFrom(t, path)
+	writeFile(t, path, strings.NewReplacer("http://a:4318", "http://b:4318", "0.5", "1", "key-one", "key-two").Replace(base))
+	res, err := d.reloader.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.RestartRequired, []string{"tracing.endpoint", "tracing.headers.x-api-key", "tracing.sample_ratio"}) || res.Applied != 0 {
+		t.Fatalf("applied %d, restart required %v", res.Applied, res.RestartRequired)
+	}
+	for _, c := range res.Changes {
+		if strings.Contains(c.Old+c.New, "key-") {
+			t.Errorf("a tracing header was shown: %+v", c)
+		}
+	}
+	// A bad value is refused with the key named.
+	writeFile(t, path, strings.Replace(base, "0.5", "2", 1))
+	if _, err := d.reloader.reload(); err == nil || !strings.Contains(err.Error(), "tracing.sample_ratio") {
+		t.Fatalf("a sample ratio of 2: %v", err)
+	}
+}

@@ -10,11 +10,13 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/pgbastion/pgbastion/admin"
 	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/ha/tracing"
 )
 
 const defaultConfigPath = "/etc/pgbastion/pgbastion.yaml"
@@ -102,7 +104,25 @@ func newDaemon(path string, cfg Config, log *slog.Logger, level *slog.LevelVar) 
 }
 
 func (d *daemon) run(ctx context.Context) error {
-	var err error
+	node := "standalone"
+	if hc, cluster := d.cfg.HA(); cluster {
+		node = hc.Raft.NodeName
+	}
+	stopTracing, err := tracing.Setup(d.cfg.Tracing, node, version)
+	if err != nil {
+		return err
+	}
+	if d.cfg.Tracing.Enabled() {
+		d.log.Info("tracing on", "endpoint", d.cfg.Tracing.Endpoint, "sample_ratio", d.cfg.Tracing.Ratio())
+	}
+	defer func() {
+		// Flush the spans of the last moments (a failover's end) before exiting.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			d.log.Warn("tracing: spans not flushed at exit", "error", err)
+		}
+	}()
 	if hc, cluster := d.cfg.HA(); cluster {
 		d.log.Info("pgbastion starting", "version", version, "mode", "cluster member", "node", hc.Raft.NodeName)
 		err = d.runCluster(ctx, hc)

@@ -11,6 +11,8 @@ import (
 type Meta struct {
 	Index uint64    // Raft log index
 	At    time.Time // the leader's clock when it proposed the command
+	// Trace, from the log entry's extensions, is given to an operation the command creates.
+	Trace *TraceRef
 }
 
 // Apply returns the state after cmd, and the result. It is a pure function: the same state,
@@ -414,6 +416,10 @@ func (s *State) newOperation(kind OperationKind, reason string, m Meta) *Operati
 	op := &Operation{
 		ID: s.NextOperationID, Kind: kind, Reason: reason,
 		StartedAt: m.At, StartedIndex: m.Index, PhaseAt: m.At, PhaseIndex: m.Index,
+	}
+	if m.Trace != nil {
+		t := *m.Trace
+		op.Trace = &t
 	}
 	s.NextOperationID++
 	s.Operation = op

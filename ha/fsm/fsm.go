@@ -74,7 +74,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return Result{Err: ErrHalted, Index: l.Index}
 	}
 	cur := f.state.Load()
-	next, res := cur.Apply(cmd, Meta{Index: l.Index, At: at})
+	next, res := cur.Apply(cmd, Meta{Index: l.Index, At: at, Trace: DecodeExtensions(l.Extensions).Trace})
 	if next != cur {
 		f.publish(next)
 	}

@@ -27,6 +27,9 @@ type ScheduledSwitchover struct {
 	// OperationID is the switchover it started, when it did.
 	OperationID uint64    `json:"operation_id,omitempty"`
 	EndedAt     time.Time `json:"ended_at,omitzero"`
+	// Trace ties the booking to the request that made it; the switchover it starts continues
+	// that trace.
+	Trace *TraceRef `json:"trace,omitempty"`
 }
 
 // ScheduleSwitchover books a switchover from Leader (the current primary) to Candidate ("":
@@ -68,6 +71,10 @@ func (s *State) scheduleSwitchover(c ScheduleSwitchover, m Meta) Result {
 	}
 	s.ScheduledSwitchover = &ScheduledSwitchover{Leader: c.Leader, Candidate: c.Candidate, At: c.At.UTC(),
 		RequestedAt: m.At, Index: m.Index}
+	if m.Trace != nil {
+		t := *m.Trace
+		s.ScheduledSwitchover.Trace = &t
+	}
 	return Result{}
 }
 

@@ -259,6 +259,9 @@ type Operation struct {
 	Message    string    `json:"message,omitempty"`
 	NewPrimary string    `json:"new_primary,omitempty"`
 	FinishedAt time.Time `json:"finished_at"`
+	// Trace ties the operation to the request that asked for it and to its distributed trace
+	// (TraceOperation); nil when neither is known.
+	Trace *TraceRef `json:"trace,omitempty"`
 }
 
 // Active reports whether the operation has not finished.

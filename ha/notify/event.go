@@ -120,11 +120,19 @@ type OperationInfo struct {
 	Requested bool              `json:"requested,omitempty"`
 	Candidate string            `json:"candidate,omitempty"`
 	Message   string            `json:"message,omitempty"`
+	// RequestID and TraceID tie the operation to the API request that asked for it (its
+	// X-Request-ID) and to its distributed trace, when known.
+	RequestID string `json:"request_id,omitempty"`
+	TraceID   string `json:"trace_id,omitempty"`
 }
 
 func opInfo(o fsm.Operation) *OperationInfo {
-	return &OperationInfo{ID: o.ID, Kind: o.Kind, Phase: o.Phase, Requested: o.Requested,
+	i := &OperationInfo{ID: o.ID, Kind: o.Kind, Phase: o.Phase, Requested: o.Requested,
 		Candidate: o.Candidate, Message: o.Message}
+	if o.Trace != nil {
+		i.RequestID, i.TraceID = o.Trace.RequestID, o.Trace.TraceID
+	}
+	return i
 }
 
 // Past returns the events that the cluster's bounded logs in st still record: changes of

@@ -25,6 +25,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/pgbastion/pgbastion/ha/tracing"
 )
 
 // Config describes the local PostgreSQL server.
@@ -173,7 +177,9 @@ func (i *Instance) commandAt(ctx context.Context, path string, args ...string) *
 	return cmd
 }
 
-func (i *Instance) run(ctx context.Context, name string, args ...string) error {
+func (i *Instance) run(ctx context.Context, name string, args ...string) (err error) {
+	ctx, span := tracing.Tracer().Start(ctx, name, trace.WithAttributes(attribute.String("process.command_line", name+" "+strings.Join(redact(args), " "))))
+	defer func() { tracing.EndSpan(span, err) }()
 	cmd := i.command(ctx, name, args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -301,7 +307,9 @@ func (i *Instance) writeSettings() error {
 
 // Start runs the postmaster as a child process and waits until it accepts connections (or
 // reports that it is starting up as a standby and accepting read-only connections).
-func (i *Instance) Start(ctx context.Context) error {
+func (i *Instance) Start(ctx context.Context) (err error) {
+	ctx, span := tracing.Tracer().Start(ctx, "postgres start", trace.WithAttributes(attribute.String("pgbastion.data_dir", i.cfg.DataDir)))
+	defer func() { tracing.EndSpan(span, err) }()
 	i.mu.Lock()
 	if i.proc != nil {
 		i.mu.Unlock()
@@ -418,7 +426,13 @@ const (
 )
 
 // Stop stops the server and waits for the postmaster to exit.
-func (i *Instance) Stop(ctx context.Context, mode StopMode) error {
+func (i *Instance) Stop(ctx context.Context, mode StopMode) (err error) {
+	m := "fast"
+	if mode == Immediate {
+		m = "immediate"
+	}
+	ctx, span := tracing.Tracer().Start(ctx, "postgres stop", trace.WithAttributes(attribute.String("pgbastion.stop_mode", m)))
+	defer func() { tracing.EndSpan(span, err) }()
 	i.mu.Lock()
 	cmd, done := i.proc, i.done
 	i.mu.Unlock()

@@ -484,12 +484,21 @@ func (c *Cluster) WritablePrimary(timeout time.Duration) (*Node, time.Duration, 
 // Switchover asks a live node's API to move the primary to candidate and waits for the answer.
 func (c *Cluster) Switchover(t testing.TB, candidate string) {
 	t.Helper()
+	c.SwitchoverWithHeaders(t, candidate, nil)
+}
+
+// SwitchoverWithHeaders is Switchover with more request headers (traceparent, X-Request-ID).
+func (c *Cluster) SwitchoverWithHeaders(t testing.TB, candidate string, header map[string]string) {
+	t.Helper()
 	for _, n := range c.Nodes {
 		if !n.Alive() {
 			continue
 		}
 		req, _ := http.NewRequest(http.MethodPost, "http://"+n.API+"/switchover", strings.NewReader(`{"candidate":"`+candidate+`"}`))
 		req.Header.Set("Authorization", "Bearer "+c.Token)
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
 		client := http.Client{Timeout: 3 * time.Minute}
 		resp, err := client.Do(req)
 		if err != nil {

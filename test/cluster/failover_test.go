@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgbastion/pgbastion/ha/tracing/otlptest"
 	"github.com/pgbastion/pgbastion/test/daemon"
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
@@ -166,7 +168,10 @@ func TestQuorumLossStopsWrites(t *testing.T) {
 func TestSwitchoverUnderPgbenchLoad(t *testing.T) {
 	pgbench := pgtest.Program(t, "pgbench")
 	hooks := newHookWatch(t)
-	c := Start(t, Options{Extra: hooks.webhooks(), PostgreSQLExtra: hooks.callbacks()})
+	col := otlptest.Start()
+	defer col.Close()
+	tracingSection := fmt.Sprintf("tracing: {endpoint: %q}\n", col.URL())
+	c := Start(t, Options{Extra: hooks.webhooks() + tracingSection, PostgreSQLExtra: hooks.callbacks()})
 	primary, _ := c.WaitOneWritablePrimary(time.Minute)
 	entry := c.Nodes[2]
 	if entry == primary {
@@ -189,7 +194,8 @@ func TestSwitchoverUnderPgbenchLoad(t *testing.T) {
 	time.Sleep(8 * time.Second) // let the load settle before moving the primary
 	cand := c.Others(primary)[0]
 	began := time.Now()
-	c.Switchover(t, cand.Name)
+	c.SwitchoverWithHeaders(t, cand.Name, map[string]string{"traceparent": "00-" + callerTrace + "-" + callerSpan + "-01",
+		"X-Request-ID": "switchover-under-load"})
 	t.Logf("switchover %s -> %s took %s", primary.Name, cand.Name, time.Since(began).Round(time.Millisecond))
 	err := run.Wait()
 	text := out.String()
@@ -205,4 +211,60 @@ func TestSwitchoverUnderPgbenchLoad(t *testing.T) {
 		t.Fatalf("primary is %s, want %s", p.Name, cand.Name)
 	}
 	hooks.checkSwitchover(t, c, primary.Name, cand.Name)
+	checkSwitchoverTrace(t, col, primary.Name, cand.Name)
+	// The webhook events of the operation name the request and the trace too.
+	for _, e := range hooks.received() {
+		if e.Type == "operation_started" || e.Type == "operation_finished" {
+			if e.Operation == nil || e.Operation.RequestID != "switchover-under-load" || e.Operation.TraceID != callerTrace {
+				t.Errorf("webhook %s: operation %+v, want the request's and trace's IDs", e.ID, e.Operation)
+			}
+		}
+	}
+}
+
+// The caller's trace context, sent with the switchover request.
+const (
+	callerTrace = "0af7651916cd43dd8448eb211c80319c"
+	callerSpan  = "b7ad6b7169203331"
+)
+
+// checkSwitchoverTrace: the switchover is one trace across the cluster, below the caller's
+// span: the API request's span, the operation's (recorded by the Raft leader), the DEMOTE on
+// the old primary and the PROMOTE on the candidate, each with the pg_ctl run under it.
+func checkSwitchoverTrace(t *testing.T, col *otlptest.Collector, old, cand string) {
+	t.Helper()
+	inTrace := func(match func(otlptest.Span) bool) (otlptest.Span, bool) {
+		return col.Find(func(s otlptest.Span) bool { return s.TraceID == callerTrace && match(s) })
+	}
+	var req, op, demote, promote otlptest.Span
+	waitTrue(t, time.Minute, func() bool {
+		var ok [4]bool
+		req, ok[0] = inTrace(func(s otlptest.Span) bool { return s.Name == "POST /switchover" && s.ParentID == callerSpan })
+		op, ok[1] = inTrace(func(s otlptest.Span) bool {
+			return strings.HasPrefix(s.Name, "switchover ") && s.ParentID == req.SpanID
+		})
+		demote, ok[2] = inTrace(func(s otlptest.Span) bool {
+			return s.Name == "directive DEMOTE" && s.Node == old && s.ParentID == op.SpanID
+		})
+		promote, ok[3] = inTrace(func(s otlptest.Span) bool {
+			return s.Name == "directive PROMOTE" && s.Node == cand && s.ParentID == op.SpanID
+		})
+		return ok[0] && ok[1] && ok[2] && ok[3]
+	}, "the switchover's spans from every node in one trace")
+	if req.Attributes["pgbastion.request_id"] != "switchover-under-load" || op.Attributes["pgbastion.request_id"] != "switchover-under-load" ||
+		op.Attributes["pgbastion.operation.new_primary"] != cand {
+		t.Fatalf("request span %v, operation span %v", req.Attributes, op.Attributes)
+	}
+	// The PostgreSQL work under each directive: the old primary stopped and started as a
+	// standby, the candidate promoted with pg_ctl.
+	for _, w := range []struct {
+		d    otlptest.Span
+		name string
+	}{{demote, "postgres stop"}, {demote, "postgres start"}, {promote, "pg_ctl"}} {
+		if _, ok := inTrace(func(s otlptest.Span) bool { return s.Name == w.name && s.ParentID == w.d.SpanID && s.Node == w.d.Node }); !ok {
+			t.Errorf("no %s span under %s on %s", w.name, w.d.Name, w.d.Node)
+		}
+	}
+	t.Logf("trace %s: %s on %s; %s (%d ms) recorded by %s; %s on %s; %s on %s", callerTrace, req.Name, req.Node, op.Name,
+		(op.End-op.Start)/1e6, op.Attributes["pgbastion.recorded_by"], demote.Name, demote.Node, promote.Name, promote.Node)
 }

@@ -35,7 +35,9 @@ type hookEvent struct {
 	OldPrimary string `json:"old_primary"`
 	Message    string `json:"message"`
 	Operation  *struct {
-		Kind string `json:"kind"`
+		Kind      string `json:"kind"`
+		RequestID string `json:"request_id"`
+		TraceID   string `json:"trace_id"`
 	} `json:"operation"`
 }
 

@@ -1,0 +1,152 @@
+package ha
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/internal/await"
+	"github.com/pgbastion/pgbastion/ha/tracing"
+)
+
+// installTracing records this process's spans in memory for the test's duration.
+func installTracing(t *testing.T) *tracetest.InMemoryExporter {
+	t.Helper()
+	exp := tracetest.NewInMemoryExporter()
+	stop := tracing.Install(sdktrace.WithSyncer(exp), 1, "test", "dev")
+	t.Cleanup(func() { _ = stop(context.Background()) })
+	return exp
+}
+
+func findSpan(spans tracetest.SpanStubs, match func(tracetest.SpanStub) bool) (tracetest.SpanStub, bool) {
+	i := slices.IndexFunc(spans, match)
+	if i < 0 {
+		return tracetest.SpanStub{}, false
+	}
+	return spans[i], true
+}
+
+func attr(s tracetest.SpanStub, key string) string {
+	for _, a := range s.Attributes {
+		if string(a.Key) == key {
+			return a.Value.Emit()
+		}
+	}
+	return ""
+}
+
+// TestSwitchoverIsOneTrace: a switchover asked for on a follower with a request ID and a
+// caller's span carries both in the replicated state on every node from the moment it exists;
+// the leader records the operation's span as the caller's child with the operation's real
+// start and end, and each node's directive spans are children of it.
+func TestSwitchoverIsOneTrace(t *testing.T) {
+	exp := installTracing(t)
+	c := newTestCluster(t, 3, nil)
+	c.settle(30 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	caller := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID:  trace.SpanID{0x53, 0x99, 0x5c, 0x3f, 0x42, 0xcd, 0x8a, 0xd8}, TraceFlags: trace.FlagsSampled, Remote: true})
+	rctx := tracing.WithRequest(ctx, tracing.Request{ID: "req-42", Span: caller})
+	// Asked on a follower: the trace goes with the forwarded command to the leader.
+	follower := ""
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if c.nodes[name].raft.State() == raft.Follower {
+			follower = name
+			break
+		}
+	}
+	var id uint64
+	if err := retry(ctx, func() (err error) { id, err = c.nodes[follower].Switchover(rctx, "n1", "n2"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	op, err := c.nodes[follower].WaitOperation(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op.Phase != fsm.PhaseDone {
+		t.Fatalf("switchover %s: %s", op.Phase, op.Message)
+	}
+	ref := op.Trace
+	if ref == nil || ref.RequestID != "req-42" || ref.TraceID != caller.TraceID().String() ||
+		ref.ParentSpanID != caller.SpanID().String() || ref.SpanID == "" || !ref.Sampled {
+		t.Fatalf("operation trace %+v, want request req-42 under the caller's span", ref)
+	}
+	for name, n := range c.nodes {
+		await.True(t, 10*time.Second, func() bool {
+			o, ok := n.State().OperationByID(id)
+			return ok && !o.Active() && o.Trace != nil && *o.Trace == *ref
+		}, "%s's state to carry the same trace", name)
+	}
+
+	var opSpan tracetest.SpanStub
+	await.True(t, 10*time.Second, func() bool {
+		var ok bool
+		opSpan, ok = findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool { return s.SpanContext.SpanID().String() == ref.SpanID })
+		return ok
+	}, "the operation's span")
+	if opSpan.Parent.SpanID() != caller.SpanID() || opSpan.SpanContext.TraceID() != caller.TraceID() {
+		t.Fatalf("operation span %q: parent %s in trace %s, want %s in %s", opSpan.Name, opSpan.Parent.SpanID(),
+			opSpan.SpanContext.TraceID(), caller.SpanID(), caller.TraceID())
+	}
+	if !opSpan.StartTime.Equal(op.StartedAt) || !opSpan.EndTime.Equal(op.FinishedAt) || attr(opSpan, "pgbastion.request_id") != "req-42" ||
+		attr(opSpan, "pgbastion.operation.new_primary") != "n2" {
+		t.Fatalf("operation span %q %s–%s (operation %s–%s), attributes %v", opSpan.Name, opSpan.StartTime, opSpan.EndTime,
+			op.StartedAt, op.FinishedAt, opSpan.Attributes)
+	}
+	if !slices.ContainsFunc(opSpan.Events, func(e sdktrace.Event) bool { return e.Name == "PROMOTE issued to n2" }) {
+		t.Fatalf("operation span events %v: no PROMOTE to n2", opSpan.Events)
+	}
+	// The directives ran on n1 (CHECKPOINT, DEMOTE) and n2 (PROMOTE), each under the operation.
+	for _, want := range []struct{ typ, node string }{{"CHECKPOINT", "n1"}, {"DEMOTE", "n1"}, {"PROMOTE", "n2"}} {
+		s, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
+			return s.Name == "directive "+want.typ && attr(s, "pgbastion.node") == want.node && s.SpanContext.TraceID() == caller.TraceID()
+		})
+		if !ok {
+			t.Errorf("no span for %s on %s in the trace", want.typ, want.node)
+			continue
+		}
+		if s.Parent.SpanID().String() != ref.SpanID {
+			t.Errorf("%s on %s: parent %s, want the operation's %s", want.typ, want.node, s.Parent.SpanID(), ref.SpanID)
+		}
+	}
+}
+
+// TestAutomaticFailoverStartsATrace: a failover nobody asked for starts a trace of its own
+// (no request ID), the operation's span is its root, and the PROMOTE is its child.
+func TestAutomaticFailoverStartsATrace(t *testing.T) {
+	exp := installTracing(t)
+	c := newTestCluster(t, 3, nil)
+	c.settle(30 * time.Second)
+	c.pgs.get("n1").set(func(p *fakePG) { p.running = false })
+	primary := c.waitPrimary(30*time.Second, "n1")
+	st := c.nodes[primary].State()
+	h := st.History[len(st.History)-1]
+	op, ok := st.OperationByID(h.OperationID)
+	if !ok || op.Kind != fsm.OpFailover {
+		t.Fatalf("no failover operation behind %+v", h)
+	}
+	ref := op.Trace
+	if ref == nil || ref.TraceID == "" || ref.SpanID == "" || ref.ParentSpanID != "" || ref.RequestID != "" || !ref.Sampled {
+		t.Fatalf("automatic failover trace %+v, want a new sampled trace", ref)
+	}
+	await.True(t, 10*time.Second, func() bool {
+		_, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
+			return s.SpanContext.SpanID().String() == ref.SpanID && !s.Parent.IsValid()
+		})
+		return ok
+	}, "the failover's root span")
+	if _, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
+		return s.Name == "directive PROMOTE" && s.Parent.SpanID().String() == ref.SpanID && attr(s, "pgbastion.node") == primary
+	}); !ok {
+		t.Fatal("no PROMOTE span under the failover")
+	}
+}
