@@ -25,14 +25,17 @@ import (
 // Config is the whole configuration file. Each section belongs to the package that owns it;
 // this file only composes them. Without a raft section PGBastion is a standalone proxy.
 type Config struct {
-	Proxy      engine.Config     `yaml:"proxy"`
-	API        admin.Config      `yaml:"api"`
-	Raft       *ha.RaftConfig    `yaml:"raft"`
-	Failover   ha.FailoverConfig `yaml:"failover"`
-	Health     ha.HealthConfig   `yaml:"health"`
-	Tags       fsm.Tags          `yaml:"tags"`
-	PostgreSQL PostgreSQLConfig  `yaml:"postgresql"`
-	VIP        netlink.Config    `yaml:"vip"`
+	// ConfigVersion is the file's schema version (absent: 1). A file written for a newer
+	// schema is refused as a whole, with what to do, before any key is read.
+	ConfigVersion int               `yaml:"config_version"`
+	Proxy         engine.Config     `yaml:"proxy"`
+	API           admin.Config      `yaml:"api"`
+	Raft          *ha.RaftConfig    `yaml:"raft"`
+	Failover      ha.FailoverConfig `yaml:"failover"`
+	Health        ha.HealthConfig   `yaml:"health"`
+	Tags          fsm.Tags          `yaml:"tags"`
+	PostgreSQL    PostgreSQLConfig  `yaml:"postgresql"`
+	VIP           netlink.Config    `yaml:"vip"`
 	// Webhooks receive the cluster's events (a new primary, a failover, a node down...),
 	// sent by the Raft leader.
 	Webhooks []notify.Webhook `yaml:"webhooks"`
@@ -159,8 +162,28 @@ func LoadConfig(path string) (Config, error) {
 	return ParseConfig(path, data)
 }
 
+// ConfigVersion is the newest configuration schema this binary reads. Raise it only for a
+// change that an older binary would misread; new keys alone do not need it (an older binary
+// refuses unknown keys).
+const ConfigVersion = 1
+
 // ParseConfig parses configuration text; name is used in error messages.
 func ParseConfig(name string, data []byte) (Config, error) {
+	// The schema version first: a newer file's keys would otherwise be reported one by one
+	// as unknown.
+	var head struct {
+		ConfigVersion any `yaml:"config_version"`
+	}
+	if err := yaml.Unmarshal(data, &head); err == nil && head.ConfigVersion != nil {
+		v, ok := head.ConfigVersion.(int)
+		switch {
+		case !ok || v < 1:
+			return Config{}, fmt.Errorf("%s: config_version %v: want a whole number, %d for this release", name, head.ConfigVersion, ConfigVersion)
+		case v > ConfigVersion:
+			return Config{}, fmt.Errorf("%s: config_version %d is newer than this pgbastion (%s) reads (%d): upgrade pgbastion on this host, or use a file written for version %d",
+				name, v, version, ConfigVersion, ConfigVersion)
+		}
+	}
 	cfg := DefaultConfig()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)

@@ -21,6 +21,27 @@ func TestConfigUnknownKeyNamesFileAndLine(t *testing.T) {
 	}
 }
 
+// TestConfigVersion: a file for a newer schema is refused as a whole, before its keys are
+// read (they would be "unknown"), with what to do; version 1 and no version are read.
+func TestConfigVersion(t *testing.T) {
+	base := "proxy:\n  listen_rw: 127.0.0.1:5432\n  backends: [{host: 127.0.0.1, port: 5434}]\n"
+	for _, ok := range []string{base, "config_version: 1\n" + base} {
+		if cfg, err := ParseConfig("p.yaml", []byte(ok)); err != nil || cfg.Proxy.ListenRW != "127.0.0.1:5432" {
+			t.Fatalf("%q: %v", ok, err)
+		}
+	}
+	_, err := ParseConfig("p.yaml", []byte("config_version: 2\n"+base+"brand_new_section: {x: 1}\n"))
+	if err == nil || !strings.Contains(err.Error(), "p.yaml: config_version 2 is newer than this pgbastion") ||
+		!strings.Contains(err.Error(), "upgrade pgbastion") || strings.Contains(err.Error(), "unknown key") {
+		t.Fatalf("a version 2 file: %v", err)
+	}
+	for _, bad := range []string{"0", "one", "1.5", "-3"} {
+		if _, err := ParseConfig("p.yaml", []byte("config_version: "+bad+"\n"+base)); err == nil || !strings.Contains(err.Error(), "want a whole number") {
+			t.Errorf("config_version %s: %v", bad, err)
+		}
+	}
+}
+
 func TestConfigTypeErrorNamesFileAndLine(t *testing.T) {
 	_, err := ParseConfig("x.yaml", []byte("proxy:\n  pool:\n    default_pool_size: lots\n"))
 	if err == nil || !strings.Contains(err.Error(), "x.yaml:3:") {
