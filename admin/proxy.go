@@ -186,13 +186,9 @@ func (s *Server) proxyKill(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, fasthttp.StatusBadRequest, `the body must name the database: {"database": "NAME"}`)
 		return
 	}
-	clients, servers, busy := s.src.ProxyOps.KillDatabase(req.Database)
-	msg := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q; new connections are accepted (on a standalone proxy, POST /proxy/pause {\"database\": …} first holds them)", clients, servers, req.Database)
-	if busy > 0 {
-		msg += fmt.Sprintf("; %d busy clients were not checked: run it again", busy)
-	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"database": req.Database, "clients_closed": clients,
-		"servers_retired": servers, "clients_unchecked": busy, "message": msg})
+	r := s.src.ProxyOps.KillDatabase(req.Database)
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"database": req.Database, "clients_closed": r.Clients,
+		"servers_retired": r.Servers, "clients_unchecked": r.Busy, "paused": r.Paused, "message": r.Message})
 }
 
 // proxyKillClient serves DELETE /proxy/connections/{id}: PgBouncer's KILL_CLIENT.

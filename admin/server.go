@@ -137,13 +137,24 @@ type Sources struct {
 }
 
 // ProxyOps are PgBouncer's KILL_CLIENT, KILL and RECONNECT on this node's proxy.
+// KillResult is what KILL did to a database.
+type KillResult struct {
+	Clients int `json:"clients_closed"`
+	Servers int `json:"servers_retired"`
+	// Busy counts clients too busy to be looked at (run it again).
+	Busy int `json:"clients_unchecked"`
+	// Paused: the database now waits for POST /proxy/resume (a standalone proxy).
+	Paused  bool   `json:"paused"`
+	Message string `json:"message"`
+}
+
 type ProxyOps struct {
 	// KillClient closes the client connection with that ID (cancelling its running query);
 	// false when there is none (DELETE /proxy/connections/{id}).
 	KillClient func(id string) bool
 	// KillDatabase closes a database's client connections and retires its server
-	// connections; busy counts clients too busy to be looked at (POST /proxy/kill).
-	KillDatabase func(db string) (clients, servers, busy int)
+	// connections, pausing the database on a standalone proxy (POST /proxy/kill).
+	KillDatabase func(db string) KillResult
 	// Reconnect retires the server connections of a database (every one when db is empty):
 	// idle ones close at once, the others when released (POST /proxy/reconnect).
 	Reconnect func(db string) int

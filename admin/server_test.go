@@ -458,9 +458,9 @@ func TestProxyKillAndReconnectEndpoints(t *testing.T) {
 	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", "tok"
 	s, err := New(cfg, Sources{ProxyOps: &ProxyOps{
 		KillClient: func(id string) bool { calls = append(calls, "kill-client "+id); return id == "0xc0001" },
-		KillDatabase: func(db string) (int, int, int) {
+		KillDatabase: func(db string) KillResult {
 			calls = append(calls, "kill "+db)
-			return 3, 2, 1
+			return KillResult{Clients: 3, Servers: 2, Busy: 1, Paused: true, Message: "closed 3 client connections; 1 busy clients were not checked"}
 		},
 		Reconnect: func(db string) int { calls = append(calls, "reconnect "+db); return 5 },
 	}}, slog.Default())
@@ -491,7 +491,7 @@ func TestProxyKillAndReconnectEndpoints(t *testing.T) {
 		t.Errorf("kill with an unknown field: %d %s", code, body)
 	}
 	if code, body := do(t, "POST", u+"/proxy/kill", "tok", `{"database": "app"}`); code != 200 ||
-		!strings.Contains(body, `"clients_closed": 3`) || !strings.Contains(body, `"servers_retired": 2`) || !strings.Contains(body, "1 busy clients") {
+		!strings.Contains(body, `"clients_closed": 3`) || !strings.Contains(body, `"servers_retired": 2`) || !strings.Contains(body, "1 busy clients") || !strings.Contains(body, `"paused": true`) {
 		t.Errorf("kill: %d %s", code, body)
 	}
 	if code, body := do(t, "DELETE", u+"/proxy/connections/0xc0002", "tok", ""); code != 404 || !strings.Contains(body, "GET /proxy/connections") {

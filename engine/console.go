@@ -77,7 +77,8 @@ const consoleHelp = `Console usage
 	PAUSE [db]        (admin_users, standalone proxy) hold new transactions (of db), wait for those in flight
 	RESUME [db]       (admin_users, standalone proxy) let them go
 	RECONNECT [db]    (admin_users) replace server connections: idle ones now, busy ones once free
-	KILL db           (admin_users) close a database's clients (cancelling their queries) and servers
+	KILL db           (admin_users) close a database's clients (cancelling their queries) and servers;
+	                  a standalone proxy then holds its new transactions until RESUME db
 	KILL_CLIENT ptr   (admin_users) close one client (ptr from SHOW CLIENTS), cancelling its query
 Per-backend detail: GET /proxy or pgbastion ctl pools; counters: GET /metrics.`
 
@@ -263,11 +264,7 @@ func (cl *client) consoleCommand(q string) func() []byte {
 		db := consoleIdent(fields[1])
 		return func() []byte {
 			r := e.killDatabase(cl, db)
-			notice := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q; new connections are accepted (on a standalone proxy, PAUSE db first holds them)", r.Clients, r.Servers, db)
-			if r.Busy > 0 {
-				notice += fmt.Sprintf("; %d busy clients were not checked, run KILL again", r.Busy)
-			}
-			return answer([]string{notice}, "KILL", nil)
+			return answer([]string{r.KillNotice(db, "RESUME "+fields[1])}, "KILL", nil)
 		}
 	case verb == "RECONNECT":
 		db := ""

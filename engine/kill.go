@@ -21,6 +21,8 @@ type KillResult struct {
 	// Busy counts stream-path clients (TLS, slow readers) that stayed busy past a short wait
 	// and were not looked at; they keep their connections.
 	Busy int
+	// Paused: the database is paused (a standalone proxy) until it is resumed.
+	Paused bool
 }
 
 // stuckStreamWait bounds how long an operator action waits for a busy stream-path client.
@@ -56,12 +58,18 @@ func (e *Engine) killClient(self *client, id string) bool {
 }
 
 // KillDatabase closes every client connection to the database db (as KillClient does) and
-// retires every server connection to it. New connections are accepted at once: to keep
-// clients out while, say, the database is dropped, PauseDatabase first (PgBouncer's KILL also
-// pauses the database).
+// retires every server connection to it. On a standalone proxy it first pauses the database,
+// as PgBouncer's KILL does: clients that come back log in, but their transactions wait until
+// ResumeDatabase (so that, say, DROP DATABASE finds no session in the way). A cluster
+// member's pools are paused only by switchovers: there new clients come in at once.
 func (e *Engine) KillDatabase(db string) KillResult { return e.killDatabase(nil, db) }
 
 func (e *Engine) killDatabase(self *client, db string) KillResult {
+	paused := false
+	if len(e.cfg.Backends) > 0 {
+		e.setDBPaused(db, true)
+		paused = true
+	}
 	var clients atomic.Int64
 	busy := e.eachClient(self, func(cl *client) {
 		if cl.database == db && cl.state != csConsole {
@@ -69,8 +77,8 @@ func (e *Engine) killDatabase(self *client, db string) KillResult {
 			cl.kill("KILL " + db)
 		}
 	}, nil)
-	r := KillResult{Clients: int(clients.Load()), Busy: busy, Servers: e.Reconnect(db)}
-	e.log.Info("operator killed a database's connections", "database", db, "clients", r.Clients, "servers", r.Servers)
+	r := KillResult{Clients: int(clients.Load()), Busy: busy, Servers: e.Reconnect(db), Paused: paused}
+	e.log.Warn("operator killed a database's connections", "database", db, "clients", r.Clients, "servers", r.Servers, "paused", paused)
 	return r
 }
 
@@ -199,4 +207,18 @@ func (e *Engine) eachClient(self *client, act, onBusy func(cl *client)) (busy in
 		}
 	}
 	return busy
+}
+
+// KillNotice describes what KILL did, for the console and the API.
+func (r KillResult) KillNotice(db, resume string) string {
+	msg := fmt.Sprintf("closed %d client connections and retired %d server connections of database %q", r.Clients, r.Servers, db)
+	if r.Paused {
+		msg += fmt.Sprintf("; the database is paused: clients may connect, their transactions wait until %s", resume)
+	} else {
+		msg += "; new connections are accepted (a cluster member's pools are paused only by switchovers)"
+	}
+	if r.Busy > 0 {
+		msg += fmt.Sprintf("; %d busy clients were not checked, run KILL again", r.Busy)
+	}
+	return msg
 }

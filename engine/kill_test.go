@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -158,9 +159,35 @@ func TestConsoleKillAndReconnect(t *testing.T) {
 	waitFor(t, "the database's servers to close", func() bool {
 		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name <> 'pgbastion-health'") == "0"
 	})
+	// As PgBouncer's KILL, it paused the database (a standalone proxy): a client comes back and
+	// logs in, but its transaction waits until RESUME, so no session is in the way of, say,
+	// DROP DATABASE.
+	if !strings.Contains(lastNotice(), "the database is paused: clients may connect, their transactions wait until RESUME \"postgres\"") {
+		t.Fatalf("KILL notice %q does not say the database is paused", lastNotice())
+	}
 	fresh := connect(t, p.dsn(p.rw))
+	answered := make(chan error, 1)
+	go func() {
+		_, err := fresh.Exec(ctx, "SELECT 1", simple)
+		answered <- err
+	}()
+	if got := fmt.Sprint(p.e.Stats().PausedDatabases); got != "[postgres]" {
+		t.Fatalf("paused databases after KILL: %s", got)
+	}
+	waitFor(t, "the returning client to be held", func() bool { return p.e.Stats().Held == 1 })
+	select {
+	case err := <-answered:
+		t.Fatalf("a transaction ran on the killed database before RESUME: %v", err)
+	default:
+	}
+	if tag, err := admin.Exec(ctx, "RESUME postgres", simple); err != nil || tag.String() != "RESUME" {
+		t.Fatalf("RESUME postgres: %q %v", tag, err)
+	}
+	if err := <-answered; err != nil {
+		t.Fatalf("the held transaction after RESUME: %v", err)
+	}
 	if pid := backendPID(t, ctx, fresh); pid == 0 {
-		t.Fatal("no server after KILL")
+		t.Fatal("no server after KILL and RESUME")
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -228,9 +229,11 @@ func (d *daemon) proxyStatus() admin.ProxyStatus {
 func (d *daemon) proxyOps() *admin.ProxyOps {
 	return &admin.ProxyOps{
 		KillClient: d.proxy.KillClient,
-		KillDatabase: func(db string) (int, int, int) {
+		KillDatabase: func(db string) admin.KillResult {
 			r := d.proxy.KillDatabase(db)
-			return r.Clients, r.Servers, r.Busy
+			resume, _ := json.Marshal(map[string]string{"database": db})
+			return admin.KillResult{Clients: r.Clients, Servers: r.Servers, Busy: r.Busy, Paused: r.Paused,
+				Message: r.KillNotice(db, "POST /proxy/resume "+string(resume)+" (pgbastion ctl proxy resume "+db+")")}
 		},
 		Reconnect: d.proxy.Reconnect,
 	}
