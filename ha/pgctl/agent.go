@@ -238,7 +238,9 @@ func (c *Controller) Follow(ctx context.Context, up ha.Upstream) (ha.StopResult,
 			return res, err
 		}
 	}
-	if c.inst.Running() {
+	// A postmaster this process adopted rather than started counts too: it must be stopped
+	// before anything is done to its data directory.
+	if c.inst.PostmasterAlive() {
 		if st, err := c.Probe(ctx); err == nil && st.Role == fsm.RoleReplica && st.UpstreamHost != "" && c.followsAlready(up) {
 			// Done before (the acknowledgement was lost): report the same checkpoint.
 			res.CheckpointLSN = c.lastCheckpoint

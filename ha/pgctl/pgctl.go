@@ -405,6 +405,30 @@ func (i *Instance) Running() bool {
 	return i.proc != nil
 }
 
+// PostmasterAlive reports whether a postmaster runs on the data directory: one this process
+// started, or one postmaster.pid names that is alive (left running by an earlier PGBastion
+// process and adopted, or started by hand). Running sees only the first kind.
+func (i *Instance) PostmasterAlive() bool {
+	if i.Running() {
+		return true
+	}
+	pid, ok := i.pidFilePID()
+	if !ok {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// pidFilePID returns the process ID postmaster.pid names.
+func (i *Instance) pidFilePID() (int, bool) {
+	b, err := os.ReadFile(filepath.Join(i.cfg.DataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	return postmasterPID(b)
+}
+
 // Exited returns a channel closed when the current postmaster exits (nil when not running).
 func (i *Instance) Exited() <-chan struct{} {
 	i.mu.Lock()

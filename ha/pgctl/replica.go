@@ -71,6 +71,11 @@ func validateReplicaMethods(ms []ReplicaMethod) error {
 // configured methods in order (default: basebackup alone). A method that fails, or succeeds
 // without leaving a data directory, is logged and the next one is tried.
 func (i *Instance) CreateReplica(ctx context.Context, host string, port int, appName, slot string) error {
+	// Never replace the data directory under a running server.
+	if i.PostmasterAlive() {
+		pid, _ := i.pidFilePID()
+		return fmt.Errorf("refusing to replace the data directory %s: a postmaster (PID %d) still runs on it; stop it first", i.cfg.DataDir, pid)
+	}
 	methods := i.cfg.ReplicaMethods
 	if len(methods) == 0 {
 		methods = []ReplicaMethod{{Name: BaseBackupMethod}}

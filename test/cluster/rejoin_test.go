@@ -629,3 +629,53 @@ func (w *neverPrimary) stop() {
 	}
 	w.wg.Wait()
 }
+
+// TestSwitchoverAwayFromAnAdoptedPrimary: PostgreSQL outlives its pgbastion (a restart of the
+// daemon for an upgrade), and the new pgbastion process adopts the running server without
+// being its parent. A switchover away from that primary must still stop it and make it
+// follow the new primary with its data: DEMOTE used to look only for a server it had started
+// itself, took the running one for stopped, failed to rewind it and, with
+// remove_data_directory_on_rewind_failure, removed its data directory under it.
+func TestSwitchoverAwayFromAnAdoptedPrimary(t *testing.T) {
+	c := Start(t, Options{})
+	primary, _ := c.WaitOneWritablePrimary(time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	conn, err := c.Connect(ctx, primary.RW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE adopted (id int); INSERT INTO adopted VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	pid := primary.PostmasterPID()
+	primary.StopDaemon(t)
+	primary.Restart(t)
+	if p, _ := c.WaitOneWritablePrimary(2 * time.Minute); p != primary {
+		t.Fatalf("after its daemon restarted the primary is %s, want %s", p.Name, primary.Name)
+	}
+	if got := primary.PostmasterPID(); got != pid {
+		t.Fatalf("restarting pgbastion restarted PostgreSQL (postmaster %d, was %d): the test needs it adopted", got, pid)
+	}
+	c.WaitHealthy(2, 2*time.Minute)
+	cand := c.Others(primary)[0]
+	c.Switchover(t, cand.Name)
+	c.WaitRejoined(t, primary, 2*time.Minute)
+	if got := primary.PostmasterPID(); got == pid || got == 0 {
+		t.Fatalf("the old primary's postmaster is %d (was %d): it was not stopped and started as a standby", got, pid)
+	}
+	if log := primary.D.Log(); strings.Contains(log, "re-cloning") || strings.Contains(log, "pg_rewind failed") {
+		t.Fatalf("the old primary lost its data directory or failed to rewind:\n%s", primary.D.LogTail())
+	}
+	// Its data is there, streamed through the new primary.
+	rconn, err := c.Connect(ctx, primary.RO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rconn.Close(ctx)
+	var v int
+	if err := rconn.QueryRow(ctx, "SELECT id FROM adopted").Scan(&v); err != nil || v != 42 {
+		t.Fatalf("reading the row back: %d, %v", v, err)
+	}
+}
