@@ -76,6 +76,8 @@ type Engine struct {
 	// CLIENTS.
 	streamMu      sync.Mutex
 	streamClients map[*client]struct{}
+	// streamSweeping: sweepStreamClients is running.
+	streamSweeping atomic.Bool
 
 	clients atomic.Int64
 	cancels cancelRegistry
@@ -565,6 +567,9 @@ func (e *Engine) OnTick() (time.Duration, gnet.Action) {
 	}
 	if clients {
 		e.sweepHeld(now)
+		if e.hasStreamClients() {
+			go e.sweepStreamClients(now)
+		}
 	}
 	select {
 	case <-e.stopped:

@@ -147,6 +147,13 @@ func (e *Engine) streamClientList() []*client {
 	return out
 }
 
+// hasStreamClients reports whether any client is on the stream path.
+func (e *Engine) hasStreamClients() bool {
+	e.streamMu.Lock()
+	defer e.streamMu.Unlock()
+	return len(e.streamClients) > 0
+}
+
 // poolEntries lists every pool of every backend.
 func (e *Engine) poolEntries() []*poolEntry {
 	e.routeMu.Lock()

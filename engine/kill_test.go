@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,4 +244,63 @@ func TestClientGoneMidQueryIsCancelled(t *testing.T) {
 	waitFor(t, "the query to run", func() bool { return primary.QueryString(t, running) == "1" })
 	_ = c.PgConn().Conn().Close() // the client is gone, without a Terminate
 	waitFor(t, "PostgreSQL to stop the query", func() bool { return primary.QueryString(t, running) == "0" })
+}
+
+// A client that fell behind with its results lives on the stream path, where query_timeout
+// still holds: once a write to it has been blocked for longer (it stopped reading), the proxy
+// closes it, its query is cancelled in PostgreSQL, and the pool's only server serves the next
+// client. (Before, a client there that never read again kept its server, and PostgreSQL its
+// query, for ever.)
+func TestQueryTimeoutClosesAStalledReader(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.Pool.Mode, c.Pool.DefaultPoolSize = pool.ModeTransaction, 1
+		c.Pool.QueryTimeout = 2 * time.Second
+		c.StreamHighWater = 64 << 10
+	}, primary)
+	c := rawLogin(t, p.rw)
+	defer c.Close()
+	_ = c.SetDeadline(time.Time{})
+	// The client reads (slowly enough to fall behind) until it is on the stream path, then
+	// stops reading for good.
+	var stop atomic.Bool
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		buf := make([]byte, 4<<10)
+		for !stop.Load() {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	const q = "SELECT generate_series(1, 100000000), repeat('x', 1000)" // 100 GB, streamed: it never ends by itself
+	if _, err := c.Write(pgwire.AppendQuery(nil, q)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the client to be on the stream path", func() bool {
+		for _, cn := range p.e.Conns() {
+			if !cn.Server && cn.Loop == -1 {
+				return true
+			}
+		}
+		return false
+	})
+	stop.Store(true)
+	<-stopped
+	waitFor(t, "query_timeout to close the client that stopped reading", func() bool {
+		return metricValue(t, p.e, "pgbastion_proxy_query_timeouts_total") == 1
+	})
+	waitFor(t, "PostgreSQL to stop the query", func() bool {
+		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", q) == "0"
+	})
+	if v := queryInt(t, connect(t, p.dsn(p.rw)), "SELECT 7"); v != 7 {
+		t.Fatalf("after the stalled client: %d", v)
+	}
+	// The connection is closed: reading drains what the socket holds, then ends.
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("the stalled client's connection did not end: %v", err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -36,6 +37,17 @@ type stream struct {
 	grants chan grant
 	done   chan struct{}
 	once   sync.Once
+
+	// out is the client's writer on this path; stalled is set once the sweep closed a
+	// client that stopped reading (sweepStreamClients).
+	out     stallWriter
+	stalled atomic.Bool
+}
+
+// setOut makes w (the client's socket or TLS connection) the client's writer on this path.
+func (st *stream) setOut(w io.Writer) {
+	st.out.w = w
+	st.cl.out = &st.out
 }
 
 type grant struct {
@@ -69,7 +81,7 @@ func (cl *client) startTLS(cfg *tls.Config) error {
 			_ = tc.SetDeadline(time.Time{})
 			cl.mu.Lock()
 			cl.tlsDone = true
-			cl.out = tc
+			st.setOut(tc)
 			cl.mu.Unlock()
 			// Input the client sent before the handshake ended (the startup message) is in
 			// tls.Conn's buffer; st.buf holds nothing (the client sent nothing after the
@@ -120,13 +132,13 @@ func (cl *client) finishDetach(c gnet.Conn) gnet.Action {
 	delete(lp.clients, cl)
 	c.SetContext(detached{})
 	cl.conn, cl.lp = nil, nil
-	cl.out = nc
+	st.setOut(nc)
 	cl.detaching = false
 	cb := cl.detachCb
 	cl.detachCb = nil
 	if tin != nil {
 		tin.tr.nc, tin.tr.onLoop, tin.tr.out = nc, false, nil
-		cl.out = tin.tc
+		st.setOut(tin.tc)
 		lp.later(func() { cb(tin.tc) })
 		return gnet.Close
 	}

@@ -3,11 +3,14 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/pgwire"
+	"github.com/pgbastion/pgbastion/pool"
 )
 
 // sweepEvery is how often each loop's pools are swept: it bounds how long a client waits while
@@ -31,9 +34,17 @@ func (lp *loop) sweep(now time.Time, clients bool) {
 }
 
 func (lp *loop) sweepClients(now time.Time) {
-	e := lp.e
-	cfg := &e.conf().cfg.Pool
+	cfg := &lp.e.conf().cfg.Pool
 	for cl := range lp.clients {
+		cl.checkTimeouts(now, cfg)
+	}
+}
+
+// checkTimeouts closes the client when one of its timeouts has run out. It runs on the
+// client's owner: its loop, or under its lock on the stream path.
+func (cl *client) checkTimeouts(now time.Time, cfg *pool.Config) {
+	e := cl.e
+	{
 		switch {
 		case cl.closed:
 		case (cl.state == csStartup || cl.state == csAuth) && cfg.ClientLoginTimeout > 0 && now.Sub(cl.acceptedAt) > cfg.ClientLoginTimeout:
@@ -54,6 +65,51 @@ func (lp *loop) sweepClients(now time.Time) {
 			cl.fail(sqlErr(pgwire.IdleInTransactionTimeout, fmt.Sprintf("idle_transaction_timeout: transaction idle for more than %s", cfg.IdleTransactionTimeout), ""))
 		}
 	}
+}
+
+// sweepStreamClients checks the timeouts of the clients on the stream path (slow readers,
+// TLS clients that stayed off the loops), as sweepClients does for a loop's. A client whose
+// lock a handler holds is checked at the next sweep, unless the handler has been blocked
+// writing to it for longer than query_timeout: that client stopped reading its result, so it
+// is closed from here (closing the socket ends the blocked write), which abandons its server
+// with the request running, and the request is cancelled in PostgreSQL (server.abandoned).
+func (e *Engine) sweepStreamClients(now time.Time) {
+	if !e.streamSweeping.CompareAndSwap(false, true) {
+		return // the last sweep is still running
+	}
+	defer e.streamSweeping.Store(false)
+	cfg := &e.conf().cfg.Pool
+	for _, cl := range e.streamClientList() {
+		if cl.mu.TryLock() {
+			cl.checkTimeouts(now, cfg)
+			cl.mu.Unlock()
+			continue
+		}
+		st := cl.stream
+		since := st.out.since.Load()
+		if since == 0 || cfg.QueryTimeout <= 0 || now.Sub(time.Unix(0, since)) <= cfg.QueryTimeout || !st.stalled.CompareAndSwap(false, true) {
+			continue
+		}
+		e.m.queryTimeouts.Inc()
+		e.log.Warn("closing a client that has not read its result for longer than query_timeout; its query is cancelled",
+			"remote", st.remote, "query_timeout", cfg.QueryTimeout)
+		_ = st.conn.Close()
+	}
+}
+
+// stallWriter is a stream-path client's writer: it records when a write began, so that the
+// sweep can tell, without the client's lock, that a handler is blocked on a client that
+// stopped reading.
+type stallWriter struct {
+	w     io.Writer
+	since atomic.Int64 // Unix nanoseconds the write in progress began; 0: none
+}
+
+func (w *stallWriter) Write(b []byte) (int, error) {
+	w.since.Store(time.Now().UnixNano())
+	n, err := w.w.Write(b)
+	w.since.Store(0)
+	return n, err
 }
 
 func (lp *loop) sweepPools(now time.Time) {
