@@ -178,17 +178,27 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 
 func (s *snapshot) Release() {}
 
-// WriteSnapshot writes s in the snapshot format.
+// WriteSnapshot writes s in the snapshot format: the state as JSON, then, when there are
+// any, its advisory extras (operations' traces) as a second JSON object, which a binary of an
+// older version never reads (see snapshotExtras).
 func WriteSnapshot(w io.Writer, s *State) error {
-	body, err := json.Marshal(s)
+	st, extras := s.splitExtras()
+	body, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
+	var tail []byte
+	if extras != nil {
+		if tail, err = json.Marshal(extras); err != nil {
+			return fmt.Errorf("encode state extras: %w", err)
+		}
+	}
 	var buf bytes.Buffer
-	buf.Grow(len(snapshotMagic) + 1 + len(body))
+	buf.Grow(len(snapshotMagic) + 1 + len(body) + len(tail))
 	buf.WriteString(snapshotMagic)
 	buf.WriteByte(snapshotVersion)
 	buf.Write(body)
+	buf.Write(tail)
 	_, err = w.Write(buf.Bytes())
 	return err
 }
@@ -209,7 +219,8 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		return nil, fmt.Errorf("unsupported snapshot version %d", v)
 	}
 	s := NewState()
-	dec := json.NewDecoder(bytes.NewReader(b[len(snapshotMagic)+1:]))
+	body := b[len(snapshotMagic)+1:]
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(s); err != nil {
 		return nil, fmt.Errorf("decode state: %w", err)
@@ -217,5 +228,6 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if s.Members == nil {
 		s.Members = map[string]Member{}
 	}
+	s.joinExtras(decodeExtras(body[dec.InputOffset():]))
 	return s, nil
 }

@@ -108,3 +108,98 @@ func DecodeExtensions(b []byte) Extensions {
 	}
 	return e
 }
+
+// snapshotExtras are the advisory parts of a state, written after it in a snapshot rather
+// than in it. A binary of an older version decodes the state strictly (an unknown field makes
+// it refuse the snapshot, or a backup) and stops reading at the state's end, so extras it
+// does not know never reach it; it only lacks them.
+type snapshotExtras struct {
+	OperationTraces  map[uint64]TraceRef `json:"operation_traces,omitempty"`
+	BookingTrace     *TraceRef           `json:"booking_trace,omitempty"`
+	LastBookingTrace *TraceRef           `json:"last_booking_trace,omitempty"`
+}
+
+// splitExtras returns s without its advisory parts, and those parts (nil when it has none).
+// s is not modified: what changes is copied.
+func (s *State) splitExtras() (*State, *snapshotExtras) {
+	var ex snapshotExtras
+	found := false
+	c := *s
+	if s.Operation != nil && s.Operation.Trace != nil {
+		ex.OperationTraces = map[uint64]TraceRef{s.Operation.ID: *s.Operation.Trace}
+		op := *s.Operation
+		op.Trace = nil
+		c.Operation = &op
+		found = true
+	}
+	copied := false
+	for i, o := range s.Operations {
+		if o.Trace == nil {
+			continue
+		}
+		if ex.OperationTraces == nil {
+			ex.OperationTraces = map[uint64]TraceRef{}
+		}
+		ex.OperationTraces[o.ID] = *o.Trace
+		if !copied {
+			c.Operations = append([]Operation(nil), s.Operations...)
+			copied = true
+		}
+		c.Operations[i].Trace = nil
+		found = true
+	}
+	if b := s.ScheduledSwitchover; b != nil && b.Trace != nil {
+		ex.BookingTrace = b.Trace
+		cb := *b
+		cb.Trace = nil
+		c.ScheduledSwitchover = &cb
+		found = true
+	}
+	if b := s.LastScheduledSwitchover; b != nil && b.Trace != nil {
+		ex.LastBookingTrace = b.Trace
+		cb := *b
+		cb.Trace = nil
+		c.LastScheduledSwitchover = &cb
+		found = true
+	}
+	if !found {
+		return s, nil
+	}
+	return &c, &ex
+}
+
+// decodeExtras reads the extras after a snapshot's state; they are advisory, so what cannot
+// be read (none, garbage, a newer binary's fields) is left out, never an error.
+func decodeExtras(b []byte) snapshotExtras {
+	var ex snapshotExtras
+	if len(bytes.TrimSpace(b)) == 0 || json.Unmarshal(b, &ex) != nil {
+		return snapshotExtras{}
+	}
+	return ex
+}
+
+// joinExtras puts extras back into a state just decoded (not yet shared).
+func (s *State) joinExtras(ex snapshotExtras) {
+	ref := func(t TraceRef) *TraceRef {
+		if t.Validate() != nil {
+			return nil
+		}
+		return &t
+	}
+	if s.Operation != nil {
+		if t, ok := ex.OperationTraces[s.Operation.ID]; ok {
+			s.Operation.Trace = ref(t)
+		}
+	}
+	for i := range s.Operations {
+		if t, ok := ex.OperationTraces[s.Operations[i].ID]; ok {
+			s.Operations[i].Trace = ref(t)
+		}
+	}
+	if s.ScheduledSwitchover != nil && ex.BookingTrace != nil {
+		s.ScheduledSwitchover.Trace = ref(*ex.BookingTrace)
+	}
+	if s.LastScheduledSwitchover != nil && ex.LastBookingTrace != nil {
+		s.LastScheduledSwitchover.Trace = ref(*ex.LastBookingTrace)
+	}
+}

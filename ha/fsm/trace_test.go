@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
@@ -130,4 +131,85 @@ func FuzzDecodeExtensions(f *testing.F) {
 			t.Fatalf("unstable round trip: %+v vs %+v", e.Trace, got.Trace)
 		}
 	})
+}
+
+// containsKey reports whether key appears at any depth of a decoded JSON value.
+func containsKey(v any, key string) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, x := range v {
+			if k == key || containsKey(x, key) {
+				return true
+			}
+		}
+	case []any:
+		for _, x := range v {
+			if containsKey(x, key) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestSnapshotKeepsTracesOutOfTheState: operations' traces travel in a snapshot (and a
+// backup) after the state, not in it: a binary of an older version decodes the state
+// strictly and stops at its end, so the new field never makes it refuse the snapshot. This
+// binary reads them back; a trailer it cannot read is dropped, not an error; the state given
+// to WriteSnapshot is not changed.
+func TestSnapshotKeepsTracesOutOfTheState(t *testing.T) {
+	s := NewState()
+	s.Members["n1"] = Member{Name: "n1"}
+	booked := testRef
+	booked.RequestID = "booking"
+	s.Operation = &Operation{ID: 3, Kind: OpSwitchover, Phase: PhaseDraining, Trace: &testRef}
+	s.Operations = []Operation{{ID: 1, Kind: OpFailover, Phase: PhaseDone}, {ID: 2, Kind: OpSwitchover, Phase: PhaseDone, Trace: &booked}}
+	s.ScheduledSwitchover = &ScheduledSwitchover{Leader: "n1", Trace: &booked}
+	var buf bytes.Buffer
+	if err := WriteSnapshot(&buf, s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Operation.Trace == nil || s.Operations[1].Trace == nil || s.ScheduledSwitchover.Trace == nil {
+		t.Fatal("WriteSnapshot changed the state it was given")
+	}
+	// What an older binary reads: the first JSON value after the header.
+	dec := json.NewDecoder(bytes.NewReader(buf.Bytes()[len(snapshotMagic)+1:]))
+	var first any
+	if err := dec.Decode(&first); err != nil {
+		t.Fatal(err)
+	}
+	if containsKey(first, "trace") {
+		t.Fatal("the state in the snapshot carries traces: an older binary would refuse it")
+	}
+	back, err := ReadSnapshot(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Operation.Trace == nil || *back.Operation.Trace != testRef || back.Operations[0].Trace != nil ||
+		back.Operations[1].Trace == nil || back.Operations[1].Trace.RequestID != "booking" ||
+		back.ScheduledSwitchover.Trace == nil || back.ScheduledSwitchover.Trace.RequestID != "booking" {
+		t.Fatalf("traces after the round trip: %+v %+v %+v", back.Operation.Trace, back.Operations, back.ScheduledSwitchover)
+	}
+	// A trailer that is not ours, or a newer binary's extra field: the state still loads.
+	body := buf.Bytes()[:len(snapshotMagic)+1+int(dec.InputOffset())]
+	for _, tail := range []string{"", "{garbage", `{"operation_traces": {"3": {"trace_id": "NOT HEX"}}, "later": [1]}`} {
+		got, err := ReadSnapshot(bytes.NewReader(append(bytes.Clone(body), tail...)))
+		if err != nil {
+			t.Fatalf("trailer %q: %v", tail, err)
+		}
+		if got.Operation.Trace != nil {
+			t.Fatalf("trailer %q gave a trace: %+v", tail, got.Operation.Trace)
+		}
+	}
+	// Without traces the snapshot is the state alone, as before.
+	plain := NewState()
+	buf.Reset()
+	if err := WriteSnapshot(&buf, plain); err != nil {
+		t.Fatal(err)
+	}
+	dec = json.NewDecoder(bytes.NewReader(buf.Bytes()[len(snapshotMagic)+1:]))
+	var v any
+	if err := dec.Decode(&v); err != nil || dec.More() {
+		t.Fatalf("a snapshot without traces has a trailer (%v)", err)
+	}
 }
