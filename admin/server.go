@@ -93,6 +93,9 @@ type Cluster interface {
 	// RemoveMember removes a node from the cluster for good: its member record (the
 	// primary's agent then drops its replication slot) and its Raft membership.
 	RemoveMember(ctx context.Context, name string) error
+	// AddVoter adds a node to the Raft group (it must be running with no bootstrap of its
+	// own); it registers itself and clones its data once it has caught up.
+	AddVoter(ctx context.Context, name, addr string) error
 	Backup(ctx context.Context, w io.Writer) (ha.BackupInfo, error)
 	Restore(ctx context.Context, r io.Reader) (ha.BackupInfo, error)
 }
@@ -209,6 +212,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.POST("/pause", s.auth(s.pause(true)))
 	r.POST("/resume", s.auth(s.pause(false)))
 	r.DELETE("/members/{name}", s.auth(s.removeMember))
+	r.POST("/members", s.auth(s.addMember))
 	r.POST("/restart", s.auth(s.restart))
 	r.POST("/reload", s.auth(s.reload))
 	r.POST("/proxy/pause", s.auth(s.pauseProxy))
@@ -703,7 +707,39 @@ func (s *Server) removeMember(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"removed": name,
-		"message": "removed from the cluster; its replication slot is dropped on the primary. Stop its pgbastion and PostgreSQL before reusing the host"})
+		"message": "removed from the cluster and from the Raft group; its replication slot is dropped on the primary. Keep its pgbastion stopped; before reusing the host, stop its PostgreSQL and empty its raft.data_dir"})
+}
+
+// addMember serves POST /members {"name", "raft_address"}: it adds a node to the Raft group
+// (etcdctl member add). The node must already run with raft.peers that do not list itself
+// (no bootstrap of its own) and postgresql.bootstrap false; once added it catches up,
+// registers itself and clones its data from the primary.
+func (s *Server) addMember(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	var req struct {
+		Name        string `json:"name"`
+		RaftAddress string `json:"raft_address"`
+	}
+	if !decode(ctx, &req) {
+		return
+	}
+	if req.Name == "" || req.RaftAddress == "" {
+		writeError(ctx, fasthttp.StatusBadRequest, `the body must name the node and its Raft address: {"name": "db4", "raft_address": "10.0.0.4:8300"}`)
+		return
+	}
+	if _, _, err := net.SplitHostPort(req.RaftAddress); err != nil {
+		writeError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("raft_address %q is not host:port (the node's raft.advertise)", req.RaftAddress))
+		return
+	}
+	if err := s.src.Cluster.AddVoter(ctx, req.Name, req.RaftAddress); err != nil {
+		writeFSMError(ctx, "add member", err)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"added": req.Name, "raft_address": req.RaftAddress,
+		"message": fmt.Sprintf("%s is a Raft voter: once it has caught up it registers itself and clones its data from the primary (pgbastion ctl list shows it); "+
+			"list it in every node's raft.peers for the record", req.Name)})
 }
 
 // Role checks, Patroni-style: the status code is the answer; the body shows the node.

@@ -137,6 +137,14 @@ func (c *fakeCluster) UpdatePGConfig(_ context.Context, set map[string]string, r
 	return r.ID, r.Error()
 }
 func (c *fakeCluster) ControllerWaiting() string { return "no replica can be promoted" }
+func (c *fakeCluster) AddVoter(_ context.Context, name, addr string) error {
+	c.lastOp = []string{"add", name, addr}
+	if name == "n2" {
+		return &fsm.Error{Code: fsm.CodeConflict, Message: "n2 is a voter already"}
+	}
+	return nil
+}
+
 func (c *fakeCluster) RemoveMember(_ context.Context, name string) error {
 	c.lastOp = []string{"remove", name}
 	if name == "n1" {
@@ -332,6 +340,23 @@ func TestMutationsNeedTheToken(t *testing.T) {
 	}
 	if code, _ := do(t, "DELETE", u+"/members/n1", "s3cret", ""); code != 412 {
 		t.Errorf("removing the primary: %d, want 412", code)
+	}
+	// POST /members adds a voter; a bad body is refused before the cluster is asked.
+	if code, _ := do(t, "POST", u+"/members", "", `{"name": "n4", "raft_address": "10.0.0.4:8300"}`); code != 401 {
+		t.Errorf("add member without token: %d", code)
+	}
+	if code, body := do(t, "POST", u+"/members", "s3cret", `{"name": "n4", "raft_address": "10.0.0.4:8300"}`); code != 200 ||
+		strings.Join(c.lastOp, ",") != "add,n4,10.0.0.4:8300" || !strings.Contains(body, "clones its data") {
+		t.Errorf("add member: %d %s %v", code, body, c.lastOp)
+	}
+	c.lastOp = nil
+	for _, bad := range []string{`{"name": "n4"}`, `{"name": "n4", "raft_address": "10.0.0.4"}`, `{"raft_address": "10.0.0.4:8300"}`, `{"name": "n4", "address": "x:1"}`} {
+		if code, _ := do(t, "POST", u+"/members", "s3cret", bad); code != 400 || c.lastOp != nil {
+			t.Errorf("add member %s: %d %v, want 400 without asking the cluster", bad, code, c.lastOp)
+		}
+	}
+	if code, body := do(t, "POST", u+"/members", "s3cret", `{"name": "n2", "raft_address": "10.0.0.2:8300"}`); code != 409 || !strings.Contains(body, "voter already") {
+		t.Errorf("adding a voter again: %d %s, want 409", code, body)
 	}
 	c.waitErr = context.DeadlineExceeded
 	if code, _ := do(t, "POST", u+"/failover", "s3cret", `{"candidate":"n2"}`); code != 202 {

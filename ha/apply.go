@@ -292,10 +292,19 @@ func (n *Node) onLeader(ctx context.Context, req rpcRequest, local func() error)
 // AddVoter adds a node to the Raft group as a voter (on the leader, forwarded if needed). The
 // new node must be running with the same cluster TLS identity and no bootstrap of its own (it
 // is not listed in its own raft.peers). It registers its member record itself once it has
-// caught up.
+// caught up. A name that is a voter already is refused (fsm.ErrConflict): re-adding it under
+// another address would move a member's vote.
 func (n *Node) AddVoter(ctx context.Context, name, addr string) error {
 	if name == "" || addr == "" {
 		return errors.New("add voter: a name and an address are required")
+	}
+	if servers, err := n.Servers(); err == nil {
+		for _, s := range servers {
+			if s.ID == name {
+				return fmt.Errorf("add voter: %w", &fsm.Error{Code: fsm.CodeConflict,
+					Message: fmt.Sprintf("%s is a voter already (Raft address %s); to replace its host, start the new one under that name and address", name, s.Address)})
+			}
+		}
 	}
 	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcAddVoter, ID: name, Address: addr}, func() error { return n.addVoterLocal(ctx, name, addr) })
 	return err
@@ -309,8 +318,18 @@ func (n *Node) addVoterLocal(ctx context.Context, name, addr string) error {
 }
 
 // RemoveMember removes a node from the cluster: its member record (refused for the primary,
-// and while it takes part in an operation), then its Raft membership.
+// while it takes part in an operation, and while it still reports: a running node would
+// register itself again at once, a member without a Raft vote), then its Raft membership.
 func (n *Node) RemoveMember(ctx context.Context, name string) error {
+	// Agents report every health interval: a member heard from within three is running.
+	running := max(3*n.cfg.Health.Interval, time.Second)
+	if m, ok := n.fsm.State().Member(name); ok && !m.Status.ReportedAt.IsZero() {
+		if age := n.now().Sub(m.Status.ReportedAt); age < running {
+			return fmt.Errorf("remove member %s: %w", name, &fsm.Error{Code: fsm.CodePrecondition,
+				Message: fmt.Sprintf("%s reported %s ago: it is still running. Stop its pgbastion first (a running node registers itself again), wait %s, then remove it",
+					name, age.Round(100*time.Millisecond), running)})
+		}
+	}
 	if _, err := n.applyChecked(ctx, fsm.RemoveMember{Name: name}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
 		return fmt.Errorf("remove member %s: %w", name, err)
 	}

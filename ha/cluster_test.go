@@ -371,10 +371,20 @@ func TestAddVoterAndRemoveMember(t *testing.T) {
 	if err := retry(ctx, func() error { return c.nodes["n3"].RemoveMember(ctx, "n1") }); !errorsIs(err, fsm.ErrPrecondition) {
 		t.Fatalf("removing the primary: %v", err)
 	}
-	c.stop("n4")
-	if err := retry(ctx, func() error { return c.nodes["n3"].RemoveMember(ctx, "n4") }); err != nil {
-		t.Fatal(err)
+	// A voter's name cannot be added again (under another address it would move its vote).
+	if err := c.nodes["n2"].AddVoter(ctx, "n4", "elsewhere:8300"); !errorsIs(err, fsm.ErrConflict) {
+		t.Fatalf("adding n4 a second time: %v", err)
 	}
+	// Still running, n4 would register itself again: refused until it is stopped.
+	if err := c.nodes["n3"].RemoveMember(ctx, "n4"); !errorsIs(err, fsm.ErrPrecondition) || !strings.Contains(err.Error(), "still running") {
+		t.Fatalf("removing the running n4: %v", err)
+	}
+	c.stop("n4")
+	var err2 error
+	await.True(t, 15*time.Second, func() bool {
+		err2 = retry(ctx, func() error { return c.nodes["n3"].RemoveMember(ctx, "n4") })
+		return err2 == nil
+	}, "the stopped n4 to be removable")
 	await.True(t, 15*time.Second, func() bool {
 		_, ok := c.nodes["n1"].State().Member("n4")
 		s, _ := c.nodes["n1"].Servers()

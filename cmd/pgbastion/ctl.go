@@ -61,7 +61,9 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   proxy reconnect [DB]                   this node's proxy: replace server connections (idle now, busy once free)
   proxy kill DB | proxy kill-client ID   this node's proxy: close a database's clients and servers, or one
                                          client (ID from ctl connections); running queries are cancelled
-  remove NODE                            remove a member for good (its replication slot is dropped)
+  add NODE RAFT_ADDRESS                  add a node to the Raft group: start it first, not listed in its own
+                                         raft.peers; it then registers itself and clones its data
+  remove NODE                            remove a stopped member for good (its replication slot is dropped)
   restart NODE... | restart --pending    restart replicas' PostgreSQL one at a time (ctl restart for details)
   reinit --yes NODE...                   re-clone replicas from the primary (ctl reinit for details)
   config show | set NAME=VALUE... | reset NAME...
@@ -135,6 +137,11 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 		return c.pools(rest, stderr)
 	case "connections", "conns":
 		return c.connections(rest, stderr)
+	case "add":
+		if len(rest) != 2 {
+			return fmt.Errorf("usage: pgbastion ctl add NODE RAFT_ADDRESS (the new node's raft.advertise, e.g. 10.0.0.4:8300)")
+		}
+		return c.callMessage(http.MethodPost, "/members", map[string]string{"name": rest[0], "raft_address": rest[1]})
 	case "remove":
 		if len(rest) != 1 {
 			return fmt.Errorf("usage: pgbastion ctl remove NODE")

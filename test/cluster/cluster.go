@@ -123,9 +123,29 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-func (c *Cluster) configFor(n *Node) string {
+// AddNode starts one more node, not listed in its own raft.peers (so it does not bootstrap a
+// group of its own) and with postgresql.bootstrap off: it waits until a member adds it to the
+// Raft group (POST /members), then registers itself and clones its data.
+func (c *Cluster) AddNode(t testing.TB) *Node {
+	t.Helper()
+	i := len(c.Nodes)
+	n := &Node{c: c, Name: fmt.Sprintf("node%d", i+1), Index: i, RW: daemon.FreeAddr(t), RO: daemon.FreeAddr(t),
+		API: daemon.FreeAddr(t), Raft: daemon.FreeAddr(t), PGPort: daemon.FreePort(t), Dir: filepath.Join(c.Dir, fmt.Sprintf("node%d", i+1))}
+	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.config = c.configWithPeers(n, c.Nodes)
+	c.Nodes = append(c.Nodes, n)
+	n.D = daemon.StartYAML(t, n.config, n.API)
+	return n
+}
+
+func (c *Cluster) configFor(n *Node) string { return c.configWithPeers(n, c.Nodes) }
+
+// configWithPeers is n's configuration with raft.peers listing members.
+func (c *Cluster) configWithPeers(n *Node, members []*Node) string {
 	var peers []string
-	for _, p := range c.Nodes {
+	for _, p := range members {
 		peers = append(peers, fmt.Sprintf("    - {name: %s, address: %s}", p.Name, p.Raft))
 	}
 	params := map[string]string{"fsync": "off", "synchronous_commit": "off", "wal_keep_size": "512MB"}

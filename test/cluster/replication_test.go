@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgbastion/pgbastion/ha"
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/pgctl"
 )
 
 // TestSyncPrimaryAndSyncStandbyLostTogether is issue 6's done-when #2. In synchronous_mode on
@@ -722,4 +723,60 @@ func replSlots(ctx context.Context, t *testing.T, c *Cluster, n *Node) map[strin
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestAddAndRemoveANode grows a running cluster by a node and shrinks it again, as an operator
+// would: the new node starts with raft.peers that do not list itself (no bootstrap of its own)
+// and waits; POST /members (pgbastion ctl add) makes it a voter; it registers itself, clones
+// its data from the primary and streams. Removing it is refused while it runs (it would
+// register itself again) and works once it is stopped.
+func TestAddAndRemoveANode(t *testing.T) {
+	c := Start(t, Options{})
+	primary, _ := c.WaitOneWritablePrimary(2 * time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	replSQL(ctx, t, c, primary, "CREATE TABLE grown (v int); INSERT INTO grown VALUES (4)")
+	n4 := c.AddNode(t)
+	for _, bad := range []string{`{"name": "node4"}`, `{"name": "node1", "raft_address": "` + primary.Raft + `"}`} {
+		if code, body := replAPI(t, c, primary, http.MethodPost, "/members", bad); code != http.StatusBadRequest && code != http.StatusConflict {
+			t.Fatalf("POST /members %s: %d %s", bad, code, body)
+		}
+	}
+	code, body := replAPI(t, c, c.Others(primary)[0], http.MethodPost, "/members", `{"name": "node4", "raft_address": "`+n4.Raft+`"}`)
+	if code != http.StatusOK || !strings.Contains(body, "clones its data") {
+		t.Fatalf("POST /members: %d %s", code, body)
+	}
+	c.WaitHealthy(3, 5*time.Minute)
+	replAwait(t, time.Minute, "node4's PostgreSQL to have the primary's data", func() (bool, string) {
+		conn, err := directConn(ctx, n4)
+		if err != nil {
+			return false, err.Error()
+		}
+		defer conn.Close(context.Background())
+		var v int
+		err = conn.QueryRow(ctx, "SELECT v FROM grown").Scan(&v)
+		return err == nil && v == 4, fmt.Sprint(v, err)
+	})
+	_, body = replAPI(t, c, primary, http.MethodGet, "/members", "")
+	if !strings.Contains(body, `"node4"`) {
+		t.Fatalf("node4 is not a Raft voter: %s", body)
+	}
+
+	// Shrinking: refused while node4 runs, done once it is stopped.
+	if code, body := replAPI(t, c, primary, http.MethodDelete, "/members/node4", ""); code != http.StatusPreconditionFailed || !strings.Contains(body, "still running") {
+		t.Fatalf("removing the running node4: %d %s", code, body)
+	}
+	n4.StopDaemon(t)
+	n4.stopPostgres(pgctl.Fast)
+	replAwait(t, time.Minute, "the stopped node4 removed", func() (bool, string) {
+		code, body := replAPI(t, c, primary, http.MethodDelete, "/members/node4", "")
+		return code == http.StatusOK, fmt.Sprint(code, body)
+	})
+	_, body = replAPI(t, c, primary, http.MethodGet, "/members", "")
+	if strings.Contains(body, `"node4"`) {
+		t.Fatalf("node4 is still a Raft voter: %s", body)
+	}
+	if p, _ := c.WaitOneWritablePrimary(time.Minute); p != primary {
+		t.Fatalf("primary moved to %s", p.Name)
+	}
 }
