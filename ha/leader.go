@@ -191,7 +191,7 @@ func (n *Node) decisionTrace(c fsm.Command) *fsm.TraceRef {
 	switch c.(type) {
 	case fsm.StartOperation:
 		return tracing.AutomaticRef()
-	case fsm.RequestSwitchover, fsm.RequestFailover:
+	case fsm.RequestSwitchover: // the controller asks for one only when a booking is due
 		if b := n.fsm.State().ScheduledSwitchover; b != nil && b.Trace != nil {
 			return tracing.ContinueRef(b.Trace)
 		}

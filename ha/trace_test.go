@@ -150,3 +150,41 @@ func TestAutomaticFailoverStartsATrace(t *testing.T) {
 		t.Fatal("no PROMOTE span under the failover")
 	}
 }
+
+// TestScheduledSwitchoverContinuesTheBookingsTrace: a switchover booked through the API runs
+// later, started by the Raft leader, but belongs to the booking request: the operation keeps
+// its request ID, and its span is a child of the booking request's span.
+func TestScheduledSwitchoverContinuesTheBookingsTrace(t *testing.T) {
+	exp := installTracing(t)
+	c := newTestCluster(t, 3, nil)
+	c.settle(30 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	caller := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+		SpanID:  trace.SpanID{1, 1, 2, 3, 5, 8, 13, 21}, TraceFlags: trace.FlagsSampled, Remote: true})
+	rctx := tracing.WithRequest(ctx, tracing.Request{ID: "book-7", Span: caller})
+	at := time.Now().Add(time.Second)
+	if err := retry(ctx, func() error { return c.nodes["n3"].ScheduleSwitchover(rctx, "n1", "n2", at) }); err != nil {
+		t.Fatal(err)
+	}
+	var last *fsm.ScheduledSwitchover
+	await.True(t, 20*time.Second, func() bool {
+		last = c.nodes["n1"].State().LastScheduledSwitchover
+		return last != nil
+	}, "the booking to end")
+	op, err := c.nodes["n3"].WaitOperation(ctx, last.OperationID)
+	if err != nil || op.Phase != fsm.PhaseDone {
+		t.Fatalf("the booked switchover: %+v %v", op, err)
+	}
+	ref := op.Trace
+	if ref == nil || ref.RequestID != "book-7" || ref.TraceID != caller.TraceID().String() || ref.ParentSpanID != caller.SpanID().String() {
+		t.Fatalf("booked switchover's trace %+v, want the booking request's", ref)
+	}
+	await.True(t, 10*time.Second, func() bool {
+		_, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
+			return s.SpanContext.SpanID().String() == ref.SpanID && s.Parent.SpanID() == caller.SpanID()
+		})
+		return ok
+	}, "the booked switchover's span under the booking request")
+}
