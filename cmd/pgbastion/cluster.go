@@ -19,6 +19,7 @@ import (
 	"github.com/pgbastion/pgbastion/ha/fsm"
 	"github.com/pgbastion/pgbastion/ha/notify"
 	"github.com/pgbastion/pgbastion/ha/pgctl"
+	"github.com/pgbastion/pgbastion/ha/tracing"
 	"github.com/pgbastion/pgbastion/netlink"
 )
 
@@ -77,7 +78,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		Proxy:       d.proxyStatus,
 		Connections: d.proxyConnections,
 		ProxyOps:    d.proxyOps(),
-		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), set, d.reloader.set},
+		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), set, d.reloader.set, tracing.Metrics},
 		Writers:     []func(io.Writer){d.writeMetrics(vip)},
 		Events:      notifier.Recent,
 		Reload:      d.reloader.apiReload,

@@ -108,7 +108,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if hc, cluster := d.cfg.HA(); cluster {
 		node = hc.Raft.NodeName
 	}
-	stopTracing, err := tracing.Setup(d.cfg.Tracing, node, version)
+	stopTracing, err := tracing.Setup(d.cfg.Tracing, node, version, d.log.With("component", "tracing"))
 	if err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func (d *daemon) runStandalone(ctx context.Context) error {
 		Proxy:       d.proxyStatus,
 		Connections: d.proxyConnections,
 		ProxyOps:    d.proxyOps(),
-		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), d.reloader.set},
+		Metrics:     []*metrics.Set{d.proxy.Metrics().Set(), d.reloader.set, tracing.Metrics},
 		Writers:     []func(io.Writer){d.writeMetrics(nil)},
 		Reload:      d.reloader.apiReload,
 		PauseProxy:  d.pauseProxy,

@@ -8,12 +8,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -91,17 +93,43 @@ func Enabled() bool { return enabled.Load() }
 // Tracer returns PGBastion's tracer (a no-op one while tracing is off).
 func Tracer() trace.Tracer { return otel.Tracer("github.com/pgbastion/pgbastion") }
 
+// Metrics holds pgbastion_tracing_export_errors_total: failed exports (the collector
+// unreachable or refusing), each a batch of spans dropped.
+var (
+	Metrics      = metrics.NewSet()
+	exportErrors = Metrics.NewCounter("pgbastion_tracing_export_errors_total")
+)
+
+// exportRetry: a batch is tried again for a while (a collector restarting), then dropped.
+var exportRetry = otlptracehttp.RetryConfig{Enabled: true, InitialInterval: time.Second, MaxInterval: 5 * time.Second, MaxElapsedTime: 30 * time.Second}
+
+// errorLogEvery rate-limits the log line of failed exports (lastLog: when it was last
+// written): a collector that is down fails every batch.
+const errorLogEvery = time.Minute
+
+var lastLog atomic.Int64
+
 // Setup installs an exporting tracer provider for node (the service instance) and returns the
-// function that flushes and stops it. With tracing off it installs nothing.
-func Setup(cfg Config, node, version string) (func(context.Context) error, error) {
+// function that flushes and stops it. With tracing off it installs nothing. Export errors go
+// to log (at most one line a minute) and to Metrics; they never hold anything up.
+func Setup(cfg Config, node, version string, log *slog.Logger) (func(context.Context) error, error) {
 	if !cfg.Enabled() {
 		return func(context.Context) error { return nil }, nil
 	}
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		exportErrors.Inc()
+		n := exportErrors.Get()
+		now := time.Now().UnixNano()
+		if last := lastLog.Load(); now-last >= int64(errorLogEvery) && lastLog.CompareAndSwap(last, now) {
+			log.Warn("tracing: spans not exported (is the collector up?); they are dropped, nothing waits for them",
+				"endpoint", cfg.Endpoint, "error", err, "errors_so_far", n)
+		}
+	}))
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	u, _ := endpointURL(cfg.Endpoint)
-	opts := []otlptracehttp.Option{otlptracehttp.WithEndpointURL(u), otlptracehttp.WithTimeout(10 * time.Second)}
+	opts := []otlptracehttp.Option{otlptracehttp.WithEndpointURL(u), otlptracehttp.WithTimeout(10 * time.Second), otlptracehttp.WithRetry(exportRetry)}
 	if len(cfg.Headers) > 0 {
 		opts = append(opts, otlptracehttp.WithHeaders(cfg.Headers))
 	}

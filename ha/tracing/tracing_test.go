@@ -2,7 +2,9 @@ package tracing
 
 import (
 	"context"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +18,7 @@ import (
 func TestExportToCollector(t *testing.T) {
 	col := otlptest.Start()
 	defer col.Close()
-	stop, err := Setup(Config{Endpoint: col.URL(), Headers: map[string]string{"X-Api-Key": "k1"}}, "n1", "test")
+	stop, err := Setup(Config{Endpoint: col.URL(), Headers: map[string]string{"X-Api-Key": "k1"}}, "n1", "test", slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +76,7 @@ func TestSampling(t *testing.T) {
 	col := otlptest.Start()
 	defer col.Close()
 	zero := 0.0
-	stop, err := Setup(Config{Endpoint: col.URL(), SampleRatio: &zero}, "n1", "test")
+	stop, err := Setup(Config{Endpoint: col.URL(), SampleRatio: &zero}, "n1", "test", slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +117,7 @@ func TestConfigValidate(t *testing.T) {
 	if u, _ := endpointURL("http://c:4318"); u != "http://c:4318/v1/traces" {
 		t.Errorf("default path: %s", u)
 	}
-	if _, err := Setup(Config{Endpoint: "https://c:4318", CAFile: "/nonexistent"}, "n", "v"); err == nil {
+	if _, err := Setup(Config{Endpoint: "https://c:4318", CAFile: "/nonexistent"}, "n", "v", slog.Default()); err == nil {
 		t.Error("a missing CA file was accepted")
 	}
 }
@@ -132,4 +134,57 @@ func TestRequestIDs(t *testing.T) {
 	if ref == nil || ref.RequestID != "r" || ref.TraceID != "" {
 		t.Fatalf("untraced request: %+v", ref)
 	}
+}
+
+// TestCollectorDownIsCountedAndLogged: spans that cannot be exported are counted in
+// pgbastion_tracing_export_errors_total and logged (once a minute at most), and nothing waits
+// for them beyond the shutdown's flush.
+func TestCollectorDownIsCountedAndLogged(t *testing.T) {
+	col := otlptest.Start()
+	url := col.URL()
+	col.Close() // nobody listens there any more
+	saved := exportRetry
+	exportRetry.Enabled = false // fail at once rather than retry for half a minute
+	defer func() { exportRetry = saved }()
+	var logs syncLog
+	lastLog.Store(0) // as in a fresh process
+	before := exportErrors.Get()
+	stop, err := Setup(Config{Endpoint: url}, "n1", "test", slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		_, span := Tracer().Start(context.Background(), "lost")
+		span.End()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = stop(ctx) // flushes; the export fails
+		cancel()
+		if stop, err = Setup(Config{Endpoint: url}, "n1", "test", slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = stop(context.Background())
+	if got := exportErrors.Get() - before; got < 2 {
+		t.Fatalf("%d export errors counted, want 2", got)
+	}
+	if n := strings.Count(logs.String(), "spans not exported"); n != 1 {
+		t.Fatalf("%d log lines for the failed exports, want 1 (rate-limited):\n%s", n, logs.String())
+	}
+}
+
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
