@@ -7,12 +7,13 @@ import (
 	"time"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
+	"github.com/pgbastion/pgbastion/ha/tracing"
 )
 
 // RequestRestart asks node's agent to restart its PostgreSQL and returns the request's ID.
 // The agent refuses (the request fails, with the reason) on the primary: switch over first.
 func (n *Node) RequestRestart(ctx context.Context, node, reason string) (uint64, error) {
-	res, err := n.applyChecked(ctx, fsm.RequestRestart{Node: node, Reason: reason})
+	res, err := n.applyChecked(n.traced(ctx, tracing.RequestRef(ctx)), fsm.RequestRestart{Node: node, Reason: reason})
 	return res.ID, err
 }
 
@@ -20,7 +21,7 @@ func (n *Node) RequestRestart(ctx context.Context, node, reason string) (uint64,
 // primary (Patroni's reinit) and returns the request's ID. The agent refuses on the primary,
 // and when there is no primary to clone from.
 func (n *Node) RequestReinit(ctx context.Context, node, reason string) (uint64, error) {
-	res, err := n.applyChecked(ctx, fsm.RequestReinit{Node: node, Reason: reason})
+	res, err := n.applyChecked(n.traced(ctx, tracing.RequestRef(ctx)), fsm.RequestReinit{Node: node, Reason: reason})
 	return res.ID, err
 }
 
@@ -55,17 +56,23 @@ func (a *Agent) maybeRestart(ctx context.Context, st *fsm.State) {
 	if r.Reinit {
 		what, do = "reinitialisation", a.reinit
 	}
+	// The request's API request ID (and trace) in the log lines and the span.
+	log := a.log.With(append([]any{"request", r.ID}, tracing.LogAttrs(r.Trace)...)...)
+	sctx, span := tracing.StartRestart(ctx, r, a.c.Name())
+	var err error
 	if refusal := a.restartRefusal(st, r); refusal != "" {
 		ack.Message = refusal
-		a.log.Warn(what+" refused", "request", r.ID, "reason", refusal)
-	} else if err := do(ctx, st, r); err != nil {
+		err = errors.New(refusal)
+		log.Warn(what+" refused", "reason", refusal)
+	} else if err = do(sctx, st, r); err != nil {
 		ack.Message = what + " failed: " + err.Error()
 		a.lastErr = ack.Message
-		a.log.Warn(what+" failed", "request", r.ID, "error", err)
+		log.Warn(what+" failed", "error", err)
 	} else {
 		ack.Success = true
-		a.log.Info("postgresql "+map[bool]string{false: "restarted", true: "reinitialised"}[r.Reinit], "request", r.ID)
+		log.Info("postgresql " + map[bool]string{false: "restarted", true: "reinitialised"}[r.Reinit])
 	}
+	tracing.EndSpan(span, err)
 	a.restartAck = &ack
 	a.finishRestart(ctx, ack)
 }

@@ -188,3 +188,44 @@ func TestScheduledSwitchoverContinuesTheBookingsTrace(t *testing.T) {
 		return ok
 	}, "the booked switchover's span under the booking request")
 }
+
+// TestRestartCarriesItsRequest: an operator's restart of a replica, asked on a follower, keeps
+// the API request's ID in the replicated state, and the agent's span for it is a child of the
+// request's span.
+func TestRestartCarriesItsRequest(t *testing.T) {
+	exp := installTracing(t)
+	c := newTestCluster(t, 3, nil)
+	primary := c.settle(30 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var replica string
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if name != primary {
+			replica = name
+			break
+		}
+	}
+	caller := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9},
+		SpanID:  trace.SpanID{7, 7, 7, 7, 7, 7, 7, 7}, TraceFlags: trace.FlagsSampled, Remote: true})
+	rctx := tracing.WithRequest(ctx, tracing.Request{ID: "restart-9", Span: caller})
+	var id uint64
+	if err := retry(ctx, func() (err error) { id, err = c.nodes[primary].RequestRestart(rctx, replica, "test"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var r fsm.RestartRequest
+	await.True(t, 20*time.Second, func() bool {
+		var ok bool
+		r, ok = c.nodes[replica].State().Restart(id)
+		return ok && r.Status != fsm.RestartPending
+	}, "the restart of %s to finish", replica)
+	if r.Status != fsm.RestartDone || r.Trace == nil || r.Trace.RequestID != "restart-9" || r.Trace.SpanID != caller.SpanID().String() {
+		t.Fatalf("restart %d: %s (%s), trace %+v", id, r.Status, r.Message, r.Trace)
+	}
+	await.True(t, 10*time.Second, func() bool {
+		_, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
+			return s.Name == "restart" && s.Parent.SpanID() == caller.SpanID() && attr(s, "pgbastion.node") == replica
+		})
+		return ok
+	}, "the restart's span under the request")
+}

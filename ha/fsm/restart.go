@@ -42,6 +42,8 @@ type RestartRequest struct {
 	RequestedAt time.Time     `json:"requested_at"`
 	Index       uint64        `json:"index"`
 	FinishedAt  time.Time     `json:"finished_at"`
+	// Trace ties the request to the API request that made it (its log entry's extensions).
+	Trace *TraceRef `json:"trace,omitempty"`
 }
 
 // RequestRestart asks for a restart of Node's PostgreSQL.
@@ -107,7 +109,12 @@ func (s *State) requestRestart(c RequestRestart, reinit bool, m Meta) Result {
 	if n := len(s.Restarts); n > 0 {
 		id = s.Restarts[n-1].ID + 1
 	}
-	s.Restarts = append(s.Restarts, RestartRequest{ID: id, Node: c.Node, Reason: c.Reason, Reinit: reinit, Status: RestartPending, RequestedAt: m.At, Index: m.Index})
+	r := RestartRequest{ID: id, Node: c.Node, Reason: c.Reason, Reinit: reinit, Status: RestartPending, RequestedAt: m.At, Index: m.Index}
+	if m.Trace != nil {
+		t := *m.Trace
+		r.Trace = &t
+	}
+	s.Restarts = append(s.Restarts, r)
 	// Keep every pending request and the newest finished ones.
 	for len(s.Restarts) > maxRestarts {
 		i := 0

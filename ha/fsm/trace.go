@@ -117,6 +117,7 @@ type snapshotExtras struct {
 	OperationTraces  map[uint64]TraceRef `json:"operation_traces,omitempty"`
 	BookingTrace     *TraceRef           `json:"booking_trace,omitempty"`
 	LastBookingTrace *TraceRef           `json:"last_booking_trace,omitempty"`
+	RestartTraces    map[uint64]TraceRef `json:"restart_traces,omitempty"`
 }
 
 // splitExtras returns s without its advisory parts, and those parts (nil when it has none).
@@ -162,6 +163,22 @@ func (s *State) splitExtras() (*State, *snapshotExtras) {
 		c.LastScheduledSwitchover = &cb
 		found = true
 	}
+	copiedRestarts := false
+	for i, r := range s.Restarts {
+		if r.Trace == nil {
+			continue
+		}
+		if ex.RestartTraces == nil {
+			ex.RestartTraces = map[uint64]TraceRef{}
+		}
+		ex.RestartTraces[r.ID] = *r.Trace
+		if !copiedRestarts {
+			c.Restarts = append([]RestartRequest(nil), s.Restarts...)
+			copiedRestarts = true
+		}
+		c.Restarts[i].Trace = nil
+		found = true
+	}
 	if !found {
 		return s, nil
 	}
@@ -201,5 +218,10 @@ func (s *State) joinExtras(ex snapshotExtras) {
 	}
 	if s.LastScheduledSwitchover != nil && ex.LastBookingTrace != nil {
 		s.LastScheduledSwitchover.Trace = ref(*ex.LastBookingTrace)
+	}
+	for i := range s.Restarts {
+		if t, ok := ex.RestartTraces[s.Restarts[i].ID]; ok {
+			s.Restarts[i].Trace = ref(t)
+		}
 	}
 }

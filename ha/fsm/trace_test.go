@@ -165,11 +165,12 @@ func TestSnapshotKeepsTracesOutOfTheState(t *testing.T) {
 	s.Operation = &Operation{ID: 3, Kind: OpSwitchover, Phase: PhaseDraining, Trace: &testRef}
 	s.Operations = []Operation{{ID: 1, Kind: OpFailover, Phase: PhaseDone}, {ID: 2, Kind: OpSwitchover, Phase: PhaseDone, Trace: &booked}}
 	s.ScheduledSwitchover = &ScheduledSwitchover{Leader: "n1", Trace: &booked}
+	s.Restarts = []RestartRequest{{ID: 5, Node: "n1"}, {ID: 6, Node: "n1", Trace: &booked}}
 	var buf bytes.Buffer
 	if err := WriteSnapshot(&buf, s); err != nil {
 		t.Fatal(err)
 	}
-	if s.Operation.Trace == nil || s.Operations[1].Trace == nil || s.ScheduledSwitchover.Trace == nil {
+	if s.Operation.Trace == nil || s.Operations[1].Trace == nil || s.ScheduledSwitchover.Trace == nil || s.Restarts[1].Trace == nil {
 		t.Fatal("WriteSnapshot changed the state it was given")
 	}
 	// What an older binary reads: the first JSON value after the header.
@@ -187,7 +188,8 @@ func TestSnapshotKeepsTracesOutOfTheState(t *testing.T) {
 	}
 	if back.Operation.Trace == nil || *back.Operation.Trace != testRef || back.Operations[0].Trace != nil ||
 		back.Operations[1].Trace == nil || back.Operations[1].Trace.RequestID != "booking" ||
-		back.ScheduledSwitchover.Trace == nil || back.ScheduledSwitchover.Trace.RequestID != "booking" {
+		back.ScheduledSwitchover.Trace == nil || back.ScheduledSwitchover.Trace.RequestID != "booking" ||
+		back.Restarts[0].Trace != nil || back.Restarts[1].Trace == nil || back.Restarts[1].Trace.RequestID != "booking" {
 		t.Fatalf("traces after the round trip: %+v %+v %+v", back.Operation.Trace, back.Operations, back.ScheduledSwitchover)
 	}
 	// A trailer that is not ours, or a newer binary's extra field: the state still loads.

@@ -51,6 +51,41 @@ func OperationRef(ctx context.Context) *fsm.TraceRef {
 	return ref
 }
 
+// RequestRef returns the reference for a request a node's agent carries out (a restart or a
+// reinitialisation): the request's ID and, when traced, the request's own span, under which
+// the agent's span goes. Nil when ctx carries no request.
+func RequestRef(ctx context.Context) *fsm.TraceRef {
+	r, ok := RequestFrom(ctx)
+	if !ok {
+		return nil
+	}
+	ref := &fsm.TraceRef{RequestID: r.ID}
+	if r.Span.IsValid() {
+		ref.TraceID, ref.SpanID, ref.Sampled = r.Span.TraceID().String(), r.Span.SpanID().String(), r.Span.IsSampled()
+	}
+	return ref
+}
+
+// StartRestart starts the span of restart (or reinitialisation) request r executed by node,
+// under the request's span when it was traced; end it with EndSpan.
+func StartRestart(ctx context.Context, r fsm.RestartRequest, node string) (context.Context, trace.Span) {
+	if !Enabled() {
+		return ctx, trace.SpanFromContext(context.Background())
+	}
+	if r.Trace != nil {
+		ctx = operationContext(ctx, r.Trace)
+	}
+	name := "restart"
+	if r.Reinit {
+		name = "reinitialise"
+	}
+	return Tracer().Start(ctx, name, trace.WithAttributes(
+		attribute.String("pgbastion.node", node),
+		attribute.Int64("pgbastion.restart.id", int64(r.ID)),
+		attribute.String("pgbastion.restart.reason", r.Reason),
+	))
+}
+
 // ContinueRef returns the reference for an operation that continues ref's trace (a booked
 // switchover's request): the same request and parent, a span of its own.
 func ContinueRef(ref *fsm.TraceRef) *fsm.TraceRef {
