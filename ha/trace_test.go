@@ -16,6 +16,28 @@ import (
 	"github.com/pgbastion/pgbastion/ha/tracing"
 )
 
+// tracedCluster starts a three-node cluster with this process's spans recorded in memory.
+func tracedCluster(t *testing.T) (*tracetest.InMemoryExporter, *testCluster) {
+	t.Helper()
+	exp := installTracing(t)
+	return exp, newTestCluster(t, 3, nil)
+}
+
+// asCaller returns ctx carrying an API request with ID id whose caller sent a sampled
+// traceparent (IDs made from seed), and the caller's span.
+func asCaller(ctx context.Context, id string, seed byte) (context.Context, trace.SpanContext) {
+	var tid trace.TraceID
+	var sid trace.SpanID
+	for i := range tid {
+		tid[i] = seed + byte(i)
+	}
+	for i := range sid {
+		sid[i] = seed ^ byte(i+1)
+	}
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled, Remote: true})
+	return tracing.WithRequest(ctx, tracing.Request{ID: id, Span: sc}), sc
+}
+
 // installTracing records this process's spans in memory for the test's duration.
 func installTracing(t *testing.T) *tracetest.InMemoryExporter {
 	t.Helper()
@@ -47,15 +69,11 @@ func attr(s tracetest.SpanStub, key string) string {
 // the leader records the operation's span as the caller's child with the operation's real
 // start and end, and each node's directive spans are children of it.
 func TestSwitchoverIsOneTrace(t *testing.T) {
-	exp := installTracing(t)
-	c := newTestCluster(t, 3, nil)
+	exp, c := tracedCluster(t)
 	c.settle(30 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	caller := trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID: trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
-		SpanID:  trace.SpanID{0x53, 0x99, 0x5c, 0x3f, 0x42, 0xcd, 0x8a, 0xd8}, TraceFlags: trace.FlagsSampled, Remote: true})
-	rctx := tracing.WithRequest(ctx, tracing.Request{ID: "req-42", Span: caller})
+	rctx, caller := asCaller(ctx, "req-42", 0x41)
 	// Asked on a follower: the trace goes with the forwarded command to the leader.
 	follower := ""
 	for _, name := range []string{"n1", "n2", "n3"} {
@@ -123,8 +141,7 @@ func TestSwitchoverIsOneTrace(t *testing.T) {
 // TestAutomaticFailoverStartsATrace: a failover nobody asked for starts a trace of its own
 // (no request ID), the operation's span is its root, and the PROMOTE is its child.
 func TestAutomaticFailoverStartsATrace(t *testing.T) {
-	exp := installTracing(t)
-	c := newTestCluster(t, 3, nil)
+	exp, c := tracedCluster(t)
 	c.settle(30 * time.Second)
 	c.pgs.get("n1").set(func(p *fakePG) { p.running = false })
 	primary := c.waitPrimary(30*time.Second, "n1")
@@ -155,15 +172,11 @@ func TestAutomaticFailoverStartsATrace(t *testing.T) {
 // later, started by the Raft leader, but belongs to the booking request: the operation keeps
 // its request ID, and its span is a child of the booking request's span.
 func TestScheduledSwitchoverContinuesTheBookingsTrace(t *testing.T) {
-	exp := installTracing(t)
-	c := newTestCluster(t, 3, nil)
+	exp, c := tracedCluster(t)
 	c.settle(30 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	caller := trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID: trace.TraceID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
-		SpanID:  trace.SpanID{1, 1, 2, 3, 5, 8, 13, 21}, TraceFlags: trace.FlagsSampled, Remote: true})
-	rctx := tracing.WithRequest(ctx, tracing.Request{ID: "book-7", Span: caller})
+	rctx, caller := asCaller(ctx, "book-7", 0x11)
 	at := time.Now().Add(time.Second)
 	if err := retry(ctx, func() error { return c.nodes["n3"].ScheduleSwitchover(rctx, "n1", "n2", at) }); err != nil {
 		t.Fatal(err)
@@ -193,8 +206,7 @@ func TestScheduledSwitchoverContinuesTheBookingsTrace(t *testing.T) {
 // the API request's ID in the replicated state, and the agent's span for it is a child of the
 // request's span.
 func TestRestartCarriesItsRequest(t *testing.T) {
-	exp := installTracing(t)
-	c := newTestCluster(t, 3, nil)
+	exp, c := tracedCluster(t)
 	primary := c.settle(30 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -205,10 +217,7 @@ func TestRestartCarriesItsRequest(t *testing.T) {
 			break
 		}
 	}
-	caller := trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID: trace.TraceID{9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9},
-		SpanID:  trace.SpanID{7, 7, 7, 7, 7, 7, 7, 7}, TraceFlags: trace.FlagsSampled, Remote: true})
-	rctx := tracing.WithRequest(ctx, tracing.Request{ID: "restart-9", Span: caller})
+	rctx, caller := asCaller(ctx, "restart-9", 0x77)
 	var id uint64
 	if err := retry(ctx, func() (err error) { id, err = c.nodes[primary].RequestRestart(rctx, replica, "test"); return err }); err != nil {
 		t.Fatal(err)
