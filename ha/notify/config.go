@@ -82,9 +82,12 @@ type Webhook struct {
 	Events []string `yaml:"events"`
 	// MinSeverity is info (default), warning or critical.
 	MinSeverity string `yaml:"min_severity"`
-	// Format is json (default: the event as JSON) or slack (a {"text": ...} message that
-	// Slack, Mattermost and Rocket.Chat incoming webhooks accept).
+	// Format is json (default: the event as JSON), slack (a {"text": ...} message that
+	// Slack, Mattermost and Rocket.Chat incoming webhooks accept) or pagerduty (PagerDuty's
+	// Events API v2: alerts that open and close by themselves; see pagerduty.go).
 	Format string `yaml:"format"`
+	// RoutingKey is the PagerDuty integration key (format pagerduty). Never logged.
+	RoutingKey string `yaml:"routing_key"`
 	// Headers are added to every request (for example Authorization); never logged.
 	Headers map[string]string `yaml:"headers"`
 	// Timeout bounds each attempt (default 10s).
@@ -110,6 +113,9 @@ func ValidSeverity(s string) bool {
 // Validate checks a webhook; prefix names it in messages. It fills in defaults.
 func (w *Webhook) Validate(prefix string) error {
 	var errs []error
+	if w.URL == "" && w.Format == "pagerduty" {
+		w.URL = DefaultPagerDutyURL
+	}
 	u, err := url.Parse(w.URL)
 	switch {
 	case w.URL == "":
@@ -140,8 +146,13 @@ func (w *Webhook) Validate(prefix string) error {
 	if w.Format == "" {
 		w.Format = "json"
 	}
-	if w.Format != "json" && w.Format != "slack" {
-		errs = append(errs, fmt.Errorf("%s.format: %q is not json or slack", prefix, w.Format))
+	switch {
+	case w.Format != "json" && w.Format != "slack" && w.Format != "pagerduty":
+		errs = append(errs, fmt.Errorf("%s.format: %q is not json, slack or pagerduty", prefix, w.Format))
+	case w.Format == "pagerduty" && w.RoutingKey == "":
+		errs = append(errs, fmt.Errorf("%s.routing_key: required with format pagerduty (the integration key of a PagerDuty service's Events API v2 integration)", prefix))
+	case w.Format != "pagerduty" && w.RoutingKey != "":
+		errs = append(errs, fmt.Errorf("%s.routing_key: only for format pagerduty", prefix))
 	}
 	for k, v := range w.Headers {
 		if !validHeader(k, v) {
@@ -195,6 +206,9 @@ func (w *Webhook) label() string {
 }
 
 func (w *Webhook) wants(e Event) bool {
+	if w.Format == "pagerduty" {
+		return w.pdWants(e)
+	}
 	if !e.Severity.AtLeast(Severity(w.MinSeverity)) {
 		return false
 	}

@@ -555,6 +555,9 @@ func (h *hookWorker) deliver(ctx context.Context, e Event) error {
 }
 
 func (h *hookWorker) body(e Event) ([]byte, error) {
+	if h.w.Format == "pagerduty" {
+		return pdBody(&h.w, e)
+	}
 	if h.w.Format == "slack" {
 		text := fmt.Sprintf("[%s] %s", e.Severity, e.Message)
 		if e.Cluster != "" {
