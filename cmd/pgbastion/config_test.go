@@ -233,7 +233,7 @@ webhooks:
 		t.Fatal("accepted")
 	}
 	for _, want := range []string{`postgresql.callbacks.on_stop: "notify-me" must be an absolute path`,
-		`webhooks[0].events: "failover" is not an event type`, "webhooks[1].url: required", `webhooks[1].format: "teams" is not json or slack`} {
+		`webhooks[0].events: "failover" is not an event type`, "webhooks[1].url: required", `webhooks[1].format: "teams" is not json, slack or pagerduty`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say %s:\n%v", want, err)
 		}

@@ -265,7 +265,7 @@ func TestWebhookValidation(t *testing.T) {
 		{Webhook{URL: "http:///x"}, "has no host"},
 		{Webhook{URL: "http://x", Events: []string{"failover"}}, `"failover" is not an event type (primary_changed, no_primary`},
 		{Webhook{URL: "http://x", MinSeverity: "high"}, `"high" is not info, warning or critical`},
-		{Webhook{URL: "http://x", Format: "teams"}, `"teams" is not json or slack`},
+		{Webhook{URL: "http://x", Format: "teams"}, `"teams" is not json, slack or pagerduty`},
 		{Webhook{URL: "http://x", Headers: map[string]string{"X-A": "a\r\nEvil: 1"}}, `"X-A" is not a valid header name`},
 		{Webhook{URL: "http://x", Timeout: -1}, "timeout: must not be negative"},
 	} {

@@ -120,7 +120,7 @@ func TestPagerDutyValidation(t *testing.T) {
 		want bool
 	}{
 		{Event{Type: EvNoPrimary, Severity: SevCritical}, true},
-		{Event{Type: EvNoPrimary, Severity: SevWarning}, false}, // a switchover's short gap
+		{Event{Type: EvNoPrimary, Severity: SevWarning}, false},  // a switchover's short gap
 		{Event{Type: EvPrimaryChanged, Severity: SevInfo}, true}, // closes no_primary
 		{Event{Type: EvMaintenance, Severity: SevWarning}, false},
 		{Event{Type: EvConfigChanged, Severity: SevInfo}, false},
