@@ -8,10 +8,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/pgbastion/pgbastion/ha/fsm"
 	"github.com/pgbastion/pgbastion/ha/tracing"
 )
 
@@ -127,5 +129,35 @@ func TestRequestIDsAndTraces(t *testing.T) {
 	}
 	if status != "200" {
 		t.Fatalf("request span attributes %v", sp.Attributes)
+	}
+}
+
+// TestClusterReloadCollectsEveryMembersResult: POST /reload {"cluster": true} asks every member
+// through the replicated state and answers with each one's result once all reported (200), or
+// with those still missing when the wait runs out (202).
+func TestClusterReloadCollectsEveryMembersResult(t *testing.T) {
+	c := newCluster(t, "n1")
+	report := func(id uint64, node string, applied int, errMsg string) {
+		if _, err := c.propose(fsm.ReportReload{ID: id, Node: node, Applied: applied, Error: errMsg}, time.Now()); err != nil {
+			t.Error(err)
+		}
+	}
+	c.onReload = func(id uint64) {
+		report(id, "n1", 1, "")
+		report(id, "n2", 0, "pgbastion.yaml:7: unknown key \"defualt_pool_size\"")
+	}
+	u := startAPI(t, "tok", c)
+	code, body := do(t, "POST", u+"/reload", "tok", `{"cluster": true}`)
+	if code != 200 || !strings.Contains(body, `"applied": 1`) || !strings.Contains(body, "defualt_pool_size") ||
+		!strings.Contains(body, "1 members reloaded their configuration file; 1 refused theirs") {
+		t.Fatalf("cluster reload: %d %s", code, body)
+	}
+	c.onReload = func(id uint64) { report(id, "n1", 0, "") } // n2 never answers
+	code, body = do(t, "POST", u+"/reload", "tok", `{"cluster": true, "wait_seconds": 0.3}`)
+	if code != 202 || !strings.Contains(body, `"n2"`) || !strings.Contains(body, "no answer yet from n2") {
+		t.Fatalf("cluster reload with a silent member: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", u+"/reload", "tok", `{"clutser": true}`); code != 400 {
+		t.Fatalf("a misspelt field: %d %s", code, body)
 	}
 }

@@ -93,6 +93,9 @@ type Cluster interface {
 	// RemoveMember removes a node from the cluster for good: its member record (the
 	// primary's agent then drops its replication slot) and its Raft membership.
 	RemoveMember(ctx context.Context, name string) error
+	// RequestReload asks every member to reload its configuration file; State().Reload
+	// collects their results.
+	RequestReload(ctx context.Context) (uint64, error)
 	// AddVoter adds a node to the Raft group (it must be running with no bootstrap of its
 	// own); it registers itself and clones its data once it has caught up.
 	AddVoter(ctx context.Context, name, addr string) error
@@ -619,6 +622,20 @@ func (s *Server) pause(paused bool) fasthttp.RequestHandler {
 // changed, what was applied and what takes a restart; 400 with the reason when the new file is
 // refused (it changed nothing then).
 func (s *Server) reload(ctx *fasthttp.RequestCtx) {
+	var req struct {
+		// Cluster: every member reloads (patronictl reload), not only this node.
+		Cluster bool `json:"cluster"`
+		// WaitSeconds bounds how long a cluster-wide reload waits for every member's result
+		// (default 30).
+		WaitSeconds float64 `json:"wait_seconds"`
+	}
+	if !decode(ctx, &req) {
+		return
+	}
+	if req.Cluster {
+		s.clusterReload(ctx, req.WaitSeconds)
+		return
+	}
 	if s.src.Reload == nil {
 		writeError(ctx, fasthttp.StatusServiceUnavailable, "this daemon cannot reload its configuration")
 		return
@@ -629,6 +646,75 @@ func (s *Server) reload(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	writeJSON(ctx, fasthttp.StatusOK, res)
+}
+
+// clusterReload asks every member to reload its configuration file and waits for their
+// results: 200 once every member reported (each result says what it applied, what takes a
+// restart, or why its file was refused), 202 with the members still missing when the wait
+// ran out.
+func (s *Server) clusterReload(ctx *fasthttp.RequestCtx, waitSeconds float64) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	if waitSeconds <= 0 || waitSeconds > 600 {
+		waitSeconds = 30
+	}
+	c := s.src.Cluster
+	sub := c.Subscribe() // before the request: no result can slip by
+	defer sub.Close()
+	id, err := c.RequestReload(ctx)
+	if err != nil {
+		writeFSMError(ctx, "cluster-wide reload", err)
+		return
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), time.Duration(waitSeconds*float64(time.Second)))
+	defer cancel()
+	st := c.State()
+	for {
+		missing := reloadMissing(st, id)
+		if missing == nil || wctx.Err() != nil {
+			var results map[string]fsm.ReloadResult
+			if st.Reload != nil && st.Reload.ID == id {
+				results = st.Reload.Results
+			}
+			code, failed := fasthttp.StatusOK, 0
+			for _, r := range results {
+				if r.Error != "" {
+					failed++
+				}
+			}
+			msg := fmt.Sprintf("%d members reloaded their configuration file", len(results)-failed)
+			if failed > 0 {
+				msg += fmt.Sprintf("; %d refused theirs (nothing changed there: see each error)", failed)
+			}
+			if len(missing) > 0 {
+				code = fasthttp.StatusAccepted
+				msg += fmt.Sprintf("; no answer yet from %s (down, or a version without cluster-wide reload; pgbastion ctl reload on each)", strings.Join(missing, ", "))
+			}
+			writeJSON(ctx, code, map[string]any{"id": id, "results": results, "missing": missing, "message": msg})
+			return
+		}
+		select {
+		case st = <-sub.C:
+		case <-wctx.Done():
+			st = c.State()
+		}
+	}
+}
+
+// reloadMissing lists the members that have not reported reload id (nil when none is missing).
+func reloadMissing(st *fsm.State, id uint64) []string {
+	var missing []string
+	for _, name := range st.MemberNames() {
+		if st.Reload == nil || st.Reload.ID != id {
+			missing = append(missing, name)
+			continue
+		}
+		if _, ok := st.Reload.Results[name]; !ok {
+			missing = append(missing, name)
+		}
+	}
+	return missing
 }
 
 // pauseRequest is the body of POST /proxy/pause.

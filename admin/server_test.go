@@ -33,8 +33,10 @@ type fakeCluster struct {
 	waitErr error
 	// replaying: the node is still applying its Raft log after a restart.
 	replaying bool
-	// onRestart plays the target's agent for a restart request.
+	// onRestart plays the target's agent for a restart request; onReload the members'
+	// daemons for a cluster-wide reload.
 	onRestart func(id uint64)
+	onReload  func(id uint64)
 }
 
 func (c *fakeCluster) CaughtUp() bool { return !c.replaying }
@@ -137,6 +139,17 @@ func (c *fakeCluster) UpdatePGConfig(_ context.Context, set map[string]string, r
 	return r.ID, r.Error()
 }
 func (c *fakeCluster) ControllerWaiting() string { return "no replica can be promoted" }
+func (c *fakeCluster) RequestReload(context.Context) (uint64, error) {
+	r, err := c.propose(fsm.RequestReload{}, time.Now())
+	if err != nil {
+		return 0, err
+	}
+	if c.onReload != nil {
+		go c.onReload(r.ID)
+	}
+	return r.ID, r.Error()
+}
+
 func (c *fakeCluster) AddVoter(_ context.Context, name, addr string) error {
 	c.lastOp = []string{"add", name, addr}
 	if name == "n2" {

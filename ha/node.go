@@ -303,6 +303,10 @@ func (n *Node) now() time.Time { return n.started.Add(time.Since(n.started)) }
 // CaughtUp reports whether the state has caught up with what this node's Raft log held when
 // it started. Before that the state is being replayed: it shows old primaries, old leases and
 // old directives, and neither the agent nor the proxy's write routing may act on it.
+// StartIndex is the last index of the local Raft log when the node started: entries up to it
+// are its past (a request among them was for the process before this one).
+func (n *Node) StartIndex() uint64 { return n.startIndex }
+
 func (n *Node) CaughtUp() bool {
 	if n.caughtUp.Load() {
 		return true

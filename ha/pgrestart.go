@@ -197,3 +197,18 @@ func (a *Agent) finishRestart(ctx context.Context, ack fsm.FinishRestart) {
 	}
 	a.restartAck = nil
 }
+
+// RequestReload asks every member to read its configuration file again (patronictl
+// reload); it returns the request's ID. Each node's daemon carries it out and reports with
+// ReportReload; State().Reload holds the results.
+func (n *Node) RequestReload(ctx context.Context) (uint64, error) {
+	res, err := n.applyChecked(ctx, fsm.RequestReload{})
+	return res.ID, err
+}
+
+// ReportReload records this node's result for reload request r.ID.
+func (n *Node) ReportReload(ctx context.Context, r fsm.ReportReload) error {
+	r.Node = n.name
+	_, err := n.applyChecked(ctx, r)
+	return err
+}

@@ -109,6 +109,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	run("agent", agent.Run)
 	run("notify", func(ctx context.Context) error { return notifier.Run(ctx, node) })
 	run("api", api.Run)
+	run("reloads", func(ctx context.Context) error { return d.followReloads(ctx, node) })
 	var localSocket string
 	if cfg.Proxy.LocalSocket {
 		localSocket = net.JoinHostPort(inst.Config().SocketDir, strconv.Itoa(inst.Config().Port))

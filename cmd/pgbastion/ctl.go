@@ -55,7 +55,8 @@ const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
              [--scheduled TIME] | --cancel   book it for TIME (RFC 3339, e.g. 2026-11-28T03:00:00Z), or drop the booking
   failover --candidate N [--force]       promote N (force: even if it may lose data)
   pause | resume                         stop / restart automatic failover
-  reload                                 re-read this node's configuration file, as SIGHUP does
+  reload [--cluster]                     re-read this node's configuration file, as SIGHUP does
+                                         (--cluster: every member re-reads its own, patronictl reload)
   proxy pause [--wait 30s] [DB] | proxy resume [DB]
                                          standalone proxy: hold new transactions (of DB) for PostgreSQL maintenance
   proxy reconnect [DB]                   this node's proxy: replace server connections (idle now, busy once free)
@@ -120,7 +121,13 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 	case "pause", "resume":
 		return c.post("/"+cmd, nil)
 	case "reload":
-		return c.reload()
+		switch {
+		case len(rest) == 0:
+			return c.reload()
+		case len(rest) == 1 && (rest[0] == "--cluster" || rest[0] == "-cluster"):
+			return c.clusterReload()
+		}
+		return fmt.Errorf("usage: pgbastion ctl reload [--cluster]")
 	case "proxy":
 		return c.proxy(rest, stderr)
 	case "config":

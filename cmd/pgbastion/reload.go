@@ -2,20 +2,27 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/pgbastion/pgbastion/engine"
+	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
 )
 
 // reloader re-reads the configuration file while the daemon runs (SIGHUP, POST /reload,
@@ -195,6 +202,46 @@ func (c *ctlClient) reload() error {
 	return nil
 }
 
+// clusterReload asks every member to reload (POST /reload {"cluster": true}) and prints a
+// line per member; it fails when a member refused its file or did not answer.
+func (c *ctlClient) clusterReload() error {
+	status, data, err := c.send(http.MethodPost, "/reload", map[string]any{"cluster": true})
+	if err != nil {
+		return err
+	}
+	var res struct {
+		Results map[string]fsm.ReloadResult `json:"results"`
+		Missing []string                    `json:"missing"`
+		Message string                      `json:"message"`
+		Error   string                      `json:"error"`
+	}
+	if err := json.Unmarshal(data, &res); err != nil || (status != http.StatusOK && status != http.StatusAccepted) {
+		if res.Error != "" {
+			return fmt.Errorf("cluster-wide reload: %s", res.Error)
+		}
+		return fmt.Errorf("cluster-wide reload: HTTP %d: %s", status, strings.TrimSpace(string(data)))
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tAPPLIED\tTAKE A RESTART\tERROR")
+	failed := 0
+	for _, name := range slices.Sorted(maps.Keys(res.Results)) {
+		r := res.Results[name]
+		if r.Error != "" {
+			failed++
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", name, r.Applied, strings.Join(r.RestartRequired, ", "), r.Error)
+	}
+	for _, name := range res.Missing {
+		fmt.Fprintf(tw, "%s\t-\t\tno answer\n", name)
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(c.out, res.Message)
+	if failed > 0 || len(res.Missing) > 0 {
+		return fmt.Errorf("not every member reloaded its configuration")
+	}
+	return nil
+}
+
 func printReload(w io.Writer, res *reloadResult) {
 	if len(res.Changes) == 0 {
 		fmt.Fprintf(w, "%s reloaded: no setting changed (the auth_file and TLS certificates were read again)\n", res.File)
@@ -210,5 +257,43 @@ func printReload(w io.Writer, res *reloadResult) {
 		fmt.Fprintf(w, "%d applied; %d take a restart of this node's pgbastion (the old values stay in effect until then)\n", res.Applied, n)
 	} else {
 		fmt.Fprintf(w, "%d applied\n", res.Applied)
+	}
+}
+
+// followReloads carries out cluster-wide reloads (POST /reload {"cluster": true}, ctl reload
+// --cluster) on this node: it reads its configuration file again, as on SIGHUP, and reports
+// the result in the replicated state, where the node that took the request collects every
+// member's. A request from before this process started is not carried out.
+func (d *daemon) followReloads(ctx context.Context, node *ha.Node) error {
+	sub := node.Subscribe()
+	defer sub.Close()
+	var last uint64
+	for {
+		var st *fsm.State
+		select {
+		case <-ctx.Done():
+			return nil
+		case st = <-sub.C:
+		}
+		r := st.Reload
+		if r == nil || r.ID <= last || r.ID <= node.StartIndex() || !node.CaughtUp() {
+			continue
+		}
+		last = r.ID
+		if _, done := r.Results[node.Name()]; done {
+			continue
+		}
+		rep := fsm.ReportReload{ID: r.ID}
+		res, err := d.reloader.reload()
+		if err != nil {
+			rep.Error = err.Error()
+		} else {
+			rep.Applied, rep.RestartRequired = res.Applied, res.RestartRequired
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := node.ReportReload(rctx, rep); err != nil {
+			d.log.Warn("cluster-wide reload: could not report this node's result", "request", r.ID, "error", err)
+		}
+		cancel()
 	}
 }

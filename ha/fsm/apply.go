@@ -118,6 +118,10 @@ func (s *State) apply(cmd Command, m Meta) Result {
 		return s.scheduleSwitchover(c, m)
 	case CancelScheduledSwitchover:
 		return s.cancelScheduledSwitchover(c, m)
+	case RequestReload:
+		return s.requestReload(m)
+	case ReportReload:
+		return s.reportReload(c, m)
 	}
 	return fail(CodeInvalid, "unhandled command %T", cmd)
 }

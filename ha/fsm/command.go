@@ -305,6 +305,10 @@ func newCommand(t CommandType) (Command, uint8) {
 		c = &ScheduleSwitchover{}
 	case TypeCancelScheduledSwitchover:
 		c = &CancelScheduledSwitchover{}
+	case TypeRequestReload:
+		c = &RequestReload{}
+	case TypeReportReload:
+		c = &ReportReload{}
 	default:
 		return nil, 0
 	}
@@ -434,6 +438,10 @@ func deref(c Command) Command {
 	case *FinishRestart:
 		return *c
 	case *RequestReinit:
+		return *c
+	case *RequestReload:
+		return *c
+	case *ReportReload:
 		return *c
 	case *ScheduleSwitchover:
 		return *c

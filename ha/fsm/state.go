@@ -367,6 +367,9 @@ type State struct {
 	// never modified.
 	ScheduledSwitchover     *ScheduledSwitchover `json:"scheduled_switchover,omitempty"`
 	LastScheduledSwitchover *ScheduledSwitchover `json:"last_scheduled_switchover,omitempty"`
+	// Reload is the last cluster-wide reload request and each node's result. It travels in
+	// the snapshot's extras (json "-": never in the state an older binary decodes).
+	Reload *ReloadRequest `json:"-"`
 }
 
 // SyncTarget is a synchronous replication configuration for a primary: PostgreSQL waits for

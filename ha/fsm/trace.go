@@ -118,6 +118,7 @@ type snapshotExtras struct {
 	BookingTrace     *TraceRef           `json:"booking_trace,omitempty"`
 	LastBookingTrace *TraceRef           `json:"last_booking_trace,omitempty"`
 	RestartTraces    map[uint64]TraceRef `json:"restart_traces,omitempty"`
+	Reload           *ReloadRequest      `json:"reload,omitempty"`
 }
 
 // splitExtras returns s without its advisory parts, and those parts (nil when it has none).
@@ -161,6 +162,10 @@ func (s *State) splitExtras() (*State, *snapshotExtras) {
 		cb := *b
 		cb.Trace = nil
 		c.LastScheduledSwitchover = &cb
+		found = true
+	}
+	if s.Reload != nil { // not in the state's JSON (its tag is "-"): nothing to strip
+		ex.Reload = s.Reload
 		found = true
 	}
 	copiedRestarts := false
@@ -224,4 +229,11 @@ func (s *State) joinExtras(ex snapshotExtras) {
 			s.Restarts[i].Trace = ref(t)
 		}
 	}
+	if ex.Reload != nil && len(ex.Reload.Results) <= maxMembersInExtras {
+		s.Reload = ex.Reload
+	}
 }
+
+// maxMembersInExtras bounds what a snapshot's extras may bring back (a cluster has a handful
+// of members).
+const maxMembersInExtras = 1024

@@ -82,6 +82,29 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 		t.Fatalf("ctl list: want one primary and two running replicas:\n%s", list)
 	}
 
+	// Cluster-wide reload (patronictl reload): every member reads its own file again. Each
+	// file gets a bigger pool (applied at once) and node3's a typo (refused there, nothing
+	// changed): ctl prints a line per member and fails for node3.
+	for _, n := range c.Nodes {
+		b, err := os.ReadFile(n.D.ConfigPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Replace(string(b), "default_pool_size: 10", "default_pool_size: 12", 1)
+		if n.Name == "node3" {
+			text += "proxy_typo: {}\n"
+		}
+		if err := os.WriteFile(n.D.ConfigPath(), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := fails("reload", "--cluster")
+	for _, want := range []string{"node1  1", "node2  1", "node3  0", `unknown key "proxy_typo"`, "2 members reloaded their configuration file; 1 refused theirs"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("ctl reload --cluster does not say %q:\n%s", want, out)
+		}
+	}
+
 	backup := filepath.Join(t.TempDir(), "state.bak")
 	run("raft", "backup", "-o", backup)
 	run("ctl", "pause")
@@ -96,7 +119,7 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 	}
 
 	// Cluster-wide configuration: set waits until every node's PostgreSQL runs with it.
-	out := run("ctl", "config", "set", "work_mem=12MB", "shared_buffers=24MB")
+	out = run("ctl", "config", "set", "work_mem=12MB", "shared_buffers=24MB")
 	if !strings.Contains(out, "version 1 accepted") || strings.Count(out, "true") != 3 {
 		t.Fatalf("ctl config set:\n%s", out)
 	}
