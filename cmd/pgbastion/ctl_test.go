@@ -131,7 +131,9 @@ func TestCtlHistory(t *testing.T) {
 		}
 		_, _ = w.Write([]byte(`{"history": [
 			{"at": "2026-11-26T03:00:00Z", "index": 5, "new_primary": "db1", "reason": "bootstrap"},
-			{"at": "2026-11-26T03:10:00Z", "index": 90, "new_primary": "db2", "old_primary": "db1", "kind": "failover", "timeline": 2, "lsn": 50331816, "reason": "primary db1 is down"}]}`))
+			{"at": "2026-11-26T03:10:00Z", "index": 90, "new_primary": "db2", "old_primary": "db1", "kind": "failover", "timeline": 2, "lsn": 50331816, "reason": "primary db1 is down"},
+			{"at": "2026-11-26T04:00:00Z", "index": 120, "new_primary": "db1", "old_primary": "db2", "kind": "switchover", "operation_id": 3, "timeline": 3, "lsn": 50331900, "reason": "switchover requested"}],
+			"operations": [{"id": 3, "kind": "switchover", "trace": {"request_id": "maint-42", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}}]}`))
 	}))
 	defer srv.Close()
 	var out, errOut bytes.Buffer
@@ -139,8 +141,10 @@ func TestCtlHistory(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 3 || !strings.Contains(lines[1], "-   -          db1      -         -         bootstrap") ||
-		!strings.HasSuffix(lines[2], "  2   0/30000A8  db2      db1       failover  primary db1 is down") {
+	if len(lines) != 4 || !strings.Contains(lines[0], "BY          REQUEST   REASON") ||
+		!strings.Contains(lines[1], "-   -          db1      -         -           -         bootstrap") ||
+		!strings.HasSuffix(lines[2], "  2   0/30000A8  db2      db1       failover    -         primary db1 is down") ||
+		!strings.HasSuffix(lines[3], "  3   0/30000FC  db1      db2       switchover  maint-42  switchover requested") {
 		t.Errorf("output:\n%s", out.String())
 	}
 }

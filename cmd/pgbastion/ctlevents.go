@@ -137,7 +137,15 @@ func (c *ctlClient) history() error {
 			Timeline   uint32    `json:"timeline"`
 			LSN        uint64    `json:"lsn"`
 			Reason     string    `json:"reason"`
+			Operation  uint64    `json:"operation_id"`
 		} `json:"history"`
+		// Operations give each change of primary the API request that asked for it.
+		Operations []struct {
+			ID    uint64 `json:"id"`
+			Trace *struct {
+				RequestID string `json:"request_id"`
+			} `json:"trace"`
+		} `json:"operations"`
 	}
 	if err := c.call(http.MethodGet, "/history", nil, &v); err != nil {
 		return err
@@ -146,10 +154,19 @@ func (c *ctlClient) history() error {
 		fmt.Fprintln(c.out, "no primary was named yet")
 		return nil
 	}
+	requests := map[uint64]string{}
+	for _, o := range v.Operations {
+		if o.Trace != nil && o.Trace.RequestID != "" {
+			requests[o.ID] = o.Trace.RequestID
+		}
+	}
 	w := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "TIME\tTL\tLSN\tPRIMARY\tREPLACED\tBY\tREASON")
+	fmt.Fprintln(w, "TIME\tTL\tLSN\tPRIMARY\tREPLACED\tBY\tREQUEST\tREASON")
 	for _, h := range v.History {
-		tl, lsn, kind, old := "-", "-", "-", "-"
+		tl, lsn, kind, old, req := "-", "-", "-", "-", "-"
+		if id, ok := requests[h.Operation]; ok && h.Operation != 0 {
+			req = id
+		}
 		if h.Timeline != 0 {
 			tl = strconv.FormatUint(uint64(h.Timeline), 10)
 		}
@@ -162,7 +179,7 @@ func (c *ctlClient) history() error {
 		if h.OldPrimary != "" {
 			old = h.OldPrimary
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.At.Local().Format("2006-01-02 15:04:05 MST"), tl, lsn, h.NewPrimary, old, kind, h.Reason)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.At.Local().Format("2006-01-02 15:04:05 MST"), tl, lsn, h.NewPrimary, old, kind, req, h.Reason)
 	}
 	return w.Flush()
 }
