@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 )
 
 // An operation's trace travels beside the command that creates it, in the Raft log entry's
@@ -124,70 +125,59 @@ type snapshotExtras struct {
 // splitExtras returns s without its advisory parts, and those parts (nil when it has none).
 // s is not modified: what changes is copied.
 func (s *State) splitExtras() (*State, *snapshotExtras) {
-	var ex snapshotExtras
-	found := false
 	c := *s
+	var ex snapshotExtras
+	c.Operations, ex.OperationTraces = stripTraces(s.Operations, operationTrace)
 	if s.Operation != nil && s.Operation.Trace != nil {
-		ex.OperationTraces = map[uint64]TraceRef{s.Operation.ID: *s.Operation.Trace}
-		op := *s.Operation
-		op.Trace = nil
-		c.Operation = &op
-		found = true
-	}
-	copied := false
-	for i, o := range s.Operations {
-		if o.Trace == nil {
-			continue
-		}
 		if ex.OperationTraces == nil {
 			ex.OperationTraces = map[uint64]TraceRef{}
 		}
-		ex.OperationTraces[o.ID] = *o.Trace
-		if !copied {
-			c.Operations = append([]Operation(nil), s.Operations...)
-			copied = true
-		}
-		c.Operations[i].Trace = nil
-		found = true
+		ex.OperationTraces[s.Operation.ID] = *s.Operation.Trace
+		op := *s.Operation
+		op.Trace = nil
+		c.Operation = &op
 	}
-	if b := s.ScheduledSwitchover; b != nil && b.Trace != nil {
-		ex.BookingTrace = b.Trace
-		cb := *b
-		cb.Trace = nil
-		c.ScheduledSwitchover = &cb
-		found = true
-	}
-	if b := s.LastScheduledSwitchover; b != nil && b.Trace != nil {
-		ex.LastBookingTrace = b.Trace
-		cb := *b
-		cb.Trace = nil
-		c.LastScheduledSwitchover = &cb
-		found = true
-	}
-	if s.Reload != nil { // not in the state's JSON (its tag is "-"): nothing to strip
-		ex.Reload = s.Reload
-		found = true
-	}
-	copiedRestarts := false
-	for i, r := range s.Restarts {
-		if r.Trace == nil {
-			continue
-		}
-		if ex.RestartTraces == nil {
-			ex.RestartTraces = map[uint64]TraceRef{}
-		}
-		ex.RestartTraces[r.ID] = *r.Trace
-		if !copiedRestarts {
-			c.Restarts = append([]RestartRequest(nil), s.Restarts...)
-			copiedRestarts = true
-		}
-		c.Restarts[i].Trace = nil
-		found = true
-	}
-	if !found {
+	c.Restarts, ex.RestartTraces = stripTraces(s.Restarts, restartTrace)
+	c.ScheduledSwitchover, ex.BookingTrace = stripBooking(s.ScheduledSwitchover)
+	c.LastScheduledSwitchover, ex.LastBookingTrace = stripBooking(s.LastScheduledSwitchover)
+	ex.Reload = s.Reload // not in the state's JSON (its tag is "-"): nothing to strip
+	if ex.OperationTraces == nil && ex.RestartTraces == nil && ex.BookingTrace == nil && ex.LastBookingTrace == nil && ex.Reload == nil {
 		return s, nil
 	}
 	return &c, &ex
+}
+
+func operationTrace(o *Operation) (**TraceRef, uint64)    { return &o.Trace, o.ID }
+func restartTrace(r *RestartRequest) (**TraceRef, uint64) { return &r.Trace, r.ID }
+
+// stripTraces returns items without their traces (a copy, when any had one) and the traces by
+// ID (nil when none had one).
+func stripTraces[T any](items []T, trace func(*T) (**TraceRef, uint64)) ([]T, map[uint64]TraceRef) {
+	out := items
+	var traces map[uint64]TraceRef
+	for i := range items {
+		t, id := trace(&items[i])
+		if *t == nil {
+			continue
+		}
+		if traces == nil {
+			traces, out = map[uint64]TraceRef{}, slices.Clone(items)
+		}
+		traces[id] = **t
+		t2, _ := trace(&out[i])
+		*t2 = nil
+	}
+	return out, traces
+}
+
+// stripBooking returns b without its trace (a copy, when it had one) and the trace.
+func stripBooking(b *ScheduledSwitchover) (*ScheduledSwitchover, *TraceRef) {
+	if b == nil || b.Trace == nil {
+		return b, nil
+	}
+	c := *b
+	c.Trace = nil
+	return &c, b.Trace
 }
 
 // decodeExtras reads the extras after a snapshot's state; they are advisory, so what cannot
@@ -202,36 +192,40 @@ func decodeExtras(b []byte) snapshotExtras {
 
 // joinExtras puts extras back into a state just decoded (not yet shared).
 func (s *State) joinExtras(ex snapshotExtras) {
-	ref := func(t TraceRef) *TraceRef {
-		if t.Validate() != nil {
-			return nil
-		}
-		return &t
-	}
 	if s.Operation != nil {
 		if t, ok := ex.OperationTraces[s.Operation.ID]; ok {
-			s.Operation.Trace = ref(t)
+			s.Operation.Trace = validRef(t)
 		}
 	}
-	for i := range s.Operations {
-		if t, ok := ex.OperationTraces[s.Operations[i].ID]; ok {
-			s.Operations[i].Trace = ref(t)
-		}
-	}
+	joinTraces(s.Operations, ex.OperationTraces, operationTrace)
+	joinTraces(s.Restarts, ex.RestartTraces, restartTrace)
 	if s.ScheduledSwitchover != nil && ex.BookingTrace != nil {
-		s.ScheduledSwitchover.Trace = ref(*ex.BookingTrace)
+		s.ScheduledSwitchover.Trace = validRef(*ex.BookingTrace)
 	}
 	if s.LastScheduledSwitchover != nil && ex.LastBookingTrace != nil {
-		s.LastScheduledSwitchover.Trace = ref(*ex.LastBookingTrace)
-	}
-	for i := range s.Restarts {
-		if t, ok := ex.RestartTraces[s.Restarts[i].ID]; ok {
-			s.Restarts[i].Trace = ref(t)
-		}
+		s.LastScheduledSwitchover.Trace = validRef(*ex.LastBookingTrace)
 	}
 	if ex.Reload != nil && len(ex.Reload.Results) <= maxMembersInExtras {
 		s.Reload = ex.Reload
 	}
+}
+
+// joinTraces gives each item its trace from traces, when it has a valid one.
+func joinTraces[T any](items []T, traces map[uint64]TraceRef, trace func(*T) (**TraceRef, uint64)) {
+	for i := range items {
+		t, id := trace(&items[i])
+		if ref, ok := traces[id]; ok {
+			*t = validRef(ref)
+		}
+	}
+}
+
+// validRef returns a pointer to t, or nil when t is not a valid reference.
+func validRef(t TraceRef) *TraceRef {
+	if t.Validate() != nil {
+		return nil
+	}
+	return &t
 }
 
 // maxMembersInExtras bounds what a snapshot's extras may bring back (a cluster has a handful
