@@ -71,15 +71,9 @@ var traceContext = propagation.TraceContext{}
 func (s *Server) observe(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
+		// Set for every request by withRequestID and the router (SaveMatchedRoutePath).
 		id, _ := ctx.UserValue(requestIDKey{}).(string)
-		if id == "" {
-			id = requestID(ctx)
-			ctx.Response.Header.Set("X-Request-ID", id)
-		}
 		route, _ := ctx.UserValue(router.MatchedRoutePathParam).(string)
-		if route == "" {
-			route = string(ctx.Path())
-		}
 		method := string(ctx.Method())
 		parent := traceContext.Extract(context.Background(), headerCarrier{&ctx.Request.Header})
 		_, span := tracing.Tracer().Start(parent, method+" "+route, trace.WithSpanKind(trace.SpanKindServer),

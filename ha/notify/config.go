@@ -209,8 +209,5 @@ func (w *Webhook) wants(e Event) bool {
 	if w.Format == "pagerduty" {
 		return w.pdWants(e)
 	}
-	if !e.Severity.AtLeast(Severity(w.MinSeverity)) {
-		return false
-	}
-	return len(w.Events) == 0 || slices.Contains(w.Events, string(e.Type))
+	return e.Severity.AtLeast(Severity(w.MinSeverity)) && w.wantsType(string(e.Type))
 }

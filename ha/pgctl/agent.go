@@ -121,8 +121,9 @@ func parseLSN(b []byte) fsm.LSN {
 func (c *Controller) Start(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.inst.Running() || c.inst.Ping(ctx) == nil {
-		// Ours, or left running by a previous PGBastion process: adopt it.
+	if c.inst.PostmasterAlive() || c.inst.Ping(ctx) == nil {
+		// Ours, or left running by a previous PGBastion process (still in recovery, perhaps,
+		// and not answering yet): adopt it, as Follow does, rather than start a second one.
 		return nil
 	}
 	if !c.inst.HasData() {

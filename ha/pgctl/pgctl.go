@@ -449,13 +449,17 @@ const (
 	Immediate
 )
 
+// String is the mode's pg_ctl name.
+func (m StopMode) String() string {
+	if m == Immediate {
+		return "immediate"
+	}
+	return "fast"
+}
+
 // Stop stops the server and waits for the postmaster to exit.
 func (i *Instance) Stop(ctx context.Context, mode StopMode) (err error) {
-	m := "fast"
-	if mode == Immediate {
-		m = "immediate"
-	}
-	ctx, span := tracing.Tracer().Start(ctx, "postgres stop", trace.WithAttributes(attribute.String("pgbastion.stop_mode", m)))
+	ctx, span := tracing.Tracer().Start(ctx, "postgres stop", trace.WithAttributes(attribute.String("pgbastion.stop_mode", mode.String())))
 	defer func() { tracing.EndSpan(span, err) }()
 	i.mu.Lock()
 	cmd, done := i.proc, i.done
@@ -491,11 +495,7 @@ func (i *Instance) stopForeign(ctx context.Context, mode StopMode) error {
 		// fence that fails makes a failover wait for the old primary's lease to run out.
 		return nil
 	}
-	m := "fast"
-	if mode == Immediate {
-		m = "immediate"
-	}
-	return i.run(ctx, "pg_ctl", "stop", "-D", i.cfg.DataDir, "-m", m, "-w", "-t", "60")
+	return i.run(ctx, "pg_ctl", "stop", "-D", i.cfg.DataDir, "-m", mode.String(), "-w", "-t", "60")
 }
 
 // postmasterPID reads the postmaster's process id from the first line of postmaster.pid.
