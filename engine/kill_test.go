@@ -21,6 +21,12 @@ import (
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
 
+// running counts the backends of pg running query q now, as text.
+func running(t *testing.T, pg *pgtest.Instance, q string) string {
+	t.Helper()
+	return pg.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", q)
+}
+
 // backendAlive reports whether PostgreSQL still has a backend with that PID.
 func backendAlive(t *testing.T, pg *pgtest.Instance, pid uint32) bool {
 	t.Helper()
@@ -105,7 +111,7 @@ func TestConsoleKillAndReconnect(t *testing.T) {
 		done <- err
 	}()
 	waitFor(t, "the victim's query to run", func() bool {
-		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'") == "1"
+		return running(t, primary, "SELECT pg_sleep(600)") == "1"
 	})
 	cols, rows := consoleRows(t, admin, "SHOW CLIENTS")
 	ptr := ""
@@ -133,7 +139,7 @@ func TestConsoleKillAndReconnect(t *testing.T) {
 	}
 	// Its backend's query was cancelled, not left to sleep out its minute.
 	waitFor(t, "the victim's query to stop in PostgreSQL", func() bool {
-		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'") == "0"
+		return running(t, primary, "SELECT pg_sleep(600)") == "0"
 	})
 
 	// KILL: every client of the database goes, the console stays, new clients come in.
@@ -214,7 +220,7 @@ func TestQueryAndLoginTimeouts(t *testing.T) {
 		t.Fatalf("a query over query_timeout ended with %v, want 57014 naming query_timeout", err)
 	}
 	waitFor(t, "PostgreSQL to stop the query", func() bool {
-		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'") == "0"
+		return running(t, primary, "SELECT pg_sleep(600)") == "0"
 	})
 
 	// A connection that sends nothing is closed, with a message saying why.
@@ -240,10 +246,9 @@ func TestClientGoneMidQueryIsCancelled(t *testing.T) {
 	defer cancel()
 	c := connect(t, p.dsn(p.rw))
 	go func() { _, _ = c.Exec(ctx, "SELECT pg_sleep(600)", pgx.QueryExecModeSimpleProtocol) }()
-	const running = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'"
-	waitFor(t, "the query to run", func() bool { return primary.QueryString(t, running) == "1" })
+	waitFor(t, "the query to run", func() bool { return running(t, primary, "SELECT pg_sleep(600)") == "1" })
 	_ = c.PgConn().Conn().Close() // the client is gone, without a Terminate
-	waitFor(t, "PostgreSQL to stop the query", func() bool { return primary.QueryString(t, running) == "0" })
+	waitFor(t, "PostgreSQL to stop the query", func() bool { return running(t, primary, "SELECT pg_sleep(600)") == "0" })
 }
 
 // A client that fell behind with its results lives on the stream path, where query_timeout
@@ -293,7 +298,7 @@ func TestQueryTimeoutClosesAStalledReader(t *testing.T) {
 		return metricValue(t, p.e, "pgbastion_proxy_query_timeouts_total") == 1
 	})
 	waitFor(t, "PostgreSQL to stop the query", func() bool {
-		return primary.QueryString(t, "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'", q) == "0"
+		return running(t, primary, q) == "0"
 	})
 	if v := queryInt(t, connect(t, p.dsn(p.rw)), "SELECT 7"); v != 7 {
 		t.Fatalf("after the stalled client: %d", v)

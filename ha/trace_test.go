@@ -47,6 +47,18 @@ func installTracing(t *testing.T) *tracetest.InMemoryExporter {
 	return exp
 }
 
+// awaitSpan waits until exp holds a span that matches, and returns it.
+func awaitSpan(t *testing.T, exp *tracetest.InMemoryExporter, what string, match func(tracetest.SpanStub) bool) tracetest.SpanStub {
+	t.Helper()
+	var span tracetest.SpanStub
+	await.True(t, 10*time.Second, func() bool {
+		var ok bool
+		span, ok = findSpan(exp.GetSpans(), match)
+		return ok
+	}, "%s", what)
+	return span
+}
+
 func findSpan(spans tracetest.SpanStubs, match func(tracetest.SpanStub) bool) (tracetest.SpanStub, bool) {
 	i := slices.IndexFunc(spans, match)
 	if i < 0 {
@@ -105,12 +117,7 @@ func TestSwitchoverIsOneTrace(t *testing.T) {
 		}, "%s's state to carry the same trace", name)
 	}
 
-	var opSpan tracetest.SpanStub
-	await.True(t, 10*time.Second, func() bool {
-		var ok bool
-		opSpan, ok = findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool { return s.SpanContext.SpanID().String() == ref.SpanID })
-		return ok
-	}, "the operation's span")
+	opSpan := awaitSpan(t, exp, "the operation's span", func(s tracetest.SpanStub) bool { return s.SpanContext.SpanID().String() == ref.SpanID })
 	if opSpan.Parent.SpanID() != caller.SpanID() || opSpan.SpanContext.TraceID() != caller.TraceID() {
 		t.Fatalf("operation span %q: parent %s in trace %s, want %s in %s", opSpan.Name, opSpan.Parent.SpanID(),
 			opSpan.SpanContext.TraceID(), caller.SpanID(), caller.TraceID())
@@ -155,12 +162,9 @@ func TestAutomaticFailoverStartsATrace(t *testing.T) {
 	if ref == nil || ref.TraceID == "" || ref.SpanID == "" || ref.ParentSpanID != "" || ref.RequestID != "" || !ref.Sampled {
 		t.Fatalf("automatic failover trace %+v, want a new sampled trace", ref)
 	}
-	await.True(t, 10*time.Second, func() bool {
-		_, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
-			return s.SpanContext.SpanID().String() == ref.SpanID && !s.Parent.IsValid()
-		})
-		return ok
-	}, "the failover's root span")
+	awaitSpan(t, exp, "the failover's root span", func(s tracetest.SpanStub) bool {
+		return s.SpanContext.SpanID().String() == ref.SpanID && !s.Parent.IsValid()
+	})
 	if _, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
 		return s.Name == "directive PROMOTE" && s.Parent.SpanID().String() == ref.SpanID && attr(s, "pgbastion.node") == primary
 	}); !ok {
@@ -194,12 +198,9 @@ func TestScheduledSwitchoverContinuesTheBookingsTrace(t *testing.T) {
 	if ref == nil || ref.RequestID != "book-7" || ref.TraceID != caller.TraceID().String() || ref.ParentSpanID != caller.SpanID().String() {
 		t.Fatalf("booked switchover's trace %+v, want the booking request's", ref)
 	}
-	await.True(t, 10*time.Second, func() bool {
-		_, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
-			return s.SpanContext.SpanID().String() == ref.SpanID && s.Parent.SpanID() == caller.SpanID()
-		})
-		return ok
-	}, "the booked switchover's span under the booking request")
+	awaitSpan(t, exp, "the booked switchover's span under the booking request", func(s tracetest.SpanStub) bool {
+		return s.SpanContext.SpanID().String() == ref.SpanID && s.Parent.SpanID() == caller.SpanID()
+	})
 }
 
 // TestRestartCarriesItsRequest: an operator's restart of a replica, asked on a follower, keeps
@@ -231,10 +232,7 @@ func TestRestartCarriesItsRequest(t *testing.T) {
 	if r.Status != fsm.RestartDone || r.Trace == nil || r.Trace.RequestID != "restart-9" || r.Trace.SpanID != caller.SpanID().String() {
 		t.Fatalf("restart %d: %s (%s), trace %+v", id, r.Status, r.Message, r.Trace)
 	}
-	await.True(t, 10*time.Second, func() bool {
-		_, ok := findSpan(exp.GetSpans(), func(s tracetest.SpanStub) bool {
-			return s.Name == "restart" && s.Parent.SpanID() == caller.SpanID() && attr(s, "pgbastion.node") == replica
-		})
-		return ok
-	}, "the restart's span under the request")
+	awaitSpan(t, exp, "the restart's span under the request", func(s tracetest.SpanStub) bool {
+		return s.Name == "restart" && s.Parent.SpanID() == caller.SpanID() && attr(s, "pgbastion.node") == replica
+	})
 }
