@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -132,7 +134,46 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		_ = vip.Release(rctx)
 		c()
 	}
+	if cfg.PostgreSQL.StopOnExit {
+		// The agent has stopped: nothing restarts PostgreSQL behind our back.
+		stopPostgresOnExit(inst, log)
+	} else if inContainer() {
+		log.Warn("pgbastion stops and leaves PostgreSQL running, but this looks like a container, which ends PostgreSQL with a kill -9; set postgresql.stop_on_exit: true")
+	}
 	return result
+}
+
+// stopOnExitTimeout bounds the fast shutdown at exit. Container runtimes kill after a grace
+// period (docker: 10 s unless --stop-timeout; Kubernetes: 30 s); a fast shutdown of a busy
+// primary may take that long for its checkpoint.
+const stopOnExitTimeout = 2 * time.Minute
+
+// stopPostgresOnExit stops this node's PostgreSQL in fast mode (postgresql.stop_on_exit).
+func stopPostgresOnExit(inst *pgctl.Instance, log *slog.Logger) {
+	if !inst.PostmasterAlive() {
+		log.Info("postgresql.stop_on_exit: PostgreSQL is not running")
+		return
+	}
+	log.Info("postgresql.stop_on_exit: stopping PostgreSQL (fast)")
+	ctx, cancel := context.WithTimeout(context.Background(), stopOnExitTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := inst.Stop(ctx, pgctl.Fast); err != nil {
+		log.Error("postgresql.stop_on_exit: PostgreSQL did not stop; it may be killed with its container and recover from a crash at the next start", "err", err)
+		return
+	}
+	log.Info("postgresql.stop_on_exit: PostgreSQL stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// inContainer reports whether this process runs in a container (the marker files Docker and
+// Podman create). It only decides a warning.
+func inContainer() bool {
+	for _, f := range []string{"/.dockerenv", "/run/.containerenv"} {
+		if _, err := os.Stat(f); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // followCluster keeps the proxy's routing table, its write pause and the VIP entitlement in

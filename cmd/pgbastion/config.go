@@ -62,6 +62,11 @@ type PostgreSQLConfig struct {
 	// Callbacks are programs run when this node's PostgreSQL starts, stops, restarts or
 	// changes role (Patroni's postgresql.callbacks).
 	Callbacks notify.Callbacks `yaml:"callbacks"`
+	// StopOnExit stops PostgreSQL (fast mode: a shutdown checkpoint, every connected replica
+	// sent the last WAL) when pgbastion stops. Off by default: PostgreSQL outlives a restart or
+	// upgrade of pgbastion, which adopts it. Set it in a container, where PostgreSQL dies with
+	// the container's init: without it, stopping the container is a crash of PostgreSQL.
+	StopOnExit bool `yaml:"stop_on_exit"`
 }
 
 // HA returns the HA core's configuration, or false for a standalone proxy.

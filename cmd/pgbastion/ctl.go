@@ -47,6 +47,8 @@ const staleAfter = 10.0
 
 const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   list                                   show the nodes, their roles and lag
+  health [--check liveness|readiness|health|primary|replica]
+                                         exit 0 when this node passes the check (container HEALTHCHECK)
   events [--severity S] [--follow]       what happened: failovers, nodes down and back... (ctl events for details)
   history                                every change of primary (timeline, LSN, failover or switchover, why)
   pools [--loops]                        this node's proxy: server connections and waiting clients per pool
@@ -90,6 +92,8 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "list":
 		return c.list()
+	case "health":
+		return c.health(rest, stderr)
 	case "switchover", "failover":
 		sf := flag.NewFlagSet(cmd, flag.ContinueOnError)
 		sf.SetOutput(stderr)

@@ -392,3 +392,38 @@ func TestCtlProxyPauseOneDatabase(t *testing.T) {
 		t.Error("ctl proxy pause with two databases succeeded")
 	}
 }
+
+func TestCtlHealthExitsByTheCheck(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/liveness":
+			_, _ = w.Write([]byte(`{"status": "alive"}`))
+		case "/primary":
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"name": "db2", "role": "replica", "state": "RUNNING_REPLICA", "healthy": true}`))
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "health"}, &out, &errOut); code != 0 || out.String() != "liveness: 200 OK (status alive)\n" {
+		t.Fatalf("liveness: exit %d, out %q, err %q", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	if code := Main([]string{"ctl", "--api", srv.URL, "health", "--check", "primary"}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "primary: 503 Service Unavailable (role replica, state RUNNING_REPLICA)") {
+		t.Fatalf("primary on a replica: exit %d, out %q, err %q", code, out.String(), errOut.String())
+	}
+	errOut.Reset()
+	if code := Main([]string{"ctl", "--api", srv.URL, "health", "--check", "bogus"}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), `unknown check "bogus"`) {
+		t.Fatalf("unknown check: exit %d, err %q", code, errOut.String())
+	}
+	srv.Close()
+	errOut.Reset()
+	if code := Main([]string{"ctl", "--api", srv.URL, "health", "--timeout", "1s"}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "cannot reach the API") {
+		t.Fatalf("API down: exit %d, err %q", code, errOut.String())
+	}
+}

@@ -679,3 +679,49 @@ func TestSwitchoverAwayFromAnAdoptedPrimary(t *testing.T) {
 		t.Fatalf("reading the row back: %d, %v", v, err)
 	}
 }
+
+// TestStopOnExit: with postgresql.stop_on_exit (what a container needs, since PostgreSQL dies
+// with the container) a stopping daemon stops its PostgreSQL cleanly. The primary's clean stop
+// loses nothing: a replica takes over with every committed row, and the old primary comes back
+// as a replica without being re-cloned.
+func TestStopOnExit(t *testing.T) {
+	c := Start(t, Options{PostgreSQLExtra: "stop_on_exit: true"})
+	primary, _ := c.WaitOneWritablePrimary(time.Minute)
+	c.WaitHealthy(2, 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	conn, err := c.Connect(ctx, primary.RW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE stopped (id int); INSERT INTO stopped SELECT generate_series(1, 1000)"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	pid := primary.PostmasterPID()
+	primary.StopDaemon(t)
+	if got := primary.PostmasterPID(); got != 0 {
+		t.Fatalf("%s's pgbastion stopped but postmaster.pid still names %d", primary.Name, got)
+	}
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Fatalf("the postmaster (%d) still runs after its pgbastion stopped", pid)
+	}
+	if log := primary.D.Log(); !strings.Contains(log, "postgresql.stop_on_exit: PostgreSQL stopped") {
+		t.Fatalf("the log does not say PostgreSQL was stopped:\n%s", primary.D.LogTail())
+	}
+	next := c.WaitPrimaryOtherThan(t, primary, 2*time.Minute)
+	nconn, err := c.Connect(ctx, next.RW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := nconn.QueryRow(ctx, "SELECT count(*) FROM stopped").Scan(&n); err != nil || n != 1000 {
+		t.Fatalf("the new primary %s has %d rows of 1000 (%v)", next.Name, n, err)
+	}
+	nconn.Close(ctx)
+	primary.Restart(t)
+	c.WaitRejoined(t, primary, 2*time.Minute)
+	if log := primary.D.Log(); strings.Contains(log, "re-cloning") {
+		t.Fatalf("the cleanly stopped old primary was re-cloned:\n%s", primary.D.LogTail())
+	}
+}
