@@ -25,7 +25,7 @@ bench: build ## micro-benchmarks, then the proxy comparison (needs pgbench, pgbo
 	$(GO) test $(GOFLAGS) -run '^$$' -bench . -benchmem ./pgwire ./pool ./engine
 	$(GO) run $(GOFLAGS) ./bench/cmd/pgbench-compare
 
-FUZZ_PKGS := ./pgwire ./pgwire/auth ./engine ./ha/fsm
+FUZZ_PKGS := ./pgwire ./pgwire/auth ./engine ./ha/fsm ./cmd/pgbastion
 
 fuzz: ## run each fuzz target for 30 s
 	@for p in $(FUZZ_PKGS); do \

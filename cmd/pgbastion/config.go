@@ -174,6 +174,10 @@ const ConfigVersion = 1
 
 // ParseConfig parses configuration text; name is used in error messages.
 func ParseConfig(name string, data []byte) (Config, error) {
+	data, err := expandEnv(name, data, lookupEnv)
+	if err != nil {
+		return Config{}, err
+	}
 	// The schema version first: a newer file's keys would otherwise be reported one by one
 	// as unknown.
 	var head struct {

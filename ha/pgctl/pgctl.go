@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -188,19 +189,34 @@ func (i *Instance) run(ctx context.Context, name string, args ...string) (err er
 	return nil
 }
 
-// redact hides passwords in connection strings before they reach an error or a log.
+// redact hides passwords in connection strings before they reach an error or a log, quoted
+// ones (password='two words') included.
 func redact(args []string) []string {
 	out := make([]string, len(args))
 	for k, a := range args {
-		f := strings.Fields(a)
-		for j, w := range f {
-			if strings.HasPrefix(w, "password=") {
-				f[j] = "password=******"
-			}
-		}
-		out[k] = strings.Join(f, " ")
+		out[k] = passwordInConninfo.ReplaceAllString(a, "${1}password=******")
 	}
 	return out
+}
+
+// passwordInConninfo matches a password keyword and its value, quoted (with backslash
+// escapes) or not, in a libpq keyword/value string.
+var passwordInConninfo = regexp.MustCompile(`(^|[\s=])password\s*=\s*(?:'(?:[^'\\]|\\.)*'?|\S*)`)
+
+// conninfoValue quotes v for a libpq keyword/value connection string when it needs it: an
+// empty value, or one with a space, a quote or a backslash (a password may have any).
+func conninfoValue(v string) string {
+	if v != "" && !strings.ContainsAny(v, " \t\n\r\f\v'\\") {
+		return v
+	}
+	v = strings.ReplaceAll(v, `\`, `\\`)
+	return "'" + strings.ReplaceAll(v, `'`, `\'`) + "'"
+}
+
+// confString quotes v as a string value in postgresql.conf: single quotes doubled, and
+// backslashes doubled since the file's parser reads them as escapes.
+func confString(v string) string {
+	return "'" + strings.ReplaceAll(strings.ReplaceAll(v, `\`, `\\`), "'", "''") + "'"
 }
 
 // mkdirOwned creates dir owned by the PostgreSQL OS user.
@@ -550,7 +566,7 @@ func (i *Instance) InRecovery(ctx context.Context) (bool, error) {
 // Conninfo returns a libpq connection string to the server at addr for replication.
 func (i *Instance) Conninfo(host string, port int, appName string) string {
 	return fmt.Sprintf("host=%s port=%d user=%s password=%s application_name=%s sslmode=prefer",
-		host, port, i.cfg.ReplicationUser, i.cfg.ReplicationPassword, appName)
+		conninfoValue(host), port, conninfoValue(i.cfg.ReplicationUser), conninfoValue(i.cfg.ReplicationPassword), conninfoValue(appName))
 }
 
 // BaseBackup clones the data directory from a primary and configures streaming from it.
@@ -585,10 +601,9 @@ func (i *Instance) Follow(host string, port int, appName, slot string) error {
 		return err
 	}
 	conf := keepAutoConf(string(cur))
-	conf += fmt.Sprintf("primary_conninfo = '%s'\nrecovery_target_timeline = 'latest'\n",
-		strings.ReplaceAll(i.Conninfo(host, port, appName), "'", "''"))
+	conf += fmt.Sprintf("primary_conninfo = %s\nrecovery_target_timeline = 'latest'\n", confString(i.Conninfo(host, port, appName)))
 	if slot != "" {
-		conf += fmt.Sprintf("primary_slot_name = '%s'\n", slot)
+		conf += fmt.Sprintf("primary_slot_name = %s\n", confString(slot))
 	}
 	if err := i.writeOwned(path, []byte(conf)); err != nil {
 		return err
@@ -625,6 +640,6 @@ func keepAutoConf(cur string) string {
 // Rewind synchronises the (stopped) data directory with a new primary.
 func (i *Instance) Rewind(ctx context.Context, host string, port int) error {
 	src := fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=postgres sslmode=prefer",
-		host, port, i.cfg.Superuser, i.cfg.Password)
+		conninfoValue(host), port, conninfoValue(i.cfg.Superuser), conninfoValue(i.cfg.Password))
 	return i.run(ctx, "pg_rewind", "-D", i.cfg.DataDir, "--source-server="+src, "--no-sync")
 }

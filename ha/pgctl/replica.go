@@ -119,7 +119,7 @@ func (i *Instance) runReplicaMethod(ctx context.Context, m ReplicaMethod, host s
 	f := strings.Fields(m.Command)
 	args := f[1:]
 	if !m.NoParams {
-		conn := fmt.Sprintf("host=%s port=%d user=%s application_name=%s", host, port, i.cfg.ReplicationUser, appName)
+		conn := fmt.Sprintf("host=%s port=%d user=%s application_name=%s", conninfoValue(host), port, conninfoValue(i.cfg.ReplicationUser), conninfoValue(appName))
 		args = append(args, "--scope="+i.cfg.Scope, "--datadir="+i.cfg.DataDir, "--role=replica", "--connstring="+conn)
 	}
 	cmd := i.commandAt(ctx, f[0], args...)
