@@ -445,6 +445,17 @@ func (a *Agent) report(ctx context.Context) {
 	a.lastReport, a.lastInflight = res.Index, ns.InflightWrites
 }
 
+// ReportStopped tells the cluster that this node's PostgreSQL was stopped on purpose as
+// pgbastion exits (postgresql.stop_on_exit), once Run has returned: the members' list shows it
+// stopped, with why, rather than its last running state until the report goes stale, and a
+// primary's failover starts at once (still no sooner than the write leases allow).
+func (a *Agent) ReportStopped(ctx context.Context, reason string) error {
+	ns := a.status(a.c.State())
+	ns.State, ns.Healthy, ns.Reason = fsm.StateStopped, false, reason
+	res, err := a.c.Apply(ctx, fsm.ReportStatus{Node: a.c.Name(), Status: ns})
+	return errors.Join(err, res.Error())
+}
+
 // onState retries pending acknowledgements, reports at once when a failover needs current
 // positions, applies the wanted synchronous configuration, and executes new directives for
 // this node.

@@ -136,7 +136,13 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	}
 	if cfg.PostgreSQL.StopOnExit {
 		// The agent has stopped: nothing restarts PostgreSQL behind our back.
-		stopPostgresOnExit(inst, log)
+		if stopPostgresOnExit(inst, log) {
+			rctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := agent.ReportStopped(rctx, "pgbastion stopped (postgresql.stop_on_exit)"); err != nil {
+				log.Warn("postgresql.stop_on_exit: the cluster was not told that PostgreSQL stopped; it finds out when this node's reports stop", "err", err)
+			}
+			c()
+		}
 	} else if inContainer() {
 		log.Warn("pgbastion stops and leaves PostgreSQL running, but this looks like a container, which ends PostgreSQL with a kill -9; set postgresql.stop_on_exit: true")
 	}
@@ -148,11 +154,12 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 // primary may take that long for its checkpoint.
 const stopOnExitTimeout = 2 * time.Minute
 
-// stopPostgresOnExit stops this node's PostgreSQL in fast mode (postgresql.stop_on_exit).
-func stopPostgresOnExit(inst *pgctl.Instance, log *slog.Logger) {
+// stopPostgresOnExit stops this node's PostgreSQL in fast mode (postgresql.stop_on_exit) and
+// reports whether it is stopped.
+func stopPostgresOnExit(inst *pgctl.Instance, log *slog.Logger) bool {
 	if !inst.PostmasterAlive() {
 		log.Info("postgresql.stop_on_exit: PostgreSQL is not running")
-		return
+		return true
 	}
 	log.Info("postgresql.stop_on_exit: stopping PostgreSQL (fast)")
 	ctx, cancel := context.WithTimeout(context.Background(), stopOnExitTimeout)
@@ -160,9 +167,10 @@ func stopPostgresOnExit(inst *pgctl.Instance, log *slog.Logger) {
 	start := time.Now()
 	if err := inst.Stop(ctx, pgctl.Fast); err != nil {
 		log.Error("postgresql.stop_on_exit: PostgreSQL did not stop; it may be killed with its container and recover from a crash at the next start", "err", err)
-		return
+		return false
 	}
 	log.Info("postgresql.stop_on_exit: PostgreSQL stopped", "took", time.Since(start).Round(time.Millisecond))
+	return true
 }
 
 // inContainer reports whether this process runs in a container (the marker files Docker and

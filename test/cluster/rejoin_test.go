@@ -710,6 +710,32 @@ func TestStopOnExit(t *testing.T) {
 		t.Fatalf("the log does not say PostgreSQL was stopped:\n%s", primary.D.LogTail())
 	}
 	next := c.WaitPrimaryOtherThan(t, primary, 2*time.Minute)
+	// It said so before leaving: the others list it stopped, not as the running primary it
+	// last reported, and the failover started from that report, not from its lease lapsing.
+	v, err := c.fullView()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range v.Nodes {
+		if m.Name == primary.Name && (m.Status.State != fsm.StateStopped || m.Status.Healthy || !strings.Contains(m.Status.Reason, "stop_on_exit")) {
+			t.Fatalf("%s is listed as %s healthy=%v (%q), want STOPPED for stop_on_exit", m.Name, m.Status.State, m.Status.Healthy, m.Status.Reason)
+		}
+	}
+	resp, err := http.Get("http://" + next.API + "/history")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hist struct {
+		Operations []fsm.Operation `json:"operations"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&hist)
+	resp.Body.Close()
+	if err != nil || len(hist.Operations) == 0 {
+		t.Fatalf("GET /history: %d operations, %v", len(hist.Operations), err)
+	}
+	if op := hist.Operations[len(hist.Operations)-1]; op.Kind != fsm.OpFailover || !strings.Contains(op.Reason, "stop_on_exit") {
+		t.Fatalf("the last operation is a %s for %q, want a failover started by the stopped report", op.Kind, op.Reason)
+	}
 	nconn, err := c.Connect(ctx, next.RW)
 	if err != nil {
 		t.Fatal(err)
