@@ -102,10 +102,25 @@ func (a *Agent) restartRefusal(st *fsm.State, r fsm.RestartRequest) string {
 		return fmt.Sprintf("a %s is in progress (operation %d); ask again when it has finished", st.Operation.Kind, st.Operation.ID)
 	case a.fenced:
 		return "this node is fenced (" + a.fenceReason + "); the cluster brings it back with a DEMOTE, not a restart"
-	case a.down() || a.last == nil:
+	case (a.down() || a.last == nil) && !st.Paused:
 		return "PostgreSQL is not running here; a replica is started by the cluster when it follows the primary (see ctl list for why it is down)"
+	case a.down() || a.last == nil:
+		// Paused, the cluster starts no replica: the operator's restart does, as a standby
+		// of the primary (what the cluster would have done), never as it happens to be.
+		if _, ok := a.upstream(st); !ok {
+			return "PostgreSQL is not running here and the cluster has no primary to follow; nothing was started"
+		}
 	}
 	return ""
+}
+
+// upstream is the primary as a replica's upstream.
+func (a *Agent) upstream(st *fsm.State) (Upstream, bool) {
+	m, ok := st.Members[st.Primary]
+	if !ok || st.Primary == a.c.Name() || m.PGHost == "" {
+		return Upstream{}, false
+	}
+	return Upstream{Name: m.Name, Host: m.PGHost, Port: m.PGPort}, true
 }
 
 // CloneProgress is implemented by a Reinitializer that can tell how far the clone running now
@@ -170,14 +185,21 @@ func (a *Agent) reinit(ctx context.Context, st *fsm.State, r fsm.RestartRequest)
 }
 
 // restart stops and starts PostgreSQL, reporting the node STOPPED with the reason meanwhile.
-func (a *Agent) restart(ctx context.Context, _ *fsm.State, r fsm.RestartRequest) error {
-	a.log.Info("restarting postgresql", "request", r.ID, "reason", r.Reason)
+// A stopped replica (only asked for while the cluster is paused) is started as a standby of
+// the primary, as the cluster does when it is not paused.
+func (a *Agent) restart(ctx context.Context, st *fsm.State, r fsm.RestartRequest) error {
+	down := a.down() || a.last == nil
+	a.log.Info("restarting postgresql", "request", r.ID, "reason", r.Reason, "was_running", !down)
 	a.busy, a.restarting = fsm.StateStopped, fmt.Sprintf("restarting at an operator's request (%d)", r.ID)
 	a.report(ctx)
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.Failover.DirectiveTimeout)
 	defer cancel()
-	_, err := a.pg.Stop(rctx)
-	if err == nil {
+	var err error
+	if up, ok := a.upstream(st); down && ok {
+		if _, err = a.pg.Follow(rctx, up); err == nil {
+			a.following = up.Name
+		}
+	} else if _, err = a.pg.Stop(rctx); err == nil {
 		err = a.pg.Start(rctx)
 	}
 	a.busy, a.restarting = "", ""

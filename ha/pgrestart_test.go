@@ -55,9 +55,41 @@ func TestAgentRestartsAReplicaOnRequestAndRefusesThePrimary(t *testing.T) {
 	// A stopped PostgreSQL is not started behind the cluster's back.
 	pg.set(func(p *fakePG) { p.running = false })
 	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateStopped }, "down reported")
+	before = len(pg.Calls())
 	id = c.must(fsm.RequestRestart{Node: "n1"}).ID
 	if r := awaitRequest(t, c, id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "not running") {
 		t.Fatalf("restart of a stopped server: %+v", r)
+	}
+	if calls := pg.Calls()[before:]; slices.Contains(calls, "start") || slices.ContainsFunc(calls, func(s string) bool { return strings.HasPrefix(s, "follow") }) {
+		t.Fatalf("a refused restart started PostgreSQL: %v", calls)
+	}
+
+	// Paused, the cluster starts no replica; an operator's restart does, as a standby of the
+	// primary (a follow, never a bare start of whatever the data directory is).
+	c.must(fsm.SetPause{Paused: true})
+	before = len(pg.Calls())
+	id = c.must(fsm.RequestRestart{Node: "n1", Reason: "maintenance done"}).ID
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartDone {
+		t.Fatalf("restart of a stopped replica while paused: %+v", r)
+	}
+	if calls := pg.Calls()[before:]; !slices.Contains(calls, "follow n2") || slices.Contains(calls, "start") {
+		t.Fatalf("a stopped replica is started by following the primary: %v", calls)
+	}
+	await.True(t, 2*time.Second, func() bool {
+		s := c.status("n1")
+		return s.State == fsm.StateRunningReplica && s.Healthy && s.Following == "n2"
+	}, "a running replica of n2 again")
+	// Without a primary to follow, nothing is started.
+	pg.set(func(p *fakePG) { p.running = false })
+	await.True(t, 2*time.Second, func() bool { return c.status("n1").State == fsm.StateStopped }, "down reported")
+	c.must(fsm.SetPrimary{Node: ""})
+	before = len(pg.Calls())
+	id = c.must(fsm.RequestRestart{Node: "n1"}).ID
+	if r := awaitRequest(t, c, id); r.Status != fsm.RestartFailed || !strings.Contains(r.Message, "no primary to follow") {
+		t.Fatalf("restart while paused without a primary: %+v", r)
+	}
+	if calls := pg.Calls()[before:]; len(calls) > 0 && (slices.Contains(calls, "start") || slices.ContainsFunc(calls, func(s string) bool { return strings.HasPrefix(s, "follow") })) {
+		t.Fatalf("started without a primary: %v", calls)
 	}
 }
 

@@ -69,21 +69,17 @@ func Listen(cfg Config) (*Mux, error) {
 	if adv == "" {
 		adv = ln.Addr().String()
 	}
-	addr, err := net.ResolveTCPAddr("tcp", adv)
-	if err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("transport: advertise address %q: %w", adv, err)
-	}
-	if addr.IP == nil || addr.IP.IsUnspecified() {
-		ln.Close()
-		return nil, fmt.Errorf("transport: advertise address %q is not an address peers can dial; set raft.advertise", adv)
-	}
-	if cfg.ServerTLS != nil {
-		ln = tls.NewListener(ln, cfg.ServerTLS)
-	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
+	}
+	addr, err := advertised(adv, logger)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if cfg.ServerTLS != nil {
+		ln = tls.NewListener(ln, cfg.ServerTLS)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Mux{
@@ -94,6 +90,39 @@ func Listen(cfg Config) (*Mux, error) {
 	m.wg.Add(1)
 	go m.acceptLoop()
 	return m, nil
+}
+
+// hostPort is an advertised address as written: an IP address and port, or a host name and
+// port that peers resolve each time they dial, so that a node whose address changes (a
+// container or a Kubernetes pod started again) is found under its name.
+type hostPort string
+
+func (a hostPort) Network() string { return "tcp" }
+func (a hostPort) String() string  { return string(a) }
+
+// advertised checks the address peers are to dial: an IP address that is not unspecified, or
+// a host name. A name that does not resolve here is logged, not refused: in Kubernetes a
+// pod's name resolves only once the pod is published.
+func advertised(adv string, log *slog.Logger) (net.Addr, error) {
+	host, port, err := net.SplitHostPort(adv)
+	if err != nil {
+		return nil, fmt.Errorf("transport: advertise address %q: %w", adv, err)
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil || port == "0" {
+		return nil, fmt.Errorf("transport: advertise address %q: bad port", adv)
+	}
+	if ip := net.ParseIP(host); ip != nil || host == "" {
+		if ip == nil || ip.IsUnspecified() {
+			return nil, fmt.Errorf("transport: advertise address %q is not an address peers can dial; set raft.advertise", adv)
+		}
+		return hostPort(adv), nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := net.DefaultResolver.LookupHost(ctx, host); err != nil {
+		log.Warn("raft.advertise does not resolve here (yet); peers must be able to resolve it to reach this node", "advertise", adv, "err", err)
+	}
+	return hostPort(adv), nil
 }
 
 // Addr is the advertised address.

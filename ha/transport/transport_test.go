@@ -310,3 +310,33 @@ func TestLoadTLS(t *testing.T) {
 		t.Fatal("accepted a missing key")
 	}
 }
+
+// TestAdvertiseAHostName: a host name is advertised as written (peers resolve it each time
+// they dial, so a node whose address changes is found under its name), and peers reach the
+// node through it; an unspecified or portless address is still refused.
+func TestAdvertiseAHostName(t *testing.T) {
+	m, err := Listen(Config{Bind: "127.0.0.1:0", Advertise: "db1.cluster.local:8300"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if got := m.RaftLayer().Addr().String(); got != "db1.cluster.local:8300" {
+		t.Fatalf("advertised %s, want the name as written", got)
+	}
+	// A peer dialing a name reaches the node.
+	_, port, _ := net.SplitHostPort(m.ListenAddr().String())
+	m.SetHandler(func(_ context.Context, req []byte) ([]byte, error) { return append([]byte("re: "), req...), nil })
+	c := NewClient(nil)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if out, err := c.Call(ctx, "localhost:"+port, []byte("hi")); err != nil || string(out) != "re: hi" {
+		t.Fatalf("call through the name: %q, %v", out, err)
+	}
+	for _, bad := range []string{"0.0.0.0:8300", "[::]:8300", ":8300", "localhost", "db1:0"} {
+		if m2, err := Listen(Config{Bind: "127.0.0.1:0", Advertise: bad}); err == nil {
+			m2.Close()
+			t.Errorf("advertise %q accepted", bad)
+		}
+	}
+}

@@ -58,14 +58,9 @@ func TestImageRunsACluster(t *testing.T) {
 				t.Logf("%s's last log lines:\n%s", n.name, out)
 			}
 			_ = exec.Command("podman", "rm", "-f", "-v", n.container).Run()
+			_ = exec.Command("podman", "volume", "rm", "-f", n.container).Run()
 		})
-		// The example file as it is, for every node; the environment says which node.
-		args := append([]string{"run", "-d", "--name", n.container, "--hostname", n.name, "--network", network, "--ip", n.ip,
-			"-v", example + ":/etc/pgbastion/pgbastion.yaml:ro",
-			"-e", "PGBASTION_NODE_NAME=" + n.name, "-e", "PGBASTION_NODE_ADDRESS=" + n.ip,
-			"-e", fmt.Sprintf("PGBASTION_BOOTSTRAP=%t", i == 0),
-			"-e", "PGBASTION_PG_PASSWORD=" + password, "-e", "PGBASTION_API_TOKEN=" + token}, runtimeFlags...)
-		podman(t, append(args, image)...)
+		run(t, n, example, i == 0)
 	}
 
 	// The image's HEALTHCHECK passes on every node once its daemon serves its API.
@@ -133,10 +128,35 @@ func TestImageRunsACluster(t *testing.T) {
 	if rows != 500 {
 		t.Fatalf("the new primary %s has %d rows of 500", next.name, rows)
 	}
-	podman(t, "start", stopped.container)
-	if p := awaitCluster(t, nodes, stopped.name, 3*time.Minute); p != next {
-		t.Fatalf("after %s came back the primary is %s, want %s", stopped.name, p.name, next.name)
+	// It comes back as a new container at another address, with its data: the others find it
+	// under its name.
+	podman(t, "rm", stopped.container)
+	moved := stopped
+	moved.ip = "198.19.77.2" + strings.TrimPrefix(stopped.name, "node")
+	run(t, moved, example, false)
+	for i := range nodes {
+		if nodes[i] == stopped {
+			nodes[i] = moved
+		}
 	}
+	if p := awaitCluster(t, nodes, moved.name, 3*time.Minute); p != next {
+		t.Fatalf("after %s came back the primary is %s, want %s", moved.name, p.name, next.name)
+	}
+	t.Logf("%s rejoined from %s (was %s)", moved.name, moved.ip, stopped.ip)
+}
+
+// run starts node n's container: the example file as it is, the environment saying which node
+// (the others reach it by its network alias, its name), its data in a volume named after it.
+// The test itself reaches it at its fixed address.
+func run(t *testing.T, n node, example string, bootstrap bool) {
+	t.Helper()
+	args := append([]string{"run", "-d", "--name", n.container, "--hostname", n.name,
+		"--network", network, "--network-alias", n.name, "--ip", n.ip,
+		"-v", example + ":/etc/pgbastion/pgbastion.yaml:ro", "-v", n.container + ":/var/lib/pgbastion",
+		"-e", "PGBASTION_NODE_NAME=" + n.name, "-e", "PGBASTION_NODE_ADDRESS=" + n.name,
+		"-e", fmt.Sprintf("PGBASTION_BOOTSTRAP=%t", bootstrap),
+		"-e", "PGBASTION_PG_PASSWORD=" + password, "-e", "PGBASTION_API_TOKEN=" + token}, runtimeFlags...)
+	podman(t, append(args, image)...)
 }
 
 // view is the part of GET /nodes the test reads.
