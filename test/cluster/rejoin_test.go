@@ -721,20 +721,32 @@ func TestStopOnExit(t *testing.T) {
 			t.Fatalf("%s is listed as %s healthy=%v (%q), want STOPPED for stop_on_exit", m.Name, m.Status.State, m.Status.Healthy, m.Status.Reason)
 		}
 	}
-	resp, err := http.Get("http://" + next.API + "/history")
-	if err != nil {
-		t.Fatal(err)
+	// The failover that made next the primary, running or finished.
+	var op *fsm.Operation
+	deadline := time.Now().Add(30 * time.Second)
+	for op == nil {
+		var hist struct {
+			Operation  *fsm.Operation  `json:"operation"`
+			Operations []fsm.Operation `json:"operations"`
+		}
+		resp, err := http.Get("http://" + next.API + "/history")
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&hist)
+			resp.Body.Close()
+		}
+		switch {
+		case err == nil && hist.Operation != nil:
+			op = hist.Operation
+		case err == nil && len(hist.Operations) > 0:
+			op = &hist.Operations[len(hist.Operations)-1]
+		case time.Now().After(deadline):
+			t.Fatalf("GET /history on %s: no operation after 30 s (%v)", next.Name, err)
+		default:
+			time.Sleep(100 * time.Millisecond) // poll: the API has no wait for this
+		}
 	}
-	var hist struct {
-		Operations []fsm.Operation `json:"operations"`
-	}
-	err = json.NewDecoder(resp.Body).Decode(&hist)
-	resp.Body.Close()
-	if err != nil || len(hist.Operations) == 0 {
-		t.Fatalf("GET /history: %d operations, %v", len(hist.Operations), err)
-	}
-	if op := hist.Operations[len(hist.Operations)-1]; op.Kind != fsm.OpFailover || !strings.Contains(op.Reason, "stop_on_exit") {
-		t.Fatalf("the last operation is a %s for %q, want a failover started by the stopped report", op.Kind, op.Reason)
+	if op.Kind != fsm.OpFailover || !strings.Contains(op.Reason, "stop_on_exit") {
+		t.Fatalf("the operation is a %s for %q, want a failover started by the stopped report", op.Kind, op.Reason)
 	}
 	nconn, err := c.Connect(ctx, next.RW)
 	if err != nil {
