@@ -94,7 +94,9 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
+	// The parts run until runCtx ends, not ctx (the stop signal): a primary may first hand over
+	// (postgresql.switchover_on_exit), which needs its agent and its proxy.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
@@ -102,7 +104,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			if err := f(runCtx); err != nil && !errors.Is(err, context.Canceled) {
 				errc <- fmt.Errorf("%s: %w", name, err)
 			}
 		}()
@@ -123,6 +125,10 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	var result error
 	select {
 	case <-ctx.Done():
+		log.Info("stop signal received: stopping (a second signal exits at once)")
+		if cfg.PostgreSQL.SwitchoverOnExit {
+			switchoverOnExit(node, log)
+		}
 	case <-node.Done():
 		result = fmt.Errorf("the Raft node stopped: %w", node.Err())
 	case result = <-errc:
@@ -147,6 +153,41 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		log.Warn("pgbastion stops and leaves PostgreSQL running, but this looks like a container, which ends PostgreSQL with a kill -9; set postgresql.stop_on_exit: true")
 	}
 	return result
+}
+
+// switchoverOnExitTimeout bounds the switchover a stopping primary asks for: one normally
+// takes a second or two; the runtime's stop timeout must leave room for it.
+const switchoverOnExitTimeout = 30 * time.Second
+
+// switchoverOnExit, on the primary of a cluster that is not paused, switches over to the best
+// replica before the node stops (postgresql.switchover_on_exit): clients see a second of held
+// writes instead of the refused ones of a failover. When no switchover is possible (no healthy
+// replica, another operation running), the node stops anyway and the cluster fails over.
+func switchoverOnExit(node *ha.Node, log *slog.Logger) {
+	st := node.State()
+	if st.Primary != node.Name() {
+		return
+	}
+	if st.Paused {
+		log.Info("postgresql.switchover_on_exit: the cluster is paused (maintenance): no switchover; it stays without a primary until this node is back or an operator fails over")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), switchoverOnExitTimeout)
+	defer cancel()
+	start := time.Now()
+	log.Info("postgresql.switchover_on_exit: this node is the primary; switching over before stopping")
+	id, err := node.Switchover(ctx, node.Name(), "")
+	if err != nil {
+		log.Warn("postgresql.switchover_on_exit: no switchover; the cluster fails over once this node has stopped", "err", err)
+		return
+	}
+	op, err := node.WaitOperation(ctx, id)
+	if err != nil {
+		log.Warn("postgresql.switchover_on_exit: the switchover did not finish in time; stopping anyway", "operation", id, "err", err)
+		return
+	}
+	log.Info("postgresql.switchover_on_exit: switchover finished", "operation", id, "phase", op.Phase, "new_primary", op.NewPrimary,
+		"message", op.Message, "took", time.Since(start).Round(time.Millisecond))
 }
 
 // stopOnExitTimeout bounds the fast shutdown at exit. Container runtimes kill after a grace

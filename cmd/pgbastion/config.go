@@ -67,6 +67,11 @@ type PostgreSQLConfig struct {
 	// upgrade of pgbastion, which adopts it. Set it in a container, where PostgreSQL dies with
 	// the container's init: without it, stopping the container is a crash of PostgreSQL.
 	StopOnExit bool `yaml:"stop_on_exit"`
+	// SwitchoverOnExit: when pgbastion stops on the primary (SIGTERM, SIGINT) and the cluster
+	// is not paused, it first switches over to the best replica (up to 30 s), so that a
+	// container's stop or a rolling update costs clients a second of held writes, not a
+	// failover's refused ones.
+	SwitchoverOnExit bool `yaml:"switchover_on_exit"`
 }
 
 // HA returns the HA core's configuration, or false for a standalone proxy.

@@ -51,6 +51,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	log, level := newLogger(cfg.Log, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts an orderly stop (which may hand over the primary and stop
+	// PostgreSQL); a second one ends the process at once, by the signal's default action.
+	context.AfterFunc(ctx, stop)
 	d, err := newDaemon(*path, cfg, log, level)
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -722,29 +723,7 @@ func TestStopOnExit(t *testing.T) {
 		}
 	}
 	// The failover that made next the primary, running or finished.
-	var op *fsm.Operation
-	deadline := time.Now().Add(30 * time.Second)
-	for op == nil {
-		var hist struct {
-			Operation  *fsm.Operation  `json:"operation"`
-			Operations []fsm.Operation `json:"operations"`
-		}
-		resp, err := http.Get("http://" + next.API + "/history")
-		if err == nil {
-			err = json.NewDecoder(resp.Body).Decode(&hist)
-			resp.Body.Close()
-		}
-		switch {
-		case err == nil && hist.Operation != nil:
-			op = hist.Operation
-		case err == nil && len(hist.Operations) > 0:
-			op = &hist.Operations[len(hist.Operations)-1]
-		case time.Now().After(deadline):
-			t.Fatalf("GET /history on %s: no operation after 30 s (%v)", next.Name, err)
-		default:
-			time.Sleep(100 * time.Millisecond) // poll: the API has no wait for this
-		}
-	}
+	op := lastOperation(t, next)
 	if op.Kind != fsm.OpFailover || !strings.Contains(op.Reason, "stop_on_exit") {
 		t.Fatalf("the operation is a %s for %q, want a failover started by the stopped report", op.Kind, op.Reason)
 	}
@@ -761,5 +740,100 @@ func TestStopOnExit(t *testing.T) {
 	c.WaitRejoined(t, primary, 2*time.Minute)
 	if log := primary.D.Log(); strings.Contains(log, "re-cloning") {
 		t.Fatalf("the cleanly stopped old primary was re-cloned:\n%s", primary.D.LogTail())
+	}
+}
+
+// TestSwitchoverOnExit: with postgresql.switchover_on_exit, stopping the primary's pgbastion
+// hands over first: the change of primary is a switchover, not a failover, and a client
+// writing through another node's proxy the whole time gets no error.
+func TestSwitchoverOnExit(t *testing.T) {
+	c := Start(t, Options{PostgreSQLExtra: "stop_on_exit: true\nswitchover_on_exit: true"})
+	primary, _ := c.WaitOneWritablePrimary(time.Minute)
+	c.WaitHealthy(2, 2*time.Minute)
+	via := c.Others(primary)[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	conn, err := c.Connect(ctx, via.RW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE TABLE handover (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	var writes atomic.Int64
+	var writeErr atomic.Pointer[error]
+	done := make(chan struct{})
+	stop := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := conn.Exec(ctx, "INSERT INTO handover VALUES (1)"); err != nil {
+				writeErr.CompareAndSwap(nil, &err)
+				return
+			}
+			writes.Add(1)
+		}
+	}()
+	awaitWrites := func(n int64, what string) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for writes.Load() < n {
+			if e := writeErr.Load(); e != nil {
+				t.Fatalf("a write through %s failed: %v", via.Name, *e)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d writes, want %d", what, writes.Load(), n)
+			}
+			time.Sleep(20 * time.Millisecond) // poll the writer's counter
+		}
+	}
+	awaitWrites(20, "before the stop")
+	primary.StopDaemon(t)
+	next := c.WaitPrimaryOtherThan(t, primary, time.Minute)
+	awaitWrites(writes.Load()+20, "after the handover")
+	close(stop)
+	<-done
+	if e := writeErr.Load(); e != nil {
+		t.Fatalf("a write through %s failed during the handover: %v", via.Name, *e)
+	}
+	if log := primary.D.Log(); !strings.Contains(log, "postgresql.switchover_on_exit: switchover finished") {
+		t.Fatalf("%s's log does not show the handover:\n%s", primary.Name, primary.D.LogTail())
+	}
+	if op := lastOperation(t, next); op.Kind != fsm.OpSwitchover || op.NewPrimary != next.Name {
+		t.Fatalf("the last operation is a %s to %q, want a switchover to %s", op.Kind, op.NewPrimary, next.Name)
+	}
+	t.Logf("%d writes through %s, none failed, while %s handed over to %s", writes.Load(), via.Name, primary.Name, next.Name)
+}
+
+// lastOperation returns the operation running on n's view of the cluster, or else the last one
+// that finished, waiting up to 30 s for there to be one (n may not have applied it yet).
+func lastOperation(t *testing.T, n *Node) fsm.Operation {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var hist struct {
+			Operation  *fsm.Operation  `json:"operation"`
+			Operations []fsm.Operation `json:"operations"`
+		}
+		resp, err := http.Get("http://" + n.API + "/history")
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&hist)
+			resp.Body.Close()
+		}
+		switch {
+		case err == nil && hist.Operation != nil:
+			return *hist.Operation
+		case err == nil && len(hist.Operations) > 0:
+			return hist.Operations[len(hist.Operations)-1]
+		case time.Now().After(deadline):
+			t.Fatalf("GET /history on %s: no operation after 30 s (%v)", n.Name, err)
+		}
+		time.Sleep(100 * time.Millisecond) // poll: the API has no wait for this
 	}
 }

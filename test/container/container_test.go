@@ -98,8 +98,8 @@ func TestImageRunsACluster(t *testing.T) {
 	}
 	t.Logf("switchover: %s → %s", old.name, primary.name)
 
-	// Stopping the primary's container stops its PostgreSQL cleanly; a replica takes over with
-	// every row; the container started again rejoins as a replica.
+	// Stopping the primary's container hands over to a replica and stops its PostgreSQL
+	// cleanly; the new primary has every row.
 	stopped := primary
 	start := time.Now()
 	podman(t, "stop", "-t", "60", stopped.container)
@@ -107,6 +107,10 @@ func TestImageRunsACluster(t *testing.T) {
 	logs, _ := exec.Command("podman", "logs", stopped.container).CombinedOutput()
 	if !strings.Contains(string(logs), "postgresql.stop_on_exit: PostgreSQL stopped") {
 		t.Fatalf("%s's log does not say PostgreSQL stopped cleanly:\n%s", stopped.name, tail(string(logs), 30))
+	}
+	// The example sets switchover_on_exit: the primary handed over before it stopped.
+	if !strings.Contains(string(logs), "postgresql.switchover_on_exit: switchover finished") {
+		t.Fatalf("%s's log does not show a switchover before the stop:\n%s", stopped.name, tail(string(logs), 30))
 	}
 	alive := []node{}
 	for _, n := range nodes {
@@ -227,20 +231,25 @@ func awaitCluster(t *testing.T, nodes []node, must string, timeout time.Duration
 			return fmt.Errorf("%s is the primary, want it a replica", must)
 		}
 		primary = pick(nodes, func(n node) bool { return n.name == name })
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := connect(ctx, primary.ip+":5432")
-		if err != nil {
-			return err
-		}
-		defer c.Close(ctx)
-		var ro bool
-		if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&ro); err != nil || ro {
-			return fmt.Errorf("%s's proxy: in recovery %v, %v", primary.name, ro, err)
-		}
-		return nil
+		return writable(primary)
 	})
 	return primary
+}
+
+// writable checks that a write transaction succeeds through n's proxy (txid_current fails on a
+// standby).
+func writable(n node) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := connect(ctx, n.ip+":5432")
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, "SELECT txid_current()"); err != nil {
+		return fmt.Errorf("%s's proxy: %w", n.name, err)
+	}
+	return nil
 }
 
 // awaitPrimary waits until the nodes agree on a primary other than gone that takes writes.
@@ -256,15 +265,7 @@ func awaitPrimary(t *testing.T, nodes []node, gone string, timeout time.Duration
 			return fmt.Errorf("primary %q", v.Primary)
 		}
 		primary = pick(nodes, func(n node) bool { return n.name == v.Primary })
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := connect(ctx, primary.ip+":5432")
-		if err != nil {
-			return err
-		}
-		defer c.Close(ctx)
-		_, err = c.Exec(ctx, "SELECT txid_current()")
-		return err
+		return writable(primary)
 	})
 	return primary
 }
