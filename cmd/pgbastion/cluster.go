@@ -176,6 +176,8 @@ func switchoverOnExit(node *ha.Node, log *slog.Logger) {
 	defer cancel()
 	start := time.Now()
 	log.Info("postgresql.switchover_on_exit: this node is the primary; switching over before stopping")
+	// The operation's request ID says why it happened (ctl history, webhooks, the log).
+	ctx = tracing.WithRequest(ctx, tracing.Request{ID: "switchover_on_exit:" + node.Name()})
 	id, err := node.Switchover(ctx, node.Name(), "")
 	if err != nil {
 		log.Warn("postgresql.switchover_on_exit: no switchover; the cluster fails over once this node has stopped", "err", err)

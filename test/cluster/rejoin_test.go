@@ -805,8 +805,9 @@ func TestSwitchoverOnExit(t *testing.T) {
 	if log := primary.D.Log(); !strings.Contains(log, "postgresql.switchover_on_exit: switchover finished") {
 		t.Fatalf("%s's log does not show the handover:\n%s", primary.Name, primary.D.LogTail())
 	}
-	if op := lastOperation(t, next); op.Kind != fsm.OpSwitchover || op.NewPrimary != next.Name {
-		t.Fatalf("the last operation is a %s to %q, want a switchover to %s", op.Kind, op.NewPrimary, next.Name)
+	if op := lastOperation(t, next); op.Kind != fsm.OpSwitchover || op.NewPrimary != next.Name ||
+		op.Trace == nil || op.Trace.RequestID != "switchover_on_exit:"+primary.Name {
+		t.Fatalf("the last operation is a %s to %q (trace %+v), want a switchover to %s requested by switchover_on_exit", op.Kind, op.NewPrimary, op.Trace, next.Name)
 	}
 	t.Logf("%d writes through %s, none failed, while %s handed over to %s", writes.Load(), via.Name, primary.Name, next.Name)
 }
