@@ -143,11 +143,15 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	if cfg.PostgreSQL.StopOnExit {
 		// The agent has stopped: nothing restarts PostgreSQL behind our back.
 		if stopPostgresOnExit(inst, log) {
-			rctx, c := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := agent.ReportStopped(rctx, "pgbastion stopped (postgresql.stop_on_exit)"); err != nil {
-				log.Warn("postgresql.stop_on_exit: the cluster was not told that PostgreSQL stopped; it finds out when this node's reports stop", "err", err)
+			if leader, _ := node.Leader(); leader == "" {
+				log.Info("postgresql.stop_on_exit: no Raft leader to tell that PostgreSQL stopped")
+			} else {
+				rctx, c := context.WithTimeout(context.Background(), 3*time.Second)
+				if err := agent.ReportStopped(rctx, "pgbastion stopped (postgresql.stop_on_exit)"); err != nil {
+					log.Warn("postgresql.stop_on_exit: the cluster was not told that PostgreSQL stopped; it finds out when this node's reports stop", "err", err)
+				}
+				c()
 			}
-			c()
 		}
 	} else if inContainer() {
 		log.Warn("pgbastion stops and leaves PostgreSQL running, but this looks like a container, which ends PostgreSQL with a kill -9; set postgresql.stop_on_exit: true")
@@ -172,13 +176,27 @@ func switchoverOnExit(node *ha.Node, log *slog.Logger) {
 		log.Info("postgresql.switchover_on_exit: the cluster is paused (maintenance): no switchover; it stays without a primary until this node is back or an operator fails over")
 		return
 	}
+	// Without quorum (the last member standing) no switchover can even be asked for; without
+	// a healthy replica none would be accepted: stop at once rather than wait for a refusal.
+	if !node.HoldsWriteLease() {
+		log.Info("postgresql.switchover_on_exit: this node is cut off from the Raft majority: no switchover")
+		return
+	}
+	if !hasLiveReplica(st, node.Name(), time.Now()) {
+		log.Info("postgresql.switchover_on_exit: no healthy replica reports: no switchover")
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), switchoverOnExitTimeout)
 	defer cancel()
 	start := time.Now()
 	log.Info("postgresql.switchover_on_exit: this node is the primary; switching over before stopping")
-	// The operation's request ID says why it happened (ctl history, webhooks, the log).
+	// The operation's request ID says why it happened (ctl history, webhooks, the log). The
+	// request itself gets a few seconds: a Raft group that cannot commit it now (the quorum
+	// just went) will not do better while we wait.
 	ctx = tracing.WithRequest(ctx, tracing.Request{ID: "switchover_on_exit:" + node.Name()})
-	id, err := node.Switchover(ctx, node.Name(), "")
+	actx, acancel := context.WithTimeout(ctx, 3*time.Second)
+	id, err := node.Switchover(actx, node.Name(), "")
+	acancel()
 	if err != nil {
 		log.Warn("postgresql.switchover_on_exit: no switchover; the cluster fails over once this node has stopped", "err", err)
 		return
@@ -190,6 +208,17 @@ func switchoverOnExit(node *ha.Node, log *slog.Logger) {
 	}
 	log.Info("postgresql.switchover_on_exit: switchover finished", "operation", id, "phase", op.Phase, "new_primary", op.NewPrimary,
 		"message", op.Message, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// hasLiveReplica reports whether a member other than self is a healthy running replica whose
+// last report is recent (its pgbastion has not stopped or gone silent).
+func hasLiveReplica(st *fsm.State, self string, now time.Time) bool {
+	for name, m := range st.Members {
+		if name != self && m.Status.State == fsm.StateRunningReplica && m.Status.Healthy && now.Sub(m.Status.ReportedAt) < 10*time.Second {
+			return true
+		}
+	}
+	return false
 }
 
 // stopOnExitTimeout bounds the fast shutdown at exit. Container runtimes kill after a grace

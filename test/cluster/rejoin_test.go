@@ -810,6 +810,26 @@ func TestSwitchoverOnExit(t *testing.T) {
 		t.Fatalf("the last operation is a %s to %q (trace %+v), want a switchover to %s requested by switchover_on_exit", op.Kind, op.NewPrimary, op.Trace, next.Name)
 	}
 	t.Logf("%d writes through %s, none failed, while %s handed over to %s", writes.Load(), via.Name, primary.Name, next.Name)
+	// Leave the cluster settled, the other replica streaming from the new primary: the
+	// harness's stops hand over again, and a switchover to a replica still pointed at the
+	// node that left would wait for it to catch up longer than the harness waits for a stop.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		v, err := c.fullView()
+		settled := err == nil
+		for _, m := range v.Nodes {
+			if m.Name != primary.Name && m.Name != next.Name && (m.Status.State != fsm.StateRunningReplica || m.Status.Following != next.Name) {
+				settled = false
+			}
+		}
+		if settled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the remaining replica does not follow %s within a minute: %+v, %v", next.Name, v.Nodes, err)
+		}
+		time.Sleep(100 * time.Millisecond) // poll the cluster view
+	}
 }
 
 // lastOperation returns the operation running on n's view of the cluster, or else the last one
