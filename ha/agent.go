@@ -696,7 +696,7 @@ func (a *Agent) syncMode() bool {
 func (a *Agent) applySync(ctx context.Context, st *fsm.State) {
 	w := st.SyncWanted
 	if a.rep == nil || !a.syncMode() || w == nil || w.Primary != a.c.Name() || st.Primary != a.c.Name() ||
-		a.fenced || a.busy != "" || a.down() || a.last == nil || a.last.Role != fsm.RolePrimary {
+		a.fenced || a.busy != "" || a.notRunning() || a.last.Role != fsm.RolePrimary {
 		return
 	}
 	if a.syncKnown && a.syncValue == w.Value {
@@ -744,7 +744,7 @@ func (a *Agent) prepareSyncForPromotion(ctx context.Context) error {
 // PermanentSlots are never touched. promoted: PostgreSQL was just promoted and the FSM does
 // not name it the primary yet; only create.
 func (a *Agent) manageSlots(ctx context.Context, st *fsm.State, now time.Time, promoted bool) {
-	if a.rep == nil || a.fenced || a.busy != "" || a.down() || a.last == nil {
+	if a.rep == nil || a.fenced || a.busy != "" || a.notRunning() {
 		return
 	}
 	primary := a.last.Role == fsm.RolePrimary

@@ -62,7 +62,7 @@ func (a *Agent) applyPGConfig(ctx context.Context, st *fsm.State) {
 		return
 	}
 	if a.pgc.applied != pc.Version {
-		if a.fenced || a.busy != "" || a.down() || a.last == nil || st.Operation != nil {
+		if a.fenced || a.busy != "" || a.notRunning() || st.Operation != nil {
 			return // not while PostgreSQL is down, or a failover or switchover runs
 		}
 		now := time.Now()

@@ -102,9 +102,9 @@ func (a *Agent) restartRefusal(st *fsm.State, r fsm.RestartRequest) string {
 		return fmt.Sprintf("a %s is in progress (operation %d); ask again when it has finished", st.Operation.Kind, st.Operation.ID)
 	case a.fenced:
 		return "this node is fenced (" + a.fenceReason + "); the cluster brings it back with a DEMOTE, not a restart"
-	case (a.down() || a.last == nil) && !st.Paused:
+	case a.notRunning() && !st.Paused:
 		return "PostgreSQL is not running here; a replica is started by the cluster when it follows the primary (see ctl list for why it is down)"
-	case a.down() || a.last == nil:
+	case a.notRunning():
 		// Paused, the cluster starts no replica: the operator's restart does, as a standby
 		// of the primary (what the cluster would have done), never as it happens to be.
 		if _, ok := a.upstream(st); !ok {
@@ -113,6 +113,9 @@ func (a *Agent) restartRefusal(st *fsm.State, r fsm.RestartRequest) string {
 	}
 	return ""
 }
+
+// notRunning: PostgreSQL is down here, or has not been seen running since the agent started.
+func (a *Agent) notRunning() bool { return a.down() || a.last == nil }
 
 // upstream is the primary as a replica's upstream.
 func (a *Agent) upstream(st *fsm.State) (Upstream, bool) {
@@ -188,7 +191,7 @@ func (a *Agent) reinit(ctx context.Context, st *fsm.State, r fsm.RestartRequest)
 // A stopped replica (only asked for while the cluster is paused) is started as a standby of
 // the primary, as the cluster does when it is not paused.
 func (a *Agent) restart(ctx context.Context, st *fsm.State, r fsm.RestartRequest) error {
-	down := a.down() || a.last == nil
+	down := a.notRunning()
 	a.log.Info("restarting postgresql", "request", r.ID, "reason", r.Reason, "was_running", !down)
 	a.busy, a.restarting = fsm.StateStopped, fmt.Sprintf("restarting at an operator's request (%d)", r.ID)
 	a.report(ctx)

@@ -143,15 +143,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	if cfg.PostgreSQL.StopOnExit {
 		// The agent has stopped: nothing restarts PostgreSQL behind our back.
 		if stopPostgresOnExit(inst, log) {
-			if leader, _ := node.Leader(); leader == "" {
-				log.Info("postgresql.stop_on_exit: no Raft leader to tell that PostgreSQL stopped")
-			} else {
-				rctx, c := context.WithTimeout(context.Background(), 3*time.Second)
-				if err := agent.ReportStopped(rctx, "pgbastion stopped (postgresql.stop_on_exit)"); err != nil {
-					log.Warn("postgresql.stop_on_exit: the cluster was not told that PostgreSQL stopped; it finds out when this node's reports stop", "err", err)
-				}
-				c()
-			}
+			reportStoppedOnExit(node, agent, log)
 		}
 	} else if inContainer() {
 		log.Warn("pgbastion stops and leaves PostgreSQL running, but this looks like a container, which ends PostgreSQL with a kill -9; set postgresql.stop_on_exit: true")
@@ -210,15 +202,30 @@ func switchoverOnExit(node *ha.Node, log *slog.Logger) {
 		"message", op.Message, "took", time.Since(start).Round(time.Millisecond))
 }
 
-// hasLiveReplica reports whether a member other than self is a healthy running replica whose
-// last report is recent (its pgbastion has not stopped or gone silent).
+// hasLiveReplica reports whether a member other than self could take over (the replicated
+// state's own rule, fsm.HealthyReplica) and reported recently (its pgbastion has not stopped
+// or gone silent).
 func hasLiveReplica(st *fsm.State, self string, now time.Time) bool {
 	for name, m := range st.Members {
-		if name != self && m.Status.State == fsm.StateRunningReplica && m.Status.Healthy && now.Sub(m.Status.ReportedAt) < 10*time.Second {
+		if name != self && m.Status.State == fsm.StateRunningReplica && fsm.HealthyReplica(m) == "" && now.Sub(m.Status.ReportedAt) < 10*time.Second {
 			return true
 		}
 	}
 	return false
+}
+
+// reportStoppedOnExit tells the cluster that this node's PostgreSQL was stopped on purpose,
+// when a Raft leader is there to hear it (the last member standing has none).
+func reportStoppedOnExit(node *ha.Node, agent *ha.Agent, log *slog.Logger) {
+	if leader, _ := node.Leader(); leader == "" {
+		log.Info("postgresql.stop_on_exit: no Raft leader to tell that PostgreSQL stopped")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := agent.ReportStopped(ctx, "pgbastion stopped (postgresql.stop_on_exit)"); err != nil {
+		log.Warn("postgresql.stop_on_exit: the cluster was not told that PostgreSQL stopped; it finds out when this node's reports stop", "err", err)
+	}
 }
 
 // stopOnExitTimeout bounds the fast shutdown at exit. Container runtimes kill after a grace

@@ -554,8 +554,8 @@ func (s *State) setPrimary(c SetPrimary, m Meta) Result {
 	return Result{}
 }
 
-// healthyReplica reports why mem cannot be a switchover or failover target, or "".
-func healthyReplica(mem Member) string {
+// HealthyReplica reports why mem cannot be a switchover or failover target, or "".
+func HealthyReplica(mem Member) string {
 	switch {
 	case !mem.Tags.Promotable():
 		return "its tags forbid promotion (nofailover or failover_priority 0)"
@@ -607,7 +607,7 @@ func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
 		return res
 	}
 	if c.Candidate != "" {
-		if why := healthyReplica(mem); why != "" {
+		if why := HealthyReplica(mem); why != "" {
 			return fail(CodePrecondition, "candidate %q cannot be promoted: %s", c.Candidate, why)
 		}
 	} else {
@@ -616,7 +616,7 @@ func (s *State) requestSwitchover(c RequestSwitchover, m Meta) Result {
 		}
 		good := false
 		for _, mem := range s.Members {
-			if mem.Name != c.Leader && healthyReplica(mem) == "" {
+			if mem.Name != c.Leader && HealthyReplica(mem) == "" {
 				good = true
 			}
 		}
@@ -673,7 +673,7 @@ func (s *State) requestFailover(c RequestFailover, m Meta) Result {
 		// With a primary that last reported itself healthy, a failover is a switchover:
 		// graceful, nothing lost. (Force always fails over: the operator may know better than
 		// a last report, of a node that has since gone silent, say.)
-		if why := healthyReplica(mem); why != "" {
+		if why := HealthyReplica(mem); why != "" {
 			return fail(CodePrecondition, "candidate %q cannot be promoted: %s", c.Candidate, why)
 		}
 		op := s.newOperation(OpSwitchover, "failover requested with a primary in place", m)

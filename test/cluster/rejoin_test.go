@@ -782,16 +782,12 @@ func TestSwitchoverOnExit(t *testing.T) {
 	}()
 	awaitWrites := func(n int64, what string) {
 		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for writes.Load() < n {
+		replAwait(t, time.Minute, what, func() (bool, string) {
 			if e := writeErr.Load(); e != nil {
 				t.Fatalf("a write through %s failed: %v", via.Name, *e)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d writes, want %d", what, writes.Load(), n)
-			}
-			time.Sleep(20 * time.Millisecond) // poll the writer's counter
-		}
+			return writes.Load() >= n, fmt.Sprintf("%d writes, want %d", writes.Load(), n)
+		})
 	}
 	awaitWrites(20, "before the stop")
 	primary.StopDaemon(t)
@@ -813,48 +809,47 @@ func TestSwitchoverOnExit(t *testing.T) {
 	// Leave the cluster settled, the other replica streaming from the new primary: the
 	// harness's stops hand over again, and a switchover to a replica still pointed at the
 	// node that left would wait for it to catch up longer than the harness waits for a stop.
-	deadline := time.Now().Add(time.Minute)
-	for {
+	replAwait(t, time.Minute, "the remaining replica follows "+next.Name, func() (bool, string) {
 		v, err := c.fullView()
-		settled := err == nil
+		if err != nil {
+			return false, err.Error()
+		}
 		for _, m := range v.Nodes {
 			if m.Name != primary.Name && m.Name != next.Name && (m.Status.State != fsm.StateRunningReplica || m.Status.Following != next.Name) {
-				settled = false
+				return false, fmt.Sprintf("%s: %s following %q", m.Name, m.Status.State, m.Status.Following)
 			}
 		}
-		if settled {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the remaining replica does not follow %s within a minute: %+v, %v", next.Name, v.Nodes, err)
-		}
-		time.Sleep(100 * time.Millisecond) // poll the cluster view
-	}
+		return true, ""
+	})
 }
 
 // lastOperation returns the operation running on n's view of the cluster, or else the last one
 // that finished, waiting up to 30 s for there to be one (n may not have applied it yet).
 func lastOperation(t *testing.T, n *Node) fsm.Operation {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var op fsm.Operation
+	replAwait(t, 30*time.Second, "an operation in "+n.Name+"'s /history", func() (bool, string) {
 		var hist struct {
 			Operation  *fsm.Operation  `json:"operation"`
 			Operations []fsm.Operation `json:"operations"`
 		}
 		resp, err := http.Get("http://" + n.API + "/history")
-		if err == nil {
-			err = json.NewDecoder(resp.Body).Decode(&hist)
-			resp.Body.Close()
+		if err != nil {
+			return false, err.Error()
 		}
+		err = json.NewDecoder(resp.Body).Decode(&hist)
+		resp.Body.Close()
 		switch {
-		case err == nil && hist.Operation != nil:
-			return *hist.Operation
-		case err == nil && len(hist.Operations) > 0:
-			return hist.Operations[len(hist.Operations)-1]
-		case time.Now().After(deadline):
-			t.Fatalf("GET /history on %s: no operation after 30 s (%v)", n.Name, err)
+		case err != nil:
+			return false, err.Error()
+		case hist.Operation != nil:
+			op = *hist.Operation
+		case len(hist.Operations) > 0:
+			op = hist.Operations[len(hist.Operations)-1]
+		default:
+			return false, "none yet"
 		}
-		time.Sleep(100 * time.Millisecond) // poll: the API has no wait for this
-	}
+		return true, ""
+	})
+	return op
 }
