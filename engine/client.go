@@ -25,6 +25,7 @@ type clientState uint8
 const (
 	csStartup clientState = iota // waiting for the startup packet
 	csAuth                       // exchanging authentication messages
+	csLookup                     // waiting for the auth_query to find the user's password
 	csLogin                      // authenticated; waiting for a server to complete the login
 	csConsole                    // logged in to the admin console (console.go)
 	csReady                      // normal operation
@@ -56,6 +57,8 @@ type client struct {
 	pid           uint32
 	secret        [4]byte
 	authEx        *auth.Exchange
+	// authFromQuery: the client's secret came from the auth_query (not the auth_file).
+	authFromQuery bool
 	acceptedAt    time.Time
 	lastActive    time.Time
 	tlsDone       bool
@@ -221,7 +224,7 @@ func (cl *client) handle(buf []byte) (int, error) {
 			n, err = cl.handleStartup(buf[consumed:])
 		case csAuth:
 			n, err = cl.handleAuth(buf[consumed:])
-		case csLogin:
+		case csLogin, csLookup:
 			return consumed, nil
 		case csReady:
 			n, err = cl.relay(buf[consumed:])
@@ -419,17 +422,39 @@ func (cl *client) startup(su *pgwire.Startup) error {
 		return cl.authenticated()
 	}
 	cl.authEx = new(auth.Exchange)
+	if cl.e.conf().cfg.Auth.AuthUser != "" && !cl.inAuthFile() {
+		return cl.lookupClient()
+	}
 	out, done, err := cl.authEx.Begin(cl.scratchForClient(), verifier, cl.user)
 	if err != nil {
 		return cl.authFailed(err)
 	}
 	cl.send(out)
-	if done {
-		cl.authEx = nil
-		return cl.authenticated()
-	}
 	cl.state = csAuth
+	if done {
+		return cl.authDone()
+	}
 	return nil
+}
+
+// inAuthFile reports whether the auth_file lists the client's user (who then is not looked
+// up with the auth_query, as with PgBouncer).
+func (cl *client) inAuthFile() bool {
+	s := cl.e.conf().secrets
+	if s == nil {
+		return false
+	}
+	_, ok := s.Lookup(cl.user)
+	return ok
+}
+
+// authDone finishes a successful authentication exchange: it keeps what the proxy needs to
+// log in to PostgreSQL as the client's user (learnCredentials) and completes the login.
+func (cl *client) authDone() error {
+	ex := cl.authEx
+	cl.authEx = nil
+	cl.e.learnCredentials(cl.user, ex, cl.authFromQuery)
+	return cl.authenticated()
 }
 
 // authFailed counts and logs a failed authentication (with the internal reason, never a
@@ -529,8 +554,7 @@ func (cl *client) handleAuth(buf []byte) (int, error) {
 		cl.send(reply)
 	}
 	if done {
-		cl.authEx = nil
-		return n, cl.authenticated()
+		return n, cl.authDone()
 	}
 	return n, nil
 }

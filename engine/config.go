@@ -63,6 +63,17 @@ type AuthConfig struct {
 	Method string `yaml:"method"`
 	// AuthFile is a PgBouncer-style userlist ("user" "password-or-secret" per line).
 	AuthFile string `yaml:"auth_file"`
+	// AuthUser turns on password lookup in PostgreSQL (PgBouncer's auth_user): a user the
+	// auth_file does not list is looked up by running AuthQuery as AuthUser, whose password is
+	// AuthPassword, else its auth_file entry, else proxy.server.password when it is
+	// proxy.server.user, else none.
+	AuthUser     string `yaml:"auth_user"`
+	AuthPassword string `yaml:"auth_password"`
+	// AuthQuery returns the user name and stored password (md5 or SCRAM secret) of the user
+	// given as $1 (default DefaultAuthQuery).
+	AuthQuery string `yaml:"auth_query"`
+	// AuthDBName is the database the auth query runs in (default: the client's).
+	AuthDBName string `yaml:"auth_dbname"`
 }
 
 // BackendConfig is one PostgreSQL server.
@@ -152,11 +163,20 @@ func (c *Config) Validate() error {
 	switch c.Auth.Method {
 	case "trust":
 	case "md5", "scram-sha-256":
-		if c.Auth.AuthFile == "" {
-			errs = append(errs, fmt.Errorf("proxy.auth.method %s needs proxy.auth.auth_file (a userlist of \"user\" \"password\" lines)", c.Auth.Method))
+		if c.Auth.AuthFile == "" && c.Auth.AuthUser == "" {
+			errs = append(errs, fmt.Errorf("proxy.auth.method %s needs proxy.auth.auth_file (a userlist of \"user\" \"password\" lines), proxy.auth.auth_user (to look passwords up in PostgreSQL), or both", c.Auth.Method))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("proxy.auth.method: %q is not supported; use trust, md5 or scram-sha-256", c.Auth.Method))
+	}
+	if c.Auth.Method == "trust" && c.Auth.AuthUser != "" {
+		errs = append(errs, errors.New("proxy.auth.auth_user looks passwords up to check them, which trust does not do: set proxy.auth.method to md5 or scram-sha-256, or remove auth_user"))
+	}
+	if c.Auth.AuthUser == "" && (c.Auth.AuthQuery != "" || c.Auth.AuthDBName != "" || c.Auth.AuthPassword != "") {
+		errs = append(errs, errors.New("proxy.auth: auth_query, auth_dbname and auth_password take effect only with auth_user; set auth_user (the role that runs the query)"))
+	}
+	if q := c.Auth.AuthQuery; q != "" && !strings.Contains(q, "$1") {
+		errs = append(errs, errors.New("proxy.auth.auth_query must take the user name as $1, e.g. SELECT usename, passwd FROM pg_shadow WHERE usename = $1"))
 	}
 	for i, b := range c.Backends {
 		if b.Host == "" || b.Port <= 0 || b.Port > 65535 {

@@ -41,3 +41,27 @@ func TestEventLoopsSetting(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthQuerySettings(t *testing.T) {
+	for _, c := range []struct {
+		auth engine.AuthConfig
+		want string // "" when valid
+	}{
+		{engine.AuthConfig{Method: "scram-sha-256", AuthUser: "pgbastion_auth"}, ""},
+		{engine.AuthConfig{Method: "md5", AuthFile: "/etc/users", AuthUser: "a", AuthQuery: "SELECT u, p FROM f($1)", AuthDBName: "auth"}, ""},
+		{engine.AuthConfig{Method: "scram-sha-256"}, "auth_user"},
+		{engine.AuthConfig{Method: "trust", AuthUser: "a"}, "trust does not"},
+		{engine.AuthConfig{Method: "md5", AuthFile: "/etc/users", AuthQuery: "SELECT 1"}, "only with auth_user"},
+		{engine.AuthConfig{Method: "md5", AuthUser: "a", AuthQuery: "SELECT u, p FROM users WHERE u = 'x'"}, "$1"},
+	} {
+		cfg := engine.DefaultConfig()
+		cfg.Auth = c.auth
+		err := cfg.Validate()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%+v: %v", c.auth, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%+v: error %v, want one saying %q", c.auth, err, c.want)
+		}
+	}
+}

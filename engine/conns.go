@@ -177,7 +177,7 @@ func (cl *client) describe(now time.Time) Conn {
 	c := Conn{ID: connID(cl), User: cl.user, Database: cl.database, Connected: cl.acceptedAt, Request: cl.lastActive,
 		Addr: cl.remote(), Prepared: len(cl.stmts)}
 	switch {
-	case cl.state == csStartup || cl.state == csAuth || cl.state == csLogin:
+	case cl.state == csStartup || cl.state == csAuth || cl.state == csLookup || cl.state == csLogin:
 		c.State = "login"
 	case cl.state == csCancel:
 		c.State = "active_cancel_req" // PgBouncer's name for a client whose cancel is on its way

@@ -59,6 +59,12 @@ type Engine struct {
 	heldMu sync.Mutex
 	held   map[*client]time.Time
 
+	// authq runs proxy.auth.auth_query; learned holds, by user, the credentials a client's
+	// login taught the proxy to log in to PostgreSQL with (learnCredentials). learned outlives
+	// reloads: clients logged in before one keep needing servers.
+	authq   *authQuery
+	learned sync.Map // user -> *auth.Credentials
+
 	pausedRW atomic.Bool
 	// pausedAll is the operator's pause of the whole proxy (Pause, PgBouncer's PAUSE);
 	// pausedDBs the databases paused one by one (PauseDatabase, PAUSE db), nil when none,
@@ -140,6 +146,7 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		checkNow:      make(chan struct{}, 1),
 		stopped:       make(chan struct{}),
 	}
+	e.authq = newAuthQuery(e)
 	if e.m == nil {
 		e.m = NewMetrics(nil)
 	}
@@ -211,6 +218,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		gnet.WithLogger(gnetLogger{e.log.With("component", "gnet")}),
 	)
 	e.stopOnce.Do(func() { close(e.stopped) })
+	e.authq.close()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("proxy listeners %v: %w", addrs, err)
 	}

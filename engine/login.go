@@ -22,6 +22,11 @@ type serverLogin struct {
 // cached, so SCRAM's key derivation runs once per user, not per connection.
 func (e *Engine) credsFor(user string) (*auth.Credentials, error) {
 	l := e.conf()
+	if l.cfg.Server.User == "" {
+		if c, ok := e.learned.Load(user); ok {
+			return c.(*auth.Credentials), nil
+		}
+	}
 	if c, ok := l.creds.Load(user); ok {
 		return c.(*auth.Credentials), nil
 	}
@@ -37,8 +42,9 @@ func (e *Engine) credsFor(user string) (*auth.Credentials, error) {
 		}
 		var err error
 		if c, err = auth.CredentialsFromSecret(user, sec); err != nil {
+			// Not cached: the first SCRAM login of the user teaches the proxy its key.
 			return nil, sqlErr(pgwire.InvalidAuthorization,
-				fmt.Sprintf("the proxy cannot log in to PostgreSQL as %q: its auth_file entry is a SCRAM secret", user),
+				fmt.Sprintf("the proxy cannot log in to PostgreSQL as %q yet: its auth_file entry is a SCRAM secret, which serves only once a client has logged in as %q with SCRAM", user, user),
 				"give the user a plaintext or md5 password in the auth_file, or set proxy.server.user")
 		}
 	default:
@@ -56,6 +62,11 @@ func (e *Engine) loginServer(ctx context.Context, conn net.Conn, database, user 
 		return nil, err
 	}
 	sess, err := creds.Login(ctx, conn, []auth.Param{{Name: "database", Value: database}})
+	if errors.Is(err, auth.ErrSCRAMKeyStale) {
+		return nil, sqlErr(pgwire.InvalidPassword,
+			fmt.Sprintf("the proxy cannot log in to PostgreSQL as %q: the user's password was changed in PostgreSQL after this client logged in", user),
+			"reconnect, so that the proxy learns the new password")
+	}
 	if err != nil {
 		var se *auth.ServerError
 		if errors.As(err, &se) {
@@ -72,4 +83,57 @@ func (e *Engine) loginServer(ctx context.Context, conn net.Conn, database, user 
 		li.params = append(li.params, [2]string{p.Name, p.Value})
 	}
 	return li, nil
+}
+
+// learnCredentials keeps what a client's successful authentication taught the proxy about
+// logging in to PostgreSQL as its user, when proxy.server.user is empty: the ClientKey of a
+// SCRAM proof against a stored SCRAM secret (pass-through; from the auth_file or the
+// auth_query), or an md5 or plaintext secret the auth_query found. A later login replaces it,
+// so a password changed in PostgreSQL takes over with the next client that uses it.
+func (e *Engine) learnCredentials(user string, ex *auth.Exchange, fromQuery bool) {
+	if e.conf().cfg.Server.User != "" || ex == nil {
+		return
+	}
+	sec := ex.Secret()
+	if sec == nil {
+		return
+	}
+	var c *auth.Credentials
+	var err error
+	if key := ex.SCRAMClientKey(); key != nil {
+		c, err = auth.CredentialsFromSCRAMKey(user, sec, key)
+	} else if fromQuery {
+		c, err = auth.CredentialsFromSecret(user, sec)
+	} else {
+		return
+	}
+	if err != nil {
+		// An md5 client of a SCRAM secret proves nothing the server would take; the server
+		// login reports it.
+		return
+	}
+	e.learned.Store(user, c)
+}
+
+// authUserCredentials returns the credentials of proxy.auth.auth_user: auth_password, else
+// its auth_file entry, else proxy.server.password when it is proxy.server.user, else none
+// (trust or peer).
+func authUserCredentials(cfg Config, secrets auth.Secrets) (*auth.Credentials, error) {
+	a := cfg.Auth
+	switch {
+	case a.AuthPassword != "":
+		return auth.NewCredentials(a.AuthUser, a.AuthPassword), nil
+	case secrets != nil:
+		if sec, ok := secrets.Lookup(a.AuthUser); ok {
+			c, err := auth.CredentialsFromSecret(a.AuthUser, sec)
+			if err != nil {
+				return nil, fmt.Errorf("proxy.auth.auth_user %q: its auth_file entry is a SCRAM secret, which cannot log in to PostgreSQL; give it a plaintext or md5 password there, or set proxy.auth.auth_password", a.AuthUser)
+			}
+			return c, nil
+		}
+	}
+	if a.AuthUser == cfg.Server.User {
+		return auth.NewCredentials(a.AuthUser, cfg.Server.Password), nil
+	}
+	return auth.NewCredentials(a.AuthUser, ""), nil
 }

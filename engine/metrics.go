@@ -43,6 +43,9 @@ type Metrics struct {
 	clientsKilled, reconnects *metrics.Counter
 	// queryTimeouts counts requests cancelled by query_timeout.
 	queryTimeouts *metrics.Counter
+	// authQueries counts auth_query lookups (concurrent logins of a user share one);
+	// authQueryFailures those that could not run (the client got 08006).
+	authQueries, authQueryFailures *metrics.Counter
 }
 
 // NewMetrics registers the proxy's metrics in set (a new set when nil).
@@ -56,6 +59,8 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		clientsAccepted:       c("pgbastion_proxy_client_connections_total"),
 		logins:                c("pgbastion_proxy_client_logins_total"),
 		authFailures:          c("pgbastion_proxy_client_auth_failures_total"),
+		authQueries:           c("pgbastion_proxy_auth_queries_total"),
+		authQueryFailures:     c("pgbastion_proxy_auth_query_failures_total"),
 		protocolErrors:        c("pgbastion_proxy_protocol_errors_total"),
 		panics:                c("pgbastion_proxy_panics_recovered_total"),
 		tlsClients:            c("pgbastion_proxy_tls_clients_total"),

@@ -36,6 +36,8 @@ type live struct {
 	// creds caches server credentials by user (*auth.Credentials), so SCRAM's key derivation
 	// runs once per user and settings, not per connection.
 	creds *sync.Map
+	// authQueryCreds log in as proxy.auth.auth_user to run the auth_query (nil without).
+	authQueryCreds *auth.Credentials
 }
 
 // conf returns the reloadable settings in effect.
@@ -44,6 +46,13 @@ func (e *Engine) conf() *live { return e.live.Load() }
 // newLive derives the state for cfg; it reads the TLS certificate files.
 func newLive(cfg Config, verifier *auth.Verifier, secrets auth.Secrets) (*live, error) {
 	l := &live{cfg: cfg, limits: cfg.Pool.Limits(), verifier: verifier, secrets: secrets, creds: &sync.Map{}}
+	if a := cfg.Auth; a.AuthUser != "" {
+		c, err := authUserCredentials(cfg, secrets)
+		if err != nil {
+			return nil, err
+		}
+		l.authQueryCreds = c
+	}
 	if n := len(cfg.AdminUsers) + len(cfg.StatsUsers); n > 0 {
 		l.consoleUsers = make(map[string]bool, n)
 		for _, u := range slices.Concat(cfg.AdminUsers, cfg.StatsUsers) {

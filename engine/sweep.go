@@ -47,7 +47,7 @@ func (cl *client) checkTimeouts(now time.Time, cfg *pool.Config) {
 	{
 		switch {
 		case cl.closed:
-		case (cl.state == csStartup || cl.state == csAuth) && cfg.ClientLoginTimeout > 0 && now.Sub(cl.acceptedAt) > cfg.ClientLoginTimeout:
+		case (cl.state == csStartup || cl.state == csAuth || cl.state == csLookup) && cfg.ClientLoginTimeout > 0 && now.Sub(cl.acceptedAt) > cfg.ClientLoginTimeout:
 			cl.fail(sqlErr(pgwire.ProtocolViolation, fmt.Sprintf("client_login_timeout: the login did not complete within %s", cfg.ClientLoginTimeout), ""))
 		case cl.srv != nil && cfg.QueryTimeout > 0 && cl.srv.tr.Outstanding() > 0 && !cl.srv.queryStart.IsZero() &&
 			now.Sub(cl.srv.queryStart) > cfg.QueryTimeout:

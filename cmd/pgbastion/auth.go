@@ -33,7 +33,8 @@ func buildAuth(c engine.AuthConfig, log *slog.Logger) (*auth.Verifier, auth.Secr
 	if users != nil {
 		secrets = users
 	}
-	v, err := auth.NewVerifier(auth.VerifierConfig{Method: method, Secrets: secrets, HideUnknownUsers: true})
+	v, err := auth.NewVerifier(auth.VerifierConfig{Method: method, Secrets: secrets, HideUnknownUsers: true,
+		LookupByCaller: c.AuthUser != ""})
 	if err != nil {
 		return nil, nil, fmt.Errorf("proxy.auth: %w", err)
 	}

@@ -92,6 +92,7 @@ type Credentials struct {
 	password string
 	hasPlain bool
 	md5hex   string
+	keys     *scramKeys // SCRAM pass-through: a secret and the ClientKey a client proved
 
 	once   sync.Once
 	client *scram.Client
@@ -120,6 +121,17 @@ func CredentialsFromSecret(user string, s *Secret) (*Credentials, error) {
 
 // User returns the user name.
 func (c *Credentials) User() string { return c.user }
+
+// known names what the credentials hold, for errors.
+func (c *Credentials) known() string {
+	switch {
+	case c.keys != nil:
+		return "a SCRAM secret and its client key"
+	case c.hasPlain:
+		return "a plaintext password"
+	}
+	return "an md5 secret"
+}
 
 // Format prints the user only, for every verb.
 func (c *Credentials) Format(f fmt.State, _ rune) {
@@ -228,7 +240,7 @@ type loginState struct {
 	buf    []byte
 	out    []byte
 	authed bool
-	conv   *scram.ClientConversation
+	conv   scramConversation
 	scram  bool // a SCRAM exchange started: AuthenticationOk is only valid after its final
 }
 
@@ -335,13 +347,16 @@ func (l *loginState) authRequest(body []byte) error {
 			return fmt.Errorf("%w: malformed AuthenticationCleartextPassword", ErrProtocol)
 		}
 		if !l.c.hasPlain {
-			return fmt.Errorf("%w: server asks for a cleartext password and only an md5 secret is known", ErrUnsupported)
+			return fmt.Errorf("%w: server asks for a cleartext password and only %s is known", ErrUnsupported, l.c.known())
 		}
 		l.sess.Method = "password"
 		return l.send(&pgproto3.PasswordMessage{Password: l.c.password})
 	case pgwire.AuthMD5Password:
 		if len(payload) != 4 {
 			return fmt.Errorf("%w: malformed AuthenticationMD5Password", ErrProtocol)
+		}
+		if l.c.keys != nil {
+			return fmt.Errorf("%w: server asks for md5 and only %s is known", ErrUnsupported, l.c.known())
 		}
 		l.sess.Method = "md5"
 		return l.send(&pgproto3.PasswordMessage{Password: "md5" + md5Hex(l.c.md5hex+string(payload))})
@@ -360,16 +375,24 @@ func (l *loginState) authRequest(body []byte) error {
 		if !found {
 			return fmt.Errorf("%w: server offers SASL mechanisms %q, need %s", ErrUnsupported, mechs, MechanismSCRAM)
 		}
-		if !l.c.hasPlain {
-			return fmt.Errorf("%w: server asks for SCRAM and only an md5 secret is known", ErrUnsupported)
-		}
-		client, err := l.c.scramClient()
-		if err != nil {
-			return err
+		switch {
+		case l.c.keys != nil:
+			conv, err := newKeyConversation(l.c.keys)
+			if err != nil {
+				return err
+			}
+			l.conv = conv
+		case !l.c.hasPlain:
+			return fmt.Errorf("%w: server asks for SCRAM and only %s is known", ErrUnsupported, l.c.known())
+		default:
+			client, err := l.c.scramClient()
+			if err != nil {
+				return err
+			}
+			l.conv = client.NewConversation()
 		}
 		l.sess.Method = "scram-sha-256"
 		l.scram = true
-		l.conv = client.NewConversation()
 		first, err := l.conv.Step("")
 		if err != nil {
 			return err
@@ -383,6 +406,9 @@ func (l *loginState) authRequest(body []byte) error {
 			return fmt.Errorf("%w: bad or excessive SCRAM iteration count in server-first-message", ErrProtocol)
 		}
 		final, err := l.conv.Step(string(payload))
+		if errors.Is(err, ErrSCRAMKeyStale) {
+			return err
+		}
 		if err != nil {
 			return fmt.Errorf("%w: SCRAM: %v", ErrProtocol, err)
 		}

@@ -62,8 +62,11 @@ type Secrets interface {
 type VerifierConfig struct {
 	Method Method
 	// Secrets holds the users. It may be nil only with MethodTrust, which then admits any user
-	// name; otherwise trust admits only users Secrets knows.
+	// name (otherwise trust admits only users Secrets knows), or with LookupByCaller.
 	Secrets Secrets
+	// LookupByCaller: the caller finds users that Secrets does not know itself (an
+	// auth_query) and passes their secrets to Exchange.BeginWith.
+	LookupByCaller bool
 	// HideUnknownUsers makes an unknown user (and a user whose secret cannot serve the method)
 	// go through a complete mock exchange that fails exactly like a wrong password (28P01), as
 	// PostgreSQL and PgBouncer do, so that clients cannot probe which users exist. When false an
@@ -87,7 +90,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	default:
 		return nil, fmt.Errorf("auth: unsupported method %v", cfg.Method)
 	}
-	if cfg.Secrets == nil && cfg.Method != MethodTrust {
+	if cfg.Secrets == nil && cfg.Method != MethodTrust && !cfg.LookupByCaller {
 		return nil, fmt.Errorf("auth: method %v needs secrets", cfg.Method)
 	}
 	v := &Verifier{method: cfg.Method, secrets: cfg.Secrets, hide: cfg.HideUnknownUsers}
@@ -164,6 +167,13 @@ type Exchange struct {
 	salt   [4]byte
 	md5hex string
 	conv   *scram.ServerConversation
+
+	// For SCRAM pass-through (Exchange.SCRAMClientKey): the secret verified against, the
+	// messages that make up the AuthMessage, and the ClientKey the proof revealed.
+	secret      *Secret
+	clientBare  string
+	serverFirst string
+	clientKey   []byte
 }
 
 // Reset clears the exchange for reuse.
@@ -178,25 +188,58 @@ func (e *Exchange) Method() Method { return e.method }
 // Done reports whether the client is authenticated.
 func (e *Exchange) Done() bool { return e.state == stDone }
 
+// Secret returns the secret of the user once the client is authenticated (nil for trust
+// without secrets).
+func (e *Exchange) Secret() *Secret {
+	if e.state != stDone {
+		return nil
+	}
+	return e.secret
+}
+
+// SCRAMClientKey returns, once a client has authenticated with SCRAM against a stored SCRAM
+// secret (not one derived from a plaintext password), the ClientKey its proof revealed: with
+// Secret it makes credentials to log in to PostgreSQL as that user (CredentialsFromSCRAMKey).
+// It is nil otherwise. It is a password equivalent: never log it.
+func (e *Exchange) SCRAMClientKey() []byte {
+	if e.state != stDone {
+		return nil
+	}
+	return e.clientKey
+}
+
 // Begin starts authenticating user (the startup packet's user) and appends the first
 // authentication request. With trust it appends AuthenticationOk and returns done.
 //
 // For a plaintext secret under scram-sha-256 the first login of each user derives its SCRAM
 // credentials (PBKDF2, about a millisecond); Userlist.DeriveSCRAM does that ahead of time.
 func (e *Exchange) Begin(dst []byte, v *Verifier, user string) (out []byte, done bool, err error) {
+	var secret *Secret
+	known := true
+	if v.secrets != nil && user != "" {
+		secret, known = v.secrets.Lookup(user)
+	}
+	return e.BeginWith(dst, v, user, secret, known)
+}
+
+// BeginWith is Begin with the user's secret found by the caller rather than in the
+// Verifier's Secrets (an auth_query's answer): known is false for a user that does not exist,
+// and secret may then be nil. The exchange is the same, mock included.
+func (e *Exchange) BeginWith(dst []byte, v *Verifier, user string, secret *Secret, known bool) (out []byte, done bool, err error) {
 	*e = Exchange{v: v, user: user, method: v.method}
 	if user == "" {
 		return e.fail(dst, &Error{Code: pgwire.InvalidAuthorization,
 			Message: "no PostgreSQL user name specified in startup packet"})
 	}
-	var secret *Secret
-	known := true
-	if v.secrets != nil {
-		secret, known = v.secrets.Lookup(user)
+	if known && secret == nil {
+		secret = &Secret{kind: SecretEmpty}
 	}
 	if !known && (v.method == MethodTrust || !v.hide) {
 		return e.fail(dst, &Error{Code: pgwire.InvalidAuthorization,
 			Message: `role "` + user + `" does not exist`})
+	}
+	if known {
+		e.secret = secret
 	}
 	switch v.method {
 	case MethodTrust:
@@ -326,6 +369,14 @@ func (e *Exchange) stepSASLInitial(dst, body []byte) ([]byte, bool, error) {
 			reason:  errors.New("authzid in client-first-message")})
 	}
 	e.state = stSASLFinal
+	if e.secret != nil && e.secret.kind == SecretSCRAM {
+		// The gs2 header ("n,," or "y,,": no authzid, checked above) precedes the bare message.
+		if _, rest, ok := strings.Cut(string(data), ","); ok {
+			if _, bare, ok := strings.Cut(rest, ","); ok {
+				e.clientBare, e.serverFirst = bare, first
+			}
+		}
+	}
 	return pgwire.AppendAuth(dst, pgwire.AuthSASLContinue, []byte(first)), false, nil
 }
 
@@ -346,6 +397,13 @@ func (e *Exchange) stepSASLFinal(dst, body []byte) ([]byte, bool, error) {
 	}
 	if e.mock {
 		return e.fail(dst, passwordFailed(e.user, "no usable SCRAM secret"))
+	}
+	if e.serverFirst != "" {
+		if withoutProof, proof, ok := splitClientFinal(string(body)); ok {
+			e.clientKey = clientKeyFromProof(e.secret.creds.StoredKey,
+				e.clientBare+","+e.serverFirst+","+withoutProof, proof)
+		}
+		e.clientBare, e.serverFirst = "", ""
 	}
 	e.state = stDone
 	dst = pgwire.AppendAuth(dst, pgwire.AuthSASLFinal, []byte(final))
