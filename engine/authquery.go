@@ -315,16 +315,7 @@ func (cl *client) beginAuth(res authResult) error {
 			"the proxy's auth_query failed; its log says why (check proxy.auth.auth_user, auth_password and auth_query)")
 	}
 	cl.authFromQuery = true
-	out, done, err := cl.authEx.BeginWith(cl.scratchForClient(), cl.e.conf().verifier, cl.user, res.secret, res.known)
-	if err != nil {
-		return cl.authFailed(err)
-	}
-	cl.send(out)
-	cl.state = csAuth
-	if done {
-		return cl.authDone()
-	}
-	return nil
+	return cl.authStarted(cl.authEx.BeginWith(cl.scratchForClient(), cl.e.conf().verifier, cl.user, res.secret, res.known))
 }
 
 func otherRole(r Role) Role {

@@ -425,7 +425,12 @@ func (cl *client) startup(su *pgwire.Startup) error {
 	if cl.e.conf().cfg.Auth.AuthUser != "" && !cl.inAuthFile() {
 		return cl.lookupClient()
 	}
-	out, done, err := cl.authEx.Begin(cl.scratchForClient(), verifier, cl.user)
+	return cl.authStarted(cl.authEx.Begin(cl.scratchForClient(), verifier, cl.user))
+}
+
+// authStarted sends the first message of an authentication exchange just begun (Begin or
+// BeginWith), or reports its failure.
+func (cl *client) authStarted(out []byte, done bool, err error) error {
 	if err != nil {
 		return cl.authFailed(err)
 	}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -587,7 +588,10 @@ func (cl *client) showConfig() (consoleResult, error) {
 	p, dp := &c.Pool, &d.Pool
 	secs := func(t time.Duration) string { return strconv.FormatFloat(t.Seconds(), 'f', -1, 64) }
 	rows := [][3]string{
+		{"auth_dbname", c.Auth.AuthDBName, ""},
+		{"auth_query", cmp.Or(c.Auth.AuthQuery, DefaultAuthQuery), DefaultAuthQuery},
 		{"auth_type", c.Auth.Method, d.Auth.Method},
+		{"auth_user", c.Auth.AuthUser, ""},
 		{"client_idle_timeout", secs(p.ClientIdleTimeout), secs(dp.ClientIdleTimeout)},
 		{"client_login_timeout", secs(p.ClientLoginTimeout), secs(dp.ClientLoginTimeout)},
 		{"default_pool_size", strconv.Itoa(p.DefaultPoolSize), strconv.Itoa(dp.DefaultPoolSize)},

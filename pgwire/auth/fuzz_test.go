@@ -2,6 +2,9 @@ package auth
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/pbkdf2"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -10,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/xdg-go/scram"
 
 	"github.com/pgbastion/pgbastion/pgwire"
 )
@@ -229,4 +233,60 @@ func FuzzLoginServer(f *testing.F) {
 			t.Fatal("login succeeded without a ReadyForQuery")
 		}
 	})
+}
+
+// FuzzLoginServerPassThrough is FuzzLoginServer for credentials that answer SCRAM with a
+// client's key: arbitrary server-first and server-final messages reach keyConversation.
+func FuzzLoginServerPassThrough(f *testing.F) {
+	sasl := pgwire.AppendAuthSASL(nil, MechanismSCRAM)
+	f.Add(append(append([]byte(nil), sasl...), pgwire.AppendAuth(nil, pgwire.AuthSASLContinue, []byte("r=x,s=c2FsdA==,i=4096"))...))
+	f.Add(append(append([]byte(nil), sasl...), pgwire.AppendAuth(nil, pgwire.AuthSASLContinue, []byte("m=ext,r=,s=,i="))...))
+	f.Add(append(append([]byte(nil), sasl...), pgwire.AppendAuth(nil, pgwire.AuthSASLFinal, []byte("v=AAAA"))...))
+	f.Add(pgwire.AppendAuth(nil, pgwire.AuthMD5Password, []byte("salt")))
+	f.Add(pgwire.AppendAuth(nil, pgwire.AuthCleartextPassword, nil))
+	plain, _ := ParseSecret("u", "pw")
+	stored, _ := plain.scramCredentials()
+	secret := &Secret{kind: SecretSCRAM, creds: stored}
+	key := clientKeyForTest(f, "pw", stored)
+	creds, err := CredentialsFromSCRAMKey("u", secret, key)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sess, err := creds.Login(t.Context(), &scriptConn{r: bytes.NewReader(data)}, nil)
+		if err == nil && (sess == nil || !bytes.Contains(data, []byte{'Z', 0, 0, 0, 5})) {
+			t.Fatal("login succeeded without a ReadyForQuery")
+		}
+	})
+}
+
+// FuzzClientKeyFromProof: whatever a client-final-message holds, no key comes out of it that
+// does not hash to the StoredKey.
+func FuzzClientKeyFromProof(f *testing.F) {
+	f.Add("c=biws,r=abc,p=" + strings.Repeat("A", 43) + "=")
+	f.Add(",p=")
+	f.Add("p=,p=!!")
+	stored := make([]byte, scramKeyLen)
+	f.Fuzz(func(t *testing.T, msg string) {
+		without, proof, ok := splitClientFinal(msg)
+		if !ok {
+			return
+		}
+		if key := clientKeyFromProof(stored, "bare,"+without, proof); key != nil {
+			t.Fatalf("a key from %q", msg)
+		}
+	})
+}
+
+// clientKeyForTest computes the ClientKey of password under creds' salt and iterations, as a
+// client does.
+func clientKeyForTest(tb testing.TB, password string, creds scram.StoredCredentials) []byte {
+	tb.Helper()
+	salted, err := pbkdf2.Key(sha256.New, password, []byte(creds.Salt), creds.Iters, scramKeyLen)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	mac := hmac.New(sha256.New, salted)
+	mac.Write([]byte("Client Key"))
+	return mac.Sum(nil)
 }
