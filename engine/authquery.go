@@ -44,6 +44,8 @@ type authQuery struct {
 	mu       sync.Mutex
 	idle     map[authConnKey][]*authConn
 	inflight map[authLookupKey]*authLookup
+	// expiry closes kept connections unused for authQueryIdleTime; armed while any is kept.
+	expiry *time.Timer
 }
 
 type authConnKey struct{ addr, database string }
@@ -177,6 +179,36 @@ func (q *authQuery) put(k authConnKey, c *authConn) {
 		return
 	}
 	q.idle[k] = append(q.idle[k], c)
+	if q.expiry == nil {
+		q.expiry = time.AfterFunc(authQueryIdleTime, q.expire)
+	}
+}
+
+// expire closes the kept connections unused for authQueryIdleTime, and runs again while any
+// is kept.
+func (q *authQuery) expire() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.expiry = nil
+	now := time.Now()
+	for k, list := range q.idle {
+		kept := list[:0]
+		for _, c := range list {
+			if now.Sub(c.used) >= authQueryIdleTime {
+				_ = c.nc.Close()
+			} else {
+				kept = append(kept, c)
+			}
+		}
+		if len(kept) == 0 {
+			delete(q.idle, k)
+		} else {
+			q.idle[k] = kept
+		}
+	}
+	if len(q.idle) > 0 {
+		q.expiry = time.AfterFunc(authQueryIdleTime/2, q.expire)
+	}
 }
 
 // close closes the kept connections (the engine stops).

@@ -180,6 +180,8 @@ func (e *Engine) Reload(cfg Config, verifier *auth.Verifier, secrets auth.Secret
 		return nil, err
 	}
 	e.live.Store(l)
+	// Kept auth_query connections may belong to an auth_user or password that changed.
+	e.authq.close()
 	// Every pool, and every max_db_connections counter, takes the new limits; a pool whose
 	// size went up serves its waiting clients at its next sweep.
 	for _, pe := range e.poolEntries() {
