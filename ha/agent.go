@@ -75,6 +75,9 @@ type Replication interface {
 	// DropSlot drops a slot; terminate first ends the WAL sender using it (a removed member
 	// still streaming). A missing slot is fine.
 	DropSlot(ctx context.Context, name string, terminate bool) error
+	// AdvanceSlot moves an inactive slot forward to lsn (never backwards), releasing the WAL
+	// before it.
+	AdvanceSlot(ctx context.Context, name string, lsn fsm.LSN) error
 	// SetSyncStandbyNames sets synchronous_standby_names (ALTER SYSTEM and reload) and
 	// returns once every WAL sender runs with it: standbys named in want.Standbys (all of
 	// them when want.Value is "*") count as synchronous, no other does. The result is the WAL
@@ -777,9 +780,46 @@ func (a *Agent) manageSlots(ctx context.Context, st *fsm.State, now time.Time, p
 		}
 		a.log.Info("dropped replication slot", "slot", d.name, "why", d.why)
 	}
+	if primary {
+		for _, adv := range cascadeAdvances(st, a.c.Name(), slots) {
+			if err := a.rep.AdvanceSlot(sctx, adv.slot, adv.lsn); err != nil {
+				a.log.Debug("cannot advance the slot of a cascading replica", "slot", adv.slot, "lsn", adv.lsn, "error", err)
+			}
+		}
+	}
 	if cleanup {
 		a.lastCleanup = now
 	}
+}
+
+// slotAdvance is a slot to move forward (cascadeAdvances).
+type slotAdvance struct {
+	slot string
+	lsn  fsm.LSN
+}
+
+// cascadeAdvances returns, for the primary self, the slots of members that stream from another
+// replica (their replicatefrom) rather than from it, with the position each has replayed. Such
+// a slot is inactive, so nothing moves it; kept where it was it would hold WAL back without
+// bound, dropped it would leave the member unable to stream from the primary should its
+// replicatefrom member fail. Advanced to the member's position it keeps just the WAL that
+// member still lacks.
+func cascadeAdvances(st *fsm.State, self string, slots []Slot) []slotAdvance {
+	var out []slotAdvance
+	for _, sl := range slots {
+		if sl.Active {
+			continue
+		}
+		for _, name := range st.MemberNames() {
+			m := st.Members[name]
+			if SlotName(name) != sl.Name || name == self || m.Tags.ReplicateFrom == "" || m.Tags.ReplicateFrom == self ||
+				m.Status.Following != m.Tags.ReplicateFrom || m.Status.ReplayedLSN == 0 {
+				continue
+			}
+			out = append(out, slotAdvance{sl.Name, m.Status.ReplayedLSN})
+		}
+	}
+	return out
 }
 
 type slotDrop struct {
@@ -794,7 +834,10 @@ func slotPlan(st *fsm.State, self string, primary bool, slots []Slot, cleanup bo
 	members := map[string]bool{}
 	for _, name := range st.MemberNames() {
 		members[SlotName(name)] = true
-		if primary && name != self {
+		// The primary keeps every other member's slot (one that cascades from a replica is
+		// advanced to its position: cascadeAdvances); a replica keeps the slots of the members
+		// whose replicatefrom names it.
+		if primary && name != self || !primary && st.Members[name].Tags.ReplicateFrom == self && name != self {
 			want[SlotName(name)] = true
 		}
 	}

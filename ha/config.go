@@ -251,6 +251,9 @@ func (c Config) Validate() error {
 		bad("health.interval %s: at most half of failover.primary_timeout %s, or replicas' reports are never fresh enough to promote them",
 			h.Interval, c.Failover.PrimaryTimeout)
 	}
+	if c.Tags.ReplicateFrom != "" && c.Tags.ReplicateFrom == r.NodeName {
+		bad("tags.replicatefrom %q names this node itself; name another member to stream from, or leave it empty to stream from the primary", c.Tags.ReplicateFrom)
+	}
 	if c.Tags.FailoverPriority < 0 {
 		bad("tags.failover_priority %d must not be negative", c.Tags.FailoverPriority)
 	}

@@ -115,6 +115,7 @@ func TestValidateRejects(t *testing.T) {
 		"slow health":         {func(c *Config) { c.Health.Interval = 2 * time.Second }, "health.interval"},
 		"threshold zero":      {func(c *Config) { c.Health.FailureThreshold = 0 }, "failure_threshold"},
 		"negative priority":   {func(c *Config) { c.Tags.FailoverPriority = -1 }, "failover_priority"},
+		"replicatefrom self":  {func(c *Config) { c.Tags.ReplicateFrom = c.Raft.NodeName }, "replicatefrom"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -346,6 +346,19 @@ func (p *fakePG) CreateSlot(ctx context.Context, name string) error {
 	return nil
 }
 
+func (p *fakePG) AdvanceSlot(ctx context.Context, name string, lsn fsm.LSN) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.running {
+		return errors.New("connection refused")
+	}
+	if _, ok := p.slots[name]; !ok {
+		return errors.New("no such slot")
+	}
+	p.replLog = append(p.replLog, "advance "+name+" "+lsn.String())
+	return nil
+}
+
 func (p *fakePG) DropSlot(ctx context.Context, name string, terminate bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

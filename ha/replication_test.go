@@ -305,3 +305,50 @@ func TestSyncModeNoPromotionWhenPrimaryAndSyncStandbyAreLost(t *testing.T) {
 	}
 	t.Logf("forced failover to %s: may lose: %s", other, op.MayLose)
 }
+
+// TestSlotPlanCascading: a replica keeps the slots of the members that replicate from it; the
+// primary keeps a cascading member's slot and advances it, while inactive, to the position the
+// member reported, and only while the member follows its replicatefrom member.
+func TestSlotPlanCascading(t *testing.T) {
+	s := fsm.NewState()
+	apply := func(cmd fsm.Command) {
+		next, res := s.Apply(cmd, fsm.Meta{Index: s.Index + 1, At: time.Unix(0, 0)})
+		if res.Err != nil {
+			t.Fatalf("%T: %v", cmd, res.Err)
+		}
+		s = next
+	}
+	for _, n := range []string{"n1", "n2"} {
+		apply(fsm.RegisterMember{Name: n, RaftAddress: n + ":8300", Tags: fsm.Tags{FailoverPriority: 1}})
+	}
+	apply(fsm.RegisterMember{Name: "n3", RaftAddress: "n3:8300", Tags: fsm.Tags{FailoverPriority: 1, ReplicateFrom: "n2"}})
+	apply(fsm.ReportStatus{Node: "n3", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica,
+		Healthy: true, Following: "n2", ReceivedLSN: 0x3000, ReplayedLSN: 0x2000}})
+
+	// n2, a replica: n3's slot is wanted there (created, never dropped while inactive).
+	create, drop := slotPlan(s, "n2", false, []Slot{{Name: "n1"}}, false, nil)
+	if fmt.Sprint(create) != "[n3]" || len(drop) != 1 || drop[0].name != "n1" {
+		t.Fatalf("replica n2: create %v drop %v", create, drop)
+	}
+	if create, drop := slotPlan(s, "n2", false, []Slot{{Name: "n3"}}, true, nil); len(create)+len(drop) != 0 {
+		t.Fatalf("replica n2 with n3's slot: create %v drop %v", create, drop)
+	}
+	// n1, the primary: keeps every slot; advances n3's while it is inactive.
+	slots := []Slot{{Name: "n2", Active: true}, {Name: "n3"}}
+	if create, drop := slotPlan(s, "n1", true, slots, true, nil); len(create)+len(drop) != 0 {
+		t.Fatalf("primary: create %v drop %v", create, drop)
+	}
+	if got := fmt.Sprint(cascadeAdvances(s, "n1", slots)); got != "[{n3 8192}]" {
+		t.Fatalf("advances %s", got)
+	}
+	if got := cascadeAdvances(s, "n1", []Slot{{Name: "n3", Active: true}}); len(got) != 0 {
+		t.Fatalf("an active slot advanced: %v", got)
+	}
+	// Back on the primary (its replicatefrom member failed): nothing to advance, the member
+	// moves its slot itself.
+	apply(fsm.ReportStatus{Node: "n3", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica,
+		Healthy: true, Following: "n1", ReceivedLSN: 0x3000, ReplayedLSN: 0x3000}})
+	if got := cascadeAdvances(s, "n1", slots); len(got) != 0 {
+		t.Fatalf("advances while following the primary: %v", got)
+	}
+}

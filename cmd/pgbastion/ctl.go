@@ -188,6 +188,9 @@ func (c *ctlClient) list() error {
 		if n.Name == v.RaftLeader {
 			note = strings.TrimSpace(note + " raft-leader")
 		}
+		if f := n.Status.Following; n.Status.Role == "replica" && f != "" && v.Primary != "" && f != v.Primary {
+			note = strings.TrimSpace(note + " streams from " + f)
+		}
 		if n.StatusAge != nil && *n.StatusAge >= staleAfter {
 			// The status is the past: the agent or its link is down.
 			note = strings.TrimSpace(fmt.Sprintf("%s (no report for %.0fs)", note, *n.StatusAge))

@@ -1060,9 +1060,10 @@ func (st *step) demoteWait(name string) time.Duration {
 	return min(wait, st.cfg.DirectiveTimeout)
 }
 
-// reconcileFollowers tells every fresh replica that is not following the primary, and every
-// fenced or rogue primary, to follow the primary. A node whose last DEMOTE failed is asked
-// again after demoteWait (5 s, doubling up to DirectiveTimeout).
+// reconcileFollowers tells every fresh replica that is not following its upstream (the
+// primary, or the member its replicatefrom tag names while that one can serve: upstreamFor),
+// and every fenced or rogue primary, to follow the primary. A node whose last DEMOTE failed is
+// asked again after demoteWait (5 s, doubling up to DirectiveTimeout).
 func (st *step) reconcileFollowers() {
 	s := st.s
 	if s.Paused || s.Primary == "" {
@@ -1078,7 +1079,7 @@ func (st *step) reconcileFollowers() {
 		if name == s.Primary || !st.fresh(m) || st.hasPending(name) {
 			continue
 		}
-		why := ""
+		why, upstream := "", s.Primary
 		switch {
 		case m.Status.Role == fsm.RolePrimary:
 			why = "runs as a primary but is not the primary"
@@ -1086,9 +1087,19 @@ func (st *step) reconcileFollowers() {
 			why = "rejoin after fencing"
 		case m.Status.State == fsm.StateStopped:
 			why = "postgresql is not running"
-		case m.Status.Role == fsm.RoleReplica && m.Status.State == fsm.StateRunningReplica && m.Status.Following != s.Primary &&
+		case m.Status.Role == fsm.RoleReplica && m.Status.State == fsm.StateRunningReplica &&
 			m.Status.ReportIndex > s.PrimaryIndex: // reported knowing the primary
-			why = fmt.Sprintf("follows %q instead of the primary", m.Status.Following)
+			upstream = st.upstreamFor(name)
+			switch {
+			case m.Status.Following == upstream:
+			case upstream != s.Primary:
+				why = fmt.Sprintf("replicatefrom %q, which is a healthy replica of the primary", upstream)
+			case m.Tags.ReplicateFrom != "" && m.Status.Following == m.Tags.ReplicateFrom:
+				why = fmt.Sprintf("follows %q (replicatefrom), which cannot serve now: %s", m.Status.Following,
+					st.cascadeRefusal(name, true))
+			default:
+				why = fmt.Sprintf("follows %q instead of the primary", m.Status.Following)
+			}
 		}
 		if why == "" {
 			continue
@@ -1097,13 +1108,58 @@ func (st *step) reconcileFollowers() {
 		// restarted standby takes a moment to stream) before asking again; after a failed one,
 		// less (demoteWait). One towards an earlier primary does not hold back re-pointing it at this one
 		// (a replica left following the old primary after a switchover).
-		if last, ok := st.lastDirective(fsm.DirectiveDemote, name, 0); ok && last.IssuedIndex > s.PrimaryIndex {
+		// Nor does one towards a replicatefrom member that can no longer serve: its replica
+		// goes back to the primary at once.
+		if last, ok := st.lastDirective(fsm.DirectiveDemote, name, 0); ok && last.IssuedIndex > s.PrimaryIndex &&
+			(upstream != s.Primary || last.Params.Upstream == s.Primary) {
 			if settled, until := st.elapsed(last.FinishedAt, last.FinishedIndex, st.demoteWait(name)); !settled {
 				st.d.wake(until)
 				continue
 			}
 		}
 		st.d.add(fsm.IssueDirective{Type: fsm.DirectiveDemote, Target: name,
-			Params: fsm.DirectiveParams{Upstream: s.Primary, Reason: why}})
+			Params: fsm.DirectiveParams{Upstream: upstream, Reason: why}})
 	}
+}
+
+// upstreamFor returns the member a running replica should stream from: the one its
+// replicatefrom tag names when that one can serve (cascadeRefusal), else the primary.
+func (st *step) upstreamFor(name string) string {
+	m := st.s.Members[name]
+	if st.cascadeRefusal(name, m.Status.Following == m.Tags.ReplicateFrom) == "" {
+		return m.Tags.ReplicateFrom
+	}
+	return st.s.Primary
+}
+
+// cascadeRefusal says why name's replicatefrom member cannot be its upstream now ("" when it
+// can): it must be another member, a fresh and healthy running replica that follows the
+// primary itself and cascades from no one (one level, so never a cycle). To become its
+// upstream it must also be streaming from the primary right now, with no directive pending;
+// a replica that already follows it (staying) leaves only when it fails the first test, so a
+// moment's gap in the primary's list does not move it back and forth.
+func (st *step) cascadeRefusal(name string, staying bool) string {
+	s := st.s
+	from := s.Members[name].Tags.ReplicateFrom
+	u, ok := s.Members[from]
+	switch {
+	case from == "":
+		return "no replicatefrom tag"
+	case from == name || from == s.Primary:
+		return "it names this node or the primary"
+	case !ok:
+		return "no such member"
+	case u.Tags.ReplicateFrom != "" && u.Tags.ReplicateFrom != s.Primary:
+		return "it cascades itself (one level only)"
+	case !st.fresh(u) || u.Status.State != fsm.StateRunningReplica || !u.Status.Healthy:
+		return fmt.Sprintf("it is not a healthy running replica (state %s)", u.Status.State)
+	case u.Status.Following != s.Primary:
+		return "it does not follow the primary"
+	case staying:
+	case !slices.Contains(s.Members[s.Primary].Status.Streaming, from):
+		return "it does not stream from the primary"
+	case st.hasPending(from):
+		return "a directive to it is pending"
+	}
+	return ""
 }

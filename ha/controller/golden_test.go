@@ -213,7 +213,7 @@ func (h *harness) run(line string) (string, error) {
 		if p, ok := opts["priority"]; ok {
 			prio, _ = strconv.Atoi(p)
 		}
-		tags := fsm.Tags{FailoverPriority: prio}
+		tags := fsm.Tags{FailoverPriority: prio, ReplicateFrom: opts["replicatefrom"]}
 		for _, p := range pos[1:] {
 			switch p {
 			case "nofailover":

@@ -42,6 +42,11 @@ type Tags struct {
 	NoSync bool `json:"nosync,omitempty" yaml:"nosync"`
 	// NoLoadBalance: the proxy's read-only port skips this node.
 	NoLoadBalance bool `json:"noloadbalance,omitempty" yaml:"noloadbalance"`
+	// ReplicateFrom names the member this replica streams from instead of the primary
+	// (cascading replication, Patroni's replicatefrom), while that member is a healthy replica
+	// of the primary itself; otherwise it streams from the primary. One level only: a member
+	// that has ReplicateFrom set itself is never used as an upstream.
+	ReplicateFrom string `json:"replicatefrom,omitempty" yaml:"replicatefrom"`
 }
 
 // Promotable reports whether the tags allow promoting the node.

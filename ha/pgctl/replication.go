@@ -56,6 +56,26 @@ func createSlot(ctx context.Context, conn *pgconn.PgConn, name string) error {
 	return res.Err
 }
 
+// AdvanceSlot implements ha.Replication. PostgreSQL never moves a slot backwards or past the
+// current WAL position; a slot in use (its member streams from this server again) is left
+// alone.
+func (c *Controller) AdvanceSlot(ctx context.Context, name string, lsn fsm.LSN) error {
+	conn, err := c.inst.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	res := conn.ExecParams(ctx, `SELECT pg_catalog.pg_replication_slot_advance(slot_name,
+	  LEAST($2::pg_lsn, CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END))
+	FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND NOT active AND restart_lsn < $2::pg_lsn`,
+		[][]byte{[]byte(name), []byte(lsn.String())}, nil, nil, nil).Read()
+	var pe *pgconn.PgError
+	if errors.As(res.Err, &pe) && pe.Code == "55006" { // became active meanwhile
+		return nil
+	}
+	return res.Err
+}
+
 // DropSlot implements ha.Replication.
 func (c *Controller) DropSlot(ctx context.Context, name string, terminate bool) error {
 	conn, err := c.inst.Connect(ctx)

@@ -50,7 +50,9 @@ func TestAuthQueryWithEveryDriver(t *testing.T) {
 	var javaClasses, jar string
 	probes := []probe{
 		{"libpq (psql)", func(*testing.T) bool { return true }, ".",
-			func(*testing.T) []string { return []string{psql, "-X", "-At", "-c", "SELECT current_user", "-c", "SELECT current_user"} }},
+			func(*testing.T) []string {
+				return []string{psql, "-X", "-At", "-c", "SELECT current_user", "-c", "SELECT current_user"}
+			}},
 		{"asyncpg", func(t *testing.T) bool { python(t, "asyncpg"); return true }, ".",
 			func(t *testing.T) []string {
 				return []string{python(t), "-c", `import asyncio, asyncpg
