@@ -43,17 +43,17 @@ func TestAuthQueryWithEveryDriver(t *testing.T) {
 
 	type probe struct {
 		name string
-		need func(t *testing.T) bool
+		need func(t *testing.T)
 		dir  string
 		cmd  func(t *testing.T) []string
 	}
 	var javaClasses, jar string
 	probes := []probe{
-		{"libpq (psql)", func(*testing.T) bool { return true }, ".",
+		{"libpq (psql)", func(*testing.T) {}, ".",
 			func(*testing.T) []string {
 				return []string{psql, "-X", "-At", "-c", "SELECT current_user", "-c", "SELECT current_user"}
 			}},
-		{"asyncpg", func(t *testing.T) bool { python(t, "asyncpg"); return true }, ".",
+		{"asyncpg", func(t *testing.T) { python(t, "asyncpg") }, ".",
 			func(t *testing.T) []string {
 				return []string{python(t), "-c", `import asyncio, asyncpg
 async def main():
@@ -63,7 +63,7 @@ async def main():
     await c.close()
 asyncio.run(main())`}
 			}},
-		{"node-postgres", func(t *testing.T) bool { nodeModules(t); return true }, "node",
+		{"node-postgres", nodeModules, "node",
 			func(*testing.T) []string {
 				return []string{"node", "-e", `const { Client } = require("pg");
 (async () => {
@@ -73,7 +73,7 @@ asyncio.run(main())`}
   await c.end();
 })().catch((e) => { console.error(e.message); process.exit(1); });`}
 			}},
-		{"pgjdbc", func(t *testing.T) bool {
+		{"pgjdbc", func(t *testing.T) {
 			pgtest.Require(t, pgtest.Commands("java", "javac"))
 			jar = pgjdbcJar(t)
 			javaClasses = t.TempDir()
@@ -82,7 +82,6 @@ asyncio.run(main())`}
 				t.Fatal(err)
 			}
 			run(t, 2*time.Minute, ".", os.Environ(), "javac", "-d", javaClasses, "-cp", jar, src)
-			return true
 		}, ".", func(*testing.T) []string {
 			return []string{"java", "-cp", javaClasses + string(filepath.ListSeparator) + jar, "AuthProbe"}
 		}},
