@@ -106,6 +106,8 @@ type Cluster interface {
 // Sources are where the API reads from. Cluster is nil for a standalone proxy.
 type Sources struct {
 	Cluster Cluster
+	// Version and Scope (the cluster's name) identify this daemon in GET /patroni.
+	Version, Scope string
 	// Local returns facts about this node that are not in the replicated state (VIP, proxy).
 	Local func() map[string]any
 	// Proxy returns this node's proxy and its pools (GET /proxy).
@@ -225,6 +227,7 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.DELETE("/proxy/connections/{id}", s.auth(s.proxyKillClient))
 	r.POST("/reinitialize", s.auth(s.reinit))
 	r.GET("/restarts", s.restarts)
+	r.GET("/patroni", s.patroni)
 	r.GET("/cluster/events", s.clusterEvents)
 	r.GET("/cluster/postgresql", s.getPGConfig)
 	r.PATCH("/cluster/postgresql", s.auth(s.patchPGConfig))

@@ -599,3 +599,68 @@ func TestScheduledSwitchoverEndpoints(t *testing.T) {
 		t.Errorf("cancel with nothing booked: %d %s", code, got)
 	}
 }
+
+// TestPatroniStatusEndpoint: GET /patroni has Patroni's shape — state, role, xlog positions in
+// bytes, tags, and the primary's streaming standbys with their sync_state.
+func TestPatroniStatusEndpoint(t *testing.T) {
+	c1 := newCluster(t, "n1")
+	c1.apply(t, fsm.RegisterMember{Name: "n2", RaftAddress: "n2:8300", Tags: fsm.Tags{FailoverPriority: 1, ReplicateFrom: "n3", NoSync: true}})
+	c1.apply(t, fsm.ReportStatus{Node: "n1", Status: fsm.NodeStatus{Role: fsm.RolePrimary, State: fsm.StateRunningPrimary, Healthy: true,
+		FlushLSN: 0x3000, Timeline: 2, SystemID: "7300000000000000001", Streaming: []string{"n2"}}})
+	c1.apply(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true,
+		ReceivedLSN: 0x2f00, ReplayedLSN: 0x2e00, Timeline: 2, Following: "n1"}})
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", ""
+	s, err := New(cfg, Sources{Cluster: c1, Version: "1.2.3", Scope: "main"}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u1 := startServer(t, s)
+	get := func(url string) map[string]any {
+		t.Helper()
+		code, body := do(t, "GET", url+"/patroni", "", "")
+		if code != 200 {
+			t.Fatalf("/patroni: %d %s", code, body)
+		}
+		var v map[string]any
+		if err := json.Unmarshal([]byte(body), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	p := get(u1)
+	want := map[string]any{"state": "running", "role": "primary", "timeline": 2.0, "cluster_unlocked": false,
+		"database_system_identifier": "7300000000000000001",
+		"xlog":                       map[string]any{"location": 12288.0},
+		"patroni":                    map[string]any{"version": "1.2.3", "scope": "main", "name": "n1"},
+		"replication":                []any{map[string]any{"application_name": "n2", "state": "streaming", "sync_state": "async"}},
+	}
+	for k, w := range want {
+		if fmt.Sprint(p[k]) != fmt.Sprint(w) {
+			t.Errorf("primary %s = %v, want %v", k, p[k], w)
+		}
+	}
+	c1.apply(t, fsm.SetSyncStandbys{Nodes: []string{"n2"}})
+	if got := fmt.Sprint(get(u1)["replication"]); !strings.Contains(got, "sync_state:sync") {
+		t.Errorf("replication with n2 synchronous: %s", got)
+	}
+
+	c2 := &fakeCluster{f: c1.f, name: "n2", lease: true}
+	r := get(startAPI(t, "", c2))
+	for k, w := range map[string]any{"state": "running", "role": "replica", "replication_state": "streaming",
+		"xlog": map[string]any{"received_location": 12032.0, "replayed_location": 11776.0, "paused": false},
+		"tags": map[string]any{"nosync": true, "replicatefrom": "n3"}} {
+		if fmt.Sprint(r[k]) != fmt.Sprint(w) {
+			t.Errorf("replica %s = %v, want %v", k, r[k], w)
+		}
+	}
+	c1.apply(t, fsm.SetPause{Paused: true})
+	c1.apply(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{State: fsm.StateFenced}})
+	if r := get(startAPI(t, "", c2)); r["state"] != "stopped" || r["pause"] != true {
+		t.Errorf("fenced and paused: %v", r)
+	}
+	c2.replaying = true
+	if code, body := do(t, "GET", startAPI(t, "", c2)+"/patroni", "", ""); code != 503 || !strings.Contains(body, "replaying") {
+		t.Errorf("replaying: %d %s", code, body)
+	}
+}

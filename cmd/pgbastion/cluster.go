@@ -76,6 +76,8 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 
 	api, err := admin.New(cfg.API, admin.Sources{
 		Cluster:     node,
+		Version:     version,
+		Scope:       hc.Raft.ClusterName,
 		Local:       d.localStatus(vip),
 		Proxy:       d.proxyStatus,
 		Connections: d.proxyConnections,
