@@ -347,7 +347,7 @@ func (cl *client) beginAuth(res authResult) error {
 			"the proxy's auth_query failed; its log says why (check proxy.auth.auth_user, auth_password and auth_query)")
 	}
 	cl.authFromQuery = true
-	return cl.authStarted(cl.authEx.BeginWith(cl.scratchForClient(), cl.e.conf().verifier, cl.user, res.secret, res.known))
+	return cl.authStarted(cl.authEx.BeginAs(cl.scratchForClient(), cl.e.conf().verifier, cl.authMethod, cl.user, res.secret, res.known))
 }
 
 func otherRole(r Role) Role {

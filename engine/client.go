@@ -3,11 +3,13 @@ package engine
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,6 +61,9 @@ type client struct {
 	authEx        *auth.Exchange
 	// authFromQuery: the client's secret came from the auth_query (not the auth_file).
 	authFromQuery bool
+	// authMethod is the method the client's exchange runs: the configured one, or the one
+	// the hba_file chose.
+	authMethod auth.Method
 	acceptedAt    time.Time
 	lastActive    time.Time
 	tlsDone       bool
@@ -422,10 +427,85 @@ func (cl *client) startup(su *pgwire.Startup) error {
 		return cl.authenticated()
 	}
 	cl.authEx = new(auth.Exchange)
+	cl.authMethod = verifier.Method()
+	if h := cl.e.conf().hba; h != nil {
+		m, proceed, err := cl.hbaDecide(h)
+		if !proceed || err != nil {
+			return err
+		}
+		cl.authMethod = m
+	}
 	if cl.e.conf().cfg.Auth.AuthUser != "" && !cl.inAuthFile() {
 		return cl.lookupClient()
 	}
-	return cl.authStarted(cl.authEx.Begin(cl.scratchForClient(), verifier, cl.user))
+	var secret *auth.Secret
+	known := true
+	if s := cl.e.conf().secrets; s != nil {
+		secret, known = s.Lookup(cl.user)
+	}
+	return cl.authStarted(cl.authEx.BeginAs(cl.scratchForClient(), verifier, cl.authMethod, cl.user, secret, known))
+}
+
+// hbaDecide applies the hba_file to the client: no matching line, or reject, refuses it
+// (28000, with PostgreSQL's words); trust and cert (a verified client certificate whose
+// common name is the user) log it in here; md5 and scram-sha-256 are returned for the
+// exchange (proceed).
+func (cl *client) hbaDecide(h *auth.HBA) (m auth.Method, proceed bool, err error) {
+	ap, perr := netip.ParseAddrPort(cl.remote())
+	ssl := map[bool]string{true: "SSL on", false: "SSL off"}[cl.tlsDone]
+	who := fmt.Sprintf("host %q, user %q, database %q, %s", ap.Addr().Unmap().String(), cl.user, cl.database, ssl)
+	if perr != nil {
+		return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization, "no client address to match proxy.auth.hba_file against", ""))
+	}
+	method, line, ok := h.Match(ap.Addr(), cl.tlsDone, cl.database, cl.user)
+	if !ok {
+		return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization, "no proxy.auth.hba_file entry for "+who, ""))
+	}
+	switch method {
+	case auth.HBAReject:
+		return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization,
+			fmt.Sprintf("proxy.auth.hba_file rejects connection for %s (line %d)", who, line), ""))
+	case auth.HBATrust:
+		cl.authEx = nil
+		cl.send(pgwire.AppendAuth(nil, pgwire.AuthOK, nil))
+		return 0, false, cl.authenticated()
+	case auth.HBACert:
+		if cn, ok := cl.peerCommonName(); !ok || cn != cl.user {
+			return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization,
+				fmt.Sprintf("certificate authentication failed for user %q", cl.user),
+				"connect with a client certificate, signed by proxy.tls.ca, whose common name is the user name"))
+		}
+		cl.authEx = nil
+		cl.send(pgwire.AppendAuth(nil, pgwire.AuthOK, nil))
+		return 0, false, cl.authenticated()
+	case auth.HBAMD5:
+		return auth.MethodMD5, true, nil
+	}
+	return auth.MethodSCRAM, true, nil
+}
+
+// peerCommonName returns the common name of the client's verified TLS certificate.
+func (cl *client) peerCommonName() (string, bool) {
+	if !cl.tlsDone {
+		return "", false
+	}
+	var cs tls.ConnectionState
+	switch {
+	case cl.tin != nil:
+		cs = cl.tin.tc.ConnectionState()
+	case cl.stream != nil:
+		tc, ok := cl.stream.conn.(*tls.Conn)
+		if !ok {
+			return "", false
+		}
+		cs = tc.ConnectionState()
+	default:
+		return "", false
+	}
+	if len(cs.VerifiedChains) == 0 || len(cs.PeerCertificates) == 0 {
+		return "", false
+	}
+	return cs.PeerCertificates[0].Subject.CommonName, true
 }
 
 // authStarted sends the first message of an authentication exchange just begun (Begin or

@@ -74,6 +74,9 @@ type AuthConfig struct {
 	AuthQuery string `yaml:"auth_query"`
 	// AuthDBName is the database the auth query runs in (default: the client's).
 	AuthDBName string `yaml:"auth_dbname"`
+	// HBAFile, with Method hba, chooses each client's method by the first matching line of a
+	// file in pg_hba.conf's format (PgBouncer's auth_hba_file; see auth.ParseHBA).
+	HBAFile string `yaml:"hba_file"`
 }
 
 // BackendConfig is one PostgreSQL server.
@@ -162,12 +165,19 @@ func (c *Config) Validate() error {
 	}
 	switch c.Auth.Method {
 	case "trust":
+	case "hba":
+		if c.Auth.HBAFile == "" {
+			errs = append(errs, errors.New("proxy.auth.method hba needs proxy.auth.hba_file (rules in pg_hba.conf's format)"))
+		}
 	case "md5", "scram-sha-256":
 		if c.Auth.AuthFile == "" && c.Auth.AuthUser == "" {
 			errs = append(errs, fmt.Errorf("proxy.auth.method %s needs proxy.auth.auth_file (a userlist of \"user\" \"password\" lines), proxy.auth.auth_user (to look passwords up in PostgreSQL), or both", c.Auth.Method))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("proxy.auth.method: %q is not supported; use trust, md5 or scram-sha-256", c.Auth.Method))
+		errs = append(errs, fmt.Errorf("proxy.auth.method: %q is not supported; use trust, md5, scram-sha-256 or hba", c.Auth.Method))
+	}
+	if c.Auth.HBAFile != "" && c.Auth.Method != "hba" {
+		errs = append(errs, fmt.Errorf("proxy.auth.hba_file is read only with proxy.auth.method hba (it is %s)", c.Auth.Method))
 	}
 	if c.Auth.Method == "trust" && c.Auth.AuthUser != "" {
 		errs = append(errs, errors.New("proxy.auth.auth_user looks passwords up to check them, which trust does not do: set proxy.auth.method to md5 or scram-sha-256, or remove auth_user"))

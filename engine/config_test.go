@@ -53,6 +53,9 @@ func TestAuthQuerySettings(t *testing.T) {
 		{engine.AuthConfig{Method: "trust", AuthUser: "a"}, "trust does not"},
 		{engine.AuthConfig{Method: "md5", AuthFile: "/etc/users", AuthQuery: "SELECT 1"}, "only with auth_user"},
 		{engine.AuthConfig{Method: "md5", AuthUser: "a", AuthQuery: "SELECT u, p FROM users WHERE u = 'x'"}, "$1"},
+		{engine.AuthConfig{Method: "hba", HBAFile: "/etc/hba.conf", AuthFile: "/etc/users"}, ""},
+		{engine.AuthConfig{Method: "hba"}, "needs proxy.auth.hba_file"},
+		{engine.AuthConfig{Method: "md5", AuthFile: "/etc/users", HBAFile: "/etc/hba.conf"}, "only with proxy.auth.method hba"},
 	} {
 		cfg := engine.DefaultConfig()
 		cfg.Auth = c.auth

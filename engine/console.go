@@ -589,6 +589,7 @@ func (cl *client) showConfig() (consoleResult, error) {
 	secs := func(t time.Duration) string { return strconv.FormatFloat(t.Seconds(), 'f', -1, 64) }
 	rows := [][3]string{
 		{"auth_dbname", c.Auth.AuthDBName, ""},
+		{"auth_hba_file", c.Auth.HBAFile, ""},
 		{"auth_query", cmp.Or(c.Auth.AuthQuery, DefaultAuthQuery), DefaultAuthQuery},
 		{"auth_type", c.Auth.Method, d.Auth.Method},
 		{"auth_user", c.Auth.AuthUser, ""},

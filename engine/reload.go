@@ -38,6 +38,8 @@ type live struct {
 	creds *sync.Map
 	// authQueryCreds log in as proxy.auth.auth_user to run the auth_query (nil without).
 	authQueryCreds *auth.Credentials
+	// hba chooses each client's method (method hba; nil otherwise).
+	hba *auth.HBA
 }
 
 // conf returns the reloadable settings in effect.
@@ -52,6 +54,19 @@ func newLive(cfg Config, verifier *auth.Verifier, secrets auth.Secrets) (*live, 
 			return nil, err
 		}
 		l.authQueryCreds = c
+	}
+	if path := cfg.Auth.HBAFile; path != "" && cfg.Auth.Method == "hba" {
+		h, err := auth.LoadHBA(path)
+		if err != nil {
+			return nil, fmt.Errorf("proxy.auth.hba_file: %w", err)
+		}
+		if m := h.Methods(); (m[auth.HBAMD5] || m[auth.HBASCRAM]) && secrets == nil && cfg.Auth.AuthUser == "" {
+			return nil, fmt.Errorf("proxy.auth.hba_file %s has md5 or scram-sha-256 lines, which need passwords: set proxy.auth.auth_file, proxy.auth.auth_user, or both", path)
+		}
+		if m := h.Methods(); m[auth.HBACert] && cfg.TLS.CA == "" {
+			return nil, fmt.Errorf("proxy.auth.hba_file %s has cert lines, which need client certificates: set proxy.tls.ca (and proxy.tls.cert, key and mode)", path)
+		}
+		l.hba = h
 	}
 	if n := len(cfg.AdminUsers) + len(cfg.StatsUsers); n > 0 {
 		l.consoleUsers = make(map[string]bool, n)

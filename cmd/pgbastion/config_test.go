@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,6 +135,17 @@ func TestCheckCommand(t *testing.T) {
 	}
 	if code := Main([]string{"frobnicate"}, &out, &errOut); code != 2 {
 		t.Fatalf("unknown command exit %d", code)
+	}
+	// The files authentication reads are checked too: a bad hba_file line fails with its place.
+	dir := t.TempDir()
+	hba, users := filepath.Join(dir, "hba.conf"), filepath.Join(dir, "users.txt")
+	_ = os.WriteFile(users, []byte(`"a" "b"`+"\n"), 0o600)
+	_ = os.WriteFile(hba, []byte("host all all 10.0.0.0/8 md5\nhost all all samenet md5\n"), 0o600)
+	cfg := fmt.Sprintf("proxy: {auth: {method: hba, hba_file: %s, auth_file: %s}, backends: [{host: 127.0.0.1, port: 5434}]}\n", hba, users)
+	_ = os.WriteFile(path, []byte(cfg), 0o600)
+	errOut.Reset()
+	if code := Main([]string{"check", "-c", path}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), hba+":2: samenet") {
+		t.Fatalf("a bad hba_file line: exit %d, %q", code, errOut.String())
 	}
 }
 

@@ -28,8 +28,14 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if _, err := LoadConfig(*path); err != nil {
+	cfg, err := LoadConfig(*path)
+	if err != nil {
 		return err
+	}
+	// The files the proxy's authentication reads (auth_file, hba_file) are checked too: a bad
+	// line is found here rather than at the next start or reload.
+	if _, _, err := buildAuth(cfg.Proxy.Auth, slog.New(slog.DiscardHandler)); err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
 	}
 	fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
 	return nil

@@ -226,7 +226,13 @@ func (e *Exchange) Begin(dst []byte, v *Verifier, user string) (out []byte, done
 // Verifier's Secrets (an auth_query's answer): known is false for a user that does not exist,
 // and secret may then be nil. The exchange is the same, mock included.
 func (e *Exchange) BeginWith(dst []byte, v *Verifier, user string, secret *Secret, known bool) (out []byte, done bool, err error) {
-	*e = Exchange{v: v, user: user, method: v.method}
+	return e.BeginAs(dst, v, v.method, user, secret, known)
+}
+
+// BeginAs is BeginWith with method m instead of the Verifier's: the method an hba rule chose
+// for this connection.
+func (e *Exchange) BeginAs(dst []byte, v *Verifier, m Method, user string, secret *Secret, known bool) (out []byte, done bool, err error) {
+	*e = Exchange{v: v, user: user, method: m}
 	if user == "" {
 		return e.fail(dst, &Error{Code: pgwire.InvalidAuthorization,
 			Message: "no PostgreSQL user name specified in startup packet"})
@@ -234,14 +240,14 @@ func (e *Exchange) BeginWith(dst []byte, v *Verifier, user string, secret *Secre
 	if known && secret == nil {
 		secret = &Secret{kind: SecretEmpty}
 	}
-	if !known && (v.method == MethodTrust || !v.hide) {
+	if !known && (m == MethodTrust || !v.hide) {
 		return e.fail(dst, &Error{Code: pgwire.InvalidAuthorization,
 			Message: `role "` + user + `" does not exist`})
 	}
 	if known {
 		e.secret = secret
 	}
-	switch v.method {
+	switch m {
 	case MethodTrust:
 		e.state = stDone
 		return pgwire.AppendAuth(dst, pgwire.AuthOK, nil), true, nil
