@@ -64,9 +64,9 @@ type client struct {
 	// authMethod is the method the client's exchange runs: the configured one, or the one
 	// the hba_file chose.
 	authMethod auth.Method
-	acceptedAt    time.Time
-	lastActive    time.Time
-	tlsDone       bool
+	acceptedAt time.Time
+	lastActive time.Time
+	tlsDone    bool
 	// tin is a TLS client's decrypted input while it lives on an event loop (see tlsloop.go).
 	tin *loopTLS
 
