@@ -1,6 +1,11 @@
 package admin
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"slices"
+
 	"github.com/valyala/fasthttp"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
@@ -120,4 +125,137 @@ func syncState(st *fsm.State, primary, standby string) string {
 		}
 	}
 	return "async"
+}
+
+// patroniConfig answers GET /config (Patroni's dynamic configuration) with what is
+// cluster-wide in PGBastion: postgresql.parameters and the maintenance pause. Failover timings
+// and modes are each node's pgbastion.yaml, not replicated settings.
+func (s *Server) patroniConfig(ctx *fasthttp.RequestCtx) {
+	if !s.needCluster(ctx) {
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, patroniConfigOf(s.src.Cluster.State()))
+}
+
+func patroniConfigOf(st *fsm.State) map[string]any {
+	params := map[string]string{}
+	if st.PGConfig != nil {
+		params = st.PGConfig.Params
+	}
+	out := map[string]any{"postgresql": map[string]any{"parameters": params}}
+	if st.Paused {
+		out["pause"] = true
+	}
+	return out
+}
+
+// patchPatroniConfig is PATCH /config (patronictl edit-config and the tools built for it):
+// postgresql.parameters change the cluster-wide parameters (null removes one; numbers and
+// booleans are taken as PostgreSQL writes them), pause turns maintenance mode on or off. With
+// replace (PUT /config) the parameters given are the whole set: the others are removed. Any
+// other key is refused, naming where PGBastion keeps it.
+func (s *Server) patchPatroniConfig(replace bool) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if !s.needCluster(ctx) {
+			return
+		}
+		var body map[string]json.RawMessage
+		if err := json.Unmarshal(ctx.PostBody(), &body); err != nil || body == nil {
+			writeError(ctx, fasthttp.StatusBadRequest, `/config: the body must be a JSON object such as {"postgresql": {"parameters": {"work_mem": "64MB"}}}`)
+			return
+		}
+		var pause *bool
+		var params map[string]json.RawMessage
+		for key, raw := range body {
+			switch key {
+			case "pause":
+				var p bool
+				if err := json.Unmarshal(raw, &p); err != nil {
+					writeError(ctx, fasthttp.StatusBadRequest, "/config: pause must be true or false")
+					return
+				}
+				pause = &p
+			case "postgresql":
+				var pg map[string]json.RawMessage
+				if err := json.Unmarshal(raw, &pg); err != nil {
+					writeError(ctx, fasthttp.StatusBadRequest, "/config: postgresql must be an object")
+					return
+				}
+				for k, v := range pg {
+					if k != "parameters" {
+						writeError(ctx, fasthttp.StatusBadRequest, "/config: postgresql."+k+" is not a cluster-wide setting in PGBastion: set it in each node's pgbastion.yaml (postgresql section); only postgresql.parameters and pause change here")
+						return
+					}
+					if err := json.Unmarshal(v, &params); err != nil {
+						writeError(ctx, fasthttp.StatusBadRequest, "/config: postgresql.parameters must be an object")
+						return
+					}
+				}
+			default:
+				writeError(ctx, fasthttp.StatusBadRequest, "/config: "+key+" is not a cluster-wide setting in PGBastion: failover timings and modes are set in each node's pgbastion.yaml (failover section); only postgresql.parameters and pause change here")
+				return
+			}
+		}
+		set := map[string]string{}
+		var reset []string
+		for name, raw := range params {
+			v, isNull, err := parameterValue(raw)
+			if err != nil {
+				writeError(ctx, fasthttp.StatusBadRequest, "/config: postgresql.parameters."+name+": "+err.Error())
+				return
+			}
+			if isNull {
+				reset = append(reset, name)
+			} else {
+				set[name] = v
+			}
+		}
+		if replace && params != nil {
+			if pc := s.src.Cluster.State().PGConfig; pc != nil {
+				for name := range pc.Params {
+					if _, ok := set[name]; !ok && !slices.Contains(reset, name) {
+						reset = append(reset, name)
+					}
+				}
+			}
+		}
+		slices.Sort(reset)
+		if len(set) > 0 || len(reset) > 0 {
+			if _, _, ok := s.applyPGConfig(ctx, set, reset, 0); !ok {
+				return
+			}
+		}
+		if pause != nil {
+			if err := s.src.Cluster.SetPause(ctx, *pause); err != nil {
+				writeFSMError(ctx, "pause", err)
+				return
+			}
+		}
+		writeJSON(ctx, fasthttp.StatusOK, patroniConfigOf(s.src.Cluster.State()))
+	}
+}
+
+// parameterValue reads a parameter's JSON value as PostgreSQL would take it: a string as it
+// is, a number as written, a boolean as on or off; null removes the parameter.
+func parameterValue(raw json.RawMessage) (v string, isNull bool, err error) {
+	var x any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&x); err != nil {
+		return "", false, err
+	}
+	switch x := x.(type) {
+	case nil:
+		return "", true, nil
+	case string:
+		return x, false, nil
+	case json.Number:
+		return x.String(), false, nil
+	case bool:
+		if x {
+			return "on", false, nil
+		}
+		return "off", false, nil
+	}
+	return "", false, errors.New("must be a string, a number, a boolean or null")
 }

@@ -117,33 +117,45 @@ func (s *Server) deletePGConfig(ctx *fasthttp.RequestCtx) {
 }
 
 func (s *Server) changePGConfig(ctx *fasthttp.RequestCtx, set map[string]string, reset []string, ifVersion uint64) {
+	version, notValidated, ok := s.applyPGConfig(ctx, set, reset, ifVersion)
+	if !ok {
+		return
+	}
+	v := pgConfigOf(s.src.Cluster.State())
+	v.NotValidated = notValidated
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"version": version, "message": "accepted; every node applies it with ALTER SYSTEM and a reload, and reports back (GET /cluster/postgresql)", "config": v})
+}
+
+// applyPGConfig checks and commits a change of the cluster-wide parameters. It answers the
+// request itself when it refuses (ok false); notValidated says why PostgreSQL could not check
+// the values first, when it could not.
+func (s *Server) applyPGConfig(ctx *fasthttp.RequestCtx, set map[string]string, reset []string, ifVersion uint64) (version uint64, notValidated string, ok bool) {
 	// Cheap checks first, so that a typo is reported without asking PostgreSQL.
 	for name, v := range set {
 		if err := fsm.CheckPGParam(name, v, true); err != nil {
 			writeError(ctx, fasthttp.StatusBadRequest, "cluster configuration: "+err.Error())
-			return
+			return 0, "", false
 		}
 	}
 	for _, name := range reset {
 		if fsm.StandbyMinimums[name] {
 			writeError(ctx, fasthttp.StatusBadRequest, "cluster configuration: "+name+" cannot be reset: the value it falls back to may be lower than "+
 				"what the primary runs with, and a standby cannot start with less than its primary. Set the value you want instead")
-			return
+			return 0, "", false
 		}
 	}
-	notValidated := ""
 	if s.src.CheckPGParams != nil && len(set) > 0 {
-		ok, err := s.src.CheckPGParams(ctx, set)
+		checked, err := s.src.CheckPGParams(ctx, set)
 		if err != nil {
 			writeError(ctx, fasthttp.StatusBadRequest, "cluster configuration: PostgreSQL refuses it, nothing was changed: "+err.Error())
-			return
+			return 0, "", false
 		}
-		if !ok {
+		if !checked {
 			for name := range set {
 				if fsm.StandbyMinimums[name] {
 					writeError(ctx, fasthttp.StatusServiceUnavailable, "cluster configuration: this node's PostgreSQL is not reachable, so it cannot check that "+
 						name+" is not lowered below what the cluster runs with (a standby cannot start with less than its primary); send the change to a node whose PostgreSQL is up")
-					return
+					return 0, "", false
 				}
 			}
 			notValidated = "this node's PostgreSQL is not reachable, so names and values were not checked before the change; each node reports what its PostgreSQL refused"
@@ -152,9 +164,7 @@ func (s *Server) changePGConfig(ctx *fasthttp.RequestCtx, set map[string]string,
 	version, err := s.src.Cluster.UpdatePGConfig(ctx, set, reset, ifVersion)
 	if err != nil {
 		writeFSMError(ctx, "cluster configuration", err)
-		return
+		return 0, "", false
 	}
-	v := pgConfigOf(s.src.Cluster.State())
-	v.NotValidated = notValidated
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"version": version, "message": "accepted; every node applies it with ALTER SYSTEM and a reload, and reports back (GET /cluster/postgresql)", "config": v})
+	return version, notValidated, true
 }

@@ -135,3 +135,66 @@ func TestClusterPostgreSQLConfig(t *testing.T) {
 		t.Fatalf("PATCH max_connections with PostgreSQL down: %d %s", code, body)
 	}
 }
+
+// TestPatroniConfigEndpoint: GET/PATCH/PUT /config, Patroni's dynamic configuration, reach the
+// cluster-wide parameters and the pause; settings PGBastion keeps per node are refused, naming
+// where they live.
+func TestPatroniConfigEndpoint(t *testing.T) {
+	c := newCluster(t, "n1")
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", "s3cret"
+	s, err := New(cfg, Sources{Cluster: c}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := startServer(t, s) + "/config"
+	get := func() string {
+		t.Helper()
+		code, body := do(t, "GET", url, "", "")
+		if code != 200 {
+			t.Fatalf("GET /config: %d %s", code, body)
+		}
+		return strings.TrimSpace(body)
+	}
+	compact := func(s string) string {
+		var v any
+		if err := json.Unmarshal([]byte(s), &v); err != nil {
+			t.Fatalf("%v: %s", err, s)
+		}
+		b, _ := json.Marshal(v)
+		return string(b)
+	}
+	if got := compact(get()); got != `{"postgresql":{"parameters":{}}}` {
+		t.Fatalf("empty: %s", got)
+	}
+	if code, _ := do(t, "PATCH", url, "", `{"postgresql":{"parameters":{"work_mem":"8MB"}}}`); code != 401 {
+		t.Fatalf("PATCH without the token: %d", code)
+	}
+	code, body := do(t, "PATCH", url, "s3cret", `{"postgresql":{"parameters":{"work_mem":"8MB","max_connections":200,"jit":false}},"pause":true}`)
+	if code != 200 || compact(body) != `{"pause":true,"postgresql":{"parameters":{"jit":"off","max_connections":"200","work_mem":"8MB"}}}` {
+		t.Fatalf("PATCH: %d %s", code, body)
+	}
+	code, body = do(t, "PATCH", url, "s3cret", `{"postgresql":{"parameters":{"jit":null}},"pause":false}`)
+	if code != 200 || compact(body) != `{"postgresql":{"parameters":{"max_connections":"200","work_mem":"8MB"}}}` {
+		t.Fatalf("PATCH removing jit, resuming: %d %s", code, body)
+	}
+	// PUT replaces the parameter set (max_connections cannot be reset: set, not removed, here).
+	code, body = do(t, "PUT", url, "s3cret", `{"postgresql":{"parameters":{"work_mem":"16MB","max_connections":"200"}}}`)
+	if code != 200 || compact(body) != `{"postgresql":{"parameters":{"max_connections":"200","work_mem":"16MB"}}}` {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	for patch, want := range map[string]string{
+		`{"ttl":30}`:                                     "failover section",
+		`{"postgresql":{"use_pg_rewind":true}}`:          "postgresql section",
+		`{"postgresql":{"parameters":{"work_mem":[1]}}}`: "string, a number",
+		`[1]`: "JSON object",
+		`{"postgresql":{"parameters":{"max_connections":null}}}`: "cannot be reset",
+	} {
+		if code, body := do(t, "PATCH", url, "s3cret", patch); code != 400 || !strings.Contains(body, want) {
+			t.Errorf("PATCH %s: %d %s, want 400 saying %q", patch, code, body, want)
+		}
+	}
+	if got := compact(get()); got != `{"postgresql":{"parameters":{"max_connections":"200","work_mem":"16MB"}}}` {
+		t.Fatalf("after refused changes: %s", got)
+	}
+}

@@ -109,7 +109,13 @@ func (c *fakeCluster) Failover(_ context.Context, candidate string, force bool) 
 func (c *fakeCluster) WaitOperation(_ context.Context, id uint64) (fsm.Operation, error) {
 	return fsm.Operation{ID: id, Kind: fsm.OpSwitchover, Phase: fsm.PhaseDone, NewPrimary: "n2"}, c.waitErr
 }
-func (c *fakeCluster) SetPause(context.Context, bool) error { return nil }
+func (c *fakeCluster) SetPause(_ context.Context, paused bool) error {
+	r, err := c.propose(fsm.SetPause{Paused: paused}, time.Now())
+	if err != nil {
+		return err
+	}
+	return r.Error()
+}
 func (c *fakeCluster) RequestReinit(_ context.Context, node, reason string) (uint64, error) {
 	r, err := c.propose(fsm.RequestReinit{Node: node, Reason: reason}, time.Now())
 	if err != nil {
