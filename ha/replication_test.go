@@ -25,15 +25,20 @@ func TestSlotName(t *testing.T) {
 	}
 }
 
-func TestSlotPlan(t *testing.T) {
-	s := fsm.NewState()
-	apply := func(cmd fsm.Command) {
-		next, res := s.Apply(cmd, fsm.Meta{Index: s.Index + 1, At: time.Unix(0, 0)})
+// applier returns a function that applies commands to *s, failing the test on a refusal.
+func applier(t *testing.T, s **fsm.State) func(fsm.Command) {
+	return func(cmd fsm.Command) {
+		next, res := (*s).Apply(cmd, fsm.Meta{Index: (*s).Index + 1, At: time.Unix(0, 0)})
 		if res.Err != nil {
 			t.Fatalf("%T: %v", cmd, res.Err)
 		}
-		s = next
+		*s = next
 	}
+}
+
+func TestSlotPlan(t *testing.T) {
+	s := fsm.NewState()
+	apply := applier(t, &s)
 	for _, n := range []string{"n1", "n2", "n3", "old"} {
 		apply(fsm.RegisterMember{Name: n, RaftAddress: n + ":8300"})
 	}
@@ -311,13 +316,7 @@ func TestSyncModeNoPromotionWhenPrimaryAndSyncStandbyAreLost(t *testing.T) {
 // member reported, and only while the member follows its replicatefrom member.
 func TestSlotPlanCascading(t *testing.T) {
 	s := fsm.NewState()
-	apply := func(cmd fsm.Command) {
-		next, res := s.Apply(cmd, fsm.Meta{Index: s.Index + 1, At: time.Unix(0, 0)})
-		if res.Err != nil {
-			t.Fatalf("%T: %v", cmd, res.Err)
-		}
-		s = next
-	}
+	apply := applier(t, &s)
 	for _, n := range []string{"n1", "n2"} {
 		apply(fsm.RegisterMember{Name: n, RaftAddress: n + ":8300", Tags: fsm.Tags{FailoverPriority: 1}})
 	}
