@@ -47,6 +47,7 @@ const staleAfter = 10.0
 
 const ctlUsage = `Usage: pgbastion ctl [--api URL] [--token TOKEN] COMMAND
   list                                   show the nodes, their roles and lag
+  topology                               the same as a tree: each replica under the member it streams from
   health [--check liveness|readiness|health|primary|replica]
                                          exit 0 when this node passes the check (container HEALTHCHECK)
   events [--severity S] [--follow]       what happened: failovers, nodes down and back... (ctl events for details)
@@ -92,6 +93,8 @@ func cmdCtl(args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "list":
 		return c.list()
+	case "topology":
+		return c.topology()
 	case "health":
 		return c.health(rest, stderr)
 	case "switchover", "failover":
@@ -168,14 +171,64 @@ type ctlClient struct {
 	out         io.Writer
 }
 
-func (c *ctlClient) list() error {
+// nodes reads GET /nodes.
+func (c *ctlClient) nodes() (*nodesView, error) {
 	resp, err := http.Get(c.base + "/nodes")
 	if err != nil {
-		return fmt.Errorf("cannot reach the API at %s: %w (is pgbastion running? use --api)", c.base, err)
+		return nil, fmt.Errorf("cannot reach the API at %s: %w (is pgbastion running? use --api)", c.base, err)
 	}
 	defer resp.Body.Close()
 	var v nodesView
 	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// topology prints the members as a tree (patronictl topology): the primary, under it the
+// replicas streaming from it, under those the ones cascading from them; members that stream
+// from nobody known (stopped, fenced, re-cloning) are listed last, flat.
+func (c *ctlClient) topology() error {
+	v, err := c.nodes()
+	if err != nil {
+		return err
+	}
+	children := map[string][]int{}
+	placed := map[string]bool{}
+	for i, n := range v.Nodes {
+		if n.Name != v.Primary && n.Status.Role == "replica" && n.Status.Following != "" {
+			children[n.Status.Following] = append(children[n.Status.Following], i)
+		}
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tLAG (bytes)\tPOSTGRESQL")
+	var walk func(i int, prefix string)
+	walk = func(i int, prefix string) {
+		n := v.Nodes[i]
+		placed[n.Name] = true
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%d\t%s:%d\n", prefix, n.Name, n.Status.Role, n.Status.State, n.Status.LagBytes, n.PGHost, n.PGPort)
+		for _, child := range children[n.Name] {
+			if !placed[v.Nodes[child].Name] {
+				walk(child, strings.Repeat(" ", len([]rune(prefix)))+"+ ")
+			}
+		}
+	}
+	for i, n := range v.Nodes {
+		if n.Name == v.Primary {
+			walk(i, "")
+		}
+	}
+	for i, n := range v.Nodes {
+		if !placed[n.Name] {
+			walk(i, "? ")
+		}
+	}
+	return tw.Flush()
+}
+
+func (c *ctlClient) list() error {
+	v, err := c.nodes()
+	if err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)

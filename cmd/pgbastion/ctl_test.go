@@ -427,3 +427,28 @@ func TestCtlHealthExitsByTheCheck(t *testing.T) {
 		t.Fatalf("API down: exit %d, err %q", code, errOut.String())
 	}
 }
+
+func TestCtlTopologyShowsWhoStreamsFromWhom(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"primary": "n1", "nodes": [
+			{"name": "n1", "pg_host": "10.0.0.1", "pg_port": 5432, "status": {"role": "primary", "state": "RUNNING_PRIMARY"}},
+			{"name": "n2", "pg_host": "10.0.0.2", "pg_port": 5432, "status": {"role": "replica", "state": "RUNNING_REPLICA", "following": "n1", "lag_bytes": 16}},
+			{"name": "n3", "pg_host": "10.0.0.3", "pg_port": 5432, "status": {"role": "replica", "state": "RUNNING_REPLICA", "following": "n2", "lag_bytes": 48}},
+			{"name": "n4", "pg_host": "10.0.0.4", "pg_port": 5432, "status": {"role": "replica", "state": "STOPPED"}}]}`))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	if code := Main([]string{"ctl", "--api", srv.URL, "topology"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	want := []string{"NODE", "n1 ", "+ n2 ", "  + n3 ", "? n4 "}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("ctl topology:\n%s", out.String())
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Fatalf("line %d %q, want it to start with %q:\n%s", i, lines[i], w, out.String())
+		}
+	}
+}
