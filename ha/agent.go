@@ -154,6 +154,18 @@ type AgentOptions struct {
 	SlotCleanupInterval time.Duration
 	// PermanentSlots are slots the agent never drops.
 	PermanentSlots []string
+	// PrePromote, when set, runs before this node's PostgreSQL is promoted (postgresql.
+	// pre_promote, Patroni's fencing hook); an error refuses the promotion: the PROMOTE
+	// directive fails with it, and the controller elects another candidate (a failover) or
+	// ends the operation (a switchover).
+	PrePromote func(ctx context.Context, p PrePromoteInfo) error
+}
+
+// PrePromoteInfo describes the promotion a PrePromote hook is asked about.
+type PrePromoteInfo struct {
+	OperationID uint64
+	// Kind is failover or switchover; OldPrimary the primary it replaces ("" when unknown).
+	Kind, OldPrimary, Reason string
 }
 
 // Agent runs on every node. It probes the local PostgreSQL every health.interval (backing off
@@ -434,6 +446,22 @@ func (a *Agent) upstreamName(st *fsm.State, p *PGStatus) string {
 	return a.following
 }
 
+// prePromote runs the PrePromote hook unless PostgreSQL already runs as a primary (a PROMOTE
+// repeated after its acknowledgement was lost: the hook approved it the first time).
+func (a *Agent) prePromote(ctx context.Context, st *fsm.State, d fsm.Directive) error {
+	if a.opts.PrePromote == nil || a.last != nil && a.last.Role == fsm.RolePrimary {
+		return nil
+	}
+	info := PrePromoteInfo{OperationID: d.Params.OperationID, Reason: d.Params.Reason}
+	if op, ok := st.OperationByID(d.Params.OperationID); ok {
+		info.Kind, info.OldPrimary = string(op.Kind), op.OldPrimary
+	}
+	if err := a.opts.PrePromote(ctx, info); err != nil {
+		return fmt.Errorf("postgresql.pre_promote refused the promotion: %w", err)
+	}
+	return nil
+}
+
 func (a *Agent) report(ctx context.Context) {
 	ns := a.status(a.c.State())
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.Health.Timeout)
@@ -549,6 +577,9 @@ func (a *Agent) execute(ctx context.Context, st *fsm.State, d fsm.Directive) fsm
 		a.busy = fsm.StatePromoting
 		a.report(ctx)
 		err = a.prepareSyncForPromotion(dctx)
+		if err == nil {
+			err = a.prePromote(dctx, st, d)
+		}
 		if err == nil {
 			err = a.pg.Promote(dctx)
 		}

@@ -368,3 +368,47 @@ func TestAgentReportsPromptlyWhileWritesArePaused(t *testing.T) {
 		t.Fatalf("drain reported after %s, no faster than the periodic report", d)
 	}
 }
+
+// TestAgentPrePromoteHookDecides: the pre_promote hook runs before PostgreSQL is promoted; its
+// refusal fails the PROMOTE with the reason and leaves PostgreSQL a replica; its approval lets
+// the promotion go ahead; a PROMOTE repeated on a node that already is a primary does not ask
+// again.
+func TestAgentPrePromoteHookDecides(t *testing.T) {
+	c := newFakeCluster(t, "n1")
+	c.setup()
+	pgs := newFakePGNet()
+	pgs.add("n2", fsm.RolePrimary, 700, "")
+	pg := pgs.add("n1", fsm.RoleReplica, 700, "n2")
+	var mu sync.Mutex
+	var asked []PrePromoteInfo
+	refuse := true
+	runAgent(t, c, pg, agentConfig(), AgentOptions{PrePromote: func(_ context.Context, p PrePromoteInfo) error {
+		mu.Lock()
+		defer mu.Unlock()
+		asked = append(asked, p)
+		if refuse {
+			return errors.New("exit status 1: the old primary is still powered on")
+		}
+		return nil
+	}})
+	id := c.must(fsm.IssueDirective{Type: fsm.DirectivePromote, Target: "n1", Params: fsm.DirectiveParams{Reason: "primary lost"}}).ID
+	await.True(t, 2*time.Second, func() bool { d, _ := c.State().Directive(id); return d.Status == fsm.DirectiveFailed }, "refused")
+	if d, _ := c.State().Directive(id); d.Message != "postgresql.pre_promote refused the promotion: exit status 1: the old primary is still powered on" || pg.writable() {
+		t.Fatalf("refusal: %q, writable %v", d.Message, pg.writable())
+	}
+	mu.Lock()
+	refuse = false
+	mu.Unlock()
+	id = c.must(fsm.IssueDirective{Type: fsm.DirectivePromote, Target: "n1", Params: fsm.DirectiveParams{Reason: "primary lost"}}).ID
+	await.True(t, 2*time.Second, func() bool { d, _ := c.State().Directive(id); return d.Status == fsm.DirectiveDone }, "promoted")
+	if !pg.writable() {
+		t.Fatal("not promoted after the hook allowed it")
+	}
+	id = c.must(fsm.IssueDirective{Type: fsm.DirectivePromote, Target: "n1"}).ID
+	await.True(t, 2*time.Second, func() bool { d, _ := c.State().Directive(id); return d.Status == fsm.DirectiveDone }, "repeated PROMOTE acknowledged")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) != 2 || asked[0].Reason != "primary lost" {
+		t.Fatalf("hook asked %+v", asked)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,6 +61,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 		InflightWrites:      d.proxy.WritesInFlight,
 		SlotCleanupInterval: cfg.PostgreSQL.SlotCleanupInterval,
 		PermanentSlots:      cfg.PostgreSQL.PermanentSlots,
+		PrePromote:          prePromoteHook(cfg.PostgreSQL.PrePromote, cfg.PostgreSQL.Callbacks.Timeout, hc.Raft.ClusterName, node.Name(), log),
 		OnSelfFence: func(reason string) {
 			log.Error("PostgreSQL fenced itself", "reason", reason)
 			notifier.SelfFenced(reason)
@@ -445,5 +447,36 @@ func (d *daemon) writeMetrics(vip *netlink.Manager) func(io.Writer) {
 		metrics.WriteCounterUint64(w, "pgbastion_vip_releases_total", vs.Releases)
 		metrics.WriteCounterUint64(w, "pgbastion_vip_foreign_removals_total", vs.ForeignRemovals)
 		metrics.WriteCounterUint64(w, "pgbastion_vip_announcements_total", vs.Announcements)
+	}
+}
+
+// prePromoteHook runs postgresql.pre_promote (nil when unset) as
+// `PROGRAM [ARGS] pre_promote replica CLUSTER`, Patroni's calling convention, with
+// PGBASTION_NODE, PGBASTION_CLUSTER, PGBASTION_OPERATION_ID, PGBASTION_OPERATION_KIND,
+// PGBASTION_OLD_PRIMARY and PGBASTION_REASON in its environment. A non-zero exit, or no exit
+// within timeout, refuses the promotion; its output goes to the log and into the refusal.
+func prePromoteHook(cmdline string, timeout time.Duration, cluster, node string, log *slog.Logger) func(context.Context, ha.PrePromoteInfo) error {
+	if cmdline == "" {
+		return nil
+	}
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	return func(ctx context.Context, p ha.PrePromoteInfo) error {
+		start := time.Now()
+		out, err := notify.RunProgram(ctx, cmdline, []string{"pre_promote", "replica", cluster}, []string{
+			"PGBASTION_NODE=" + node, "PGBASTION_CLUSTER=" + cluster, "PGBASTION_OPERATION_ID=" + strconv.FormatUint(p.OperationID, 10),
+			"PGBASTION_OPERATION_KIND=" + p.Kind, "PGBASTION_OLD_PRIMARY=" + p.OldPrimary, "PGBASTION_REASON=" + p.Reason,
+		}, timeout)
+		attrs := []any{"program", strings.Fields(cmdline)[0], "operation", p.OperationID, "took", time.Since(start).Round(time.Millisecond), "output", out}
+		if err != nil {
+			log.Error("pre_promote refused the promotion of this node", append(attrs, "error", err)...)
+			if out != "" {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			return err
+		}
+		log.Info("pre_promote allowed the promotion of this node", attrs...)
+		return nil
 	}
 }

@@ -62,6 +62,12 @@ type PostgreSQLConfig struct {
 	// Callbacks are programs run when this node's PostgreSQL starts, stops, restarts or
 	// changes role (Patroni's postgresql.callbacks).
 	Callbacks notify.Callbacks `yaml:"callbacks"`
+	// PrePromote is a program run on this node just before its PostgreSQL is promoted
+	// (Patroni's pre_promote): a fencing hook — power off the old primary, take a cloud
+	// lock, move a DNS name. Exit 0 lets the promotion go ahead; anything else refuses it,
+	// and another candidate is tried (failover) or the switchover ends. Bounded by
+	// postgresql.callbacks.timeout.
+	PrePromote string `yaml:"pre_promote"`
 	// StopOnExit stops PostgreSQL (fast mode: a shutdown checkpoint, every connected replica
 	// sent the last WAL) when pgbastion stops. Off by default: PostgreSQL outlives a restart or
 	// upgrade of pgbastion, which adopts it. Set it in a container, where PostgreSQL dies with
@@ -127,6 +133,11 @@ func (c *Config) Validate() error {
 		}
 		if err := c.PostgreSQL.Callbacks.Validate("postgresql.callbacks"); err != nil {
 			errs = append(errs, err)
+		}
+		if p := c.PostgreSQL.PrePromote; p != "" {
+			if err := notify.ValidateProgram("postgresql.pre_promote", p); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		for i := range c.Webhooks {
 			if err := c.Webhooks[i].Validate(fmt.Sprintf("webhooks[%d]", i)); err != nil {

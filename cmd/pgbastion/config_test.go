@@ -237,6 +237,7 @@ webhooks:
   data_dir: /tmp/d
   port: 5434
   callbacks: {on_stop: notify-me}
+  pre_promote: fence-old-primary
 webhooks:
   - {url: "https://hooks.example.com/secret-token", events: [failover]}
   - {url: "", format: teams}
@@ -245,6 +246,7 @@ webhooks:
 		t.Fatal("accepted")
 	}
 	for _, want := range []string{`postgresql.callbacks.on_stop: "notify-me" must be an absolute path`,
+		`postgresql.pre_promote: "fence-old-primary" must be an absolute path`,
 		`webhooks[0].events: "failover" is not an event type`, "webhooks[1].url: required", `webhooks[1].format: "teams" is not json, slack or pagerduty`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say %s:\n%v", want, err)

@@ -51,14 +51,8 @@ func (c *Callbacks) Validate(prefix string) error {
 		if cmd == "" {
 			continue
 		}
-		prog := strings.Fields(cmd)[0]
-		switch fi, err := os.Stat(prog); {
-		case !filepath.IsAbs(prog):
-			errs = append(errs, fmt.Errorf("%s.%s: %q must be an absolute path (callbacks run without a shell and without PATH)", prefix, action, prog))
-		case err != nil:
-			errs = append(errs, fmt.Errorf("%s.%s: %v", prefix, action, err))
-		case fi.IsDir() || fi.Mode()&0o111 == 0:
-			errs = append(errs, fmt.Errorf("%s.%s: %s is not an executable file (chmod +x it)", prefix, action, prog))
+		if err := ValidateProgram(prefix+"."+action, cmd); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.Timeout < 0 {
@@ -68,6 +62,26 @@ func (c *Callbacks) Validate(prefix string) error {
 		c.Timeout = 30 * time.Second
 	}
 	return errors.Join(errs...)
+}
+
+// ValidateProgram checks a program setting (key names it in messages): the first word must be
+// the absolute path of an executable file, since programs run without a shell and without
+// PATH.
+func ValidateProgram(key, cmdline string) error {
+	fields := strings.Fields(cmdline)
+	if len(fields) == 0 {
+		return fmt.Errorf("%s: no program given", key)
+	}
+	prog := fields[0]
+	switch fi, err := os.Stat(prog); {
+	case !filepath.IsAbs(prog):
+		return fmt.Errorf("%s: %q must be an absolute path (programs run without a shell and without PATH)", key, prog)
+	case err != nil:
+		return fmt.Errorf("%s: %v", key, err)
+	case fi.IsDir() || fi.Mode()&0o111 == 0:
+		return fmt.Errorf("%s: %s is not an executable file (chmod +x it)", key, prog)
+	}
+	return nil
 }
 
 // Webhook is an HTTP endpoint that receives cluster events (top-level webhooks list). The

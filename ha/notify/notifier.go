@@ -438,28 +438,18 @@ func (n *Notifier) runCallbacks(ctx context.Context) {
 
 // runCallback runs one callback program to its end or its timeout.
 func (n *Notifier) runCallback(ctx context.Context, c callRun) {
-	fields := strings.Fields(n.cb.byAction()[c.action])
-	args := append(fields[1:], c.action, c.role, n.opts.Cluster)
+	cmdline := n.cb.byAction()[c.action]
 	body, _ := json.Marshal(c.event)
-	cctx, cancel := context.WithTimeout(ctx, n.cb.Timeout)
-	defer cancel()
-	cmd := exec.CommandContext(cctx, fields[0], args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 2 * time.Second
-	cmd.Env = append(os.Environ(), "PGBASTION_EVENT="+string(body), "PGBASTION_ACTION="+c.action,
-		"PGBASTION_ROLE="+c.role, "PGBASTION_CLUSTER="+n.opts.Cluster, "PGBASTION_NODE="+n.opts.Node)
-	out := &capped{max: 4096}
-	cmd.Stdout, cmd.Stderr = out, out
 	start := time.Now()
-	err := cmd.Run()
-	attrs := []any{"action", c.action, "role", c.role, "program", fields[0], "took", time.Since(start).Round(time.Millisecond)}
-	if s := strings.TrimSpace(out.String()); s != "" {
-		attrs = append(attrs, "output", s)
+	output, err := RunProgram(ctx, cmdline, []string{c.action, c.role, n.opts.Cluster}, []string{"PGBASTION_EVENT=" + string(body), "PGBASTION_ACTION=" + c.action,
+		"PGBASTION_ROLE=" + c.role, "PGBASTION_CLUSTER=" + n.opts.Cluster, "PGBASTION_NODE=" + n.opts.Node}, n.cb.Timeout)
+	attrs := []any{"action", c.action, "role", c.role, "program", strings.Fields(cmdline)[0], "took", time.Since(start).Round(time.Millisecond)}
+	if output != "" {
+		attrs = append(attrs, "output", output)
 	}
 	// Logged before counted: whoever sees the count finds the log line.
 	switch {
-	case cctx.Err() == context.DeadlineExceeded:
+	case errors.Is(err, ErrProgramTimeout):
 		n.log.Error(fmt.Sprintf("callback killed after %s (postgresql.callbacks.timeout); make it return sooner or run its slow part in the background", n.cb.Timeout), attrs...)
 		n.cbFailed.Inc()
 	case err != nil && ctx.Err() == nil:
@@ -469,6 +459,34 @@ func (n *Notifier) runCallback(ctx context.Context, c callRun) {
 		n.log.Info("callback ran", attrs...)
 		n.cbOK.Inc()
 	}
+}
+
+// ErrProgramTimeout: RunProgram killed the program at its timeout.
+var ErrProgramTimeout = errors.New("killed at its timeout")
+
+// RunProgram runs cmdline (a program and its arguments separated by spaces, no shell) with
+// args appended and env added to this process's environment, in its own process group, which
+// is killed at timeout. It returns the program's output (stdout and stderr, the first 4 KiB,
+// trimmed) and an error when it did not exit 0 (ErrProgramTimeout when it was killed).
+func RunProgram(ctx context.Context, cmdline string, args, env []string, timeout time.Duration) (string, error) {
+	fields := strings.Fields(cmdline)
+	if len(fields) == 0 {
+		return "", errors.New("no program")
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, fields[0], append(fields[1:], args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
+	cmd.Env = append(os.Environ(), env...)
+	out := &capped{max: 4096}
+	cmd.Stdout, cmd.Stderr = out, out
+	err := cmd.Run()
+	if cctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+		err = ErrProgramTimeout
+	}
+	return strings.TrimSpace(out.String()), err
 }
 
 // capped keeps the first max bytes written to it.

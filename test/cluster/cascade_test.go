@@ -3,8 +3,12 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"os/exec"
+	"regexp"
 	"testing"
 	"time"
+
+	"github.com/pgbastion/pgbastion/test/daemon"
 )
 
 // TestCascadingReplication: node3 has tags.replicatefrom node2. It streams from node2 (not from
@@ -39,6 +43,11 @@ func TestCascadingReplication(t *testing.T) {
 	replAwait(t, 2*time.Minute, "node3 streaming from node2", func() (bool, string) { return streamsFrom(node2, node3) })
 	if n := replCount(ctx, t, c, primary, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'node3'"); n != 0 {
 		t.Fatalf("node3 also streams from the primary (%d)", n)
+	}
+	// ctl topology draws node3 under node2, both under the primary.
+	out, err := exec.Command(daemon.Binary(t), "ctl", "--api", "http://"+primary.API, "topology").CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^node1 .*\n\+ node2 .*\n  \+ node3 `).Match(out) {
+		t.Fatalf("ctl topology: %v\n%s", err, out)
 	}
 	replSQL(ctx, t, c, primary, "CREATE TABLE cascade_t (n int)")
 	replSQL(ctx, t, c, primary, "INSERT INTO cascade_t SELECT generate_series(1, 1000)")
