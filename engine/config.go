@@ -55,7 +55,61 @@ type Config struct {
 	// no console: those database names go to PostgreSQL like any other.
 	AdminUsers []string `yaml:"admin_users"`
 	StatsUsers []string `yaml:"stats_users"`
+	// Databases and Users override pool settings for one database or one (server) user, as
+	// PgBouncer's [databases] and [users] sections do. A user's pool_size wins over its
+	// database's, which wins over pool.default_pool_size.
+	Databases map[string]DatabasePool `yaml:"databases"`
+	Users     map[string]UserPool     `yaml:"users"`
 }
+
+// DatabasePool overrides pool settings for one database; unset fields keep the pool section's.
+type DatabasePool struct {
+	PoolSize         *int `yaml:"pool_size"`
+	MinPoolSize      *int `yaml:"min_pool_size"`
+	ReservePoolSize  *int `yaml:"reserve_pool_size"`
+	MaxDBConnections *int `yaml:"max_db_connections"`
+}
+
+// UserPool overrides pool settings for one user (the user the proxy logs in to PostgreSQL as).
+type UserPool struct {
+	PoolSize *int `yaml:"pool_size"`
+	// MaxUserConnections bounds the user's server connections over all its databases, per
+	// backend (PgBouncer's max_user_connections); 0 or unset: no bound.
+	MaxUserConnections int `yaml:"max_user_connections"`
+}
+
+// PoolLimits returns the limits of the pool of database and user: the pool section's, with
+// the database's and then the user's overrides.
+func (c *Config) PoolLimits(database, user string) pool.Limits {
+	l := c.Pool.Limits()
+	if d, ok := c.Databases[database]; ok {
+		if d.PoolSize != nil && c.Pool.Enabled {
+			l.Size = *d.PoolSize
+		}
+		if d.MinPoolSize != nil {
+			l.Min = *d.MinPoolSize
+		}
+		if d.ReservePoolSize != nil {
+			l.Reserve = *d.ReservePoolSize
+		}
+	}
+	if u, ok := c.Users[user]; ok && u.PoolSize != nil && c.Pool.Enabled {
+		l.Size = *u.PoolSize
+	}
+	l.Min = min(l.Min, l.Size)
+	return l
+}
+
+// MaxDBConnections returns max_db_connections for database (0: unlimited).
+func (c *Config) MaxDBConnections(database string) int {
+	if d, ok := c.Databases[database]; ok && d.MaxDBConnections != nil {
+		return *d.MaxDBConnections
+	}
+	return c.Pool.MaxDBConnections
+}
+
+// MaxUserConnections returns max_user_connections for user (0: unlimited).
+func (c *Config) MaxUserConnections(user string) int { return c.Users[user].MaxUserConnections }
 
 // AuthConfig says how clients authenticate to the proxy.
 type AuthConfig struct {
@@ -201,6 +255,29 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLS.Mode == "verify-ca" || c.TLS.Mode == "verify-full") && c.TLS.CA == "" {
 		errs = append(errs, fmt.Errorf("proxy.tls.mode %s needs proxy.tls.ca to verify client certificates", c.TLS.Mode))
+	}
+	for name, d := range c.Databases {
+		key := "proxy.databases." + name
+		switch {
+		case name == "":
+			errs = append(errs, errors.New("proxy.databases: a database name is empty"))
+		case d.PoolSize != nil && *d.PoolSize < 1:
+			errs = append(errs, fmt.Errorf("%s.pool_size: %d must be at least 1", key, *d.PoolSize))
+		case d.MinPoolSize != nil && *d.MinPoolSize < 0, d.ReservePoolSize != nil && *d.ReservePoolSize < 0,
+			d.MaxDBConnections != nil && *d.MaxDBConnections < 0:
+			errs = append(errs, fmt.Errorf("%s: min_pool_size, reserve_pool_size and max_db_connections must not be negative", key))
+		}
+	}
+	for name, u := range c.Users {
+		key := "proxy.users." + name
+		switch {
+		case name == "":
+			errs = append(errs, errors.New("proxy.users: a user name is empty"))
+		case u.PoolSize != nil && *u.PoolSize < 1:
+			errs = append(errs, fmt.Errorf("%s.pool_size: %d must be at least 1", key, *u.PoolSize))
+		case u.MaxUserConnections < 0:
+			errs = append(errs, fmt.Errorf("%s.max_user_connections: %d must not be negative (0 means unlimited)", key, u.MaxUserConnections))
+		}
 	}
 	if c.EventLoops < 0 || c.EventLoops > 256 {
 		errs = append(errs, fmt.Errorf("proxy.event_loops: %d must be between 1 and 256, or 0 to choose by pooling mode", c.EventLoops))

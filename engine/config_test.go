@@ -68,3 +68,39 @@ func TestAuthQuerySettings(t *testing.T) {
 		}
 	}
 }
+
+func TestDatabaseAndUserOverrides(t *testing.T) {
+	n := func(v int) *int { return &v }
+	cfg := engine.DefaultConfig()
+	cfg.Pool.DefaultPoolSize, cfg.Pool.MinPoolSize, cfg.Pool.MaxDBConnections = 20, 2, 50
+	cfg.Databases = map[string]engine.DatabasePool{"reports": {PoolSize: n(4), MaxDBConnections: n(6), MinPoolSize: n(0)}}
+	cfg.Users = map[string]engine.UserPool{"batch": {PoolSize: n(1), MaxUserConnections: 3}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		db, user       string
+		size, min, max int
+	}{
+		{"app", "web", 20, 2, 50},
+		{"reports", "web", 4, 0, 6},
+		{"reports", "batch", 1, 0, 6}, // the user's pool_size wins over the database's
+		{"app", "batch", 1, 1, 50},    // min_pool_size never above the size
+	} {
+		l := cfg.PoolLimits(c.db, c.user)
+		if l.Size != c.size || l.Min != c.min || cfg.MaxDBConnections(c.db) != c.max {
+			t.Errorf("%s/%s: size %d min %d max_db %d, want %d %d %d", c.db, c.user, l.Size, l.Min, cfg.MaxDBConnections(c.db), c.size, c.min, c.max)
+		}
+	}
+	if cfg.MaxUserConnections("batch") != 3 || cfg.MaxUserConnections("web") != 0 {
+		t.Error("max_user_connections")
+	}
+	cfg.Databases["bad"] = engine.DatabasePool{PoolSize: n(0)}
+	cfg.Users["worse"] = engine.UserPool{MaxUserConnections: -1}
+	err := cfg.Validate()
+	for _, want := range []string{"proxy.databases.bad.pool_size: 0 must be at least 1", "proxy.users.worse.max_user_connections"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v, want one saying %q", err, want)
+		}
+	}
+}

@@ -554,7 +554,8 @@ func (cl *client) showLists() (consoleResult, error) {
 // showDatabases is SHOW DATABASES with PgBouncer's columns: one row per pool (a database and
 // user on one backend).
 func (cl *client) showDatabases() (consoleResult, error) {
-	cfg := &cl.e.conf().cfg.Pool // reloadable: min_pool_size, reserve_pool_size, server_lifetime...
+	conf := &cl.e.conf().cfg
+	cfg := &conf.Pool // reloadable: min_pool_size, reserve_pool_size, server_lifetime...
 	pools := cl.e.Stats().Pools
 	res := consoleResult{cols: textCols("name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
 		"reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts", "max_connections", "current_connections",
@@ -567,8 +568,9 @@ func (cl *client) showDatabases() (consoleResult, error) {
 		if err != nil {
 			host, port = p.Addr, ""
 		}
-		res.rows = append(res.rows, []string{p.Database, host, port, p.Database, p.User, strconv.Itoa(p.Size), strconv.Itoa(cfg.MinPoolSize),
-			strconv.Itoa(p.Reserve), strconv.Itoa(int(cfg.ServerLifetime / time.Second)), string(cfg.Mode), "", strconv.Itoa(cfg.MaxDBConnections),
+		res.rows = append(res.rows, []string{p.Database, host, port, p.Database, p.User, strconv.Itoa(p.Size),
+			strconv.Itoa(conf.PoolLimits(p.Database, p.User).Min), strconv.Itoa(p.Reserve), strconv.Itoa(int(cfg.ServerLifetime / time.Second)),
+			string(cfg.Mode), "", strconv.Itoa(conf.MaxDBConnections(p.Database)),
 			strconv.Itoa(p.Open), "0", strconv.Itoa(p.Clients), boolDigit(p.Paused), "0"})
 	}
 	return res, nil

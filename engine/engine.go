@@ -53,8 +53,10 @@ type Engine struct {
 	routing  atomic.Pointer[routing]
 	backends map[string]*backend // guarded by routeMu
 
-	dbMu       sync.Mutex
-	dbCounters map[string]*pool.Counter
+	dbMu sync.Mutex
+	// dbCounters and userCounters hold max_db_connections and max_user_connections, by
+	// backend address and database or user.
+	dbCounters, userCounters map[string]*pool.Counter
 
 	heldMu sync.Mutex
 	held   map[*client]time.Time
@@ -139,6 +141,7 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		registry:      pool.NewRegistry(),
 		backends:      make(map[string]*backend),
 		dbCounters:    make(map[string]*pool.Counter),
+		userCounters:  make(map[string]*pool.Counter),
 		held:          make(map[*client]time.Time),
 		loopIdx:       make(map[gnet.EventLoop]*loop),
 		streamClients: make(map[*client]struct{}),

@@ -119,6 +119,8 @@ var reloadable = []struct {
 	{"server.password", func(d, s *Config) { d.Server.Password = s.Server.Password }},
 	{"tls", func(d, s *Config) { d.TLS = s.TLS }},
 	{"admin_users", func(d, s *Config) { d.AdminUsers = s.AdminUsers }},
+	{"databases", func(d, s *Config) { d.Databases = s.Databases }},
+	{"users", func(d, s *Config) { d.Users = s.Users }},
 	{"stats_users", func(d, s *Config) { d.StatsUsers = s.StatsUsers }},
 	{"health_check_user", func(d, s *Config) { d.HealthCheckUser = s.HealthCheckUser }},
 	{"health_check_password", func(d, s *Config) { d.HealthCheckPassword = s.HealthCheckPassword }},
@@ -200,11 +202,16 @@ func (e *Engine) Reload(cfg Config, verifier *auth.Verifier, secrets auth.Secret
 	// Every pool, and every max_db_connections counter, takes the new limits; a pool whose
 	// size went up serves its waiting clients at its next sweep.
 	for _, pe := range e.poolEntries() {
-		pe.p.SetLimits(l.limits)
+		pe.p.SetLimits(next.PoolLimits(pe.key.database, pe.key.user))
 	}
 	e.dbMu.Lock()
-	for _, c := range e.dbCounters {
-		c.SetMax(next.Pool.MaxDBConnections)
+	for k, c := range e.dbCounters {
+		_, db, _ := strings.Cut(k, "\x00")
+		c.SetMax(next.MaxDBConnections(db))
+	}
+	for k, c := range e.userCounters {
+		_, user, _ := strings.Cut(k, "\x00")
+		c.SetMax(next.MaxUserConnections(user))
 	}
 	e.dbMu.Unlock()
 	if len(e.cfg.Backends) > 0 {

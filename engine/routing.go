@@ -96,7 +96,8 @@ func (b *backend) pool(e *Engine, k poolKey) *poolEntry {
 	pe := b.pools[k]
 	if pe == nil {
 		pe = &poolEntry{key: k, b: b, epoch: b.epoch,
-			p:   pool.New[*server, *client](e.cfg.EventLoops, e.conf().limits, e.dbCounter(b, k.database)),
+			p: pool.New[*server, *client](e.cfg.EventLoops, e.conf().cfg.PoolLimits(k.database, k.user),
+				e.dbCounter(b, k.database), e.userCounter(b, k.user)),
 			ctr: make([]poolCounters, e.cfg.EventLoops+1), created: time.Now()}
 		pe.gone, pe.cancelGone = context.WithCancel(context.Background())
 		b.pools[k] = pe
@@ -244,8 +245,22 @@ func (e *Engine) dbCounter(b *backend, db string) *pool.Counter {
 	k := b.addr + "\x00" + db
 	c := e.dbCounters[k]
 	if c == nil {
-		c = &pool.Counter{Max: e.conf().cfg.Pool.MaxDBConnections}
+		c = &pool.Counter{Max: e.conf().cfg.MaxDBConnections(db)}
 		e.dbCounters[k] = c
+	}
+	return c
+}
+
+// userCounter is max_user_connections' counter of user on backend b (every user gets one, so
+// a reload can set or lift the limit).
+func (e *Engine) userCounter(b *backend, user string) *pool.Counter {
+	e.dbMu.Lock()
+	defer e.dbMu.Unlock()
+	k := b.addr + "\x00" + user
+	c := e.userCounters[k]
+	if c == nil {
+		c = &pool.Counter{Max: e.conf().cfg.MaxUserConnections(user)}
+		e.userCounters[k] = c
 	}
 	return c
 }

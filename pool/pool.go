@@ -71,6 +71,28 @@ func (c *Counter) dec() {
 	c.mu.Unlock()
 }
 
+// counters are the shared limits a pool's servers count against (max_db_connections,
+// max_user_connections): a server may open only when every one of them has room.
+type counters []*Counter
+
+func (cs counters) tryInc() bool {
+	for i, c := range cs {
+		if !c.tryInc() {
+			for _, d := range cs[:i] {
+				d.dec()
+			}
+			return false
+		}
+	}
+	return true
+}
+
+func (cs counters) dec() {
+	for _, c := range cs {
+		c.dec()
+	}
+}
+
 // Value returns the current count.
 func (c *Counter) Value() int {
 	c.mu.Lock()
@@ -167,7 +189,7 @@ type home[S, W comparable] struct {
 type Pool[S, W comparable] struct {
 	mu     sync.Mutex
 	limits Limits
-	db     *Counter
+	db     counters
 	open   int
 	nidle  int
 	homes  []home[S, W] // one per loop, plus the stream path last
@@ -177,12 +199,13 @@ type Pool[S, W comparable] struct {
 	staleBefore time.Time
 }
 
-// New returns a pool for loops event loops. db, when not nil, is a limit shared with other pools.
-func New[S, W comparable](loops int, l Limits, db *Counter) *Pool[S, W] {
+// New returns a pool for loops event loops. shared are limits it shares with other pools (nil
+// ones are no limit): a server opens only when each has room.
+func New[S, W comparable](loops int, l Limits, shared ...*Counter) *Pool[S, W] {
 	if loops < 1 {
 		loops = 1
 	}
-	return &Pool[S, W]{limits: l, db: db, homes: make([]home[S, W], loops+1)}
+	return &Pool[S, W]{limits: l, db: counters(shared), homes: make([]home[S, W], loops+1)}
 }
 
 func (p *Pool[S, W]) loops() int { return len(p.homes) - 1 }

@@ -391,3 +391,28 @@ func TestPoolReconnectRetiresOpenServers(t *testing.T) {
 		t.Fatalf("sweep closed %v, want the stale server 5", r.CloseIdle)
 	}
 }
+
+// TestSharedLimitsAllMustHaveRoom: a pool counting against two shared limits (a database's and
+// a user's) opens a server only when both have room, and a refusal by the second takes back
+// the first's count.
+func TestSharedLimitsAllMustHaveRoom(t *testing.T) {
+	db, user := &Counter{Max: 3}, &Counter{Max: 1}
+	a := New[int, string](1, Limits{Size: 4}, db, user)
+	b := New[int, string](1, Limits{Size: 4}, db, nil)
+	if !a.canDial(0, false) {
+		t.Fatal("first server refused")
+	}
+	if a.canDial(0, false) {
+		t.Fatal("a second server past the user's limit of 1")
+	}
+	if db.Value() != 1 || user.Value() != 1 {
+		t.Fatalf("counts db %d user %d, want 1 and 1 (the refusal took its database count back)", db.Value(), user.Value())
+	}
+	if !b.canDial(0, false) || !b.canDial(0, false) || b.canDial(0, false) {
+		t.Fatal("the other user's pool should get the database's two remaining servers, and no more")
+	}
+	a.db.dec()
+	if db.Value() != 2 || user.Value() != 0 {
+		t.Fatalf("after a server closed: db %d user %d", db.Value(), user.Value())
+	}
+}
