@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +31,7 @@ var consoleCommands = map[string]func(*client) (consoleResult, error){
 	"TOTALS":    (*client).showTotals,
 	"LISTS":     (*client).showLists,
 	"DATABASES": (*client).showDatabases,
+	"USERS":     (*client).showUsers,
 	"CONFIG":    (*client).showConfig,
 	"VERSION":   (*client).showVersion,
 }
@@ -70,6 +73,7 @@ const consoleHelp = `Console usage
 	SHOW TOTALS
 	SHOW LISTS
 	SHOW DATABASES
+	SHOW USERS
 	SHOW CLIENTS
 	SHOW SERVERS
 	SHOW CONFIG
@@ -572,6 +576,28 @@ func (cl *client) showDatabases() (consoleResult, error) {
 			strconv.Itoa(conf.PoolLimits(p.Database, p.User).Min), strconv.Itoa(p.Reserve), strconv.Itoa(int(cfg.ServerLifetime / time.Second)),
 			string(cfg.Mode), "", strconv.Itoa(conf.MaxDBConnections(p.Database)),
 			strconv.Itoa(p.Open), "0", strconv.Itoa(p.Clients), boolDigit(p.Paused), "0"})
+	}
+	return res, nil
+}
+
+// showUsers is SHOW USERS: one row per user that has pools or a proxy.users entry, with
+// PgBouncer's columns: its pool mode (the proxy's: there is no per-user mode),
+// max_user_connections (0: unlimited) and the server connections it has open now.
+func (cl *client) showUsers() (consoleResult, error) {
+	conf := &cl.e.conf().cfg
+	open := map[string]int{}
+	for _, p := range cl.e.Stats().Pools {
+		open[p.User] += p.Open
+	}
+	for name := range conf.Users {
+		if _, ok := open[name]; !ok {
+			open[name] = 0
+		}
+	}
+	res := consoleResult{cols: textCols("name", "pool_mode", "max_user_connections", "current_connections")}
+	res.cols[2].num, res.cols[3].num = true, true
+	for _, name := range slices.Sorted(maps.Keys(open)) {
+		res.rows = append(res.rows, []string{name, string(conf.Pool.Mode), strconv.Itoa(conf.MaxUserConnections(name)), strconv.Itoa(open[name])})
 	}
 	return res, nil
 }

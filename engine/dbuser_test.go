@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -25,7 +26,8 @@ func TestPerDatabaseAndUserPoolLimits(t *testing.T) {
 		c.Pool.DefaultPoolSize = 10
 		c.Pool.QueryWaitTimeout = time.Second
 		c.Databases = map[string]engine.DatabasePool{"small": {PoolSize: &one}}
-		c.Users = map[string]engine.UserPool{"postgres": {MaxUserConnections: 3}}
+		c.Users = map[string]engine.UserPool{"postgres": {MaxUserConnections: 3}, "batch": {MaxUserConnections: 7}}
+		c.AdminUsers = []string{"postgres"}
 	}, engine.Options{}, primary)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -51,6 +53,13 @@ func TestPerDatabaseAndUserPoolLimits(t *testing.T) {
 	// Three servers are open for the user postgres (small's and two of postgres's).
 	if _, err := open("postgres"); sqlState(err) != pgwire.QueryCanceled {
 		t.Fatalf("a fourth server for user postgres (max_user_connections 3): %v, want 57014", err)
+	}
+	// SHOW USERS: the user's bound and its open servers; a configured user without pools too.
+	// (The console's own connection holds no server.)
+	con := connect(t, consoleDSN(p))
+	cols, rows := consoleRows(t, con, "SHOW USERS")
+	if got := fmt.Sprint(cols, rows); got != "[name pool_mode max_user_connections current_connections] [[batch session 7 0] [postgres session 3 3]]" {
+		t.Fatalf("SHOW USERS: %s", got)
 	}
 	next := p.cfg
 	two := 2
