@@ -172,9 +172,9 @@ func TestAdminConsole(t *testing.T) {
 
 	// What the console cannot do gets an error that says so; the session goes on.
 	var pe *pgconn.PgError
-	_, err := con.Exec(ctx, "SHOW USERS", pgx.QueryExecModeSimpleProtocol)
+	_, err := con.Exec(ctx, "SHOW FDS", pgx.QueryExecModeSimpleProtocol)
 	if !errors.As(err, &pe) || pe.Code != "0A000" || !strings.Contains(pe.Hint, "/metrics") {
-		t.Errorf("SHOW USERS: %v", err)
+		t.Errorf("SHOW FDS: %v", err)
 	}
 	_, err = con.Exec(ctx, "PAUSE postgres other", pgx.QueryExecModeSimpleProtocol)
 	if !errors.As(err, &pe) || pe.Code != pgwire.SyntaxError || !strings.Contains(pe.Message, "at most one database") {
