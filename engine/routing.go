@@ -237,30 +237,25 @@ func (rt *routing) pickBackend(r Role) *backend {
 	return best
 }
 
+// dbCounter and userCounter are the max_db_connections and max_user_connections counters of
+// a database or user on backend b. Every database and user gets one, unlimited (Max 0) unless
+// the limit is set, so a reload can set or lift it for the pools that exist (Counter.SetMax).
 func (e *Engine) dbCounter(b *backend, db string) *pool.Counter {
-	// Every database gets a counter, unlimited (Max 0) unless max_db_connections is set, so a
-	// reload can set or lift the limit for the pools that exist (Counter.SetMax).
-	e.dbMu.Lock()
-	defer e.dbMu.Unlock()
-	k := b.addr + "\x00" + db
-	c := e.dbCounters[k]
-	if c == nil {
-		c = &pool.Counter{Max: e.conf().cfg.MaxDBConnections(db)}
-		e.dbCounters[k] = c
-	}
-	return c
+	return e.sharedCounter(e.dbCounters, b, db, e.conf().cfg.MaxDBConnections)
 }
 
-// userCounter is max_user_connections' counter of user on backend b (every user gets one, so
-// a reload can set or lift the limit).
 func (e *Engine) userCounter(b *backend, user string) *pool.Counter {
+	return e.sharedCounter(e.userCounters, b, user, e.conf().cfg.MaxUserConnections)
+}
+
+func (e *Engine) sharedCounter(m map[string]*pool.Counter, b *backend, name string, limit func(string) int) *pool.Counter {
 	e.dbMu.Lock()
 	defer e.dbMu.Unlock()
-	k := b.addr + "\x00" + user
-	c := e.userCounters[k]
+	k := b.addr + "\x00" + name
+	c := m[k]
 	if c == nil {
-		c = &pool.Counter{Max: e.conf().cfg.MaxUserConnections(user)}
-		e.userCounters[k] = c
+		c = &pool.Counter{Max: limit(name)}
+		m[k] = c
 	}
 	return c
 }
