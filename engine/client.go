@@ -452,11 +452,11 @@ func (cl *client) startup(su *pgwire.Startup) error {
 // exchange (proceed).
 func (cl *client) hbaDecide(h *auth.HBA) (m auth.Method, proceed bool, err error) {
 	ap, perr := netip.ParseAddrPort(cl.remote())
-	ssl := map[bool]string{true: "SSL on", false: "SSL off"}[cl.tlsDone]
-	who := fmt.Sprintf("host %q, user %q, database %q, %s", ap.Addr().Unmap().String(), cl.user, cl.database, ssl)
 	if perr != nil {
 		return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization, "no client address to match proxy.auth.hba_file against", ""))
 	}
+	ssl := map[bool]string{true: "SSL on", false: "SSL off"}[cl.tlsDone]
+	who := fmt.Sprintf("host %q, user %q, database %q, %s", ap.Addr().Unmap().String(), cl.user, cl.database, ssl)
 	method, line, ok := h.Match(ap.Addr(), cl.tlsDone, cl.database, cl.user)
 	if !ok {
 		return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization, "no proxy.auth.hba_file entry for "+who, ""))

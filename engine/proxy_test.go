@@ -25,22 +25,6 @@ type proxy struct {
 	cfg    engine.Config // as started
 }
 
-// freeAddrPair returns two distinct free addresses: both are held open until each is known,
-// so the kernel cannot hand the same port out twice (which made listen_rw equal listen_ro).
-func freeAddrPair(t testing.TB) (string, string) {
-	t.Helper()
-	var addrs [2]string
-	for i := range addrs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		addrs[i] = l.Addr().String()
-	}
-	return addrs[0], addrs[1]
-}
-
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -59,7 +43,7 @@ func startProxy(t testing.TB, mutate func(*engine.Config), backends ...*pgtest.I
 func startProxyWith(t testing.TB, mutate func(*engine.Config), opts engine.Options, backends ...*pgtest.Instance) *proxy {
 	t.Helper()
 	cfg := engine.DefaultConfig()
-	cfg.ListenRW, cfg.ListenRO = freeAddrPair(t)
+	cfg.ListenRW, cfg.ListenRO = pgtest.FreeAddrPair(t)
 	cfg.EventLoops = 2
 	cfg.Server = engine.ServerConfig{User: "postgres", Password: backends[0].Password()}
 	for _, b := range backends {

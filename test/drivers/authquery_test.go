@@ -114,7 +114,7 @@ asyncio.run(main())`}
 func startAuthQueryProxy(t *testing.T, pg *pgtest.Instance) string {
 	t.Helper()
 	cfg := engine.DefaultConfig()
-	cfg.ListenRW, cfg.ListenRO = freeAddrPair(t)
+	cfg.ListenRW, cfg.ListenRO = pgtest.FreeAddrPair(t)
 	cfg.EventLoops = 1
 	cfg.Backends = []engine.BackendConfig{{Host: pg.Host(), Port: pg.Port(), Name: pg.Name()}}
 	cfg.Pool.Mode, cfg.Pool.DefaultPoolSize = pool.ModeTransaction, poolSize

@@ -44,22 +44,6 @@ type harness struct {
 	dbase   string
 }
 
-// freeAddrPair returns two distinct free addresses: both are held open until each is known,
-// so the kernel cannot hand the same port out twice (which made listen_rw equal listen_ro).
-func freeAddrPair(t testing.TB) (string, string) {
-	t.Helper()
-	var addrs [2]string
-	for i := range addrs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		addrs[i] = l.Addr().String()
-	}
-	return addrs[0], addrs[1]
-}
-
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -77,7 +61,7 @@ func start(t *testing.T, mutate func(*engine.Config)) *harness {
 	pgtest.Require(t, pgtest.PostgreSQL())
 	pg := pgtest.Start(t, nil)
 	cfg := engine.DefaultConfig()
-	cfg.ListenRW, cfg.ListenRO = freeAddrPair(t)
+	cfg.ListenRW, cfg.ListenRO = pgtest.FreeAddrPair(t)
 	// One event loop: the pool gives each loop a fair share of its servers (here one each with
 	// two loops), and a loop whose clients are all busy keeps its own, so with two loops the
 	// clients of each loop would stay on that loop's one server for the whole run and nothing

@@ -303,6 +303,23 @@ func (i *Instance) startFresh(t testing.TB) {
 	}
 }
 
+// FreeAddrPair returns two distinct free 127.0.0.1 addresses (a proxy's listen_rw and
+// listen_ro): both listeners are held until each is known, so the kernel cannot hand the same
+// port out twice.
+func FreeAddrPair(t testing.TB) (string, string) {
+	t.Helper()
+	var addrs [2]string
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("pgtest: free address: %v", err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
+	}
+	return addrs[0], addrs[1]
+}
+
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
