@@ -321,8 +321,10 @@ func (n *Node) addVoterLocal(ctx context.Context, name, addr string) error {
 // while it takes part in an operation, and while it still reports: a running node would
 // register itself again at once, a member without a Raft vote), then its Raft membership.
 func (n *Node) RemoveMember(ctx context.Context, name string) error {
-	// Agents report every health interval: a member heard from within three is running.
-	running := max(3*n.cfg.Health.Interval, time.Second)
+	// Agents report every health interval: a member heard from within five (at least 5 s,
+	// so a node that is merely slow — a loaded host, a GC pause, a lagging follower's copy of
+	// the state — is not taken for stopped) is running.
+	running := max(5*n.cfg.Health.Interval, 5*time.Second)
 	if m, ok := n.fsm.State().Member(name); ok && !m.Status.ReportedAt.IsZero() {
 		if age := n.now().Sub(m.Status.ReportedAt); age < running {
 			return fmt.Errorf("remove member %s: %w", name, &fsm.Error{Code: fsm.CodePrecondition,

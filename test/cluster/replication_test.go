@@ -197,11 +197,15 @@ func TestRemovedMemberLosesItsSlot(t *testing.T) {
 		}
 	}
 
-	// Removing it drops its slot.
-	code, body := replAPI(t, c, primary, http.MethodDelete, "/members/"+stopped.Name, "")
-	if code != http.StatusOK {
-		t.Fatalf("DELETE /members/%s: %d %s", stopped.Name, code, body)
-	}
+	// Removing it drops its slot (once its last report is old enough that it counts as
+	// stopped: until then the removal is refused with 412).
+	replAwait(t, time.Minute, "DELETE /members/"+stopped.Name+" accepted", func() (bool, string) {
+		code, body := replAPI(t, c, primary, http.MethodDelete, "/members/"+stopped.Name, "")
+		if code != http.StatusOK && code != http.StatusPreconditionFailed {
+			t.Fatalf("DELETE /members/%s: %d %s", stopped.Name, code, body)
+		}
+		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
+	})
 	replAwait(t, time.Minute, "the removed member's slot dropped", func() (bool, string) {
 		s := replSlots(ctx, t, c, primary)
 		return s[stoppedSlot] == "" && s[keptSlot] == "active" && s["backup_tool"] != "", fmt.Sprint(s)
@@ -213,7 +217,7 @@ func TestRemovedMemberLosesItsSlot(t *testing.T) {
 	if _, ok := st.Members[stopped.Name]; ok {
 		t.Fatalf("%s is still a member", stopped.Name)
 	}
-	_, body = replAPI(t, c, primary, http.MethodGet, "/members", "")
+	_, body := replAPI(t, c, primary, http.MethodGet, "/members", "")
 	if strings.Contains(body, `"`+stopped.Name+`"`) {
 		t.Fatalf("%s is still in the Raft configuration: %s", stopped.Name, body)
 	}
