@@ -160,11 +160,21 @@ func (q *authQuery) conn(ctx context.Context, k authConnKey, creds *auth.Credent
 	if err != nil {
 		return nil, false, fmt.Errorf("cannot connect to PostgreSQL at %s: %w", k.addr, unwrapOp(err))
 	}
-	if _, err := creds.Login(ctx, nc, []auth.Param{{Name: "database", Value: k.database},
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	lc, _, err := q.e.secureBackend(ctx, nc, k.addr)
+	if err != nil {
+		_ = nc.Close()
+		return nil, false, err
+	}
+	if _, err := creds.Login(ctx, lc, []auth.Param{{Name: "database", Value: k.database},
 		{Name: "application_name", Value: "pgbastion auth_query"}}); err != nil {
 		_ = nc.Close()
 		return nil, false, fmt.Errorf("cannot log in to PostgreSQL at %s as auth_user %q: %w", k.addr, creds.User(), err)
 	}
+	_ = nc.SetDeadline(time.Time{})
+	nc = lc
 	fe := pgproto3.NewFrontend(nc, nc)
 	fe.SetMaxBodyLen(maxAuthQueryMessage)
 	return &authConn{nc: nc, fe: fe, creds: creds}, false, nil

@@ -151,6 +151,23 @@ func (b BackendConfig) Addr() string { return net.JoinHostPort(b.Host, strconv.I
 type ServerConfig struct {
 	User     string `yaml:"user"`
 	Password string `yaml:"password"`
+	// TLS is how the proxy's connections to PostgreSQL over TCP use TLS (PgBouncer's
+	// server_tls_*). Unix-socket connections never do, as with libpq.
+	TLS ServerTLSConfig `yaml:"tls"`
+}
+
+// ServerTLSConfig configures TLS towards PostgreSQL.
+type ServerTLSConfig struct {
+	// Mode is disable, prefer (the default: TLS when PostgreSQL offers it, unverified),
+	// require (TLS or no connection, unverified), verify-ca (the certificate must chain to CA)
+	// or verify-full (and name the backend's host), as libpq's sslmode.
+	Mode string `yaml:"mode"`
+	// CA verifies PostgreSQL's certificate (verify-ca, verify-full).
+	CA string `yaml:"ca"`
+	// Cert and Key are a client certificate to present (for PostgreSQL's cert method or
+	// clientcert=verify-full in pg_hba.conf).
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // TLSConfig configures TLS towards clients.
@@ -175,6 +192,7 @@ func DefaultConfig() Config {
 		StreamHighWater:     4 << 20,
 		HealthCheckInterval: time.Second,
 		TLS:                 TLSConfig{Mode: "disable"},
+		Server:              ServerConfig{TLS: ServerTLSConfig{Mode: "prefer"}},
 	}
 }
 
@@ -256,6 +274,7 @@ func (c *Config) Validate() error {
 	if (c.TLS.Mode == "verify-ca" || c.TLS.Mode == "verify-full") && c.TLS.CA == "" {
 		errs = append(errs, fmt.Errorf("proxy.tls.mode %s needs proxy.tls.ca to verify client certificates", c.TLS.Mode))
 	}
+	errs = append(errs, c.Server.TLS.validate()...)
 	for name, d := range c.Databases {
 		key := "proxy.databases." + name
 		switch {

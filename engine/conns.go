@@ -235,9 +235,7 @@ func (s *server) describe() Conn {
 	if s.conn != nil && s.conn.LocalAddr() != nil {
 		c.Local = s.conn.LocalAddr().String()
 	}
-	if s.nc != nil {
-		c.TLS = tlsSummary(s.nc)
-	}
+	c.TLS = s.tlsDesc
 	return c
 }
 

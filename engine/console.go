@@ -640,6 +640,10 @@ func (cl *client) showConfig() (consoleResult, error) {
 		{"server_idle_timeout", secs(p.ServerIdleTimeout), secs(dp.ServerIdleTimeout)},
 		{"server_lifetime", secs(p.ServerLifetime), secs(dp.ServerLifetime)},
 		{"server_reset_query", p.ServerResetQuery, dp.ServerResetQuery},
+		{"server_tls_ca_file", c.Server.TLS.CA, ""},
+		{"server_tls_cert_file", c.Server.TLS.Cert, ""},
+		{"server_tls_key_file", c.Server.TLS.Key, ""},
+		{"server_tls_sslmode", c.Server.TLS.mode(), d.Server.TLS.mode()},
 	}
 	res := consoleResult{cols: textCols("key", "value", "default", "changeable")}
 	for _, r := range rows {

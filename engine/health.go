@@ -187,6 +187,14 @@ func (e *Engine) probeOnce(ctx context.Context, cp **pgconn.PgConn, b BackendCon
 		cfg.RuntimeParams = map[string]string{"application_name": "pgbastion-health"}
 		cfg.ConnectTimeout = timeout
 		cfg.Fallbacks = nil
+		if bt := e.conf().backendTLS; bt != nil && !isSocketDir(b.Host) {
+			// The role check connects as the proxy's server connections do.
+			cfg.TLSConfig = bt.cfg.Clone()
+			cfg.TLSConfig.ServerName = b.Host
+			if bt.mode == "prefer" {
+				cfg.Fallbacks = []*pgconn.FallbackConfig{{Host: b.Host, Port: uint16(b.Port)}}
+			}
+		}
 		c, err := pgconn.ConnectConfig(ctx, cfg)
 		if err != nil {
 			return false, err

@@ -30,6 +30,8 @@ type live struct {
 	verifier *auth.Verifier
 	secrets  auth.Secrets
 	tlsCfg   *tls.Config // nil: TLS is off
+	// backendTLS is proxy.server.tls loaded (nil: mode disable).
+	backendTLS *backendTLS
 	// consoleUsers may use the admin console (nil: there is none); adminUsers may also run
 	// its commands that change something (RELOAD, PAUSE, RESUME).
 	consoleUsers, adminUsers map[string]bool
@@ -85,6 +87,11 @@ func newLive(cfg Config, verifier *auth.Verifier, secrets auth.Secrets) (*live, 
 		}
 		l.tlsCfg = tc
 	}
+	bt, err := loadBackendTLS(cfg.Server.TLS)
+	if err != nil {
+		return nil, err
+	}
+	l.backendTLS = bt
 	return l, nil
 }
 
@@ -117,6 +124,8 @@ var reloadable = []struct {
 	{"pool.server_reset_query", func(d, s *Config) { d.Pool.ServerResetQuery = s.Pool.ServerResetQuery }},
 	{"auth", func(d, s *Config) { d.Auth = s.Auth }},
 	{"server.password", func(d, s *Config) { d.Server.Password = s.Server.Password }},
+	// New server connections negotiate with the new settings; open ones keep theirs.
+	{"server.tls", func(d, s *Config) { d.Server.TLS = s.Server.TLS }},
 	{"tls", func(d, s *Config) { d.TLS = s.TLS }},
 	{"admin_users", func(d, s *Config) { d.AdminUsers = s.AdminUsers }},
 	{"databases", func(d, s *Config) { d.Databases = s.Databases }},

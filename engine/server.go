@@ -33,6 +33,11 @@ type server struct {
 	nc   net.Conn
 	out  io.Writer
 	lw   loopWriter // out while the server is on an event loop
+	// sec is the connection's TLS (proxy.server.tls; nil: plain). Its tls.Conn goes with the
+	// server from home to home; out is the tls.Conn then, and the transport under it the
+	// loop writer or nc.
+	sec     *loopTLS
+	tlsDesc string // "TLSv1.3/TLS_AES_128_GCM_SHA256" for SHOW SERVERS; empty: plain
 
 	client *client
 	tr     *pool.Tracker
@@ -128,6 +133,9 @@ func (s *server) inTransit(c io.Closer) {
 }
 
 func (s *server) writer() io.Writer {
+	if s.sec != nil {
+		return s.sec.tc
+	}
 	if s.conn != nil {
 		return &s.lw
 	}
@@ -191,7 +199,7 @@ func (e *Engine) dial(pe *poolEntry, cl *client, loopIdx int) {
 		}
 		s.moveTo = cl
 		if cl != nil && cl.stream != nil {
-			s.nc = nc
+			s.setSocket(nc)
 			s.publish(nc, cl)
 			cl.stream.give(s)
 			return
@@ -218,7 +226,16 @@ func (e *Engine) connect(ctx context.Context, pe *poolEntry, user string) (*serv
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
-	li, err := e.loginServer(ctx, nc, pe.key.database, user)
+	lc, sec, err := e.secureBackend(ctx, nc, pe.b.addr)
+	if err != nil {
+		_ = nc.Close()
+		var ce *clientError
+		if errors.As(err, &ce) {
+			return nil, nil, err
+		}
+		return nil, nil, sqlErr(pgwire.ConnectionFailure, err.Error(), "check proxy.server.tls against PostgreSQL's ssl settings")
+	}
+	li, err := e.loginServer(ctx, lc, pe.key.database, user)
 	if err != nil {
 		_ = nc.Close()
 		return nil, nil, err
@@ -227,6 +244,9 @@ func (e *Engine) connect(ctx context.Context, pe *poolEntry, user string) (*serv
 	now := time.Now()
 	s := &server{e: e, pe: pe, b: pe.b, tr: pool.NewTracker(), login: pool.NewParams(), params: pool.NewParams(),
 		stmts: pool.NewServerStatements(e.cfg.Pool.MaxPreparedStatements), pid: li.pid, key: li.key, born: now, lastUsed: now}
+	if sec != nil {
+		s.sec, s.tlsDesc = sec, tlsDesc(sec.tc)
+	}
 	for _, kv := range li.params {
 		s.login.Set(kv[0], kv[1])
 	}
@@ -286,6 +306,17 @@ func (s *server) onEnrolled(c gnet.Conn, lp *loop) {
 	s.conn, s.lp, s.nc = c, lp, nil
 	s.lw.c = c
 	s.out = &s.lw
+	if x := s.sec; x != nil {
+		x.tr.nc, x.tr.onLoop, x.tr.out = nil, true, &s.lw
+		s.out = x.tc
+		// Records read off the socket before the move, not decrypted yet, come after what
+		// the server carried in plaintext.
+		if _, err := x.decrypt(); err != nil && !errors.Is(err, io.EOF) {
+			s.closeNow(fmt.Errorf("TLS: %w", err))
+			return
+		}
+		s.carry = append(s.carry, x.takePlain()...)
+	}
 	s.detaching = false
 	lp.servers[s] = struct{}{}
 	s.closer.Store(&connHandle{Closer: c, lp: lp})
@@ -322,6 +353,9 @@ func (s *server) onEnrolled(c gnet.Conn, lp *loop) {
 func (s *server) onTraffic(c gnet.Conn) gnet.Action {
 	if s.detaching {
 		return s.finishDetach(c)
+	}
+	if s.sec != nil {
+		return s.onTrafficTLS(c)
 	}
 	buf, _ := c.Peek(-1)
 	n, err := s.handle(buf)
@@ -779,7 +813,7 @@ func (s *server) handTo(cl *client) {
 		s.moveTo = cl
 		s.detachFromLoop(func(nc net.Conn) {
 			if cl.stream != nil {
-				s.nc = nc
+				s.setSocket(nc)
 				s.publish(nc, cl)
 				cl.stream.give(s)
 				return
@@ -836,7 +870,14 @@ func (s *server) finishDetach(c gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	rest, _ := c.Peek(-1)
-	s.carry = append(s.carry[:0], rest...)
+	if x := s.sec; x != nil {
+		// Plaintext not handled yet goes first; the ciphertext gnet read stays in the
+		// transport, ahead of what the socket will give the next home.
+		s.carry = append(s.carry[:0], x.takePlain()...)
+		x.tr.feed(rest)
+	} else {
+		s.carry = append(s.carry[:0], rest...)
+	}
 	fd, err := c.Dup()
 	if err != nil {
 		s.detaching = false

@@ -433,7 +433,7 @@ func (st *stream) serveServer(s *server) {
 			cl.mu.Unlock()
 		}
 		buf, lo, hi, _ = makeRoom(buf, lo, hi, math.MaxInt)
-		n, err := s.nc.Read(buf[hi:])
+		n, err := s.reader().Read(buf[hi:])
 		hi += n
 		if err != nil && n == 0 {
 			cl.mu.Lock()
@@ -494,9 +494,9 @@ func (s *server) startSlowReader(cl *client) {
 	s.e.log.Info("client is not reading its results; moving it to the stream path", "remote", cl.remote(), "queued_bytes", cl.conn.OutboundBuffered())
 	lp := s.lp
 	s.detachFromLoop(func(nc net.Conn) {
-		s.nc = nc
+		s.setSocket(nc)
 		s.publish(nc, nil) // the stream owns it once it has taken the client too
-		s.out = nc
+		s.out = s.writer()
 		// Wait until what gnet queued for the client has left, then take the client too.
 		go st.drainThenMove(lp)
 	})
@@ -541,7 +541,7 @@ func (st *stream) drainThenMove(lp *loop) {
 	s := cl.srv
 	cl.mu.Lock()
 	if s != nil {
-		s.out = s.nc
+		s.out = s.writer()
 		s.reading = true
 	}
 	cl.mu.Unlock()

@@ -147,6 +147,14 @@ func TestCheckCommand(t *testing.T) {
 	if code := Main([]string{"check", "-c", path}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), hba+":2: samenet") {
 		t.Fatalf("a bad hba_file line: exit %d, %q", code, errOut.String())
 	}
+	// And the certificate files: a CA for PostgreSQL's certificate that is not there.
+	ca := filepath.Join(dir, "missing-ca.crt")
+	cfg = fmt.Sprintf("proxy: {server: {tls: {mode: verify-full, ca: %s}}, backends: [{host: 127.0.0.1, port: 5434}]}\n", ca)
+	_ = os.WriteFile(path, []byte(cfg), 0o600)
+	errOut.Reset()
+	if code := Main([]string{"check", "-c", path}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "proxy.server.tls.ca: open "+ca) {
+		t.Fatalf("a missing proxy.server.tls.ca: exit %d, %q", code, errOut.String())
+	}
 }
 
 func TestConfigReplicationSettings(t *testing.T) {

@@ -37,6 +37,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	if _, _, err := buildAuth(cfg.Proxy.Auth, slog.New(slog.DiscardHandler)); err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
+	if err := engine.CheckTLSFiles(cfg.Proxy); err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
+	}
 	fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
 	return nil
 }

@@ -82,6 +82,10 @@ type Options struct {
 	TLS *CertSet
 	// Settings are extra postgresql.conf settings; they override the harness's.
 	Settings map[string]string
+	// HBA are pg_hba.conf lines placed before the per-role and default ones (after the
+	// trusted Unix-socket lines), e.g. "hostssl all all 127.0.0.1/32 trust" followed by
+	// "host all all 127.0.0.1/32 reject" to accept TCP connections only over TLS.
+	HBA []string
 }
 
 // Instance is one PostgreSQL server run by the harness.
@@ -95,6 +99,8 @@ type Instance struct {
 	password string
 	auth     AuthMethod
 	roleHBA  []string // per-role pg_hba.conf lines, before the default ones
+	extraHBA []string // Options.HBA, before the per-role lines
+	tls      bool     // ssl is on: the harness's own connections prefer it (HBA may demand it)
 
 	mu       sync.Mutex
 	proc     *postmaster // nil when not running
@@ -132,6 +138,7 @@ func Start(t testing.TB, opts *Options) *Instance {
 		pw = DefaultSuperuserPassword
 	}
 	inst := newInstance(t, name, pw, auth)
+	inst.extraHBA, inst.tls = opts.HBA, opts.TLS != nil
 	for _, r := range opts.Roles {
 		if r.Auth != "" {
 			inst.roleHBA = append(inst.roleHBA, hbaLine("all", r.Name, r.Auth))
@@ -264,6 +271,7 @@ func hbaLine(db, user string, m AuthMethod) string {
 // method for everyone on 127.0.0.1.
 func (i *Instance) writeHBA() error {
 	lines := []string{"# pgtest", "local all all trust", "local replication all trust"}
+	lines = append(lines, i.extraHBA...)
 	lines = append(lines, i.roleHBA...)
 	lines = append(lines, hbaLine("all", "all", i.auth), hbaLine("replication", "all", i.auth))
 	return i.user.writeOwned(filepath.Join(i.data, "pg_hba.conf"),
@@ -506,10 +514,14 @@ func (i *Instance) ConnString() string {
 }
 
 // ConnStringFor returns a key/value connection string over TCP for any user and database.
-// An empty password is left out.
+// An empty password is left out. It uses TLS when the instance has it on (sslmode=prefer).
 func (i *Instance) ConnStringFor(user, password, database string) string {
-	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10",
-		i.Host(), i.port, connQuote(user), connQuote(database))
+	mode := "disable"
+	if i.tls {
+		mode = "prefer"
+	}
+	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=%s connect_timeout=10",
+		i.Host(), i.port, connQuote(user), connQuote(database), mode)
 	if password != "" {
 		s += " password=" + connQuote(password)
 	}
