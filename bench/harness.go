@@ -115,13 +115,14 @@ type Scenario struct {
 
 // Scenario names.
 const (
-	ScenarioSession  = "session"
-	ScenarioTxn      = "txn"
-	ScenarioPrepared = "prepared"
-	ScenarioMany     = "many"
-	ScenarioIdle     = "idle"
-	ScenarioTLS      = "tls"
-	ScenarioIdleTLS  = "idle-tls"
+	ScenarioSession   = "session"
+	ScenarioTxn       = "txn"
+	ScenarioPrepared  = "prepared"
+	ScenarioMany      = "many"
+	ScenarioIdle      = "idle"
+	ScenarioTLS       = "tls"
+	ScenarioIdleTLS   = "idle-tls"
+	ScenarioServerTLS = "server-tls"
 )
 
 func tlsWorkload(w Workload) Workload {
@@ -149,6 +150,10 @@ func Scenarios(c Config) []Scenario {
 			// sslmode=require on every client; the proxies reach PostgreSQL as in the other
 			// scenarios, without TLS.
 			Workload: tlsWorkload(w(50, "simple")), Targets: []string{PgBouncerTxn, PGBastionTxn}},
+		{Name: ScenarioServerTLS, Title: "Transaction mode, TLS to PostgreSQL", Issue: "no goal in the issues",
+			// Plain clients; the proxies reach PostgreSQL over TCP on 127.0.0.1 with TLS
+			// required (whatever -backend says).
+			Workload: w(50, "simple"), Targets: []string{PgBouncerServerTLS, PGBastionServerTLS}},
 		{Name: ScenarioIdle, Title: fmt.Sprintf("%d idle clients, transaction mode", c.IdleClients), Issue: "issue 3 item 3",
 			Idle: true, Targets: []string{PgBouncerTxn, PGBastionTxn}},
 		{Name: ScenarioIdleTLS, Title: fmt.Sprintf("%d idle clients over TLS, transaction mode", c.IdleClients), Issue: "no goal in the issues",
@@ -318,7 +323,7 @@ func (h *harness) setup(ctx context.Context, res *Results) error {
 	}
 
 	h.printf("starting PostgreSQL and loading pgbench scale %d\n", cfg.Scale)
-	pg, err := startPostgres(ctx, dir, cfg.PGBinDir, "bench-secret", h.log)
+	pg, err := startPostgres(ctx, dir, cfg.PGBinDir, "bench-secret", h.tlsCert, h.tlsKey, h.log)
 	if err != nil {
 		return fmt.Errorf("starting PostgreSQL: %w", err)
 	}
@@ -369,6 +374,16 @@ func (h *harness) setup(ctx context.Context, res *Results) error {
 		}},
 		{PGBastionTxn, func() (*target, error) {
 			return startPGBastion(ctx, PGBastionTxn, bin, "transaction", params(cfg.PoolSize))
+		}},
+		{PgBouncerServerTLS, func() (*target, error) {
+			p := params(cfg.PoolSize)
+			p.serverTLS = true
+			return startPgBouncer(ctx, PgBouncerServerTLS, "transaction", p)
+		}},
+		{PGBastionServerTLS, func() (*target, error) {
+			p := params(cfg.PoolSize)
+			p.serverTLS = true
+			return startPGBastion(ctx, PGBastionServerTLS, bin, "transaction", p)
 		}},
 	}
 	for _, s := range steps {

@@ -69,10 +69,15 @@ func freePort() (int, error) {
 
 // startPostgres initialises a cluster under dir (which it hands to the postgres OS user when
 // run as root) and starts it on a free port.
-func startPostgres(ctx context.Context, dir, binDir, password string, log *slog.Logger) (*postgresServer, error) {
+func startPostgres(ctx context.Context, dir, binDir, password, tlsCert, tlsKey string, log *slog.Logger) (*postgresServer, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
+	}
+	settings := postgresSettings()
+	if tlsCert != "" {
+		// For the server-tls scenario; every other client and proxy says sslmode=disable.
+		settings["ssl"], settings["ssl_cert_file"], settings["ssl_key_file"] = "on", tlsCert, tlsKey
 	}
 	dataDir := filepath.Join(dir, "pgdata")
 	inst, err := pgctl.New(pgctl.Config{
@@ -82,7 +87,7 @@ func startPostgres(ctx context.Context, dir, binDir, password string, log *slog.
 		Port:       port,
 		Superuser:  Superuser,
 		Password:   password,
-		Parameters: postgresSettings(),
+		Parameters: settings,
 	}, log)
 	if err != nil {
 		return nil, err

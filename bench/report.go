@@ -31,12 +31,14 @@ func loopsSetting(loops, cpus int) string {
 
 // labels name the targets in tables.
 var labels = map[string]string{
-	Direct:           "direct PostgreSQL",
-	HAProxy:          "HAProxy (TCP, Patroni-style)",
-	PgBouncerSession: "PgBouncer (session)",
-	PgBouncerTxn:     "PgBouncer (transaction)",
-	PGBastionSession: "PGBastion (session)",
-	PGBastionTxn:     "PGBastion (transaction)",
+	Direct:             "direct PostgreSQL",
+	HAProxy:            "HAProxy (TCP, Patroni-style)",
+	PgBouncerSession:   "PgBouncer (session)",
+	PgBouncerTxn:       "PgBouncer (transaction)",
+	PGBastionSession:   "PGBastion (session)",
+	PGBastionTxn:       "PGBastion (transaction)",
+	PgBouncerServerTLS: "PgBouncer (transaction, TLS to PostgreSQL)",
+	PGBastionServerTLS: "PGBastion (transaction, TLS to PostgreSQL)",
 }
 
 func label(name string) string {
@@ -334,6 +336,12 @@ func goals(res *Results) []string {
 		sr := res.scenario(ScenarioTLS)
 		tw, tn := paired(sr, PGBastionTxn, PgBouncerTxn, func(x, y *Measurement) bool { return x.TPS >= y.TPS })
 		out = append(out, fmt.Sprintf("Clients over TLS, transaction mode (no goal in the issues): PGBastion %.0f vs PgBouncer %.0f TPS (%s; at least PgBouncer's %s), CPU %.1f vs %.1f µs/tx.",
+			b.TPS, p.TPS, ratio(b.TPS, p.TPS), inRounds(tw, tn), b.ProxyCPU, p.ProxyCPU))
+	}
+	if b, p := sum(ScenarioServerTLS, PGBastionServerTLS), sum(ScenarioServerTLS, PgBouncerServerTLS); b != nil && p != nil {
+		sr := res.scenario(ScenarioServerTLS)
+		tw, tn := paired(sr, PGBastionServerTLS, PgBouncerServerTLS, func(x, y *Measurement) bool { return x.TPS >= y.TPS })
+		out = append(out, fmt.Sprintf("TLS to PostgreSQL, transaction mode (no goal in the issues): PGBastion %.0f vs PgBouncer %.0f TPS (%s; at least PgBouncer's %s), CPU %.1f vs %.1f µs/tx.",
 			b.TPS, p.TPS, ratio(b.TPS, p.TPS), inRounds(tw, tn), b.ProxyCPU, p.ProxyCPU))
 	}
 	var tlsIdle [2]*IdleResult // PGBastion, PgBouncer

@@ -21,6 +21,10 @@ const (
 	PgBouncerSession = "pgbouncer-session"
 	PgBouncerTxn     = "pgbouncer-txn"
 	HAProxy          = "haproxy"
+	// The transaction-mode proxies again, reaching PostgreSQL over TCP with TLS
+	// (proxy.server.tls.mode require, server_tls_sslmode = require).
+	PGBastionServerTLS = "pgbastion-txn-server-tls"
+	PgBouncerServerTLS = "pgbouncer-txn-server-tls"
 )
 
 // How the proxies reach PostgreSQL (Config.Backend).
@@ -56,6 +60,10 @@ type proxyParams struct {
 	env []string
 	// overSocket makes the proxies reach PostgreSQL through its Unix socket instead of TCP.
 	overSocket bool
+	// serverTLS makes the proxies reach PostgreSQL over TCP with TLS required; otherwise they
+	// never ask for it (both proxies' default, prefer, would take it over TCP, as PostgreSQL
+	// has ssl on).
+	serverTLS bool
 	// tlsCert and tlsKey, when set, let clients of PGBastion and PgBouncer use TLS (sslmode
 	// allow on the proxy: a client that does not ask stays in plain TCP).
 	tlsCert, tlsKey string
@@ -69,15 +77,23 @@ func (p proxyParams) pgbastionTLS() string {
 }
 
 func (p proxyParams) pgbouncerTLS() string {
+	s := "server_tls_sslmode = " + p.serverTLSMode() + "\n"
 	if p.tlsCert == "" {
-		return ""
+		return s
 	}
-	return fmt.Sprintf("client_tls_sslmode = allow\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n", p.tlsCert, p.tlsKey)
+	return s + fmt.Sprintf("client_tls_sslmode = allow\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n", p.tlsCert, p.tlsKey)
+}
+
+func (p proxyParams) serverTLSMode() string {
+	if p.serverTLS {
+		return "require"
+	}
+	return "disable"
 }
 
 // backendHost is the host the proxies give for PostgreSQL: its socket directory or 127.0.0.1.
 func (p proxyParams) backendHost() string {
-	if p.overSocket {
+	if p.overSocket && !p.serverTLS {
 		return p.pg.socketDir
 	}
 	return "127.0.0.1"
@@ -97,10 +113,10 @@ proxy:
   pool: {enabled: true, mode: %s, default_pool_size: %d, max_client_conn: 15000}
   auth: {method: trust}
   backends: [{host: %s, port: %d}]
-  server: {user: %s, password: %q}
+  server: {user: %s, password: %q, tls: {mode: %s}}
   event_loops: %d
 %slog: {level: warn}
-`, addr, mode, p.poolSize, p.backendHost(), p.pg.port, Superuser, p.pg.password, p.eventLoops, p.pgbastionTLS())
+`, addr, mode, p.poolSize, p.backendHost(), p.pg.port, Superuser, p.pg.password, p.serverTLSMode(), p.eventLoops, p.pgbastionTLS())
 	path := filepath.Join(p.dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err

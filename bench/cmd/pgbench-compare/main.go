@@ -37,7 +37,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.IdleClients, "idle-clients", cfg.IdleClients, "idle client connections in the idle scenario")
 	fs.IntVar(&cfg.ManyClients, "many-clients", cfg.ManyClients, "pgbench clients in the many-clients scenario")
 	fs.Float64Var(&cfg.LogSampling, "sampling", cfg.LogSampling, "share of transactions logged for latency percentiles (0: no percentiles)")
-	scenarios := fs.String("scenarios", "", "comma-separated scenarios: session,txn,prepared,many,tls,idle,idle-tls (default all)")
+	scenarios := fs.String("scenarios", "", "comma-separated scenarios: session,txn,prepared,many,tls,server-tls,idle,idle-tls (default all)")
 	fs.StringVar(&cfg.PGBastionBin, "pgbastion", "", "PGBastion binary to measure (default: build ./cmd/pgbastion)")
 	fs.StringVar(&cfg.PGBinDir, "pg-bin", "", "PostgreSQL bin directory (default: newest /usr/lib/postgresql/*/bin)")
 	fs.StringVar(&cfg.WorkDir, "workdir", "", "work directory (default: a temporary directory)")
