@@ -112,7 +112,7 @@ func (e *Engine) conns(self *client) []Conn {
 			if seen[id] {
 				continue
 			}
-			c := Conn{Server: true, ID: id, State: "idle", Addr: b.addr, Connected: s.born, RemotePID: s.pid, Loop: -1}
+			c := Conn{Server: true, ID: id, State: "idle", Addr: b.addr, Connected: s.born, RemotePID: s.pid, Loop: -1, TLS: s.tlsDesc}
 			if s.pe != nil {
 				c.User, c.Database = s.pe.key.user, s.pe.key.database
 			}

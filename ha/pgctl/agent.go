@@ -124,6 +124,10 @@ func (c *Controller) Start(ctx context.Context) error {
 	if c.inst.PostmasterAlive() || c.inst.Ping(ctx) == nil {
 		// Ours, or left running by a previous PGBastion process (still in recovery, perhaps,
 		// and not answering yet): adopt it, as Follow does, rather than start a second one.
+		// A pg_hba list changed since it started applies now.
+		if err := c.inst.SyncHBA(ctx); err != nil {
+			c.inst.log.Warn("cannot apply postgresql.pg_hba", "err", err)
+		}
 		return nil
 	}
 	if !c.inst.HasData() {

@@ -55,6 +55,11 @@ type Config struct {
 	ReplicationPassword string `yaml:"replication_password"`
 	// Parameters are postgresql.conf settings PGBastion writes (postgresql.pgbastion.conf).
 	Parameters map[string]string `yaml:"parameters"`
+	// PgHBA, when set, are the pg_hba.conf lines PGBastion writes after its own two (Unix-socket
+	// connections trusted, which its agent uses), in place of its default TCP lines, before
+	// every start and when it finds PostgreSQL running (Patroni's postgresql.pg_hba). Unset,
+	// pg_hba.conf is written once, at initdb, and left to the operator.
+	PgHBA []string `yaml:"pg_hba"`
 	// RemoveDataDirectoryOnRewindFailure allows re-cloning when pg_rewind cannot rejoin.
 	RemoveDataDirectoryOnRewindFailure bool `yaml:"remove_data_directory_on_rewind_failure"`
 	// ReplicaMethods are the ways to create a replica, tried in order (default: basebackup).
@@ -81,6 +86,7 @@ func (c *Config) Validate() error {
 	if err := validateReplicaMethods(c.ReplicaMethods); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, validateHBA(c.PgHBA)...)
 	return errors.Join(errs...)
 }
 
@@ -111,6 +117,9 @@ type Instance struct {
 	bin      string
 	cred     *syscall.Credential
 	uid, gid int
+	// userEnv is the environment that names os_user (HOME, USER, LOGNAME) for the programs
+	// run as that user; empty when PGBastion runs as its own user.
+	userEnv []string
 
 	mu   sync.Mutex
 	proc *exec.Cmd
@@ -152,6 +161,10 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 		gid, _ := strconv.Atoi(u.Gid)
 		i.uid, i.gid = uid, gid
 		i.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		// Not root's: libpq in pg_basebackup, pg_rewind and the walreceiver looks for
+		// ~/.postgresql/postgresql.crt whenever TLS is on, and fails the connection when
+		// it may not even look (root's home is closed to postgres).
+		i.userEnv = []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
 	}
 	return i, nil
 }
@@ -171,7 +184,7 @@ func (i *Instance) command(ctx context.Context, name string, args ...string) *ex
 func (i *Instance) commandAt(ctx context.Context, path string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Dir = "/"
-	cmd.Env = append(os.Environ(), "LC_ALL=C", "PGTZ=UTC")
+	cmd.Env = append(append(os.Environ(), "LC_ALL=C", "PGTZ=UTC"), i.userEnv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: i.cred, Setpgid: true}
 	// Do not hand PGBastion's VIP capabilities down to PostgreSQL.
 	cmd.SysProcAttr.AmbientCaps = nil
@@ -262,9 +275,7 @@ func (i *Instance) InitDB(ctx context.Context) error {
 	if err := i.run(ctx, "initdb", args...); err != nil {
 		return err
 	}
-	hba := "# written by PGBastion\n" +
-		"local all all trust\n" +
-		"local replication all trust\n" +
+	hba := hbaHeader +
 		"host all all 127.0.0.1/32 scram-sha-256\n" +
 		"host all all ::1/128 scram-sha-256\n" +
 		"host replication all 127.0.0.1/32 scram-sha-256\n" +
@@ -305,6 +316,9 @@ func (i *Instance) writeSettings() error {
 		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(p[k], "'", "''"))
 	}
 	if err := i.writeOwned(filepath.Join(i.cfg.DataDir, "postgresql.pgbastion.conf"), []byte(b.String())); err != nil {
+		return err
+	}
+	if _, err := i.writeHBA(); err != nil {
 		return err
 	}
 	conf := filepath.Join(i.cfg.DataDir, "postgresql.conf")

@@ -205,16 +205,16 @@ func (i *Instance) SystemID(ctx context.Context) (string, error) {
 	return id, nil
 }
 
-// ConnectTo opens a control-plane connection as the superuser to another node's PostgreSQL.
+// ConnectTo opens a control-plane connection as the superuser to another node's PostgreSQL,
+// over TLS when that server offers it (sslmode=prefer, as replication and pg_rewind connect),
+// so that a pg_hba.conf of hostssl lines only admits it.
 func (i *Instance) ConnectTo(ctx context.Context, host string, port int) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig("sslmode=disable")
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d sslmode=prefer", conninfoValue(host), port))
 	if err != nil {
 		return nil, err
 	}
-	cfg.Host, cfg.Port = host, uint16(port)
 	cfg.User, cfg.Password, cfg.Database = i.cfg.Superuser, i.cfg.Password, "postgres"
 	cfg.RuntimeParams = map[string]string{"application_name": "pgbastion"}
-	cfg.Fallbacks = nil
 	cfg.ConnectTimeout = 5 * time.Second
 	return pgconn.ConnectConfig(ctx, cfg)
 }

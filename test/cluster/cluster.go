@@ -40,6 +40,9 @@ type Options struct {
 	// ProxyExtra is YAML added to every node's proxy section, one setting per line without
 	// indentation (for example "local_socket: true").
 	ProxyExtra string
+	// ServerExtra is added to every node's proxy.server flow mapping, after user and password
+	// (for example "tls: {mode: verify-full, ca: /path}").
+	ServerExtra string
 	// QueryWaitTimeout bounds how long the proxy holds a client without a primary.
 	QueryWaitTimeout time.Duration
 	// NodeExtra is YAML appended to the configuration of the named node only (for example
@@ -165,7 +168,7 @@ func (c *Cluster) configWithPeers(n *Node, members []*Node) string {
   listen_ro: %s
   event_loops: 2
   pool: {enabled: true, mode: %s, default_pool_size: 10, query_wait_timeout: %s}
-  server: {user: postgres, password: %s}
+  server: {user: postgres, password: %s%s}
 %s
 api:
   listen: %s
@@ -192,9 +195,16 @@ postgresql:
 log: {level: %s}
 %s
 %s
-`, n.RW, n.RO, c.opts.PoolMode, c.opts.QueryWaitTimeout, c.Password, indent(c.opts.ProxyExtra, "  "), n.API, c.Token, n.Name, n.Raft, n.Raft, n.Dir,
+`, n.RW, n.RO, c.opts.PoolMode, c.opts.QueryWaitTimeout, c.Password, serverExtra(c.opts.ServerExtra), indent(c.opts.ProxyExtra, "  "), n.API, c.Token, n.Name, n.Raft, n.Raft, n.Dir,
 		strings.Join(peers, "\n"), n.Dir, n.PGPort, c.Password, n.Index == 0, strings.Join(kv, ", "), indent(c.opts.PostgreSQLExtra, "  "), level,
 		c.opts.Extra, c.opts.NodeExtra[n.Name])
+}
+
+func serverExtra(s string) string {
+	if s == "" {
+		return ""
+	}
+	return ", " + s
 }
 
 // indent prefixes every non-empty line of s.
