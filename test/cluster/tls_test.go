@@ -76,9 +76,9 @@ func TestTLSOnlyCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := Start(t, Options{
-		Parameters: map[string]string{"ssl": "on", "ssl_cert_file": cert, "ssl_key_file": key},
+		Parameters:      map[string]string{"ssl": "on", "ssl_cert_file": cert, "ssl_key_file": key},
 		PostgreSQLExtra: `pg_hba: ["hostssl all all 127.0.0.1/32 scram-sha-256", "hostssl replication all 127.0.0.1/32 scram-sha-256"]`,
-		ServerExtra: fmt.Sprintf("tls: {mode: verify-full, ca: %s}", ca),
+		ServerExtra:     fmt.Sprintf("tls: {mode: verify-full, ca: %s}", ca),
 	})
 	replLogsOnFailure(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
