@@ -321,18 +321,12 @@ func (n *Node) addVoterLocal(ctx context.Context, name, addr string) error {
 // while it takes part in an operation, and while it still reports: a running node would
 // register itself again at once, a member without a Raft vote), then its Raft membership.
 func (n *Node) RemoveMember(ctx context.Context, name string) error {
-	// Agents report every health interval: a member heard from within five (at least 5 s,
-	// so a node that is merely slow — a loaded host, a GC pause, a lagging follower's copy of
-	// the state — is not taken for stopped) is running.
+	// Agents report every health interval: a member heard from within five (at least 5 s, so
+	// a node that is merely slow — a loaded host, a GC pause — is not taken for stopped) is
+	// running. The FSM judges it against every report committed before the removal: this
+	// node's own copy of the state may not have the latest yet (or the member at all).
 	running := max(5*n.cfg.Health.Interval, 5*time.Second)
-	if m, ok := n.fsm.State().Member(name); ok && !m.Status.ReportedAt.IsZero() {
-		if age := n.now().Sub(m.Status.ReportedAt); age < running {
-			return fmt.Errorf("remove member %s: %w", name, &fsm.Error{Code: fsm.CodePrecondition,
-				Message: fmt.Sprintf("%s reported %s ago: it is still running. Stop its pgbastion first (a running node registers itself again), wait %s, then remove it",
-					name, age.Round(100*time.Millisecond), running)})
-		}
-	}
-	if _, err := n.applyChecked(ctx, fsm.RemoveMember{Name: name}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
+	if _, err := n.applyChecked(ctx, fsm.RemoveMember{Name: name, RunningWithin: running}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
 		return fmt.Errorf("remove member %s: %w", name, err)
 	}
 	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcRemoveServer, ID: name}, func() error { return n.removeServerLocal(ctx, name) })
