@@ -245,7 +245,7 @@ func (e *Engine) connect(ctx context.Context, pe *poolEntry, user string) (*serv
 	s := &server{e: e, pe: pe, b: pe.b, tr: pool.NewTracker(), login: pool.NewParams(), params: pool.NewParams(),
 		stmts: pool.NewServerStatements(e.cfg.Pool.MaxPreparedStatements), pid: li.pid, key: li.key, born: now, lastUsed: now}
 	if sec != nil {
-		s.sec, s.tlsDesc = sec, tlsDesc(sec.tc)
+		s.sec, s.tlsDesc = sec, tlsSummary(sec.tc)
 	}
 	for _, kv := range li.params {
 		s.login.Set(kv[0], kv[1])

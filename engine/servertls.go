@@ -164,14 +164,6 @@ func (e *Engine) secureBackend(ctx context.Context, nc net.Conn, addr string) (n
 	return tc, &loopTLS{tc: tc, tr: tr, max: e.maxClientInput()}, nil
 }
 
-// tlsDesc is PgBouncer's tls column for a connection whose handshake is complete.
-func tlsDesc(tc *tls.Conn) string {
-	if tc == nil {
-		return ""
-	}
-	return tlsSummary(tc)
-}
-
 // setSocket makes nc the server's connection off the loops (stream path); a TLS server's
 // tls.Conn reads and writes it from now on.
 func (s *server) setSocket(nc net.Conn) {
@@ -232,30 +224,6 @@ func (s *server) onTrafficTLS(c gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	return gnet.None
-}
-
-// decrypt reads every record the transport holds into plain, up to max bytes unhandled.
-// starved says the transport ran out of ciphertext (nothing more to do until gnet reads).
-func (x *loopTLS) decrypt() (starved bool, err error) {
-	for x.hi-x.lo < x.max {
-		if x.plain == nil {
-			x.box = tlsPlainBufs.Get().(*[]byte)
-			x.plain = *x.box
-		}
-		x.plain, x.lo, x.hi, _ = makeRoom(x.plain, x.lo, x.hi, x.max)
-		n, err := x.tc.Read(x.plain[x.hi:])
-		x.hi += n
-		if err != nil {
-			if _, ok := err.(errNoCiphertext); ok {
-				return true, nil
-			}
-			if n > 0 && err == io.EOF {
-				return false, nil
-			}
-			return false, err
-		}
-	}
-	return false, nil
 }
 
 // takePlain returns the decrypted input not yet handled (a copy) and forgets it.

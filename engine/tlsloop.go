@@ -144,6 +144,13 @@ func (x *loopTLS) fill(c gnet.Conn) error {
 		x.tr.feed(b)
 		_, _ = c.Discard(len(b))
 	}
+	_, err := x.decrypt()
+	return err
+}
+
+// decrypt reads every record the transport holds into plain, up to max bytes unhandled.
+// starved says the transport ran out of ciphertext (nothing more to do until gnet reads).
+func (x *loopTLS) decrypt() (starved bool, err error) {
 	for x.hi-x.lo < x.max {
 		if x.plain == nil {
 			x.box = tlsPlainBufs.Get().(*[]byte)
@@ -154,15 +161,15 @@ func (x *loopTLS) fill(c gnet.Conn) error {
 		x.hi += n
 		if err != nil {
 			if _, ok := err.(errNoCiphertext); ok {
-				return nil
+				return true, nil
 			}
 			if n > 0 && err == io.EOF {
-				return nil // handled first; the next read reports the end
+				return false, nil // handled first; the next read reports the end
 			}
-			return err
+			return false, err
 		}
 	}
-	return nil
+	return false, nil
 }
 
 func (x *loopTLS) pending() []byte { return x.plain[x.lo:x.hi] }
