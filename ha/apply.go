@@ -126,6 +126,7 @@ const (
 	rpcApply        rpcKind = "apply"
 	rpcAddVoter     rpcKind = "add_voter"
 	rpcRemoveServer rpcKind = "remove_server"
+	rpcRemoveMember rpcKind = "remove_member"
 	rpcBackup       rpcKind = "backup"
 	rpcRestore      rpcKind = "restore"
 )
@@ -224,6 +225,8 @@ func (n *Node) serve(ctx context.Context, req rpcRequest) rpcResponse {
 		return failOrOK(idempotent, n.addVoterLocal(ctx, req.ID, req.Address))
 	case rpcRemoveServer:
 		return failOrOK(idempotent, n.removeServerLocal(ctx, req.ID))
+	case rpcRemoveMember:
+		return failOrOK(idempotent, n.removeMemberLocal(ctx, req.ID))
 	case rpcBackup:
 		data, err := n.backupLocal(ctx)
 		if err != nil {
@@ -321,16 +324,39 @@ func (n *Node) addVoterLocal(ctx context.Context, name, addr string) error {
 // while it takes part in an operation, and while it still reports: a running node would
 // register itself again at once, a member without a Raft vote), then its Raft membership.
 func (n *Node) RemoveMember(ctx context.Context, name string) error {
-	// Agents report every health interval: a member heard from within five (at least 5 s, so
-	// a node that is merely slow — a loaded host, a GC pause — is not taken for stopped) is
-	// running. The FSM judges it against every report committed before the removal: this
-	// node's own copy of the state may not have the latest yet (or the member at all).
-	running := max(5*n.cfg.Health.Interval, 5*time.Second)
-	if _, err := n.applyChecked(ctx, fsm.RemoveMember{Name: name, RunningWithin: running}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
+	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcRemoveMember, ID: name}, func() error { return n.removeMemberLocal(ctx, name) })
+	if err != nil {
 		return fmt.Errorf("remove member %s: %w", name, err)
 	}
-	_, err := n.onLeader(ctx, rpcRequest{Kind: rpcRemoveServer, ID: name}, func() error { return n.removeServerLocal(ctx, name) })
-	return err
+	return nil
+}
+
+// removeMemberLocal is RemoveMember on the leader, which judges whether the member still runs
+// on the whole committed state: another node's copy may not have the member's latest reports
+// yet, or the member at all.
+func (n *Node) removeMemberLocal(ctx context.Context, name string) error {
+	if err := n.await(ctx, n.raft.Barrier(defaultApplyTimeout)); err != nil {
+		return err
+	}
+	// Agents report every health interval: a member heard from (or registered) within five,
+	// and at least 5 s — a node that is merely slow, on a loaded host or in a GC pause, is
+	// not taken for stopped — is running.
+	running := max(5*n.cfg.Health.Interval, 5*time.Second)
+	if m, ok := n.fsm.State().Member(name); ok {
+		last, what := m.Status.ReportedAt, "reported"
+		if last.IsZero() {
+			last, what = m.RegisteredAt, "registered"
+		}
+		if age := n.now().Sub(last); !last.IsZero() && age < running {
+			return &fsm.Error{Code: fsm.CodePrecondition,
+				Message: fmt.Sprintf("%s %s %s ago: it is still running. Stop its pgbastion first (a running node registers itself again), wait %s, then remove it",
+					name, what, age.Round(100*time.Millisecond), running)}
+		}
+	}
+	if _, err := n.applyChecked(ctx, fsm.RemoveMember{Name: name}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
+		return err
+	}
+	return n.removeServerLocal(ctx, name)
 }
 
 func (n *Node) removeServerLocal(ctx context.Context, name string) error {

@@ -222,16 +222,6 @@ func (s *State) removeMember(c RemoveMember, m Meta) Result {
 	if op := s.Operation; op != nil && (op.Candidate == c.Name || op.OldPrimary == c.Name) {
 		return fail(CodeConflict, "member %q takes part in operation %d", c.Name, op.ID)
 	}
-	if c.RunningWithin > 0 {
-		last, what := mem.Status.ReportedAt, "reported"
-		if last.IsZero() {
-			last, what = mem.RegisteredAt, "registered"
-		}
-		if age := m.At.Sub(last); !last.IsZero() && age < c.RunningWithin {
-			return fail(CodePrecondition, "%s %s %s ago: it is still running. Stop its pgbastion first (a running node registers itself again), wait %s, then remove it",
-				c.Name, what, age.Round(100*time.Millisecond), c.RunningWithin)
-		}
-	}
 	delete(s.Members, c.Name)
 	s.Departed = append(s.Departed, mem)
 	if len(s.Departed) > maxDeparted {

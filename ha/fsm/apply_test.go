@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 )
@@ -280,24 +279,6 @@ func TestRemoveMember(t *testing.T) {
 		t.Fatalf("sync set %s", got)
 	}
 	m.rejects(RenewLease{Node: "n3"}, ErrNotFound)
-}
-
-// A member that reported (or, never having reported, registered) within RunningWithin of the
-// removal is still running: refused, by the leader's clock in the entry.
-func TestRemoveMemberRefusesARunningOne(t *testing.T) {
-	m := threeNodes(t) // n3 reported 200 ms before the next command (SetPrimary came between)
-	res := m.apply(RemoveMember{Name: "n3", RunningWithin: 5 * time.Second})
-	if !errors.Is(res.Error(), ErrPrecondition) || !strings.Contains(res.Err.Message, "n3 reported 200ms ago: it is still running") {
-		t.Fatalf("running n3: %v", res.Err)
-	}
-	m.ok(RegisterMember{Name: "n4", RaftAddress: "n4:8300", PGHost: "n4", PGPort: 5432})
-	res = m.apply(RemoveMember{Name: "n4", RunningWithin: 5 * time.Second})
-	if !errors.Is(res.Error(), ErrPrecondition) || !strings.Contains(res.Err.Message, "n4 registered 100ms ago") {
-		t.Fatalf("n4 just registered: %v", res.Err)
-	}
-	m.at = m.at.Add(5 * time.Second) // nothing heard from n3 or n4 since
-	m.ok(RemoveMember{Name: "n3", RunningWithin: 5 * time.Second})
-	m.ok(RemoveMember{Name: "n4", RunningWithin: 5 * time.Second})
 }
 
 func TestRemoveMemberWeakensTheSyncPromise(t *testing.T) {

@@ -77,13 +77,8 @@ type RegisterMember struct {
 }
 
 // RemoveMember removes a node from the state (not from Raft; package ha does both).
-// RunningWithin, when set, refuses to remove a member that registered or reported less than
-// that long before the command (by the leader's clock): it is still running, and would
-// register itself again. The FSM judges it, so the answer rests on every report committed
-// before, whichever node asked.
 type RemoveMember struct {
-	Name          string        `json:"name"`
-	RunningWithin time.Duration `json:"running_within,omitempty"`
+	Name string `json:"name"`
 }
 
 // SetTags replaces a node's tags.
