@@ -41,9 +41,13 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	if advHost == "" {
 		advHost = inst.Config().Host
 	}
+	// The member record tells other nodes and operators where this node's API and proxy are:
+	// a listener on every interface (0.0.0.0:8080) is published under the node's own address.
+	nodeHost := advertisedHost(hc.Raft.Advertise, hc.Raft.Bind, advHost)
 	node, err := ha.Open(hc, ha.NodeOptions{Logger: log, Member: ha.MemberInfo{
-		APIAddress: cfg.API.Listen, ProxyRWAddress: cfg.Proxy.ListenRW, ProxyROAddress: cfg.Proxy.ListenRO,
-		PGHost: advHost, PGPort: inst.Config().Port,
+		APIAddress: reachable(cfg.API.Listen, nodeHost), ProxyRWAddress: reachable(cfg.Proxy.ListenRW, nodeHost),
+		ProxyROAddress: reachable(cfg.Proxy.ListenRO, nodeHost),
+		PGHost:         advHost, PGPort: inst.Config().Port,
 	}})
 	if err != nil {
 		return fmt.Errorf("starting the Raft node: %w", err)
@@ -479,4 +483,32 @@ func prePromoteHook(cmdline string, timeout time.Duration, cluster, node string,
 		log.Info("pre_promote allowed the promotion of this node", attrs...)
 		return nil
 	}
+}
+
+// advertisedHost is the first of the given addresses' hosts (host:port or a bare host) that
+// names one interface: the address other nodes know this node by.
+func advertisedHost(addrs ...string) string {
+	for _, a := range addrs {
+		h := a
+		if host, _, err := net.SplitHostPort(a); err == nil {
+			h = host
+		}
+		if ip := net.ParseIP(h); h != "" && (ip == nil || !ip.IsUnspecified()) {
+			return h
+		}
+	}
+	return ""
+}
+
+// reachable is the listen address listen as other nodes reach it: a wildcard host (empty,
+// 0.0.0.0, ::) becomes host.
+func reachable(listen, host string) string {
+	h, port, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return listen
+	}
+	if ip := net.ParseIP(h); h == "" || (ip != nil && ip.IsUnspecified()) {
+		return net.JoinHostPort(host, port)
+	}
+	return listen
 }
