@@ -23,8 +23,8 @@ var hbaKinds = map[string]int{ // the fewest fields a line of that kind has
 }
 
 // validateHBA checks postgresql.pg_hba: one pg_hba.conf line per entry, of a kind PostgreSQL
-// knows and with its fields. PostgreSQL checks the rest when it loads the file (a line it
-// refuses keeps the previous file in effect, and the log says which).
+// knows and with its fields. PostgreSQL checks the rest when it loads the file: a line it
+// refuses keeps the previous file in effect at a reload and fails a start; its log says which.
 func validateHBA(lines []string) []error {
 	var errs []error
 	for n, l := range lines {
