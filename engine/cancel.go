@@ -30,6 +30,8 @@ type cancelTarget struct {
 	addr string
 	pid  uint32
 	key  []byte
+	// tls: the server connection uses TLS, so its cancel goes over TLS too.
+	tls bool
 }
 
 func (r *cancelRegistry) add(cl *client) uint32 {
@@ -69,7 +71,7 @@ func (r *cancelRegistry) setTarget(cl *client, s *server) {
 
 // initCancelTarget prepares the server's cancel target once, so attaching allocates nothing.
 func (s *server) initCancelTarget() {
-	s.cancelT = &cancelTarget{s: s, addr: s.b.addr, pid: s.pid, key: s.key}
+	s.cancelT = &cancelTarget{s: s, addr: s.b.addr, pid: s.pid, key: s.key, tls: s.sec != nil}
 }
 
 func (r *cancelRegistry) lookup(pid uint32, key []byte) *client {
@@ -134,13 +136,24 @@ func (e *Engine) forwardCancel(t *cancelTarget, done func()) {
 	go func() {
 		defer done()
 		d := net.Dialer{Timeout: e.conf().cfg.Pool.ServerConnectTimeout}
-		c, err := dialBackend(context.Background(), &d, t.addr)
+		nc, err := dialBackend(context.Background(), &d, t.addr)
 		if err != nil {
 			e.log.Warn("cannot forward cancel request", "backend", t.addr, "err", err)
 			return
 		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		defer nc.Close()
+		_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+		// Over TLS when the connection being cancelled uses it, as libpq 17 sends cancels:
+		// the packet carries the backend's secret key.
+		c := nc
+		if t.tls {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if c, _, err = e.secureBackend(ctx, nc, t.addr); err != nil {
+				e.log.Warn("cannot forward cancel request", "backend", t.addr, "err", err)
+				return
+			}
+		}
 		if _, err := c.Write(pgwire.AppendCancelRequest(nil, t.pid, t.key)); err != nil {
 			return
 		}
@@ -158,8 +171,8 @@ func (s *server) holdForCancel() bool {
 		return false
 	}
 	if s.conn == nil {
-		// A stream-path server (TLS to PostgreSQL, a slow reader's) has no event loop to
-		// wait on: it is closed instead, and the pool dials another.
+		// A stream-path server (a slow reader's) has no event loop to wait on: it is
+		// closed instead, and the pool dials another.
 		s.closeNow(errors.New("a cancel for its last client is still on its way"))
 		return true
 	}

@@ -72,6 +72,30 @@ func TestServerTLS(t *testing.T) {
 		}
 	}
 
+	// A cancel reaches PostgreSQL over TLS, as the server connection it cancels.
+	sleeper := connect(t, p.dsn(p.rw))
+	started := time.Now()
+	watcher, err := pgx.Connect(ctx, primary.ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close(ctx)
+	go func() {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		for cctx.Err() == nil { // until PostgreSQL runs the query
+			var n int
+			if err := watcher.QueryRow(cctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'").Scan(&n); err != nil || n > 0 {
+				break
+			}
+		}
+		_ = sleeper.PgConn().CancelRequest(cctx)
+	}()
+	_, serr := sleeper.Exec(ctx, "SELECT pg_sleep(30)")
+	if sqlState(serr) != "57014" || time.Since(started) > 10*time.Second {
+		t.Fatalf("cancelled pg_sleep(30): %v after %s, want 57014 at once", serr, time.Since(started))
+	}
+
 	// 20 clients share 2 servers on 2 loops: servers move between loops with their TLS state.
 	movesBefore := metricValue(t, p.e, "pgbastion_proxy_server_moves_total")
 	var wg sync.WaitGroup
