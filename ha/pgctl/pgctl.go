@@ -349,6 +349,7 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 		i.mu.Unlock()
 		return err
 	}
+	i.clearStalePidFile()
 	logPath := filepath.Join(filepath.Dir(i.cfg.DataDir), filepath.Base(i.cfg.DataDir)+".log")
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
@@ -443,11 +444,40 @@ func (i *Instance) PostmasterAlive() bool {
 		return true
 	}
 	pid, ok := i.pidFilePID()
-	if !ok {
+	return ok && i.isPostmaster(pid)
+}
+
+// isPostmaster reports whether pid is a live postmaster of this data directory. The PID in a
+// postmaster.pid left behind by a crash (kill -9, the OOM killer) may since belong to another
+// process — the kernel reuses PIDs, within minutes on a busy host — which must be neither
+// taken for PostgreSQL nor sent its stop signal. A postmaster works in its data directory, so
+// its /proc/PID/cwd names it; when that cannot be read, a live PID counts.
+func (i *Instance) isPostmaster(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
 		return false
 	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	if err != nil {
+		return true
+	}
+	want, err := filepath.EvalSymlinks(i.cfg.DataDir)
+	if err != nil {
+		want = i.cfg.DataDir
+	}
+	return filepath.Clean(cwd) == filepath.Clean(want)
+}
+
+// clearStalePidFile removes a postmaster.pid whose process is not a postmaster of this data
+// directory: PostgreSQL would refuse to start ("lock file already exists") while that PID
+// lives on in another process.
+func (i *Instance) clearStalePidFile() {
+	pid, ok := i.pidFilePID()
+	if !ok || i.isPostmaster(pid) {
+		return
+	}
+	if err := os.Remove(filepath.Join(i.cfg.DataDir, "postmaster.pid")); err == nil {
+		i.log.Warn("removed a stale postmaster.pid: the process it names is not a postmaster of this data directory", "pid", pid)
+	}
 }
 
 // pidFilePID returns the process ID postmaster.pid names.
@@ -519,10 +549,11 @@ func (i *Instance) stopForeign(ctx context.Context, mode StopMode) error {
 	if err != nil {
 		return nil
 	}
-	if pid, ok := postmasterPID(b); ok && syscall.Kill(pid, 0) == syscall.ESRCH {
+	if pid, ok := postmasterPID(b); ok && !i.isPostmaster(pid) {
 		// A postmaster that died and left its pid file behind (crash, kill -9): nothing runs,
 		// so it is stopped. pg_ctl would fail on it ("could not send stop signal"), and a
-		// fence that fails makes a failover wait for the old primary's lease to run out.
+		// fence that fails makes a failover wait for the old primary's lease to run out —
+		// or, when the PID now belongs to another process, send that process SIGINT.
 		return nil
 	}
 	return i.run(ctx, "pg_ctl", "stop", "-D", i.cfg.DataDir, "-m", mode.String(), "-w", "-t", "60")
