@@ -462,11 +462,11 @@ func (i *Instance) cleanup(t testing.TB) {
 	i.proc = nil
 	i.mu.Unlock()
 	if pm != nil {
-		_ = syscall.Kill(pm.pid, syscall.SIGQUIT)
+		pm.signal(syscall.SIGQUIT)
 		select {
 		case <-pm.done:
 		case <-time.After(stopTimeout):
-			_ = syscall.Kill(pm.pid, syscall.SIGKILL)
+			pm.signal(syscall.SIGKILL)
 			<-pm.done
 		}
 	}
@@ -703,6 +703,17 @@ func (i *Instance) Kill(t testing.TB) {
 	<-pm.done
 }
 
+// signal sends sig to the postmaster unless it has exited and been reaped: its PID may belong
+// to another process by then (PIDs wrap within minutes on a busy test machine), such as
+// another test's pgbastion.
+func (pm *postmaster) signal(sig syscall.Signal) {
+	select {
+	case <-pm.done:
+	default:
+		_ = syscall.Kill(pm.pid, sig)
+	}
+}
+
 // StopMode is PostgreSQL's shutdown mode.
 type StopMode int
 
@@ -722,7 +733,7 @@ func (i *Instance) Stop(t testing.TB, mode StopMode) {
 		t.Fatalf("pgtest: bad stop mode %d", mode)
 	}
 	pm := i.takeProc(t)
-	_ = syscall.Kill(pm.pid, sig)
+	pm.signal(sig)
 	select {
 	case <-pm.done:
 	case <-time.After(stopTimeout):
