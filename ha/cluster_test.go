@@ -512,6 +512,8 @@ func TestStoppingLeaderHandsOverLeadership(t *testing.T) {
 		}
 		return false
 	}, "a leader")
+	// Not c.stop: it cuts the node off the network first, which would leave it no one to hand
+	// leadership to.
 	tn := c.nodes[leader]
 	if tn.stopAgent != nil {
 		tn.stopAgent()
