@@ -28,9 +28,10 @@ import (
 // reloader re-reads the configuration file while the daemon runs (SIGHUP, POST /reload,
 // pgbastion ctl reload). What the proxy can change live it applies (engine.Reload: pool sizes
 // and timeouts, the auth method and auth_file, TLS certificates, console users, the server
-// password); log.level changes at once; every other change is reported as taking a restart
-// and left as it is. A file that does not load (syntax, an unknown key, an invalid value, an
-// unreadable auth_file or certificate) changes nothing.
+// password); log.level changes at once; postgresql.pg_hba is written and loaded by the local
+// PostgreSQL (cluster members); every other change is reported as taking a restart and left
+// as it is. A file that does not load (syntax, an unknown key, an invalid value, an unreadable
+// auth_file or certificate, pg_hba lines PostgreSQL refuses) changes nothing.
 type reloader struct {
 	path  string
 	log   *slog.Logger
@@ -38,6 +39,9 @@ type reloader struct {
 	proxy *engine.Engine
 
 	mu sync.Mutex
+	// hba applies a changed postgresql.pg_hba to the local PostgreSQL (pgctl.Instance.ReloadHBA);
+	// nil in a standalone proxy.
+	hba func(ctx context.Context, lines []string) (string, error)
 	// running is the configuration as started, with log.level as last reloaded; the proxy
 	// section's effective values live in the engine.
 	running Config
@@ -122,9 +126,32 @@ func (r *reloader) apply() (*reloadResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	// pg_hba goes first: PostgreSQL may refuse it, and then nothing else may change either.
+	// Should the proxy then refuse its part, the previous lines go back.
+	hbaIdx := slices.IndexFunc(rest, func(c engine.Change) bool { return c.Key == "postgresql.pg_hba" })
+	if hbaIdx >= 0 && r.hba != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		outcome, err := r.hba(ctx, cfg.PostgreSQL.PgHBA)
+		if err != nil {
+			return nil, fmt.Errorf("postgresql.pg_hba not applied: %w", err)
+		}
+		r.log.Info("postgresql.pg_hba reloaded", "outcome", outcome)
+		rest[hbaIdx].Applied = true
+	}
 	changes, err := r.proxy.Reload(cfg.Proxy, verifier, secrets)
 	if err != nil {
+		if hbaIdx >= 0 && r.hba != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, herr := r.hba(ctx, r.running.PostgreSQL.PgHBA); herr != nil {
+				err = fmt.Errorf("%w (and putting the previous postgresql.pg_hba back failed: %v)", err, herr)
+			}
+		}
 		return nil, err
+	}
+	if hbaIdx >= 0 && rest[hbaIdx].Applied {
+		r.running.PostgreSQL.PgHBA = slices.Clone(cfg.PostgreSQL.PgHBA)
 	}
 	for i := range rest {
 		if rest[i].Key == "log.level" {
@@ -145,6 +172,14 @@ func (r *reloader) apply() (*reloadResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// setHBA makes a changed postgresql.pg_hba reloadable (cluster members, once their PostgreSQL
+// is under control).
+func (r *reloader) setHBA(apply func(ctx context.Context, lines []string) (string, error)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hba = apply
 }
 
 // consoleReload is the admin console's RELOAD: a line per change, then the summary.

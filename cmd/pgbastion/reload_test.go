@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -172,5 +174,60 @@ tracing: {endpoint: "http://a:4318", sample_ratio: 0.5, headers: {x-api-key: key
 	writeFile(t, path, strings.Replace(base, "0.5", "2", 1))
 	if _, err := d.reloader.reload(); err == nil || !strings.Contains(err.Error(), "tracing.sample_ratio") {
 		t.Fatalf("a sample ratio of 2: %v", err)
+	}
+}
+
+// A cluster member's reload hands a changed postgresql.pg_hba to its PostgreSQL before
+// anything else changes; when PostgreSQL refuses the lines, the whole reload is refused.
+func TestReloaderAppliesPgHBA(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pgbastion.yaml")
+	base := `raft: {node_name: n1, bind: "127.0.0.1:8300", data_dir: ` + dir + `/raft, peers: [{name: n1, address: "127.0.0.1:8300"}]}
+postgresql: {data_dir: ` + dir + `/data, port: 5434, pg_hba: ["hostssl all all 10.0.0.0/8 scram-sha-256"]}
+proxy: {listen_rw: "127.0.0.1:0", listen_ro: "", pool: {mode: transaction, default_pool_size: 20}}
+`
+	writeFile(t, path, base)
+	d, _ := daemonFrom(t, path)
+	var got [][]string
+	refuse := false
+	d.reloader.setHBA(func(_ context.Context, lines []string) (string, error) {
+		got = append(got, lines)
+		if refuse {
+			return "", errors.New("PostgreSQL refuses postgresql.pg_hba[0]: invalid IP mask")
+		}
+		return "loaded", nil
+	})
+	// Unchanged: PostgreSQL is not asked.
+	if _, err := d.reloader.reload(); err != nil || len(got) != 0 {
+		t.Fatalf("unchanged file: %v, hba calls %q", err, got)
+	}
+	two := strings.Replace(base, `pg_hba: [`, `pg_hba: ["hostssl all all 192.168.0.0/16 scram-sha-256", `, 1)
+	writeFile(t, path, two)
+	res, err := d.reloader.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || len(got[0]) != 2 || res.Applied != 1 || len(res.RestartRequired) != 0 {
+		t.Fatalf("applied %d, restart %v, hba calls %q", res.Applied, res.RestartRequired, got)
+	}
+	// Reloading the same file again asks nothing more.
+	if _, err := d.reloader.reload(); err != nil || len(got) != 1 {
+		t.Fatalf("second reload of the same file: %v, hba calls %q", err, got)
+	}
+	// Refused lines refuse the reload: the pool size in the same file does not change.
+	refuse = true
+	writeFile(t, path, strings.Replace(strings.Replace(two, "192.168.0.0/16", "192.168.0.0/33", 1), "default_pool_size: 20", "default_pool_size: 30", 1))
+	if _, err := d.reloader.reload(); err == nil || !strings.Contains(err.Error(), "postgresql.pg_hba not applied: PostgreSQL refuses postgresql.pg_hba[0]") {
+		t.Fatalf("refused lines: %v", err)
+	}
+	// The next good file shows the pool size changing from 20: the refused one left it.
+	refuse = false
+	writeFile(t, path, strings.Replace(two, "default_pool_size: 20", "default_pool_size: 30", 1))
+	res, err = d.reloader.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changes) != 1 || res.Changes[0].String() != "proxy.pool.default_pool_size: 20 -> 30" {
+		t.Fatalf("after the refused reload: %v", res.Changes)
 	}
 }

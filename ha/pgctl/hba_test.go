@@ -1,10 +1,19 @@
 package pgctl
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 func TestPgHBAChecked(t *testing.T) {
@@ -58,7 +67,7 @@ func TestPgHBAWritten(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "# the operator's own\n" {
 		t.Fatalf("without pg_hba the file changed: %q", b)
 	}
-	inst.cfg.PgHBA = []string{"hostssl all all 10.0.0.0/8 scram-sha-256", "  hostssl replication all 10.0.0.0/8 scram-sha-256 "}
+	inst.hba = []string{"hostssl all all 10.0.0.0/8 scram-sha-256", "  hostssl replication all 10.0.0.0/8 scram-sha-256 "}
 	if changed, err := inst.writeHBA(); err != nil || !changed {
 		t.Fatalf("with pg_hba: changed %v, %v", changed, err)
 	}
@@ -70,5 +79,109 @@ func TestPgHBAWritten(t *testing.T) {
 	}
 	if changed, err := inst.writeHBA(); err != nil || changed {
 		t.Fatalf("unchanged list rewrote the file: %v, %v", changed, err)
+	}
+}
+
+// A reload's pg_hba list reaches a running PostgreSQL at once; a list PostgreSQL's parser
+// refuses changes nothing (the previous file stays, and would be the one found at a restart);
+// with PostgreSQL down, the list is written before its next start.
+func TestReloadHBA(t *testing.T) {
+	if _, err := FindBinDir(); err != nil {
+		t.Skip(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	allow := []string{"host all all 127.0.0.1/32 scram-sha-256"}
+	reject := []string{"host all all 127.0.0.1/32 reject"}
+	inst, err := New(Config{DataDir: filepath.Join(openDir(t), "data"), Host: "127.0.0.1", Port: port, Superuser: "postgres",
+		Password: "s3cret", PgHBA: allow}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := inst.InitDB(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = inst.Stop(context.Background(), Fast) })
+	// overTCP is a client's login over TCP, which pg_hba.conf's host lines decide.
+	overTCP := func() error {
+		c, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=s3cret dbname=postgres sslmode=disable", port))
+		if err == nil {
+			c.Close(ctx)
+		}
+		return err
+	}
+	rejected := func(when string) {
+		t.Helper()
+		var pgErr *pgconn.PgError
+		if err := overTCP(); !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+			t.Fatalf("%s: a login over TCP: %v, want 28000 from pg_hba.conf", when, err)
+		}
+	}
+	if err := overTCP(); err != nil {
+		t.Fatalf("pg_hba from the configuration at start: %v", err)
+	}
+	hbaPath := filepath.Join(inst.cfg.DataDir, "pg_hba.conf")
+
+	msg, err := inst.ReloadHBA(ctx, reject)
+	if err != nil || !strings.Contains(msg, "loaded by PostgreSQL") {
+		t.Fatalf("reload to reject: %q, %v", msg, err)
+	}
+	rejected("after the reload")
+	before, _ := os.ReadFile(hbaPath)
+
+	// 127.0.0.1/33 passes PGBastion's check of the line's shape; PostgreSQL's parser refuses it.
+	_, err = inst.ReloadHBA(ctx, append([]string{"host all all 127.0.0.1/33 scram-sha-256"}, allow...))
+	if err == nil || !strings.Contains(err.Error(), "postgresql.pg_hba[0]: invalid") || !strings.Contains(err.Error(), "previous pg_hba.conf stays") {
+		t.Fatalf("a line PostgreSQL refuses: %v", err)
+	}
+	if after, _ := os.ReadFile(hbaPath); string(after) != string(before) {
+		t.Fatalf("a refused list changed pg_hba.conf:\n%s", after)
+	}
+	if got := inst.hbaLines(); !slices.Equal(got, reject) {
+		t.Fatalf("a refused list became the one in effect: %q", got)
+	}
+	rejected("after the refused reload")
+
+	// A list of the wrong shape is refused before anything is touched.
+	if _, err := inst.ReloadHBA(ctx, []string{"hots all all 0.0.0.0/0 md5"}); err == nil || !strings.Contains(err.Error(), "not a pg_hba.conf line kind") {
+		t.Fatalf("a malformed line: %v", err)
+	}
+
+	msg, err = inst.ReloadHBA(ctx, allow)
+	if err != nil || !strings.Contains(msg, "loaded by PostgreSQL") {
+		t.Fatalf("reload to allow: %q, %v", msg, err)
+	}
+	if err := overTCP(); err != nil {
+		t.Fatalf("after allowing again: %v", err)
+	}
+
+	// Down: the list waits for the start.
+	if err := inst.Stop(ctx, Fast); err != nil {
+		t.Fatal(err)
+	}
+	msg, err = inst.ReloadHBA(ctx, reject)
+	if err != nil || !strings.Contains(msg, "not running") {
+		t.Fatalf("reload while stopped: %q, %v", msg, err)
+	}
+	if err := inst.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rejected("after a start")
+
+	// Unset: the file is the operator's again and stays as it is.
+	if msg, err := inst.ReloadHBA(ctx, nil); err != nil || !strings.Contains(msg, "left as it is") {
+		t.Fatalf("unset: %q, %v", msg, err)
+	}
+	if after, _ := os.ReadFile(hbaPath); !strings.Contains(string(after), "reject") {
+		t.Fatalf("unsetting the list changed pg_hba.conf:\n%s", after)
 	}
 }

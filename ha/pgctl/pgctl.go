@@ -121,6 +121,11 @@ type Instance struct {
 	// run as that user; empty when PGBastion runs as its own user.
 	userEnv []string
 
+	// hba is postgresql.pg_hba in effect (cfg.PgHBA, then as reloaded); hbaFileMu serialises
+	// the writes of pg_hba.conf.
+	hbaMu, hbaFileMu sync.Mutex
+	hba              []string
+
 	mu   sync.Mutex
 	proc *exec.Cmd
 	done chan struct{}
@@ -151,7 +156,7 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid()}
+	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid(), hba: cfg.PgHBA}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup(cfg.OSUser)
 		if err != nil {
@@ -243,11 +248,36 @@ func (i *Instance) mkdirOwned(dir string, perm os.FileMode) error {
 	return os.Chown(dir, i.uid, i.gid)
 }
 
+// writeOwned replaces the file at path with data, owned by the PostgreSQL OS user. The new
+// content appears at once (a rename), so a PostgreSQL reading the file meanwhile (a reload)
+// sees the old or the new one, never part of it. A symbolic link stays one: its target is
+// replaced.
 func (i *Instance) writeOwned(path string, data []byte) error {
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	tmp := path + ".pgbastion-new"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
 		return err
 	}
-	return os.Chown(path, i.uid, i.gid)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chown(tmp, i.uid, i.gid)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+	}
+	return err
 }
 
 // HasData reports whether the data directory holds a cluster.

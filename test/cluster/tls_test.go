@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgbastion/pgbastion/test/daemon"
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
 
@@ -134,4 +136,44 @@ func TestTLSOnlyCluster(t *testing.T) {
 	c.WaitRejoined(t, primary, 2*time.Minute)
 	c.WaitOneWritablePrimary(time.Minute)
 	checkTLSOnly(newPrimary)
+
+	// pg_hba is reloadable: every file lets plain TCP in for ordinary logins, and one node's
+	// list also has a line PostgreSQL refuses. ctl reload --cluster applies the list on two
+	// nodes at once; the third refuses its file, naming the line, and keeps its pg_hba.conf.
+	bad := c.Nodes[2]
+	for _, n := range c.Nodes {
+		b, err := os.ReadFile(n.D.ConfigPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		add := `"hostnossl all all 127.0.0.1/32 scram-sha-256", `
+		if n == bad {
+			add = `"host all all 127.0.0.1/33 scram-sha-256", ` + add
+		}
+		text := strings.Replace(string(b), `pg_hba: [`, `pg_hba: [`+add, 1)
+		if text == string(b) {
+			t.Fatalf("%s's configuration has no pg_hba list:\n%s", n.Name, b)
+		}
+		if err := os.WriteFile(n.D.ConfigPath(), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(daemon.Binary(t), "ctl", "--api", "http://"+newPrimary.API, "--token", c.Token, "reload", "--cluster").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "postgresql.pg_hba[0]: invalid") || !strings.Contains(string(out), "2 members reloaded their configuration file; 1 refused theirs") {
+		t.Fatalf("ctl reload --cluster with one bad pg_hba list: %v\n%s", err, out)
+	}
+	for _, n := range c.Nodes {
+		conn, err := directTLS(ctx, n, "disable")
+		if n == bad {
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "28000" {
+				t.Fatalf("%s, whose list was refused, over plain TCP: %v, want 28000 still", n.Name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s over plain TCP after the reload: %v", n.Name, err)
+		}
+		conn.Close(context.Background())
+	}
 }
