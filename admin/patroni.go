@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 
 	"github.com/valyala/fasthttp"
@@ -128,7 +129,8 @@ func syncState(st *fsm.State, primary, standby string) string {
 }
 
 // patroniConfig answers GET /config (Patroni's dynamic configuration) with what is
-// cluster-wide in PGBastion: postgresql.parameters and the maintenance pause. Failover timings
+// cluster-wide in PGBastion: postgresql.parameters, postgresql.pg_hba and the maintenance
+// pause. Failover timings
 // and modes are each node's pgbastion.yaml, not replicated settings.
 func (s *Server) patroniConfig(ctx *fasthttp.RequestCtx) {
 	if !s.needCluster(ctx) {
@@ -142,7 +144,11 @@ func patroniConfigOf(st *fsm.State) map[string]any {
 	if st.PGConfig != nil {
 		params = st.PGConfig.Params
 	}
-	out := map[string]any{"postgresql": map[string]any{"parameters": params}}
+	pg := map[string]any{"parameters": params}
+	if st.PGHBA != nil && len(st.PGHBA.Lines) > 0 {
+		pg["pg_hba"] = st.PGHBA.Lines
+	}
+	out := map[string]any{"postgresql": pg}
 	if st.Paused {
 		out["pause"] = true
 	}
@@ -151,9 +157,11 @@ func patroniConfigOf(st *fsm.State) map[string]any {
 
 // patchPatroniConfig is PATCH /config (patronictl edit-config and the tools built for it):
 // postgresql.parameters change the cluster-wide parameters (null removes one; numbers and
-// booleans are taken as PostgreSQL writes them), pause turns maintenance mode on or off. With
-// replace (PUT /config) the parameters given are the whole set: the others are removed. Any
-// other key is refused, naming where PGBastion keeps it.
+// booleans are taken as PostgreSQL writes them), postgresql.pg_hba replaces the cluster-wide
+// pg_hba list (null or [] removes it), pause turns maintenance mode on or off. With replace
+// (PUT /config) the body is the whole configuration: parameters not given are removed, and so
+// is the pg_hba list when the body has none. Any other key is refused, naming where PGBastion
+// keeps it.
 func (s *Server) patchPatroniConfig(replace bool) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		if !s.needCluster(ctx) {
@@ -166,6 +174,8 @@ func (s *Server) patchPatroniConfig(replace bool) fasthttp.RequestHandler {
 		}
 		var pause *bool
 		var params map[string]json.RawMessage
+		var hba []string
+		hbaGiven := false
 		for key, raw := range body {
 			switch key {
 			case "pause":
@@ -182,8 +192,16 @@ func (s *Server) patchPatroniConfig(replace bool) fasthttp.RequestHandler {
 					return
 				}
 				for k, v := range pg {
+					if k == "pg_hba" {
+						if err := json.Unmarshal(v, &hba); err != nil {
+							writeError(ctx, fasthttp.StatusBadRequest, "/config: postgresql.pg_hba must be a list of pg_hba.conf lines (strings), or null to remove it")
+							return
+						}
+						hbaGiven = true
+						continue
+					}
 					if k != "parameters" {
-						writeError(ctx, fasthttp.StatusBadRequest, "/config: postgresql."+k+" is not a cluster-wide setting in PGBastion: set it in each node's pgbastion.yaml (postgresql section); only postgresql.parameters and pause change here")
+						writeError(ctx, fasthttp.StatusBadRequest, "/config: postgresql."+k+" is not a cluster-wide setting in PGBastion: set it in each node's pgbastion.yaml (postgresql section); only postgresql.parameters, postgresql.pg_hba and pause change here")
 						return
 					}
 					if err := json.Unmarshal(v, &params); err != nil {
@@ -192,7 +210,7 @@ func (s *Server) patchPatroniConfig(replace bool) fasthttp.RequestHandler {
 					}
 				}
 			default:
-				writeError(ctx, fasthttp.StatusBadRequest, "/config: "+key+" is not a cluster-wide setting in PGBastion: failover timings and modes are set in each node's pgbastion.yaml (failover section); only postgresql.parameters and pause change here")
+				writeError(ctx, fasthttp.StatusBadRequest, "/config: "+key+" is not a cluster-wide setting in PGBastion: failover timings and modes are set in each node's pgbastion.yaml (failover section); only postgresql.parameters, postgresql.pg_hba and pause change here")
 				return
 			}
 		}
@@ -220,8 +238,32 @@ func (s *Server) patchPatroniConfig(replace bool) fasthttp.RequestHandler {
 			}
 		}
 		slices.Sort(reset)
+		// A PUT without a pg_hba list removes the one there is; a list equal to the current one
+		// is not a change.
+		cur := s.src.Cluster.State().PGHBA
+		haveHBA := cur != nil && len(cur.Lines) > 0
+		if replace && !hbaGiven && haveHBA {
+			hbaGiven = true
+		}
+		if hbaGiven && ((len(hba) == 0 && !haveHBA) || (haveHBA && slices.Equal(hba, cur.Lines))) {
+			hbaGiven = false
+		}
+		if hbaGiven {
+			// Checked before anything is committed, so that a bad line changes nothing.
+			for k, l := range hba {
+				if err := fsm.CheckHBALine(l); err != nil {
+					writeError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("/config: postgresql.pg_hba[%d]: %v", k, err))
+					return
+				}
+			}
+		}
 		if len(set) > 0 || len(reset) > 0 {
 			if _, _, ok := s.applyPGConfig(ctx, set, reset, 0); !ok {
+				return
+			}
+		}
+		if hbaGiven {
+			if _, ok := s.applyPGHBA(ctx, hba, 0); !ok {
 				return
 			}
 		}

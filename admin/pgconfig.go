@@ -20,6 +20,8 @@ type pgConfigView struct {
 	AllApplied   bool              `json:"all_applied"`
 	Pending      []string          `json:"pending_restart_nodes,omitempty"`
 	NotValidated string            `json:"not_validated,omitempty"`
+	// PgHBA is the cluster-wide pg_hba list, when one was ever set.
+	PgHBA *pgHBAView `json:"pg_hba,omitempty"`
 }
 
 type pgConfigNode struct {
@@ -61,6 +63,10 @@ func pgConfigOf(st *fsm.State) pgConfigView {
 			v.Pending = append(v.Pending, name)
 		}
 		v.Nodes = append(v.Nodes, n)
+	}
+	if st.PGHBA != nil {
+		h := pgHBAOf(st)
+		v.PgHBA = &h
 	}
 	return v
 }

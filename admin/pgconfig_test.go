@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgbastion/pgbastion/ha/fsm"
 )
@@ -196,5 +198,114 @@ func TestPatroniConfigEndpoint(t *testing.T) {
 	}
 	if got := compact(get()); got != `{"postgresql":{"parameters":{"max_connections":"200","work_mem":"16MB"}}}` {
 		t.Fatalf("after refused changes: %s", got)
+	}
+
+	// postgresql.pg_hba (patronictl edit-config's favourite): set, refused when malformed
+	// (nothing else in the body changes then), removed by null, and by a PUT without it.
+	code, body = do(t, "PATCH", url, "s3cret", `{"postgresql":{"pg_hba":["hostssl all all 10.0.0.0/8 scram-sha-256","  local all all peer "]}}`)
+	want := `{"postgresql":{"parameters":{"max_connections":"200","work_mem":"16MB"},"pg_hba":["hostssl all all 10.0.0.0/8 scram-sha-256","local all all peer"]}}`
+	if code != 200 || compact(body) != want {
+		t.Fatalf("PATCH pg_hba: %d %s", code, body)
+	}
+	if h := c.State().PGHBA; h == nil || h.Version != 1 {
+		t.Fatalf("cluster-wide pg_hba after the PATCH: %+v", h)
+	}
+	// The same list again is no change (no new version for every node to apply).
+	if code, _ := do(t, "PATCH", url, "s3cret", `{"postgresql":{"pg_hba":["hostssl all all 10.0.0.0/8 scram-sha-256","local all all peer"]}}`); code != 200 || c.State().PGHBA.Version != 1 {
+		t.Fatalf("PATCH of the same list: %d, version %d", code, c.State().PGHBA.Version)
+	}
+	code, body = do(t, "PATCH", url, "s3cret", `{"postgresql":{"parameters":{"work_mem":"32MB"},"pg_hba":["hots all all 0/0 md5"]}}`)
+	if code != 400 || !strings.Contains(body, `postgresql.pg_hba[0]: \"hots\" is not a pg_hba.conf line kind`) {
+		t.Fatalf("PATCH with a malformed line: %d %s", code, body)
+	}
+	if code, body := do(t, "PATCH", url, "s3cret", `{"postgresql":{"pg_hba":"host all all 0/0 md5"}}`); code != 400 || !strings.Contains(body, "must be a list") {
+		t.Fatalf("PATCH with a string: %d %s", code, body)
+	}
+	if got := compact(get()); got != want {
+		t.Fatalf("after refused pg_hba changes: %s", got)
+	}
+	code, body = do(t, "PUT", url, "s3cret", `{"postgresql":{"parameters":{"work_mem":"16MB","max_connections":"200"}}}`)
+	if code != 200 || strings.Contains(body, "pg_hba") || c.State().PGHBA.Version != 2 || len(c.State().PGHBA.Lines) != 0 {
+		t.Fatalf("PUT without pg_hba: %d %s", code, body)
+	}
+	if code, body := do(t, "PATCH", url, "s3cret", `{"postgresql":{"pg_hba":null}}`); code != 200 || c.State().PGHBA.Version != 2 {
+		t.Fatalf("PATCH removing an absent list: %d %s", code, body)
+	}
+}
+
+// GET, PUT and DELETE /cluster/postgresql/pg_hba, and each member's report in the view.
+func TestClusterPgHBAEndpoint(t *testing.T) {
+	c := newCluster(t, "n1")
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen, cfg.Token = "127.0.0.1:0", "", "s3cret"
+	s, err := New(cfg, Sources{Cluster: c}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := startServer(t, s) + "/cluster/postgresql/pg_hba"
+	view := func() pgHBAView {
+		t.Helper()
+		code, body := do(t, "GET", url, "", "")
+		var v pgHBAView
+		if code != 200 || json.Unmarshal([]byte(body), &v) != nil {
+			t.Fatalf("GET: %d %s", code, body)
+		}
+		return v
+	}
+	if v := view(); v.Version != 0 || len(v.Lines) != 0 || !v.AllApplied {
+		t.Fatalf("before any list: %+v", v)
+	}
+	if code, _ := do(t, "PUT", url, "", `{"lines":["host all all 0/0 md5"]}`); code != 401 {
+		t.Fatalf("PUT without the token: %d", code)
+	}
+	for body, want := range map[string]string{
+		`{"lines":[]}`:                   "DELETE removes",
+		`{"lines":["host all all md5"]}`: "too few fields",
+		`{"lines":["host all all 0/0 md5"], "if_version": 3}`: "changed meanwhile",
+	} {
+		if code, got := do(t, "PUT", url, "s3cret", body); code < 400 || !strings.Contains(got, want) {
+			t.Errorf("PUT %s: %d %s, want %q", body, code, got, want)
+		}
+	}
+	if code, body := do(t, "DELETE", url, "s3cret", ""); code != 400 || !strings.Contains(body, "no cluster-wide pg_hba to remove") {
+		t.Fatalf("DELETE with no list: %d %s", code, body)
+	}
+	version := func(body string) uint64 {
+		var v struct {
+			Version uint64 `json:"version"`
+		}
+		_ = json.Unmarshal([]byte(body), &v)
+		return v.Version
+	}
+	code, body := do(t, "PUT", url, "s3cret", `{"lines":["hostssl all all 10.0.0.0/8 scram-sha-256"]}`)
+	if code != 200 || version(body) != 1 {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	v := view()
+	if v.Version != 1 || !slices.Equal(v.Lines, []string{"hostssl all all 10.0.0.0/8 scram-sha-256"}) || v.AllApplied || len(v.Nodes) != 2 || v.Nodes[0].Applied {
+		t.Fatalf("after the PUT, before the nodes report: %+v", v)
+	}
+	for _, r := range []fsm.ReportPGHBA{
+		{Node: "n1", Version: 1, Outcome: "pg_hba.conf rewritten and loaded by PostgreSQL"},
+		{Node: "n2", Version: 1, Local: true, Outcome: "this node's own postgresql.pg_hba takes precedence"},
+	} {
+		if res, err := c.propose(r, time.Now()); err != nil || res.Err != nil {
+			t.Fatal(err, res.Err)
+		}
+	}
+	if v := view(); !v.AllApplied || !v.Nodes[0].Applied || v.Nodes[0].Outcome == "" || !v.Nodes[1].Local {
+		t.Fatalf("after the reports: %+v", v)
+	}
+	// GET /cluster/postgresql carries the same view.
+	_, body = do(t, "GET", strings.TrimSuffix(url, "/pg_hba"), "", "")
+	var all pgConfigView
+	if err := json.Unmarshal([]byte(body), &all); err != nil || all.PgHBA == nil || all.PgHBA.Version != 1 {
+		t.Fatalf("GET /cluster/postgresql: %v %s", err, body)
+	}
+	if code, body := do(t, "DELETE", url, "s3cret", ""); code != 200 || version(body) != 2 {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	if v := view(); v.Version != 2 || len(v.Lines) != 0 || v.AllApplied {
+		t.Fatalf("after the DELETE: %+v", v)
 	}
 }

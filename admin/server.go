@@ -85,6 +85,9 @@ type Cluster interface {
 	// UpdatePGConfig changes the cluster-wide PostgreSQL configuration and returns its new
 	// version.
 	UpdatePGConfig(ctx context.Context, set map[string]string, reset []string, ifVersion uint64) (uint64, error)
+	// SetPGHBA replaces the cluster-wide pg_hba list (empty: removes it) and returns its new
+	// version.
+	SetPGHBA(ctx context.Context, lines []string, ifVersion uint64) (uint64, error)
 	// RequestRestart asks node's agent to restart its PostgreSQL; it returns the request ID.
 	RequestRestart(ctx context.Context, node, reason string) (uint64, error)
 	// RequestReinit asks node's agent to replace its data directory with a fresh clone of
@@ -235,6 +238,9 @@ func New(cfg Config, src Sources, log *slog.Logger) (*Server, error) {
 	r.GET("/cluster/postgresql", s.getPGConfig)
 	r.PATCH("/cluster/postgresql", s.auth(s.patchPGConfig))
 	r.DELETE("/cluster/postgresql", s.auth(s.deletePGConfig))
+	r.GET("/cluster/postgresql/pg_hba", s.getPGHBA)
+	r.PUT("/cluster/postgresql/pg_hba", s.auth(s.putPGHBA))
+	r.DELETE("/cluster/postgresql/pg_hba", s.auth(s.deletePGHBA))
 	// Patroni-compatible role checks for HAProxy and friends (GET, HEAD and OPTIONS).
 	for path, check := range map[string]func(*fasthttp.RequestCtx) (bool, map[string]any){
 		"/primary": s.isPrimary, "/master": s.isPrimary, "/leader": s.isPrimary, "/read-write": s.isPrimary,

@@ -144,6 +144,13 @@ func (c *fakeCluster) UpdatePGConfig(_ context.Context, set map[string]string, r
 	}
 	return r.ID, r.Error()
 }
+func (c *fakeCluster) SetPGHBA(_ context.Context, lines []string, ifVersion uint64) (uint64, error) {
+	r, err := c.propose(fsm.SetPGHBA{Lines: lines, IfVersion: ifVersion}, time.Now())
+	if err != nil {
+		return 0, err
+	}
+	return r.ID, r.Error()
+}
 func (c *fakeCluster) ControllerWaiting() string { return "no replica can be promoted" }
 func (c *fakeCluster) RequestReload(context.Context) (uint64, error) {
 	r, err := c.propose(fsm.RequestReload{}, time.Now())

@@ -211,6 +211,9 @@ type Agent struct {
 	// Settings).
 	settings Settings
 	pgc      pgConfigState
+	// The cluster-wide pg_hba list (hba is nil when pg does not implement HBA).
+	hba      HBA
+	hbaState pgHBAState
 	// Operator-requested restarts: restartAck is an executed one whose report was not
 	// accepted yet; restarting explains the state while one runs.
 	restartAck *fsm.FinishRestart
@@ -231,9 +234,10 @@ func NewAgent(c Cluster, pg PostgreSQL, cfg Config, opts AgentOptions) *Agent {
 	}
 	rep, _ := pg.(Replication)
 	settings, _ := pg.(Settings)
+	hba, _ := pg.(HBA)
 	return &Agent{
 		c: c, pg: pg, cfg: cfg, opts: opts, log: logger.With("component", "agent"),
-		done: map[uint64]bool{}, acks: map[uint64]fsm.AckDirective{}, rep: rep, settings: settings,
+		done: map[uint64]bool{}, acks: map[uint64]fsm.AckDirective{}, rep: rep, settings: settings, hba: hba,
 	}
 }
 
@@ -526,6 +530,7 @@ func (a *Agent) onState(ctx context.Context, st *fsm.State) {
 	}
 	// Operators' requests come after the directives, so that they never delay a failover.
 	a.applyPGConfig(ctx, st)
+	a.applyPGHBA(ctx, st)
 	a.maybeRestart(ctx, st)
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -450,5 +451,44 @@ func TestCtlTopologyShowsWhoStreamsFromWhom(t *testing.T) {
 		if !strings.HasPrefix(lines[i], w) {
 			t.Fatalf("line %d %q, want it to start with %q:\n%s", i, lines[i], w, out.String())
 		}
+	}
+}
+
+// ctl config hba set reads a pg_hba.conf-like file (comments and blank lines skipped), PUTs
+// the lines, waits for every node and fails when one refused them.
+func TestCtlConfigHBA(t *testing.T) {
+	var put string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPut:
+			b, _ := io.ReadAll(r.Body)
+			put = string(b)
+			_, _ = w.Write([]byte(`{"version": 3}`))
+		case http.MethodGet:
+			_, _ = w.Write([]byte(`{"version": 3, "lines": ["hostssl all all 10.0.0.0/8 scram-sha-256"], "nodes": [
+				{"name": "n1", "applied_version": 3, "applied": true, "outcome": "pg_hba.conf rewritten and loaded by PostgreSQL"},
+				{"name": "n2", "applied_version": 3, "applied": true, "local": true, "outcome": "this node's own postgresql.pg_hba takes precedence"},
+				{"name": "n3", "applied_version": 3, "applied": false, "error": "PostgreSQL refuses the cluster-wide pg_hba[0]: invalid"}]}`))
+		}
+	}))
+	defer srv.Close()
+	file := filepath.Join(t.TempDir(), "hba")
+	writeFile(t, file, "# cluster access\n\nhostssl all all 10.0.0.0/8 scram-sha-256   \n")
+	var out, errOut bytes.Buffer
+	code := Main([]string{"ctl", "--api", srv.URL, "--token", "tok", "config", "hba", "set", file}, &out, &errOut)
+	if code == 0 || !strings.Contains(errOut.String(), "refused the pg_hba list on n3") {
+		t.Fatalf("exit %d, stderr %s", code, errOut.String())
+	}
+	if strings.TrimSpace(put) != `{"lines":["hostssl all all 10.0.0.0/8 scram-sha-256"]}` {
+		t.Fatalf("PUT body %s", put)
+	}
+	for _, want := range []string{"version 3 accepted", "hostssl all all 10.0.0.0/8", "n2    true     3        true", "invalid"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	writeFile(t, file, "# only comments\n")
+	if code := Main([]string{"ctl", "--api", srv.URL, "config", "hba", "set", file}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "ctl config hba remove") {
+		t.Fatalf("an empty file: exit %d, %s", code, errOut.String())
 	}
 }

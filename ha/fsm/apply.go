@@ -118,6 +118,10 @@ func (s *State) apply(cmd Command, m Meta) Result {
 		return s.scheduleSwitchover(c, m)
 	case CancelScheduledSwitchover:
 		return s.cancelScheduledSwitchover(c, m)
+	case SetPGHBA:
+		return s.setPGHBA(c, m)
+	case ReportPGHBA:
+		return s.reportPGHBA(c, m)
 	case RequestReload:
 		return s.requestReload(m)
 	case ReportReload:
@@ -243,6 +247,7 @@ func (s *State) removeMember(c RemoveMember, m Meta) Result {
 			s.Restarts[i].Status, s.Restarts[i].Message, s.Restarts[i].FinishedAt = RestartFailed, "member removed", m.At
 		}
 	}
+	s.forgetPGHBANode(c.Name)
 	if pc := s.PGConfig; pc != nil {
 		if _, ok := pc.Nodes[c.Name]; ok {
 			n := *pc

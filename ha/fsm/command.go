@@ -305,6 +305,10 @@ func newCommand(t CommandType) (Command, uint8) {
 		c = &ScheduleSwitchover{}
 	case TypeCancelScheduledSwitchover:
 		c = &CancelScheduledSwitchover{}
+	case TypeSetPGHBA:
+		c = &SetPGHBA{}
+	case TypeReportPGHBA:
+		c = &ReportPGHBA{}
 	case TypeRequestReload:
 		c = &RequestReload{}
 	case TypeReportReload:
@@ -438,6 +442,10 @@ func deref(c Command) Command {
 	case *FinishRestart:
 		return *c
 	case *RequestReinit:
+		return *c
+	case *SetPGHBA:
+		return *c
+	case *ReportPGHBA:
 		return *c
 	case *RequestReload:
 		return *c

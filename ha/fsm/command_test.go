@@ -44,6 +44,8 @@ func allCommands() []Command {
 		RequestReinit{Node: "n3", Reason: "diverged"},
 		ScheduleSwitchover{Leader: "n1", Candidate: "n2", At: time.Date(2026, 11, 28, 3, 0, 0, 0, time.UTC)},
 		CancelScheduledSwitchover{Reason: "cancelled by an operator"},
+		SetPGHBA{Lines: []string{"hostssl all all 10.0.0.0/8 scram-sha-256"}, IfVersion: 1},
+		ReportPGHBA{Node: "n2", Version: 2, Local: true, Outcome: "loaded by PostgreSQL", Error: "invalid CIDR mask"},
 		RequestReload{},
 		ReportReload{ID: 40, Node: "n2", Applied: 1, RestartRequired: []string{"api.listen"}},
 	}

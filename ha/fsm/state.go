@@ -375,6 +375,9 @@ type State struct {
 	// Reload is the last cluster-wide reload request and each node's result. It travels in
 	// the snapshot's extras (json "-": never in the state an older binary decodes).
 	Reload *ReloadRequest `json:"-"`
+	// PGHBA is the cluster-wide pg_hba list, nil until one is set; replaced, never modified.
+	// It travels in the snapshot's extras, as Reload does.
+	PGHBA *PGHBA `json:"-"`
 }
 
 // SyncTarget is a synchronous replication configuration for a primary: PostgreSQL waits for

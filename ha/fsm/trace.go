@@ -120,6 +120,7 @@ type snapshotExtras struct {
 	LastBookingTrace *TraceRef           `json:"last_booking_trace,omitempty"`
 	RestartTraces    map[uint64]TraceRef `json:"restart_traces,omitempty"`
 	Reload           *ReloadRequest      `json:"reload,omitempty"`
+	PGHBA            *PGHBA              `json:"pg_hba,omitempty"`
 }
 
 // splitExtras returns s without its advisory parts, and those parts (nil when it has none).
@@ -141,7 +142,8 @@ func (s *State) splitExtras() (*State, *snapshotExtras) {
 	c.ScheduledSwitchover, ex.BookingTrace = stripBooking(s.ScheduledSwitchover)
 	c.LastScheduledSwitchover, ex.LastBookingTrace = stripBooking(s.LastScheduledSwitchover)
 	ex.Reload = s.Reload // not in the state's JSON (its tag is "-"): nothing to strip
-	if ex.OperationTraces == nil && ex.RestartTraces == nil && ex.BookingTrace == nil && ex.LastBookingTrace == nil && ex.Reload == nil {
+	ex.PGHBA = s.PGHBA   // the same
+	if ex.OperationTraces == nil && ex.RestartTraces == nil && ex.BookingTrace == nil && ex.LastBookingTrace == nil && ex.Reload == nil && ex.PGHBA == nil {
 		return s, nil
 	}
 	return &c, &ex
@@ -207,6 +209,9 @@ func (s *State) joinExtras(ex snapshotExtras) {
 	}
 	if ex.Reload != nil && len(ex.Reload.Results) <= maxMembersInExtras {
 		s.Reload = ex.Reload
+	}
+	if validPGHBA(ex.PGHBA) {
+		s.PGHBA = ex.PGHBA
 	}
 }
 

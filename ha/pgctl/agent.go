@@ -42,6 +42,7 @@ type Controller struct {
 }
 
 var (
+	_ ha.HBA           = (*Controller)(nil)
 	_ ha.PostgreSQL    = (*Controller)(nil)
 	_ ha.Replication   = (*Controller)(nil)
 	_ ha.CloneProgress = (*Controller)(nil)

@@ -12,6 +12,9 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgbastion/pgbastion/ha"
+	"github.com/pgbastion/pgbastion/ha/fsm"
 )
 
 // hbaHeader starts every pg_hba.conf PGBastion writes: its agent's SQL, pg_ctl and the
@@ -21,38 +24,32 @@ const hbaHeader = "# written by PGBastion\n" +
 	"local all all trust\n" +
 	"local replication all trust\n"
 
-// hbaKinds are the first words pg_hba.conf accepts (PostgreSQL 15).
-var hbaKinds = map[string]int{ // the fewest fields a line of that kind has
-	"local": 4, "host": 5, "hostssl": 5, "hostnossl": 5, "hostgssenc": 5, "hostnogssenc": 5,
-	"include": 2, "include_if_exists": 2, "include_dir": 2,
-}
-
 // validateHBA checks postgresql.pg_hba: one pg_hba.conf line per entry, of a kind PostgreSQL
-// knows and with its fields. PostgreSQL checks the rest when it loads the file: a line it
-// refuses keeps the previous file in effect at a reload and fails a start; its log says which.
+// knows and with its fields (fsm.CheckHBALine). PostgreSQL checks the rest: at a reload before
+// the file is loaded (ReloadHBA), at a start by failing it, its log naming the line.
 func validateHBA(lines []string) []error {
 	var errs []error
 	for n, l := range lines {
-		f := strings.Fields(l)
-		switch {
-		case strings.ContainsAny(l, "\r\n"):
-			errs = append(errs, fmt.Errorf("postgresql.pg_hba[%d]: one line per entry, without line breaks", n))
-		case len(f) == 0 || strings.HasPrefix(f[0], "#"):
-			errs = append(errs, fmt.Errorf("postgresql.pg_hba[%d] is empty or a comment; list pg_hba.conf lines such as \"hostssl all all 10.0.0.0/8 scram-sha-256\"", n))
-		case hbaKinds[f[0]] == 0:
-			errs = append(errs, fmt.Errorf("postgresql.pg_hba[%d]: %q is not a pg_hba.conf line kind (local, host, hostssl, hostnossl, hostgssenc, hostnogssenc, include…)", n, f[0]))
-		case len(f) < hbaKinds[f[0]]:
-			errs = append(errs, fmt.Errorf("postgresql.pg_hba[%d]: %q has too few fields (a %s line needs at least %d)", n, l, f[0], hbaKinds[f[0]]))
+		if err := fsm.CheckHBALine(l); err != nil {
+			errs = append(errs, fmt.Errorf("postgresql.pg_hba[%d]: %w", n, err))
 		}
 	}
 	return errs
 }
 
-// hbaLines returns postgresql.pg_hba as in effect: as configured at start, then as reloaded.
+// hbaLines returns the pg_hba list in effect: the node's own postgresql.pg_hba (as configured
+// at start, then as reloaded) when it has one, else the cluster-wide list.
 func (i *Instance) hbaLines() []string {
 	i.hbaMu.Lock()
 	defer i.hbaMu.Unlock()
-	return i.hba
+	return i.effectiveHBA()
+}
+
+func (i *Instance) effectiveHBA() []string {
+	if len(i.hba) > 0 {
+		return i.hba
+	}
+	return i.clusterHBA
 }
 
 // hbaContent is the pg_hba.conf that lines ask for.
@@ -116,52 +113,85 @@ func (i *Instance) SyncHBA(ctx context.Context) error {
 	return nil
 }
 
-// ReloadHBA makes lines the postgresql.pg_hba in effect (a reload of pgbastion's
-// configuration) and says what became of them. With PostgreSQL running, pg_hba.conf is
-// rewritten, PostgreSQL's own parser checks the new file (pg_hba_file_rules) and PostgreSQL
-// loads it. A line PostgreSQL refuses puts the previous file and list back and is returned as
-// an error that names it: loaded at a reload, such a file is skipped with a line in
-// PostgreSQL's log, but at the next start it would stop PostgreSQL from starting. With
-// PostgreSQL down, the list is written before its next start. An empty list leaves
-// pg_hba.conf as it is, to the operator.
+// ReloadHBA makes lines this node's own postgresql.pg_hba (a reload of pgbastion's
+// configuration) and says what became of them; see applyHBA. An empty list hands pg_hba.conf
+// back to the cluster-wide list, or, without one, leaves it as it is, to the operator.
 func (i *Instance) ReloadHBA(ctx context.Context, lines []string) (string, error) {
 	if errs := validateHBA(lines); len(errs) != 0 {
 		return "", errors.Join(errs...)
 	}
+	lines = slices.Clone(lines)
+	return i.applyHBA(ctx, "postgresql.pg_hba", func() { i.hba = lines })
+}
+
+// ApplyClusterHBA makes lines the cluster-wide pg_hba list on this node (an empty list: none)
+// and says what became of them; local is true when the node's own postgresql.pg_hba takes
+// precedence, and the file does not change.
+func (i *Instance) ApplyClusterHBA(ctx context.Context, lines []string) (outcome string, local bool, err error) {
+	for k, l := range lines {
+		if err := fsm.CheckHBALine(l); err != nil {
+			return "", false, hbaRefused{fmt.Errorf("pg_hba[%d]: %w", k, err)}
+		}
+	}
+	lines = slices.Clone(lines)
+	i.hbaMu.Lock()
+	local = len(i.hba) > 0
+	i.hbaMu.Unlock()
+	outcome, err = i.applyHBA(ctx, "the cluster-wide pg_hba", func() { i.clusterHBA = lines })
+	if local && err == nil {
+		outcome = "this node's own postgresql.pg_hba takes precedence; pg_hba.conf is unchanged"
+	}
+	return outcome, local, err
+}
+
+// applyHBA changes a source of the pg_hba list, named name in errors (set runs under hbaMu), and brings pg_hba.conf in
+// line with the list then in effect. With PostgreSQL running, pg_hba.conf is rewritten,
+// PostgreSQL's own parser checks the new file (pg_hba_file_rules) and PostgreSQL loads it. A
+// line PostgreSQL refuses puts the previous file and source back and is returned as an error
+// that names it: loaded at a reload, such a file is skipped with a line in PostgreSQL's log,
+// but at the next start it would stop PostgreSQL from starting. With PostgreSQL down, the
+// list is written before its next start. When no list is in effect, pg_hba.conf is left as it
+// is.
+func (i *Instance) applyHBA(ctx context.Context, name string, set func()) (string, error) {
 	i.hbaFileMu.Lock()
 	defer i.hbaFileMu.Unlock()
-	lines = slices.Clone(lines)
-	setLines := func(l []string) {
+	i.hbaMu.Lock()
+	prevLocal, prevCluster := i.hba, i.clusterHBA
+	set()
+	lines := i.effectiveHBA()
+	i.hbaMu.Unlock()
+	undo := func() {
 		i.hbaMu.Lock()
-		i.hba = l
+		i.hba, i.clusterHBA = prevLocal, prevCluster
 		i.hbaMu.Unlock()
 	}
 	if len(lines) == 0 {
-		setLines(nil)
-		return "postgresql.pg_hba unset: pg_hba.conf is left as it is", nil
+		return "no pg_hba list is in effect: pg_hba.conf is left as it is", nil
 	}
 	if !i.PostmasterAlive() || !i.HasData() {
-		setLines(lines)
 		return "PostgreSQL is not running: pg_hba.conf is written before it starts", nil
 	}
 	path := filepath.Join(i.cfg.DataDir, "pg_hba.conf")
 	old, err := os.ReadFile(path)
 	if err != nil {
+		undo()
 		return "", fmt.Errorf("reading pg_hba.conf: %w", err)
 	}
 	if bytes.Equal(old, hbaContent(lines)) {
-		setLines(lines)
 		return "pg_hba.conf already has these lines", nil
 	}
 	conn, err := i.Connect(ctx)
 	if err != nil {
+		undo()
 		return "", fmt.Errorf("PostgreSQL runs but cannot be reached to check the new pg_hba.conf, so it was not changed: %w", err)
 	}
 	defer conn.Close(context.Background())
 	if _, err := i.writeHBALocked(lines); err != nil {
+		undo()
 		return "", err
 	}
 	restore := func(cause error) error {
+		undo()
 		if err := i.writeOwned(path, old); err != nil {
 			return fmt.Errorf("%w; putting the previous pg_hba.conf back failed too, so fix %s before PostgreSQL restarts: %v", cause, path, err)
 		}
@@ -171,20 +201,19 @@ func (i *Instance) ReloadHBA(ctx context.Context, lines []string) (string, error
 	if err != nil {
 		return "", restore(fmt.Errorf("PostgreSQL could not check the new pg_hba.conf: %w", err))
 	}
-	if refused := describeHBAErrors(rows, len(lines)); refused != "" {
-		return "", restore(fmt.Errorf("PostgreSQL refuses %s", refused))
+	if refused := describeHBAErrors(rows, name, len(lines)); refused != "" {
+		return "", hbaRefused{restore(fmt.Errorf("PostgreSQL refuses %s", refused))}
 	}
 	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()").ReadAll(); err != nil {
 		return "", restore(fmt.Errorf("PostgreSQL could not be asked to load the new pg_hba.conf: %w", err))
 	}
-	setLines(lines)
-	i.log.Info("pg_hba.conf rewritten from postgresql.pg_hba and reloaded", "lines", len(lines))
+	i.log.Info("pg_hba.conf rewritten and reloaded", "lines", len(lines))
 	return "pg_hba.conf rewritten and loaded by PostgreSQL", nil
 }
 
 // describeHBAErrors turns pg_hba_file_rules' errors into one message naming each refused entry
 // of postgresql.pg_hba; "" when there are none.
-func describeHBAErrors(results []*pgconn.Result, n int) string {
+func describeHBAErrors(results []*pgconn.Result, name string, n int) string {
 	var parts []string
 	for _, r := range results {
 		if r.Err != nil {
@@ -197,10 +226,22 @@ func describeHBAErrors(results []*pgconn.Result, n int) string {
 			line, _ := strconv.Atoi(string(row[0]))
 			where := fmt.Sprintf("pg_hba.conf line %d", line)
 			if k := line - hbaFirstLine; k >= 0 && k < n {
-				where = fmt.Sprintf("postgresql.pg_hba[%d]", k)
+				where = fmt.Sprintf("%s[%d]", name, k)
 			}
 			parts = append(parts, where+": "+string(row[1]))
 		}
 	}
 	return strings.Join(parts, "; ")
+}
+
+// hbaRefused is an error of lines PostgreSQL (or the check before it) refuses: trying them
+// again will not help (ha.ErrHBARefused).
+type hbaRefused struct{ error }
+
+func (e hbaRefused) Unwrap() error        { return e.error }
+func (e hbaRefused) Is(target error) bool { return target == ha.ErrHBARefused }
+
+// ApplyClusterHBA implements ha.HBA.
+func (c *Controller) ApplyClusterHBA(ctx context.Context, lines []string) (string, bool, error) {
+	return c.inst.ApplyClusterHBA(ctx, lines)
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgbastion/pgbastion/ha"
 )
 
 func TestPgHBAChecked(t *testing.T) {
@@ -86,46 +88,9 @@ func TestPgHBAWritten(t *testing.T) {
 // refuses changes nothing (the previous file stays, and would be the one found at a restart);
 // with PostgreSQL down, the list is written before its next start.
 func TestReloadHBA(t *testing.T) {
-	if _, err := FindBinDir(); err != nil {
-		t.Skip(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	allow := []string{"host all all 127.0.0.1/32 scram-sha-256"}
 	reject := []string{"host all all 127.0.0.1/32 reject"}
-	inst, err := New(Config{DataDir: filepath.Join(openDir(t), "data"), Host: "127.0.0.1", Port: port, Superuser: "postgres",
-		Password: "s3cret", PgHBA: allow}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := inst.InitDB(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := inst.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = inst.Stop(context.Background(), Fast) })
-	// overTCP is a client's login over TCP, which pg_hba.conf's host lines decide.
-	overTCP := func() error {
-		c, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=s3cret dbname=postgres sslmode=disable", port))
-		if err == nil {
-			c.Close(ctx)
-		}
-		return err
-	}
-	rejected := func(when string) {
-		t.Helper()
-		var pgErr *pgconn.PgError
-		if err := overTCP(); !errors.As(err, &pgErr) || pgErr.Code != "28000" {
-			t.Fatalf("%s: a login over TCP: %v, want 28000 from pg_hba.conf", when, err)
-		}
-	}
+	ctx, inst, overTCP, rejected := hbaServer(t, allow)
 	if err := overTCP(); err != nil {
 		t.Fatalf("pg_hba from the configuration at start: %v", err)
 	}
@@ -183,5 +148,98 @@ func TestReloadHBA(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(hbaPath); !strings.Contains(string(after), "reject") {
 		t.Fatalf("unsetting the list changed pg_hba.conf:\n%s", after)
+	}
+}
+
+// hbaServer starts a PostgreSQL whose postgresql.pg_hba is local (nil: none) and returns ways
+// to log in over TCP, which pg_hba.conf's host lines decide.
+func hbaServer(t *testing.T, local []string) (ctx context.Context, inst *Instance, overTCP func() error, rejected func(string)) {
+	t.Helper()
+	if _, err := FindBinDir(); err != nil {
+		t.Skip(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	inst, err = New(Config{DataDir: filepath.Join(openDir(t), "data"), Host: "127.0.0.1", Port: port, Superuser: "postgres",
+		Password: "s3cret", PgHBA: local}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	if err := inst.InitDB(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = inst.Stop(context.Background(), Fast) })
+	overTCP = func() error {
+		c, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=s3cret dbname=postgres sslmode=disable", port))
+		if err == nil {
+			c.Close(ctx)
+		}
+		return err
+	}
+	rejected = func(when string) {
+		t.Helper()
+		var pgErr *pgconn.PgError
+		if err := overTCP(); !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+			t.Fatalf("%s: a login over TCP: %v, want 28000 from pg_hba.conf", when, err)
+		}
+	}
+	return ctx, inst, overTCP, rejected
+}
+
+// The cluster-wide list applies where the node has no list of its own; a node's own list takes
+// precedence while it has one; lines PostgreSQL refuses are refused for good
+// (ha.ErrHBARefused) and change nothing.
+func TestClusterHBA(t *testing.T) {
+	ctx, inst, overTCP, rejected := hbaServer(t, nil)
+	if err := overTCP(); err != nil {
+		t.Fatalf("initdb's pg_hba.conf: %v", err)
+	}
+	reject := []string{"host all all 127.0.0.1/32 reject"}
+	outcome, local, err := inst.ApplyClusterHBA(ctx, reject)
+	if err != nil || local || !strings.Contains(outcome, "loaded by PostgreSQL") {
+		t.Fatalf("cluster list: %q %v %v", outcome, local, err)
+	}
+	rejected("the cluster-wide list")
+
+	allow := []string{"host all all 127.0.0.1/32 scram-sha-256"}
+	if _, err := inst.ReloadHBA(ctx, allow); err != nil {
+		t.Fatal(err)
+	}
+	if err := overTCP(); err != nil {
+		t.Fatalf("the node's own list over the cluster's: %v", err)
+	}
+	reject2 := []string{"host all postgres 127.0.0.1/32 reject", "host all all 127.0.0.1/32 scram-sha-256"}
+	outcome, local, err = inst.ApplyClusterHBA(ctx, reject2)
+	if err != nil || !local || !strings.Contains(outcome, "takes precedence") {
+		t.Fatalf("cluster list under a local one: %q %v %v", outcome, local, err)
+	}
+	if err := overTCP(); err != nil {
+		t.Fatalf("a new cluster list changed the file of a node with its own: %v", err)
+	}
+	// The node's own list goes: the cluster's applies.
+	if outcome, err := inst.ReloadHBA(ctx, nil); err != nil || !strings.Contains(outcome, "loaded by PostgreSQL") {
+		t.Fatalf("removing the local list: %q %v", outcome, err)
+	}
+	rejected("the cluster-wide list after the local one went")
+
+	_, _, err = inst.ApplyClusterHBA(ctx, []string{"host all all 127.0.0.1/33 scram-sha-256"})
+	if !errors.Is(err, ha.ErrHBARefused) || !strings.Contains(err.Error(), "the cluster-wide pg_hba[0]: invalid") {
+		t.Fatalf("a line PostgreSQL refuses: %v", err)
+	}
+	if got := inst.hbaLines(); !slices.Equal(got, reject2) {
+		t.Fatalf("a refused cluster list became the one in effect: %q", got)
+	}
+	rejected("after the refused cluster list")
+	if _, _, err := inst.ApplyClusterHBA(ctx, []string{"hots all all 0/0 md5"}); !errors.Is(err, ha.ErrHBARefused) {
+		t.Fatalf("a malformed line: %v", err)
 	}
 }

@@ -124,7 +124,7 @@ type Instance struct {
 	// hba is postgresql.pg_hba in effect (cfg.PgHBA, then as reloaded); hbaFileMu serialises
 	// the writes of pg_hba.conf.
 	hbaMu, hbaFileMu sync.Mutex
-	hba              []string
+	hba, clusterHBA  []string
 
 	mu   sync.Mutex
 	proc *exec.Cmd

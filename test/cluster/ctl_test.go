@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -10,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/test/daemon"
 	"github.com/pgbastion/pgbastion/test/pgtest"
@@ -166,6 +171,46 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 	if out := run("ctl", "config", "show"); !strings.Contains(out, "version 1") || strings.Contains(out, "lots") {
 		t.Fatalf("a refused change reached the configuration:\n%s", out)
 	}
+
+	// Cluster-wide pg_hba (patronictl edit-config's postgresql.pg_hba): one list for every
+	// node, checked and loaded by each PostgreSQL. The list keeps the cluster working (its
+	// replication and logins over 127.0.0.1) and turns one user away.
+	hbaFile := filepath.Join(t.TempDir(), "pg_hba.lines")
+	writeHBA := func(lines ...string) {
+		if err := os.WriteFile(hbaFile, []byte("# cluster access\n"+strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	turnedAway := func(when string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, n := range c.Nodes {
+			conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=nobody_here password=x dbname=postgres sslmode=disable", n.PGPort))
+			var pe *pgconn.PgError
+			if err == nil {
+				conn.Close(ctx)
+			}
+			if !errors.As(err, &pe) || pe.Code != "28000" || !strings.Contains(pe.Message, "pg_hba.conf rejects connection") {
+				t.Fatalf("%s: %s: nobody_here logging in: %v, want 28000 from a reject line", when, n.Name, err)
+			}
+		}
+	}
+	writeHBA("host all nobody_here 127.0.0.1/32 reject", "host all all 127.0.0.1/32 scram-sha-256", "host replication all 127.0.0.1/32 scram-sha-256")
+	if out := run("ctl", "config", "hba", "set", hbaFile); !strings.Contains(out, "version 1 accepted") || strings.Count(out, "loaded by PostgreSQL") != 3 {
+		t.Fatalf("ctl config hba set:\n%s", out)
+	}
+	turnedAway("after ctl config hba set")
+	// A line PostgreSQL's parser refuses: every node says so and keeps its file.
+	writeHBA("host all all 127.0.0.1/33 scram-sha-256")
+	if out := fails("config", "hba", "set", hbaFile); !strings.Contains(out, "the cluster-wide pg_hba[0]: invalid") || !strings.Contains(out, "refused the pg_hba list on node1, node2, node3") {
+		t.Fatalf("a line PostgreSQL refuses:\n%s", out)
+	}
+	turnedAway("after a refused list")
+	if out := run("ctl", "config", "hba", "remove"); !strings.Contains(out, "version 3 accepted") || strings.Count(out, "left as it is") != 3 {
+		t.Fatalf("ctl config hba remove:\n%s", out)
+	}
+	turnedAway("after the list was removed (the files stay)")
 
 	var cand *Node
 	for _, n := range c.Nodes {
