@@ -208,6 +208,10 @@ func TestWebUIInBrowser(t *testing.T) {
 	if _, err := fc.UpdatePGConfig(ctx, map[string]string{"work_mem": "64MB"}, nil, 0); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := fc.SetPGHBA(ctx, []string{"hostssl all all 10.0.0.0/8 scram-sha-256"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	fc.apply(t, fsm.ReportPGHBA{Node: "n2", Version: 1, Error: "PostgreSQL refuses the cluster-wide pg_hba[0]: " + markup})
 	// Both nodes wait for a restart to apply shared_buffers.
 	for _, n := range []string{"n1", "n2"} {
 		fc.apply(t, fsm.ReportPGConfig{Node: n, Version: 1, PendingRestart: []string{"shared_buffers"}})
@@ -270,6 +274,8 @@ func TestWebUIInBrowser(t *testing.T) {
 		b.waitText(ctx, t, "#ov-primary", "n1")
 		b.waitText(ctx, t, "#ov-leader", "n1")
 		b.waitText(ctx, t, "#pg-params tr[data-param=work_mem]", "work_mem64MB")
+		b.waitText(ctx, t, "#hba-lines tr[data-hba-line='0']", "0hostssl all all 10.0.0.0/8 scram-sha-256")
+		b.waitText(ctx, t, "#hba-nodes tr[data-hba-node=n2]", "n21noPostgreSQL refuses the cluster-wide pg_hba[0]: "+markup)
 		b.waitText(ctx, t, "#ov-failover", "active")
 		// The stale node is flagged, the fresh one is not; lag is in words.
 		// (At least 90 s: on a loaded machine the page may take more than 10 s to come.)
