@@ -64,8 +64,10 @@ func directTLS(ctx context.Context, n *Node, sslmode string) (*pgx.Conn, error) 
 // TestTLSOnlyCluster: a cluster whose PostgreSQL servers accept TCP connections only over TLS
 // (postgresql.pg_hba of hostssl lines, ssl on). Replicas clone and stream over TLS, every
 // node's proxy reaches the primary over TLS with the certificate verified
-// (proxy.server.tls.mode verify-full), and after a switchover the old primary rejoins
-// (pg_rewind over TLS) and the new primary enforces the same pg_hba.conf.
+// (proxy.server.tls.mode verify-full), and after a switchover the old primary rejoins as a
+// standby over TLS, keeping its data directory, and the new primary enforces the same
+// pg_hba.conf. (A switchover needs no pg_rewind; TestRejoinThroughRewind covers that, in
+// plaintext.)
 func TestTLSOnlyCluster(t *testing.T) {
 	certs := pgtest.Certs(t)
 	cert, key := pgCertFiles(t, certs)
@@ -136,6 +138,9 @@ func TestTLSOnlyCluster(t *testing.T) {
 	c.WaitRejoined(t, primary, 2*time.Minute)
 	c.WaitOneWritablePrimary(time.Minute)
 	checkTLSOnly(newPrimary)
+	if log := primary.D.Log(); strings.Contains(log, "re-cloning") || strings.Contains(log, "pg_rewind failed") {
+		t.Fatalf("the old primary was re-cloned or failed to rewind over TLS:\n%s", primary.D.LogTail())
+	}
 
 	// pg_hba is reloadable: every file lets plain TCP in for ordinary logins, and one node's
 	// list also has a line PostgreSQL refuses. ctl reload --cluster applies the list on two
