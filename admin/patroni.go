@@ -53,6 +53,20 @@ func patroniBody(m fsm.Member, st *fsm.State, version, scope string) map[string]
 	if !ns.ReportedAt.IsZero() {
 		body["dcs_last_seen"] = ns.ReportedAt.Unix()
 	}
+	if pending := pendingRestart(st, m.Name); len(pending) > 0 {
+		// Patroni's reason has the old and new value of each; the cluster-wide configuration
+		// knows the new one.
+		reason := map[string]any{}
+		for _, name := range pending {
+			r := map[string]string{}
+			if v, ok := st.PGConfig.Params[name]; ok {
+				r["new_value"] = v
+			}
+			reason[name] = r
+		}
+		body["pending_restart"] = true
+		body["pending_restart_reason"] = reason
+	}
 	switch ns.Role {
 	case fsm.RolePrimary:
 		body["xlog"] = map[string]any{"location": uint64(ns.FlushLSN)}

@@ -40,6 +40,40 @@ func TestRestartWaitsForTheAgentsAnswer(t *testing.T) {
 	if code != 200 || strings.Count(body, `"id"`) != 2 || !strings.Contains(body, "requested through the API") {
 		t.Fatalf("GET /restarts: %d %s", code, body)
 	}
+
+	// Patroni's conditions: one request for every member, done only where they hold.
+	c.apply(t, fsm.ReportStatus{Node: "n1", Status: fsm.NodeStatus{Role: fsm.RolePrimary, State: fsm.StateRunningPrimary, Healthy: true}})
+	c.apply(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true}})
+	for req, want := range map[string]string{
+		`{"node":"n2","restart_pending":true}`: "n2 has no parameter waiting for a restart",
+		`{"node":"n2","role":"primary"}`:       "n2 is a replica, not a primary",
+		`{"node":"n1","role":"replica"}`:       "n1 is a primary, not a replica",
+	} {
+		if code, body := do(t, "POST", base+"/restart", "tok", req); code != 503 || !strings.Contains(body, "restart conditions are not satisfied: "+want) {
+			t.Errorf("%s: %d %s, want 503 saying %q", req, code, body, want)
+		}
+	}
+	for req, want := range map[string]string{
+		`{"schedule":"2026-11-28T03:00:00Z"}`: "does not schedule restarts",
+		`{"timeout":30}`:                      "timeout is not supported",
+		`{"postgres_version":"15.4"}`:         "postgres_version is not supported",
+		`{"role":"boss"}`:                     "role must be primary, replica or any",
+	} {
+		if code, body := do(t, "POST", base+"/restart", "tok", req); code != 400 || !strings.Contains(body, want) {
+			t.Errorf("%s: %d %s, want 400 saying %q", req, code, body, want)
+		}
+	}
+	if _, err := c.UpdatePGConfig(t.Context(), map[string]string{"shared_buffers": "256MB"}, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.apply(t, fsm.ReportPGConfig{Node: "n2", Version: 1, PendingRestart: []string{"shared_buffers"}})
+	if code, body := do(t, "GET", base+"/patroni", "", ""); code != 200 || !strings.Contains(body, `"pending_restart": true`) || !strings.Contains(body, `"new_value": "256MB"`) {
+		t.Fatalf("GET /patroni with a pending restart: %d %s", code, body)
+	}
+	code, body = do(t, "POST", base+"/restart", "tok", `{"restart_pending":true,"role":"replica"}`)
+	if code != 200 || !strings.Contains(body, `"node": "n2"`) || !strings.Contains(body, `"status": "done"`) {
+		t.Fatalf("restart of this node with its conditions met: %d %s", code, body)
+	}
 }
 
 func TestReinitializeWaitsForTheAgentsAnswer(t *testing.T) {
