@@ -103,28 +103,37 @@ func (c *ctlClient) getConfig() (pgConfigView, error) {
 	return v, err
 }
 
-// awaitConfig waits until every node reports version (or a later one) and prints the outcome.
-func (c *ctlClient) awaitConfig(version uint64, timeout time.Duration) error {
+// nodeReport is one node's report of applying a version of something cluster-wide.
+type nodeReport struct {
+	name    string
+	version uint64
+	err     string
+}
+
+// awaitReports polls until every node reports version (or a later one), or timeout passes, and
+// then prints the last answer. poll returns the nodes' reports and how to print the answer.
+// refusedWhat names what a node refused in the error ("part of the configuration").
+func awaitReports(version uint64, timeout time.Duration, refusedWhat, tail string, poll func() ([]nodeReport, func(), error)) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		v, err := c.getConfig()
+		nodes, show, err := poll()
 		if err != nil {
 			return err
 		}
 		done, refused := true, []string{}
-		for _, n := range v.Nodes {
-			if n.AppliedVersion < version {
+		for _, n := range nodes {
+			if n.version < version {
 				done = false
 			}
-			if n.Error != "" && n.AppliedVersion >= version {
-				refused = append(refused, n.Name)
+			if n.err != "" && n.version >= version {
+				refused = append(refused, n.name)
 			}
 		}
 		if done || time.Now().After(deadline) {
-			c.printConfig(v)
+			show()
 			switch {
 			case len(refused) > 0:
-				return fmt.Errorf("PostgreSQL refused part of the configuration on %s (see ERROR above)", strings.Join(refused, ", "))
+				return fmt.Errorf("PostgreSQL refused %s on %s (see ERROR above)%s", refusedWhat, strings.Join(refused, ", "), tail)
 			case !done:
 				return fmt.Errorf("not every node applied version %d within %s: a node whose PostgreSQL is down applies it when it is back", version, timeout)
 			}
@@ -132,6 +141,18 @@ func (c *ctlClient) awaitConfig(version uint64, timeout time.Duration) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// awaitConfig waits until every node reports version (or a later one) and prints the outcome.
+func (c *ctlClient) awaitConfig(version uint64, timeout time.Duration) error {
+	return awaitReports(version, timeout, "part of the configuration", "", func() ([]nodeReport, func(), error) {
+		v, err := c.getConfig()
+		var nodes []nodeReport
+		for _, n := range v.Nodes {
+			nodes = append(nodes, nodeReport{name: n.Name, version: n.AppliedVersion, err: n.Error})
+		}
+		return nodes, func() { c.printConfig(v) }, err
+	})
 }
 
 func (c *ctlClient) printConfig(v pgConfigView) {
@@ -269,33 +290,15 @@ func readHBAFile(name string, in io.Reader) ([]string, error) {
 
 // awaitHBA waits until every node reports version (or a later one) and prints the outcome.
 func (c *ctlClient) awaitHBA(version uint64, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
+	return awaitReports(version, timeout, "the pg_hba list", "; its previous pg_hba.conf stays in effect there", func() ([]nodeReport, func(), error) {
 		var v pgHBAView
-		if err := c.call(http.MethodGet, "/cluster/postgresql/pg_hba", nil, &v); err != nil {
-			return err
-		}
-		done, refused := true, []string{}
+		err := c.call(http.MethodGet, "/cluster/postgresql/pg_hba", nil, &v)
+		var nodes []nodeReport
 		for _, n := range v.Nodes {
-			if n.AppliedVersion < version {
-				done = false
-			}
-			if n.Error != "" && n.AppliedVersion >= version {
-				refused = append(refused, n.Name)
-			}
+			nodes = append(nodes, nodeReport{name: n.Name, version: n.AppliedVersion, err: n.Error})
 		}
-		if done || time.Now().After(deadline) {
-			c.printHBA(v)
-			switch {
-			case len(refused) > 0:
-				return fmt.Errorf("PostgreSQL refused the pg_hba list on %s (see ERROR above); its previous pg_hba.conf stays in effect there", strings.Join(refused, ", "))
-			case !done:
-				return fmt.Errorf("not every node applied pg_hba version %d within %s: a node that is down applies it when it is back", version, timeout)
-			}
-			return nil
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nodes, func() { c.printHBA(v) }, err
+	})
 }
 
 func (c *ctlClient) printHBA(v pgHBAView) {
