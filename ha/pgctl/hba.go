@@ -83,6 +83,12 @@ func (i *Instance) writeHBALocked(lines []string) (changed bool, err error) {
 	if len(lines) == 0 || !i.HasData() {
 		return false, nil
 	}
+	if i.refusedHBA != nil && slices.Equal(lines, i.refusedHBA) {
+		// PostgreSQL refused these lines while it ran: written now, they would stop its next
+		// start. The file keeps the lines it has.
+		i.log.Error("pg_hba.conf keeps its previous lines: PostgreSQL refused the pg_hba list in effect; correct it and reload")
+		return false, nil
+	}
 	path := filepath.Join(i.cfg.DataDir, "pg_hba.conf")
 	want := hbaContent(lines)
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, want) {
@@ -94,23 +100,13 @@ func (i *Instance) writeHBALocked(lines []string) (changed bool, err error) {
 	return true, nil
 }
 
-// SyncHBA brings pg_hba.conf of a running PostgreSQL in line with postgresql.pg_hba (after a
-// restart of pgbastion with a changed list) and has PostgreSQL load it.
+// SyncHBA brings pg_hba.conf of a running PostgreSQL in line with the pg_hba list in effect
+// (when pgbastion starts and finds PostgreSQL running, its list may have changed meanwhile),
+// checked by PostgreSQL as a reload's is (see applyHBA). A list PostgreSQL refuses is not
+// written, now nor before a later start, so that it cannot stop PostgreSQL from starting.
 func (i *Instance) SyncHBA(ctx context.Context) error {
-	changed, err := i.writeHBA()
-	if err != nil || !changed {
-		return err
-	}
-	conn, err := i.Connect(ctx)
-	if err != nil {
-		return fmt.Errorf("pg_hba.conf rewritten from postgresql.pg_hba, but PostgreSQL could not be asked to load it: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()").ReadAll(); err != nil {
-		return fmt.Errorf("pg_hba.conf rewritten from postgresql.pg_hba, but reloading PostgreSQL failed: %w", err)
-	}
-	i.log.Info("pg_hba.conf rewritten from postgresql.pg_hba and reloaded")
-	return nil
+	_, err := i.applyHBA(ctx, "postgresql.pg_hba", func() {})
+	return err
 }
 
 // ReloadHBA makes lines this node's own postgresql.pg_hba (a reload of pgbastion's
@@ -202,6 +198,9 @@ func (i *Instance) applyHBA(ctx context.Context, name string, set func()) (strin
 		return "", restore(fmt.Errorf("PostgreSQL could not check the new pg_hba.conf: %w", err))
 	}
 	if refused := describeHBAErrors(rows, name, len(lines)); refused != "" {
+		i.hbaMu.Lock()
+		i.refusedHBA = slices.Clone(lines)
+		i.hbaMu.Unlock()
 		return "", hbaRefused{restore(fmt.Errorf("PostgreSQL refuses %s", refused))}
 	}
 	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()").ReadAll(); err != nil {

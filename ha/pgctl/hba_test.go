@@ -243,3 +243,32 @@ func TestClusterHBA(t *testing.T) {
 		t.Fatalf("a malformed line: %v", err)
 	}
 }
+
+// pgbastion started again with a pg_hba list PostgreSQL refuses, its PostgreSQL still running:
+// the list is checked as a reload's is and refused, the file keeps its lines, and the next
+// start of PostgreSQL does not write the refused list (which would stop it from starting).
+func TestSyncHBANeverWritesARefusedList(t *testing.T) {
+	allow := []string{"host all all 127.0.0.1/32 scram-sha-256"}
+	ctx, inst, overTCP, _ := hbaServer(t, allow)
+	hbaPath := filepath.Join(inst.cfg.DataDir, "pg_hba.conf")
+	before, _ := os.ReadFile(hbaPath)
+	bad := []string{"host all all 127.0.0.1/33 scram-sha-256"}
+	inst.hbaMu.Lock()
+	inst.hba = bad // as read from the file at the new start
+	inst.hbaMu.Unlock()
+	if err := inst.SyncHBA(ctx); !errors.Is(err, ha.ErrHBARefused) || !strings.Contains(err.Error(), "postgresql.pg_hba[0]: invalid") {
+		t.Fatalf("SyncHBA with a refused list: %v", err)
+	}
+	if after, _ := os.ReadFile(hbaPath); string(after) != string(before) {
+		t.Fatalf("the refused list reached pg_hba.conf:\n%s", after)
+	}
+	if err := inst.Stop(ctx, Fast); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Start(ctx); err != nil {
+		t.Fatalf("PostgreSQL does not start again: %v", err)
+	}
+	if err := overTCP(); err != nil {
+		t.Fatalf("after the start: %v", err)
+	}
+}

@@ -123,8 +123,9 @@ type Instance struct {
 
 	// hba is postgresql.pg_hba in effect (cfg.PgHBA, then as reloaded); hbaFileMu serialises
 	// the writes of pg_hba.conf.
-	hbaMu, hbaFileMu sync.Mutex
-	hba, clusterHBA  []string
+	// refusedHBA is the last list PostgreSQL refused (pg_hba_file_rules): never written.
+	hbaMu, hbaFileMu            sync.Mutex
+	hba, clusterHBA, refusedHBA []string
 
 	mu   sync.Mutex
 	proc *exec.Cmd
