@@ -535,3 +535,52 @@ func TestStoppingLeaderHandsOverLeadership(t *testing.T) {
 	}, "a new leader within 0.7 s of the old one's stop")
 	t.Logf("a new leader %v after the old one stopped", time.Since(stopped).Round(time.Millisecond))
 }
+
+// A Raft leader handing leadership over (as a stopping one does) to the primary's node: the
+// target stands for election at the leader's word, not because it lost its leader, so the
+// primary keeps its write lease throughout and its proxy closes nothing. (CI saw the primary's
+// proxy drop its server connections, and a client its transaction, during such a hand-over.)
+func TestLeadershipHandOverKeepsThePrimarysLease(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	primary := c.settle(30 * time.Second)
+	var leader *testNode
+	await.True(t, 10*time.Second, func() bool { leader = c.leader(); return leader != nil }, "a Raft leader")
+	if leader.name == primary {
+		// Move leadership off the primary's node first.
+		for name := range c.nodes {
+			if name != primary {
+				if err := leader.raft.LeadershipTransferToServer(raft.ServerID(name), c.nodes[name].trans.LocalAddr()).Error(); err != nil {
+					t.Fatal(err)
+				}
+				break
+			}
+		}
+		await.True(t, 10*time.Second, func() bool { leader = c.leader(); return leader != nil && leader.name != primary }, "leadership off the primary's node")
+	}
+	p := c.nodes[primary]
+	await.True(t, 10*time.Second, func() bool { return p.HoldsWriteLease() }, "the primary's lease")
+	w := watchRoutes(p.Node)
+	defer w.close()
+	sawCandidate := make(chan bool, 1)
+	go func() {
+		seen := false
+		for !p.IsLeader() {
+			if p.raft.State() == raft.Candidate {
+				seen = true
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		sawCandidate <- seen
+	}()
+	if err := leader.raft.LeadershipTransferToServer(raft.ServerID(primary), p.trans.LocalAddr()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	await.True(t, 10*time.Second, func() bool { return p.IsLeader() }, "%s leads", primary)
+	t.Logf("%s was seen as a candidate during the hand-over: %v", primary, <-sawCandidate)
+	if lost := w.lostAt(); !lost.IsZero() {
+		t.Fatalf("%s's proxy was told its lease was gone during the hand-over", primary)
+	}
+	if !p.HoldsWriteLease() {
+		t.Fatal("the primary lost its lease to the hand-over")
+	}
+}

@@ -21,7 +21,11 @@ import (
 // quorum has stored it, and its result names the primary at that point. On success the node
 // may route writes to that primary until sent + lease_timeout, measured on its own monotonic
 // clock, as long as its local state still names that primary and its Raft is a leader or a
-// follower (not a candidate, which has lost its leader).
+// follower (not a candidate, which has lost its leader). One candidate has not lost its
+// leader: the target of a leadership hand-over (a leader that stops hands over first), which
+// the leader told to stand for election a moment ago. It keeps its lease while its last
+// contact with the leader is under half a heartbeat_timeout old; a follower that stands on its
+// own has heard nothing for at least heartbeat_timeout, so it still loses the lease at once.
 //
 // This is the quorum-contact signal for every node, followers included: a committed renewal
 // proves a quorum was reachable after the send time. When the quorum is lost, renewals stop
@@ -198,9 +202,21 @@ func (n *Node) leaseValid(st *fsm.State, now time.Time) (bool, time.Time) {
 		return false, time.Time{} // a lease replayed from the log after a restart is history
 	}
 	g := n.lease.grant.Load()
-	rs := n.raft.State()
-	if g.primary != "" && g.primary == st.Primary && now.Before(g.until) && (rs == raft.Leader || rs == raft.Follower) {
+	if g.primary == "" || g.primary != st.Primary || !now.Before(g.until) {
+		return false, time.Time{}
+	}
+	switch n.raft.State() {
+	case raft.Leader, raft.Follower:
 		return true, g.until
+	case raft.Candidate:
+		// The target of a leadership hand-over, until its leader's last word is half a
+		// heartbeat_timeout old (see the lease's rules above).
+		if end := n.raft.LastContact().Add(n.cfg.Raft.HeartbeatTimeout / 2); now.Before(end) {
+			if g.until.Before(end) {
+				end = g.until
+			}
+			return true, end
+		}
 	}
 	return false, time.Time{}
 }
