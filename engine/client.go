@@ -10,12 +10,15 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os/user"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgbastion/pgbastion/pgwire"
 	"github.com/pgbastion/pgbastion/pgwire/auth"
@@ -42,6 +45,9 @@ const (
 type client struct {
 	e    *Engine
 	role Role
+	// unix: the client came in through a Unix socket (proxy.unix_socket_dir): no TLS, and
+	// pg_hba's local lines apply to it.
+	unix bool
 
 	lp     *loop
 	conn   gnet.Conn
@@ -351,7 +357,7 @@ func (cl *client) handleStartup(buf []byte) (int, error) {
 			return n, sqlErr(pgwire.ProtocolViolation, "received unencrypted data after SSL request", "")
 		}
 		tc := cl.e.conf().tlsCfg
-		if tc == nil || cl.tlsDone || cl.stream != nil {
+		if tc == nil || cl.tlsDone || cl.stream != nil || cl.unix {
 			cl.send([]byte{'N'})
 			return n, nil
 		}
@@ -376,7 +382,7 @@ func (cl *client) handleStartup(buf []byte) (int, error) {
 	if cl.acquireErr != nil {
 		return n, cl.acquireErr
 	}
-	if l := cl.e.conf(); l.tlsCfg != nil && !cl.tlsDone && tlsRequired(l.cfg.TLS.Mode) {
+	if l := cl.e.conf(); l.tlsCfg != nil && !cl.tlsDone && !cl.unix && tlsRequired(l.cfg.TLS.Mode) {
 		return n, sqlErr(pgwire.InvalidAuthorization, "SSL/TLS is required by this server (proxy.tls.mode "+l.cfg.TLS.Mode+")",
 			"connect with sslmode=require or stronger")
 	}
@@ -451,13 +457,24 @@ func (cl *client) startup(su *pgwire.Startup) error {
 // common name is the user) log it in here; md5 and scram-sha-256 are returned for the
 // exchange (proceed).
 func (cl *client) hbaDecide(h *auth.HBA) (m auth.Method, proceed bool, err error) {
-	ap, perr := netip.ParseAddrPort(cl.remote())
-	if perr != nil {
-		return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization, "no client address to match proxy.auth.hba_file against", ""))
+	var (
+		method auth.HBAMethod
+		line   int
+		ok     bool
+		who    string
+	)
+	if cl.unix {
+		who = fmt.Sprintf("local connection, user %q, database %q", cl.user, cl.database)
+		method, line, ok = h.MatchLocal(cl.database, cl.user)
+	} else {
+		ap, perr := netip.ParseAddrPort(cl.remote())
+		if perr != nil {
+			return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization, "no client address to match proxy.auth.hba_file against", ""))
+		}
+		ssl := map[bool]string{true: "SSL on", false: "SSL off"}[cl.tlsDone]
+		who = fmt.Sprintf("host %q, user %q, database %q, %s", ap.Addr().Unmap().String(), cl.user, cl.database, ssl)
+		method, line, ok = h.Match(ap.Addr(), cl.tlsDone, cl.database, cl.user)
 	}
-	ssl := map[bool]string{true: "SSL on", false: "SSL off"}[cl.tlsDone]
-	who := fmt.Sprintf("host %q, user %q, database %q, %s", ap.Addr().Unmap().String(), cl.user, cl.database, ssl)
-	method, line, ok := h.Match(ap.Addr(), cl.tlsDone, cl.database, cl.user)
 	if !ok {
 		return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization, "no proxy.auth.hba_file entry for "+who, ""))
 	}
@@ -478,10 +495,38 @@ func (cl *client) hbaDecide(h *auth.HBA) (m auth.Method, proceed bool, err error
 		cl.authEx = nil
 		cl.send(pgwire.AppendAuth(nil, pgwire.AuthOK, nil))
 		return 0, false, cl.authenticated()
+	case auth.HBAPeer:
+		osUser, err := cl.peerUser()
+		if err != nil || osUser != cl.user {
+			cl.e.log.Info("peer authentication failed", "user", cl.user, "os_user", osUser, "err", err)
+			return 0, false, cl.authFailed(sqlErr(pgwire.InvalidAuthorization,
+				fmt.Sprintf("peer authentication failed for user %q", cl.user),
+				"connect as the operating-system user of the same name, or use another method for this user in proxy.auth.hba_file"))
+		}
+		cl.authEx = nil
+		cl.send(pgwire.AppendAuth(nil, pgwire.AuthOK, nil))
+		return 0, false, cl.authenticated()
 	case auth.HBAMD5:
 		return auth.MethodMD5, true, nil
 	}
 	return auth.MethodSCRAM, true, nil
+}
+
+// peerUser returns the operating-system user of the process at the other end of the client's
+// Unix socket (SO_PEERCRED).
+func (cl *client) peerUser() (string, error) {
+	if !cl.unix || cl.conn == nil {
+		return "", errors.New("not a Unix-socket connection on an event loop")
+	}
+	cred, err := unix.GetsockoptUcred(cl.conn.Fd(), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return "", fmt.Errorf("SO_PEERCRED: %w", err)
+	}
+	u, err := user.LookupId(strconv.FormatUint(uint64(cred.Uid), 10))
+	if err != nil {
+		return "", fmt.Errorf("no user has uid %d: %w", cred.Uid, err)
+	}
+	return u.Username, nil
 }
 
 // peerCommonName returns the common name of the client's verified TLS certificate.
@@ -645,6 +690,16 @@ func (cl *client) handleAuth(buf []byte) (int, error) {
 }
 
 func (cl *client) remote() string {
+	if cl.unix {
+		// As PgBouncer's SHOW CLIENTS: addr "unix", the listener's port.
+		port := "0"
+		if cl.role == RoleRO && cl.e.roAddr != nil {
+			port = strconv.Itoa(cl.e.roAddr.Port)
+		} else if cl.role == RoleRW && cl.e.rwAddr != nil {
+			port = strconv.Itoa(cl.e.rwAddr.Port)
+		}
+		return net.JoinHostPort("unix", port)
+	}
 	if cl.conn != nil && cl.conn.RemoteAddr() != nil {
 		return cl.conn.RemoteAddr().String()
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +40,16 @@ type Config struct {
 	// inet_server_addr() and inet_server_port() as NULL when they come in through this node.
 	// A standalone proxy gives a backend's socket directory as its host instead.
 	LocalSocket bool `yaml:"local_socket"`
+	// UnixSocketDir, when set, also accepts clients on Unix sockets in that directory, named as
+	// PostgreSQL and PgBouncer name theirs: .s.PGSQL.<port of listen_rw> for the primary and
+	// .s.PGSQL.<port of listen_ro> for replicas (psql -h DIR -p PORT). PgBouncer's
+	// unix_socket_dir; off by default. UnixSocketMode (octal, default 0777) and
+	// UnixSocketGroup set the sockets' permissions and group (unix_socket_mode and
+	// unix_socket_group). Socket clients match pg_hba's local lines (proxy.auth.hba_file) and
+	// need no TLS, as with PostgreSQL.
+	UnixSocketDir   string `yaml:"unix_socket_dir"`
+	UnixSocketMode  string `yaml:"unix_socket_mode"`
+	UnixSocketGroup string `yaml:"unix_socket_group"`
 	// StreamHighWater is the amount of data queued for a client that does not read (or a server
 	// that does not read) after which the pair moves to the stream path, where TCP flow control
 	// holds the sender back (DESIGN.md invariant 7).
@@ -232,6 +244,7 @@ func (c *Config) Validate() error {
 	if c.ListenRW != "" && c.ListenRW == c.ListenRO {
 		errs = append(errs, fmt.Errorf("proxy: listen_rw and listen_ro are both %s; they must differ", c.ListenRW))
 	}
+	errs = append(errs, c.validateUnixSockets()...)
 	if err := c.Pool.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -318,4 +331,60 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("proxy.health_check_interval must be positive"))
 	}
 	return errors.Join(errs...)
+}
+
+// unixSocketModeDefault is PgBouncer's unix_socket_mode default: anyone on the host may
+// connect (pg_hba's local lines, or the auth method, decide who logs in).
+const unixSocketModeDefault = 0o777
+
+// UnixSocketPaths returns the client socket paths for listen_rw and listen_ro ("" for a
+// listener that is off, or without unix_socket_dir).
+func (c *Config) UnixSocketPaths() (rw, ro string) {
+	if c.UnixSocketDir == "" {
+		return "", ""
+	}
+	path := func(addr string) string {
+		_, port, err := net.SplitHostPort(addr)
+		if addr == "" || err != nil {
+			return ""
+		}
+		return filepath.Join(c.UnixSocketDir, ".s.PGSQL."+port)
+	}
+	return path(c.ListenRW), path(c.ListenRO)
+}
+
+// unixSocketMode is unix_socket_mode as a file mode.
+func (c *Config) unixSocketMode() (os.FileMode, error) {
+	if c.UnixSocketMode == "" {
+		return unixSocketModeDefault, nil
+	}
+	m, err := strconv.ParseUint(c.UnixSocketMode, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("proxy.unix_socket_mode: %q is not an octal permission such as 0777 or 0770", c.UnixSocketMode)
+	}
+	return os.FileMode(m), nil
+}
+
+func (c *Config) validateUnixSockets() []error {
+	if c.UnixSocketDir == "" {
+		if c.UnixSocketMode != "" || c.UnixSocketGroup != "" {
+			return []error{errors.New("proxy.unix_socket_mode and unix_socket_group need proxy.unix_socket_dir")}
+		}
+		return nil
+	}
+	var errs []error
+	if !filepath.IsAbs(c.UnixSocketDir) {
+		errs = append(errs, fmt.Errorf("proxy.unix_socket_dir: %q is not an absolute path", c.UnixSocketDir))
+	}
+	if _, err := c.unixSocketMode(); err != nil {
+		errs = append(errs, err)
+	}
+	const maxPath = 107 // sun_path holds 108 bytes with the terminating NUL
+	rw, ro := c.UnixSocketPaths()
+	for _, p := range []string{rw, ro} {
+		if len(p) > maxPath {
+			errs = append(errs, fmt.Errorf("proxy.unix_socket_dir: the socket path %s is %d bytes; the kernel allows %d: choose a shorter directory", p, len(p), maxPath))
+		}
+	}
+	return errs
 }

@@ -104,3 +104,28 @@ func TestDatabaseAndUserOverrides(t *testing.T) {
 		}
 	}
 }
+
+func TestUnixSocketSettings(t *testing.T) {
+	cfg := engine.DefaultConfig()
+	cfg.ListenRW, cfg.ListenRO = "127.0.0.1:6432", "127.0.0.1:6433"
+	cfg.UnixSocketDir = "/var/run/pgbastion"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if rw, ro := cfg.UnixSocketPaths(); rw != "/var/run/pgbastion/.s.PGSQL.6432" || ro != "/var/run/pgbastion/.s.PGSQL.6433" {
+		t.Fatalf("socket paths %q %q", rw, ro)
+	}
+	for want, mutate := range map[string]func(*engine.Config){
+		"is not an absolute path":     func(c *engine.Config) { c.UnixSocketDir = "run" },
+		"is not an octal permission":  func(c *engine.Config) { c.UnixSocketMode = "rw-rw----" },
+		"the kernel allows 107":       func(c *engine.Config) { c.UnixSocketDir = "/" + strings.Repeat("d", 100) },
+		"need proxy.unix_socket_dir":  func(c *engine.Config) { c.UnixSocketDir, c.UnixSocketGroup = "", "app" },
+		"is not an octal permission ": func(c *engine.Config) { c.UnixSocketMode = "1777" },
+	} {
+		c := cfg
+		mutate(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), strings.TrimSpace(want)) {
+			t.Errorf("%s: %v", want, err)
+		}
+	}
+}

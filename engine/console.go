@@ -26,14 +26,17 @@ var consoleDatabases = map[string]bool{"pgbouncer": true, "pgbastion": true}
 
 // consoleCommands answer the console's SHOW commands; see SHOW HELP.
 var consoleCommands = map[string]func(*client) (consoleResult, error){
-	"POOLS":     (*client).showPools,
-	"STATS":     (*client).showStats,
-	"TOTALS":    (*client).showTotals,
-	"LISTS":     (*client).showLists,
-	"DATABASES": (*client).showDatabases,
-	"USERS":     (*client).showUsers,
-	"CONFIG":    (*client).showConfig,
-	"VERSION":   (*client).showVersion,
+	"POOLS":          (*client).showPools,
+	"STATS":          (*client).showStats,
+	"STATS_TOTALS":   func(cl *client) (consoleResult, error) { return cl.showStatsPart("total_") },
+	"STATS_AVERAGES": func(cl *client) (consoleResult, error) { return cl.showStatsPart("avg_") },
+	"STATE":          (*client).showState,
+	"TOTALS":         (*client).showTotals,
+	"LISTS":          (*client).showLists,
+	"DATABASES":      (*client).showDatabases,
+	"USERS":          (*client).showUsers,
+	"CONFIG":         (*client).showConfig,
+	"VERSION":        (*client).showVersion,
 }
 
 // connCommands list connections; they need every event loop's answer (Engine.Conns).
@@ -70,6 +73,8 @@ const consoleHelp = `Console usage
 	SHOW HELP
 	SHOW POOLS
 	SHOW STATS
+	SHOW STATS_TOTALS
+	SHOW STATS_AVERAGES
 	SHOW TOTALS
 	SHOW LISTS
 	SHOW DATABASES
@@ -78,6 +83,7 @@ const consoleHelp = `Console usage
 	SHOW SERVERS
 	SHOW CONFIG
 	SHOW VERSION
+	SHOW STATE
 	RELOAD            (admin_users) read the configuration file and the auth_file again
 	PAUSE [db]        (admin_users, standalone proxy) hold new transactions (of db), wait for those in flight
 	RESUME [db]       (admin_users, standalone proxy) let them go
@@ -481,6 +487,55 @@ func (cl *client) showStats() (consoleResult, error) {
 	return res, nil
 }
 
+// showStatsPart is SHOW STATS_TOTALS (prefix "total_") or SHOW STATS_AVERAGES ("avg_"):
+// SHOW STATS' columns of that kind, without the prefix, under PgBouncer's names for them.
+func (cl *client) showStatsPart(prefix string) (consoleResult, error) {
+	all, err := cl.showStats()
+	if err != nil {
+		return all, err
+	}
+	res := consoleResult{cols: []consoleCol{all.cols[0]}}
+	keep := []int{0}
+	for i, c := range all.cols {
+		name, ok := strings.CutPrefix(c.name, prefix)
+		if !ok {
+			continue
+		}
+		switch name {
+		case "received", "recv":
+			name = "bytes_received"
+		case "sent":
+			name = "bytes_sent"
+		}
+		res.cols = append(res.cols, consoleCol{name: name, num: c.num})
+		keep = append(keep, i)
+	}
+	for _, row := range all.rows {
+		r := make([]string, 0, len(keep))
+		for _, i := range keep {
+			r = append(r, row[i])
+		}
+		res.rows = append(res.rows, r)
+	}
+	return res, nil
+}
+
+// showState is SHOW STATE: whether the proxy is paused (PAUSE without a database, or a
+// switchover's hold of writes). PGBastion has no SUSPEND: suspended is always no.
+func (cl *client) showState() (consoleResult, error) {
+	yesNo := func(b bool) string {
+		if b {
+			return "yes"
+		}
+		return "no"
+	}
+	paused := cl.e.pausedAll.Load()
+	res := consoleResult{cols: textCols("key", "value")}
+	res.rows = [][]string{{"active", yesNo(!paused)}, {"paused", yesNo(paused)}, {"suspended", "no"},
+		{"writes_held", yesNo(cl.e.pausedRW.Load())}, {"paused_databases", strings.Join(cl.e.PausedDatabases(), ",")}}
+	return res, nil
+}
+
 // showTotals is SHOW TOTALS: SHOW STATS summed over every database, one name and value a row.
 func (cl *client) showTotals() (consoleResult, error) {
 	res := consoleResult{cols: []consoleCol{{name: "name"}, {name: "value", num: true}}}
@@ -644,6 +699,9 @@ func (cl *client) showConfig() (consoleResult, error) {
 		{"server_tls_cert_file", c.Server.TLS.Cert, ""},
 		{"server_tls_key_file", c.Server.TLS.Key, ""},
 		{"server_tls_sslmode", c.Server.TLS.mode(), d.Server.TLS.mode()},
+		{"unix_socket_dir", c.UnixSocketDir, ""},
+		{"unix_socket_group", c.UnixSocketGroup, ""},
+		{"unix_socket_mode", cmp.Or(c.UnixSocketMode, "0777"), "0777"},
 	}
 	res := consoleResult{cols: textCols("key", "value", "default", "changeable")}
 	for _, r := range rows {

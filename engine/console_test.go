@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -420,6 +421,28 @@ func TestConsoleStatsCountBytesAndQueryTime(t *testing.T) {
 			t.Errorf("SHOW TOTALS %s = %s, SHOW STATS says %s", tr[0], tr[1], v)
 		}
 	}
+	// SHOW STATS_TOTALS and SHOW STATS_AVERAGES: SHOW STATS split in two, under PgBouncer's
+	// names (bytes_received, bytes_sent).
+	for prefix, cmd := range map[string]string{"total_": "SHOW STATS_TOTALS", "avg_": "SHOW STATS_AVERAGES"} {
+		pcols, prows := consoleRows(t, con, cmd)
+		if len(pcols) != (len(cols)-1)/2+1 || pcols[0] != "database" || !slices.Contains(pcols, "bytes_received") || !slices.Contains(pcols, "bytes_sent") {
+			t.Fatalf("%s columns %q", cmd, pcols)
+		}
+		for _, pr := range prows {
+			if pr[0] != "postgres" {
+				continue
+			}
+			if got := column(t, pcols, pr, "query_count"); prefix == "total_" && got != strconv.FormatInt(num("total_query_count"), 10) {
+				t.Errorf("%s query_count %s, SHOW STATS total_query_count %d", cmd, got, num("total_query_count"))
+			}
+			if got := column(t, pcols, pr, "bytes_received"); prefix == "total_" && got != strconv.Itoa(sent) {
+				t.Errorf("%s bytes_received %s, want %d", cmd, got, sent)
+			}
+			if got := column(t, pcols, pr, "query_time"); prefix == "avg_" && got != strconv.FormatInt(num("avg_query_time"), 10) {
+				t.Errorf("%s query_time %s, SHOW STATS avg_query_time %d", cmd, got, num("avg_query_time"))
+			}
+		}
+	}
 }
 
 // SHOW CLIENTS and SHOW SERVERS run safely while clients come and go on both paths: clients
@@ -605,11 +628,29 @@ func TestConsoleReloadPauseResume(t *testing.T) {
 		t.Errorf("a refused RELOAD: %v", err)
 	}
 
+	state := func() string {
+		t.Helper()
+		_, rows := consoleRows(t, watcher, "SHOW STATE")
+		var kv []string
+		for _, r := range rows {
+			kv = append(kv, r[0]+"="+r[1])
+		}
+		return strings.Join(kv, " ")
+	}
+	if got := state(); got != "active=yes paused=no suspended=no writes_held=no paused_databases=" {
+		t.Fatalf("SHOW STATE before PAUSE: %s", got)
+	}
 	if tag, err := admin.Exec(ctx, "PAUSE", simple); err != nil || tag.String() != "PAUSE" || !p.e.Stats().Paused {
 		t.Fatalf("PAUSE: %q %v, paused %v", tag, err, p.e.Stats().Paused)
 	}
+	if got := state(); got != "active=no paused=yes suspended=no writes_held=no paused_databases=" {
+		t.Fatalf("SHOW STATE after PAUSE: %s", got)
+	}
 	if tag, err := admin.Exec(ctx, "RESUME", simple); err != nil || tag.String() != "RESUME" || p.e.Stats().Paused {
 		t.Fatalf("RESUME: %q %v, paused %v", tag, err, p.e.Stats().Paused)
+	}
+	if got := state(); !strings.HasPrefix(got, "active=yes paused=no") {
+		t.Fatalf("SHOW STATE after RESUME: %s", got)
 	}
 	// The console still answers after the commands that ran on a goroutine.
 	if _, rows := consoleRows(t, admin, "SHOW VERSION"); len(rows) != 1 {

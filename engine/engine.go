@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"os"
+	"os/user"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -92,6 +95,8 @@ type Engine struct {
 
 	// roleByPort maps a listener port to its role.
 	rwAddr, roAddr *net.TCPAddr
+	// rwSock and roSock are the client Unix sockets' paths ("" when off).
+	rwSock, roSock string
 
 	// checkNow asks the standalone health checker to re-check roles at once.
 	checkNow chan struct{}
@@ -172,6 +177,7 @@ func New(cfg Config, opts Options) (*Engine, error) {
 			return nil, fmt.Errorf("proxy.listen_ro: %w", err)
 		}
 	}
+	e.rwSock, e.roSock = cfg.UnixSocketPaths()
 	return e, nil
 }
 
@@ -189,6 +195,15 @@ func (e *Engine) Run(ctx context.Context) error {
 			return err
 		}
 		addrs = append(addrs, "tcp://"+l.addr)
+	}
+	for _, path := range []string{e.rwSock, e.roSock} {
+		if path == "" {
+			continue
+		}
+		if err := probeUnixSocket(path); err != nil {
+			return err
+		}
+		addrs = append(addrs, "unix://"+path)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -257,8 +272,13 @@ func (e *Engine) Stop() { e.stopOnce.Do(func() { close(e.stopped) }) }
 // OnBoot implements gnet.EventHandler.
 func (e *Engine) OnBoot(eng gnet.Engine) gnet.Action {
 	e.gnet = eng
+	if err := e.setSocketAccess(); err != nil {
+		// The sockets exist but with the umask's permissions: say so, and serve TCP anyway.
+		e.log.Error("client Unix sockets: cannot set their permissions", "err", err)
+	}
 	close(e.booted)
-	e.log.Info("proxy listening", "rw", e.cfg.ListenRW, "ro", e.cfg.ListenRO, "loops", e.cfg.EventLoops, "pool_mode", e.cfg.Pool.Mode)
+	e.log.Info("proxy listening", "rw", e.cfg.ListenRW, "ro", e.cfg.ListenRO, "unix_rw", e.rwSock, "unix_ro", e.roSock,
+		"loops", e.cfg.EventLoops, "pool_mode", e.cfg.Pool.Mode)
 	return gnet.None
 }
 
@@ -492,6 +512,12 @@ func (e *Engine) guard(c gnet.Conn, f func()) (panicked bool) {
 }
 
 func (e *Engine) roleOf(local net.Addr) Role {
+	if ua, ok := local.(*net.UnixAddr); ok {
+		if ua.Name != "" && ua.Name == e.roSock {
+			return RoleRO
+		}
+		return RoleRW
+	}
 	ta, ok := local.(*net.TCPAddr)
 	if !ok {
 		return RoleRW
@@ -515,6 +541,7 @@ func (e *Engine) OnOpen(c gnet.Conn) (out []byte, action gnet.Action) {
 		switch x := c.Context().(type) {
 		case nil:
 			cl := newClient(e, e.roleOf(c.LocalAddr()))
+			_, cl.unix = c.LocalAddr().(*net.UnixAddr)
 			cl.onAccept(c, lp)
 		case *server:
 			x.onEnrolled(c, lp)
@@ -841,3 +868,76 @@ func (g gnetLogger) Infof(f string, a ...any)  { g.l.Debug(fmt.Sprintf(f, a...))
 func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn(fmt.Sprintf(f, a...)) }
 func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...)) }
 func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...)) }
+
+// probeUnixSocket refuses a client socket path another live process listens on (gnet removes
+// whatever is at the path before it binds); a socket file left by a process that died goes.
+func probeUnixSocket(path string) error {
+	dir := filepath.Dir(path)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("proxy.unix_socket_dir %s: not a directory (%v); create it, writable by the user pgbastion runs as", dir, err)
+	}
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("proxy.unix_socket_dir: %w", err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("proxy.unix_socket_dir: %s exists and is not a socket; move it away", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("proxy.unix_socket_dir: %s is in use by another process (another pgbastion, PgBouncer or PostgreSQL on the same port?); stop it or choose another directory", path)
+	}
+	return nil
+}
+
+// setSocketAccess gives the client Unix sockets unix_socket_mode and unix_socket_group.
+func (e *Engine) setSocketAccess() error {
+	if e.rwSock == "" && e.roSock == "" {
+		return nil
+	}
+	mode, err := e.cfg.unixSocketMode()
+	if err != nil {
+		return err
+	}
+	gid := -1
+	if g := e.cfg.UnixSocketGroup; g != "" {
+		grp, err := user.LookupGroup(g)
+		if err != nil {
+			return fmt.Errorf("proxy.unix_socket_group %q: %w", g, err)
+		}
+		if gid, err = strconv.Atoi(grp.Gid); err != nil {
+			return fmt.Errorf("proxy.unix_socket_group %q: gid %q", g, grp.Gid)
+		}
+	}
+	var errs []error
+	for _, p := range []string{e.rwSock, e.roSock} {
+		if p == "" {
+			continue
+		}
+		if gid >= 0 {
+			errs = append(errs, os.Chown(p, -1, gid))
+		}
+		errs = append(errs, os.Chmod(p, mode))
+	}
+	return errors.Join(errs...)
+}
+
+// CheckUnixSockets checks what proxy.unix_socket_dir and unix_socket_group name exist (pgbastion
+// check), so that a missing directory is found before the daemon starts.
+func CheckUnixSockets(cfg Config) error {
+	if cfg.UnixSocketDir == "" {
+		return nil
+	}
+	if st, err := os.Stat(cfg.UnixSocketDir); err != nil || !st.IsDir() {
+		return fmt.Errorf("proxy.unix_socket_dir %s: not a directory (%v); create it, writable by the user pgbastion runs as", cfg.UnixSocketDir, err)
+	}
+	if g := cfg.UnixSocketGroup; g != "" {
+		if _, err := user.LookupGroup(g); err != nil {
+			return fmt.Errorf("proxy.unix_socket_group %q: %w", g, err)
+		}
+	}
+	return nil
+}

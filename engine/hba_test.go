@@ -115,8 +115,8 @@ host      all  all       10.0.0.0/8    md5
 		t.Errorf("bob after the reload: %v", err)
 	}
 	// A file that does not parse is refused and changes nothing.
-	write(hbaPath, "local all all trust\n")
-	if _, err := p.e.Reload(p.cfg, v, userlist); err == nil || !strings.Contains(err.Error(), "hba.conf:1: local lines do not apply") {
+	write(hbaPath, "host all all samenet trust\n")
+	if _, err := p.e.Reload(p.cfg, v, userlist); err == nil || !strings.Contains(err.Error(), "hba.conf:1: samenet is not supported") {
 		t.Errorf("reload of a bad file: %v", err)
 	}
 	if err := try("bob", "bob-pw"); err != nil {

@@ -155,6 +155,13 @@ func TestCheckCommand(t *testing.T) {
 	if code := Main([]string{"check", "-c", path}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "proxy.server.tls.ca: open "+ca) {
 		t.Fatalf("a missing proxy.server.tls.ca: exit %d, %q", code, errOut.String())
 	}
+	// And the directory for client sockets.
+	cfg = fmt.Sprintf("proxy: {unix_socket_dir: %s/nothere, backends: [{host: 127.0.0.1, port: 5434}]}\n", dir)
+	_ = os.WriteFile(path, []byte(cfg), 0o600)
+	errOut.Reset()
+	if code := Main([]string{"check", "-c", path}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "proxy.unix_socket_dir "+dir+"/nothere: not a directory") {
+		t.Fatalf("a missing proxy.unix_socket_dir: exit %d, %q", code, errOut.String())
+	}
 }
 
 func TestConfigReplicationSettings(t *testing.T) {

@@ -40,6 +40,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	if err := engine.CheckTLSFiles(cfg.Proxy); err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
+	if err := engine.CheckUnixSockets(cfg.Proxy); err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
+	}
 	fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
 	return nil
 }

@@ -27,6 +27,9 @@ const (
 	HBAMD5    HBAMethod = "md5"
 	HBASCRAM  HBAMethod = "scram-sha-256"
 	HBACert   HBAMethod = "cert"
+	// HBAPeer (local lines only): the client's operating-system user, as the kernel reports
+	// it for the socket, must be the database user it asks for.
+	HBAPeer HBAMethod = "peer"
 )
 
 // HBA is a parsed host-based authentication file in pg_hba.conf's format (PgBouncer's
@@ -38,6 +41,7 @@ type HBA struct {
 
 type hbaRule struct {
 	line   int
+	local  bool // a local line: Unix-socket connections only
 	ssl    int8 // 0: host (either), 1: hostssl, -1: hostnossl
 	dbs    []hbaName
 	users  []hbaName
@@ -66,10 +70,11 @@ func LoadHBA(path string) (*HBA, error) {
 // `TYPE DATABASE USER ADDRESS METHOD` with TYPE host, hostssl or hostnossl; DATABASE all,
 // sameuser or names; USER all or names (comma-separated lists, double quotes make a name of a
 // keyword or keep spaces and commas); ADDRESS all, a CIDR prefix, or an address followed by a
-// netmask; METHOD trust, reject, md5, scram-sha-256 or cert. '#' starts a comment. What a
-// proxy cannot honour is refused with the line and the reason rather than ignored: local
-// lines (the proxy listens on TCP only), @file inclusions, +group names, host names,
-// samehost/samenet, other methods and method options. Errors list every bad line (up to 20).
+// netmask; METHOD trust, reject, md5, scram-sha-256 or cert. `local DATABASE USER METHOD` lines
+// apply to clients on the proxy's Unix sockets, with peer as a further method. '#' starts a
+// comment. What a proxy cannot honour is refused with the line and the reason rather than
+// ignored: @file inclusions, +group names, host names, samehost/samenet, other methods and
+// method options. Errors list every bad line (up to 20).
 func ParseHBA(name string, r io.Reader) (*HBA, error) {
 	data, err := io.ReadAll(io.LimitReader(r, MaxHBASize+1))
 	if err != nil {
@@ -186,13 +191,16 @@ func parseHBARule(line int, f []hbaToken) (hbaRule, string) {
 	case "hostnossl":
 		r.ssl = -1
 	case "local":
-		return r, "local lines do not apply: the proxy accepts TCP connections only (use host)"
+		r.local = true
 	case "hostgssenc", "hostnogssenc":
 		return r, typ + " is not supported: the proxy does not offer GSSAPI encryption"
 	default:
 		return r, fmt.Sprintf("unknown connection type %q (use host, hostssl or hostnossl)", typ)
 	}
-	if len(f) < 5 {
+	if r.local && len(f) < 4 {
+		return r, "expected local DATABASE USER METHOD"
+	}
+	if !r.local && len(f) < 5 {
 		return r, "expected TYPE DATABASE USER ADDRESS METHOD"
 	}
 	for _, n := range f[1] {
@@ -219,6 +227,14 @@ func parseHBARule(line int, f []hbaToken) (hbaRule, string) {
 		}
 	}
 	r.users = f[2]
+	if r.local {
+		if a, _ := single(f[3]); strings.Contains(a, "/") || a == "all" || a == "samehost" || a == "samenet" {
+			return r, "a local line has no address: local DATABASE USER METHOD"
+		} else if _, err := netip.ParseAddr(a); err == nil {
+			return r, "a local line has no address: local DATABASE USER METHOD"
+		}
+		return parseHBAMethod(r, f[3:])
+	}
 	addr, ok := single(f[3])
 	if !ok {
 		return r, "the address must be one word"
@@ -255,23 +271,32 @@ func parseHBARule(line int, f []hbaToken) (hbaRule, string) {
 		r.prefix = netip.PrefixFrom(ip, bits).Masked()
 		rest = rest[1:]
 	}
-	method, ok := single(rest[0])
+	return parseHBAMethod(r, rest)
+}
+
+// parseHBAMethod reads a rule's method (and refuses options) from the fields after its
+// address (a local line has none).
+func parseHBAMethod(r hbaRule, rest []hbaToken) (hbaRule, string) {
+	method, ok := rest[0][0].name, len(rest[0]) == 1 && rest[0][0].keyword
 	if !ok {
 		return r, "the method must be one word"
 	}
 	switch m := HBAMethod(method); m {
-	case HBATrust, HBAReject, HBAMD5, HBASCRAM, HBACert:
+	case HBATrust, HBAReject, HBAMD5, HBASCRAM, HBACert, HBAPeer:
 		r.method = m
 	case "password":
 		return r, "password (cleartext) is not supported; use scram-sha-256 or md5"
 	default:
-		return r, fmt.Sprintf("method %q is not supported (use trust, reject, md5, scram-sha-256 or cert)", method)
+		return r, fmt.Sprintf("method %q is not supported (use trust, reject, md5, scram-sha-256, cert, or peer on local lines)", method)
 	}
 	if len(rest) > 1 {
 		return r, "method options are not supported"
 	}
 	if r.method == HBACert && r.ssl != 1 {
 		return r, "cert needs a hostssl line"
+	}
+	if r.method == HBAPeer && !r.local {
+		return r, "peer needs a local line: the kernel knows the other side's user only on a Unix socket"
 	}
 	return r, ""
 }
@@ -300,7 +325,7 @@ func maskBits(b []byte) (int, bool) {
 func (h *HBA) Match(addr netip.Addr, tls bool, database, user string) (m HBAMethod, line int, ok bool) {
 	addr = addr.Unmap()
 	for _, r := range h.rules {
-		if r.ssl == 1 && !tls || r.ssl == -1 && tls {
+		if r.local || r.ssl == 1 && !tls || r.ssl == -1 && tls {
 			continue
 		}
 		if !r.any && !r.prefix.Contains(addr) {
@@ -310,6 +335,17 @@ func (h *HBA) Match(addr netip.Addr, tls bool, database, user string) (m HBAMeth
 			continue
 		}
 		return r.method, r.line, true
+	}
+	return "", 0, false
+}
+
+// MatchLocal returns the method of the first local rule matching a Unix-socket connection for
+// database and user, with the rule's line; ok is false when no rule matches.
+func (h *HBA) MatchLocal(database, user string) (m HBAMethod, line int, ok bool) {
+	for _, r := range h.rules {
+		if r.local && matchNames(r.dbs, database, user, true) && matchNames(r.users, user, user, false) {
+			return r.method, r.line, true
+		}
 	}
 	return "", 0, false
 }

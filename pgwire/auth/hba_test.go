@@ -51,7 +51,9 @@ func TestHBAMatchesTheFirstRule(t *testing.T) {
 
 func TestHBARefusesWhatItCannotHonour(t *testing.T) {
 	for line, want := range map[string]string{
-		`local all all trust`:                           "TCP connections only",
+		`local all all`:                                 "expected local DATABASE USER METHOD",
+		`local all all 127.0.0.1/32 md5`:                "a local line has no address",
+		`host all all 10.0.0.0/8 peer`:                  "peer needs a local line",
 		`host all all 10.0.0.0/8 password`:              "cleartext",
 		`host all all 10.0.0.0/8 ident`:                 "not supported",
 		`host all +admins 10.0.0.0/8 md5`:               "+group",
@@ -75,18 +77,44 @@ func TestHBARefusesWhatItCannotHonour(t *testing.T) {
 	}
 }
 
+// local lines apply to Unix-socket clients only, host lines never to them.
+func TestHBALocalLines(t *testing.T) {
+	h, err := ParseHBA("hba.conf", strings.NewReader(`
+local  all   app        peer
+local  all   all        scram-sha-256
+host   all   all        0.0.0.0/0   trust
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, line, ok := h.MatchLocal("db", "app"); !ok || m != HBAPeer || line != 2 {
+		t.Errorf("local app: %v line %d (%v)", m, line, ok)
+	}
+	if m, line, ok := h.MatchLocal("db", "bob"); !ok || m != HBASCRAM || line != 3 {
+		t.Errorf("local bob: %v line %d (%v)", m, line, ok)
+	}
+	if m, line, ok := h.Match(netip.MustParseAddr("10.0.0.1"), false, "db", "app"); !ok || m != HBATrust || line != 4 {
+		t.Errorf("TCP app: %v line %d (%v), want the host line", m, line, ok)
+	}
+	only, _ := ParseHBA("hba.conf", strings.NewReader("host all all 0.0.0.0/0 trust\n"))
+	if _, _, ok := only.MatchLocal("db", "app"); ok {
+		t.Error("a host line matched a Unix-socket client")
+	}
+}
+
 func FuzzParseHBA(f *testing.F) {
 	f.Add(testHBA)
 	f.Add("host a,\"b,c\" d 1.2.3.4 255.255.255.255 trust\n")
 	f.Add("host all all ::/0 md5 # x\n\"")
+	f.Add("local all app peer\nlocal all all md5\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		h, err := ParseHBA("fuzz", strings.NewReader(s))
 		if err != nil {
 			return
 		}
 		for _, a := range []string{"127.0.0.1", "::1", "10.1.2.3"} {
-			if m, _, ok := h.Match(netip.MustParseAddr(a), a == "::1", "db", "user"); ok && !h.Methods()[m] {
-				t.Fatalf("matched method %q that no rule names", m)
+			if m, _, ok := h.Match(netip.MustParseAddr(a), a == "::1", "db", "user"); ok && (!h.Methods()[m] || m == HBAPeer) {
+				t.Fatalf("matched method %q that no rule names, or peer over TCP", m)
 			}
 		}
 	})
