@@ -155,29 +155,7 @@ func TestReloadHBA(t *testing.T) {
 // to log in over TCP, which pg_hba.conf's host lines decide.
 func hbaServer(t *testing.T, local []string) (ctx context.Context, inst *Instance, overTCP func() error, rejected func(string)) {
 	t.Helper()
-	if _, err := FindBinDir(); err != nil {
-		t.Skip(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	inst, err = New(Config{DataDir: filepath.Join(openDir(t), "data"), Host: "127.0.0.1", Port: port, Superuser: "postgres",
-		Password: "s3cret", PgHBA: local}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	if err := inst.InitDB(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := inst.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = inst.Stop(context.Background(), Fast) })
+	ctx, inst, port := startTestServer(t, Config{Password: "s3cret", PgHBA: local})
 	overTCP = func() error {
 		c, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=s3cret dbname=postgres sslmode=disable", port))
 		if err == nil {
@@ -271,4 +249,34 @@ func TestSyncHBANeverWritesARefusedList(t *testing.T) {
 	if err := overTCP(); err != nil {
 		t.Fatalf("after the start: %v", err)
 	}
+}
+
+// startTestServer initialises and starts a PostgreSQL of cfg (its data directory, host, port
+// and superuser filled in) on a free port, stopped when the test ends.
+func startTestServer(t *testing.T, cfg Config) (context.Context, *Instance, int) {
+	t.Helper()
+	if _, err := FindBinDir(); err != nil {
+		t.Skip(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg.DataDir, cfg.Host, cfg.Port, cfg.Superuser = filepath.Join(openDir(t), "data"), "127.0.0.1", port, "postgres"
+	inst, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	if err := inst.InitDB(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = inst.Stop(context.Background(), Fast) })
+	return ctx, inst, port
 }

@@ -1,9 +1,6 @@
 package pgctl
 
 import (
-	"context"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,30 +56,7 @@ func TestByteSize(t *testing.T) {
 
 // The clone's total is the size of the primary's databases, asked of a real PostgreSQL.
 func TestUpstreamSize(t *testing.T) {
-	if _, err := FindBinDir(); err != nil {
-		t.Skip(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	dir := openDir(t)
-	inst, err := New(Config{DataDir: filepath.Join(dir, "data"), Host: "127.0.0.1", Port: port, Superuser: "postgres",
-		Password: "s3cret"}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := inst.InitDB(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := inst.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = inst.Stop(context.Background(), Fast) })
+	ctx, inst, port := startTestServer(t, Config{Password: "s3cret"})
 	c := NewController(inst, "n1", false, nil)
 	if n := c.upstreamSize(ctx, "127.0.0.1", port); n < 1<<20 || n > 1<<30 {
 		t.Fatalf("size of a fresh cluster's databases: %d bytes", n)
