@@ -151,12 +151,16 @@ type Change struct {
 	New string `json:"new"`
 	// Applied is false for a setting that takes a restart; the old value stays in effect.
 	Applied bool `json:"applied"`
+	// Note says more about an applied change (e.g. what PostgreSQL did with a parameter).
+	Note string `json:"note,omitempty"`
 }
 
 func (c Change) String() string {
 	s := fmt.Sprintf("%s: %s -> %s", c.Key, c.Old, c.New)
 	if !c.Applied {
 		s += " (takes a restart; the old value stays in effect)"
+	} else if c.Note != "" {
+		s += " (" + c.Note + ")"
 	}
 	return s
 }

@@ -61,6 +61,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	})
 
 	ctl := pgctl.NewController(inst, node.Name(), cfg.PostgreSQL.Bootstrap, node.State)
+	d.reloader.setParams(ctl.ReloadParameters)
 	agent := ha.NewAgent(node, ctl, hc, ha.AgentOptions{
 		Logger:              log,
 		InflightWrites:      d.proxy.WritesInFlight,

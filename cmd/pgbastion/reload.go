@@ -28,10 +28,11 @@ import (
 // reloader re-reads the configuration file while the daemon runs (SIGHUP, POST /reload,
 // pgbastion ctl reload). What the proxy can change live it applies (engine.Reload: pool sizes
 // and timeouts, the auth method and auth_file, TLS certificates, console users, the server
-// password); log.level changes at once; postgresql.pg_hba is written and loaded by the local
-// PostgreSQL (cluster members); every other change is reported as taking a restart and left
-// as it is. A file that does not load (syntax, an unknown key, an invalid value, an unreadable
-// auth_file or certificate, pg_hba lines PostgreSQL refuses) changes nothing.
+// password); log.level changes at once; postgresql.pg_hba and postgresql.parameters are written
+// and loaded by the local PostgreSQL (cluster members); every other change is reported as
+// taking a restart and left as it is. A file that does not load (syntax, an unknown key, an
+// invalid value, an unreadable auth_file or certificate, pg_hba lines or parameters PostgreSQL
+// refuses) changes nothing.
 type reloader struct {
 	path  string
 	log   *slog.Logger
@@ -39,9 +40,11 @@ type reloader struct {
 	proxy *engine.Engine
 
 	mu sync.Mutex
-	// hba applies a changed postgresql.pg_hba to the local PostgreSQL (pgctl.Instance.ReloadHBA);
-	// nil in a standalone proxy.
-	hba func(ctx context.Context, lines []string) (string, error)
+	// hba applies a changed postgresql.pg_hba to the local PostgreSQL (pgctl.Instance.ReloadHBA),
+	// params changed postgresql.parameters (pgctl.Controller.ReloadParameters); nil in a
+	// standalone proxy.
+	hba    func(ctx context.Context, lines []string) (string, error)
+	params func(ctx context.Context, params map[string]string) (string, error)
 	// running is the configuration as started, with log.level as last reloaded; the proxy
 	// section's effective values live in the engine.
 	running Config
@@ -139,19 +142,39 @@ func (r *reloader) apply() (*reloadResult, error) {
 		r.log.Info("postgresql.pg_hba reloaded", "outcome", outcome)
 		rest[hbaIdx].Applied = true
 	}
-	changes, err := r.proxy.Reload(cfg.Proxy, verifier, secrets)
-	if err != nil {
-		if hbaIdx >= 0 && r.hba != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if _, herr := r.hba(ctx, r.running.PostgreSQL.PgHBA); herr != nil {
-				err = fmt.Errorf("%w (and putting the previous postgresql.pg_hba back failed: %v)", err, herr)
+	paramsChanged := r.params != nil && slices.ContainsFunc(rest, isParameter)
+	if paramsChanged {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		outcome, err := r.params(ctx, cfg.PostgreSQL.Parameters)
+		if err != nil {
+			r.undoHBA(hbaIdx >= 0 && rest[hbaIdx].Applied)
+			return nil, err
+		}
+		r.log.Info("postgresql.parameters reloaded", "outcome", outcome)
+		for i := range rest {
+			if isParameter(rest[i]) {
+				rest[i].Applied, rest[i].Note = true, outcome
 			}
 		}
+	}
+	changes, err := r.proxy.Reload(cfg.Proxy, verifier, secrets)
+	if err != nil {
+		if paramsChanged {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, perr := r.params(ctx, r.running.PostgreSQL.Parameters); perr != nil {
+				err = fmt.Errorf("%w (and putting the previous postgresql.parameters back failed: %v)", err, perr)
+			}
+		}
+		r.undoHBA(hbaIdx >= 0 && rest[hbaIdx].Applied)
 		return nil, err
 	}
 	if hbaIdx >= 0 && rest[hbaIdx].Applied {
 		r.running.PostgreSQL.PgHBA = slices.Clone(cfg.PostgreSQL.PgHBA)
+	}
+	if paramsChanged {
+		r.running.PostgreSQL.Parameters = maps.Clone(cfg.PostgreSQL.Parameters)
 	}
 	for i := range rest {
 		if rest[i].Key == "log.level" {
@@ -172,6 +195,31 @@ func (r *reloader) apply() (*reloadResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// isParameter reports whether c is a change of postgresql.parameters.
+func isParameter(c engine.Change) bool {
+	return c.Key == "postgresql.parameters" || strings.HasPrefix(c.Key, "postgresql.parameters.")
+}
+
+// undoHBA puts the running postgresql.pg_hba back after a reload applied a new one and then
+// failed.
+func (r *reloader) undoHBA(applied bool) {
+	if !applied || r.hba == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := r.hba(ctx, r.running.PostgreSQL.PgHBA); err != nil {
+		r.log.Error("a refused reload could not put the previous postgresql.pg_hba back", "err", err)
+	}
+}
+
+// setParams makes changed postgresql.parameters reloadable (cluster members).
+func (r *reloader) setParams(apply func(ctx context.Context, params map[string]string) (string, error)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.params = apply
 }
 
 // setHBA makes a changed postgresql.pg_hba reloadable (cluster members, once their PostgreSQL

@@ -231,3 +231,58 @@ proxy: {listen_rw: "127.0.0.1:0", listen_ro: "", pool: {mode: transaction, defau
 		t.Fatalf("after the refused reload: %v", res.Changes)
 	}
 }
+
+// postgresql.parameters changes go to the local PostgreSQL at a reload, noted with what
+// PostgreSQL did; refused, they refuse the whole reload, and a pg_hba list applied in the same
+// reload is put back.
+func TestReloaderAppliesParameters(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pgbastion.yaml")
+	base := `raft: {node_name: n1, bind: "127.0.0.1:8300", data_dir: ` + dir + `/raft, peers: [{name: n1, address: "127.0.0.1:8300"}]}
+postgresql: {data_dir: ` + dir + `/data, port: 5434, parameters: {work_mem: 8MB}, pg_hba: ["host all all 10.0.0.0/8 scram-sha-256"]}
+proxy: {listen_rw: "127.0.0.1:0", listen_ro: "", pool: {mode: transaction, default_pool_size: 20}}
+`
+	writeFile(t, path, base)
+	d, _ := daemonFrom(t, path)
+	var params []map[string]string
+	var hba [][]string
+	refuse := false
+	d.reloader.setParams(func(_ context.Context, p map[string]string) (string, error) {
+		params = append(params, p)
+		if refuse {
+			return "", errors.New(`PostgreSQL refuses postgresql.parameters: invalid value for parameter "work_mem": "lots"`)
+		}
+		return "loaded by PostgreSQL; waiting for a restart of PostgreSQL: shared_buffers", nil
+	})
+	d.reloader.setHBA(func(_ context.Context, lines []string) (string, error) {
+		hba = append(hba, lines)
+		return "loaded", nil
+	})
+	writeFile(t, path, strings.Replace(base, "{work_mem: 8MB}", "{work_mem: 16MB, shared_buffers: 1GB}", 1))
+	res, err := d.reloader.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(params) != 1 || params[0]["work_mem"] != "16MB" || res.Applied != 2 || len(res.RestartRequired) != 0 {
+		t.Fatalf("applied %d, restart %v, params calls %v", res.Applied, res.RestartRequired, params)
+	}
+	var out bytes.Buffer
+	printReload(&out, res)
+	if !strings.Contains(out.String(), "postgresql.parameters.work_mem: 8MB -> 16MB (loaded by PostgreSQL; waiting for a restart of PostgreSQL: shared_buffers)") {
+		t.Fatalf("ctl output:\n%s", out.String())
+	}
+	// Refused, with a pg_hba change in the same file: the pg_hba list goes back.
+	refuse = true
+	writeFile(t, path, strings.NewReplacer("{work_mem: 8MB}", "{work_mem: lots}", "10.0.0.0/8", "10.1.0.0/16").Replace(base))
+	if _, err := d.reloader.reload(); err == nil || !strings.Contains(err.Error(), `invalid value for parameter "work_mem"`) {
+		t.Fatalf("refused parameters: %v", err)
+	}
+	if len(hba) != 2 || hba[0][0] != "host all all 10.1.0.0/16 scram-sha-256" || hba[1][0] != "host all all 10.0.0.0/8 scram-sha-256" {
+		t.Fatalf("pg_hba calls %q, want the new list and then the previous one back", hba)
+	}
+	// A parameter PGBastion owns is refused when the file is read.
+	writeFile(t, path, strings.Replace(base, "{work_mem: 8MB}", "{port: 6000}", 1))
+	if _, err := d.reloader.reload(); err == nil || !strings.Contains(err.Error(), "postgresql.parameters.port: set by postgresql.port") {
+		t.Fatalf("port in parameters: %v", err)
+	}
+}

@@ -12,12 +12,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,6 +89,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, validateHBA(c.PgHBA)...)
+	errs = append(errs, validateParameters(c.Parameters)...)
 	return errors.Join(errs...)
 }
 
@@ -126,6 +129,10 @@ type Instance struct {
 	// refusedHBA is the last list PostgreSQL refused (pg_hba_file_rules): never written.
 	hbaMu, hbaFileMu            sync.Mutex
 	hba, clusterHBA, refusedHBA []string
+	// parameters is postgresql.parameters in effect (cfg.Parameters, then as reloaded);
+	// settingsMu serialises it and the writes of postgresql.pgbastion.conf.
+	settingsMu sync.Mutex
+	parameters map[string]string
 
 	mu   sync.Mutex
 	proc *exec.Cmd
@@ -157,7 +164,7 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid(), hba: cfg.PgHBA}
+	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid(), hba: cfg.PgHBA, parameters: cfg.Parameters}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup(cfg.OSUser)
 		if err != nil {
@@ -320,6 +327,36 @@ func (i *Instance) InitDB(ctx context.Context) error {
 
 // writeSettings writes postgresql.pgbastion.conf and includes it from postgresql.conf.
 func (i *Instance) writeSettings() error {
+	i.settingsMu.Lock()
+	err := i.writeOwned(filepath.Join(i.cfg.DataDir, settingsFile), i.settingsContent(i.parameters))
+	i.settingsMu.Unlock()
+	if err != nil {
+		return err
+	}
+	if _, err := i.writeHBA(); err != nil {
+		return err
+	}
+	conf := filepath.Join(i.cfg.DataDir, "postgresql.conf")
+	cur, err := os.ReadFile(conf)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(cur), "include_if_exists = '"+settingsFile+"'") {
+		cur = append(cur, []byte("\ninclude_if_exists = '"+settingsFile+"'\n")...)
+		if err := i.writeOwned(conf, cur); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// settingsFile is the file in the data directory that holds PGBastion's settings and
+// postgresql.parameters; postgresql.conf includes it.
+const settingsFile = "postgresql.pgbastion.conf"
+
+// settingsContent is postgresql.pgbastion.conf for params (postgresql.parameters) over
+// PGBastion's own settings.
+func (i *Instance) settingsContent(params map[string]string) []byte {
 	p := map[string]string{
 		"listen_addresses":        i.cfg.Host,
 		"port":                    strconv.Itoa(i.cfg.Port),
@@ -333,37 +370,15 @@ func (i *Instance) writeSettings() error {
 		"hot_standby_feedback":    "on",
 		"max_connections":         "200",
 	}
-	for k, v := range i.cfg.Parameters {
+	for k, v := range params {
 		p[k] = v
 	}
-	keys := make([]string, 0, len(p))
-	for k := range p {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var b strings.Builder
 	b.WriteString("# written by PGBastion; changes here are overwritten\n")
-	for _, k := range keys {
-		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(p[k], "'", "''"))
+	for _, k := range slices.Sorted(maps.Keys(p)) {
+		fmt.Fprintf(&b, "%s = %s\n", k, confString(p[k]))
 	}
-	if err := i.writeOwned(filepath.Join(i.cfg.DataDir, "postgresql.pgbastion.conf"), []byte(b.String())); err != nil {
-		return err
-	}
-	if _, err := i.writeHBA(); err != nil {
-		return err
-	}
-	conf := filepath.Join(i.cfg.DataDir, "postgresql.conf")
-	cur, err := os.ReadFile(conf)
-	if err != nil {
-		return err
-	}
-	if !strings.Contains(string(cur), "include_if_exists = 'postgresql.pgbastion.conf'") {
-		cur = append(cur, []byte("\ninclude_if_exists = 'postgresql.pgbastion.conf'\n")...)
-		if err := i.writeOwned(conf, cur); err != nil {
-			return err
-		}
-	}
-	return nil
+	return []byte(b.String())
 }
 
 // Start runs the postmaster as a child process and waits until it accepts connections (or

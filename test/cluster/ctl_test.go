@@ -96,6 +96,7 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		text := strings.Replace(string(b), "default_pool_size: 10", "default_pool_size: 12", 1)
+		text = strings.Replace(text, `wal_keep_size: "512MB"`, `wal_keep_size: "512MB", work_mem: "7MB"`, 1)
 		if n.Name == "node3" {
 			text += "proxy_typo: {}\n"
 		}
@@ -104,9 +105,19 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 		}
 	}
 	out := fails("reload", "--cluster")
-	for _, want := range []string{"node1  1", "node2  1", "node3  0", `unknown key "proxy_typo"`, "2 members reloaded their configuration file; 1 refused theirs"} {
+	for _, want := range []string{"node1  2", "node2  2", "node3  0", `unknown key "proxy_typo"`, "2 members reloaded their configuration file; 1 refused theirs"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("ctl reload --cluster does not say %q:\n%s", want, out)
+		}
+	}
+	// postgresql.parameters went to PostgreSQL where the file was taken, not on node3.
+	for _, n := range c.Nodes {
+		want := "7MB"
+		if n.Name == "node3" {
+			want = "4MB"
+		}
+		if v := show(t, n, "work_mem"); v != want {
+			t.Fatalf("%s runs with work_mem %s after the cluster-wide reload, want %s", n.Name, v, want)
 		}
 	}
 
