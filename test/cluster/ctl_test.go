@@ -96,7 +96,7 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		text := strings.Replace(string(b), "default_pool_size: 10", "default_pool_size: 12", 1)
-		text = strings.Replace(text, `wal_keep_size: "512MB"`, `wal_keep_size: "512MB", work_mem: "7MB"`, 1)
+		text = strings.Replace(text, `wal_keep_size: "512MB"`, `wal_keep_size: "512MB", maintenance_work_mem: "70MB"`, 1)
 		if n.Name == "node3" {
 			text += "proxy_typo: {}\n"
 		}
@@ -112,12 +112,12 @@ func TestCLIAgainstLiveCluster(t *testing.T) {
 	}
 	// postgresql.parameters went to PostgreSQL where the file was taken, not on node3.
 	for _, n := range c.Nodes {
-		want := "7MB"
+		want := "70MB"
 		if n.Name == "node3" {
-			want = "4MB"
+			want = "64MB"
 		}
-		if v := show(t, n, "work_mem"); v != want {
-			t.Fatalf("%s runs with work_mem %s after the cluster-wide reload, want %s", n.Name, v, want)
+		if v := show(t, n, "maintenance_work_mem"); v != want {
+			t.Fatalf("%s runs with maintenance_work_mem %s after the cluster-wide reload, want %s", n.Name, v, want)
 		}
 	}
 
