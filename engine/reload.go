@@ -65,6 +65,9 @@ func newLive(cfg Config, verifier *auth.Verifier, secrets auth.Secrets) (*live, 
 		if m := h.Methods(); (m[auth.HBAMD5] || m[auth.HBASCRAM]) && secrets == nil && cfg.Auth.AuthUser == "" {
 			return nil, fmt.Errorf("proxy.auth.hba_file %s has md5 or scram-sha-256 lines, which need passwords: set proxy.auth.auth_file, proxy.auth.auth_user, or both", path)
 		}
+		if n := h.LocalLine(); n > 0 && cfg.UnixSocketDir == "" {
+			return nil, fmt.Errorf("proxy.auth.hba_file %s:%d: a local line applies to clients on the proxy's Unix sockets, and there are none: set proxy.unix_socket_dir, or use host lines", path, n)
+		}
 		if m := h.Methods(); m[auth.HBACert] && cfg.TLS.CA == "" {
 			return nil, fmt.Errorf("proxy.auth.hba_file %s has cert lines, which need client certificates: set proxy.tls.ca (and proxy.tls.cert, key and mode)", path)
 		}

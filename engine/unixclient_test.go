@@ -182,3 +182,22 @@ hostssl all all 127.0.0.1/32 reject
 		t.Fatalf("a second proxy on the same socket: %v", err)
 	}
 }
+
+// local lines without client sockets could never match: refused, naming the line.
+func TestHBALocalLinesNeedSockets(t *testing.T) {
+	hbaPath := filepath.Join(t.TempDir(), "hba.conf")
+	if err := os.WriteFile(hbaPath, []byte("host all all 0.0.0.0/0 trust\nlocal all all trust\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := engine.DefaultConfig()
+	cfg.ListenRW, cfg.ListenRO = "127.0.0.1:6432", ""
+	cfg.Backends = []engine.BackendConfig{{Host: "127.0.0.1", Port: 5432}}
+	cfg.Auth = engine.AuthConfig{Method: "hba", HBAFile: hbaPath}
+	if _, err := engine.New(cfg, engine.Options{}); err == nil || !strings.Contains(err.Error(), hbaPath+":2: a local line applies to clients on the proxy's Unix sockets") {
+		t.Fatalf("local lines without unix_socket_dir: %v", err)
+	}
+	cfg.UnixSocketDir = t.TempDir()
+	if _, err := engine.New(cfg, engine.Options{}); err != nil {
+		t.Fatalf("with unix_socket_dir: %v", err)
+	}
+}

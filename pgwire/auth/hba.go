@@ -350,6 +350,16 @@ func (h *HBA) MatchLocal(database, user string) (m HBAMethod, line int, ok bool)
 	return "", 0, false
 }
 
+// LocalLine returns the line of the first local rule, 0 when there is none.
+func (h *HBA) LocalLine() int {
+	for _, r := range h.rules {
+		if r.local {
+			return r.line
+		}
+	}
+	return 0
+}
+
 // Methods lists the methods the rules use.
 func (h *HBA) Methods() map[HBAMethod]bool {
 	out := map[HBAMethod]bool{}
