@@ -37,7 +37,7 @@ func (d *daemon) runCluster(ctx context.Context, hc ha.Config) error {
 	if err != nil {
 		return err
 	}
-	d.reloader.setHBA(inst.ReloadHBA)
+	d.reloader.setHBA(inst.ReloadHBA, inst.ReloadIdent)
 	advHost := cfg.PostgreSQL.AdvertiseHost
 	if advHost == "" {
 		advHost = inst.Config().Host

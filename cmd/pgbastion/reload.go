@@ -43,8 +43,8 @@ type reloader struct {
 	// hba applies a changed postgresql.pg_hba to the local PostgreSQL (pgctl.Instance.ReloadHBA),
 	// params changed postgresql.parameters (pgctl.Controller.ReloadParameters); nil in a
 	// standalone proxy.
-	hba    func(ctx context.Context, lines []string) (string, error)
-	params func(ctx context.Context, params map[string]string) (string, error)
+	hba, ident func(ctx context.Context, lines []string) (string, error)
+	params     func(ctx context.Context, params map[string]string) (string, error)
 	// running is the configuration as started, with log.level as last reloaded; the proxy
 	// section's effective values live in the engine.
 	running Config
@@ -129,52 +129,50 @@ func (r *reloader) apply() (*reloadResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	// pg_hba goes first: PostgreSQL may refuse it, and then nothing else may change either.
-	// Should the proxy then refuse its part, the previous lines go back.
-	hbaIdx := slices.IndexFunc(rest, func(c engine.Change) bool { return c.Key == "postgresql.pg_hba" })
-	if hbaIdx >= 0 && r.hba != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		outcome, err := r.hba(ctx, cfg.PostgreSQL.PgHBA)
-		if err != nil {
-			return nil, fmt.Errorf("postgresql.pg_hba not applied: %w", err)
+	// PostgreSQL's files go first: PostgreSQL may refuse one, and then nothing else may
+	// change either. What was applied goes back when a later step (or the proxy) refuses.
+	var undo, commits []func()
+	undoAll := func() {
+		for k := len(undo) - 1; k >= 0; k-- {
+			undo[k]()
 		}
-		r.log.Info("postgresql.pg_hba reloaded", "outcome", outcome)
-		rest[hbaIdx].Applied = true
 	}
-	paramsChanged := r.params != nil && slices.ContainsFunc(rest, isParameter)
-	if paramsChanged {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		outcome, err := r.params(ctx, cfg.PostgreSQL.Parameters)
-		if err != nil {
-			r.undoHBA(hbaIdx >= 0 && rest[hbaIdx].Applied)
-			return nil, err
+	for _, st := range r.postgresSteps(cfg) {
+		if st.apply == nil || !slices.ContainsFunc(rest, st.matches) {
+			continue
 		}
-		r.log.Info("postgresql.parameters reloaded", "outcome", outcome)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		outcome, err := st.apply(ctx, st.next)
+		cancel()
+		if err != nil {
+			undoAll()
+			return nil, fmt.Errorf("%s not applied: %w", st.key, err)
+		}
+		r.log.Info(st.key+" reloaded", "outcome", outcome)
 		for i := range rest {
-			if isParameter(rest[i]) {
-				rest[i].Applied, rest[i].Note = true, outcome
+			if st.matches(rest[i]) {
+				rest[i].Applied = true
+				if st.key == "postgresql.parameters" {
+					rest[i].Note = outcome
+				}
 			}
 		}
+		undo = append(undo, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := st.apply(ctx, st.running); err != nil {
+				r.log.Error("a refused reload could not put the previous "+st.key+" back", "err", err)
+			}
+		})
+		commits = append(commits, st.commit)
 	}
 	changes, err := r.proxy.Reload(cfg.Proxy, verifier, secrets)
 	if err != nil {
-		if paramsChanged {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if _, perr := r.params(ctx, r.running.PostgreSQL.Parameters); perr != nil {
-				err = fmt.Errorf("%w (and putting the previous postgresql.parameters back failed: %v)", err, perr)
-			}
-		}
-		r.undoHBA(hbaIdx >= 0 && rest[hbaIdx].Applied)
+		undoAll()
 		return nil, err
 	}
-	if hbaIdx >= 0 && rest[hbaIdx].Applied {
-		r.running.PostgreSQL.PgHBA = slices.Clone(cfg.PostgreSQL.PgHBA)
-	}
-	if paramsChanged {
-		r.running.PostgreSQL.Parameters = maps.Clone(cfg.PostgreSQL.Parameters)
+	for _, commit := range commits {
+		commit()
 	}
 	for i := range rest {
 		if rest[i].Key == "log.level" {
@@ -197,21 +195,41 @@ func (r *reloader) apply() (*reloadResult, error) {
 	return res, nil
 }
 
-// isParameter reports whether c is a change of postgresql.parameters.
-func isParameter(c engine.Change) bool {
-	return c.Key == "postgresql.parameters" || strings.HasPrefix(c.Key, "postgresql.parameters.")
+// postgresStep is one of the local PostgreSQL's settings a reload applies: its key, how to
+// apply a value (nil: not in this daemon), the file's value and the running one, and how to
+// make the file's value the running one once the reload is through.
+type postgresStep struct {
+	key           string
+	apply         func(ctx context.Context, v any) (string, error)
+	next, running any
+	commit        func()
 }
 
-// undoHBA puts the running postgresql.pg_hba back after a reload applied a new one and then
-// failed.
-func (r *reloader) undoHBA(applied bool) {
-	if !applied || r.hba == nil {
-		return
+func (st postgresStep) matches(c engine.Change) bool {
+	return c.Key == st.key || strings.HasPrefix(c.Key, st.key+".")
+}
+
+// postgresSteps lists, in order, the local PostgreSQL's settings a reload applies: pg_hba,
+// pg_ident, parameters.
+func (r *reloader) postgresSteps(cfg Config) []postgresStep {
+	lines := func(f func(context.Context, []string) (string, error)) func(context.Context, any) (string, error) {
+		if f == nil {
+			return nil
+		}
+		return func(ctx context.Context, v any) (string, error) { return f(ctx, v.([]string)) }
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := r.hba(ctx, r.running.PostgreSQL.PgHBA); err != nil {
-		r.log.Error("a refused reload could not put the previous postgresql.pg_hba back", "err", err)
+	var params func(context.Context, any) (string, error)
+	if r.params != nil {
+		params = func(ctx context.Context, v any) (string, error) { return r.params(ctx, v.(map[string]string)) }
+	}
+	run, next := &r.running.PostgreSQL, cfg.PostgreSQL
+	return []postgresStep{
+		{key: "postgresql.pg_hba", apply: lines(r.hba), next: next.PgHBA, running: run.PgHBA,
+			commit: func() { run.PgHBA = slices.Clone(next.PgHBA) }},
+		{key: "postgresql.pg_ident", apply: lines(r.ident), next: next.PgIdent, running: run.PgIdent,
+			commit: func() { run.PgIdent = slices.Clone(next.PgIdent) }},
+		{key: "postgresql.parameters", apply: params, next: next.Parameters, running: run.Parameters,
+			commit: func() { run.Parameters = maps.Clone(next.Parameters) }},
 	}
 }
 
@@ -222,12 +240,12 @@ func (r *reloader) setParams(apply func(ctx context.Context, params map[string]s
 	r.params = apply
 }
 
-// setHBA makes a changed postgresql.pg_hba reloadable (cluster members, once their PostgreSQL
-// is under control).
-func (r *reloader) setHBA(apply func(ctx context.Context, lines []string) (string, error)) {
+// setHBA makes a changed postgresql.pg_hba and pg_ident reloadable (cluster members, once
+// their PostgreSQL is under control).
+func (r *reloader) setHBA(hba, ident func(ctx context.Context, lines []string) (string, error)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.hba = apply
+	r.hba, r.ident = hba, ident
 }
 
 // consoleReload is the admin console's RELOAD: a line per change, then the summary.

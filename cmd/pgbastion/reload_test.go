@@ -196,7 +196,7 @@ proxy: {listen_rw: "127.0.0.1:0", listen_ro: "", pool: {mode: transaction, defau
 			return "", errors.New("PostgreSQL refuses postgresql.pg_hba[0]: invalid IP mask")
 		}
 		return "loaded", nil
-	})
+	}, nil)
 	// Unchanged: PostgreSQL is not asked.
 	if _, err := d.reloader.reload(); err != nil || len(got) != 0 {
 		t.Fatalf("unchanged file: %v, hba calls %q", err, got)
@@ -254,8 +254,12 @@ proxy: {listen_rw: "127.0.0.1:0", listen_ro: "", pool: {mode: transaction, defau
 		}
 		return "loaded by PostgreSQL; waiting for a restart of PostgreSQL: shared_buffers", nil
 	})
+	var ident [][]string
 	d.reloader.setHBA(func(_ context.Context, lines []string) (string, error) {
 		hba = append(hba, lines)
+		return "loaded", nil
+	}, func(_ context.Context, lines []string) (string, error) {
+		ident = append(ident, lines)
 		return "loaded", nil
 	})
 	writeFile(t, path, strings.Replace(base, "{work_mem: 8MB}", "{work_mem: 16MB, shared_buffers: 1GB}", 1))
@@ -279,6 +283,12 @@ proxy: {listen_rw: "127.0.0.1:0", listen_ro: "", pool: {mode: transaction, defau
 	}
 	if len(hba) != 2 || hba[0][0] != "host all all 10.1.0.0/16 scram-sha-256" || hba[1][0] != "host all all 10.0.0.0/8 scram-sha-256" {
 		t.Fatalf("pg_hba calls %q, want the new list and then the previous one back", hba)
+	}
+	// pg_ident goes to PostgreSQL too.
+	refuse = false
+	writeFile(t, path, strings.Replace(base, "pg_hba: [", `pg_ident: ["ops alice app_admin"], pg_hba: [`, 1))
+	if res, err := d.reloader.reload(); err != nil || len(ident) != 1 || ident[0][0] != "ops alice app_admin" || res.Applied < 1 {
+		t.Fatalf("pg_ident: %v, ident calls %q", err, ident)
 	}
 	// A parameter PGBastion owns is refused when the file is read.
 	writeFile(t, path, strings.Replace(base, "{work_mem: 8MB}", "{port: 6000}", 1))

@@ -52,11 +52,26 @@ func (i *Instance) effectiveHBA() []string {
 	return i.clusterHBA
 }
 
-// hbaContent is the pg_hba.conf that lines ask for.
-func hbaContent(lines []string) []byte {
+// authConf is one of the files PostgreSQL reads when a client connects that PGBastion may
+// write from a list of lines: pg_hba.conf and pg_ident.conf.
+type authConf struct {
+	file   string // in the data directory
+	header string // the lines before the list's
+	// check lists the lines of the file on disk that PostgreSQL refuses: (line_number, error).
+	check string
+}
+
+var (
+	hbaConf = authConf{file: "pg_hba.conf", header: hbaHeader + "# postgresql.pg_hba (changes here are overwritten)\n",
+		check: "SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL ORDER BY line_number"}
+	identConf = authConf{file: "pg_ident.conf", header: "# written by PGBastion\n# postgresql.pg_ident (changes here are overwritten)\n",
+		check: "SELECT line_number, error FROM pg_catalog.pg_ident_file_mappings WHERE error IS NOT NULL ORDER BY line_number"}
+)
+
+// content is the file that lines ask for.
+func (c authConf) content(lines []string) []byte {
 	var b strings.Builder
-	b.WriteString(hbaHeader)
-	b.WriteString(hbaListHeader)
+	b.WriteString(c.header)
 	for _, l := range lines {
 		b.WriteString(strings.TrimSpace(l))
 		b.WriteByte('\n')
@@ -64,12 +79,11 @@ func hbaContent(lines []string) []byte {
 	return []byte(b.String())
 }
 
-// hbaListHeader ends the lines before postgresql.pg_hba's own: postgresql.pg_hba[k] is line
-// hbaFirstLine+k of the file.
-const (
-	hbaListHeader = "# postgresql.pg_hba (changes here are overwritten)\n"
-	hbaFirstLine  = 5
-)
+// firstLine is the line of the file that holds the list's first entry.
+func (c authConf) firstLine() int { return strings.Count(c.header, "\n") + 1 }
+
+// hbaContent is the pg_hba.conf that lines ask for.
+func hbaContent(lines []string) []byte { return hbaConf.content(lines) }
 
 // writeHBA writes pg_hba.conf from postgresql.pg_hba when it is set and the file differs;
 // changed says whether it wrote.
@@ -80,22 +94,27 @@ func (i *Instance) writeHBA() (changed bool, err error) {
 }
 
 func (i *Instance) writeHBALocked(lines []string) (changed bool, err error) {
+	return i.writeConfLocked(hbaConf, lines, i.refusedHBA)
+}
+
+// writeConfLocked writes c's file from lines when they are set and the file differs; the
+// caller holds hbaFileMu. Lines PostgreSQL refused while it ran (refused) are not written:
+// they would stop its next start, and the file keeps the lines it has.
+func (i *Instance) writeConfLocked(c authConf, lines, refused []string) (changed bool, err error) {
 	if len(lines) == 0 || !i.HasData() {
 		return false, nil
 	}
-	if i.refusedHBA != nil && slices.Equal(lines, i.refusedHBA) {
-		// PostgreSQL refused these lines while it ran: written now, they would stop its next
-		// start. The file keeps the lines it has.
-		i.log.Error("pg_hba.conf keeps its previous lines: PostgreSQL refused the pg_hba list in effect; correct it and reload")
+	if refused != nil && slices.Equal(lines, refused) {
+		i.log.Error(c.file + " keeps its previous lines: PostgreSQL refused the list in effect; correct it and reload")
 		return false, nil
 	}
-	path := filepath.Join(i.cfg.DataDir, "pg_hba.conf")
-	want := hbaContent(lines)
+	path := filepath.Join(i.cfg.DataDir, c.file)
+	want := c.content(lines)
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, want) {
 		return false, nil
 	}
 	if err := i.writeOwned(path, want); err != nil {
-		return false, fmt.Errorf("writing pg_hba.conf from postgresql.pg_hba: %w", err)
+		return false, fmt.Errorf("writing %s: %w", c.file, err)
 	}
 	return true, nil
 }
@@ -106,7 +125,8 @@ func (i *Instance) writeHBALocked(lines []string) (changed bool, err error) {
 // written, now nor before a later start, so that it cannot stop PostgreSQL from starting.
 func (i *Instance) SyncHBA(ctx context.Context) error {
 	_, err := i.applyHBA(ctx, "postgresql.pg_hba", func() {})
-	return err
+	_, ierr := i.applyIdent(ctx, func() {})
+	return errors.Join(err, ierr)
 }
 
 // ReloadHBA makes lines this node's own postgresql.pg_hba (a reload of pgbastion's
@@ -164,55 +184,72 @@ func (i *Instance) applyHBA(ctx context.Context, name string, set func()) (strin
 	if len(lines) == 0 {
 		return "no pg_hba list is in effect: pg_hba.conf is left as it is", nil
 	}
-	if !i.PostmasterAlive() || !i.HasData() {
-		return "PostgreSQL is not running: pg_hba.conf is written before it starts", nil
-	}
-	path := filepath.Join(i.cfg.DataDir, "pg_hba.conf")
-	old, err := os.ReadFile(path)
+	outcome, refused, err := i.replaceChecked(ctx, hbaConf, name, lines)
 	if err != nil {
 		undo()
-		return "", fmt.Errorf("reading pg_hba.conf: %w", err)
+		if refused {
+			i.hbaMu.Lock()
+			i.refusedHBA = slices.Clone(lines)
+			i.hbaMu.Unlock()
+		}
 	}
-	if bytes.Equal(old, hbaContent(lines)) {
-		return "pg_hba.conf already has these lines", nil
+	return outcome, err
+}
+
+// replaceChecked replaces c's file with lines, named name in errors, in a running PostgreSQL:
+// PostgreSQL's own parser checks the new file (c.check) before it is loaded, and a line it
+// refuses puts the previous file back (refused true, and the error matches ha.ErrHBARefused).
+// With PostgreSQL down, nothing is written here: the file is written before it starts. The
+// caller holds hbaFileMu.
+func (i *Instance) replaceChecked(ctx context.Context, c authConf, name string, lines []string) (outcome string, refused bool, err error) {
+	if !i.PostmasterAlive() || !i.HasData() {
+		return "PostgreSQL is not running: " + c.file + " is written before it starts", false, nil
+	}
+	path := filepath.Join(i.cfg.DataDir, c.file)
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", false, fmt.Errorf("reading %s: %w", c.file, err)
+	}
+	if bytes.Equal(old, c.content(lines)) {
+		return c.file + " already has these lines", false, nil
 	}
 	conn, err := i.Connect(ctx)
 	if err != nil {
-		undo()
-		return "", fmt.Errorf("PostgreSQL runs but cannot be reached to check the new pg_hba.conf, so it was not changed: %w", err)
+		return "", false, fmt.Errorf("PostgreSQL runs but cannot be reached to check the new %s, so it was not changed: %w", c.file, err)
 	}
 	defer conn.Close(context.Background())
-	if _, err := i.writeHBALocked(lines); err != nil {
-		undo()
-		return "", err
+	if _, err := i.writeConfLocked(c, lines, nil); err != nil {
+		return "", false, err
 	}
 	restore := func(cause error) error {
-		undo()
-		if err := i.writeOwned(path, old); err != nil {
-			return fmt.Errorf("%w; putting the previous pg_hba.conf back failed too, so fix %s before PostgreSQL restarts: %v", cause, path, err)
+		var werr error
+		if old == nil {
+			werr = os.Remove(path)
+		} else {
+			werr = i.writeOwned(path, old)
 		}
-		return fmt.Errorf("%w; the previous pg_hba.conf stays in effect", cause)
+		if werr != nil {
+			return fmt.Errorf("%w; putting the previous %s back failed too, so fix %s before PostgreSQL restarts: %v", cause, c.file, path, werr)
+		}
+		return fmt.Errorf("%w; the previous %s stays in effect", cause, c.file)
 	}
-	rows, err := conn.Exec(ctx, "SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL ORDER BY line_number").ReadAll()
+	rows, err := conn.Exec(ctx, c.check).ReadAll()
 	if err != nil {
-		return "", restore(fmt.Errorf("PostgreSQL could not check the new pg_hba.conf: %w", err))
+		return "", false, restore(fmt.Errorf("PostgreSQL could not check the new %s: %w", c.file, err))
 	}
-	if refused := describeHBAErrors(rows, name, len(lines)); refused != "" {
-		i.hbaMu.Lock()
-		i.refusedHBA = slices.Clone(lines)
-		i.hbaMu.Unlock()
-		return "", hbaRefused{restore(fmt.Errorf("PostgreSQL refuses %s", refused))}
+	if bad := describeConfErrors(rows, c, name, len(lines)); bad != "" {
+		return "", true, hbaRefused{restore(fmt.Errorf("PostgreSQL refuses %s", bad))}
 	}
 	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()").ReadAll(); err != nil {
-		return "", restore(fmt.Errorf("PostgreSQL could not be asked to load the new pg_hba.conf: %w", err))
+		return "", false, restore(fmt.Errorf("PostgreSQL could not be asked to load the new %s: %w", c.file, err))
 	}
-	i.log.Info("pg_hba.conf rewritten and reloaded", "lines", len(lines))
-	return "pg_hba.conf rewritten and loaded by PostgreSQL", nil
+	i.log.Info(c.file+" rewritten and reloaded", "lines", len(lines))
+	return c.file + " rewritten and loaded by PostgreSQL", false, nil
 }
 
-// describeHBAErrors turns pg_hba_file_rules' errors into one message naming each refused entry
-// of postgresql.pg_hba; "" when there are none.
-func describeHBAErrors(results []*pgconn.Result, name string, n int) string {
+// describeConfErrors turns the errors c.check found into one message naming each refused
+// entry of the list (name[k]); "" when there are none.
+func describeConfErrors(results []*pgconn.Result, c authConf, name string, n int) string {
 	var parts []string
 	for _, r := range results {
 		if r.Err != nil {
@@ -223,8 +260,8 @@ func describeHBAErrors(results []*pgconn.Result, name string, n int) string {
 				continue
 			}
 			line, _ := strconv.Atoi(string(row[0]))
-			where := fmt.Sprintf("pg_hba.conf line %d", line)
-			if k := line - hbaFirstLine; k >= 0 && k < n {
+			where := fmt.Sprintf("%s line %d", c.file, line)
+			if k := line - c.firstLine(); k >= 0 && k < n {
 				where = fmt.Sprintf("%s[%d]", name, k)
 			}
 			parts = append(parts, where+": "+string(row[1]))

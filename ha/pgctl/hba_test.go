@@ -280,3 +280,61 @@ func startTestServer(t *testing.T, cfg Config) (context.Context, *Instance, int)
 	t.Cleanup(func() { _ = inst.Stop(context.Background(), Fast) })
 	return ctx, inst, port
 }
+
+// postgresql.pg_ident: written at start and at a reload, checked by PostgreSQL
+// (pg_ident_file_mappings) as pg_hba is; a line PostgreSQL refuses (a bad regular
+// expression) changes nothing, now nor at a later start.
+func TestReloadIdent(t *testing.T) {
+	ctx, inst, _ := startTestServer(t, Config{Password: "s3cret", PgIdent: []string{"ops  alice  app_admin"}})
+	mappings := func() string {
+		t.Helper()
+		conn, err := inst.Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		r := conn.ExecParams(ctx, `SELECT coalesce(string_agg(map_name || ' ' || sys_name || ' ' || pg_username, '; ' ORDER BY line_number), '')
+			FROM pg_ident_file_mappings WHERE error IS NULL`, nil, nil, nil, nil).Read()
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		return string(r.Rows[0][0])
+	}
+	if got := mappings(); got != "ops alice app_admin" {
+		t.Fatalf("pg_ident.conf at start: %q", got)
+	}
+	outcome, err := inst.ReloadIdent(ctx, []string{"ops alice app_admin", `ops /^(.*)@corp$ \1`})
+	if err != nil || !strings.Contains(outcome, "loaded by PostgreSQL") {
+		t.Fatalf("reload: %q %v", outcome, err)
+	}
+	if got := mappings(); got != `ops alice app_admin; ops /^(.*)@corp$ \1` {
+		t.Fatalf("after the reload: %q", got)
+	}
+	path := filepath.Join(inst.cfg.DataDir, "pg_ident.conf")
+	before, _ := os.ReadFile(path)
+	bad := []string{`ops /(( app_admin`}
+	_, err = inst.ReloadIdent(ctx, bad)
+	if !errors.Is(err, ha.ErrHBARefused) || !strings.Contains(err.Error(), "postgresql.pg_ident[0]: invalid regular expression") {
+		t.Fatalf("a line PostgreSQL refuses: %v", err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatalf("the refused list reached pg_ident.conf:\n%s", after)
+	}
+	if _, err := inst.ReloadIdent(ctx, []string{"ops alice"}); err == nil || !strings.Contains(err.Error(), "needs three fields") {
+		t.Fatalf("a line of two fields: %v", err)
+	}
+	// The refused list, set again as if read at a new pgbastion start, is not written before
+	// PostgreSQL starts.
+	inst.hbaMu.Lock()
+	inst.ident = bad
+	inst.hbaMu.Unlock()
+	if err := inst.Stop(ctx, Fast); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Start(ctx); err != nil {
+		t.Fatalf("PostgreSQL does not start again: %v", err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatalf("the refused list was written at the start:\n%s", after)
+	}
+}

@@ -96,9 +96,9 @@ func (c *Controller) ReloadParameters(ctx context.Context, params map[string]str
 		if old == nil {
 			err = errors.Join(err, os.Remove(path))
 		} else if werr := i.writeOwned(path, old); werr != nil {
-			return "", fmt.Errorf("PostgreSQL refuses postgresql.parameters: %v; putting the previous %s back failed too, so fix it before PostgreSQL restarts: %v", err, path, werr)
+			return "", fmt.Errorf("PostgreSQL refuses them: %v; putting the previous %s back failed too, so fix it before PostgreSQL restarts: %v", err, path, werr)
 		}
-		return "", fmt.Errorf("PostgreSQL refuses postgresql.parameters: %v; the previous settings stay in effect", err)
+		return "", fmt.Errorf("PostgreSQL refuses them: %v; the previous settings stay in effect", err)
 	}
 	i.parameters = params
 	if !i.PostmasterAlive() {

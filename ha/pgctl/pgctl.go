@@ -62,6 +62,10 @@ type Config struct {
 	// every start and when it finds PostgreSQL running (Patroni's postgresql.pg_hba). Unset,
 	// pg_hba.conf is written once, at initdb, and left to the operator.
 	PgHBA []string `yaml:"pg_hba"`
+	// PgIdent, when set, are the pg_ident.conf lines (MAPNAME SYSTEM-USERNAME PG-USERNAME)
+	// PGBastion writes, as it does PgHBA (Patroni's postgresql.pg_ident). Unset, pg_ident.conf
+	// is left to the operator.
+	PgIdent []string `yaml:"pg_ident"`
 	// RemoveDataDirectoryOnRewindFailure allows re-cloning when pg_rewind cannot rejoin.
 	RemoveDataDirectoryOnRewindFailure bool `yaml:"remove_data_directory_on_rewind_failure"`
 	// ReplicaMethods are the ways to create a replica, tried in order (default: basebackup).
@@ -89,6 +93,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, validateHBA(c.PgHBA)...)
+	errs = append(errs, validateIdent(c.PgIdent)...)
 	errs = append(errs, validateParameters(c.Parameters)...)
 	return errors.Join(errs...)
 }
@@ -129,6 +134,8 @@ type Instance struct {
 	// refusedHBA is the last list PostgreSQL refused (pg_hba_file_rules): never written.
 	hbaMu, hbaFileMu            sync.Mutex
 	hba, clusterHBA, refusedHBA []string
+	// ident and refusedIdent are postgresql.pg_ident's, as hba and refusedHBA.
+	ident, refusedIdent []string
 	// parameters is postgresql.parameters in effect (cfg.Parameters, then as reloaded);
 	// settingsMu serialises it and the writes of postgresql.pgbastion.conf.
 	settingsMu sync.Mutex
@@ -164,7 +171,7 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid(), hba: cfg.PgHBA, parameters: cfg.Parameters}
+	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid(), hba: cfg.PgHBA, ident: cfg.PgIdent, parameters: cfg.Parameters}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup(cfg.OSUser)
 		if err != nil {
@@ -334,6 +341,9 @@ func (i *Instance) writeSettings() error {
 		return err
 	}
 	if _, err := i.writeHBA(); err != nil {
+		return err
+	}
+	if err := i.writeIdent(); err != nil {
 		return err
 	}
 	conf := filepath.Join(i.cfg.DataDir, "postgresql.conf")
