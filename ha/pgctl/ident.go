@@ -28,7 +28,6 @@ func validateIdent(lines []string) []error {
 	return errs
 }
 
-
 // writeIdent writes pg_ident.conf from postgresql.pg_ident when it is set and the file differs.
 func (i *Instance) writeIdent() error {
 	i.hbaFileMu.Lock()
