@@ -218,6 +218,17 @@ func (st *step) hasPending(target string) bool {
 	return len(st.s.PendingDirectives(target)) > 0
 }
 
+// restartRequested reports whether an operator's restart (or reinitialisation) of name's
+// PostgreSQL is pending: its agent is carrying it out.
+func (st *step) restartRequested(name string) bool {
+	for _, r := range st.s.Restarts {
+		if r.Node == name && r.Status == fsm.RestartPending {
+			return true
+		}
+	}
+	return false
+}
+
 // checkPrimary starts a failover when there is no primary or it is lost. It reports whether
 // it decided anything.
 func (st *step) checkPrimary() bool {
@@ -1085,6 +1096,9 @@ func (st *step) reconcileFollowers() {
 			why = "runs as a primary but is not the primary"
 		case m.Status.State == fsm.StateFenced:
 			why = "rejoin after fencing"
+		case m.Status.State == fsm.StateStopped && st.restartRequested(name):
+			// Its agent is restarting (or re-cloning) it at an operator's request: a DEMOTE
+			// now would restart it once more when that is done.
 		case m.Status.State == fsm.StateStopped:
 			why = "postgresql is not running"
 		case m.Status.Role == fsm.RoleReplica && m.Status.State == fsm.StateRunningReplica &&

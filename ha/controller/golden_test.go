@@ -304,6 +304,24 @@ func (h *harness) run(line string) (string, error) {
 			return "rejected: " + res.Err.Error(), nil
 		}
 		return "cancelled", nil
+	case "restart": // restart NODE: an operator's restart request, pending until restart-done
+		if len(pos) != 1 {
+			return "", fmt.Errorf("restart NODE")
+		}
+		res := h.apply(fsm.RequestRestart{Node: pos[0], Reason: "operator"})
+		if res.Err != nil {
+			return "rejected: " + res.Err.Error(), nil
+		}
+		return fmt.Sprintf("restart requested => #%d", res.ID), nil
+	case "restart-done": // restart-done NODE ID ok|fail
+		if len(pos) != 3 {
+			return "", fmt.Errorf("restart-done NODE ID ok|fail")
+		}
+		id, err := strconv.ParseUint(pos[1], 10, 64)
+		if err != nil {
+			return "", err
+		}
+		return h.mustApply(fsm.FinishRestart{ID: id, Node: pos[0], Success: pos[2] == "ok", Message: pos[2]})
 	case "pause":
 		return h.mustApply(fsm.SetPause{Paused: true})
 	case "resume":
