@@ -44,14 +44,7 @@ host      all  alice     127.0.0.1/32  scram-sha-256
 host      all  bob       127.0.0.0 255.0.0.0  md5
 host      all  all       10.0.0.0/8    md5
 `)
-	userlist, err := auth.LoadUserlist(users)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := auth.NewVerifier(auth.VerifierConfig{Method: auth.MethodSCRAM, Secrets: userlist, HideUnknownUsers: true, LookupByCaller: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, userlist := hbaVerifier(t, users)
 	p := startProxyWith(t, func(c *engine.Config) {
 		c.Auth = engine.AuthConfig{Method: "hba", HBAFile: hbaPath, AuthFile: users}
 		c.TLS = engine.TLSConfig{Mode: "prefer", Cert: certs.ServerCert, Key: certs.ServerKey, CA: certs.CACert}
@@ -122,4 +115,19 @@ host      all  all       10.0.0.0/8    md5
 	if err := try("bob", "bob-pw"); err != nil {
 		t.Errorf("bob after a refused reload: %v", err)
 	}
+}
+
+// hbaVerifier is what the daemon builds for proxy.auth.method hba: the auth_file's secrets
+// and a verifier that looks each client's up (the hba_file picks the method per client).
+func hbaVerifier(t *testing.T, authFile string) (*auth.Verifier, auth.Secrets) {
+	t.Helper()
+	userlist, err := auth.LoadUserlist(authFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := auth.NewVerifier(auth.VerifierConfig{Method: auth.MethodSCRAM, Secrets: userlist, HideUnknownUsers: true, LookupByCaller: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, userlist
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbastion/pgbastion/engine"
-	"github.com/pgbastion/pgbastion/pgwire/auth"
 	"github.com/pgbastion/pgbastion/test/pgtest"
 )
 
@@ -47,14 +46,7 @@ hostssl all all 127.0.0.1/32 reject
 	if err := os.WriteFile(users, []byte(`"alice" "alice-pw"`+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	userlist, err := auth.LoadUserlist(users)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := auth.NewVerifier(auth.VerifierConfig{Method: auth.MethodSCRAM, Secrets: userlist, HideUnknownUsers: true, LookupByCaller: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, userlist := hbaVerifier(t, users)
 	var stale string
 	p := startProxyWith(t, func(c *engine.Config) {
 		c.UnixSocketDir, c.UnixSocketMode = dir, "0770"
