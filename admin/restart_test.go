@@ -70,6 +70,9 @@ func TestRestartWaitsForTheAgentsAnswer(t *testing.T) {
 	if code, body := do(t, "GET", base+"/patroni", "", ""); code != 200 || !strings.Contains(body, `"pending_restart": true`) || !strings.Contains(body, `"new_value": "256MB"`) {
 		t.Fatalf("GET /patroni with a pending restart: %d %s", code, body)
 	}
+	if code, body := do(t, "GET", base+"/nodes", "", ""); code != 200 || strings.Count(body, `"pending_restart"`) != 1 || !strings.Contains(body, `"shared_buffers"`) {
+		t.Fatalf("GET /nodes with a pending restart on n2: %d %s", code, body)
+	}
 	code, body = do(t, "POST", base+"/restart", "tok", `{"restart_pending":true,"role":"replica"}`)
 	if code != 200 || !strings.Contains(body, `"node": "n2"`) || !strings.Contains(body, `"status": "done"`) {
 		t.Fatalf("restart of this node with its conditions met: %d %s", code, body)

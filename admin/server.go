@@ -380,6 +380,9 @@ type nodeView struct {
 	// status a minute old describes the past: the node's agent or link is down.
 	StatusAge *float64 `json:"status_age_seconds,omitempty"`
 	LeaseAge  *float64 `json:"lease_age_seconds,omitempty"`
+	// PendingRestart lists the parameters the node's PostgreSQL takes only at its next restart
+	// (as it reported applying the cluster-wide configuration).
+	PendingRestart []string `json:"pending_restart,omitempty"`
 }
 
 // ageSeconds is now-at in seconds, to a tenth, never negative (clocks differ); nil when at is
@@ -410,7 +413,8 @@ func (s *Server) nodes(ctx *fasthttp.RequestCtx) {
 	for _, name := range st.MemberNames() {
 		m := st.Members[name]
 		v := nodeView{Member: m, IsPrimary: st.Primary == name, IsLeader: leader == name,
-			StatusAge: ageSeconds(now, m.Status.ReportedAt), LeaseAge: ageSeconds(now, m.Lease.RenewedAt)}
+			StatusAge: ageSeconds(now, m.Status.ReportedAt), LeaseAge: ageSeconds(now, m.Lease.RenewedAt),
+			PendingRestart: pendingRestart(st, name)}
 		if name == c.Name() && s.src.Local != nil {
 			v.Local = s.src.Local()
 		}

@@ -37,7 +37,8 @@ type nodesView struct {
 			Following string `json:"following"`
 			Reason    string `json:"reason"`
 		} `json:"status"`
-		StatusAge *float64 `json:"status_age_seconds"`
+		StatusAge      *float64 `json:"status_age_seconds"`
+		PendingRestart []string `json:"pending_restart"`
 	} `json:"nodes"`
 }
 
@@ -243,6 +244,11 @@ func (c *ctlClient) list() error {
 		}
 		if f := n.Status.Following; n.Status.Role == "replica" && f != "" && v.Primary != "" && f != v.Primary {
 			note = strings.TrimSpace(note + " streams from " + f)
+		}
+		if len(n.PendingRestart) > 0 {
+			// Patroni's "Pending restart": what ctl restart (or a switchover, for the primary)
+			// would apply.
+			note = strings.TrimSpace(note + " pending restart (" + strings.Join(n.PendingRestart, ", ") + ")")
 		}
 		if n.StatusAge != nil && *n.StatusAge >= staleAfter {
 			// The status is the past: the agent or its link is down.

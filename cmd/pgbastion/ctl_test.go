@@ -45,7 +45,8 @@ func TestCtlListFlagsASilentNode(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"primary": "n2", "raft_leader": "n2", "nodes": [
 			{"name": "n1", "status": {"role": "primary", "state": "RUNNING_PRIMARY", "healthy": true}, "status_age_seconds": 42.3},
-			{"name": "n2", "status": {"role": "primary", "state": "RUNNING_PRIMARY", "healthy": true}, "status_age_seconds": 0.4}]}`))
+			{"name": "n2", "status": {"role": "primary", "state": "RUNNING_PRIMARY", "healthy": true}, "status_age_seconds": 0.4,
+			 "pending_restart": ["shared_buffers", "max_connections"]}]}`))
 	}))
 	defer srv.Close()
 	var out, errOut bytes.Buffer
@@ -53,7 +54,8 @@ func TestCtlListFlagsASilentNode(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	lines := strings.Split(out.String(), "\n")
-	if len(lines) < 3 || !strings.Contains(lines[1], "no report for 42s") || strings.Contains(lines[2], "no report") {
+	if len(lines) < 3 || !strings.Contains(lines[1], "no report for 42s") || strings.Contains(lines[2], "no report") ||
+		!strings.Contains(lines[2], "pending restart (shared_buffers, max_connections)") || strings.Contains(lines[1], "pending") {
 		t.Fatalf("ctl list:\n%s", out.String())
 	}
 }
