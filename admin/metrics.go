@@ -85,6 +85,12 @@ func writeClusterMetrics(w io.Writer, c Cluster, catchingUp bool, now time.Time)
 		if a := ageSeconds(now, m.Lease.RenewedAt); a != nil {
 			metrics.WriteGaugeFloat64(w, Label("pgbastion_member_lease_age_seconds", "member", name), *a)
 		}
+		// Patroni's pending_restart: parameters that take effect at the next restart.
+		metrics.WriteGaugeUint64(w, Label("pgbastion_member_pending_restart", "member", name), uint64(len(pendingRestart(st, name))))
+		if h := st.PGHBA; h != nil {
+			r := h.Nodes[name]
+			metrics.WriteGaugeUint64(w, Label("pgbastion_member_pg_hba_refused", "member", name), Bool(r.Version == h.Version && r.Error != ""))
+		}
 	}
 }
 

@@ -21,6 +21,10 @@ func TestClusterMetrics(t *testing.T) {
 	c.apply(t, fsm.RegisterMember{Name: `odd"name`, RaftAddress: "n3:8300"})
 	booked := time.Date(2030, 1, 2, 3, 0, 0, 0, time.UTC)
 	c.apply(t, fsm.ScheduleSwitchover{Leader: "n1", Candidate: "n2", At: booked})
+	c.apply(t, fsm.UpdatePGConfig{Set: map[string]string{"shared_buffers": "1GB"}})
+	c.apply(t, fsm.ReportPGConfig{Node: "n2", Version: 1, PendingRestart: []string{"shared_buffers"}})
+	c.apply(t, fsm.SetPGHBA{Lines: []string{"host all all 10.0.0.0/8 md5"}})
+	c.apply(t, fsm.ReportPGHBA{Node: "n2", Version: 1, Error: "PostgreSQL refuses the cluster-wide pg_hba[0]: …"})
 	cfg := DefaultConfig()
 	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", ""
 	s, err := New(cfg, Sources{Cluster: c, Writers: []func(io.Writer){func(w io.Writer) {
@@ -50,6 +54,10 @@ func TestClusterMetrics(t *testing.T) {
 		`pgbastion_member_state{member="odd\"name",state="INITIALIZING"} 1` + "\n",
 		"pgbastion_test_writer 7\n",
 		"pgbastion_cluster_switchover_scheduled_timestamp_seconds 1893553200\n",
+		`pgbastion_member_pending_restart{member="n2"} 1` + "\n",
+		`pgbastion_member_pending_restart{member="n1"} 0` + "\n",
+		`pgbastion_member_pg_hba_refused{member="n2"} 1` + "\n",
+		`pgbastion_member_pg_hba_refused{member="n1"} 0` + "\n",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
