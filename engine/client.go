@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -420,6 +421,9 @@ func (cl *client) startup(su *pgwire.Startup) error {
 	if cl.user == "" {
 		return sqlErr(pgwire.InvalidAuthorization, "no PostgreSQL user name specified in startup packet", "")
 	}
+	if cl.e.conf().cfg.ApplicationNameAddHost {
+		cl.addHostToAppName()
+	}
 	if cl.database == "" {
 		cl.database = cl.user
 	}
@@ -687,6 +691,32 @@ func (cl *client) handleAuth(buf []byte) (int, error) {
 		return n, cl.authDone()
 	}
 	return n, nil
+}
+
+// addHostToAppName appends the client's address to its application_name (the last one it
+// gave; the address alone when it gave none): proxy.application_name_add_host.
+// The value is cut to what PostgreSQL keeps (NAMEDATALEN-1 bytes), so that the server reports
+// back what the client's parameters hold and no transaction sets it again.
+func (cl *client) addHostToAppName() {
+	value := cl.remote()
+	k := slices.IndexFunc(cl.startupParams, func(p [2]string) bool { return p[0] == "application_name" })
+	for j := len(cl.startupParams) - 1; j > k && k >= 0; j-- {
+		if cl.startupParams[j][0] == "application_name" {
+			k = j // the last one counts
+			break
+		}
+	}
+	if k >= 0 && cl.startupParams[k][1] != "" {
+		value = cl.startupParams[k][1] + " - " + value
+	}
+	if len(value) > 63 {
+		value = strings.ToValidUTF8(value[:63], "")
+	}
+	if k < 0 {
+		cl.startupParams = append(cl.startupParams, [2]string{"application_name", value})
+		return
+	}
+	cl.startupParams[k][1] = value
 }
 
 func (cl *client) remote() string {

@@ -47,9 +47,13 @@ type Config struct {
 	// UnixSocketGroup set the sockets' permissions and group (unix_socket_mode and
 	// unix_socket_group). Socket clients match pg_hba's local lines (proxy.auth.hba_file) and
 	// need no TLS, as with PostgreSQL.
-	UnixSocketDir   string `yaml:"unix_socket_dir"`
-	UnixSocketMode  string `yaml:"unix_socket_mode"`
-	UnixSocketGroup string `yaml:"unix_socket_group"`
+	// ApplicationNameAddHost appends the client's address to the application_name it logs in
+	// with ("app - 10.0.0.7:51234"), so that pg_stat_activity, log lines with %a and
+	// PGBastion's SHOW CLIENTS say which client host runs a query (PgBouncer's setting).
+	ApplicationNameAddHost bool   `yaml:"application_name_add_host"`
+	UnixSocketDir          string `yaml:"unix_socket_dir"`
+	UnixSocketMode         string `yaml:"unix_socket_mode"`
+	UnixSocketGroup        string `yaml:"unix_socket_group"`
 	// StreamHighWater is the amount of data queued for a client that does not read (or a server
 	// that does not read) after which the pair moves to the stream path, where TCP flow control
 	// holds the sender back (DESIGN.md invariant 7).

@@ -677,6 +677,7 @@ func (cl *client) showConfig() (consoleResult, error) {
 		{"auth_type", c.Auth.Method, d.Auth.Method},
 		{"auth_user", c.Auth.AuthUser, ""},
 		{"client_idle_timeout", secs(p.ClientIdleTimeout), secs(dp.ClientIdleTimeout)},
+		{"application_name_add_host", boolNum(c.ApplicationNameAddHost), "0"},
 		{"client_login_timeout", secs(p.ClientLoginTimeout), secs(dp.ClientLoginTimeout)},
 		{"default_pool_size", strconv.Itoa(p.DefaultPoolSize), strconv.Itoa(dp.DefaultPoolSize)},
 		{"idle_transaction_timeout", secs(p.IdleTransactionTimeout), secs(dp.IdleTransactionTimeout)},
@@ -770,4 +771,12 @@ func splitAddr(a string) (host, port string) {
 		return a, "0"
 	}
 	return host, port
+}
+
+// boolNum is a boolean as PgBouncer's SHOW CONFIG writes one.
+func boolNum(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }

@@ -131,6 +131,7 @@ var reloadable = []struct {
 	{"server.tls", func(d, s *Config) { d.Server.TLS = s.Server.TLS }},
 	{"tls", func(d, s *Config) { d.TLS = s.TLS }},
 	{"admin_users", func(d, s *Config) { d.AdminUsers = s.AdminUsers }},
+	{"application_name_add_host", func(d, s *Config) { d.ApplicationNameAddHost = s.ApplicationNameAddHost }},
 	{"databases", func(d, s *Config) { d.Databases = s.Databases }},
 	{"users", func(d, s *Config) { d.Users = s.Users }},
 	{"stats_users", func(d, s *Config) { d.StatsUsers = s.StatsUsers }},

@@ -193,3 +193,34 @@ func TestHBALocalLinesNeedSockets(t *testing.T) {
 		t.Fatalf("with unix_socket_dir: %v", err)
 	}
 }
+
+// proxy.application_name_add_host: the server sees each client's application_name with the
+// client's address appended, also after its transactions moved between servers (transaction
+// mode, one server for two clients), and one without a name gets its address.
+func TestApplicationNameAddHost(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	p := startProxy(t, func(c *engine.Config) {
+		c.ApplicationNameAddHost = true
+		c.Pool.Mode, c.Pool.DefaultPoolSize = "transaction", 1
+	}, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	named := connect(t, p.dsn(p.rw, "application_name=billing"))
+	anonymous := connect(t, p.dsn(p.rw))
+	long := connect(t, p.dsn(p.rw, "application_name="+strings.Repeat("x", 70)))
+	local := func(c *pgx.Conn) string { return c.PgConn().Conn().LocalAddr().String() }
+	for i := 0; i < 3; i++ {
+		for c, want := range map[*pgx.Conn]string{named: "billing - " + local(named), anonymous: local(anonymous), long: strings.Repeat("x", 63)} {
+			var inSession, inActivity string
+			err := c.QueryRow(ctx, "SELECT current_setting('application_name'), (SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid())").Scan(&inSession, &inActivity)
+			if err != nil || inSession != want || inActivity != want {
+				t.Fatalf("application_name %q, in pg_stat_activity %q (%v), want %q", inSession, inActivity, err, want)
+			}
+		}
+	}
+	// Each client's own ParameterStatus says the same.
+	if got := named.PgConn().ParameterStatus("application_name"); got != "billing - "+local(named) {
+		t.Fatalf("the client was told application_name %q", got)
+	}
+}
