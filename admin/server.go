@@ -923,7 +923,40 @@ func (s *Server) isReplica(ctx *fasthttp.RequestCtx) (bool, map[string]any) {
 		}
 		good = good && m.Status.LagBytes <= max
 	}
+	// Patroni's ?replication_state=streaming: the replica streams from its upstream now.
+	if rs := string(ctx.QueryArgs().Peek("replication_state")); rs != "" {
+		if rs != "streaming" {
+			body["error"] = "replication_state: only streaming can be asked for"
+			return false, body
+		}
+		good = good && m.Status.Following != ""
+	}
+	// Patroni's ?tag_KEY=VALUE: the member's tag has that value.
+	var tagErr string
+	ctx.QueryArgs().VisitAll(func(k, v []byte) {
+		key, ok := strings.CutPrefix(string(k), "tag_")
+		if !ok || tagErr != "" {
+			return
+		}
+		have, known := tagValues(m.Tags)[key]
+		switch {
+		case !known:
+			tagErr = "no tag " + strconv.Quote(key) + " (nofailover, failover_priority, nosync, noloadbalance, replicatefrom)"
+		case !strings.EqualFold(have, string(v)):
+			good = false
+		}
+	})
+	if tagErr != "" {
+		body["error"] = tagErr
+		return false, body
+	}
 	return good, body
+}
+
+// tagValues are a member's tags as Patroni's tag filters compare them, as text.
+func tagValues(t fsm.Tags) map[string]string {
+	return map[string]string{"nofailover": strconv.FormatBool(t.NoFailover), "failover_priority": strconv.Itoa(t.FailoverPriority),
+		"nosync": strconv.FormatBool(t.NoSync), "noloadbalance": strconv.FormatBool(t.NoLoadBalance), "replicatefrom": t.ReplicateFrom}
 }
 
 func (s *Server) isReadable(ctx *fasthttp.RequestCtx) (bool, map[string]any) {

@@ -261,6 +261,27 @@ func TestRoleChecksFollowTheStateAndTheLease(t *testing.T) {
 			t.Errorf("%s %s on %s: %d, want %d (%s)", tc.method, tc.path, tc.url, code, tc.want, body)
 		}
 	}
+	// Patroni's filters: replication_state (n2 reports no upstream yet: not streaming) and tags.
+	for path, want := range map[string]int{
+		"/replica?replication_state=streaming":       503,
+		"/replica?tag_nofailover=false":              200,
+		"/replica?tag_nofailover=true":               503,
+		"/read-only?tag_failover_priority=1&lag=1kB": 200,
+		"/replica?tag_colour=red":                    503,
+		"/replica?replication_state=stopped":         503,
+	} {
+		if code, body := do(t, "GET", u2+path, "", ""); code != want {
+			t.Errorf("%s on n2: %d, want %d (%s)", path, code, want, body)
+		}
+	}
+	c2.apply(t, fsm.ReportStatus{Node: "n2", Status: fsm.NodeStatus{Role: fsm.RoleReplica, State: fsm.StateRunningReplica, Healthy: true,
+		ReceivedLSN: 900, ReplayedLSN: 900, Following: "n1"}})
+	if code, body := do(t, "GET", u2+"/replica?replication_state=streaming", "", ""); code != 200 {
+		t.Errorf("/replica?replication_state=streaming on a streaming n2: %d (%s)", code, body)
+	}
+	if _, body := do(t, "GET", u2+"/replica?tag_colour=red", "", ""); !strings.Contains(body, `no tag \"colour\"`) {
+		t.Errorf("an unknown tag: %s", body)
+	}
 	// A primary that lost its write lease must not attract writes.
 	c1.lease = false
 	if code, _ := do(t, "GET", u1+"/primary", "", ""); code != 503 {
