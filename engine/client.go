@@ -49,6 +49,8 @@ type client struct {
 	// unix: the client came in through a Unix socket (proxy.unix_socket_dir): no TLS, and
 	// pg_hba's local lines apply to it.
 	unix bool
+	// loggedIn: the client finished its login (for log_disconnections).
+	loggedIn bool
 
 	lp     *loop
 	conn   gnet.Conn
@@ -794,7 +796,14 @@ func (cl *client) finishLogin() {
 	b = pgwire.AppendReadyForQuery(b, pgwire.TxIdle)
 	cl.send(b)
 	cl.state = csReady
-	cl.e.log.Debug("client logged in", "user", cl.user, "database", cl.database, "role", cl.role.String())
+	cl.loggedIn = true
+	if cl.e.conf().cfg.LogConnections {
+		app, _ := cl.params.Get("application_name")
+		cl.e.log.Info("client logged in", "user", cl.user, "database", cl.database, "remote", cl.remote(),
+			"port", cl.role.String(), "tls", cl.tlsDone, "application_name", app)
+	} else {
+		cl.e.log.Debug("client logged in", "user", cl.user, "database", cl.database, "role", cl.role.String())
+	}
 }
 
 func (cl *client) scratchForClient() []byte {
@@ -1701,6 +1710,10 @@ func (cl *client) cleanup() {
 	cl.closed = true
 	cl.state = csClosed
 	cl.e.clients.Add(-1)
+	if cl.loggedIn && cl.e.conf().cfg.LogDisconnections {
+		cl.e.log.Info("client disconnected", "user", cl.user, "database", cl.database, "remote", cl.remote(),
+			"connected_for", time.Since(cl.acceptedAt).Round(time.Millisecond))
+	}
 	if cl.stream != nil {
 		cl.e.streamMu.Lock()
 		delete(cl.e.streamClients, cl)

@@ -50,10 +50,15 @@ type Config struct {
 	// ApplicationNameAddHost appends the client's address to the application_name it logs in
 	// with ("app - 10.0.0.7:51234"), so that pg_stat_activity, log lines with %a and
 	// PGBastion's SHOW CLIENTS say which client host runs a query (PgBouncer's setting).
-	ApplicationNameAddHost bool   `yaml:"application_name_add_host"`
-	UnixSocketDir          string `yaml:"unix_socket_dir"`
-	UnixSocketMode         string `yaml:"unix_socket_mode"`
-	UnixSocketGroup        string `yaml:"unix_socket_group"`
+	ApplicationNameAddHost bool `yaml:"application_name_add_host"`
+	// LogConnections and LogDisconnections log every client's login and its end at info
+	// level: user, database, address, and how long it stayed (PgBouncer's log_connections
+	// and log_disconnections). Off by default: a busy proxy has many.
+	LogConnections    bool   `yaml:"log_connections"`
+	LogDisconnections bool   `yaml:"log_disconnections"`
+	UnixSocketDir     string `yaml:"unix_socket_dir"`
+	UnixSocketMode    string `yaml:"unix_socket_mode"`
+	UnixSocketGroup   string `yaml:"unix_socket_group"`
 	// StreamHighWater is the amount of data queued for a client that does not read (or a server
 	// that does not read) after which the pair moves to the stream path, where TCP flow control
 	// holds the sender back (DESIGN.md invariant 7).

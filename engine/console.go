@@ -682,6 +682,8 @@ func (cl *client) showConfig() (consoleResult, error) {
 		{"default_pool_size", strconv.Itoa(p.DefaultPoolSize), strconv.Itoa(dp.DefaultPoolSize)},
 		{"idle_transaction_timeout", secs(p.IdleTransactionTimeout), secs(dp.IdleTransactionTimeout)},
 		{"listen_addr", c.ListenRW, d.ListenRW},
+		{"log_connections", boolNum(c.LogConnections), "0"},
+		{"log_disconnections", boolNum(c.LogDisconnections), "0"},
 		{"max_client_conn", strconv.Itoa(p.MaxClientConn), strconv.Itoa(dp.MaxClientConn)},
 		{"max_db_connections", strconv.Itoa(p.MaxDBConnections), strconv.Itoa(dp.MaxDBConnections)},
 		{"max_prepared_statements", strconv.Itoa(p.MaxPreparedStatements), strconv.Itoa(dp.MaxPreparedStatements)},

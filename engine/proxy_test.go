@@ -56,8 +56,9 @@ func startProxyWith(t testing.TB, mutate func(*engine.Config), opts engine.Optio
 	if os.Getenv("PGBASTION_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	opts.Logger = log
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	}
 	e, err := engine.New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)

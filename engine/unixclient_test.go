@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -223,4 +225,44 @@ func TestApplicationNameAddHost(t *testing.T) {
 	if got := named.PgConn().ParameterStatus("application_name"); got != "billing - "+local(named) {
 		t.Fatalf("the client was told application_name %q", got)
 	}
+}
+
+// lockedBuffer is a log destination the test reads while the proxy writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// proxy.log_connections and log_disconnections: a line at info level for a client's login,
+// with who and from where, and one when it leaves, with how long it stayed.
+func TestLogConnections(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	var logs lockedBuffer
+	p := startProxyWith(t, func(c *engine.Config) { c.LogConnections, c.LogDisconnections = true, true },
+		engine.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))}, primary)
+	c := connect(t, p.dsn(p.rw, "application_name=billing"))
+	if v := queryInt(t, c, "SELECT 1"); v != 1 {
+		t.Fatal(v)
+	}
+	local := c.PgConn().Conn().LocalAddr().String()
+	waitFor(t, "the login logged", func() bool {
+		return strings.Contains(logs.String(), `msg="client logged in" user=postgres database=postgres remote=`+local+` port=rw tls=false application_name=billing`)
+	})
+	c.Close(context.Background())
+	waitFor(t, "the disconnection logged", func() bool {
+		return strings.Contains(logs.String(), `msg="client disconnected" user=postgres database=postgres remote=`+local+` connected_for=`)
+	})
 }
