@@ -54,11 +54,16 @@ type Config struct {
 	// LogConnections and LogDisconnections log every client's login and its end at info
 	// level: user, database, address, and how long it stayed (PgBouncer's log_connections
 	// and log_disconnections). Off by default: a busy proxy has many.
-	LogConnections    bool   `yaml:"log_connections"`
-	LogDisconnections bool   `yaml:"log_disconnections"`
-	UnixSocketDir     string `yaml:"unix_socket_dir"`
-	UnixSocketMode    string `yaml:"unix_socket_mode"`
-	UnixSocketGroup   string `yaml:"unix_socket_group"`
+	LogConnections    bool `yaml:"log_connections"`
+	LogDisconnections bool `yaml:"log_disconnections"`
+	// LogStats logs, every StatsPeriod, the proxy's traffic over that period at info level:
+	// transactions and queries a second, bytes in and out a second, and the average
+	// transaction, query and wait times (PgBouncer's log_stats and stats_period).
+	LogStats        bool          `yaml:"log_stats"`
+	StatsPeriod     time.Duration `yaml:"stats_period"`
+	UnixSocketDir   string        `yaml:"unix_socket_dir"`
+	UnixSocketMode  string        `yaml:"unix_socket_mode"`
+	UnixSocketGroup string        `yaml:"unix_socket_group"`
 	// StreamHighWater is the amount of data queued for a client that does not read (or a server
 	// that does not read) after which the pair moves to the stream path, where TCP flow control
 	// holds the sender back (DESIGN.md invariant 7).
@@ -212,6 +217,7 @@ func DefaultConfig() Config {
 		MaxMessageSize:      16 << 20,
 		StreamHighWater:     4 << 20,
 		HealthCheckInterval: time.Second,
+		StatsPeriod:         time.Minute,
 		TLS:                 TLSConfig{Mode: "disable"},
 		Server:              ServerConfig{TLS: ServerTLSConfig{Mode: "prefer"}},
 	}
@@ -338,6 +344,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthCheckInterval <= 0 {
 		errs = append(errs, errors.New("proxy.health_check_interval must be positive"))
+	}
+	if c.StatsPeriod != 0 && c.StatsPeriod < 100*time.Millisecond {
+		errs = append(errs, errors.New("proxy.stats_period must be at least 100ms (PgBouncer's default is 60s)"))
 	}
 	return errors.Join(errs...)
 }

@@ -207,6 +207,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go e.logStatsLoop(ctx)
 	if len(e.cfg.Backends) > 0 {
 		// Learn the roles before accepting clients, then keep checking.
 		hc := newHealthChecker(e)
@@ -940,4 +941,45 @@ func CheckUnixSockets(cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// logStatsLoop logs the proxy's traffic every stats_period while log_stats is on (it may be
+// turned on and off by a reload; the period takes a restart).
+func (e *Engine) logStatsLoop(ctx context.Context) {
+	t := time.NewTicker(cmp.Or(e.cfg.StatsPeriod, time.Minute))
+	defer t.Stop()
+	total := func() PoolCounts {
+		var c PoolCounts
+		for _, p := range e.Stats().Pools {
+			c.add(p.Counts)
+		}
+		return c
+	}
+	prev, prevAt := total(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.stopped:
+			return
+		case <-t.C:
+		}
+		cur, now := total(), time.Now()
+		d, secs := cur.since(prev), now.Sub(prevAt).Seconds()
+		prev, prevAt = cur, now
+		if !e.conf().cfg.LogStats || secs <= 0 {
+			continue
+		}
+		perSec := func(n uint64) int64 { return int64(float64(n) / secs) }
+		avgUS := func(total time.Duration, n uint64) int64 {
+			if n == 0 {
+				return 0
+			}
+			return total.Microseconds() / int64(n)
+		}
+		e.log.Info("stats", "xacts_per_s", perSec(d.Transactions), "queries_per_s", perSec(d.Queries),
+			"in_bytes_per_s", perSec(d.Received), "out_bytes_per_s", perSec(d.Sent),
+			"xact_us", avgUS(d.Assigned, d.Transactions), "query_us", avgUS(d.Query, d.Queries), "wait_us", avgUS(d.Wait, d.Assignments),
+			"clients", e.clients.Load())
+	}
 }

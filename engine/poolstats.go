@@ -43,6 +43,27 @@ type PoolCounts struct {
 	ClientParses, ServerParses, Binds uint64
 }
 
+// since returns what c counted after o, an earlier total (a counter that went down, as when a
+// pool went away, counts from 0).
+func (c PoolCounts) since(o PoolCounts) PoolCounts {
+	sub := func(a, b uint64) uint64 {
+		if a < b {
+			return a
+		}
+		return a - b
+	}
+	dur := func(a, b time.Duration) time.Duration {
+		if a < b {
+			return a
+		}
+		return a - b
+	}
+	return PoolCounts{Since: o.Since, Queries: sub(c.Queries, o.Queries), Transactions: sub(c.Transactions, o.Transactions),
+		Assignments: sub(c.Assignments, o.Assignments), Wait: dur(c.Wait, o.Wait), Assigned: dur(c.Assigned, o.Assigned),
+		Query: dur(c.Query, o.Query), Received: sub(c.Received, o.Received), Sent: sub(c.Sent, o.Sent),
+		ClientParses: sub(c.ClientParses, o.ClientParses), ServerParses: sub(c.ServerParses, o.ServerParses), Binds: sub(c.Binds, o.Binds)}
+}
+
 // add adds o's totals to c (Since stays c's).
 func (c *PoolCounts) add(o PoolCounts) {
 	c.Queries += o.Queries

@@ -134,6 +134,7 @@ var reloadable = []struct {
 	{"application_name_add_host", func(d, s *Config) { d.ApplicationNameAddHost = s.ApplicationNameAddHost }},
 	{"log_connections", func(d, s *Config) { d.LogConnections = s.LogConnections }},
 	{"log_disconnections", func(d, s *Config) { d.LogDisconnections = s.LogDisconnections }},
+	{"log_stats", func(d, s *Config) { d.LogStats = s.LogStats }},
 	{"databases", func(d, s *Config) { d.Databases = s.Databases }},
 	{"users", func(d, s *Config) { d.Users = s.Users }},
 	{"stats_users", func(d, s *Config) { d.StatsUsers = s.StatsUsers }},

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -265,4 +266,22 @@ func TestLogConnections(t *testing.T) {
 	waitFor(t, "the disconnection logged", func() bool {
 		return strings.Contains(logs.String(), `msg="client disconnected" user=postgres database=postgres remote=`+local+` connected_for=`)
 	})
+}
+
+// proxy.log_stats: every stats_period a line with the period's traffic.
+func TestLogStats(t *testing.T) {
+	pgtest.Require(t, pgtest.PostgreSQL())
+	primary := pgtest.Start(t, nil)
+	var logs lockedBuffer
+	p := startProxyWith(t, func(c *engine.Config) { c.LogStats, c.StatsPeriod = true, 200*time.Millisecond },
+		engine.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))}, primary)
+	c := connect(t, p.dsn(p.rw))
+	busy := regexp.MustCompile(`msg=stats xacts_per_s=[1-9][0-9]* queries_per_s=[1-9][0-9]* in_bytes_per_s=[1-9][0-9]* out_bytes_per_s=[1-9][0-9]* xact_us=\d+ query_us=\d+ wait_us=\d+ clients=1`)
+	waitFor(t, "a stats line with the queries", func() bool {
+		if v := queryInt(t, c, "SELECT 1"); v != 1 {
+			t.Fatal(v)
+		}
+		return busy.MatchString(logs.String())
+	})
+	t.Log(busy.FindString(logs.String()))
 }
