@@ -160,14 +160,14 @@ func (i *Instance) ApplyClusterHBA(ctx context.Context, lines []string) (outcome
 	return outcome, local, err
 }
 
-// applyHBA changes a source of the pg_hba list, named name in errors (set runs under hbaMu), and brings pg_hba.conf in
-// line with the list then in effect. With PostgreSQL running, pg_hba.conf is rewritten,
-// PostgreSQL's own parser checks the new file (pg_hba_file_rules) and PostgreSQL loads it. A
-// line PostgreSQL refuses puts the previous file and source back and is returned as an error
-// that names it: loaded at a reload, such a file is skipped with a line in PostgreSQL's log,
-// but at the next start it would stop PostgreSQL from starting. With PostgreSQL down, the
-// list is written before its next start. When no list is in effect, pg_hba.conf is left as it
-// is.
+// applyHBA changes a source of the pg_hba list (set runs under hbaMu; name names it in
+// errors) and brings pg_hba.conf in line with the list then in effect. With PostgreSQL
+// running, pg_hba.conf is rewritten, PostgreSQL's own parser checks the new file
+// (pg_hba_file_rules) and PostgreSQL loads it. A line PostgreSQL refuses puts the previous
+// file and source back and is returned as an error that names it: loaded at a reload, such a
+// file is skipped with a line in PostgreSQL's log, but at the next start it would stop
+// PostgreSQL from starting. With PostgreSQL down, the list is written before its next start.
+// When no list is in effect, pg_hba.conf is left as it is.
 func (i *Instance) applyHBA(ctx context.Context, name string, set func()) (string, error) {
 	i.hbaFileMu.Lock()
 	defer i.hbaFileMu.Unlock()
