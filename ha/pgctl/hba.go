@@ -37,34 +37,42 @@ func validateHBA(lines []string) []error {
 	return errs
 }
 
-// hbaLines returns the pg_hba list in effect: the node's own postgresql.pg_hba (as configured
-// at start, then as reloaded) when it has one, else the cluster-wide list.
+// authList is where the list of an authConf file comes from: the node's own (postgresql.pg_hba
+// or pg_ident, as configured at start, then as reloaded), the cluster-wide one (pg_hba only),
+// and the last list PostgreSQL refused, which is never written.
+type authList struct {
+	local, cluster, refused []string
+}
+
+// effective is the list in effect: the node's own when it has one, else the cluster's.
+func (l authList) effective() []string {
+	if len(l.local) > 0 {
+		return l.local
+	}
+	return l.cluster
+}
+
+// hbaLines returns the pg_hba list in effect.
 func (i *Instance) hbaLines() []string {
 	i.hbaMu.Lock()
 	defer i.hbaMu.Unlock()
-	return i.effectiveHBA()
-}
-
-func (i *Instance) effectiveHBA() []string {
-	if len(i.hba) > 0 {
-		return i.hba
-	}
-	return i.clusterHBA
+	return i.hba.effective()
 }
 
 // authConf is one of the files PostgreSQL reads when a client connects that PGBastion may
 // write from a list of lines: pg_hba.conf and pg_ident.conf.
 type authConf struct {
 	file   string // in the data directory
+	list   string // what the list is called: pg_hba, pg_ident
 	header string // the lines before the list's
 	// check lists the lines of the file on disk that PostgreSQL refuses: (line_number, error).
 	check string
 }
 
 var (
-	hbaConf = authConf{file: "pg_hba.conf", header: hbaHeader + "# postgresql.pg_hba (changes here are overwritten)\n",
+	hbaConf = authConf{file: "pg_hba.conf", list: "pg_hba", header: hbaHeader + "# postgresql.pg_hba (changes here are overwritten)\n",
 		check: "SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL ORDER BY line_number"}
-	identConf = authConf{file: "pg_ident.conf", header: "# written by PGBastion\n# postgresql.pg_ident (changes here are overwritten)\n",
+	identConf = authConf{file: "pg_ident.conf", list: "pg_ident", header: "# written by PGBastion\n# postgresql.pg_ident (changes here are overwritten)\n",
 		check: "SELECT line_number, error FROM pg_catalog.pg_ident_file_mappings WHERE error IS NOT NULL ORDER BY line_number"}
 )
 
@@ -85,16 +93,24 @@ func (c authConf) firstLine() int { return strings.Count(c.header, "\n") + 1 }
 // hbaContent is the pg_hba.conf that lines ask for.
 func hbaContent(lines []string) []byte { return hbaConf.content(lines) }
 
-// writeHBA writes pg_hba.conf from postgresql.pg_hba when it is set and the file differs;
-// changed says whether it wrote.
-func (i *Instance) writeHBA() (changed bool, err error) {
-	i.hbaFileMu.Lock()
-	defer i.hbaFileMu.Unlock()
-	return i.writeHBALocked(i.hbaLines())
+// writeHBA writes pg_hba.conf from the pg_hba list in effect when there is one and the file
+// differs; changed says whether it wrote.
+func (i *Instance) writeHBA() (changed bool, err error) { return i.writeList(hbaConf, &i.hba) }
+
+// writeIdent writes pg_ident.conf as writeHBA does pg_hba.conf.
+func (i *Instance) writeIdent() error {
+	_, err := i.writeList(identConf, &i.ident)
+	return err
 }
 
-func (i *Instance) writeHBALocked(lines []string) (changed bool, err error) {
-	return i.writeConfLocked(hbaConf, lines, i.refusedHBA)
+// writeList writes c's file from l's list in effect, unless PostgreSQL refused that list.
+func (i *Instance) writeList(c authConf, l *authList) (changed bool, err error) {
+	i.hbaFileMu.Lock()
+	defer i.hbaFileMu.Unlock()
+	i.hbaMu.Lock()
+	lines, refused := l.effective(), l.refused
+	i.hbaMu.Unlock()
+	return i.writeConfLocked(c, lines, refused)
 }
 
 // writeConfLocked writes c's file from lines when they are set and the file differs; the
@@ -124,74 +140,67 @@ func (i *Instance) writeConfLocked(c authConf, lines, refused []string) (changed
 // checked by PostgreSQL as a reload's is (see applyHBA). A list PostgreSQL refuses is not
 // written, now nor before a later start, so that it cannot stop PostgreSQL from starting.
 func (i *Instance) SyncHBA(ctx context.Context) error {
-	_, err := i.applyHBA(ctx, "postgresql.pg_hba", func() {})
-	_, ierr := i.applyIdent(ctx, func() {})
+	_, err := i.applyList(ctx, hbaConf, &i.hba, "postgresql.pg_hba", func() {})
+	_, ierr := i.applyList(ctx, identConf, &i.ident, "postgresql.pg_ident", func() {})
 	return errors.Join(err, ierr)
 }
 
 // ReloadHBA makes lines this node's own postgresql.pg_hba (a reload of pgbastion's
-// configuration) and says what became of them; see applyHBA. An empty list hands pg_hba.conf
+// configuration) and says what became of them; see applyList. An empty list hands pg_hba.conf
 // back to the cluster-wide list, or, without one, leaves it as it is, to the operator.
 func (i *Instance) ReloadHBA(ctx context.Context, lines []string) (string, error) {
 	if errs := validateHBA(lines); len(errs) != 0 {
 		return "", errors.Join(errs...)
 	}
 	lines = slices.Clone(lines)
-	return i.applyHBA(ctx, "postgresql.pg_hba", func() { i.hba = lines })
+	return i.applyList(ctx, hbaConf, &i.hba, "postgresql.pg_hba", func() { i.hba.local = lines })
 }
 
 // ApplyClusterHBA makes lines the cluster-wide pg_hba list on this node (an empty list: none)
 // and says what became of them; local is true when the node's own postgresql.pg_hba takes
 // precedence, and the file does not change.
 func (i *Instance) ApplyClusterHBA(ctx context.Context, lines []string) (outcome string, local bool, err error) {
-	for k, l := range lines {
-		if err := fsm.CheckHBALine(l); err != nil {
-			return "", false, hbaRefused{fmt.Errorf("pg_hba[%d]: %w", k, err)}
-		}
+	if err := fsm.CheckHBALines("pg_hba", lines); err != nil {
+		return "", false, hbaRefused{err}
 	}
 	lines = slices.Clone(lines)
 	i.hbaMu.Lock()
-	local = len(i.hba) > 0
+	local = len(i.hba.local) > 0
 	i.hbaMu.Unlock()
-	outcome, err = i.applyHBA(ctx, "the cluster-wide pg_hba", func() { i.clusterHBA = lines })
+	outcome, err = i.applyList(ctx, hbaConf, &i.hba, "the cluster-wide pg_hba", func() { i.hba.cluster = lines })
 	if local && err == nil {
 		outcome = "this node's own postgresql.pg_hba takes precedence; pg_hba.conf is unchanged"
 	}
 	return outcome, local, err
 }
 
-// applyHBA changes a source of the pg_hba list (set runs under hbaMu; name names it in
-// errors) and brings pg_hba.conf in line with the list then in effect. With PostgreSQL
-// running, pg_hba.conf is rewritten, PostgreSQL's own parser checks the new file
-// (pg_hba_file_rules) and PostgreSQL loads it. A line PostgreSQL refuses puts the previous
-// file and source back and is returned as an error that names it: loaded at a reload, such a
-// file is skipped with a line in PostgreSQL's log, but at the next start it would stop
-// PostgreSQL from starting. With PostgreSQL down, the list is written before its next start.
-// When no list is in effect, pg_hba.conf is left as it is.
-func (i *Instance) applyHBA(ctx context.Context, name string, set func()) (string, error) {
+// applyList changes a source of l, the list of c's file (set runs under hbaMu; name names it
+// in errors), and brings the file in line with the list then in effect. With PostgreSQL
+// running, the file is rewritten, PostgreSQL's own parser checks it (c.check) and PostgreSQL
+// loads it. A line PostgreSQL refuses puts the previous file and source back and is returned
+// as an error that names it: loaded at a reload, such a file is skipped with a line in
+// PostgreSQL's log, but at the next start it would stop PostgreSQL from starting, so the list
+// is not written before a later start either. With PostgreSQL down, the list is written
+// before its next start. When no list is in effect, the file is left as it is.
+func (i *Instance) applyList(ctx context.Context, c authConf, l *authList, name string, set func()) (string, error) {
 	i.hbaFileMu.Lock()
 	defer i.hbaFileMu.Unlock()
 	i.hbaMu.Lock()
-	prevLocal, prevCluster := i.hba, i.clusterHBA
+	prev := *l
 	set()
-	lines := i.effectiveHBA()
+	lines := l.effective()
 	i.hbaMu.Unlock()
-	undo := func() {
-		i.hbaMu.Lock()
-		i.hba, i.clusterHBA = prevLocal, prevCluster
-		i.hbaMu.Unlock()
-	}
 	if len(lines) == 0 {
-		return "no pg_hba list is in effect: pg_hba.conf is left as it is", nil
+		return "no " + c.list + " list is in effect: " + c.file + " is left as it is", nil
 	}
-	outcome, refused, err := i.replaceChecked(ctx, hbaConf, name, lines)
+	outcome, refused, err := i.replaceChecked(ctx, c, name, lines)
 	if err != nil {
-		undo()
+		i.hbaMu.Lock()
+		*l = prev
 		if refused {
-			i.hbaMu.Lock()
-			i.refusedHBA = slices.Clone(lines)
-			i.hbaMu.Unlock()
+			l.refused = slices.Clone(lines)
 		}
+		i.hbaMu.Unlock()
 	}
 	return outcome, err
 }

@@ -69,7 +69,7 @@ func TestPgHBAWritten(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "# the operator's own\n" {
 		t.Fatalf("without pg_hba the file changed: %q", b)
 	}
-	inst.hba = []string{"hostssl all all 10.0.0.0/8 scram-sha-256", "  hostssl replication all 10.0.0.0/8 scram-sha-256 "}
+	inst.hba.local = []string{"hostssl all all 10.0.0.0/8 scram-sha-256", "  hostssl replication all 10.0.0.0/8 scram-sha-256 "}
 	if changed, err := inst.writeHBA(); err != nil || !changed {
 		t.Fatalf("with pg_hba: changed %v, %v", changed, err)
 	}
@@ -232,7 +232,7 @@ func TestSyncHBANeverWritesARefusedList(t *testing.T) {
 	before, _ := os.ReadFile(hbaPath)
 	bad := []string{"host all all 127.0.0.1/33 scram-sha-256"}
 	inst.hbaMu.Lock()
-	inst.hba = bad // as read from the file at the new start
+	inst.hba.local = bad // as read from the file at the new start
 	inst.hbaMu.Unlock()
 	if err := inst.SyncHBA(ctx); !errors.Is(err, ha.ErrHBARefused) || !strings.Contains(err.Error(), "postgresql.pg_hba[0]: invalid") {
 		t.Fatalf("SyncHBA with a refused list: %v", err)
@@ -326,7 +326,7 @@ func TestReloadIdent(t *testing.T) {
 	// The refused list, set again as if read at a new pgbastion start, is not written before
 	// PostgreSQL starts.
 	inst.hbaMu.Lock()
-	inst.ident = bad
+	inst.ident.local = bad
 	inst.hbaMu.Unlock()
 	if err := inst.Stop(ctx, Fast); err != nil {
 		t.Fatal(err)

@@ -28,50 +28,13 @@ func validateIdent(lines []string) []error {
 	return errs
 }
 
-// writeIdent writes pg_ident.conf from postgresql.pg_ident when it is set and the file differs.
-func (i *Instance) writeIdent() error {
-	i.hbaFileMu.Lock()
-	defer i.hbaFileMu.Unlock()
-	i.hbaMu.Lock()
-	lines, refused := i.ident, i.refusedIdent
-	i.hbaMu.Unlock()
-	_, err := i.writeConfLocked(identConf, lines, refused)
-	return err
-}
-
 // ReloadIdent makes lines postgresql.pg_ident (a reload of pgbastion's configuration) and says
-// what became of them; see applyIdent. An empty list leaves pg_ident.conf as it is.
+// what became of them, as ReloadHBA does for pg_hba (applyList, checked with
+// pg_ident_file_mappings). An empty list leaves pg_ident.conf as it is.
 func (i *Instance) ReloadIdent(ctx context.Context, lines []string) (string, error) {
 	if errs := validateIdent(lines); len(errs) != 0 {
 		return "", errors.Join(errs...)
 	}
 	lines = slices.Clone(lines)
-	return i.applyIdent(ctx, func() { i.ident = lines })
-}
-
-// applyIdent changes postgresql.pg_ident (set runs under hbaMu) and brings pg_ident.conf in
-// line with it, checked by PostgreSQL (pg_ident_file_mappings) as pg_hba.conf is (see
-// replaceChecked): lines PostgreSQL refuses put the previous file and list back, and are not
-// written before a later start either.
-func (i *Instance) applyIdent(ctx context.Context, set func()) (string, error) {
-	i.hbaFileMu.Lock()
-	defer i.hbaFileMu.Unlock()
-	i.hbaMu.Lock()
-	prev := i.ident
-	set()
-	lines := i.ident
-	i.hbaMu.Unlock()
-	if len(lines) == 0 {
-		return "postgresql.pg_ident unset: pg_ident.conf is left as it is", nil
-	}
-	outcome, refused, err := i.replaceChecked(ctx, identConf, "postgresql.pg_ident", lines)
-	if err != nil {
-		i.hbaMu.Lock()
-		i.ident = prev
-		if refused {
-			i.refusedIdent = slices.Clone(lines)
-		}
-		i.hbaMu.Unlock()
-	}
-	return outcome, err
+	return i.applyList(ctx, identConf, &i.ident, "postgresql.pg_ident", func() { i.ident.local = lines })
 }

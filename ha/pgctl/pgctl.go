@@ -129,13 +129,10 @@ type Instance struct {
 	// run as that user; empty when PGBastion runs as its own user.
 	userEnv []string
 
-	// hba is postgresql.pg_hba in effect (cfg.PgHBA, then as reloaded); hbaFileMu serialises
-	// the writes of pg_hba.conf.
-	// refusedHBA is the last list PostgreSQL refused (pg_hba_file_rules): never written.
-	hbaMu, hbaFileMu            sync.Mutex
-	hba, clusterHBA, refusedHBA []string
-	// ident and refusedIdent are postgresql.pg_ident's, as hba and refusedHBA.
-	ident, refusedIdent []string
+	// hba and ident are the sources of pg_hba.conf's and pg_ident.conf's lists (under
+	// hbaMu); hbaFileMu serialises the writes of those files.
+	hbaMu, hbaFileMu sync.Mutex
+	hba, ident       authList
 	// parameters is postgresql.parameters in effect (cfg.Parameters, then as reloaded);
 	// settingsMu serialises it and the writes of postgresql.pgbastion.conf.
 	settingsMu sync.Mutex
@@ -171,7 +168,7 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid(), hba: cfg.PgHBA, ident: cfg.PgIdent, parameters: cfg.Parameters}
+	i := &Instance{cfg: cfg, log: log, bin: cfg.BinDir, uid: os.Getuid(), gid: os.Getgid(), hba: authList{local: cfg.PgHBA}, ident: authList{local: cfg.PgIdent}, parameters: cfg.Parameters}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup(cfg.OSUser)
 		if err != nil {
