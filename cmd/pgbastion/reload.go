@@ -142,7 +142,7 @@ func (r *reloader) apply() (*reloadResult, error) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		outcome, err := st.apply(ctx, st.next)
+		outcome, err := st.apply(ctx, true)
 		cancel()
 		if err != nil {
 			undoAll()
@@ -160,7 +160,7 @@ func (r *reloader) apply() (*reloadResult, error) {
 		undo = append(undo, func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if _, err := st.apply(ctx, st.running); err != nil {
+			if _, err := st.apply(ctx, false); err != nil {
 				r.log.Error("a refused reload could not put the previous "+st.key+" back", "err", err)
 			}
 		})
@@ -196,13 +196,12 @@ func (r *reloader) apply() (*reloadResult, error) {
 }
 
 // postgresStep is one of the local PostgreSQL's settings a reload applies: its key, how to
-// apply a value (nil: not in this daemon), the file's value and the running one, and how to
-// make the file's value the running one once the reload is through.
+// apply the file's value (next true) or the running one again (nil: not in this daemon), and
+// how to make the file's value the running one once the reload is through.
 type postgresStep struct {
-	key           string
-	apply         func(ctx context.Context, v any) (string, error)
-	next, running any
-	commit        func()
+	key    string
+	apply  func(ctx context.Context, next bool) (string, error)
+	commit func()
 }
 
 func (st postgresStep) matches(c engine.Change) bool {
@@ -212,25 +211,26 @@ func (st postgresStep) matches(c engine.Change) bool {
 // postgresSteps lists, in order, the local PostgreSQL's settings a reload applies: pg_hba,
 // pg_ident, parameters.
 func (r *reloader) postgresSteps(cfg Config) []postgresStep {
-	lines := func(f func(context.Context, []string) (string, error)) func(context.Context, any) (string, error) {
-		if f == nil {
-			return nil
-		}
-		return func(ctx context.Context, v any) (string, error) { return f(ctx, v.([]string)) }
-	}
-	var params func(context.Context, any) (string, error)
-	if r.params != nil {
-		params = func(ctx context.Context, v any) (string, error) { return r.params(ctx, v.(map[string]string)) }
-	}
 	run, next := &r.running.PostgreSQL, cfg.PostgreSQL
 	return []postgresStep{
-		{key: "postgresql.pg_hba", apply: lines(r.hba), next: next.PgHBA, running: run.PgHBA,
-			commit: func() { run.PgHBA = slices.Clone(next.PgHBA) }},
-		{key: "postgresql.pg_ident", apply: lines(r.ident), next: next.PgIdent, running: run.PgIdent,
-			commit: func() { run.PgIdent = slices.Clone(next.PgIdent) }},
-		{key: "postgresql.parameters", apply: params, next: next.Parameters, running: run.Parameters,
-			commit: func() { run.Parameters = maps.Clone(next.Parameters) }},
+		stepOf("postgresql.pg_hba", r.hba, next.PgHBA, &run.PgHBA, slices.Clone),
+		stepOf("postgresql.pg_ident", r.ident, next.PgIdent, &run.PgIdent, slices.Clone),
+		stepOf("postgresql.parameters", r.params, next.Parameters, &run.Parameters, maps.Clone),
 	}
+}
+
+// stepOf is the postgresStep that applies next, or *running again, with apply.
+func stepOf[T any](key string, apply func(context.Context, T) (string, error), next T, running *T, clone func(T) T) postgresStep {
+	st := postgresStep{key: key, commit: func() { *running = clone(next) }}
+	if apply != nil {
+		st.apply = func(ctx context.Context, toNext bool) (string, error) {
+			if toNext {
+				return apply(ctx, next)
+			}
+			return apply(ctx, *running)
+		}
+	}
+	return st
 }
 
 // setParams makes changed postgresql.parameters reloadable (cluster members).
