@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"slices"
 
 	"github.com/valyala/fasthttp"
@@ -264,11 +263,9 @@ func (s *Server) patchPatroniConfig(replace bool) fasthttp.RequestHandler {
 		}
 		if hbaGiven {
 			// Checked before anything is committed, so that a bad line changes nothing.
-			for k, l := range hba {
-				if err := fsm.CheckHBALine(l); err != nil {
-					writeError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("/config: postgresql.pg_hba[%d]: %v", k, err))
-					return
-				}
+			if err := fsm.CheckHBALines("postgresql.pg_hba", hba); err != nil {
+				writeError(ctx, fasthttp.StatusBadRequest, "/config: "+err.Error())
+				return
 			}
 		}
 		if len(set) > 0 || len(reset) > 0 {

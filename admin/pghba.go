@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"fmt"
 	"slices"
 	"time"
 
@@ -104,15 +103,11 @@ func (s *Server) changePGHBA(ctx *fasthttp.RequestCtx, lines []string, ifVersion
 // applyPGHBA checks and commits a new cluster-wide pg_hba list; it answers the request itself
 // when it refuses (ok false).
 func (s *Server) applyPGHBA(ctx *fasthttp.RequestCtx, lines []string, ifVersion uint64) (uint64, bool) {
-	if len(lines) > fsm.MaxHBALines {
-		writeError(ctx, fasthttp.StatusBadRequest, "cluster-wide pg_hba: too many lines")
+	// Checked here too, as the state machine will: a leader of an older version skips the
+	// command without checking it.
+	if err := fsm.CheckHBALines("pg_hba", lines); err != nil {
+		writeError(ctx, fasthttp.StatusBadRequest, "cluster-wide pg_hba: "+err.Error())
 		return 0, false
-	}
-	for k, l := range lines {
-		if err := fsm.CheckHBALine(l); err != nil {
-			writeError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("cluster-wide pg_hba: pg_hba[%d]: %v", k, err))
-			return 0, false
-		}
 	}
 	version, err := s.src.Cluster.SetPGHBA(ctx, lines, ifVersion)
 	if err != nil {

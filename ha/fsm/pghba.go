@@ -53,6 +53,20 @@ func CheckHBALine(l string) error {
 	return nil
 }
 
+// CheckHBALines checks a whole list (CheckHBALine for each line, and MaxHBALines); name is
+// how errors call it: "NAME[k]: …".
+func CheckHBALines(name string, lines []string) error {
+	if len(lines) > MaxHBALines {
+		return fmt.Errorf("%d %s lines; at most %d", len(lines), name, MaxHBALines)
+	}
+	for k, l := range lines {
+		if err := CheckHBALine(l); err != nil {
+			return fmt.Errorf("%s[%d]: %w", name, k, err)
+		}
+	}
+	return nil
+}
+
 // PGHBA is the cluster-wide pg_hba list.
 type PGHBA struct {
 	// Version counts changes, starting at 1; a node's report names the version it applied.
@@ -107,14 +121,11 @@ func (s *State) setPGHBA(c SetPGHBA, m Meta) Result {
 	if c.IfVersion != 0 && c.IfVersion != version {
 		return fail(CodeConflict, "the cluster-wide pg_hba is at version %d, not %d: it changed meanwhile; read it again", version, c.IfVersion)
 	}
-	if len(c.Lines) > MaxHBALines {
-		return fail(CodeInvalid, "%d pg_hba lines; at most %d", len(c.Lines), MaxHBALines)
+	if err := CheckHBALines("pg_hba", c.Lines); err != nil {
+		return fail(CodeInvalid, "%v", err)
 	}
 	lines := make([]string, 0, len(c.Lines))
-	for k, l := range c.Lines {
-		if err := CheckHBALine(l); err != nil {
-			return fail(CodeInvalid, "pg_hba[%d]: %v", k, err)
-		}
+	for _, l := range c.Lines {
 		lines = append(lines, strings.TrimSpace(l))
 	}
 	if version == 0 && len(lines) == 0 {
