@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"os/user"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -701,12 +700,9 @@ func (cl *client) handleAuth(buf []byte) (int, error) {
 // back what the client's parameters hold and no transaction sets it again.
 func (cl *client) addHostToAppName() {
 	value := cl.remote()
-	k := slices.IndexFunc(cl.startupParams, func(p [2]string) bool { return p[0] == "application_name" })
-	for j := len(cl.startupParams) - 1; j > k && k >= 0; j-- {
-		if cl.startupParams[j][0] == "application_name" {
-			k = j // the last one counts
-			break
-		}
+	k := len(cl.startupParams) - 1 // the last application_name counts
+	for k >= 0 && cl.startupParams[k][0] != "application_name" {
+		k--
 	}
 	if k >= 0 && cl.startupParams[k][1] != "" {
 		value = cl.startupParams[k][1] + " - " + value

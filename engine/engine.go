@@ -873,9 +873,8 @@ func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...))
 // probeUnixSocket refuses a client socket path another live process listens on (gnet removes
 // whatever is at the path before it binds); a socket file left by a process that died goes.
 func probeUnixSocket(path string) error {
-	dir := filepath.Dir(path)
-	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		return fmt.Errorf("proxy.unix_socket_dir %s: not a directory (%v); create it, writable by the user pgbastion runs as", dir, err)
+	if err := checkSocketDir(filepath.Dir(path)); err != nil {
+		return err
 	}
 	fi, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -903,15 +902,9 @@ func (e *Engine) setSocketAccess() error {
 	if err != nil {
 		return err
 	}
-	gid := -1
-	if g := e.cfg.UnixSocketGroup; g != "" {
-		grp, err := user.LookupGroup(g)
-		if err != nil {
-			return fmt.Errorf("proxy.unix_socket_group %q: %w", g, err)
-		}
-		if gid, err = strconv.Atoi(grp.Gid); err != nil {
-			return fmt.Errorf("proxy.unix_socket_group %q: gid %q", g, grp.Gid)
-		}
+	gid, err := socketGroup(e.cfg.UnixSocketGroup)
+	if err != nil {
+		return err
 	}
 	var errs []error
 	for _, p := range []string{e.rwSock, e.roSock} {
@@ -932,15 +925,35 @@ func CheckUnixSockets(cfg Config) error {
 	if cfg.UnixSocketDir == "" {
 		return nil
 	}
-	if st, err := os.Stat(cfg.UnixSocketDir); err != nil || !st.IsDir() {
-		return fmt.Errorf("proxy.unix_socket_dir %s: not a directory (%v); create it, writable by the user pgbastion runs as", cfg.UnixSocketDir, err)
+	if err := checkSocketDir(cfg.UnixSocketDir); err != nil {
+		return err
 	}
-	if g := cfg.UnixSocketGroup; g != "" {
-		if _, err := user.LookupGroup(g); err != nil {
-			return fmt.Errorf("proxy.unix_socket_group %q: %w", g, err)
-		}
+	_, err := socketGroup(cfg.UnixSocketGroup)
+	return err
+}
+
+// checkSocketDir says what to do when proxy.unix_socket_dir is not a directory.
+func checkSocketDir(dir string) error {
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("proxy.unix_socket_dir %s: not a directory (%v); create it, writable by the user pgbastion runs as", dir, err)
 	}
 	return nil
+}
+
+// socketGroup is the gid of proxy.unix_socket_group, -1 when it is unset.
+func socketGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	grp, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, fmt.Errorf("proxy.unix_socket_group %q: %w", name, err)
+	}
+	gid, err := strconv.Atoi(grp.Gid)
+	if err != nil {
+		return -1, fmt.Errorf("proxy.unix_socket_group %q: gid %q", name, grp.Gid)
+	}
+	return gid, nil
 }
 
 // logStatsLoop logs the proxy's traffic every stats_period while log_stats is on (it may be
@@ -955,7 +968,10 @@ func (e *Engine) logStatsLoop(ctx context.Context) {
 		}
 		return c
 	}
-	prev, prevAt := total(), time.Now()
+	// The pools are read only while log_stats is on; the first period after it is turned on
+	// takes the baseline.
+	var prev PoolCounts
+	var prevAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -964,10 +980,15 @@ func (e *Engine) logStatsLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		if !e.conf().cfg.LogStats {
+			prevAt = time.Time{}
+			continue
+		}
 		cur, now := total(), time.Now()
 		d, secs := cur.since(prev), now.Sub(prevAt).Seconds()
+		first := prevAt.IsZero()
 		prev, prevAt = cur, now
-		if !e.conf().cfg.LogStats || secs <= 0 {
+		if first || secs <= 0 {
 			continue
 		}
 		perSec := func(n uint64) int64 { return int64(float64(n) / secs) }

@@ -228,9 +228,7 @@ func parseHBARule(line int, f []hbaToken) (hbaRule, string) {
 	}
 	r.users = f[2]
 	if r.local {
-		if a, _ := single(f[3]); strings.Contains(a, "/") || a == "all" || a == "samehost" || a == "samenet" {
-			return r, "a local line has no address: local DATABASE USER METHOD"
-		} else if _, err := netip.ParseAddr(a); err == nil {
+		if a, _ := single(f[3]); looksLikeAddress(a) {
 			return r, "a local line has no address: local DATABASE USER METHOD"
 		}
 		return parseHBAMethod(r, f[3:])
@@ -272,6 +270,12 @@ func parseHBARule(line int, f []hbaToken) (hbaRule, string) {
 		rest = rest[1:]
 	}
 	return parseHBAMethod(r, rest)
+}
+
+// looksLikeAddress reports whether a field is an ADDRESS of a host line rather than a method.
+func looksLikeAddress(a string) bool {
+	_, err := netip.ParseAddr(a)
+	return err == nil || strings.Contains(a, "/") || a == "all" || a == "samehost" || a == "samenet"
 }
 
 // parseHBAMethod reads a rule's method (and refuses options) from the fields after its
