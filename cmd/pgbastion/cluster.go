@@ -495,7 +495,7 @@ func advertisedHost(addrs ...string) string {
 		if host, _, err := net.SplitHostPort(a); err == nil {
 			h = host
 		}
-		if ip := net.ParseIP(h); h != "" && (ip == nil || !ip.IsUnspecified()) {
+		if !wildcardHost(h) {
 			return h
 		}
 	}
@@ -509,8 +509,15 @@ func reachable(listen, host string) string {
 	if err != nil || host == "" {
 		return listen
 	}
-	if ip := net.ParseIP(h); h == "" || (ip != nil && ip.IsUnspecified()) {
+	if wildcardHost(h) {
 		return net.JoinHostPort(host, port)
 	}
 	return listen
+}
+
+// wildcardHost reports whether a listen address's host means every interface (empty, 0.0.0.0,
+// ::) rather than one.
+func wildcardHost(h string) bool {
+	ip := net.ParseIP(h)
+	return h == "" || (ip != nil && ip.IsUnspecified())
 }
